@@ -1,0 +1,57 @@
+//! The fixed contract between the host VMM (`fluke-vmm`), QEMU and the guest kernel.
+//!
+//! Everything here is plain data: addresses, port numbers, exit statuses and the
+//! `#[repr(C)]` layout of the PVH start info the kernel is booted with. It is `no_std` so
+//! the kernel, the user runtime and the host all use the same definitions, and the layout
+//! logic is unit-tested on the host.
+#![no_std]
+
+pub mod boot;
+pub mod cmdline;
+pub mod ports;
+pub mod status;
+pub mod syscall;
+
+/// Which hypervisor interface the guest kernel runs on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    /// The `kvm_pvm` fork: the kernel must switch to PV mode (see `shared/platform/pvm.md`).
+    KvmPvm,
+    /// Hardware-assisted KVM (VMX/SVM).
+    Kvm,
+    /// QEMU's TCG emulator (no KVM).
+    Qemu,
+    /// A native x86 machine the guest cannot identify further.
+    Native,
+}
+
+impl Platform {
+    /// The name used on the command line, in banners and in benchmark records.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Platform::KvmPvm => "kvm_pvm",
+            Platform::Kvm => "kvm",
+            Platform::Qemu => "qemu",
+            Platform::Native => "native",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<Platform> {
+        [Platform::KvmPvm, Platform::Kvm, Platform::Qemu, Platform::Native]
+            .into_iter()
+            .find(|p| p.name() == s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn platform_names_round_trip() {
+        for p in [Platform::KvmPvm, Platform::Kvm, Platform::Qemu, Platform::Native] {
+            assert_eq!(Platform::from_name(p.name()), Some(p));
+        }
+        assert_eq!(Platform::from_name("vmx"), None);
+    }
+}

@@ -1,0 +1,186 @@
+//! The kernel-call ABI shared by the kernel and the user runtime.
+//!
+//! A call is the `syscall` instruction with the call number in `rax` and up to six
+//! arguments in `rdi, rsi, rdx, r10, r8, r9` (`rcx` and `r11` are taken by the instruction).
+//! The result comes back in `rax`: a value `>= 0`, or `-(Error as i64)`. A second result,
+//! where a call has one, comes back in `rdx`. Every other register is preserved.
+//!
+//! A call that has to wait (wait, sleep) leaves the thread's registers so that re-running
+//! the `syscall` instruction continues it: the kernel keeps no hidden state for it.
+
+/// Call numbers.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Call {
+    /// Does nothing; the dispatcher's round trip (benchmarks).
+    Null = 0,
+    /// `console_write(ptr, len) -> len`
+    ConsoleWrite = 1,
+    /// `exit(status)`: ends the calling process.
+    Exit = 2,
+    /// `yield()`: lets the next runnable thread run.
+    Yield = 3,
+    /// `time() -> nanoseconds since boot`
+    Time = 4,
+    /// `spawn(name_ptr, name_len, args_ptr, args_len) -> pid`: starts a program of the image;
+    /// `args` is a buffer of NUL-separated arguments.
+    Spawn = 5,
+    /// `wait(pid) -> status`: waits for a child to exit.
+    Wait = 6,
+    /// `sleep(nanoseconds)`
+    Sleep = 7,
+    /// `map_anon(addr, len) -> addr`: reserves demand-zero memory (page-aligned).
+    MapAnon = 8,
+    /// `bench(what, arg) -> value`: kernel-side measurement helpers (see `BenchOp`).
+    Bench = 9,
+    /// `sleep_until(deadline_ns)`: what `sleep` becomes while it waits (restartable form).
+    SleepUntil = 10,
+}
+
+impl Call {
+    pub const fn from_u64(n: u64) -> Option<Call> {
+        Some(match n {
+            0 => Call::Null,
+            1 => Call::ConsoleWrite,
+            2 => Call::Exit,
+            3 => Call::Yield,
+            4 => Call::Time,
+            5 => Call::Spawn,
+            6 => Call::Wait,
+            7 => Call::Sleep,
+            8 => Call::MapAnon,
+            9 => Call::Bench,
+            10 => Call::SleepUntil,
+            _ => return None,
+        })
+    }
+}
+
+/// Call numbers handled by the entry code itself, without the dispatcher: the platform's
+/// floor, measured by the same kernel in the same run.
+pub const FLOOR_SYSCALL: u64 = 0xf100;
+/// Bare address-space switch between the two threads registered with `BenchOp::SwitchFloorPair`.
+pub const FLOOR_SWITCH: u64 = 0xf101;
+
+/// Operations of [`Call::Bench`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BenchOp {
+    /// Registers the caller as one side of the bare switch pair (`FLOOR_SWITCH`).
+    SwitchFloorJoin = 1,
+    /// TSC ticks per microsecond (rounded), for user-side timing.
+    TscPerUs = 2,
+}
+
+/// Error codes, returned negated in `rax`.
+#[repr(i64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Error {
+    /// Unknown call number.
+    NoSuchCall = 1,
+    /// A pointer or length does not lie in the caller's mapped memory.
+    BadAddress = 2,
+    /// An argument is out of range.
+    InvalidArgument = 3,
+    /// The kernel (or the caller's quota) is out of memory.
+    NoMemory = 4,
+    /// No program of that name in the image.
+    NoSuchProgram = 5,
+    /// No such child process.
+    NoSuchChild = 6,
+    /// A table is full (processes, threads, mappings).
+    Exhausted = 7,
+}
+
+impl Error {
+    pub const fn from_i64(v: i64) -> Option<Error> {
+        Some(match v {
+            1 => Error::NoSuchCall,
+            2 => Error::BadAddress,
+            3 => Error::InvalidArgument,
+            4 => Error::NoMemory,
+            5 => Error::NoSuchProgram,
+            6 => Error::NoSuchChild,
+            7 => Error::Exhausted,
+            _ => return None,
+        })
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Error::NoSuchCall => "no such call",
+            Error::BadAddress => "bad address",
+            Error::InvalidArgument => "invalid argument",
+            Error::NoMemory => "out of memory",
+            Error::NoSuchProgram => "no such program",
+            Error::NoSuchChild => "no such child",
+            Error::Exhausted => "table full",
+        }
+    }
+}
+
+/// Encodes a call result for `rax`.
+pub const fn encode(r: Result<u64, Error>) -> u64 {
+    match r {
+        Ok(v) => v,
+        Err(e) => (-(e as i64)) as u64,
+    }
+}
+
+/// Decodes `rax` after a call. Values in `[-4095, -1]` are errors (as on Linux), so results
+/// up to `2^64 - 4096` are representable.
+pub const fn decode(rax: u64) -> Result<u64, Error> {
+    let v = rax as i64;
+    if v < 0 && v >= -4095 {
+        match Error::from_i64(-v) {
+            Some(e) => Err(e),
+            None => Err(Error::InvalidArgument),
+        }
+    } else {
+        Ok(rax)
+    }
+}
+
+/// Exit status the kernel reports for a process it killed because of a fault: 128 + vector.
+pub const fn killed_status(vector: u8) -> i32 {
+    128 + vector as i32
+}
+
+/// Exit status of a process ended because its parent ended.
+pub const KILLED_WITH_PARENT: i32 = 137;
+
+/// User address-space layout.
+pub mod layout {
+    /// Programs are linked from here (guest-nesters/runtime/user.ld).
+    pub const USER_BASE: u64 = 0x40_0000;
+    /// Exclusive end of the user half.
+    pub const USER_END: u64 = 0x0000_8000_0000_0000;
+    /// Top of the first thread's stack; the stack grows down from here.
+    pub const STACK_TOP: u64 = 0x0000_7fff_0000_0000;
+    pub const STACK_SIZE: u64 = 64 * 1024;
+    /// The kernel's return page (code) and this space's return slots, mapped read-only into
+    /// every space (pvm.md §11 H2). User mappings must stay below this.
+    pub const RETURN_PAGE: u64 = 0x0000_7fff_ffff_0000;
+    /// Highest address a user mapping may end at.
+    pub const USER_MAP_END: u64 = RETURN_PAGE;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_round_trip() {
+        for e in [Error::NoSuchCall, Error::BadAddress, Error::InvalidArgument, Error::NoMemory,
+                  Error::NoSuchProgram, Error::NoSuchChild, Error::Exhausted] {
+            assert_eq!(decode(encode(Err(e))), Err(e));
+            assert_eq!(Error::from_i64(e as i64), Some(e));
+        }
+        assert_eq!(decode(encode(Ok(0))), Ok(0));
+        assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
+        for n in 0..=10 {
+            assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
+        }
+        assert_eq!(Call::from_u64(11), None);
+    }
+}

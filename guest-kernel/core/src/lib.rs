@@ -1,0 +1,26 @@
+//! The parts of the fluke kernel that need no hardware: they are unit-tested on the host
+//! and linked into the kernel unchanged.
+#![no_std]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+#[cfg(test)]
+extern crate std;
+
+pub mod frame;
+pub mod memmap;
+pub mod slab;
+
+pub const PAGE_SIZE: u64 = 4096;
+
+pub const fn align_down(x: u64, a: u64) -> u64 {
+    x & !(a - 1)
+}
+
+/// Rounds up to a power-of-two alignment; `None` on overflow.
+pub const fn align_up(x: u64, a: u64) -> Option<u64> {
+    match x.checked_add(a - 1) {
+        Some(v) => Some(v & !(a - 1)),
+        None => None,
+    }
+}

@@ -1,0 +1,143 @@
+//! Thin wrappers around single x86 instructions. Each is `unsafe` only where the instruction
+//! can break the kernel's invariants (writing control registers or MSRs, port I/O); the
+//! callers state why their use is sound.
+
+use core::arch::asm;
+
+/// # Safety
+/// Port I/O reaches devices; the caller must own the device behind `port`.
+#[inline]
+pub unsafe fn outb(port: u16, value: u8) {
+    asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
+}
+
+/// # Safety
+/// As [`outb`].
+#[inline]
+pub unsafe fn inb(port: u16) -> u8 {
+    let value: u8;
+    asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags));
+    value
+}
+
+/// # Safety
+/// Reading an MSR the CPU does not implement raises #GP; use [`rdmsr_safe`] for probes.
+#[inline]
+pub unsafe fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags));
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// # Safety
+/// MSR writes change CPU behaviour globally; the caller must know the MSR's meaning.
+#[inline]
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+         options(nostack, preserves_flags));
+}
+
+/// Reads an MSR, returning `None` if the read raised #GP (caught through the exception
+/// table, see `trap::fixup`). Needs the IDT with the #GP gate loaded.
+pub fn rdmsr_safe(msr: u32) -> Option<u64> {
+    let (lo, hi): (u32, u32);
+    let faulted: u32;
+    // SAFETY: a faulting RDMSR is redirected to label 3 by the #GP handler via the
+    // .extable entry below; a successful one has no side effects.
+    unsafe {
+        asm!(
+            "xor {f:e}, {f:e}",
+            "2: rdmsr",
+            "jmp 4f",
+            "3: mov {f:e}, 1",
+            "4:",
+            ".pushsection .extable, \"a\"",
+            ".balign 8",
+            ".quad 2b, 3b",
+            ".popsection",
+            f = out(reg) faulted,
+            in("ecx") msr,
+            inout("eax") 0u32 => lo,
+            inout("edx") 0u32 => hi,
+            options(nostack),
+        );
+    }
+    (faulted == 0).then_some((u64::from(hi) << 32) | u64::from(lo))
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuidResult {
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// CPUID. On kvm_pvm it returns the VMM's table only before PV mode is on (pvm.md §4.3 rule 7).
+pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
+    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+}
+
+#[inline]
+pub fn rdtsc() -> u64 {
+    // SAFETY: RDTSC only reads the time-stamp counter.
+    unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+#[inline]
+pub fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// # Safety
+/// `root` must be a page table that maps the running kernel (code, stack, data).
+#[inline]
+pub unsafe fn write_cr3(root: u64) {
+    asm!("mov cr3, {}", in(reg) root, options(nostack, preserves_flags));
+}
+
+#[inline]
+pub fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+#[inline]
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// # Safety
+/// The caller must only set bits the CPU supports and the kernel is prepared for.
+#[inline]
+pub unsafe fn write_cr4(v: u64) {
+    asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags));
+}
+
+/// Reads CR2 directly (the native backend; on kvm_pvm it traps, see `platform::fault_address`).
+#[inline]
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+#[inline]
+pub fn hlt() {
+    // SAFETY: HLT waits for the next interrupt; the caller decides whether interrupts are on.
+    unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+}
+
+pub const MSR_EFER: u32 = 0xc000_0080;
+pub const EFER_SCE: u64 = 1 << 0;
+pub const EFER_NXE: u64 = 1 << 11;

@@ -1,0 +1,242 @@
+/*
+ * Kernel entry and exit.
+ *
+ * Every IDT gate is an interrupt gate on an IST stack (kvm_pvm delivers events only onto
+ * upper-half stacks, and between "VIF = 1" and SYSRETQ RSP holds the user's stack: pvm.md
+ * §4.3). Each stub pushes a dummy error code where the CPU pushes none, then the vector, so
+ * every frame has the TrapFrame layout (trap.rs).
+ *
+ * User mode is entered only by SYSRETQ (return_to_user), on both backends: on kvm_pvm it is
+ * the only return the host tracks (pvm.md §4.3 rule 4, §11 H1), and using it natively too
+ * gives one exit path. A return that must restore RCX and R11 goes through the return stub
+ * in the space's read-only return page (§11 H2).
+ *
+ * PERCPU offsets (percpu.rs, checked there by const assertions).
+ */
+.set PC_CUR_REGS,     0
+.set PC_KSTACK,       8
+.set PC_USER_RSP,     16
+.set PC_RET_RIP,      24
+.set PC_RET_RFLAGS,   32
+.set PC_RET_RSP,      40
+.set PC_IDLE_STACK,   48
+.set PC_CUR_THREAD,   56
+.set PC_FLOOR_ACTIVE, 64
+.set PC_FLOOR_CUR,    72
+.set PC_FLOOR_REGS,   80      /* [2] */
+.set PC_FLOOR_ROOT,   96      /* [2] */
+.set PC_FLOOR_KSTACK, 112     /* [2] */
+.set PC_FLOOR_THREAD, 128     /* [2] */
+/* UserRegs offsets (the push order below) */
+.set UR_END_OF_RSP,   144
+.set UR_RIP,          120
+.set UR_RFLAGS,       128
+.set UR_RSP,          136
+.set FLOOR_SYSCALL,   0xf100
+.set FLOOR_SWITCH,    0xf101
+
+    .section .text
+    .p2align 4
+    .globl trap_stubs
+trap_stubs:
+    .set vec, 0
+    .rept 256
+    .p2align 4
+    .if (vec == 8 || (vec >= 10 && vec <= 14) || vec == 17 || vec == 21 || vec == 29 || vec == 30)
+    pushq $vec
+    .else
+    pushq $0
+    pushq $vec
+    .endif
+    jmp trap_common
+    .set vec, vec + 1
+    .endr
+
+trap_common:
+    cld                             /* pvm.md §11 H4: DF from user survives delivery */
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    testb $3, 144(%rsp)             /* CS of the interrupted context */
+    jnz 1f
+    mov %rsp, %rdi
+    call trap_dispatch              /* kernel-mode event: handled and returned from below */
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %r11
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    pop %rcx
+    pop %rbx
+    pop %rax
+    add $16, %rsp                   /* vector, error code */
+    /* The kernel's only IRETQ: trap_dispatch has checked that the frame returns to kernel
+       mode, to kernel text (pvm.md §11 H1). */
+    iretq
+1:  /* From user mode: continue on the current thread's kernel stack; user_trap copies the
+       frame off the IST stack first and leaves by return_to_user. */
+    mov %rsp, %rdi
+    mov PERCPU+PC_KSTACK(%rip), %rsp
+    call user_trap
+    ud2
+
+/*
+ * SYSCALL entry. RCX = user RIP, R11 = user RFLAGS, RSP = user RSP. Natively SFMASK has
+ * cleared IF; on kvm_pvm VIF is still 1, so it is cleared first (an IRQ arriving before that
+ * is a kernel-mode event on the IST stack and returns here).
+ */
+    .p2align 4
+    .globl syscall_entry
+syscall_entry:
+    cmp $FLOOR_SYSCALL, %rax
+    je floor_syscall
+    cmp $FLOOR_SWITCH, %rax
+    je floor_switch
+syscall_normal:
+    movb $0, PV_PAGE(%rip)          /* VIF = 0 (kvm_pvm); an unused byte natively */
+    cld
+    mov %rsp, PERCPU+PC_USER_RSP(%rip)
+    mov PERCPU+PC_CUR_REGS(%rip), %rsp
+    add $UR_END_OF_RSP, %rsp        /* fill UserRegs from its end, by pushing */
+    pushq PERCPU+PC_USER_RSP(%rip)
+    push %r11
+    push %rcx
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov PERCPU+PC_KSTACK(%rip), %rsp
+    xor %ebp, %ebp
+    call syscall_dispatch
+    ud2
+
+/* platform.syscall_floor: the bare entry and return, no dispatch. */
+floor_syscall:
+    xor %eax, %eax
+    sysretq
+
+/* platform.switch_floor: the bare switch between the two threads of the registered pair:
+   saves only RIP, RFLAGS and RSP, switches CR3 and the current-thread pointers, returns.
+   Every other register is clobbered (the benchmark's threads keep their state in memory). */
+floor_switch:
+    cmpq $0, PERCPU+PC_FLOOR_ACTIVE(%rip)
+    je syscall_normal
+    mov PERCPU+PC_FLOOR_CUR(%rip), %rax
+    lea PERCPU(%rip), %rdx
+    mov PC_FLOOR_REGS(%rdx,%rax,8), %rdx
+    cmp PERCPU+PC_CUR_REGS(%rip), %rdx
+    jne syscall_normal              /* not a member of the pair */
+    mov %rcx, UR_RIP(%rdx)
+    mov %r11, UR_RFLAGS(%rdx)
+    mov %rsp, UR_RSP(%rdx)
+    xor $1, %rax
+    mov %rax, PERCPU+PC_FLOOR_CUR(%rip)
+    lea PERCPU(%rip), %rdx
+    mov PC_FLOOR_ROOT(%rdx,%rax,8), %rcx
+    mov %rcx, %cr3
+    mov PC_FLOOR_KSTACK(%rdx,%rax,8), %rcx
+    mov %rcx, PERCPU+PC_KSTACK(%rip)
+    mov PC_FLOOR_THREAD(%rdx,%rax,8), %rcx
+    mov %rcx, PERCPU+PC_CUR_THREAD(%rip)
+    mov PC_FLOOR_REGS(%rdx,%rax,8), %rdx
+    mov %rdx, PERCPU+PC_CUR_REGS(%rip)
+    mov UR_RIP(%rdx), %rcx
+    mov UR_RFLAGS(%rdx), %r11
+    mov UR_RSP(%rdx), %rsp
+    xor %eax, %eax
+    sysretq
+
+/*
+ * return_to_user: restores the current thread's UserRegs, except that RCX, R11 and RSP come
+ * from PERCPU.ret_* (prepared by user::return_to_user: either the thread's own RIP/RFLAGS/RSP,
+ * or the return stub's address when RCX/R11 must be restored too). Never returns.
+ */
+    .p2align 4
+    .globl return_to_user_asm
+return_to_user_asm:
+    mov PERCPU+PC_CUR_REGS(%rip), %rsp
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    add $8, %rsp                    /* r11: from ret_rflags */
+    pop %r10
+    pop %r9
+    pop %r8
+    pop %rbp
+    pop %rdi
+    pop %rsi
+    pop %rdx
+    add $8, %rsp                    /* rcx: from ret_rip */
+    pop %rbx
+    pop %rax
+    mov PERCPU+PC_RET_RIP(%rip), %rcx
+    mov PERCPU+PC_RET_RFLAGS(%rip), %r11
+    /* VIF = 1 while RSP is still a kernel address (pvm.md §4.3 rule 5); an IRQ injected in
+       the window is a kernel-mode event on the IST stack and returns here. */
+    movb $1, PV_PAGE(%rip)
+    mov PERCPU+PC_RET_RSP(%rip), %rsp
+    sysretq
+
+/* Switches to the idle stack and calls the scheduler (sched.rs), which never returns. */
+    .globl schedule
+schedule:
+    mov PERCPU+PC_IDLE_STACK(%rip), %rsp
+    xor %ebp, %ebp
+    call schedule_on_idle_stack
+    ud2
+
+/*
+ * The return page: a template copied into each space's return page, which is mapped
+ * user-readable and executable (never writable) at RETURN_PAGE. The kernel writes the slot
+ * through the direct map before a SYSRETQ to the stub. RIP-relative loads keep the stub
+ * independent of any register the user controls (pvm.md §11 H2).
+ */
+    .section .rodata.return_page, "a"
+    .p2align 12
+    .globl return_page_template
+return_page_template:
+ret_slot_rcx:   .quad 0
+ret_slot_r11:   .quad 0
+ret_slot_rsp:   .quad 0
+ret_slot_rip:   .quad 0
+    .p2align 6
+    .globl return_stub_start
+return_stub_start:
+    mov ret_slot_rcx(%rip), %rcx
+    mov ret_slot_r11(%rip), %r11
+    mov ret_slot_rsp(%rip), %rsp
+    jmp *ret_slot_rip(%rip)
+    .globl return_stub_end
+return_stub_end:
+    .p2align 12

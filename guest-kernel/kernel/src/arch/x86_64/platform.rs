@@ -1,0 +1,211 @@
+//! The platform layer: the only code that knows whether the kernel runs on kvm_pvm (PV
+//! backend) or on an ordinary x86 virtual machine (native backend: hardware KVM, QEMU).
+//!
+//! The backend is chosen once at boot by probing MSR 0x4b564d11 behind a #GP fixup
+//! (pvm.md §8). Selection fails closed: if the probe answers "PVM" the PV backend is used
+//! whatever the boot information says, so the native return paths (IRETQ to user mode, which
+//! would keep kernel privilege on kvm_pvm: pvm.md §11 H1) are unreachable there.
+
+use super::cpu;
+use crate::sync::BootCell;
+use core::sync::atomic::{AtomicU8, Ordering};
+use fluke_abi::Platform;
+
+/// kvm_pvm's signature MSR; reads 0x4d5650 ("PVM") there and raises #GP elsewhere.
+const MSR_PVM_SIGNATURE: u32 = 0x4b56_4d11;
+const PVM_SIGNATURE: u64 = 0x4d_5650;
+/// kvm_pvm's PV control MSR: GPA of the PV page | flags (pvm.md §4.1).
+const MSR_PVM_CONTROL: u32 = 0x4b56_4d10;
+/// SYSRET flips to the user half of the 8 KiB page-table pair.
+const PVM_FLIP_ON_SYSRET: u64 = 0x01;
+/// Events from user mode flip back to the kernel half.
+const PVM_FLIP_ON_EVENT: u64 = 0x02;
+/// SYSCALL from user mode flips back and takes the fast path.
+const PVM_FLIP_ON_SYSCALL: u64 = 0x04;
+/// #PF writes CR2 into the PV page (MOV from CR2 would trap).
+const PVM_CR2_IN_PAGE: u64 = 0x10;
+const PVM_FLAGS: u64 = PVM_FLIP_ON_SYSRET | PVM_FLIP_ON_EVENT | PVM_FLIP_ON_SYSCALL | PVM_CR2_IN_PAGE;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Backend {
+    /// Ordinary x86: CPL 0 kernel, STI/CLI, IRETQ, U/S page protection.
+    Native = 0,
+    /// kvm_pvm PV mode: kernel at hardware CPL 3, VIF byte, SYSRETQ-only returns, page-table pair.
+    Pv = 1,
+}
+
+impl Backend {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Backend::Native => "native",
+            Backend::Pv => "pv",
+        }
+    }
+}
+
+/// The kvm_pvm per-vCPU page (pvm.md §4.2). Only the first 16 bytes have a meaning.
+#[repr(C, align(4096))]
+pub struct PvPage {
+    /// Virtual interrupt enable: IRQs are injected only while non-zero.
+    vif: u8,
+    /// Set by the host when an IRQ was held back because VIF was 0.
+    pending: u8,
+    _pad: [u8; 6],
+    /// CR2 of the last page fault.
+    cr2: u64,
+    _rest: [u8; 4096 - 16],
+}
+
+/// Exported for entry.S, which sets VIF on the user-mode entry and exit paths.
+#[no_mangle]
+static PV_PAGE: BootCell<PvPage> =
+    BootCell::new(PvPage { vif: 0, pending: 0, _pad: [0; 6], cr2: 0, _rest: [0; 4096 - 16] });
+static BACKEND: AtomicU8 = AtomicU8::new(Backend::Native as u8);
+static PV_ON: AtomicU8 = AtomicU8::new(0);
+
+pub fn backend() -> Backend {
+    if BACKEND.load(Ordering::Relaxed) == Backend::Pv as u8 {
+        Backend::Pv
+    } else {
+        Backend::Native
+    }
+}
+
+pub fn pv_mode_on() -> bool {
+    PV_ON.load(Ordering::Relaxed) != 0
+}
+
+/// What the boot-time probe found.
+#[derive(Clone, Copy, Debug)]
+pub struct Detection {
+    pub platform: Platform,
+    pub backend: Backend,
+    /// The CPU offers x2APIC (read now: CPUID is the host's once PV mode is on).
+    pub x2apic: bool,
+}
+
+/// Probes the platform. Must run in the boot phase: on kvm_pvm, CPUID returns the VMM's
+/// table only until PV mode is on (pvm.md §4.3 rule 7). Needs the #GP gate (tables::init_early).
+pub fn detect() -> Detection {
+    let pvm = cpu::rdmsr_safe(MSR_PVM_SIGNATURE) == Some(PVM_SIGNATURE);
+    let (platform, backend) = if pvm {
+        (Platform::KvmPvm, Backend::Pv)
+    } else {
+        let sig = hypervisor_signature();
+        let platform = match &sig {
+            b"KVMKVMKVM\0\0\0" => Platform::Kvm,
+            b"TCGTCGTCGTCG" => Platform::Qemu,
+            _ => Platform::Native,
+        };
+        (platform, Backend::Native)
+    };
+    BACKEND.store(backend as u8, Ordering::Relaxed);
+    let x2apic = cpu::cpuid(1, 0).ecx & (1 << 21) != 0;
+    Detection { platform, backend, x2apic }
+}
+
+fn hypervisor_signature() -> [u8; 12] {
+    let mut sig = [0u8; 12];
+    if cpu::cpuid(1, 0).ecx & (1 << 31) == 0 {
+        return sig;
+    }
+    let r = cpu::cpuid(0x4000_0000, 0);
+    sig[0..4].copy_from_slice(&r.ebx.to_le_bytes());
+    sig[4..8].copy_from_slice(&r.ecx.to_le_bytes());
+    sig[8..12].copy_from_slice(&r.edx.to_le_bytes());
+    sig
+}
+
+/// Turns on kvm_pvm's PV mode: from the next instruction on, kernel code runs natively at
+/// hardware CPL 3. Requirements met by the caller (pvm.md §4.3): every kernel page is U=1,
+/// the kernel is in the upper half, the IDT uses upper-half IST stacks, and the Linux GDT is
+/// loaded. The PV page lies in the kernel image, whose physical address is its virtual
+/// address minus the link base.
+pub fn enable_pv_mode() {
+    if backend() != Backend::Pv {
+        return;
+    }
+    let gpa = crate::mm::kernel_virt_to_phys(PV_PAGE.as_ptr() as u64);
+    // SAFETY: the PV page is a page-aligned, zeroed kernel page inside guest RAM, and the
+    // preconditions above hold; this is the protocol of pvm.md §4.1 with flags 0x17.
+    unsafe { cpu::wrmsr(MSR_PVM_CONTROL, gpa | PVM_FLAGS) };
+    PV_ON.store(1, Ordering::Relaxed);
+}
+
+/// Enables maskable interrupts.
+pub fn irq_enable() {
+    match backend() {
+        Backend::Native => {
+            // SAFETY: the kernel is ready for interrupts whenever it calls this.
+            unsafe { core::arch::asm!("sti", options(nomem, nostack)) }
+        }
+        Backend::Pv => {
+            // SAFETY: the host reads the byte; a volatile store keeps it ordered.
+            unsafe { core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).vif).write_volatile(1) };
+            // An IRQ held back while VIF was 0 is injected only at the next trap: force one.
+            // SAFETY: reading the pending byte has no side effects.
+            if unsafe { core::ptr::addr_of!((*PV_PAGE.as_ptr()).pending).read_volatile() } != 0 {
+                let _ = cpu::read_cr4();
+            }
+        }
+    }
+}
+
+pub fn irq_disable() {
+    match backend() {
+        // SAFETY: disabling interrupts is always safe.
+        Backend::Native => unsafe { core::arch::asm!("cli", options(nomem, nostack)) },
+        // SAFETY: as in irq_enable.
+        Backend::Pv => unsafe { core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).vif).write_volatile(0) },
+    }
+}
+
+/// Sets the interrupt state that an event frame's RFLAGS.IF says to return to (pvm.md §4.3
+/// rule 5: the host clears VIF on delivery and IRETQ does not restore it).
+pub fn restore_irq_state_for_return(rflags: u64) {
+    if backend() == Backend::Pv {
+        let vif = u8::from(rflags & (1 << 9) != 0);
+        // SAFETY: as in irq_enable; the return (IRETQ) is itself a trap, so an IRQ cannot be
+        // injected between this store and the return.
+        unsafe { core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).vif).write_volatile(vif) };
+    }
+}
+
+/// Waits for the next interrupt with interrupts enabled, then disables them again.
+pub fn idle() {
+    match backend() {
+        // SAFETY: STI's one-instruction shadow makes STI;HLT atomic.
+        Backend::Native => unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) },
+        Backend::Pv => {
+            irq_enable();
+            cpu::hlt(); // trapped: sleeps until an IRQ is injectable
+            irq_disable();
+        }
+    }
+}
+
+/// The faulting address of the last page fault.
+pub fn fault_address() -> u64 {
+    if pv_mode_on() {
+        // SAFETY: the host writes CR2 here on #PF delivery (flag 0x10).
+        unsafe { core::ptr::addr_of!((*PV_PAGE.as_ptr()).cr2).read_volatile() }
+    } else {
+        cpu::read_cr2()
+    }
+}
+
+/// Whether kernel pages must carry U=1 (kvm_pvm runs the kernel at hardware CPL 3).
+pub fn kernel_pages_user_accessible() -> bool {
+    backend() == Backend::Pv
+}
+
+/// Writes the exit status to the debug-exit device; the VMM (or QEMU) ends the VM.
+pub fn exit(status: u8) -> ! {
+    // SAFETY: the debug-exit port belongs to the kernel.
+    unsafe { cpu::outb(fluke_abi::ports::DEBUG_EXIT, status) };
+    loop {
+        irq_disable();
+        cpu::hlt();
+    }
+}

@@ -1,0 +1,180 @@
+//! Trap dispatch: every interrupt and exception arrives in [`trap_dispatch`] with the
+//! registers saved in a [`TrapFrame`] on the IST stack (entry.S).
+
+use super::user::{self, UserRegs};
+use super::{percpu, platform, tables};
+use crate::kprintln;
+
+/// The register frame built by entry.S; the layout is fixed by the push order there.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TrapFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub vector: u64,
+    pub error_code: u64,
+    // pushed by the CPU
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+impl TrapFrame {
+    pub fn from_user(&self) -> bool {
+        self.cs & 3 == 3
+    }
+}
+
+pub const VEC_PAGE_FAULT: u64 = 14;
+pub const VEC_GP: u64 = 13;
+
+pub fn vector_name(v: u64) -> &'static str {
+    match v {
+        0 => "divide error (#DE)",
+        1 => "debug (#DB)",
+        2 => "non-maskable interrupt",
+        3 => "breakpoint (#BP)",
+        4 => "overflow (#OF)",
+        5 => "bound range (#BR)",
+        6 => "invalid opcode (#UD)",
+        7 => "device not available (#NM)",
+        8 => "double fault (#DF)",
+        10 => "invalid TSS (#TS)",
+        11 => "segment not present (#NP)",
+        12 => "stack fault (#SS)",
+        13 => "general protection (#GP)",
+        14 => "page fault (#PF)",
+        16 => "x87 floating point (#MF)",
+        17 => "alignment check (#AC)",
+        18 => "machine check (#MC)",
+        19 => "SIMD floating point (#XM)",
+        32..=255 => "interrupt",
+        _ => "reserved exception",
+    }
+}
+
+#[repr(C)]
+struct ExtableEntry {
+    insn: u64,
+    fixup: u64,
+}
+
+extern "C" {
+    static __extable_start: ExtableEntry;
+    static __extable_end: ExtableEntry;
+    static __kernel_start: u8;
+    static __text_end: u8;
+}
+
+/// The fixup address registered for a faulting kernel instruction, if any.
+fn fixup_for(rip: u64) -> Option<u64> {
+    // SAFETY: the linker script bounds the .extable section with these symbols and every
+    // entry in it is an ExtableEntry emitted by an `asm!` block (cpu::rdmsr_safe).
+    let table = unsafe {
+        let start = core::ptr::addr_of!(__extable_start);
+        let end = core::ptr::addr_of!(__extable_end);
+        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    };
+    table.iter().find(|e| e.insn == rip).map(|e| e.fixup)
+}
+
+fn in_kernel_text(rip: u64) -> bool {
+    let (start, end) = (core::ptr::addr_of!(__kernel_start) as u64, core::ptr::addr_of!(__text_end) as u64);
+    (start..end).contains(&rip)
+}
+
+/// Kernel-mode events (entry.S sends user-mode ones to [`user_trap`]).
+#[no_mangle]
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+    if !in_kernel_text(frame.rip) {
+        // pvm.md §11 H1 tripwire: a "kernel-mode" frame outside kernel text means user code
+        // runs with kernel privilege. Kill whoever runs and leave by SYSRET.
+        crate::fault::escalation(frame.rip);
+    }
+    if frame.vector < 32 {
+        if let Some(fixup) = fixup_for(frame.rip) {
+            frame.rip = fixup;
+        } else {
+            kernel_fault(frame, vector_name(frame.vector));
+        }
+    } else {
+        crate::interrupt(frame.vector as u8);
+    }
+    // pvm.md §11 H1: the only IRETQ returns to kernel mode, to kernel text.
+    if frame.cs != u64::from(tables::KERNEL_CS) || !in_kernel_text(frame.rip) {
+        kernel_fault(frame, "refusing to return from an event to a non-kernel context");
+    }
+    platform::restore_irq_state_for_return(frame.rflags);
+}
+
+/// An event from user mode, on the IST stack: the registers go to the current thread's
+/// UserRegs, then the kernel continues on the thread's kernel stack (entry.S) and leaves by
+/// `return_to_user`. An event that hit the return stub keeps the saved registers: the stub
+/// was restoring exactly them, so the return simply starts over (pvm.md §11 H2).
+#[no_mangle]
+extern "C" fn user_trap(frame: &TrapFrame) -> ! {
+    // SAFETY: single CPU, interrupts off; cur_regs is the running thread's register block.
+    let pc = unsafe { percpu::get() };
+    if pc.cur_regs == 0 {
+        kernel_fault(frame, "event from user mode with no current thread");
+    }
+    if !user::return_stub_range().contains(&frame.rip) {
+        // SAFETY: as above.
+        let r = unsafe { &mut *(pc.cur_regs as *mut UserRegs) };
+        *r = UserRegs {
+            r15: frame.r15,
+            r14: frame.r14,
+            r13: frame.r13,
+            r12: frame.r12,
+            r11: frame.r11,
+            r10: frame.r10,
+            r9: frame.r9,
+            r8: frame.r8,
+            rbp: frame.rbp,
+            rdi: frame.rdi,
+            rsi: frame.rsi,
+            rdx: frame.rdx,
+            rcx: frame.rcx,
+            rbx: frame.rbx,
+            rax: frame.rax,
+            rip: frame.rip,
+            rflags: frame.rflags,
+            rsp: frame.rsp,
+        };
+    }
+    crate::fault::user_event(frame.vector as u8, frame.error_code)
+}
+
+/// Reports an unexpected kernel-mode event with the registers and stops the VM.
+fn kernel_fault(frame: &TrapFrame, reason: &str) -> ! {
+    platform::irq_disable();
+    kprintln!("fluke: KERNEL FAULT: {} (vector {}, error code {:#x})", reason, frame.vector, frame.error_code);
+    if frame.vector == VEC_PAGE_FAULT {
+        kprintln!("fluke:   fault address {:#018x}", platform::fault_address());
+    }
+    dump_frame(frame);
+    platform::exit(fluke_abi::status::KERNEL_FAULT);
+}
+
+pub fn dump_frame(f: &TrapFrame) {
+    kprintln!("fluke:   rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}", f.rip, f.cs, f.rflags, f.rsp, f.ss);
+    kprintln!("fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    kprintln!("fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
+    kprintln!("fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
+    kprintln!("fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r13, f.r14, f.r15);
+}

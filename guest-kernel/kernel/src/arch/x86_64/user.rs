@@ -1,0 +1,129 @@
+//! User mode: the saved register frame, SYSCALL set-up and the one way back to user mode.
+
+use super::{cpu, percpu, tables};
+use core::mem::offset_of;
+use fluke_abi::syscall::layout::{RETURN_PAGE, USER_END};
+
+/// A thread's user registers: saved on every entry, restored by [`return_to_user`]. The field
+/// order is the push order of entry.S. This is the whole user-visible CPU state the kernel
+/// keeps (the FPU/SSE state is not yet switched: user programs are built soft-float).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UserRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+}
+
+const _: () = {
+    assert!(offset_of!(UserRegs, rip) == 120);
+    assert!(offset_of!(UserRegs, rflags) == 128);
+    assert!(offset_of!(UserRegs, rsp) == 136);
+    assert!(core::mem::size_of::<UserRegs>() == 144);
+};
+
+/// RFLAGS bits user code may hold: CF PF AF ZF SF TF DF OF AC ID. IF is always set; IOPL,
+/// NT, RF and VM never are (IOPL 3 would give user code port I/O natively).
+const USER_RFLAGS_MASK: u64 = 0x0024_0dd5;
+const RFLAGS_IF: u64 = 1 << 9;
+const RFLAGS_FIXED1: u64 = 1 << 1;
+
+pub fn sanitize_rflags(rflags: u64) -> u64 {
+    (rflags & USER_RFLAGS_MASK) | RFLAGS_IF | RFLAGS_FIXED1
+}
+
+/// Length of the SYSCALL instruction, to restart a call (the atomic API: a blocked call is
+/// re-executed when the thread resumes).
+pub const SYSCALL_INSN_LEN: u64 = 2;
+
+/// The return page layout (entry.S: return_page_template).
+pub const RETURN_SLOT_RCX: usize = 0;
+pub const RETURN_SLOT_R11: usize = 1;
+pub const RETURN_SLOT_RSP: usize = 2;
+pub const RETURN_SLOT_RIP: usize = 3;
+
+extern "C" {
+    static return_page_template: [u8; 4096];
+    static return_stub_start: u8;
+    static return_stub_end: u8;
+    fn return_to_user_asm() -> !;
+    fn syscall_entry();
+}
+
+/// The template every space's return page is a copy of.
+pub fn return_page_template_bytes() -> &'static [u8; 4096] {
+    // SAFETY: a page of read-only data defined in entry.S.
+    unsafe { &*core::ptr::addr_of!(return_page_template) }
+}
+
+/// The user-virtual range of the return stub.
+pub fn return_stub_range() -> core::ops::Range<u64> {
+    let (base, start, end) = (
+        core::ptr::addr_of!(return_page_template) as u64,
+        core::ptr::addr_of!(return_stub_start) as u64,
+        core::ptr::addr_of!(return_stub_end) as u64,
+    );
+    RETURN_PAGE + (start - base)..RETURN_PAGE + (end - base)
+}
+
+/// Programs SYSCALL: Linux selectors in STAR (mandatory on kvm_pvm), the entry point, and
+/// SFMASK clearing TF DF IF IOPL NT AC natively.
+pub fn init_syscall() {
+    const MSR_STAR: u32 = 0xc000_0081;
+    const MSR_LSTAR: u32 = 0xc000_0082;
+    const MSR_SFMASK: u32 = 0xc000_0084;
+    // SAFETY: these MSRs only define where SYSCALL enters; the entry code is ready.
+    unsafe {
+        cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SCE);
+        cpu::wrmsr(MSR_STAR, (u64::from(tables::USER32_CS - 3) << 48) | (u64::from(tables::KERNEL_CS) << 32));
+        cpu::wrmsr(MSR_LSTAR, syscall_entry as *const () as u64);
+        cpu::wrmsr(MSR_SFMASK, 0x4_7700);
+    }
+}
+
+/// Returns to user mode in the current thread (PERCPU.cur_regs), never coming back.
+///
+/// `return_slot` is the kernel (direct-map) address of the current space's return page. If
+/// RCX and R11 hold the values SYSRETQ would give them anyway (after a kernel call), the
+/// thread's RIP and RFLAGS go straight into SYSRETQ. Otherwise (after an interrupt, a fault,
+/// or a state set by another thread) SYSRETQ goes to the return stub, which loads RCX, R11,
+/// RSP and RIP from the slot. The stub path is also taken for any RIP outside the user half,
+/// so a SYSRETQ never sees a non-canonical RCX (a ring-0 #GP on Intel).
+pub fn return_to_user(return_slot: u64) -> ! {
+    // SAFETY: single CPU, interrupts off; cur_regs points at the current thread's registers,
+    // which stay allocated while it runs.
+    unsafe {
+        let pc = percpu::get();
+        let regs = &mut *(pc.cur_regs as *mut UserRegs);
+        regs.rflags = sanitize_rflags(regs.rflags);
+        let direct = regs.rcx == regs.rip && regs.r11 == regs.rflags && regs.rip < USER_END;
+        if direct {
+            pc.ret_rip = regs.rip;
+        } else {
+            let slot = return_slot as *mut u64;
+            slot.add(RETURN_SLOT_RCX).write_volatile(regs.rcx);
+            slot.add(RETURN_SLOT_R11).write_volatile(regs.r11);
+            slot.add(RETURN_SLOT_RSP).write_volatile(regs.rsp);
+            slot.add(RETURN_SLOT_RIP).write_volatile(regs.rip);
+            pc.ret_rip = return_stub_range().start;
+        }
+        pc.ret_rflags = regs.rflags;
+        pc.ret_rsp = regs.rsp;
+        return_to_user_asm()
+    }
+}

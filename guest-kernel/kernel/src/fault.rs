@@ -1,0 +1,73 @@
+//! What happens when user code traps: timer interrupts, demand-zero page faults, and faults
+//! that kill the process (the object-model issue turns these into messages to a keeper).
+
+use crate::arch::trap::{vector_name, VEC_PAGE_FAULT};
+use crate::arch::user::UserRegs;
+use crate::arch::{apic, percpu, platform};
+use crate::process;
+use crate::sched::{self, kernel};
+use fluke_abi::syscall::layout::USER_END;
+
+fn regs() -> UserRegs {
+    // SAFETY: user_trap checked cur_regs is the running thread's register block.
+    unsafe { *(percpu::get().cur_regs as *const UserRegs) }
+}
+
+pub fn user_event(vector: u8, error_code: u64) -> ! {
+    match vector {
+        apic::TIMER_VECTOR => sched::timer_interrupt(true),
+        apic::SPURIOUS_VECTOR => {}
+        14 => page_fault(error_code),
+        0..=31 => {
+            let r = regs();
+            process::kill_current(vector, format_args!("{} (error code {:#x})", vector_name(u64::from(vector)), error_code), &r);
+            // SAFETY: entry.S's schedule switches stacks and never returns.
+            unsafe { sched::schedule() }
+        }
+        _ => {
+            apic::eoi();
+            crate::kprintln!("fluke: unexpected interrupt vector {vector} in user mode");
+        }
+    }
+    sched::resume_current()
+}
+
+fn page_fault(error_code: u64) {
+    let addr = platform::fault_address();
+    let k = kernel();
+    let space = sched::current()
+        .and_then(|t| k.threads.get(t))
+        .and_then(|t| k.processes.get_mut(t.process))
+        .and_then(|p| p.space.as_mut());
+    if let Some(space) = space {
+        if error_code & 1 == 0 && space.handle_fault(addr) {
+            kernel().stats.user_faults_resolved += 1;
+            return;
+        }
+    }
+    let access = if error_code & 0x10 != 0 {
+        "execute"
+    } else if error_code & 2 != 0 {
+        "write"
+    } else {
+        "read"
+    };
+    let cause = if error_code & 1 != 0 { "protection violation" } else { "not mapped" };
+    let region = if addr >= USER_END { ", kernel address" } else { "" };
+    let r = regs();
+    process::kill_current(
+        VEC_PAGE_FAULT as u8,
+        format_args!("page fault at {addr:#x} ({access}, {cause}{region})"),
+        &r,
+    );
+    // SAFETY: as above.
+    unsafe { sched::schedule() }
+}
+
+/// The kvm_pvm privilege-escalation tripwire (pvm.md §11 H1).
+pub fn escalation(rip: u64) -> ! {
+    let r = regs();
+    process::kill_current(0, format_args!("privilege escalation tripwire: kernel-mode event at {rip:#x}"), &r);
+    // SAFETY: as above.
+    unsafe { sched::schedule() }
+}

@@ -1,0 +1,59 @@
+//! The program bundle that an image carries after the kernel (see fluke-image).
+
+use crate::{kprintln, mm};
+use fluke_abi::boot::KERNEL_VIRT_BASE;
+use fluke_image::bundle::{Bundle, BundleError, BUNDLE_HEADER_SIZE, BUNDLE_MAGIC};
+use fluke_kcore::memmap::PhysRange;
+
+/// Finds the bundle: by the rule shared with the image builder it starts at the first page
+/// after the kernel. Reads only its header (through the boot mapping of the first GiB) to
+/// learn its extent; the contents are verified by [`bundle`].
+pub fn locate_bundle(kernel_end: u64, ram_end: u64) -> Option<PhysRange> {
+    let start = fluke_kcore::align_up(kernel_end, 4096)?;
+    let header_end = start.checked_add(BUNDLE_HEADER_SIZE as u64)?;
+    if header_end > ram_end.min(mm::BOOT_MAP_LIMIT) {
+        return None;
+    }
+    // SAFETY: [start, header_end) is RAM inside the boot mapping (checked above); bytes have
+    // no invalid values.
+    let header = unsafe { core::slice::from_raw_parts(mm::phys_to_virt(start) as *const u8, BUNDLE_HEADER_SIZE) };
+    if header[..8] != BUNDLE_MAGIC[..] {
+        return None;
+    }
+    let mut total = [0u8; 8];
+    total.copy_from_slice(&header[16..24]);
+    let end = start.checked_add(u64::from_le_bytes(total))?;
+    (end <= ram_end.min(mm::BOOT_MAP_LIMIT)).then_some(PhysRange { start, end })
+}
+
+/// Parses and verifies (checksum included) the bundle, which the kernel maps read-only at
+/// its physical address plus the kernel base.
+pub fn bundle(r: PhysRange) -> Result<Bundle<'static>, BundleError> {
+    // SAFETY: `r` was checked to be RAM by locate_bundle, is reserved from the allocator and
+    // is mapped read-only at the kernel base for the kernel's lifetime.
+    let bytes = unsafe {
+        core::slice::from_raw_parts((KERNEL_VIRT_BASE + r.start) as *const u8, (r.end - r.start) as usize)
+    };
+    Bundle::parse(bytes)
+}
+
+static LOADED: crate::sync::BootCell<Option<Bundle<'static>>> = crate::sync::BootCell::new(None);
+
+pub fn set_loaded_bundle(b: Bundle<'static>) {
+    // SAFETY: boot, single CPU.
+    unsafe { *LOADED.get_mut() = Some(b) };
+}
+
+/// The bundle of the image the kernel booted from.
+pub fn loaded_bundle() -> Option<Bundle<'static>> {
+    // SAFETY: written once at boot, then only read.
+    unsafe { *LOADED.get() }
+}
+
+pub fn describe(b: &Bundle<'_>) {
+    let m = b.manifest();
+    kprintln!("fluke: image: {} program(s), init = {}", b.programs().count(), m.init());
+    for p in b.programs() {
+        kprintln!("fluke:   program {:<16} {:>8} bytes", p.name, p.data.len());
+    }
+}

@@ -1,0 +1,181 @@
+//! The fluke microkernel. See guest-kernel/README.md for the design; `arch` holds everything
+//! hardware- and platform-specific.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod arch;
+mod bootinfo;
+mod console;
+mod fault;
+mod image;
+mod loader;
+mod mm;
+mod panic;
+mod process;
+mod sched;
+mod selftest;
+mod space;
+mod sync;
+mod syscall;
+mod thread;
+mod time;
+
+use arch::{apic, cpu, paging, platform, tables, user};
+use bootinfo::BootInfo;
+use fluke_abi::ports::{BootMark, BOOT_TIMER};
+use fluke_abi::{cmdline, Platform};
+use fluke_kcore::memmap::PhysRange;
+use sync::BootCell;
+
+static BOOT_INFO: BootCell<BootInfo> = BootCell::new(BootInfo::empty());
+
+pub fn boot_mark(mark: BootMark) {
+    // SAFETY: the boot-timer port is write-only and owned by the kernel.
+    unsafe { cpu::outb(BOOT_TIMER, mark as u8) };
+}
+
+/// Entered from boot.S on the boot stack, in 64-bit mode on the boot page tables, with
+/// interrupts off. On kvm_pvm every instruction until `enable_pv_mode` is emulated (~1 µs
+/// each), so the steps before it are the few that must precede PV mode.
+#[no_mangle]
+extern "C" fn kernel_main(start_info_pa: u64) -> ! {
+    boot_mark(BootMark::KernelEntry);
+    tables::init_early();
+    paging::init_nx();
+    let detected = platform::detect();
+    platform::enable_pv_mode();
+    // From here on the kernel runs at native speed on every platform.
+    tables::init_idt();
+
+    // SAFETY: boot, single CPU: the only reference to the boot info.
+    let boot = unsafe { BOOT_INFO.get_mut() };
+    let boot_ok = boot.read(start_info_pa);
+    kprintln!("fluke: Fluke microkernel {}", env!("CARGO_PKG_VERSION"));
+    kprintln!(
+        "fluke: platform {}, backend {}, pv-mode {}",
+        detected.platform.name(),
+        detected.backend.name(),
+        if platform::pv_mode_on() { "on" } else { "off" }
+    );
+    if let Err(e) = boot_ok {
+        panic!("unusable boot information at {:#x}: {:?}", start_info_pa, e);
+    }
+    let cmd = boot.cmdline();
+    if let Some(said) = cmdline::get(cmd, cmdline::PLATFORM) {
+        if Platform::from_name(said) != Some(detected.platform) {
+            kprintln!("fluke: note: the VMM says platform {said}; the kernel's probe says {}", detected.platform.name());
+        }
+    }
+
+    let kernel = mm::kernel_image_range();
+    let bundle = image::locate_bundle(kernel.end, memmap_ram_end(boot));
+    let mem = mm::init_frames(boot, &[kernel, bundle.unwrap_or(PhysRange { start: 0, end: 0 })]);
+    let root = match mm::init_kernel_space(boot, bundle.unwrap_or(PhysRange { start: 0, end: 0 })) {
+        Ok(root) => root,
+        Err(e) => panic!("cannot build the kernel page tables: {:?}", e),
+    };
+    let entry_tree = match detected.backend {
+        platform::Backend::Pv => match paging::build_entry_tree(&tables::cpu_table_pages()) {
+            Ok(t) => Some(t),
+            Err(e) => panic!("cannot build the user page-table entry tree: {:?}", e),
+        },
+        platform::Backend::Native => None,
+    };
+    space::init(root, entry_tree);
+    user::init_syscall();
+    apic::disable_legacy_pic();
+    if let Err(e) = apic::init(detected.x2apic, root) {
+        panic!("cannot map the local APIC: {:?}", e);
+    }
+    let tsc_hint = cmdline::get(cmd, cmdline::TSC_KHZ).and_then(|v| v.parse().ok());
+    let tsc_khz = time::init(tsc_hint);
+    sched::init(root, boot_stack_top());
+    kprintln!(
+        "fluke: memory {} MiB, {} KiB kernel, {} free frames ({} MiB)",
+        mem.ram_end >> 20,
+        (kernel.end - kernel.start) >> 10,
+        mm::free_frames(),
+        (mm::free_frames() * 4096) >> 20
+    );
+    kprintln!(
+        "fluke: timer: {} APIC, one-shot, {} ms quantum; TSC {} kHz",
+        if apic::x2apic() { "x2" } else { "x" },
+        sched::QUANTUM_NS / 1_000_000,
+        tsc_khz
+    );
+    let bundle = match bundle.map(image::bundle) {
+        Some(Ok(b)) => b,
+        Some(Err(e)) => panic!("corrupt program bundle: {e}"),
+        None => panic!("the image has no program bundle"),
+    };
+    image::describe(&bundle);
+    image::set_loaded_bundle(bundle);
+
+    boot_mark(BootMark::InitStart);
+    if let Some(name) = cmdline::get(cmd, cmdline::TEST) {
+        selftest::run(name);
+    }
+    if let Some(name) = cmdline::get(cmd, cmdline::BENCH) {
+        selftest::bench(name);
+    }
+    start_init(&bundle, cmdline::get(cmd, cmdline::INIT));
+    // SAFETY: switches to the idle stack (this boot stack) and never returns.
+    unsafe { sched::schedule() }
+}
+
+/// Starts the first process: the manifest's init, or `fluke.init=PROGRAM,ARG,...`.
+fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>) {
+    let mut args = alloc::vec::Vec::new();
+    let name = match override_init {
+        Some(spec) => {
+            let mut parts = spec.split(',');
+            let name = parts.next().unwrap_or("");
+            for a in parts {
+                args.extend_from_slice(a.as_bytes());
+                args.push(0);
+            }
+            name
+        }
+        None => {
+            let m = bundle.manifest();
+            for a in m.args() {
+                args.extend_from_slice(a.as_bytes());
+                args.push(0);
+            }
+            m.init()
+        }
+    };
+    match process::spawn(name, &args, None) {
+        Ok(pid) => {
+            sched::kernel().init = Some(pid);
+            kprintln!("fluke: started init: {name}");
+        }
+        Err(e) => panic!("cannot start init program {name:?}: {}", e.name()),
+    }
+}
+
+fn boot_stack_top() -> u64 {
+    extern "C" {
+        static boot_stack_top: u8;
+    }
+    core::ptr::addr_of!(boot_stack_top) as u64
+}
+
+fn memmap_ram_end(boot: &BootInfo) -> u64 {
+    fluke_kcore::memmap::ram_end(boot.memmap(), mm::MAX_PHYS)
+}
+
+/// An external interrupt (vector >= 32) taken in kernel mode (the idle loop, or the window
+/// before a return to user mode).
+pub fn interrupt(vector: u8) {
+    match vector {
+        apic::TIMER_VECTOR => sched::timer_interrupt(false),
+        apic::SPURIOUS_VECTOR => {}
+        _ => {
+            apic::eoi();
+            kprintln!("fluke: unexpected interrupt vector {vector}");
+        }
+    }
+}

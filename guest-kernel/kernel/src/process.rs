@@ -1,0 +1,200 @@
+//! Processes: an address space with its threads, a parent, children and an exit status.
+//! (The object-model issue replaces this fixed structure with Spaces, Threads and
+//! capabilities that a user-level parent manipulates directly.)
+
+use crate::arch::user::UserRegs;
+use crate::arch::paging::UserPerm;
+use crate::sched::{self, kernel};
+use crate::space::Space;
+use crate::thread::{KernelStack, Thread, ThreadId, ThreadState};
+use crate::{image, kprintln, loader};
+use alloc::boxed::Box;
+use alloc::vec::Vec;
+use fluke_abi::syscall::layout::{STACK_SIZE, STACK_TOP};
+use fluke_abi::syscall::Error;
+use fluke_kcore::slab::Id;
+
+pub type Pid = Id;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProcessState {
+    Alive,
+    Exited(i32),
+}
+
+pub struct Process {
+    pub name: heapless_name::Name,
+    pub parent: Option<Pid>,
+    /// `None` once the process has exited (its memory is freed at exit).
+    pub space: Option<Space>,
+    pub threads: Vec<ThreadId>,
+    pub children: Vec<Pid>,
+    pub state: ProcessState,
+}
+
+/// A short copy of the program name for reports.
+pub mod heapless_name {
+    #[derive(Clone, Copy)]
+    pub struct Name {
+        bytes: [u8; 32],
+        len: usize,
+    }
+
+    impl Name {
+        pub fn new(s: &str) -> Name {
+            let mut bytes = [0; 32];
+            let len = s.len().min(32);
+            bytes[..len].copy_from_slice(&s.as_bytes()[..len]);
+            Name { bytes, len }
+        }
+
+        pub fn as_str(&self) -> &str {
+            core::str::from_utf8(&self.bytes[..self.len]).unwrap_or("?")
+        }
+    }
+}
+
+/// Starts program `name` of the image with `args` (NUL-separated) as a child of `parent`.
+pub fn spawn(name: &str, args: &[u8], parent: Option<Pid>) -> Result<Pid, Error> {
+    let bundle = image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
+    let program = bundle.program(name).ok_or(Error::NoSuchProgram)?;
+    let mut space = Space::new()?;
+    let entry = loader::load_elf(&mut space, program.data)?;
+    // Stack: the top pages eagerly (the arguments go there), the rest demand-zero.
+    const EAGER: u64 = 2 * 4096;
+    space.map_anon(STACK_TOP - STACK_SIZE, STACK_SIZE - EAGER)?;
+    space.map_zeroed(STACK_TOP - EAGER, EAGER, UserPerm { write: true, exec: false })?;
+    let (argc, argv, sp) = loader::push_args(&mut space, STACK_TOP, args)?;
+
+    let mut regs = Box::new(UserRegs::default());
+    regs.rip = entry;
+    regs.rsp = sp;
+    regs.rdi = argc;
+    regs.rsi = argv;
+    regs.rflags = 0x202;
+    // As after a kernel call, so the first return is a plain SYSRETQ.
+    regs.rcx = regs.rip;
+    regs.r11 = regs.rflags;
+
+    let k = kernel();
+    let pid = k
+        .processes
+        .insert(Process {
+            name: heapless_name::Name::new(name),
+            parent,
+            space: Some(space),
+            threads: Vec::new(),
+            children: Vec::new(),
+            state: ProcessState::Alive,
+        })
+        .ok_or(Error::Exhausted)?;
+    let kstack = match KernelStack::new() {
+        Some(s) => s,
+        None => {
+            k.processes.remove(pid);
+            return Err(Error::NoMemory);
+        }
+    };
+    let Some(tid) = k.threads.insert(Thread { regs, kstack, state: ThreadState::Runnable, process: pid }) else {
+        k.processes.remove(pid);
+        return Err(Error::Exhausted);
+    };
+    if let Some(p) = k.processes.get_mut(pid) {
+        p.threads.push(tid);
+    }
+    if let Some(parent) = parent.and_then(|pp| k.processes.get_mut(pp)) {
+        parent.children.push(pid);
+    }
+    k.runq.push_back(tid);
+    Ok(pid)
+}
+
+/// Ends a process: its threads die, its children are ended too (a parent controls its
+/// children's lifetime), its memory is freed, and its parent's waiting threads wake up.
+/// The first process's status ends the VM.
+pub fn exit(pid: Pid, status: i32) {
+    let k = kernel();
+    let Some(p) = k.processes.get_mut(pid) else { return };
+    if p.state != ProcessState::Alive {
+        return;
+    }
+    p.state = ProcessState::Exited(status);
+    let threads = core::mem::take(&mut p.threads);
+    let children = core::mem::take(&mut p.children);
+    let parent = p.parent;
+    for tid in threads {
+        if let Some(t) = k.threads.get_mut(tid) {
+            t.state = ThreadState::Dead;
+        }
+        k.runq.retain(|&q| q != tid);
+    }
+    for child in children {
+        exit(child, fluke_abi::syscall::KILLED_WITH_PARENT);
+        kernel().processes.remove(child);
+    }
+    if k.init == Some(pid) {
+        kprintln!("fluke: init exited with status {status}");
+        crate::arch::platform::exit(status as u8);
+    }
+    // Free the address space now; the Exited record stays until the parent waits.
+    if let Some(p) = kernel().processes.get_mut(pid) {
+        drop(p.space.take());
+    }
+    match parent {
+        Some(pp) => wake_waiters(pp),
+        None => {
+            kernel().processes.remove(pid);
+        }
+    }
+}
+
+fn wake_waiters(pid: Pid) {
+    let k = kernel();
+    let Some(p) = k.processes.get(pid) else { return };
+    let waiting: Vec<ThreadId> = p
+        .threads
+        .iter()
+        .copied()
+        .filter(|&t| k.threads.get(t).is_some_and(|t| t.state == ThreadState::WaitChild))
+        .collect();
+    for t in waiting {
+        sched::make_runnable(t);
+    }
+}
+
+/// `wait(child)`: the child's status if it has exited (and forgets it), `None` if it is
+/// still running.
+pub fn try_wait(parent: Pid, child: Pid) -> Result<Option<i32>, Error> {
+    let k = kernel();
+    let is_child = k.processes.get(parent).is_some_and(|p| p.children.contains(&child));
+    if !is_child {
+        return Err(Error::NoSuchChild);
+    }
+    match k.processes.get(child).map(|c| c.state) {
+        Some(ProcessState::Exited(status)) => {
+            k.processes.remove(child);
+            if let Some(p) = k.processes.get_mut(parent) {
+                p.children.retain(|&c| c != child);
+            }
+            Ok(Some(status))
+        }
+        Some(ProcessState::Alive) => Ok(None),
+        None => Err(Error::NoSuchChild),
+    }
+}
+
+/// Kills the process of the current thread after a fault it cannot survive.
+pub fn kill_current(vector: u8, reason: core::fmt::Arguments, regs: &UserRegs) {
+    let k = kernel();
+    let Some(tid) = sched::current() else { return };
+    let Some(pid) = k.threads.get(tid).map(|t| t.process) else { return };
+    let name = k.processes.get(pid).map(|p| p.name).unwrap_or(heapless_name::Name::new("?"));
+    k.stats.processes_killed += 1;
+    kprintln!("fluke: process {} ({}) killed: {}", pid.index, name.as_str(), reason);
+    kprintln!("fluke:   rip {:#018x} rsp {:#018x} rflags {:#x}", regs.rip, regs.rsp, regs.rflags);
+    kprintln!("fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", regs.rax, regs.rbx, regs.rcx, regs.rdx);
+    kprintln!("fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", regs.rsi, regs.rdi, regs.rbp, regs.r8);
+    kprintln!("fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", regs.r9, regs.r10, regs.r11, regs.r12);
+    kprintln!("fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}", regs.r13, regs.r14, regs.r15);
+    exit(pid, fluke_abi::syscall::killed_status(vector));
+}

@@ -1,0 +1,213 @@
+//! Address spaces: a page-table pair, the user mappings, demand-zero ranges, the return page.
+//! Every access the kernel makes to user memory goes through [`Space::copy_in`] /
+//! [`Space::copy_out`], which translate each page through the space's own tables and touch
+//! the frame through the direct map, so a bad user pointer can only ever yield an error.
+
+use crate::arch::paging::{self, MapError, UserPerm};
+use crate::arch::user;
+use crate::mm;
+use crate::sync::BootCell;
+use alloc::vec::Vec;
+use fluke_abi::syscall::layout::{RETURN_PAGE, USER_MAP_END};
+use fluke_abi::syscall::Error;
+
+const PAGE: u64 = 4096;
+
+/// The kernel's own root and the PV entry tree, set at boot, used to create every space.
+struct Template {
+    kernel_root: u64,
+    entry_tree: Option<(usize, u64)>,
+}
+
+static TEMPLATE: BootCell<Template> = BootCell::new(Template { kernel_root: 0, entry_tree: None });
+
+/// Records the kernel root and (kvm_pvm) the CPU-tables tree that user page tables map.
+pub fn init(kernel_root: u64, entry_tree: Option<(usize, u64)>) {
+    // SAFETY: boot, single CPU.
+    unsafe { *TEMPLATE.get_mut() = Template { kernel_root, entry_tree } };
+}
+
+pub fn kernel_root() -> u64 {
+    // SAFETY: written once at boot.
+    unsafe { TEMPLATE.get().kernel_root }
+}
+
+impl From<MapError> for Error {
+    fn from(e: MapError) -> Error {
+        match e {
+            MapError::OutOfMemory => Error::NoMemory,
+            MapError::AlreadyMapped(_) | MapError::Misaligned(_) => Error::InvalidArgument,
+        }
+    }
+}
+
+pub struct Space {
+    /// Even page of the 8 KiB root pair.
+    pub root: u64,
+    /// Frame of this space's return page (stub + slot), user read-only at RETURN_PAGE.
+    return_page: u64,
+    /// Demand-zero ranges `[start, end)`: a fault inside gets a fresh zeroed page.
+    anon: Vec<(u64, u64)>,
+    /// Frames this space holds (page tables excluded).
+    pub frames: u64,
+}
+
+/// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range below the return page.
+pub fn check_user_range(addr: u64, len: u64) -> Result<u64, Error> {
+    let end = addr.checked_add(len).ok_or(Error::InvalidArgument)?;
+    if len == 0 || addr % PAGE != 0 || len % PAGE != 0 || end > USER_MAP_END {
+        return Err(Error::InvalidArgument);
+    }
+    Ok(end)
+}
+
+impl Space {
+    pub fn new() -> Result<Space, Error> {
+        // SAFETY: written once at boot.
+        let t = unsafe { TEMPLATE.get() };
+        let root = paging::new_root_pair()?;
+        paging::init_space_root(root, t.kernel_root, t.entry_tree);
+        let mut space = Space { root, return_page: 0, anon: Vec::new(), frames: 0 };
+        let page = space.alloc_zeroed()?;
+        // SAFETY: a fresh frame, reached through the direct map.
+        unsafe {
+            core::ptr::copy_nonoverlapping(
+                user::return_page_template_bytes().as_ptr(),
+                mm::phys_to_virt(page) as *mut u8,
+                PAGE as usize,
+            );
+        }
+        paging::map_user(root, RETURN_PAGE, page, UserPerm { write: false, exec: true }, true)?;
+        space.return_page = page;
+        Ok(space)
+    }
+
+    fn alloc_zeroed(&mut self) -> Result<u64, Error> {
+        let frame = mm::alloc_frame().ok_or(Error::NoMemory)?;
+        // SAFETY: a fresh frame, reached through the direct map.
+        unsafe { core::ptr::write_bytes(mm::phys_to_virt(frame) as *mut u8, 0, PAGE as usize) };
+        self.frames += 1;
+        Ok(frame)
+    }
+
+    /// The kernel address of the return slot (user::return_to_user).
+    pub fn return_slot(&self) -> u64 {
+        mm::phys_to_virt(self.return_page)
+    }
+
+    /// Maps fresh zeroed pages over `[addr, addr + len)`.
+    pub fn map_zeroed(&mut self, addr: u64, len: u64, perm: UserPerm) -> Result<(), Error> {
+        let end = check_user_range(addr, len)?;
+        let mut va = addr;
+        while va < end {
+            let frame = self.alloc_zeroed()?;
+            if let Err(e) = paging::map_user(self.root, va, frame, perm, true) {
+                mm::free_frame(frame);
+                self.frames -= 1;
+                return Err(e.into());
+            }
+            va += PAGE;
+        }
+        Ok(())
+    }
+
+    /// Reserves `[addr, addr + len)` as demand-zero, read-write memory.
+    pub fn map_anon(&mut self, addr: u64, len: u64) -> Result<(), Error> {
+        let end = check_user_range(addr, len)?;
+        if self.anon.iter().any(|&(s, e)| addr < e && s < end) {
+            return Err(Error::InvalidArgument);
+        }
+        if self.anon.len() >= 64 {
+            return Err(Error::Exhausted);
+        }
+        self.anon.push((addr, end));
+        Ok(())
+    }
+
+    /// Resolves a user page fault at `addr` if it lies in a demand-zero range and is not
+    /// mapped yet. Returns false if the fault is the program's error.
+    pub fn handle_fault(&mut self, addr: u64) -> bool {
+        let page = addr & !(PAGE - 1);
+        if !self.anon.iter().any(|&(s, e)| (s..e).contains(&page)) {
+            return false;
+        }
+        if paging::translate_user(self.root, page).is_some() {
+            return false; // present: a protection fault
+        }
+        let Ok(frame) = self.alloc_zeroed() else { return false };
+        if paging::map_user(self.root, page, frame, UserPerm { write: true, exec: false }, true).is_err() {
+            mm::free_frame(frame);
+            self.frames -= 1;
+            return false;
+        }
+        true
+    }
+
+    /// The frame behind a user page, faulting in demand-zero memory; `write` requires a
+    /// writable mapping.
+    fn user_frame(&mut self, page: u64, write: bool) -> Result<u64, Error> {
+        if page >= USER_MAP_END {
+            return Err(Error::BadAddress);
+        }
+        let (frame, bits) = match paging::translate_user(self.root, page) {
+            Some(t) => t,
+            None => {
+                if !self.handle_fault(page) {
+                    return Err(Error::BadAddress);
+                }
+                paging::translate_user(self.root, page).ok_or(Error::BadAddress)?
+            }
+        };
+        if !paging::pte_user(bits) || (write && !paging::pte_writable(bits)) {
+            return Err(Error::BadAddress);
+        }
+        Ok(frame)
+    }
+
+    /// Copies user memory at `addr` into `buf`.
+    pub fn copy_in(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
+        self.copy(addr, buf.len(), false, |frame_va, off, chunk| {
+            // SAFETY: `frame_va` is a user frame of this space, through the direct map.
+            unsafe { core::ptr::copy_nonoverlapping(frame_va as *const u8, buf[off..].as_mut_ptr(), chunk) }
+        })
+    }
+
+    /// Writes `data` at `addr` whatever the page permissions (program loading).
+    pub fn fill(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.copy(addr, data.len(), false, |frame_va, off, chunk| {
+            // SAFETY: as in copy_in; the kernel may write any frame of the space it built.
+            unsafe { core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk) }
+        })
+    }
+
+    /// Copies `data` into user memory at `addr` (which must be writable).
+    pub fn copy_out(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.copy(addr, data.len(), true, |frame_va, off, chunk| {
+            // SAFETY: as in copy_in.
+            unsafe { core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk) }
+        })
+    }
+
+    fn copy(&mut self, addr: u64, len: usize, write: bool, mut f: impl FnMut(u64, usize, usize)) -> Result<(), Error> {
+        let end = addr.checked_add(len as u64).ok_or(Error::BadAddress)?;
+        if end > USER_MAP_END {
+            return Err(Error::BadAddress);
+        }
+        let mut va = addr;
+        while va < end {
+            let page = va & !(PAGE - 1);
+            let chunk = ((page + PAGE).min(end) - va) as usize;
+            let frame = self.user_frame(page, write)?;
+            f(mm::phys_to_virt(frame) + (va - page), (va - addr) as usize, chunk);
+            va += chunk as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Space {
+    fn drop(&mut self) {
+        crate::sched::leave_space(self.root);
+        paging::destroy_space(self.root);
+    }
+}

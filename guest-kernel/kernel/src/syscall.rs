@@ -1,0 +1,133 @@
+//! The kernel-call dispatcher. entry.S has saved the caller's registers in its UserRegs;
+//! each call reads its arguments from there, writes its result to `rax` and returns to user
+//! mode. Every pointer argument goes through `Space::copy_in/copy_out`, which check it
+//! against the caller's own page tables.
+
+use crate::arch::percpu;
+use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
+use crate::console::Console;
+use crate::process::{self, Pid};
+use crate::sched::{self, kernel};
+use crate::thread::ThreadState;
+use crate::time;
+use fluke_abi::syscall::{encode, BenchOp, Call, Error};
+use fluke_kcore::slab::Id;
+
+/// The current thread's saved registers.
+fn regs() -> &'static mut UserRegs {
+    // SAFETY: entry.S saved into the current thread's UserRegs, which lives as long as the
+    // thread; single CPU, so no other reference is live.
+    unsafe { &mut *(percpu::get().cur_regs as *mut UserRegs) }
+}
+
+fn current_pid() -> Option<Pid> {
+    let k = kernel();
+    sched::current().and_then(|t| k.threads.get(t)).map(|t| t.process)
+}
+
+fn with_space<R>(f: impl FnOnce(&mut crate::space::Space) -> Result<R, Error>) -> Result<R, Error> {
+    let pid = current_pid().ok_or(Error::InvalidArgument)?;
+    let space = kernel().processes.get_mut(pid).and_then(|p| p.space.as_mut()).ok_or(Error::InvalidArgument)?;
+    f(space)
+}
+
+#[no_mangle]
+extern "C" fn syscall_dispatch() -> ! {
+    let r = regs();
+    let result = match Call::from_u64(r.rax) {
+        Some(call) => dispatch(call, r),
+        None => Err(Error::NoSuchCall),
+    };
+    regs().rax = encode(result);
+    sched::resume_current()
+}
+
+fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
+    let (a0, a1, a2, a3) = (r.rdi, r.rsi, r.rdx, r.r10);
+    match call {
+        Call::Null => Ok(0),
+        Call::ConsoleWrite => console_write(a0, a1),
+        Call::Exit => {
+            if let Some(pid) = current_pid() {
+                process::exit(pid, a0 as i32);
+            }
+            // SAFETY: entry.S's schedule switches stacks and never returns.
+            unsafe { sched::schedule() }
+        }
+        Call::Yield => {
+            r.rax = 0;
+            sched::yield_current()
+        }
+        Call::Time => Ok(time::now_ns()),
+        Call::Spawn => spawn(a0, a1, a2, a3),
+        Call::Wait => {
+            let me = current_pid().ok_or(Error::InvalidArgument)?;
+            match process::try_wait(me, Id::from_u64(a0))? {
+                Some(status) => Ok(status as i64 as u64),
+                None => restart_later(r, ThreadState::WaitChild),
+            }
+        }
+        Call::Sleep => {
+            // Rewritten into the restartable absolute form: visible in the registers.
+            let deadline = time::now_ns().saturating_add(a0);
+            r.rax = Call::SleepUntil as u64;
+            r.rdi = deadline;
+            sleep_until(r, deadline)
+        }
+        Call::SleepUntil => sleep_until(r, a0),
+        Call::MapAnon => with_space(|s| s.map_anon(a0, a1).map(|_| a0)),
+        Call::Bench => bench(a0, a1),
+    }
+}
+
+fn sleep_until(r: &mut UserRegs, deadline: u64) -> Result<u64, Error> {
+    if time::now_ns() >= deadline {
+        return Ok(0);
+    }
+    restart_later(r, ThreadState::Sleeping(deadline))
+}
+
+/// Blocks the current thread so that, when woken, it re-executes its `syscall` instruction
+/// with the registers it has now: no kernel state is kept for the pending call.
+fn restart_later(r: &mut UserRegs, state: ThreadState) -> ! {
+    r.rip -= SYSCALL_INSN_LEN;
+    r.rcx = r.rip;
+    sched::block_current(state)
+}
+
+fn console_write(ptr: u64, len: u64) -> Result<u64, Error> {
+    const MAX: u64 = 64 * 1024;
+    if len > MAX {
+        return Err(Error::InvalidArgument);
+    }
+    let mut buf = [0u8; 256];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(buf.len() as u64) as usize;
+        with_space(|s| s.copy_in(ptr + done, &mut buf[..n]))?;
+        Console.write_bytes(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(len)
+}
+
+fn spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64) -> Result<u64, Error> {
+    if name_len == 0 || name_len > 32 || args_len > 4096 {
+        return Err(Error::InvalidArgument);
+    }
+    let mut name = [0u8; 32];
+    with_space(|s| s.copy_in(name_ptr, &mut name[..name_len as usize]))?;
+    let name = core::str::from_utf8(&name[..name_len as usize]).map_err(|_| Error::InvalidArgument)?;
+    let mut args = alloc::vec![0u8; args_len as usize];
+    with_space(|s| s.copy_in(args_ptr, &mut args))?;
+    let parent = current_pid();
+    process::spawn(name, &args, parent).map(|pid| pid.to_u64())
+}
+
+fn bench(op: u64, _arg: u64) -> Result<u64, Error> {
+    match op {
+        x if x == BenchOp::SwitchFloorJoin as u64 => crate::selftest::floor_join(),
+        x if x == BenchOp::TscPerUs as u64 => Ok(time::tsc_khz().div_ceil(1000)),
+        _ => Err(Error::InvalidArgument),
+    }
+}

@@ -1,0 +1,56 @@
+//! Threads: the saved user registers, a kernel stack, and what the thread waits for.
+//!
+//! A thread that waits inside a kernel call keeps no kernel state for it: its registers are
+//! left so that re-executing the `syscall` instruction continues the call (the atomic API),
+//! and [`ThreadState`] only says what wakes it.
+
+use crate::arch::user::UserRegs;
+use crate::mm;
+use alloc::boxed::Box;
+use fluke_kcore::slab::Id;
+
+pub type ThreadId = Id;
+
+const KSTACK_FRAMES: u64 = 4;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadState {
+    Runnable,
+    /// Waiting for a child process to exit (re-runs `wait` when woken).
+    WaitChild,
+    /// Sleeping until the TSC-based deadline, in ns since boot.
+    Sleeping(u64),
+    /// Finished; its resources are reclaimed by the scheduler once off its stack.
+    Dead,
+}
+
+/// A kernel stack: 16 KiB of contiguous frames, used while the thread is in the kernel.
+pub struct KernelStack {
+    base: u64,
+}
+
+impl KernelStack {
+    pub fn new() -> Option<KernelStack> {
+        mm::alloc_frames_contiguous(KSTACK_FRAMES, 1).map(|base| KernelStack { base })
+    }
+
+    pub fn top(&self) -> u64 {
+        mm::phys_to_virt(self.base) + KSTACK_FRAMES * 4096
+    }
+}
+
+impl Drop for KernelStack {
+    fn drop(&mut self) {
+        for i in 0..KSTACK_FRAMES {
+            mm::free_frame(self.base + i * 4096);
+        }
+    }
+}
+
+pub struct Thread {
+    /// Boxed so its address is stable: the entry code saves into it (PERCPU.cur_regs).
+    pub regs: Box<UserRegs>,
+    pub kstack: KernelStack,
+    pub state: ThreadState,
+    pub process: Id,
+}

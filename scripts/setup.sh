@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs what building and testing fluke-vmm needs beyond a Rust toolchain:
+#   - the x86_64-unknown-none target (RUSTUP_AUTO_INSTALL=0 machines do not add it on their own),
+#   - QEMU (Debian/Ubuntu package qemu-system-x86), which the tests use for the native backend.
+# Idempotent: does nothing when both are present. Usage: scripts/setup.sh [--no-qemu]
+set -euo pipefail
+
+want_qemu=1
+[ "${1:-}" = "--no-qemu" ] && want_qemu=0
+
+if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none; then
+    echo "setup: adding the x86_64-unknown-none target" >&2
+    rustup target add x86_64-unknown-none
+fi
+
+if [ "$want_qemu" = 1 ] && ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
+    echo "setup: installing qemu-system-x86" >&2
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+fi

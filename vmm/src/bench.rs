@@ -1,0 +1,441 @@
+//! `fluke-vmm bench`: boots the guest repeatedly (as child processes of this same binary:
+//! `run --serial null --stats-json FILE --cmdline ...`), reads what each run measured and
+//! reports the median of each benchmark.
+//!
+//! Adding a benchmark is one entry in [`BENCHMARKS`]: its name, model, unit, the extra
+//! kernel command line of the runs it reads, and how to get one sample out of a run's
+//! [`RunStats`]. Benchmarks with the same command line share their runs.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+
+use crate::boot;
+use crate::cli::BenchArgs;
+use crate::error::{Error, Result};
+use crate::logger::{to_stderr, to_stdout};
+use crate::run::read_image;
+use crate::stats::RunStats;
+
+/// What a benchmark measures.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Model {
+    /// The host alone.
+    Host,
+    /// The VMM (and KVM under it).
+    Vmm,
+    /// The guest microkernel.
+    Microkernel,
+}
+
+impl Model {
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Host => "host",
+            Model::Vmm => "vmm",
+            Model::Microkernel => "microkernel",
+        }
+    }
+}
+
+/// One benchmark.
+pub struct Benchmark {
+    /// Stable record name.
+    pub name: &'static str,
+    pub model: Model,
+    pub unit: &'static str,
+    /// Extra kernel command line of the runs this benchmark reads.
+    pub cmdline: &'static str,
+    /// One sample from one run; `None` if the run did not measure it.
+    pub sample: fn(&RunStats) -> Option<f64>,
+}
+
+/// Every benchmark, in report order. Keep the names stable: they are the records' keys.
+pub const BENCHMARKS: &[Benchmark] = &[
+    Benchmark {
+        name: "boot.to_kernel",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: "",
+        sample: |s| s.boot_to_kernel_ms,
+    },
+    Benchmark {
+        name: "boot.to_init",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: "",
+        sample: |s| s.boot_to_init_ms,
+    },
+    Benchmark {
+        name: "vmm.exit_roundtrip",
+        model: Model::Vmm,
+        unit: "us",
+        cmdline: "fluke.bench=exit_roundtrip",
+        sample: |s| s.exit_roundtrip_us,
+    },
+    Benchmark {
+        name: "vmm.rss",
+        model: Model::Vmm,
+        unit: "KiB",
+        cmdline: "",
+        sample: |s| s.vmm_rss_kib.map(|k| k as f64),
+    },
+];
+
+/// A benchmark's result: the JSON record `--json` writes (one per benchmark, in an array).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    pub name: String,
+    pub model: Model,
+    /// `kvm_pvm`, `kvm` or `qemu`.
+    pub platform: String,
+    /// The median of `samples`.
+    pub value: f64,
+    pub unit: String,
+    pub samples: Vec<f64>,
+}
+
+impl Record {
+    pub fn min(&self) -> f64 {
+        self.samples.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    pub fn max(&self) -> f64 {
+        self.samples
+            .iter()
+            .copied()
+            .fold(f64::NEG_INFINITY, f64::max)
+    }
+}
+
+/// The median; `None` for no samples.
+pub fn median(samples: &[f64]) -> Option<f64> {
+    let mut v = samples.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(v[n / 2]),
+        _ => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
+}
+
+/// Runs per benchmark: at least 1, at most this.
+pub const MAX_SAMPLES: u32 = 10_000;
+/// Per-run timeout passed to the child `run`.
+pub const RUN_TIMEOUT_SECS: u32 = 60;
+
+pub fn bench(args: &BenchArgs) -> Result<u8> {
+    if !(1..=MAX_SAMPLES).contains(&args.samples) {
+        return Err(Error::Bench(format!(
+            "--samples must be between 1 and {MAX_SAMPLES}, got {}",
+            args.samples
+        )));
+    }
+    // Fail early and clearly on a bad image rather than N times in the children.
+    let (bytes, what) = read_image(args.image.as_deref())?;
+    boot::validate(&bytes, &what)?;
+    let exe = std::env::current_exe().map_err(|source| Error::HostIo {
+        what: "benchmark runner (cannot find own executable)",
+        source,
+    })?;
+
+    let mut records = Vec::new();
+    let mut failures = Vec::new();
+    // Each distinct command line once, in the order of BENCHMARKS.
+    let mut seen: Vec<&str> = Vec::new();
+    for cmdline in BENCHMARKS.iter().map(|b| b.cmdline) {
+        if seen.contains(&cmdline) {
+            continue;
+        }
+        seen.push(cmdline);
+        let benches: Vec<&Benchmark> = BENCHMARKS.iter().filter(|b| b.cmdline == cmdline).collect();
+        let names: Vec<&str> = benches.iter().map(|b| b.name).collect();
+        to_stderr(&format!(
+            "fluke-vmm: bench: {} x {} ({})\n",
+            args.samples,
+            if cmdline.is_empty() { "boot" } else { cmdline },
+            names.join(", ")
+        ));
+        let runs = match sample_runs(&exe, args.image.as_deref(), cmdline, args.samples) {
+            Ok(runs) => runs,
+            Err(e) => {
+                failures.extend(names.iter().map(|n| format!("{n}: {e}")));
+                continue;
+            }
+        };
+        for b in benches {
+            match record(b, &runs) {
+                Ok(r) => records.push(r),
+                Err(e) => failures.push(format!("{}: {e}", b.name)),
+            }
+        }
+    }
+
+    // Report in the order of BENCHMARKS, not in the order the runs were grouped.
+    records.sort_by_key(|r| BENCHMARKS.iter().position(|b| b.name == r.name));
+    to_stdout(&table(&records));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&records)
+            .map_err(|e| Error::Bench(format!("cannot encode records: {e}")))?;
+        write_file(path, &(json + "\n"))?;
+    }
+    if let Some(path) = &args.markdown {
+        write_file(path, &markdown(&records))?;
+    }
+    if failures.is_empty() {
+        Ok(0)
+    } else {
+        for f in &failures {
+            to_stderr(&format!("fluke-vmm: bench: {f}\n"));
+        }
+        Err(Error::Bench(format!(
+            "{} of {} benchmarks failed",
+            failures.len(),
+            BENCHMARKS.len()
+        )))
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> Result<()> {
+    std::fs::write(path, text).map_err(|source| Error::WriteOutput {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Builds a record from the runs of its command line.
+fn record(b: &Benchmark, runs: &[RunStats]) -> std::result::Result<Record, String> {
+    let samples: Vec<f64> = runs.iter().filter_map(b.sample).collect();
+    if samples.len() != runs.len() {
+        return Err(format!(
+            "the guest did not report it in {} of {} runs",
+            runs.len() - samples.len(),
+            runs.len()
+        ));
+    }
+    let value = median(&samples).ok_or("no samples")?;
+    let platform = runs.first().map(|r| r.platform.clone()).unwrap_or_default();
+    Ok(Record {
+        name: b.name.to_string(),
+        model: b.model,
+        platform,
+        value,
+        unit: b.unit.to_string(),
+        samples,
+    })
+}
+
+/// Boots the guest `n` times with `cmdline` and returns what each run measured.
+fn sample_runs(
+    exe: &Path,
+    image: Option<&Path>,
+    cmdline: &str,
+    n: u32,
+) -> std::result::Result<Vec<RunStats>, String> {
+    let mut runs = Vec::new();
+    for i in 0..n {
+        let stats_path = temp_stats_path(i);
+        let result = one_run(exe, image, cmdline, &stats_path);
+        let _ = std::fs::remove_file(&stats_path);
+        runs.push(result.map_err(|e| format!("run {}: {e}", i + 1))?);
+    }
+    Ok(runs)
+}
+
+fn temp_stats_path(i: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("fluke-bench-{}-{i}.json", std::process::id()))
+}
+
+fn one_run(
+    exe: &Path,
+    image: Option<&Path>,
+    cmdline: &str,
+    stats_path: &Path,
+) -> std::result::Result<RunStats, String> {
+    let mut cmd = Command::new(exe);
+    cmd.arg("run");
+    if let Some(image) = image {
+        cmd.arg(image);
+    }
+    cmd.args(["--serial", "null", "--log-level", "error", "--timeout"])
+        .arg(RUN_TIMEOUT_SECS.to_string())
+        .arg("--stats-json")
+        .arg(stats_path)
+        .arg("--cmdline")
+        .arg(cmdline)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let why = stderr
+            .lines()
+            .find(|l| l.contains("error:"))
+            .unwrap_or("no message");
+        let status = out
+            .status
+            .code()
+            .map_or_else(|| "a signal".to_string(), |c| format!("status {c}"));
+        return Err(format!("the VMM exited with {status}: {why}"));
+    }
+    let json = std::fs::read_to_string(stats_path)
+        .map_err(|e| format!("no statistics from the run: {e}"))?;
+    serde_json::from_str(&json).map_err(|e| format!("unreadable statistics: {e}"))
+}
+
+const COLUMNS: [&str; 8] = [
+    "name", "model", "platform", "median", "unit", "samples", "min", "max",
+];
+
+fn row(r: &Record) -> [String; 8] {
+    [
+        r.name.clone(),
+        r.model.name().to_string(),
+        r.platform.clone(),
+        format!("{:.3}", r.value),
+        r.unit.clone(),
+        r.samples.len().to_string(),
+        format!("{:.3}", r.min()),
+        format!("{:.3}", r.max()),
+    ]
+}
+
+/// The plain-text table printed to stdout.
+pub fn table(records: &[Record]) -> String {
+    let rows: Vec<[String; 8]> = records.iter().map(row).collect();
+    let mut widths = COLUMNS.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let mut s = String::new();
+    let line = |s: &mut String, cells: Vec<&str>| {
+        let parts: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (c, w))| {
+                // Text columns left-aligned, numbers right-aligned.
+                if matches!(i, 3 | 5 | 6 | 7) {
+                    format!("{c:>w$}")
+                } else {
+                    format!("{c:<w$}")
+                }
+            })
+            .collect();
+        let _ = writeln!(s, "{}", parts.join("  ").trim_end());
+    };
+    line(&mut s, COLUMNS.to_vec());
+    for r in &rows {
+        line(&mut s, r.iter().map(String::as_str).collect());
+    }
+    s
+}
+
+/// The table as markdown.
+pub fn markdown(records: &[Record]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "| {} |", COLUMNS.join(" | "));
+    let _ = writeln!(s, "|{}", "---|".repeat(COLUMNS.len()));
+    for r in records {
+        let _ = writeln!(s, "| {} |", row(r).join(" | "));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> Record {
+        Record {
+            name: "vmm.exit_roundtrip".into(),
+            model: Model::Vmm,
+            platform: "kvm_pvm".into(),
+            value: 36.0,
+            unit: "us".into(),
+            samples: vec![40.0, 35.0, 36.0],
+        }
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0]), Some(3.0));
+        assert_eq!(median(&[5.0, 1.0, 3.0]), Some(3.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+    }
+
+    #[test]
+    fn record_json_shape() {
+        let v = serde_json::to_value(vec![rec()]).unwrap();
+        let o = v[0].as_object().unwrap();
+        let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            ["model", "name", "platform", "samples", "unit", "value"]
+        );
+        assert_eq!(o["model"], "vmm");
+        assert_eq!(o["platform"], "kvm_pvm");
+        assert_eq!(o["samples"].as_array().unwrap().len(), 3);
+        assert_eq!(o["value"], 36.0);
+    }
+
+    #[test]
+    fn benchmark_names_are_unique_and_stable() {
+        let names: Vec<&str> = BENCHMARKS.iter().map(|b| b.name).collect();
+        assert_eq!(
+            names,
+            [
+                "boot.to_kernel",
+                "boot.to_init",
+                "vmm.exit_roundtrip",
+                "vmm.rss"
+            ]
+        );
+    }
+
+    #[test]
+    fn records_come_from_run_stats() {
+        let run = |k: f64, rt: Option<f64>| RunStats {
+            platform: "kvm".into(),
+            boot_to_kernel_ms: Some(k),
+            exit_roundtrip_us: rt,
+            ..Default::default()
+        };
+        let runs = [run(3.0, None), run(1.0, None), run(2.0, None)];
+        let r = record(&BENCHMARKS[0], &runs).unwrap();
+        assert_eq!(
+            (r.value, r.platform.as_str(), r.unit.as_str()),
+            (2.0, "kvm", "ms")
+        );
+        assert_eq!(r.samples, [3.0, 1.0, 2.0]);
+        assert!(record(&BENCHMARKS[2], &runs).is_err());
+    }
+
+    #[test]
+    fn table_and_markdown() {
+        let t = table(&[rec()]);
+        let mut lines = t.lines();
+        let head = lines.next().unwrap();
+        assert!(head.starts_with("name"));
+        assert!(head.contains("median"));
+        let body = lines.next().unwrap();
+        assert!(body.contains("vmm.exit_roundtrip") && body.contains("36.000"));
+        assert!(body.contains("35.000") && body.contains("40.000"));
+        let m = markdown(&[rec()]);
+        assert!(m.starts_with("| name | model | platform | median |"));
+        assert!(m.contains(
+            "| vmm.exit_roundtrip | vmm | kvm_pvm | 36.000 | us | 3 | 35.000 | 40.000 |"
+        ));
+    }
+}

@@ -1,0 +1,137 @@
+//! Command line interface (clap derive). Values that clap cannot check by type (memory
+//! size range, serial spec, timeout range) are validated by the commands themselves so that
+//! they fail with the VMM's own exit status ([`fluke_abi::status::VMM_ERROR`]), while usage
+//! errors keep clap's status 2.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(name = "fluke-vmm", version, about = "Boots fluke guest images on KVM")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+impl Cli {
+    /// The log level: `run` has its own `--log-level`; the other commands log warnings.
+    pub fn log_level(&self) -> log::LevelFilter {
+        match &self.command {
+            Command::Run(a) => a.log_level.into(),
+            Command::Inspect(_) | Command::Bench(_) => log::LevelFilter::Warn,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot an image (default: the image built into this binary) and exit with the status
+    /// the guest wrote to the debug-exit port.
+    Run(RunArgs),
+    /// Print what an image holds.
+    Inspect(InspectArgs),
+    /// Run the VMM benchmarks and print a table.
+    Bench(BenchArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// The image to boot; without it, the default image built into this binary.
+    pub image: Option<PathBuf>,
+    /// Guest memory in MiB.
+    #[arg(long, value_name = "MiB", default_value_t = 128)]
+    pub memory: u64,
+    /// Stop the guest after this many seconds (fractions allowed); exit status 124.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Where the guest's serial console goes: `stdio`, `file:PATH` or `null`.
+    #[arg(long, value_name = "SPEC", default_value = "stdio")]
+    pub serial: String,
+    /// How much the VMM logs to stderr.
+    #[arg(long, value_enum, default_value_t = LogLevel::Warn)]
+    pub log_level: LogLevel,
+    /// Log the guest's boot milestones (time since the VMM started) to stderr.
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Extra kernel command line, appended after what the VMM writes.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub cmdline: String,
+    /// Write what the run measured as a JSON object to this file (used by `bench`).
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub stats_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InspectArgs {
+    /// The image file.
+    pub image: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Also write the records as a JSON array to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Also write the table as markdown to this file.
+    #[arg(long, value_name = "PATH")]
+    pub markdown: Option<PathBuf>,
+    /// Runs per benchmark.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub samples: u32,
+    /// The image to benchmark; without it, the default image built into this binary.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl From<LogLevel> for log::LevelFilter {
+    fn from(l: LogLevel) -> Self {
+        match l {
+            LogLevel::Error => log::LevelFilter::Error,
+            LogLevel::Warn => log::LevelFilter::Warn,
+            LogLevel::Info => log::LevelFilter::Info,
+            LogLevel::Debug => log::LevelFilter::Debug,
+            LogLevel::Trace => log::LevelFilter::Trace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn run_defaults() {
+        let cli = Cli::try_parse_from(["fluke-vmm", "run"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("not run")
+        };
+        assert_eq!(a.memory, 128);
+        assert_eq!(a.serial, "stdio");
+        assert_eq!(a.timeout, None);
+        assert_eq!(a.log_level, LogLevel::Warn);
+        assert!(a.image.is_none());
+    }
+
+    #[test]
+    fn usage_errors_are_clap_errors() {
+        assert!(Cli::try_parse_from(["fluke-vmm", "run", "--log-level", "loud"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "run", "--memory", "lots"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "inspect"]).is_err());
+    }
+}

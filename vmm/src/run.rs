@@ -1,0 +1,160 @@
+//! `fluke-vmm run`: validate the arguments and the image, build the VM, run the vCPU and
+//! turn the outcome into the exit status.
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::time::Instant;
+
+use fluke_abi::ports::COM1_IRQ;
+use fluke_abi::status::{VMM_GUEST_CRASH, VMM_TIMEOUT};
+
+use crate::boot;
+use crate::cli::RunArgs;
+use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
+use crate::devices::serial::{SerialDevice, SerialSpec};
+use crate::devices::Devices;
+use crate::error::{status_u8, Error, Result};
+use crate::logger::to_stderr;
+use crate::platform;
+use crate::stats::{self, RunStats};
+use crate::stdin;
+use crate::vcpu::{Outcome, RipSource, VcpuRunner};
+use crate::vm::{self, Vm};
+use crate::watchdog::{self, Watchdog};
+
+/// Reads the image at `path`, or the default image built into the binary. Returns the bytes
+/// and how to name the image in messages.
+pub fn read_image(path: Option<&Path>) -> Result<(Cow<'static, [u8]>, String)> {
+    match path {
+        Some(path) => {
+            let bytes = std::fs::read(path).map_err(|source| Error::ReadImage {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            Ok((Cow::Owned(bytes), path.display().to_string()))
+        }
+        None => {
+            let bytes = fluke_images::default_image();
+            if bytes.is_empty() {
+                return Err(Error::NoDefaultImage);
+            }
+            Ok((Cow::Borrowed(bytes), "(built-in default image)".to_string()))
+        }
+    }
+}
+
+pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
+    // Everything that can be checked without KVM first.
+    let mem_bytes = vm::memory_bytes(args.memory)?;
+    let timeout = args.timeout.map(watchdog::timeout_duration).transpose()?;
+    let serial_spec = SerialSpec::parse(&args.serial)?;
+    let (bytes, what) = read_image(args.image.as_deref())?;
+    let layout = boot::validate(&bytes, &what)?;
+    boot::check_memory_fit(layout.phys_end, mem_bytes)?;
+    log::debug!(
+        "kernel text (port I/O allowed from): {:x?}",
+        layout.text.ranges()
+    );
+
+    let kvm = vm::open_kvm()?;
+    let vm = Vm::new(kvm, mem_bytes)?;
+    let vcpu = vm.create_vcpu(0)?;
+    let platform = platform::detect(&vcpu);
+    log::info!("platform: {}", platform::describe(platform));
+    let cmdline = boot::build_cmdline(platform, &args.cmdline)?;
+    log::debug!("kernel command line: {cmdline}");
+    boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
+    boot::setup_vcpu(&vcpu, layout.pvh_entry)?;
+
+    let (serial, irq) = SerialDevice::new(serial_spec.open()?)?;
+    vm.register_irqfd(&irq, COM1_IRQ)?;
+    let _stdin = match serial_spec {
+        SerialSpec::Stdio => {
+            let space = serial.input_space_evt().map_err(|source| Error::HostIo {
+                what: "serial input",
+                source,
+            })?;
+            match stdin::start(serial.shared(), space) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    log::warn!("{e}; the guest gets no input");
+                    None
+                }
+            }
+        }
+        SerialSpec::File(_) | SerialSpec::Null => None,
+    };
+    let mut devices = Devices {
+        serial,
+        boot_timer: BootTimer::new(process_start, args.boot_timer),
+        bench: BenchPort::default(),
+    };
+
+    let rip_source = if vm.has_sync_regs() {
+        RipSource::SyncRegs
+    } else {
+        RipSource::GetRegs
+    };
+    log::debug!("reading RIP for port I/O checks from {rip_source:?}");
+    let mut watchdog = timeout.map(Watchdog::arm).transpose()?;
+
+    let run_start = Instant::now();
+    let (outcome, exits) = {
+        let mut runner = VcpuRunner::new(
+            vcpu,
+            &mut devices,
+            &layout.text,
+            rip_source,
+            watchdog.as_ref(),
+        );
+        let outcome = runner.run();
+        (outcome, runner.exits())
+    };
+    let run_time = run_start.elapsed();
+    let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_ram_ranges());
+    if let Some(w) = watchdog.as_mut() {
+        w.disarm();
+    }
+    // Guest output first, then whatever the VMM has to say about it.
+    devices.serial.flush();
+
+    let (code, outcome_name) = match &outcome {
+        Outcome::Exited(status) => {
+            log::info!("guest exited with status {status}");
+            (*status, "exit")
+        }
+        Outcome::Crashed { reason, registers } => {
+            to_stderr(&format!(
+                "fluke-vmm: error: guest crashed: {reason}\n{registers}"
+            ));
+            (status_u8(VMM_GUEST_CRASH), "crash")
+        }
+        Outcome::TimedOut { registers } => {
+            let secs = args.timeout.unwrap_or_default();
+            to_stderr(&format!(
+                "fluke-vmm: error: guest did not finish within {secs} s; stopped\n{registers}"
+            ));
+            (status_u8(VMM_TIMEOUT), "timeout")
+        }
+    };
+    log::debug!("{exits} exits to the VMM in {:.3} ms", ms(run_time));
+
+    if let Some(path) = &args.stats_json {
+        let bench = devices.bench.result();
+        let stats = RunStats {
+            platform: platform.name().to_string(),
+            outcome: outcome_name.to_string(),
+            exit_code: code,
+            boot_to_kernel_ms: devices.boot_timer.kernel_entry().map(ms),
+            boot_to_init_ms: devices.boot_timer.init_start().map(ms),
+            bench_ticks: bench.map(|b| b.ticks),
+            bench_elapsed_us: bench.map(|b| b.elapsed.as_secs_f64() * 1e6),
+            exit_roundtrip_us: bench.map(|b| b.roundtrip_us()),
+            vmm_rss_kib,
+            exits,
+            run_ms: ms(run_time),
+        };
+        stats.write(path)?;
+    }
+    Ok(code)
+}

@@ -1,0 +1,318 @@
+//! The vCPU run loop: KVM_RUN, then a plain `match` on the exit. Port I/O goes to
+//! [`Devices`]; every other exit ends the run as a crash with a register report.
+//!
+//! Defence in depth (pvm.md §11): on kvm_pvm a kernel bug can leave user code running with
+//! kernel privilege, and the CS selector cannot tell (it reads 0x33). So every port I/O exit
+//! must come from the kernel's executable segments, or the run stops. The RIP comes from
+//! the `kvm_run` sync-regs area when KVM supports KVM_CAP_SYNC_REGS (KVM copies the GPRs
+//! there on every exit, no extra ioctl), else from KVM_GET_REGS.
+//!
+//! A guest OUT is checked *before* any device sees it. A guest IN is answered by the device
+//! first (the answer lives in `kvm_run` and borrows the vCPU) and checked before the vCPU
+//! resumes, so a rejected IN never reaches the guest.
+
+use std::fmt::Write as _;
+
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+
+use crate::boot::KernelText;
+use crate::devices::{Devices, IoAction};
+use crate::watchdog::Watchdog;
+
+/// How a run ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The guest wrote its exit status to the debug-exit port.
+    Exited(u8),
+    /// The guest did something the VMM does not allow or cannot handle.
+    Crashed { reason: String, registers: String },
+    /// The watchdog stopped the guest.
+    TimedOut { registers: String },
+}
+
+/// Where the run loop reads RIP for the port I/O check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RipSource {
+    /// `kvm_run.s.regs`, filled by KVM on every exit (KVM_CAP_SYNC_REGS).
+    SyncRegs,
+    /// A KVM_GET_REGS ioctl per exit.
+    GetRegs,
+}
+
+/// An exit, copied out of `kvm_run` so that the vCPU can be used again while handling it.
+enum Exit {
+    /// OUT to `port`; the data is in `VcpuRunner::io_data`.
+    IoOut(u16),
+    /// IN from `port`, already answered if `handled`.
+    IoIn {
+        port: u16,
+        len: usize,
+        handled: bool,
+    },
+    /// KVM_RUN returned EINTR/EAGAIN or KVM_EXIT_INTR (the watchdog's kick).
+    Interrupted,
+    /// KVM_EXIT_INTERNAL_ERROR; the sub-error is read from `kvm_run` afterwards.
+    InternalError,
+    /// Anything else: the run ends with this reason.
+    Crash(String),
+}
+
+pub struct VcpuRunner<'a> {
+    vcpu: VcpuFd,
+    devices: &'a mut Devices,
+    text: &'a KernelText,
+    rip_source: RipSource,
+    watchdog: Option<&'a Watchdog>,
+    io_data: Vec<u8>,
+    exits: u64,
+}
+
+impl<'a> VcpuRunner<'a> {
+    pub fn new(
+        mut vcpu: VcpuFd,
+        devices: &'a mut Devices,
+        text: &'a KernelText,
+        rip_source: RipSource,
+        watchdog: Option<&'a Watchdog>,
+    ) -> VcpuRunner<'a> {
+        if rip_source == RipSource::SyncRegs {
+            vcpu.set_sync_valid_reg(SyncReg::Register);
+        }
+        VcpuRunner {
+            vcpu,
+            devices,
+            text,
+            rip_source,
+            watchdog,
+            io_data: Vec::with_capacity(16),
+            exits: 0,
+        }
+    }
+
+    /// Exits handled so far.
+    pub fn exits(&self) -> u64 {
+        self.exits
+    }
+
+    fn timed_out(&self) -> bool {
+        self.watchdog.is_some_and(|w| w.expired())
+    }
+
+    /// Runs the guest until it exits, crashes or times out.
+    pub fn run(&mut self) -> Outcome {
+        loop {
+            if self.timed_out() {
+                return Outcome::TimedOut {
+                    registers: register_report(&self.vcpu),
+                };
+            }
+            let exit = match self.vcpu.run() {
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    self.io_data.clear();
+                    self.io_data.extend_from_slice(data);
+                    Exit::IoOut(port)
+                }
+                Ok(VcpuExit::IoIn(port, data)) => Exit::IoIn {
+                    port,
+                    len: data.len(),
+                    handled: self.devices.io_in(port, data),
+                },
+                Ok(VcpuExit::Intr) => Exit::Interrupted,
+                Ok(VcpuExit::Shutdown) => Exit::Crash("guest shut down: triple fault".into()),
+                Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Crash(format!(
+                    "KVM could not enter the guest: hardware entry failure reason {reason:#x} (cpu {cpu})"
+                )),
+                Ok(VcpuExit::InternalError) => Exit::InternalError,
+                Ok(VcpuExit::SystemEvent(kind, data)) => Exit::Crash(format!(
+                    "guest system event {kind} (data {})",
+                    hex_u64s(data)
+                )),
+                Ok(VcpuExit::MmioRead(addr, data)) => Exit::Crash(format!(
+                    "unexpected MMIO read: {} bytes at {addr:#x}",
+                    data.len()
+                )),
+                Ok(VcpuExit::MmioWrite(addr, data)) => Exit::Crash(format!(
+                    "unexpected MMIO write: {addr:#x} = {}",
+                    hex_bytes(data)
+                )),
+                Ok(VcpuExit::Hlt) => Exit::Crash("guest halted (HLT exit to the VMM)".into()),
+                Ok(other) => Exit::Crash(format!("unexpected vCPU exit: {other:?}")),
+                Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => Exit::Interrupted,
+                Err(e) => Exit::Crash(format!("KVM_RUN failed: {e}")),
+            };
+
+            match exit {
+                Exit::Interrupted => continue,
+                Exit::IoOut(port) => {
+                    self.exits += 1;
+                    if let Some(crash) = self.check_rip("out", port) {
+                        return crash;
+                    }
+                    match self.devices.io_out(port, &self.io_data) {
+                        IoAction::Continue => {}
+                        IoAction::Exit(status) => return Outcome::Exited(status),
+                        IoAction::Unknown => {
+                            let reason = format!(
+                                "unexpected port I/O: out {port:#x} = {}",
+                                hex_bytes(&self.io_data)
+                            );
+                            return self.crash(reason);
+                        }
+                    }
+                }
+                Exit::IoIn { port, len, handled } => {
+                    self.exits += 1;
+                    if let Some(crash) = self.check_rip("in", port) {
+                        return crash;
+                    }
+                    if !handled {
+                        return self.crash(format!(
+                            "unexpected port I/O: in {port:#x} ({len} byte{})",
+                            if len == 1 { "" } else { "s" }
+                        ));
+                    }
+                }
+                Exit::InternalError => {
+                    let reason = format!("KVM internal error ({})", self.internal_error());
+                    return self.crash(reason);
+                }
+                Exit::Crash(reason) => return self.crash(reason),
+            }
+        }
+    }
+
+    fn crash(&self, reason: String) -> Outcome {
+        Outcome::Crashed {
+            reason,
+            registers: register_report(&self.vcpu),
+        }
+    }
+
+    /// The guest's RIP at the current exit.
+    fn rip(&self) -> Result<u64, String> {
+        match self.rip_source {
+            RipSource::SyncRegs => Ok(self.vcpu.sync_regs().regs.rip),
+            RipSource::GetRegs => self
+                .vcpu
+                .get_regs()
+                .map(|r| r.rip)
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Ends the run unless the port access came from kernel text.
+    fn check_rip(&self, dir: &str, port: u16) -> Option<Outcome> {
+        match self.rip() {
+            Ok(rip) if self.text.contains(rip) => None,
+            Ok(rip) => Some(self.crash(format!(
+                "port I/O from outside kernel text: {dir} {port:#x} at rip {rip:#x}"
+            ))),
+            Err(e) => Some(self.crash(format!("cannot read RIP on port I/O: {e}"))),
+        }
+    }
+
+    /// Describes `kvm_run.internal` after KVM_EXIT_INTERNAL_ERROR.
+    fn internal_error(&mut self) -> String {
+        let run = self.vcpu.get_kvm_run();
+        if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+            return "no details".into();
+        }
+        // SAFETY: exit_reason is KVM_EXIT_INTERNAL_ERROR, so `internal` is the union member
+        // KVM filled in; it is plain integers.
+        let internal = unsafe { run.__bindgen_anon_1.internal };
+        let n = (internal.ndata as usize).min(internal.data.len());
+        let kind = match internal.suberror {
+            kvm_bindings::KVM_INTERNAL_ERROR_EMULATION => "emulation failure",
+            kvm_bindings::KVM_INTERNAL_ERROR_SIMUL_EX => "exception while delivering an exception",
+            kvm_bindings::KVM_INTERNAL_ERROR_DELIVERY_EV => "event delivery failure",
+            _ => "suberror",
+        };
+        format!(
+            "{kind} {}, data {}",
+            internal.suberror,
+            hex_u64s(&internal.data[..n])
+        )
+    }
+}
+
+/// `[0x2a, 0x01]`
+pub fn hex_bytes(data: &[u8]) -> String {
+    let items: Vec<String> = data.iter().map(|b| format!("{b:#04x}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn hex_u64s(data: &[u64]) -> String {
+    let items: Vec<String> = data.iter().map(|b| format!("{b:#x}")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// The register report printed after a crash or timeout.
+pub fn register_report(vcpu: &VcpuFd) -> String {
+    let mut s = String::new();
+    match vcpu.get_regs() {
+        Ok(r) => {
+            let _ = writeln!(
+                s,
+                "  rip {:#018x}  rsp {:#018x}  rflags {:#x}",
+                r.rip, r.rsp, r.rflags
+            );
+            let gprs = [
+                ("rax", r.rax),
+                ("rbx", r.rbx),
+                ("rcx", r.rcx),
+                ("rdx", r.rdx),
+                ("rsi", r.rsi),
+                ("rdi", r.rdi),
+                ("rbp", r.rbp),
+                ("r8", r.r8),
+                ("r9", r.r9),
+                ("r10", r.r10),
+                ("r11", r.r11),
+                ("r12", r.r12),
+                ("r13", r.r13),
+                ("r14", r.r14),
+                ("r15", r.r15),
+            ];
+            for row in gprs.chunks(4) {
+                let cols: Vec<String> = row
+                    .iter()
+                    .map(|(n, v)| format!("{n:>3} {v:#018x}"))
+                    .collect();
+                let _ = writeln!(s, "  {}", cols.join("  "));
+            }
+        }
+        Err(e) => {
+            let _ = writeln!(s, "  (KVM_GET_REGS failed: {e})");
+        }
+    }
+    match vcpu.get_sregs() {
+        Ok(sr) => {
+            let _ = writeln!(
+                s,
+                "  cs {:#06x} (dpl {})  ss {:#06x} (dpl {})",
+                sr.cs.selector, sr.cs.dpl, sr.ss.selector, sr.ss.dpl
+            );
+            let _ = writeln!(
+                s,
+                "  cr0 {:#x}  cr2 {:#x}  cr3 {:#x}  cr4 {:#x}  efer {:#x}",
+                sr.cr0, sr.cr2, sr.cr3, sr.cr4, sr.efer
+            );
+        }
+        Err(e) => {
+            let _ = writeln!(s, "  (KVM_GET_SREGS failed: {e})");
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_port_data() {
+        assert_eq!(hex_bytes(&[0x2a]), "[0x2a]");
+        assert_eq!(hex_bytes(&[1, 0xff]), "[0x01, 0xff]");
+        assert_eq!(hex_bytes(&[]), "[]");
+    }
+}

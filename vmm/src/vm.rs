@@ -1,0 +1,160 @@
+//! The KVM environment: `/dev/kvm`, the VM, its guest memory, the in-kernel irqchip and the
+//! vCPU. Nothing here knows about images or devices.
+
+use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::error::{Error, Result};
+
+const MIB: u64 = 1 << 20;
+
+/// Where KVM on VMX without unrestricted guest keeps its real-mode TSS (3 pages). Outside
+/// guest RAM, which ends at [`MAX_MEMORY_MIB`] at most.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+
+/// Smallest accepted `--memory`: the kernel is loaded at 1 MiB, so less cannot hold one.
+pub const MIN_MEMORY_MIB: u64 = 2;
+/// Largest accepted `--memory`. Guest RAM is one region at GPA 0, so it must end below the
+/// IOAPIC/LAPIC MMIO window at 0xfec0_0000 (there is no PCI hole / high-memory split).
+pub const MAX_MEMORY_MIB: u64 = 3072;
+
+/// Checks `--memory` and returns it in bytes.
+pub fn memory_bytes(mib: u64) -> Result<u64> {
+    if (MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&mib) {
+        Ok(mib * MIB)
+    } else {
+        Err(Error::InvalidMemorySize {
+            got: mib,
+            min: MIN_MEMORY_MIB,
+            max: MAX_MEMORY_MIB,
+        })
+    }
+}
+
+/// Opens `/dev/kvm`, mapping the usual failures to actionable messages.
+pub fn open_kvm() -> Result<Kvm> {
+    Kvm::new().map_err(|e| match e.errno() {
+        libc::EACCES | libc::EPERM => Error::KvmPermission,
+        errno => Error::KvmUnavailable(errno),
+    })
+}
+
+/// A VM with its memory and irqchip. Field order matters: the VM fd is dropped before the
+/// memory mapping it points at.
+pub struct Vm {
+    fd: VmFd,
+    kvm: Kvm,
+    memory: GuestMemoryMmap,
+}
+
+impl Vm {
+    /// Creates the VM with `mem_bytes` of RAM at GPA 0 and the in-kernel irqchip
+    /// (LAPIC/IOAPIC/PIC; the guest uses the LAPIC timer).
+    pub fn new(kvm: Kvm, mem_bytes: u64) -> Result<Vm> {
+        let fd = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+        let mib = mem_bytes / MIB;
+        let size = usize::try_from(mem_bytes).map_err(|_| Error::GuestMemory {
+            mib,
+            msg: "too large for this host".into(),
+        })?;
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size)]).map_err(|e| {
+            Error::GuestMemory {
+                mib,
+                msg: e.to_string(),
+            }
+        })?;
+        for (slot, region) in memory.iter().enumerate() {
+            let host =
+                memory
+                    .get_host_address(region.start_addr())
+                    .map_err(|e| Error::GuestMemory {
+                        mib,
+                        msg: e.to_string(),
+                    })?;
+            let slot = u32::try_from(slot).map_err(|_| Error::GuestMemory {
+                mib,
+                msg: "too many memory regions".into(),
+            })?;
+            let region = kvm_userspace_memory_region {
+                slot,
+                guest_phys_addr: region.start_addr().raw_value(),
+                memory_size: region.len(),
+                userspace_addr: host as u64,
+                flags: 0,
+            };
+            // SAFETY: `userspace_addr..+memory_size` is a live mapping owned by `memory`,
+            // which lives in the same `Vm` as `fd` and is dropped after it (field order), so
+            // KVM never sees the mapping disappear while the VM exists.
+            unsafe { fd.set_user_memory_region(region) }
+                .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        }
+        if let Err(e) = fd.set_tss_address(TSS_ADDRESS) {
+            // Only needed for real mode on VMX; kvm_pvm may not implement it.
+            log::debug!("KVM_SET_TSS_ADDR failed (ignored): {e}");
+        }
+        fd.create_irq_chip()
+            .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        Ok(Vm { fd, kvm, memory })
+    }
+
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.memory
+    }
+
+    /// Host virtual address ranges `(start, len)` of guest RAM (for RSS accounting).
+    pub fn host_ram_ranges(&self) -> Vec<(u64, u64)> {
+        self.memory
+            .iter()
+            .filter_map(|r| {
+                let start = self.memory.get_host_address(r.start_addr()).ok()?;
+                Some((start as u64, r.len()))
+            })
+            .collect()
+    }
+
+    /// Creates vCPU `id` with the host's supported CPUID (without it the guest's EFER.LME
+    /// write faults on kvm_pvm).
+    pub fn create_vcpu(&self, id: u64) -> Result<VcpuFd> {
+        let vcpu = self
+            .fd
+            .create_vcpu(id)
+            .map_err(Error::kvm("KVM_CREATE_VCPU"))?;
+        let cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(Error::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(Error::kvm("KVM_SET_CPUID2"))?;
+        Ok(vcpu)
+    }
+
+    /// Whether KVM can copy the GPRs into `kvm_run` on every exit (KVM_CAP_SYNC_REGS).
+    pub fn has_sync_regs(&self) -> bool {
+        self.kvm.check_extension(Cap::SyncRegs)
+    }
+
+    /// Routes writes to `fd` to the irqchip's input `gsi`.
+    pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
+        self.fd
+            .register_irqfd(fd, gsi)
+            .map_err(Error::kvm("KVM_IRQFD"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_size_bounds() {
+        assert!(memory_bytes(0).is_err());
+        assert!(memory_bytes(1).is_err());
+        assert_eq!(memory_bytes(2).unwrap(), 2 << 20);
+        assert_eq!(memory_bytes(128).unwrap(), 128 << 20);
+        assert!(memory_bytes(MAX_MEMORY_MIB).is_ok());
+        assert!(memory_bytes(MAX_MEMORY_MIB + 1).is_err());
+        assert!(memory_bytes(u64::MAX).is_err());
+    }
+}

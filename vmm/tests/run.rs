@@ -1,0 +1,410 @@
+//! Boots tiny hand-assembled guests on the real /dev/kvm (no mocks) and checks the VMM's
+//! exit statuses, console output and reports.
+
+mod common;
+
+use std::io::Write;
+use std::process::Stdio;
+
+use common::asm::*;
+use common::*;
+use fluke_abi::ports::{BENCH, BENCH_BEGIN, BENCH_END, BENCH_TICK, BOOT_TIMER, COM1};
+use fluke_abi::status::{VMM_ERROR, VMM_GUEST_CRASH, VMM_TIMEOUT};
+
+fn hello_code() -> Vec<u8> {
+    [mov_al(b'h'), mov_dx(COM1), vec![OUT_DX_AL], exit(42)].concat()
+}
+
+#[test]
+fn guest_output_and_exit_status() {
+    let img = write_image("hello", &image(&hello_code()));
+    let o = run(&img, &[]);
+    assert_eq!(o.status.code(), Some(42), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "h");
+}
+
+#[test]
+fn platform_is_logged_at_info() {
+    let img = write_image("platform", &image(&exit(0)));
+    let o = run(&img, &["--log-level", "info"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("platform: kvm"), "{err}");
+}
+
+#[test]
+fn serial_to_file_and_null() {
+    let img = write_image("serial-file", &image(&hello_code()));
+    let log = img.dir().join("console.log");
+    let o = run(&img, &["--serial", &format!("file:{}", log.display())]);
+    assert_eq!(o.status.code(), Some(42), "stderr: {}", stderr(&o));
+    assert_eq!(stdout(&o), "");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "h");
+    let o = run(&img, &["--serial", "null"]);
+    assert_eq!(o.status.code(), Some(42));
+    assert_eq!(stdout(&o), "");
+}
+
+#[test]
+fn stdin_reaches_the_guest() {
+    // Poll LSR until data is ready, read RBR, exit with the byte.
+    let code = [
+        mov_dx(COM1 + 5),
+        vec![IN_AL_DX, 0xa8, 0x01, 0x74, 0xfb], // 1: in; test $1,%al; jz 1b
+        mov_dx(COM1),
+        vec![IN_AL_DX],
+        out_imm(0xf4),
+        vec![HLT],
+    ]
+    .concat();
+    let img = write_image("stdin", &image(&code));
+    let mut child = vmm()
+        .arg("run")
+        .arg(&img)
+        .args(["--memory", "16", "--timeout", "20"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"x").unwrap();
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(b'x')),
+        "stderr: {}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn timeout_stops_a_spinning_guest() {
+    let img = write_image("spin", &image(&SPIN));
+    let t = std::time::Instant::now();
+    let o = run(&img, &["--timeout", "1"]);
+    assert_eq!(o.status.code(), Some(VMM_TIMEOUT), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("error: guest did not finish within 1 s; stopped"),
+        "{err}"
+    );
+    assert!(err.contains("rip 0x0000000000100000"), "{err}");
+    assert!(t.elapsed().as_secs_f64() < 10.0);
+}
+
+#[test]
+fn unknown_port_is_a_crash_with_a_report() {
+    let code = [mov_al(0x5a), out_imm(0x80), vec![HLT]].concat();
+    let img = write_image("unknown-port", &image(&code));
+    let o = run(&img, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(VMM_GUEST_CRASH),
+        "stderr: {}",
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("unexpected port I/O: out 0x80 = [0x5a]"),
+        "{err}"
+    );
+    // RIP is after the 2-byte mov and the 2-byte out.
+    assert!(err.contains("rip 0x0000000000100004"), "{err}");
+    for reg in [
+        "rsp",
+        "rflags",
+        "rax",
+        "rbx 0x0000000000006000",
+        "r15",
+        "cs 0x0010 (dpl 0)",
+        "ss 0x0018",
+        "cr0 0x11",
+        "cr2",
+        "cr3",
+        "cr4",
+        "efer",
+    ] {
+        assert!(err.contains(reg), "missing {reg}: {err}");
+    }
+    // An IN from an unknown port too.
+    let code = [mov_dx(0x1234), vec![IN_AL_DX, HLT]].concat();
+    let img = write_image("unknown-port-in", &image(&code));
+    let o = run(&img, &[]);
+    assert_eq!(o.status.code(), Some(VMM_GUEST_CRASH));
+    assert!(stderr(&o).contains("unexpected port I/O: in 0x1234 (1 byte)"));
+}
+
+#[test]
+fn mmio_is_a_crash() {
+    // mov $0x5a, %al; mov %al, 0xd0000000 (no RAM or device there)
+    let code = [mov_al(0x5a), vec![0xa2, 0x00, 0x00, 0x00, 0xd0, HLT]].concat();
+    let img = write_image("mmio", &image(&code));
+    let o = run(&img, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(VMM_GUEST_CRASH),
+        "stderr: {}",
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("unexpected MMIO write: 0xd0000000 = [0x5a]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn triple_fault_is_a_crash() {
+    let img = write_image("ud2", &image(&UD2));
+    let o = run(&img, &["--timeout", "20"]);
+    assert_eq!(
+        o.status.code(),
+        Some(VMM_GUEST_CRASH),
+        "stderr: {}",
+        stderr(&o)
+    );
+    assert!(stderr(&o).contains("triple fault"), "{}", stderr(&o));
+}
+
+#[test]
+fn port_io_from_outside_kernel_text_is_refused() {
+    // The code jumps into the (non-executable) data segment, which writes 7 to the exit
+    // port. Paging is off, so the CPU executes it; the VMM must refuse the write.
+    let data = exit(7);
+    let code = jmp_abs(DATA_PADDR as u32);
+    let img = write_image(
+        "outside-text",
+        &image_with_data(&code, Some((&data, 0x1000))),
+    );
+    let o = run(&img, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(VMM_GUEST_CRASH),
+        "stderr: {}",
+        stderr(&o)
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("port I/O from outside kernel text: out 0xf4"),
+        "{err}"
+    );
+}
+
+#[test]
+fn boot_timer_and_bench_port_are_measured() {
+    let code = [
+        out_dx(BOOT_TIMER, 1),
+        out_dx(BENCH, BENCH_BEGIN),
+        out_dx(BENCH, BENCH_TICK),
+        vec![OUT_DX_AL, OUT_DX_AL],
+        out_dx(BENCH, BENCH_END),
+        out_dx(BOOT_TIMER, 123),
+        exit(0),
+    ]
+    .concat();
+    let img = write_image("timers", &image(&code));
+    let stats = img.dir().join("stats.json");
+    let o = run(
+        &img,
+        &["--boot-timer", "--stats-json", stats.to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("boot-timer: kernel entry after "), "{err}");
+    assert!(err.contains("boot-timer: init start after "), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+    assert_eq!(v["bench_ticks"], 3);
+    assert_eq!(v["exit_code"], 0);
+    assert_eq!(v["outcome"], "exit");
+    assert!(v["boot_to_kernel_ms"].as_f64().unwrap() > 0.0);
+    assert!(v["boot_to_init_ms"].as_f64().unwrap() >= v["boot_to_kernel_ms"].as_f64().unwrap());
+    assert!(v["exit_roundtrip_us"].as_f64().unwrap() > 0.0);
+    assert!(v["vmm_rss_kib"].as_u64().unwrap() > 0);
+    assert!(["kvm", "kvm_pvm"].contains(&v["platform"].as_str().unwrap()));
+}
+
+#[test]
+fn bad_images_are_clear_errors() {
+    let dir = temp_dir("bad-images");
+    let missing = dir.join("missing.img");
+    let o = run(&missing, &[]);
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+    let err = stderr(&o);
+    assert!(
+        err.starts_with("fluke-vmm: error: cannot read image "),
+        "{err}"
+    );
+    assert!(err.contains("No such file or directory"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let garbage = dir.join("garbage.img");
+    std::fs::write(&garbage, b"this is not an ELF file at all").unwrap();
+    let o = run(&garbage, &[]);
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+    let err = stderr(&o);
+    assert!(err.contains("invalid image "), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+
+    let good = image(&exit(0));
+    let truncated = dir.join("truncated.img");
+    std::fs::write(&truncated, &good[..good.len() / 2]).unwrap();
+    let o = run(&truncated, &[]);
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+    assert!(stderr(&o).contains("invalid image "), "{}", stderr(&o));
+
+    let mut corrupt = good.clone();
+    corrupt[0x20..0x28].copy_from_slice(&u64::MAX.to_le_bytes()); // e_phoff
+    let corrupt_path = dir.join("corrupt.img");
+    std::fs::write(&corrupt_path, &corrupt).unwrap();
+    let o = run(&corrupt_path, &[]);
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+    assert!(stderr(&o).contains("invalid image "), "{}", stderr(&o));
+
+    let empty = dir.join("empty.img");
+    std::fs::write(&empty, b"").unwrap();
+    let o = run(&empty, &[]);
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+}
+
+#[test]
+fn memory_and_argument_errors() {
+    // 4 MiB of .bss after the code: does not fit in 2 MiB.
+    let img = write_image(
+        "too-big",
+        &image_with_data(&exit(0), Some((&[1, 2, 3], 4 << 20))),
+    );
+    let o = vmm()
+        .args(["run", img.to_str().unwrap(), "--memory", "2"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the image needs ")
+            && err.contains(" MiB of guest memory but --memory is 2 MiB"),
+        "{err}"
+    );
+
+    for (args, needle) in [
+        (vec!["--memory", "0"], "--memory must be between"),
+        (vec!["--memory", "99999999"], "--memory must be between"),
+        (vec!["--serial", "tcp:1"], "invalid --serial"),
+        (vec!["--serial", "file:"], "invalid --serial"),
+        (vec!["--timeout", "0"], "--timeout must be"),
+        (vec!["--timeout=-3"], "--timeout must be"),
+    ] {
+        let o = vmm()
+            .args(["run", img.to_str().unwrap()])
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(VMM_ERROR), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+
+    // Usage errors keep clap's status.
+    let o = vmm().args(["run", "--log-level", "loud"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    let o = vmm().args(["frobnicate"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_prints_the_image() {
+    let img = write_image("inspect", &image(&hello_code()));
+    let o = vmm().arg("inspect").arg(&img).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let out = stdout(&o);
+    for needle in [
+        "pvh entry:   0x100000",
+        "0x0000000000100000",
+        "0xffffffff80100000",
+        "R-X",
+        "bundle:",
+        "hello",
+        "not an ELF",
+        "init:        hello",
+    ] {
+        assert!(out.contains(needle), "missing {needle:?} in:\n{out}");
+    }
+    let o = vmm()
+        .args(["inspect", "/nonexistent/x.img"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+}
+
+#[test]
+fn bench_writes_records() {
+    // Boot marks around a BEGIN, 100 TICKs (a `dec %ecx; jnz` loop), END; then exit 0.
+    let code = [
+        out_dx(BOOT_TIMER, 1),
+        out_dx(BENCH, BENCH_BEGIN),
+        mov_al(BENCH_TICK),
+        vec![0xb9, 100, 0, 0, 0],          // mov $100, %ecx
+        vec![OUT_DX_AL, 0x49, 0x75, 0xfc], // 1: out %al,(%dx); dec %ecx; jnz 1b
+        mov_al(BENCH_END),
+        vec![OUT_DX_AL],
+        out_dx(BOOT_TIMER, 123),
+        exit(0),
+    ]
+    .concat();
+    let img = write_image("bench", &image(&code));
+    let dir = img.dir();
+    let json = dir.join("bench.json");
+    let md = dir.join("bench.md");
+    let o = vmm()
+        .arg("bench")
+        .arg("--image")
+        .arg(&img)
+        .args(["--samples", "3", "--json", json.to_str().unwrap()])
+        .args(["--markdown", md.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let table = stdout(&o);
+    assert!(table.starts_with("name"), "{table}");
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let names: Vec<&str> = records
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "boot.to_kernel",
+            "boot.to_init",
+            "vmm.exit_roundtrip",
+            "vmm.rss"
+        ]
+    );
+    for r in records.as_array().unwrap() {
+        assert_eq!(r["model"], "vmm");
+        assert_eq!(r["samples"].as_array().unwrap().len(), 3);
+        assert!(r["value"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(["kvm", "kvm_pvm"].contains(&r["platform"].as_str().unwrap()));
+    }
+    assert!(std::fs::read_to_string(&md)
+        .unwrap()
+        .starts_with("| name | model | platform | median | unit | samples | min | max |"));
+
+    // A guest that never writes the marks: the bench fails, naming what is missing.
+    let img = write_image("bench-none", &image(&exit(0)));
+    let o = vmm()
+        .arg("bench")
+        .arg("--image")
+        .arg(&img)
+        .args(["--samples", "1"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(VMM_ERROR));
+    assert!(
+        stderr(&o).contains("boot.to_kernel: the guest did not report it"),
+        "{}",
+        stderr(&o)
+    );
+}
