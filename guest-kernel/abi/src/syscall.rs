@@ -68,8 +68,8 @@ pub const FLOOR_SWITCH: u64 = 0xf101;
 pub enum BenchOp {
     /// Registers the caller as one side of the bare switch pair (`FLOOR_SWITCH`).
     SwitchFloorJoin = 1,
-    /// TSC ticks per microsecond (rounded), for user-side timing.
-    TscPerUs = 2,
+    /// The TSC frequency in kHz, for user-side timing with RDTSC.
+    TscKhz = 2,
 }
 
 /// Error codes, returned negated in `rax`.

@@ -123,10 +123,8 @@ pub fn exit(pid: Pid, status: i32) {
     let children = core::mem::take(&mut p.children);
     let parent = p.parent;
     for tid in threads {
-        if let Some(t) = k.threads.get_mut(tid) {
-            t.state = ThreadState::Dead;
-        }
-        k.runq.retain(|&q| q != tid);
+        crate::selftest::floor_leave(tid);
+        sched::kill_thread(tid);
     }
     for child in children {
         exit(child, fluke_abi::syscall::KILLED_WITH_PARENT);

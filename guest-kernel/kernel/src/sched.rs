@@ -28,8 +28,10 @@ pub struct Kernel {
     pub processes: Slab<Process>,
     pub runq: VecDeque<ThreadId>,
     pub current: Option<ThreadId>,
-    /// The root of the address space CR3 holds (writes cost ~3.4 µs on kvm_pvm).
-    active_root: u64,
+    /// Sleeping threads and their deadlines (ns since boot).
+    sleepers: alloc::vec::Vec<(u64, ThreadId)>,
+    /// Threads that ended, reclaimed on the idle stack.
+    pub dead: alloc::vec::Vec<ThreadId>,
     /// When the armed one-shot timer fires (ns since boot), if armed.
     timer_deadline: Option<u64>,
     pub init: Option<Id>,
@@ -50,7 +52,8 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     processes: Slab::new(MAX_PROCESSES),
     runq: VecDeque::new(),
     current: None,
-    active_root: 0,
+    sleepers: alloc::vec::Vec::new(),
+    dead: alloc::vec::Vec::new(),
     timer_deadline: None,
     init: None,
     stats: Stats { timer_irqs: 0, preemptions: 0, user_faults_resolved: 0, processes_killed: 0 },
@@ -73,17 +76,29 @@ extern "C" {
 }
 
 pub fn init(kernel_root: u64, idle_stack_top: u64) {
-    kernel().active_root = kernel_root;
     // SAFETY: boot, single CPU.
-    unsafe { percpu::get().idle_stack_top = idle_stack_top };
+    unsafe {
+        percpu::get().cur_root = kernel_root;
+        percpu::get().idle_stack_top = idle_stack_top;
+    }
+}
+
+/// Loads `root` into CR3 unless it is already there.
+fn activate_root(root: u64) {
+    // SAFETY: single CPU; every root maps the kernel half, so the switch is safe anywhere in
+    // the kernel.
+    unsafe {
+        let pc = percpu::get();
+        if pc.cur_root != root {
+            paging::activate(root);
+            pc.cur_root = root;
+        }
+    }
 }
 
 pub fn current() -> Option<ThreadId> {
-    // The floor switch changes the running thread behind the scheduler's back: PERCPU is
-    // the truth (see entry.S floor_switch).
-    // SAFETY: single CPU.
-    let raw = unsafe { percpu::get().cur_thread };
-    kernel().current.map(|_| Id::from_u64(raw))
+    sync_current_from_percpu();
+    kernel().current
 }
 
 /// Makes a thread runnable (at the back of the queue).
@@ -101,36 +116,35 @@ pub fn make_runnable(tid: ThreadId) {
 
 /// Called before an address space is freed: CR3 must not keep pointing at it.
 pub fn leave_space(root: u64) {
-    let k = kernel();
-    if k.active_root == root {
-        let kr = space::kernel_root();
-        // SAFETY: the kernel root maps the whole kernel.
-        unsafe { paging::activate(kr) };
-        k.active_root = kr;
+    // SAFETY: single CPU.
+    if unsafe { percpu::get().cur_root } == root {
+        activate_root(space::kernel_root());
     }
 }
 
 fn wake_sleepers(now: u64) {
     let k = kernel();
-    let ids = k.threads.ids();
-    for id in ids {
-        if let Some(t) = k.threads.get(id) {
-            if matches!(t.state, ThreadState::Sleeping(d) if d <= now) {
-                make_runnable(id);
-            }
-        }
+    while let Some(i) = k.sleepers.iter().position(|&(d, _)| d <= now) {
+        let (_, tid) = k.sleepers.swap_remove(i);
+        make_runnable(tid);
     }
 }
 
 fn earliest_sleeper() -> Option<u64> {
-    kernel()
-        .threads
-        .iter()
-        .filter_map(|(_, t)| match t.state {
-            ThreadState::Sleeping(d) => Some(d),
-            _ => None,
-        })
-        .min()
+    kernel().sleepers.iter().map(|&(d, _)| d).min()
+}
+
+/// Marks a thread dead and drops it from every queue; it is reclaimed on the idle stack.
+pub fn kill_thread(tid: ThreadId) {
+    let k = kernel();
+    if let Some(t) = k.threads.get_mut(tid) {
+        if t.state != ThreadState::Dead {
+            t.state = ThreadState::Dead;
+            k.dead.push(tid);
+        }
+    }
+    k.runq.retain(|&q| q != tid);
+    k.sleepers.retain(|&(_, q)| q != tid);
 }
 
 /// Arms the one-shot timer for `deadline` unless it already fires no later.
@@ -146,9 +160,7 @@ fn ensure_timer(deadline: u64, now: u64) {
 /// Reclaims dead threads (never the one whose stack we could be on: we are on the idle stack).
 fn reap_dead_threads() {
     let k = kernel();
-    let dead: alloc::vec::Vec<ThreadId> =
-        k.threads.iter().filter(|(_, t)| t.state == ThreadState::Dead).map(|(id, _)| id).collect();
-    for id in dead {
+    while let Some(id) = k.dead.pop() {
         if k.current == Some(id) {
             k.current = None;
         }
@@ -163,9 +175,10 @@ extern "C" fn schedule_on_idle_stack() -> ! {
     sync_current_from_percpu();
     reap_dead_threads();
     loop {
-        let now = time::now_ns();
-        wake_sleepers(now);
+        // Reading the clock only when someone sleeps keeps the yield path short.
         let k = kernel();
+        let now = if k.sleepers.is_empty() { 0 } else { time::now_ns() };
+        wake_sleepers(now);
         // The current thread keeps the CPU if it is still runnable and was not preempted.
         let next = match k.current {
             Some(c) if k.threads.get(c).is_some_and(|t| t.state == ThreadState::Runnable) => Some(c),
@@ -176,24 +189,31 @@ extern "C" fn schedule_on_idle_stack() -> ! {
         }
         k.current = None;
         if let Some(d) = earliest_sleeper() {
-            ensure_timer(d, now);
+            ensure_timer(d, time::now_ns());
         }
         platform::idle();
     }
 }
 
-/// The floor benchmark may have switched threads without the scheduler: adopt PERCPU's view.
-fn sync_current_from_percpu() {
+/// The floor benchmark switches threads without the scheduler (entry.S floor_switch): adopt
+/// PERCPU's view, keeping each thread either current or queued, never both.
+pub fn sync_current_from_percpu() {
     let k = kernel();
-    if k.current.is_some() {
-        // SAFETY: single CPU.
-        let raw = unsafe { percpu::get().cur_thread };
-        k.current = Some(Id::from_u64(raw));
+    let Some(old) = k.current else { return };
+    // SAFETY: single CPU.
+    let real = Id::from_u64(unsafe { percpu::get().cur_thread });
+    if real != old {
+        k.current = Some(real);
+        k.runq.retain(|&t| t != real);
+        if k.threads.get(old).is_some_and(|t| t.state == ThreadState::Runnable) {
+            k.runq.push_back(old);
+        }
     }
 }
 
 /// Puts the current thread at the back of the run queue and schedules.
 pub fn yield_current() -> ! {
+    sync_current_from_percpu();
     let k = kernel();
     if let Some(c) = k.current.take() {
         if k.threads.get(c).is_some_and(|t| t.state == ThreadState::Runnable) {
@@ -206,10 +226,14 @@ pub fn yield_current() -> ! {
 
 /// Blocks the current thread in `state` and schedules another.
 pub fn block_current(state: ThreadState) -> ! {
+    sync_current_from_percpu();
     let k = kernel();
     if let Some(c) = k.current {
         if let Some(t) = k.threads.get_mut(c) {
             t.state = state;
+            if let ThreadState::Sleeping(d) = state {
+                k.sleepers.push((d, c));
+            }
         }
     }
     // SAFETY: as above.
@@ -232,11 +256,7 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
     };
     let root = space.root;
     let slot = space.return_slot();
-    if k.active_root != root {
-        // SAFETY: every space's root maps the kernel half.
-        unsafe { paging::activate(root) };
-        k.active_root = root;
-    }
+    activate_root(root);
     // SAFETY: single CPU; the thread's registers and stack live until it is reaped, which
     // only happens on the idle stack after it stopped running.
     unsafe {
@@ -245,10 +265,13 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
         pc.kstack_top = kstack;
         pc.cur_thread = tid.to_u64();
     }
-    if !k.runq.is_empty() {
-        ensure_timer(now + QUANTUM_NS, now);
-    } else if let Some(d) = earliest_sleeper() {
-        ensure_timer(d, now);
+    // Preemption needs a timer only if another thread waits and none is armed yet.
+    if k.timer_deadline.is_none() && (!k.runq.is_empty() || !k.sleepers.is_empty()) {
+        let now = if now == 0 { time::now_ns() } else { now };
+        let quantum = (!k.runq.is_empty()).then_some(now + QUANTUM_NS);
+        if let Some(d) = quantum.into_iter().chain(earliest_sleeper()).min() {
+            ensure_timer(d, now);
+        }
     }
     user::return_to_user(slot)
 }

@@ -67,6 +67,9 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
         .ok_or(Error::InvalidArgument)?;
     // SAFETY: single CPU.
     let pc = unsafe { percpu::get() };
+    if pc.floor_active == 0 && pc.floor_regs[0] == regs {
+        return Ok(0); // already waiting for a partner
+    }
     let side = if pc.floor_regs[0] == 0 || pc.floor_active != 0 { 0 } else { 1 };
     if side == 0 {
         pc.floor_active = 0;
@@ -81,4 +84,15 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
         pc.floor_active = 1;
     }
     Ok(side as u64)
+}
+
+/// Dissolves the floor pair if `tid` is in it (the thread is ending).
+pub fn floor_leave(tid: crate::thread::ThreadId) {
+    // SAFETY: single CPU.
+    let pc = unsafe { crate::arch::percpu::get() };
+    if pc.floor_thread.contains(&tid.to_u64()) && pc.floor_regs != [0; 2] {
+        pc.floor_active = 0;
+        pc.floor_regs = [0; 2];
+        pc.floor_thread = [0; 2];
+    }
 }

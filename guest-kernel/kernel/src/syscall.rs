@@ -127,7 +127,7 @@ fn spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64) -> Result<u
 fn bench(op: u64, _arg: u64) -> Result<u64, Error> {
     match op {
         x if x == BenchOp::SwitchFloorJoin as u64 => crate::selftest::floor_join(),
-        x if x == BenchOp::TscPerUs as u64 => Ok(time::tsc_khz().div_ceil(1000)),
+        x if x == BenchOp::TscKhz as u64 => Ok(time::tsc_khz()),
         _ => Err(Error::InvalidArgument),
     }
 }

@@ -40,7 +40,7 @@ pvh_start32:
     or $0x100, %eax                 /* LME */
     wrmsr
     mov %cr0, %eax
-    or $0x80000001, %eax            /* PG | PE */
+    or $0x80010021, %eax            /* PG | WP | NE | PE: WP also keeps kvm_pvm from looping on user write faults */
     mov %eax, %cr0
     ljmp $0x10, $(boot_entry64_low - KVB)
 

@@ -27,6 +27,7 @@
 .set PC_FLOOR_ROOT,   96      /* [2] */
 .set PC_FLOOR_KSTACK, 112     /* [2] */
 .set PC_FLOOR_THREAD, 128     /* [2] */
+.set PC_CUR_ROOT,     144
 /* UserRegs offsets (the push order below) */
 .set UR_END_OF_RSP,   144
 .set UR_RIP,          120
@@ -164,6 +165,7 @@ floor_switch:
     lea PERCPU(%rip), %rdx
     mov PC_FLOOR_ROOT(%rdx,%rax,8), %rcx
     mov %rcx, %cr3
+    mov %rcx, PERCPU+PC_CUR_ROOT(%rip)
     mov PC_FLOOR_KSTACK(%rdx,%rax,8), %rcx
     mov %rcx, PERCPU+PC_KSTACK(%rip)
     mov PC_FLOOR_THREAD(%rdx,%rax,8), %rcx

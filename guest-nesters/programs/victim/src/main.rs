@@ -1,0 +1,77 @@
+//! Does one forbidden thing, named by its argument, and should be killed for it.
+//! `ok` exits 0; `secret ADDR` maps memory at ADDR, writes a secret and sleeps.
+#![no_std]
+#![no_main]
+
+use core::arch::asm;
+use fluke_rt::{println, sys};
+
+#[no_mangle]
+fn fluke_main(args: fluke_rt::Args) -> i32 {
+    let case = args.get(0).unwrap_or("");
+    let addr: u64 = args.get(1).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+    println!("victim: {case}");
+    // SAFETY: none of these are safe: each is the forbidden access under test, and the kernel
+    // is expected to stop the process at it.
+    unsafe {
+        match case {
+            "ok" => return 0,
+            "null" => {
+                let v = core::ptr::read_volatile(core::ptr::null::<u64>());
+                println!("read {v}");
+            }
+            "kernel-read" => {
+                let v = core::ptr::read_volatile(0xffff_ffff_8010_0000 as *const u64);
+                println!("read {v:#x}");
+            }
+            "kernel-write" => core::ptr::write_volatile(0xffff_8880_0010_0000 as *mut u64, 1),
+            "noncanonical" => {
+                let v = core::ptr::read_volatile(0x8000_0000_0000_0000 as *const u64);
+                println!("read {v}");
+            }
+            "read-addr" => {
+                let v = core::ptr::read_volatile(addr as *const u64);
+                println!("read {v:#x} at {addr:#x}");
+            }
+            "hlt" => asm!("hlt"),
+            "out" => asm!("out dx, al", in("dx") 0x3f8u16, in("al") b'X'),
+            "cr3" => asm!("mov rax, cr3", out("rax") _),
+            "wrmsr" => asm!("wrmsr", in("ecx") 0x4b56_4d10u32, in("eax") 0u32, in("edx") 0u32),
+            "lidt" => {
+                let zero = [0u64; 2];
+                asm!("lidt [{}]", in(reg) zero.as_ptr());
+            }
+            "ud2" => asm!("ud2"),
+            "int3" => asm!("int3"),
+            "div0" => {
+                let zero: u64 = core::hint::black_box(0);
+                asm!("div {}", in(reg) zero, inout("rax") 1u64 => _, inout("rdx") 0u64 => _);
+            }
+            "return-stub" => {
+                // Jump into the kernel's return stub: it only reloads this thread's own values.
+                asm!("jmp {}", in(reg) fluke_abi::syscall::layout::RETURN_PAGE + 64);
+            }
+            "write-rodata" => {
+                static RO: u64 = 7;
+                core::ptr::write_volatile(core::ptr::addr_of!(RO) as *mut u64, 1);
+            }
+            "write-text" => core::ptr::write_volatile(fluke_main as *const u8 as *mut u8, 0xcc),
+            "write-return-page" => core::ptr::write_volatile(fluke_abi::syscall::layout::RETURN_PAGE as *mut u64, 1),
+            "secret" => {
+                if sys::map_anon(addr, 4096).is_err() {
+                    return 2;
+                }
+                core::ptr::write_volatile(addr as *mut u64, 0x5ec2_e7);
+                println!("victim: secret at {addr:#x}");
+                sys::sleep_ns(2_000_000_000);
+                return 0;
+            }
+            _ => {
+                println!("victim: unknown case {case}");
+                return 2;
+            }
+        }
+    }
+    println!("victim: survived {case}");
+    1
+}
