@@ -9,7 +9,8 @@ const GUEST_TARGET: &str = "x86_64-unknown-none";
 
 /// Programs packed into the default image; the first one listed in the manifest is init.
 const DEFAULT_PROGRAMS: &[&str] = &["hello", "ktest", "victim", "spinner", "bench"];
-const DEFAULT_MANIFEST: &str = "# the default image: the first program and its arguments\ninit hello\n";
+const DEFAULT_MANIFEST: &str =
+    "# the default image: the first program and its arguments\ninit hello\n";
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -19,7 +20,13 @@ fn main() {
     let guest_target = out_dir.ancestors().nth(4).unwrap().join("guest");
 
     ensure_guest_target();
-    for dir in ["guest-kernel/abi", "guest-kernel/core", "guest-kernel/kernel", "guest-nesters", "images/format"] {
+    for dir in [
+        "guest-kernel/abi",
+        "guest-kernel/core",
+        "guest-kernel/kernel",
+        "guest-nesters",
+        "images/format",
+    ] {
         watch(&root.join(dir));
     }
 
@@ -30,14 +37,23 @@ fn main() {
     let kernel = read(&bin_dir.join("fluke-kernel"));
     let mut bundle = fluke_image::bundle::BundleBuilder::new();
     for name in DEFAULT_PROGRAMS {
-        bundle.add_program(name, &read(&bin_dir.join(name))).unwrap_or_else(|e| fail(&format!("{name}: {e}")));
+        bundle
+            .add_program(name, &read(&bin_dir.join(name)))
+            .unwrap_or_else(|e| fail(&format!("{name}: {e}")));
     }
     bundle.manifest(DEFAULT_MANIFEST);
-    let bundle = bundle.build().unwrap_or_else(|e| fail(&format!("bundle: {e}")));
-    let image = fluke_image::image::build_image(&kernel, &bundle).unwrap_or_else(|e| fail(&format!("image: {e}")));
-    std::fs::write(out_dir.join("default.img"), image).unwrap_or_else(|e| fail(&format!("write image: {e}")));
-    std::fs::copy(bin_dir.join("fluke-kernel"), out_dir.join("fluke-kernel.elf"))
-        .unwrap_or_else(|e| fail(&format!("copy kernel: {e}")));
+    let bundle = bundle
+        .build()
+        .unwrap_or_else(|e| fail(&format!("bundle: {e}")));
+    let image = fluke_image::image::build_image(&kernel, &bundle)
+        .unwrap_or_else(|e| fail(&format!("image: {e}")));
+    std::fs::write(out_dir.join("default.img"), image)
+        .unwrap_or_else(|e| fail(&format!("write image: {e}")));
+    std::fs::copy(
+        bin_dir.join("fluke-kernel"),
+        out_dir.join("fluke-kernel.elf"),
+    )
+    .unwrap_or_else(|e| fail(&format!("copy kernel: {e}")));
 }
 
 fn fail(msg: &str) -> ! {
@@ -50,7 +66,15 @@ fn read(path: &Path) -> Vec<u8> {
 }
 
 fn watch(dir: &Path) {
-    for entry in ["src", "Cargo.toml", "build.rs", "link.ld", ".cargo", "runtime", "programs"] {
+    for entry in [
+        "src",
+        "Cargo.toml",
+        "build.rs",
+        "link.ld",
+        ".cargo",
+        "runtime",
+        "programs",
+    ] {
         let p = dir.join(entry);
         if p.exists() {
             println!("cargo:rerun-if-changed={}", p.display());
@@ -70,15 +94,23 @@ fn ensure_guest_target() {
         .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim().to_string()));
     let has_core = libdir
         .and_then(|d| std::fs::read_dir(d).ok())
-        .map(|entries| entries.flatten().any(|e| e.file_name().to_string_lossy().starts_with("libcore-")))
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+        })
         .unwrap_or(false);
     if has_core {
         return;
     }
     eprintln!("installing the {GUEST_TARGET} target with rustup");
-    let status = Command::new("rustup").args(["target", "add", GUEST_TARGET]).status();
+    let status = Command::new("rustup")
+        .args(["target", "add", GUEST_TARGET])
+        .status();
     if !matches!(status, Ok(s) if s.success()) {
-        fail(&format!("the {GUEST_TARGET} target is missing and `rustup target add {GUEST_TARGET}` failed"));
+        fail(&format!(
+            "the {GUEST_TARGET} target is missing and `rustup target add {GUEST_TARGET}` failed"
+        ));
     }
 }
 
@@ -97,12 +129,26 @@ fn cargo_build(workspace: &Path, target_dir: &Path) {
             || key.starts_with("CARGO_TARGET_")
             || key.starts_with("CARGO_PROFILE_")
             || key.starts_with("CARGO_CFG_")
-            || matches!(key.as_str(), "RUSTFLAGS" | "RUSTDOCFLAGS" | "RUSTC_WRAPPER" | "RUSTC_WORKSPACE_WRAPPER" | "TARGET" | "HOST" | "PROFILE" | "OUT_DIR" | "OPT_LEVEL" | "DEBUG");
+            || matches!(
+                key.as_str(),
+                "RUSTFLAGS"
+                    | "RUSTDOCFLAGS"
+                    | "RUSTC_WRAPPER"
+                    | "RUSTC_WORKSPACE_WRAPPER"
+                    | "TARGET"
+                    | "HOST"
+                    | "PROFILE"
+                    | "OUT_DIR"
+                    | "OPT_LEVEL"
+                    | "DEBUG"
+            );
         if host_only {
             cmd.env_remove(&key);
         }
     }
-    let status = cmd.status().unwrap_or_else(|e| fail(&format!("cannot run cargo: {e}")));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run cargo: {e}")));
     if !status.success() {
         fail(&format!("cargo build in {} failed", workspace.display()));
     }

@@ -83,7 +83,103 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "",
         sample: |s| s.vmm_rss_kib.map(|k| k as f64),
     },
+    // In-guest measurements: the `bench` program of the image runs as init and prints them.
+    Benchmark {
+        name: "guest.null_call",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,null,20000",
+        sample: |s| s.guest.get("guest.null_call").copied(),
+    },
+    Benchmark {
+        name: "platform.syscall_floor",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,floor,20000",
+        sample: |s| s.guest.get("platform.syscall_floor").copied(),
+    },
+    Benchmark {
+        name: "guest.user_fault",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,fault,2000",
+        sample: |s| s.guest.get("guest.user_fault").copied(),
+    },
+    Benchmark {
+        name: "guest.space_switch",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,switch,5000",
+        sample: |s| s.guest.get("guest.space_switch").copied(),
+    },
+    Benchmark {
+        name: "platform.switch_floor",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,switch-floor,5000",
+        sample: |s| s.guest.get("platform.switch_floor").copied(),
+    },
 ];
+
+/// Benchmarks of the host alone, measured in this process: `(name, unit, one sample)`.
+pub const HOST_BENCHMARKS: &[(&str, &str, fn() -> f64)] = &[("host.getppid", "ns", getppid_ns)];
+
+/// Ratios reported under the table: `(what, numerator, denominator, target)`.
+pub const RATIOS: &[(&str, &str, &str, f64)] = &[
+    (
+        "null call vs. syscall floor",
+        "guest.null_call",
+        "platform.syscall_floor",
+        1.25,
+    ),
+    (
+        "space switch vs. switch floor",
+        "guest.space_switch",
+        "platform.switch_floor",
+        1.25,
+    ),
+];
+
+/// ns per `getppid` system call: the host's own kernel-entry floor.
+fn getppid_ns() -> f64 {
+    const N: u32 = 200_000;
+    let start = std::time::Instant::now();
+    for _ in 0..N {
+        // SAFETY: getppid has no preconditions and cannot fail.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    start.elapsed().as_secs_f64() * 1e9 / f64::from(N)
+}
+
+/// `platform` is the one the guest runs measured on: the host record is its baseline.
+fn host_record(name: &str, unit: &str, f: fn() -> f64, n: u32, platform: &str) -> Record {
+    let samples: Vec<f64> = (0..n).map(|_| f()).collect();
+    Record {
+        name: name.to_string(),
+        model: Model::Host,
+        platform: platform.to_string(),
+        value: median(&samples).unwrap_or(0.0),
+        unit: unit.to_string(),
+        samples,
+    }
+}
+
+/// The ratio lines for the records present.
+pub fn ratios(records: &[Record]) -> Vec<String> {
+    let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
+    RATIOS
+        .iter()
+        .filter_map(|&(what, num, den, target)| {
+            let (a, b) = (value(num)?, value(den)?);
+            (b > 0.0).then(|| {
+                format!(
+                    "{what}: {num} / {den} = {:.2}x (target {target:.2}x)",
+                    a / b
+                )
+            })
+        })
+        .collect()
+}
 
 /// A benchmark's result: the JSON record `--json` writes (one per benchmark, in an array).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -177,14 +273,29 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 
     // Report in the order of BENCHMARKS, not in the order the runs were grouped.
     records.sort_by_key(|r| BENCHMARKS.iter().position(|b| b.name == r.name));
+    let platform = records
+        .first()
+        .map(|r| r.platform.clone())
+        .unwrap_or_else(|| "kvm".into());
+    for &(name, unit, f) in HOST_BENCHMARKS {
+        records.push(host_record(name, unit, f, args.samples, &platform));
+    }
     to_stdout(&table(&records));
+    for line in ratios(&records) {
+        to_stdout(&format!("{line}\n"));
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&records)
             .map_err(|e| Error::Bench(format!("cannot encode records: {e}")))?;
         write_file(path, &(json + "\n"))?;
     }
     if let Some(path) = &args.markdown {
-        write_file(path, &markdown(&records))?;
+        let mut md = markdown(&records);
+        for line in ratios(&records) {
+            md.push_str(&format!("\n- {line}"));
+        }
+        md.push('\n');
+        write_file(path, &md)?;
     }
     if failures.is_empty() {
         Ok(0)
@@ -239,8 +350,10 @@ fn sample_runs(
     let mut runs = Vec::new();
     for i in 0..n {
         let stats_path = temp_stats_path(i);
-        let result = one_run(exe, image, cmdline, &stats_path);
+        let console_path = stats_path.with_extension("console");
+        let result = one_run(exe, image, cmdline, &stats_path, &console_path);
         let _ = std::fs::remove_file(&stats_path);
+        let _ = std::fs::remove_file(&console_path);
         runs.push(result.map_err(|e| format!("run {}: {e}", i + 1))?);
     }
     Ok(runs)
@@ -255,13 +368,15 @@ fn one_run(
     image: Option<&Path>,
     cmdline: &str,
     stats_path: &Path,
+    console_path: &Path,
 ) -> std::result::Result<RunStats, String> {
     let mut cmd = Command::new(exe);
     cmd.arg("run");
     if let Some(image) = image {
         cmd.arg(image);
     }
-    cmd.args(["--serial", "null", "--log-level", "error", "--timeout"])
+    let serial = format!("file:{}", console_path.display());
+    cmd.args(["--serial", &serial, "--log-level", "error", "--timeout"])
         .arg(RUN_TIMEOUT_SECS.to_string())
         .arg("--stats-json")
         .arg(stats_path)
@@ -287,7 +402,11 @@ fn one_run(
     }
     let json = std::fs::read_to_string(stats_path)
         .map_err(|e| format!("no statistics from the run: {e}"))?;
-    serde_json::from_str(&json).map_err(|e| format!("unreadable statistics: {e}"))
+    let mut stats: RunStats =
+        serde_json::from_str(&json).map_err(|e| format!("unreadable statistics: {e}"))?;
+    let console = std::fs::read_to_string(console_path).unwrap_or_default();
+    stats.guest = crate::stats::parse_guest_bench(&console);
+    Ok(stats)
 }
 
 const COLUMNS: [&str; 8] = [
@@ -399,7 +518,12 @@ mod tests {
                 "boot.to_kernel",
                 "boot.to_init",
                 "vmm.exit_roundtrip",
-                "vmm.rss"
+                "vmm.rss",
+                "guest.null_call",
+                "platform.syscall_floor",
+                "guest.user_fault",
+                "guest.space_switch",
+                "platform.switch_floor"
             ]
         );
     }

@@ -14,7 +14,7 @@ use fluke_abi::boot::{
     CMDLINE_GPA, CMDLINE_MAX, E820_RAM, EBDA_START, KERNEL_PHYS_LOAD, MEMMAP_GPA, MODLIST_GPA,
     START_INFO_GPA, XEN_HVM_START_MAGIC,
 };
-use fluke_abi::cmdline::PLATFORM;
+use fluke_abi::cmdline::{PLATFORM, TSC_KHZ};
 use fluke_abi::Platform;
 use fluke_image::elf::{Elf, ProgramHeader, PF_X};
 use fluke_image::image::Image;
@@ -138,8 +138,11 @@ pub fn check_memory_fit(phys_end: u64, mem_bytes: u64) -> Result<()> {
 }
 
 /// The kernel command line: what the VMM passes, then the user's `--cmdline`.
-pub fn build_cmdline(platform: Platform, extra: &str) -> Result<String> {
+pub fn build_cmdline(platform: Platform, tsc_khz: Option<u32>, extra: &str) -> Result<String> {
     let mut cmdline = format!("{PLATFORM}={}", platform.name());
+    if let Some(khz) = tsc_khz {
+        cmdline.push_str(&format!(" {TSC_KHZ}={khz}"));
+    }
     let extra = extra.trim();
     if !extra.is_empty() {
         cmdline.push(' ');
@@ -333,26 +336,27 @@ mod tests {
     #[test]
     fn cmdline_starts_with_platform_and_appends_user_text() {
         assert_eq!(
-            build_cmdline(Platform::KvmPvm, "").unwrap(),
+            build_cmdline(Platform::KvmPvm, None, "").unwrap(),
             "fluke.platform=kvm_pvm"
         );
         assert_eq!(
-            build_cmdline(Platform::Kvm, "  fluke.bench=exit_roundtrip ").unwrap(),
+            build_cmdline(Platform::Kvm, None, "  fluke.bench=exit_roundtrip ").unwrap(),
             "fluke.platform=kvm fluke.bench=exit_roundtrip"
         );
-        let c = build_cmdline(Platform::Kvm, "a=b").unwrap();
+        let c = build_cmdline(Platform::Kvm, Some(2_500_000), "a=b").unwrap();
         assert_eq!(fluke_abi::cmdline::get(&c, PLATFORM), Some("kvm"));
+        assert_eq!(fluke_abi::cmdline::get(&c, TSC_KHZ), Some("2500000"));
         assert!(matches!(
-            build_cmdline(Platform::Kvm, "x\0y"),
+            build_cmdline(Platform::Kvm, None, "x\0y"),
             Err(Error::CmdlineNul)
         ));
         let long = "x".repeat(CMDLINE_MAX);
         assert!(matches!(
-            build_cmdline(Platform::Kvm, &long),
+            build_cmdline(Platform::Kvm, None, &long),
             Err(Error::CmdlineTooLong { .. })
         ));
         let fits = "x".repeat(CMDLINE_MAX - 1 - "fluke.platform=kvm ".len());
-        assert!(build_cmdline(Platform::Kvm, &fits).is_ok());
+        assert!(build_cmdline(Platform::Kvm, None, &fits).is_ok());
     }
 
     #[test]

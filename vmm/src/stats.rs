@@ -32,6 +32,24 @@ pub struct RunStats {
     pub exits: u64,
     /// ms the vCPU ran (first KVM_RUN to the end of the run loop).
     pub run_ms: f64,
+    /// Measurements the guest printed as `BENCH <name> <value> <unit> ...` lines on its
+    /// console (filled in by `bench` from the run's serial output, not by `run`).
+    #[serde(default)]
+    pub guest: std::collections::BTreeMap<String, f64>,
+}
+
+/// The `BENCH <name> <value> ...` lines of a guest's console output.
+pub fn parse_guest_bench(console: &str) -> std::collections::BTreeMap<String, f64> {
+    console
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("BENCH")).then_some(())?;
+            let name = w.next()?;
+            let value: f64 = w.next()?.parse().ok()?;
+            value.is_finite().then(|| (name.to_string(), value))
+        })
+        .collect()
 }
 
 impl RunStats {
@@ -94,6 +112,15 @@ pub fn vmm_rss_kib(ranges: &[(u64, u64)]) -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guest_bench_lines() {
+        let m = parse_guest_bench(
+            "fluke: boot\nBENCH guest.null_call 2400.5 ns 1000\nBENCH bad x\nBENCH\n",
+        );
+        assert_eq!(m.len(), 1);
+        assert_eq!(m["guest.null_call"], 2400.5);
+    }
 
     #[test]
     fn parses_proc_files() {

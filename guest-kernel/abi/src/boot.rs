@@ -102,7 +102,9 @@ mod tests {
     fn fixed_structures_do_not_overlap() {
         assert!(START_INFO_GPA + size_of::<HvmStartInfo>() as u64 <= MODLIST_GPA);
         assert!(MODLIST_GPA + size_of::<HvmModlistEntry>() as u64 <= MEMMAP_GPA);
-        assert!(MEMMAP_GPA + (MEMMAP_MAX_ENTRIES * size_of::<HvmMemmapEntry>()) as u64 <= CMDLINE_GPA);
+        assert!(
+            MEMMAP_GPA + (MEMMAP_MAX_ENTRIES * size_of::<HvmMemmapEntry>()) as u64 <= CMDLINE_GPA
+        );
         assert!(CMDLINE_GPA + CMDLINE_MAX as u64 <= EBDA_START);
         assert!(EBDA_START < KERNEL_PHYS_LOAD);
     }

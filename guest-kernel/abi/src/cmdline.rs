@@ -25,7 +25,10 @@ pub fn words(cmdline: &str) -> impl Iterator<Item = (&str, &str)> {
 
 /// The value of the last occurrence of `key`, as Linux does for repeated parameters.
 pub fn get<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    words(cmdline).filter(|(k, _)| *k == key).map(|(_, v)| v).last()
+    words(cmdline)
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| v)
+        .last()
 }
 
 #[cfg(test)]

@@ -37,9 +37,14 @@ impl Platform {
     }
 
     pub fn from_name(s: &str) -> Option<Platform> {
-        [Platform::KvmPvm, Platform::Kvm, Platform::Qemu, Platform::Native]
-            .into_iter()
-            .find(|p| p.name() == s)
+        [
+            Platform::KvmPvm,
+            Platform::Kvm,
+            Platform::Qemu,
+            Platform::Native,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
     }
 }
 
@@ -49,7 +54,12 @@ mod tests {
 
     #[test]
     fn platform_names_round_trip() {
-        for p in [Platform::KvmPvm, Platform::Kvm, Platform::Qemu, Platform::Native] {
+        for p in [
+            Platform::KvmPvm,
+            Platform::Kvm,
+            Platform::Qemu,
+            Platform::Native,
+        ] {
             assert_eq!(Platform::from_name(p.name()), Some(p));
         }
         assert_eq!(Platform::from_name("vmx"), None);

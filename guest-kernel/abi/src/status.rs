@@ -35,7 +35,10 @@ mod tests {
     fn qemu_codes_map_back() {
         assert_eq!(from_qemu_exit_code(1), Some(0));
         assert_eq!(from_qemu_exit_code((42 << 1) | 1), Some(42));
-        assert_eq!(from_qemu_exit_code(((KERNEL_PANIC as i32) << 1) | 1), Some(KERNEL_PANIC));
+        assert_eq!(
+            from_qemu_exit_code(((KERNEL_PANIC as i32) << 1) | 1),
+            Some(KERNEL_PANIC)
+        );
         assert_eq!(from_qemu_exit_code(0), None);
         assert_eq!(from_qemu_exit_code(2), None);
     }

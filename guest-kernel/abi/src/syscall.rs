@@ -171,8 +171,15 @@ mod tests {
 
     #[test]
     fn results_round_trip() {
-        for e in [Error::NoSuchCall, Error::BadAddress, Error::InvalidArgument, Error::NoMemory,
-                  Error::NoSuchProgram, Error::NoSuchChild, Error::Exhausted] {
+        for e in [
+            Error::NoSuchCall,
+            Error::BadAddress,
+            Error::InvalidArgument,
+            Error::NoMemory,
+            Error::NoSuchProgram,
+            Error::NoSuchChild,
+            Error::Exhausted,
+        ] {
             assert_eq!(decode(encode(Err(e))), Err(e));
             assert_eq!(Error::from_i64(e as i64), Some(e));
         }

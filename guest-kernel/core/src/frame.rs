@@ -30,7 +30,12 @@ impl<'a> FrameAllocator<'a> {
         assert!(storage.len() >= words, "frame bitmap storage too small");
         let bitmap = &mut storage[..words];
         bitmap.fill(0);
-        FrameAllocator { bitmap, frames, free: 0, hint: 0 }
+        FrameAllocator {
+            bitmap,
+            frames,
+            free: 0,
+            hint: 0,
+        }
     }
 
     /// Number of frames the allocator manages.
@@ -44,7 +49,9 @@ impl<'a> FrameAllocator<'a> {
 
     /// Marks the whole frames inside `[start, end)` free (partial frames stay reserved).
     pub fn add_free_range(&mut self, start: u64, end: u64) {
-        let Some(first) = align_up(start, PAGE_SIZE) else { return };
+        let Some(first) = align_up(start, PAGE_SIZE) else {
+            return;
+        };
         let last = align_down(end, PAGE_SIZE).min(self.frames * PAGE_SIZE);
         let mut addr = first;
         while addr < last {

@@ -15,7 +15,10 @@ impl Id {
     }
 
     pub const fn from_u64(v: u64) -> Id {
-        Id { index: v as u32, generation: (v >> 32) as u32 }
+        Id {
+            index: v as u32,
+            generation: (v >> 32) as u32,
+        }
     }
 }
 
@@ -34,7 +37,12 @@ pub struct Slab<T> {
 impl<T> Slab<T> {
     /// A slab holding at most `limit` objects.
     pub const fn new(limit: usize) -> Self {
-        Slab { slots: Vec::new(), free: Vec::new(), len: 0, limit }
+        Slab {
+            slots: Vec::new(),
+            free: Vec::new(),
+            len: 0,
+            limit,
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -53,14 +61,20 @@ impl<T> Slab<T> {
         let index = match self.free.pop() {
             Some(i) => i,
             None => {
-                self.slots.push(Slot { generation: 0, value: None });
+                self.slots.push(Slot {
+                    generation: 0,
+                    value: None,
+                });
                 (self.slots.len() - 1) as u32
             }
         };
         let slot = &mut self.slots[index as usize];
         slot.value = Some(value);
         self.len += 1;
-        Some(Id { index, generation: slot.generation })
+        Some(Id {
+            index,
+            generation: slot.generation,
+        })
     }
 
     pub fn get(&self, id: Id) -> Option<&T> {
@@ -78,7 +92,10 @@ impl<T> Slab<T> {
     }
 
     pub fn remove(&mut self, id: Id) -> Option<T> {
-        let slot = self.slots.get_mut(id.index as usize).filter(|s| s.generation == id.generation)?;
+        let slot = self
+            .slots
+            .get_mut(id.index as usize)
+            .filter(|s| s.generation == id.generation)?;
         let value = slot.value.take()?;
         slot.generation = slot.generation.wrapping_add(1);
         self.free.push(id.index);
@@ -88,7 +105,15 @@ impl<T> Slab<T> {
 
     pub fn iter(&self) -> impl Iterator<Item = (Id, &T)> {
         self.slots.iter().enumerate().filter_map(|(i, s)| {
-            s.value.as_ref().map(|v| (Id { index: i as u32, generation: s.generation }, v))
+            s.value.as_ref().map(|v| {
+                (
+                    Id {
+                        index: i as u32,
+                        generation: s.generation,
+                    },
+                    v,
+                )
+            })
         })
     }
 
@@ -117,7 +142,13 @@ mod tests {
         assert_eq!(s.get(b), Some(&"b"));
         assert_eq!(s.len(), 2);
         assert_eq!(Id::from_u64(c.to_u64()), c);
-        assert_eq!(s.get(Id { index: 99, generation: 0 }), None);
+        assert_eq!(
+            s.get(Id {
+                index: 99,
+                generation: 0
+            }),
+            None
+        );
         let ids = s.ids();
         assert_eq!(ids.len(), 2);
     }

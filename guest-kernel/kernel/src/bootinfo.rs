@@ -2,7 +2,7 @@
 //! early, so nothing later depends on where the loader put them.
 
 use crate::mm;
-use fluke_abi::boot::{HvmMemmapEntry, HvmStartInfo, XEN_HVM_START_MAGIC, CMDLINE_MAX};
+use fluke_abi::boot::{HvmMemmapEntry, HvmStartInfo, CMDLINE_MAX, XEN_HVM_START_MAGIC};
 use fluke_kcore::memmap::PhysRange;
 
 pub const MAX_MEMMAP: usize = 128;
@@ -25,7 +25,12 @@ pub enum BootInfoError {
 impl BootInfo {
     pub const fn empty() -> Self {
         BootInfo {
-            memmap: [HvmMemmapEntry { addr: 0, size: 0, type_: 0, reserved: 0 }; MAX_MEMMAP],
+            memmap: [HvmMemmapEntry {
+                addr: 0,
+                size: 0,
+                type_: 0,
+                reserved: 0,
+            }; MAX_MEMMAP],
             memmap_len: 0,
             cmdline: [0; CMDLINE_MAX],
             cmdline_len: 0,
@@ -75,9 +80,18 @@ impl BootInfo {
         }
         let sz = core::mem::size_of::<HvmStartInfo>() as u64;
         self.loader_ranges = [
-            PhysRange { start: pa, end: pa + sz },
-            PhysRange { start: si.memmap_paddr, end: si.memmap_paddr + n as u64 * entry_size },
-            PhysRange { start: si.cmdline_paddr, end: si.cmdline_paddr + self.cmdline_len as u64 + 1 },
+            PhysRange {
+                start: pa,
+                end: pa + sz,
+            },
+            PhysRange {
+                start: si.memmap_paddr,
+                end: si.memmap_paddr + n as u64 * entry_size,
+            },
+            PhysRange {
+                start: si.cmdline_paddr,
+                end: si.cmdline_paddr + self.cmdline_len as u64 + 1,
+            },
             PhysRange { start: 0, end: 0 },
         ];
         Ok(())

@@ -20,7 +20,15 @@ pub fn user_event(vector: u8, error_code: u64) -> ! {
         14 => page_fault(error_code),
         0..=31 => {
             let r = regs();
-            process::kill_current(vector, format_args!("{} (error code {:#x})", vector_name(u64::from(vector)), error_code), &r);
+            process::kill_current(
+                vector,
+                format_args!(
+                    "{} (error code {:#x})",
+                    vector_name(u64::from(vector)),
+                    error_code
+                ),
+                &r,
+            );
             // SAFETY: entry.S's schedule switches stacks and never returns.
             unsafe { sched::schedule() }
         }
@@ -52,8 +60,16 @@ fn page_fault(error_code: u64) {
     } else {
         "read"
     };
-    let cause = if error_code & 1 != 0 { "protection violation" } else { "not mapped" };
-    let region = if addr >= USER_END { ", kernel address" } else { "" };
+    let cause = if error_code & 1 != 0 {
+        "protection violation"
+    } else {
+        "not mapped"
+    };
+    let region = if addr >= USER_END {
+        ", kernel address"
+    } else {
+        ""
+    };
     let r = regs();
     process::kill_current(
         VEC_PAGE_FAULT as u8,
@@ -67,7 +83,11 @@ fn page_fault(error_code: u64) {
 /// The kvm_pvm privilege-escalation tripwire (pvm.md §11 H1).
 pub fn escalation(rip: u64) -> ! {
     let r = regs();
-    process::kill_current(0, format_args!("privilege escalation tripwire: kernel-mode event at {rip:#x}"), &r);
+    process::kill_current(
+        0,
+        format_args!("privilege escalation tripwire: kernel-mode event at {rip:#x}"),
+        &r,
+    );
     // SAFETY: as above.
     unsafe { sched::schedule() }
 }

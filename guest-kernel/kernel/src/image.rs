@@ -16,7 +16,9 @@ pub fn locate_bundle(kernel_end: u64, ram_end: u64) -> Option<PhysRange> {
     }
     // SAFETY: [start, header_end) is RAM inside the boot mapping (checked above); bytes have
     // no invalid values.
-    let header = unsafe { core::slice::from_raw_parts(mm::phys_to_virt(start) as *const u8, BUNDLE_HEADER_SIZE) };
+    let header = unsafe {
+        core::slice::from_raw_parts(mm::phys_to_virt(start) as *const u8, BUNDLE_HEADER_SIZE)
+    };
     if header[..8] != BUNDLE_MAGIC[..] {
         return None;
     }
@@ -32,7 +34,10 @@ pub fn bundle(r: PhysRange) -> Result<Bundle<'static>, BundleError> {
     // SAFETY: `r` was checked to be RAM by locate_bundle, is reserved from the allocator and
     // is mapped read-only at the kernel base for the kernel's lifetime.
     let bytes = unsafe {
-        core::slice::from_raw_parts((KERNEL_VIRT_BASE + r.start) as *const u8, (r.end - r.start) as usize)
+        core::slice::from_raw_parts(
+            (KERNEL_VIRT_BASE + r.start) as *const u8,
+            (r.end - r.start) as usize,
+        )
     };
     Bundle::parse(bytes)
 }
@@ -52,7 +57,11 @@ pub fn loaded_bundle() -> Option<Bundle<'static>> {
 
 pub fn describe(b: &Bundle<'_>) {
     let m = b.manifest();
-    kprintln!("fluke: image: {} program(s), init = {}", b.programs().count(), m.init());
+    kprintln!(
+        "fluke: image: {} program(s), init = {}",
+        b.programs().count(),
+        m.init()
+    );
     for p in b.programs() {
         kprintln!("fluke:   program {:<16} {:>8} bytes", p.name, p.data.len());
     }

@@ -16,13 +16,19 @@ pub fn load_elf(space: &mut Space, elf_bytes: &[u8]) -> Result<u64, Error> {
         if ph.memsz == 0 {
             continue;
         }
-        let end = ph.vaddr.checked_add(ph.memsz).ok_or(Error::InvalidArgument)?;
+        let end = ph
+            .vaddr
+            .checked_add(ph.memsz)
+            .ok_or(Error::InvalidArgument)?;
         if ph.vaddr < USER_BASE || end > USER_MAP_END {
             return Err(Error::InvalidArgument);
         }
         let start = ph.vaddr & !(PAGE - 1);
         let map_end = end.div_ceil(PAGE) * PAGE;
-        let perm = UserPerm { write: ph.flags & PF_W != 0, exec: ph.flags & PF_X != 0 };
+        let perm = UserPerm {
+            write: ph.flags & PF_W != 0,
+            exec: ph.flags & PF_X != 0,
+        };
         space.map_zeroed(start, map_end - start, perm)?;
         // The kernel writes through the direct map, so read-only segments can be filled too.
         space.fill(ph.vaddr, elf.segment_data(&ph))?;

@@ -65,13 +65,19 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     let cmd = boot.cmdline();
     if let Some(said) = cmdline::get(cmd, cmdline::PLATFORM) {
         if Platform::from_name(said) != Some(detected.platform) {
-            kprintln!("fluke: note: the VMM says platform {said}; the kernel's probe says {}", detected.platform.name());
+            kprintln!(
+                "fluke: note: the VMM says platform {said}; the kernel's probe says {}",
+                detected.platform.name()
+            );
         }
     }
 
     let kernel = mm::kernel_image_range();
     let bundle = image::locate_bundle(kernel.end, memmap_ram_end(boot));
-    let mem = mm::init_frames(boot, &[kernel, bundle.unwrap_or(PhysRange { start: 0, end: 0 })]);
+    let mem = mm::init_frames(
+        boot,
+        &[kernel, bundle.unwrap_or(PhysRange { start: 0, end: 0 })],
+    );
     let root = match mm::init_kernel_space(boot, bundle.unwrap_or(PhysRange { start: 0, end: 0 })) {
         Ok(root) => root,
         Err(e) => panic!("cannot build the kernel page tables: {:?}", e),

@@ -7,7 +7,12 @@ use crate::kprintln;
 fn panic(info: &core::panic::PanicInfo) -> ! {
     platform::irq_disable();
     match info.location() {
-        Some(l) => kprintln!("fluke: KERNEL PANIC at {}:{}: {}", l.file(), l.line(), info.message()),
+        Some(l) => kprintln!(
+            "fluke: KERNEL PANIC at {}:{}: {}",
+            l.file(),
+            l.line(),
+            info.message()
+        ),
         None => kprintln!("fluke: KERNEL PANIC: {}", info.message()),
     }
     platform::exit(fluke_abi::status::KERNEL_PANIC);

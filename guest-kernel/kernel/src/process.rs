@@ -2,8 +2,8 @@
 //! (The object-model issue replaces this fixed structure with Spaces, Threads and
 //! capabilities that a user-level parent manipulates directly.)
 
-use crate::arch::user::UserRegs;
 use crate::arch::paging::UserPerm;
+use crate::arch::user::UserRegs;
 use crate::sched::{self, kernel};
 use crate::space::Space;
 use crate::thread::{KernelStack, Thread, ThreadId, ThreadState};
@@ -63,7 +63,14 @@ pub fn spawn(name: &str, args: &[u8], parent: Option<Pid>) -> Result<Pid, Error>
     // Stack: the top pages eagerly (the arguments go there), the rest demand-zero.
     const EAGER: u64 = 2 * 4096;
     space.map_anon(STACK_TOP - STACK_SIZE, STACK_SIZE - EAGER)?;
-    space.map_zeroed(STACK_TOP - EAGER, EAGER, UserPerm { write: true, exec: false })?;
+    space.map_zeroed(
+        STACK_TOP - EAGER,
+        EAGER,
+        UserPerm {
+            write: true,
+            exec: false,
+        },
+    )?;
     let (argc, argv, sp) = loader::push_args(&mut space, STACK_TOP, args)?;
 
     let mut regs = Box::new(UserRegs::default());
@@ -95,7 +102,12 @@ pub fn spawn(name: &str, args: &[u8], parent: Option<Pid>) -> Result<Pid, Error>
             return Err(Error::NoMemory);
         }
     };
-    let Some(tid) = k.threads.insert(Thread { regs, kstack, state: ThreadState::Runnable, process: pid }) else {
+    let Some(tid) = k.threads.insert(Thread {
+        regs,
+        kstack,
+        state: ThreadState::Runnable,
+        process: pid,
+    }) else {
         k.processes.remove(pid);
         return Err(Error::Exhausted);
     };
@@ -114,7 +126,9 @@ pub fn spawn(name: &str, args: &[u8], parent: Option<Pid>) -> Result<Pid, Error>
 /// The first process's status ends the VM.
 pub fn exit(pid: Pid, status: i32) {
     let k = kernel();
-    let Some(p) = k.processes.get_mut(pid) else { return };
+    let Some(p) = k.processes.get_mut(pid) else {
+        return;
+    };
     if p.state != ProcessState::Alive {
         return;
     }
@@ -148,12 +162,18 @@ pub fn exit(pid: Pid, status: i32) {
 
 fn wake_waiters(pid: Pid) {
     let k = kernel();
-    let Some(p) = k.processes.get(pid) else { return };
+    let Some(p) = k.processes.get(pid) else {
+        return;
+    };
     let waiting: Vec<ThreadId> = p
         .threads
         .iter()
         .copied()
-        .filter(|&t| k.threads.get(t).is_some_and(|t| t.state == ThreadState::WaitChild))
+        .filter(|&t| {
+            k.threads
+                .get(t)
+                .is_some_and(|t| t.state == ThreadState::WaitChild)
+        })
         .collect();
     for t in waiting {
         sched::make_runnable(t);
@@ -164,7 +184,10 @@ fn wake_waiters(pid: Pid) {
 /// still running.
 pub fn try_wait(parent: Pid, child: Pid) -> Result<Option<i32>, Error> {
     let k = kernel();
-    let is_child = k.processes.get(parent).is_some_and(|p| p.children.contains(&child));
+    let is_child = k
+        .processes
+        .get(parent)
+        .is_some_and(|p| p.children.contains(&child));
     if !is_child {
         return Err(Error::NoSuchChild);
     }
@@ -185,14 +208,53 @@ pub fn try_wait(parent: Pid, child: Pid) -> Result<Option<i32>, Error> {
 pub fn kill_current(vector: u8, reason: core::fmt::Arguments, regs: &UserRegs) {
     let k = kernel();
     let Some(tid) = sched::current() else { return };
-    let Some(pid) = k.threads.get(tid).map(|t| t.process) else { return };
-    let name = k.processes.get(pid).map(|p| p.name).unwrap_or(heapless_name::Name::new("?"));
+    let Some(pid) = k.threads.get(tid).map(|t| t.process) else {
+        return;
+    };
+    let name = k
+        .processes
+        .get(pid)
+        .map(|p| p.name)
+        .unwrap_or(heapless_name::Name::new("?"));
     k.stats.processes_killed += 1;
-    kprintln!("fluke: process {} ({}) killed: {}", pid.index, name.as_str(), reason);
-    kprintln!("fluke:   rip {:#018x} rsp {:#018x} rflags {:#x}", regs.rip, regs.rsp, regs.rflags);
-    kprintln!("fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", regs.rax, regs.rbx, regs.rcx, regs.rdx);
-    kprintln!("fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", regs.rsi, regs.rdi, regs.rbp, regs.r8);
-    kprintln!("fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", regs.r9, regs.r10, regs.r11, regs.r12);
-    kprintln!("fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}", regs.r13, regs.r14, regs.r15);
+    kprintln!(
+        "fluke: process {} ({}) killed: {}",
+        pid.index,
+        name.as_str(),
+        reason
+    );
+    kprintln!(
+        "fluke:   rip {:#018x} rsp {:#018x} rflags {:#x}",
+        regs.rip,
+        regs.rsp,
+        regs.rflags
+    );
+    kprintln!(
+        "fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
+        regs.rax,
+        regs.rbx,
+        regs.rcx,
+        regs.rdx
+    );
+    kprintln!(
+        "fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}",
+        regs.rsi,
+        regs.rdi,
+        regs.rbp,
+        regs.r8
+    );
+    kprintln!(
+        "fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}",
+        regs.r9,
+        regs.r10,
+        regs.r11,
+        regs.r12
+    );
+    kprintln!(
+        "fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        regs.r13,
+        regs.r14,
+        regs.r15
+    );
     exit(pid, fluke_abi::syscall::killed_status(vector));
 }

@@ -56,7 +56,12 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     dead: alloc::vec::Vec::new(),
     timer_deadline: None,
     init: None,
-    stats: Stats { timer_irqs: 0, preemptions: 0, user_faults_resolved: 0, processes_killed: 0 },
+    stats: Stats {
+        timer_irqs: 0,
+        preemptions: 0,
+        user_faults_resolved: 0,
+        processes_killed: 0,
+    },
 });
 
 /// The kernel's tables.
@@ -177,11 +182,21 @@ extern "C" fn schedule_on_idle_stack() -> ! {
     loop {
         // Reading the clock only when someone sleeps keeps the yield path short.
         let k = kernel();
-        let now = if k.sleepers.is_empty() { 0 } else { time::now_ns() };
+        let now = if k.sleepers.is_empty() {
+            0
+        } else {
+            time::now_ns()
+        };
         wake_sleepers(now);
         // The current thread keeps the CPU if it is still runnable and was not preempted.
         let next = match k.current {
-            Some(c) if k.threads.get(c).is_some_and(|t| t.state == ThreadState::Runnable) => Some(c),
+            Some(c)
+                if k.threads
+                    .get(c)
+                    .is_some_and(|t| t.state == ThreadState::Runnable) =>
+            {
+                Some(c)
+            }
             _ => k.runq.pop_front(),
         };
         if let Some(tid) = next {
@@ -205,7 +220,10 @@ pub fn sync_current_from_percpu() {
     if real != old {
         k.current = Some(real);
         k.runq.retain(|&t| t != real);
-        if k.threads.get(old).is_some_and(|t| t.state == ThreadState::Runnable) {
+        if k.threads
+            .get(old)
+            .is_some_and(|t| t.state == ThreadState::Runnable)
+        {
             k.runq.push_back(old);
         }
     }
@@ -216,7 +234,10 @@ pub fn yield_current() -> ! {
     sync_current_from_percpu();
     let k = kernel();
     if let Some(c) = k.current.take() {
-        if k.threads.get(c).is_some_and(|t| t.state == ThreadState::Runnable) {
+        if k.threads
+            .get(c)
+            .is_some_and(|t| t.state == ThreadState::Runnable)
+        {
             k.runq.push_back(c);
         }
     }
@@ -279,7 +300,9 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
 /// Returns to the current thread after a kernel call or an event that did not switch.
 pub fn resume_current() -> ! {
     let k = kernel();
-    let Some(cur) = current() else { unsafe { schedule() } };
+    let Some(cur) = current() else {
+        unsafe { schedule() }
+    };
     let slot = k
         .threads
         .get(cur)
@@ -302,7 +325,11 @@ pub fn timer_interrupt(from_user: bool) {
     k.timer_deadline = None;
     let now = time::now_ns();
     wake_sleepers(now);
-    if from_user && !kernel().runq.is_empty() {
+    // The floor pair (platform.switch_floor) switches between its two threads by itself and
+    // is not preempted while active: the measurement must not race with the scheduler.
+    // SAFETY: single CPU.
+    let floor_active = unsafe { percpu::get().floor_active } != 0;
+    if from_user && !floor_active && !kernel().runq.is_empty() {
         kernel().stats.preemptions += 1;
         yield_current();
     }

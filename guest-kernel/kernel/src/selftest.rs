@@ -19,7 +19,10 @@ pub fn run(name: &str) {
             kprintln!("fluke: read {v}");
         }
         _ => {
-            if let Some(code) = name.strip_prefix("exit:").and_then(|c| c.parse::<u8>().ok()) {
+            if let Some(code) = name
+                .strip_prefix("exit:")
+                .and_then(|c| c.parse::<u8>().ok())
+            {
                 platform::exit(code);
             }
             kprintln!("fluke: unknown self-test {name}");
@@ -70,7 +73,11 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     if pc.floor_active == 0 && pc.floor_regs[0] == regs {
         return Ok(0); // already waiting for a partner
     }
-    let side = if pc.floor_regs[0] == 0 || pc.floor_active != 0 { 0 } else { 1 };
+    let side = if pc.floor_regs[0] == 0 || pc.floor_active != 0 {
+        0
+    } else {
+        1
+    };
     if side == 0 {
         pc.floor_active = 0;
         pc.floor_regs = [0; 2];

@@ -19,12 +19,20 @@ struct Template {
     entry_tree: Option<(usize, u64)>,
 }
 
-static TEMPLATE: BootCell<Template> = BootCell::new(Template { kernel_root: 0, entry_tree: None });
+static TEMPLATE: BootCell<Template> = BootCell::new(Template {
+    kernel_root: 0,
+    entry_tree: None,
+});
 
 /// Records the kernel root and (kvm_pvm) the CPU-tables tree that user page tables map.
 pub fn init(kernel_root: u64, entry_tree: Option<(usize, u64)>) {
     // SAFETY: boot, single CPU.
-    unsafe { *TEMPLATE.get_mut() = Template { kernel_root, entry_tree } };
+    unsafe {
+        *TEMPLATE.get_mut() = Template {
+            kernel_root,
+            entry_tree,
+        }
+    };
 }
 
 pub fn kernel_root() -> u64 {
@@ -67,7 +75,12 @@ impl Space {
         let t = unsafe { TEMPLATE.get() };
         let root = paging::new_root_pair()?;
         paging::init_space_root(root, t.kernel_root, t.entry_tree);
-        let mut space = Space { root, return_page: 0, anon: Vec::new(), frames: 0 };
+        let mut space = Space {
+            root,
+            return_page: 0,
+            anon: Vec::new(),
+            frames: 0,
+        };
         let page = space.alloc_zeroed()?;
         // SAFETY: a fresh frame, reached through the direct map.
         unsafe {
@@ -77,7 +90,16 @@ impl Space {
                 PAGE as usize,
             );
         }
-        paging::map_user(root, RETURN_PAGE, page, UserPerm { write: false, exec: true }, true)?;
+        paging::map_user(
+            root,
+            RETURN_PAGE,
+            page,
+            UserPerm {
+                write: false,
+                exec: true,
+            },
+            true,
+        )?;
         space.return_page = page;
         Ok(space)
     }
@@ -134,8 +156,21 @@ impl Space {
         if paging::translate_user(self.root, page).is_some() {
             return false; // present: a protection fault
         }
-        let Ok(frame) = self.alloc_zeroed() else { return false };
-        if paging::map_user(self.root, page, frame, UserPerm { write: true, exec: false }, true).is_err() {
+        let Ok(frame) = self.alloc_zeroed() else {
+            return false;
+        };
+        if paging::map_user(
+            self.root,
+            page,
+            frame,
+            UserPerm {
+                write: true,
+                exec: false,
+            },
+            true,
+        )
+        .is_err()
+        {
             mm::free_frame(frame);
             self.frames -= 1;
             return false;
@@ -168,7 +203,13 @@ impl Space {
     pub fn copy_in(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
         self.copy(addr, buf.len(), false, |frame_va, off, chunk| {
             // SAFETY: `frame_va` is a user frame of this space, through the direct map.
-            unsafe { core::ptr::copy_nonoverlapping(frame_va as *const u8, buf[off..].as_mut_ptr(), chunk) }
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    frame_va as *const u8,
+                    buf[off..].as_mut_ptr(),
+                    chunk,
+                )
+            }
         })
     }
 
@@ -176,7 +217,9 @@ impl Space {
     pub fn fill(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
         self.copy(addr, data.len(), false, |frame_va, off, chunk| {
             // SAFETY: as in copy_in; the kernel may write any frame of the space it built.
-            unsafe { core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk) }
+            unsafe {
+                core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk)
+            }
         })
     }
 
@@ -184,11 +227,19 @@ impl Space {
     pub fn copy_out(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
         self.copy(addr, data.len(), true, |frame_va, off, chunk| {
             // SAFETY: as in copy_in.
-            unsafe { core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk) }
+            unsafe {
+                core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk)
+            }
         })
     }
 
-    fn copy(&mut self, addr: u64, len: usize, write: bool, mut f: impl FnMut(u64, usize, usize)) -> Result<(), Error> {
+    fn copy(
+        &mut self,
+        addr: u64,
+        len: usize,
+        write: bool,
+        mut f: impl FnMut(u64, usize, usize),
+    ) -> Result<(), Error> {
         let end = addr.checked_add(len as u64).ok_or(Error::BadAddress)?;
         if end > USER_MAP_END {
             return Err(Error::BadAddress);
@@ -198,7 +249,11 @@ impl Space {
             let page = va & !(PAGE - 1);
             let chunk = ((page + PAGE).min(end) - va) as usize;
             let frame = self.user_frame(page, write)?;
-            f(mm::phys_to_virt(frame) + (va - page), (va - addr) as usize, chunk);
+            f(
+                mm::phys_to_virt(frame) + (va - page),
+                (va - addr) as usize,
+                chunk,
+            );
             va += chunk as u64;
         }
         Ok(())

@@ -22,12 +22,18 @@ fn regs() -> &'static mut UserRegs {
 
 fn current_pid() -> Option<Pid> {
     let k = kernel();
-    sched::current().and_then(|t| k.threads.get(t)).map(|t| t.process)
+    sched::current()
+        .and_then(|t| k.threads.get(t))
+        .map(|t| t.process)
 }
 
 fn with_space<R>(f: impl FnOnce(&mut crate::space::Space) -> Result<R, Error>) -> Result<R, Error> {
     let pid = current_pid().ok_or(Error::InvalidArgument)?;
-    let space = kernel().processes.get_mut(pid).and_then(|p| p.space.as_mut()).ok_or(Error::InvalidArgument)?;
+    let space = kernel()
+        .processes
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut())
+        .ok_or(Error::InvalidArgument)?;
     f(space)
 }
 
@@ -117,7 +123,8 @@ fn spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64) -> Result<u
     }
     let mut name = [0u8; 32];
     with_space(|s| s.copy_in(name_ptr, &mut name[..name_len as usize]))?;
-    let name = core::str::from_utf8(&name[..name_len as usize]).map_err(|_| Error::InvalidArgument)?;
+    let name =
+        core::str::from_utf8(&name[..name_len as usize]).map_err(|_| Error::InvalidArgument)?;
     let mut args = alloc::vec![0u8; args_len as usize];
     with_space(|s| s.copy_in(args_ptr, &mut args))?;
     let parent = current_pid();

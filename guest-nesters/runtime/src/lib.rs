@@ -60,7 +60,9 @@ pub struct Console;
 
 impl fmt::Write for Console {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        sys::console_write(s.as_bytes()).map(|_| ()).map_err(|_| fmt::Error)
+        sys::console_write(s.as_bytes())
+            .map(|_| ())
+            .map_err(|_| fmt::Error)
     }
 }
 
@@ -84,7 +86,10 @@ pub fn print_fmt(args: fmt::Arguments) {
             Ok(())
         }
     }
-    let mut buf = Buf { bytes: [0; 512], len: 0 };
+    let mut buf = Buf {
+        bytes: [0; 512],
+        len: 0,
+    };
     let _ = fmt::Write::write_fmt(&mut buf, args);
     let _ = sys::console_write(&buf.bytes[..buf.len]);
 }

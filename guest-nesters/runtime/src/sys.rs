@@ -35,7 +35,13 @@ pub fn null() -> Result<u64, Error> {
 }
 
 pub fn console_write(bytes: &[u8]) -> Result<u64, Error> {
-    call(Call::ConsoleWrite, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0)
+    call(
+        Call::ConsoleWrite,
+        bytes.as_ptr() as u64,
+        bytes.len() as u64,
+        0,
+        0,
+    )
 }
 
 pub fn exit(status: i32) -> ! {
@@ -64,7 +70,13 @@ pub fn spawn(name: &str, args: &[&str]) -> Result<u64, Error> {
         buf[len..len + b.len()].copy_from_slice(b);
         len += b.len() + 1;
     }
-    call(Call::Spawn, name.as_ptr() as u64, name.len() as u64, buf.as_ptr() as u64, len as u64)
+    call(
+        Call::Spawn,
+        name.as_ptr() as u64,
+        name.len() as u64,
+        buf.as_ptr() as u64,
+        len as u64,
+    )
 }
 
 /// Waits for a child to exit and returns its status.

@@ -21,7 +21,10 @@ struct Heap {
     in_use: usize,
 }
 
-static HEAP: BootCell<Heap> = BootCell::new(Heap { free: [null_mut(); CLASSES], in_use: 0 });
+static HEAP: BootCell<Heap> = BootCell::new(Heap {
+    free: [null_mut(); CLASSES],
+    in_use: 0,
+});
 
 fn class_of(layout: &Layout) -> Option<usize> {
     let size = layout.size().max(layout.align()).max(1 << MIN_CLASS);
@@ -40,7 +43,9 @@ unsafe impl GlobalAlloc for KernelHeap {
         match class_of(&layout) {
             Some(c) => {
                 if heap.free[c].is_null() {
-                    let Some(frame) = alloc_frame() else { return null_mut() };
+                    let Some(frame) = alloc_frame() else {
+                        return null_mut();
+                    };
                     let size = 1usize << (c + MIN_CLASS);
                     let base = phys_to_virt(frame) as usize;
                     for off in (0..4096).step_by(size).rev() {

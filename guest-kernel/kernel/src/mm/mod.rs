@@ -82,7 +82,10 @@ pub fn init_frames(boot: &BootInfo, reserved: &[PhysRange]) -> MemStats {
     for r in &boot.loader_ranges {
         frames.reserve_range(r.start, r.end);
     }
-    MemStats { ram_end, free_frames: frames.free_frames() }
+    MemStats {
+        ram_end,
+        free_frames: frames.free_frames(),
+    }
 }
 
 fn with_frames<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> Option<R> {
@@ -116,7 +119,12 @@ pub fn init_kernel_space(boot: &BootInfo, extra_ro: PhysRange) -> Result<u64, Ma
     let root = paging::new_root_pair()?;
     // SAFETY: only the addresses of linker symbols are taken.
     let (start, text_end, rodata_end, end) = unsafe {
-        (sym(&__kernel_start), sym(&__text_end), sym(&__rodata_end), sym(&__kernel_end))
+        (
+            sym(&__kernel_start),
+            sym(&__text_end),
+            sym(&__rodata_end),
+            sym(&__kernel_end),
+        )
     };
     let map_image = |from: u64, to: u64, perm: Perm| {
         paging::map_range(root, from, kernel_virt_to_phys(from), to - from, perm)

@@ -11,10 +11,15 @@ const FAULT_BASE: u64 = 0x2000_0000;
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
     let what = args.get(0).unwrap_or("");
-    let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000).max(1);
+    let n: u64 = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000)
+        .max(1);
     let khz = sys::bench(BenchOp::TscKhz, 0).unwrap_or(1_000_000);
     let ns = |ticks: u64, ops: u64| ticks as f64 * 1_000_000.0 / khz as f64 / ops as f64;
-    let report = |name: &str, ticks: u64, ops: u64| println!("BENCH {name} {:.1} ns {ops}", ns(ticks, ops));
+    let report =
+        |name: &str, ticks: u64, ops: u64| println!("BENCH {name} {:.1} ns {ops}", ns(ticks, ops));
     match what {
         "null" => {
             let t = timed(|| {
@@ -45,7 +50,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             report("guest.user_fault", t, n);
         }
         "switch" => {
-            let Ok(_partner) = sys::spawn("bench", &["yielder"]) else { return 1 };
+            let Ok(_partner) = sys::spawn("bench", &["yielder"]) else {
+                return 1;
+            };
             sys::yield_now(); // let the partner start
             let t = timed(|| {
                 for _ in 0..n {
@@ -58,7 +65,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             sys::yield_now();
         },
         "switch-floor" => {
-            let Ok(_partner) = sys::spawn("bench", &["floor-partner"]) else { return 1 };
+            let Ok(_partner) = sys::spawn("bench", &["floor-partner"]) else {
+                return 1;
+            };
             // The partner runs at our yield and joins first (side 0); our join activates the
             // pair with us running.
             sys::yield_now();

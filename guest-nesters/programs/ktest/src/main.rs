@@ -58,20 +58,30 @@ fn faults() -> i32 {
     for &(case, expected) in cases {
         let status = sys::spawn("victim", &[case]).and_then(sys::wait);
         let ok = matches!(status, Ok(s) if expected.contains(&s));
-        println!("ktest: fault case {case}: {status:?} {}", if ok { "as expected" } else { "UNEXPECTED" });
+        println!(
+            "ktest: fault case {case}: {status:?} {}",
+            if ok { "as expected" } else { "UNEXPECTED" }
+        );
         bad += u32::from(!ok);
     }
     // Another process's memory: the victim maps and fills a page; neither a direct read nor a
     // kernel call can reach it from here.
     let secret = "10000000";
-    let Ok(holder) = sys::spawn("victim", &["secret", secret]) else { return 1 };
+    let Ok(holder) = sys::spawn("victim", &["secret", secret]) else {
+        return 1;
+    };
     sys::sleep_ns(100_000_000);
     let status = sys::spawn("victim", &["read-addr", secret]).and_then(sys::wait);
     let ok = status == Ok(PF);
-    println!("ktest: fault case other-process read: {status:?} {}", if ok { "as expected" } else { "UNEXPECTED" });
+    println!(
+        "ktest: fault case other-process read: {status:?} {}",
+        if ok { "as expected" } else { "UNEXPECTED" }
+    );
     bad += u32::from(!ok);
     // SAFETY: a deliberately bad pointer; the kernel must refuse it.
-    let via_kernel = fluke_abi::syscall::decode(unsafe { sys::raw(Call::ConsoleWrite as u64, 0x1000_0000, 8, 0, 0) });
+    let via_kernel = fluke_abi::syscall::decode(unsafe {
+        sys::raw(Call::ConsoleWrite as u64, 0x1000_0000, 8, 0, 0)
+    });
     let ok = via_kernel == Err(Error::BadAddress);
     println!("ktest: console_write of the other process's address: {via_kernel:?}");
     bad += u32::from(!ok);
@@ -100,16 +110,51 @@ fn garbage(count: u64) -> i32 {
         let (nr, a0, a1, a2, a3, expect): (u64, u64, u64, u64, u64, Error) = match i % 12 {
             0 => (11 + (r % 0xf000), r, r, r, r, Error::NoSuchCall),
             1 => (r | (1 << 63), 0, 0, 0, 0, Error::NoSuchCall),
-            2 => (c(Call::ConsoleWrite), kernel_addr + (r % 0x10_0000), 1 + r % 64, 0, 0, Error::BadAddress),
-            3 => (c(Call::ConsoleWrite), r % 0x40_0000, 1 + r % 64, 0, 0, Error::BadAddress),
-            4 => (c(Call::ConsoleWrite), vp, (1 << 17) + r % (1 << 40), 0, 0, Error::InvalidArgument),
-            5 => (c(Call::ConsoleWrite), u64::MAX - (r % 16), 32, 0, 0, Error::BadAddress),
+            2 => (
+                c(Call::ConsoleWrite),
+                kernel_addr + (r % 0x10_0000),
+                1 + r % 64,
+                0,
+                0,
+                Error::BadAddress,
+            ),
+            3 => (
+                c(Call::ConsoleWrite),
+                r % 0x40_0000,
+                1 + r % 64,
+                0,
+                0,
+                Error::BadAddress,
+            ),
+            4 => (
+                c(Call::ConsoleWrite),
+                vp,
+                (1 << 17) + r % (1 << 40),
+                0,
+                0,
+                Error::InvalidArgument,
+            ),
+            5 => (
+                c(Call::ConsoleWrite),
+                u64::MAX - (r % 16),
+                32,
+                0,
+                0,
+                Error::BadAddress,
+            ),
             6 => (c(Call::Spawn), kernel_addr, 5, 0, 0, Error::BadAddress),
             7 => (c(Call::Spawn), vp, 0, 0, 0, Error::InvalidArgument),
             8 => (c(Call::Spawn), vp, 16, vp, 1 << 20, Error::InvalidArgument),
             9 => (c(Call::Wait), r, 0, 0, 0, Error::NoSuchChild),
             10 => (c(Call::MapAnon), r | 1, 4096, 0, 0, Error::InvalidArgument),
-            _ => (c(Call::MapAnon), kernel_addr & !0xfff, 4096 * (1 + r % 8), 0, 0, Error::InvalidArgument),
+            _ => (
+                c(Call::MapAnon),
+                kernel_addr & !0xfff,
+                4096 * (1 + r % 8),
+                0,
+                0,
+                Error::InvalidArgument,
+            ),
         };
         // SAFETY: deliberately garbage arguments; the kernel must refuse them.
         let got = fluke_abi::syscall::decode(unsafe { sys::raw(nr, a0, a1, a2, a3) });
@@ -126,7 +171,9 @@ fn garbage(count: u64) -> i32 {
 
 /// Every process sleeps for `ms` milliseconds (the idle-CPU test measures the VMM meanwhile).
 fn idle(ms: u64) -> i32 {
-    let Ok(child) = sys::spawn("spinner", &["idle-child", "0"]) else { return 1 };
+    let Ok(child) = sys::spawn("spinner", &["idle-child", "0"]) else {
+        return 1;
+    };
     let _ = sys::wait(child);
     let start = sys::time_ns();
     println!("ktest: idle: sleeping {ms} ms");

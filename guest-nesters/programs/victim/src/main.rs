@@ -9,7 +9,10 @@ use fluke_rt::{println, sys};
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
     let case = args.get(0).unwrap_or("");
-    let addr: u64 = args.get(1).and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok()).unwrap_or(0);
+    let addr: u64 = args
+        .get(1)
+        .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
     println!("victim: {case}");
     // SAFETY: none of these are safe: each is the forbidden access under test, and the kernel
     // is expected to stop the process at it.
@@ -56,7 +59,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 core::ptr::write_volatile(core::ptr::addr_of!(RO) as *mut u64, 1);
             }
             "write-text" => core::ptr::write_volatile(fluke_main as *const u8 as *mut u8, 0xcc),
-            "write-return-page" => core::ptr::write_volatile(fluke_abi::syscall::layout::RETURN_PAGE as *mut u64, 1),
+            "write-return-page" => {
+                core::ptr::write_volatile(fluke_abi::syscall::layout::RETURN_PAGE as *mut u64, 1)
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;

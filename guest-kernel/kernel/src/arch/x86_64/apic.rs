@@ -96,7 +96,10 @@ pub fn x2apic() -> bool {
 /// Fires the timer interrupt once, `ns` nanoseconds from now (at least 1 µs).
 pub fn arm_oneshot(ns: u64) {
     write(REG_LVT_TIMER, u32::from(TIMER_VECTOR));
-    write(REG_INITIAL_COUNT, ns.clamp(1_000, u64::from(u32::MAX)) as u32);
+    write(
+        REG_INITIAL_COUNT,
+        ns.clamp(1_000, u64::from(u32::MAX)) as u32,
+    );
 }
 
 pub fn disarm() {

@@ -76,7 +76,12 @@ pub struct CpuidResult {
 /// CPUID. On kvm_pvm it returns the VMM's table only before PV mode is on (pvm.md §4.3 rule 7).
 pub fn cpuid(leaf: u32, subleaf: u32) -> CpuidResult {
     let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
-    CpuidResult { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+    CpuidResult {
+        eax: r.eax,
+        ebx: r.ebx,
+        ecx: r.ecx,
+        edx: r.edx,
+    }
 }
 
 #[inline]

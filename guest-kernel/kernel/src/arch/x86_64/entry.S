@@ -176,6 +176,7 @@ floor_switch:
     mov UR_RFLAGS(%rdx), %r11
     mov UR_RSP(%rdx), %rsp
     xor %eax, %eax
+    xor %edx, %edx                  /* no kernel pointer left in a user register */
     sysretq
 
 /*

@@ -24,7 +24,9 @@ static NX_ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Turns on EFER.NXE if the CPU has it (read CPUID in the boot phase: pvm.md §4.3 rule 7).
 pub fn init_nx() {
-    if cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_0001 && cpu::cpuid(0x8000_0001, 0).edx & (1 << 20) != 0 {
+    if cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_0001
+        && cpu::cpuid(0x8000_0001, 0).edx & (1 << 20) != 0
+    {
         // SAFETY: NXE only makes the NX bit meaningful; no NX bits are set before this.
         unsafe { cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_NXE) };
         NX_ENABLED.store(true, Ordering::Relaxed);
@@ -41,9 +43,21 @@ pub struct Perm {
 }
 
 impl Perm {
-    pub const KERNEL_RX: Perm = Perm { write: false, exec: true, kernel: true };
-    pub const KERNEL_RO: Perm = Perm { write: false, exec: false, kernel: true };
-    pub const KERNEL_RW: Perm = Perm { write: true, exec: false, kernel: true };
+    pub const KERNEL_RX: Perm = Perm {
+        write: false,
+        exec: true,
+        kernel: true,
+    };
+    pub const KERNEL_RO: Perm = Perm {
+        write: false,
+        exec: false,
+        kernel: true,
+    };
+    pub const KERNEL_RW: Perm = Perm {
+        write: true,
+        exec: false,
+        kernel: true,
+    };
 
     fn bits(self) -> u64 {
         let mut b = PRESENT;
@@ -97,7 +111,8 @@ pub fn map_range(root: u64, virt: u64, phys: u64, len: u64, perm: Perm) -> Resul
     let mut off = 0;
     while off < len {
         let (v, p) = (virt + off, phys + off);
-        let huge = v % HUGE_PAGE_SIZE == 0 && p % HUGE_PAGE_SIZE == 0 && len - off >= HUGE_PAGE_SIZE;
+        let huge =
+            v % HUGE_PAGE_SIZE == 0 && p % HUGE_PAGE_SIZE == 0 && len - off >= HUGE_PAGE_SIZE;
         map_one(root, v, p, leaf, huge)?;
         off += if huge { HUGE_PAGE_SIZE } else { PAGE_SIZE };
     }
@@ -195,8 +210,17 @@ pub fn init_space_root(pair: u64, kernel_root: u64, entry_tree_pml4e: Option<(us
 /// New top-level entries are mirrored into the user page of the pair, so both views share
 /// the user half. Every entry on the path gets U=1: a present U=0 entry in the lower half
 /// makes kvm_pvm loop forever on access (pvm.md §11 H3).
-pub fn map_user(root: u64, virt: u64, frame: u64, perm: UserPerm, owned: bool) -> Result<(), MapError> {
-    assert!(virt < 0x0000_8000_0000_0000, "user mapping in the upper half");
+pub fn map_user(
+    root: u64,
+    virt: u64,
+    frame: u64,
+    perm: UserPerm,
+    owned: bool,
+) -> Result<(), MapError> {
+    assert!(
+        virt < 0x0000_8000_0000_0000,
+        "user mapping in the upper half"
+    );
     let inter = PRESENT | WRITABLE | USER;
     let mut t = root;
     for (level, shift) in [39u32, 30, 21].into_iter().enumerate() {
@@ -295,7 +319,10 @@ pub fn build_entry_tree(pages: &[(u64, usize)]) -> Result<(usize, u64), MapError
     let mut pml4_idx = None;
     for &(virt, len) in pages {
         let idx = ((virt >> 39) & 511) as usize;
-        assert!(pml4_idx.is_none_or(|i| i == idx), "CPU tables span two PML4 slots");
+        assert!(
+            pml4_idx.is_none_or(|i| i == idx),
+            "CPU tables span two PML4 slots"
+        );
         pml4_idx = Some(idx);
         let mut off = 0;
         while off < len as u64 {

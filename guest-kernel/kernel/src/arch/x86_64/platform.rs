@@ -24,7 +24,8 @@ const PVM_FLIP_ON_EVENT: u64 = 0x02;
 const PVM_FLIP_ON_SYSCALL: u64 = 0x04;
 /// #PF writes CR2 into the PV page (MOV from CR2 would trap).
 const PVM_CR2_IN_PAGE: u64 = 0x10;
-const PVM_FLAGS: u64 = PVM_FLIP_ON_SYSRET | PVM_FLIP_ON_EVENT | PVM_FLIP_ON_SYSCALL | PVM_CR2_IN_PAGE;
+const PVM_FLAGS: u64 =
+    PVM_FLIP_ON_SYSRET | PVM_FLIP_ON_EVENT | PVM_FLIP_ON_SYSCALL | PVM_CR2_IN_PAGE;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -59,8 +60,13 @@ pub struct PvPage {
 
 /// Exported for entry.S, which sets VIF on the user-mode entry and exit paths.
 #[no_mangle]
-static PV_PAGE: BootCell<PvPage> =
-    BootCell::new(PvPage { vif: 0, pending: 0, _pad: [0; 6], cr2: 0, _rest: [0; 4096 - 16] });
+static PV_PAGE: BootCell<PvPage> = BootCell::new(PvPage {
+    vif: 0,
+    pending: 0,
+    _pad: [0; 6],
+    cr2: 0,
+    _rest: [0; 4096 - 16],
+});
 static BACKEND: AtomicU8 = AtomicU8::new(Backend::Native as u8);
 static PV_ON: AtomicU8 = AtomicU8::new(0);
 
@@ -102,7 +108,11 @@ pub fn detect() -> Detection {
     };
     BACKEND.store(backend as u8, Ordering::Relaxed);
     let x2apic = cpu::cpuid(1, 0).ecx & (1 << 21) != 0;
-    Detection { platform, backend, x2apic }
+    Detection {
+        platform,
+        backend,
+        x2apic,
+    }
 }
 
 fn hypervisor_signature() -> [u8; 12] {
@@ -157,7 +167,9 @@ pub fn irq_disable() {
         // SAFETY: disabling interrupts is always safe.
         Backend::Native => unsafe { core::arch::asm!("cli", options(nomem, nostack)) },
         // SAFETY: as in irq_enable.
-        Backend::Pv => unsafe { core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).vif).write_volatile(0) },
+        Backend::Pv => unsafe {
+            core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).vif).write_volatile(0)
+        },
     }
 }
 

@@ -128,7 +128,10 @@ pub fn init_early() {
         tss.ist[usize::from(IST_DOUBLE_FAULT - 1)] = stack_top(&DF_STACK);
         tss.ist[usize::from(IST_NMI_MCE - 1)] = stack_top(&NMI_STACK);
 
-        let gdtr = DescriptorPointer { limit: (10 * 8 - 1) as u16, base: GDT.as_ptr() as u64 };
+        let gdtr = DescriptorPointer {
+            limit: (10 * 8 - 1) as u16,
+            base: GDT.as_ptr() as u64,
+        };
         asm!("lgdt [{}]", in(reg) &gdtr, options(readonly, nostack, preserves_flags));
         asm!(
             "mov ds, {0:x}", "mov es, {0:x}", "mov ss, {0:x}",
@@ -139,7 +142,10 @@ pub fn init_early() {
         for vector in [8u8, 13, 14] {
             set_gate(vector);
         }
-        let idtr = DescriptorPointer { limit: (size_of::<Idt>() - 1) as u16, base: IDT.as_ptr() as u64 };
+        let idtr = DescriptorPointer {
+            limit: (size_of::<Idt>() - 1) as u16,
+            base: IDT.as_ptr() as u64,
+        };
         asm!("lidt [{}]", in(reg) &idtr, options(readonly, nostack, preserves_flags));
     }
 }

@@ -94,7 +94,10 @@ fn fixup_for(rip: u64) -> Option<u64> {
 }
 
 fn in_kernel_text(rip: u64) -> bool {
-    let (start, end) = (core::ptr::addr_of!(__kernel_start) as u64, core::ptr::addr_of!(__text_end) as u64);
+    let (start, end) = (
+        core::ptr::addr_of!(__kernel_start) as u64,
+        core::ptr::addr_of!(__text_end) as u64,
+    );
     (start..end).contains(&rip)
 }
 
@@ -117,7 +120,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     }
     // pvm.md §11 H1: the only IRETQ returns to kernel mode, to kernel text.
     if frame.cs != u64::from(tables::KERNEL_CS) || !in_kernel_text(frame.rip) {
-        kernel_fault(frame, "refusing to return from an event to a non-kernel context");
+        kernel_fault(
+            frame,
+            "refusing to return from an event to a non-kernel context",
+        );
     }
     platform::restore_irq_state_for_return(frame.rflags);
 }
@@ -163,7 +169,12 @@ extern "C" fn user_trap(frame: &TrapFrame) -> ! {
 /// Reports an unexpected kernel-mode event with the registers and stops the VM.
 fn kernel_fault(frame: &TrapFrame, reason: &str) -> ! {
     platform::irq_disable();
-    kprintln!("fluke: KERNEL FAULT: {} (vector {}, error code {:#x})", reason, frame.vector, frame.error_code);
+    kprintln!(
+        "fluke: KERNEL FAULT: {} (vector {}, error code {:#x})",
+        reason,
+        frame.vector,
+        frame.error_code
+    );
     if frame.vector == VEC_PAGE_FAULT {
         kprintln!("fluke:   fault address {:#018x}", platform::fault_address());
     }
@@ -172,9 +183,39 @@ fn kernel_fault(frame: &TrapFrame, reason: &str) -> ! {
 }
 
 pub fn dump_frame(f: &TrapFrame) {
-    kprintln!("fluke:   rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}", f.rip, f.cs, f.rflags, f.rsp, f.ss);
-    kprintln!("fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
-    kprintln!("fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
-    kprintln!("fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
-    kprintln!("fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r13, f.r14, f.r15);
+    kprintln!(
+        "fluke:   rip {:#018x} cs {:#x} rflags {:#x} rsp {:#018x} ss {:#x}",
+        f.rip,
+        f.cs,
+        f.rflags,
+        f.rsp,
+        f.ss
+    );
+    kprintln!(
+        "fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
+        f.rax,
+        f.rbx,
+        f.rcx,
+        f.rdx
+    );
+    kprintln!(
+        "fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}",
+        f.rsi,
+        f.rdi,
+        f.rbp,
+        f.r8
+    );
+    kprintln!(
+        "fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}",
+        f.r9,
+        f.r10,
+        f.r11,
+        f.r12
+    );
+    kprintln!(
+        "fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}",
+        f.r13,
+        f.r14,
+        f.r15
+    );
 }

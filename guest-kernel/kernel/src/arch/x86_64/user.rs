@@ -90,7 +90,10 @@ pub fn init_syscall() {
     // SAFETY: these MSRs only define where SYSCALL enters; the entry code is ready.
     unsafe {
         cpu::wrmsr(cpu::MSR_EFER, cpu::rdmsr(cpu::MSR_EFER) | cpu::EFER_SCE);
-        cpu::wrmsr(MSR_STAR, (u64::from(tables::USER32_CS - 3) << 48) | (u64::from(tables::KERNEL_CS) << 32));
+        cpu::wrmsr(
+            MSR_STAR,
+            (u64::from(tables::USER32_CS - 3) << 48) | (u64::from(tables::KERNEL_CS) << 32),
+        );
         cpu::wrmsr(MSR_LSTAR, syscall_entry as *const () as u64);
         cpu::wrmsr(MSR_SFMASK, 0x4_7700);
     }

@@ -1,0 +1,138 @@
+//! The foundation: the default image boots under fluke-vmm on this host's KVM (the PV
+//! backend on kvm_pvm, the native one on hardware KVM) and, unchanged, under QEMU (native
+//! backend); exit statuses, panics, kernel faults and hangs are reported; bad images are
+//! refused. Every test boots a real guest.
+
+mod support;
+
+use fluke_abi::status::{KERNEL_FAULT, KERNEL_PANIC, VMM_ERROR, VMM_TIMEOUT};
+use support::*;
+
+#[test]
+fn default_image_boots_under_fluke_vmm_with_the_right_backend() {
+    // No IMAGE argument: the image built into the binary.
+    let out = std::process::Command::new(VMM)
+        .args(["run", "--log-level", "info", "--timeout", "60"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run fluke-vmm");
+    let console = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{console}\n{stderr}");
+    assert!(console.contains("fluke: Fluke microkernel"), "{console}");
+    assert!(console.contains(expected_vmm_banner()), "{console}");
+    assert!(console.contains("hello from user mode"), "{console}");
+    let platform = if host_is_kvm_pvm() {
+        "platform: kvm_pvm"
+    } else {
+        "platform: kvm"
+    };
+    assert!(stderr.contains(platform), "{stderr}");
+}
+
+#[test]
+fn same_image_boots_under_qemu_with_the_native_backend() {
+    let run = qemu(&default_image(), "");
+    assert_eq!(run.status, 0, "{run:?}");
+    run.assert_console("fluke: platform qemu, backend native, pv-mode off");
+    run.assert_console("hello from user mode");
+}
+
+#[test]
+fn guest_exit_status_becomes_the_exit_code() {
+    for (who, run) in both("fluke.test=exit:42") {
+        assert_eq!(run.status, 42, "{who}: {run:?}");
+    }
+}
+
+#[test]
+fn kernel_panic_is_reported_with_message_and_location() {
+    for (who, run) in both("fluke.test=panic") {
+        assert_eq!(run.status, i32::from(KERNEL_PANIC), "{who}: {run:?}");
+        run.assert_console("fluke: KERNEL PANIC at src/selftest.rs:");
+        run.assert_console("self-test requested a panic");
+    }
+}
+
+#[test]
+fn kernel_fault_is_reported_with_registers() {
+    for (who, run) in both("fluke.test=kernel-fault") {
+        assert_eq!(run.status, i32::from(KERNEL_FAULT), "{who}: {run:?}");
+        run.assert_console("fluke: KERNEL FAULT: page fault (#PF)");
+        run.assert_console("fault address 0x0000001000000000");
+        run.assert_console("fluke:   rip 0xffffffff8");
+    }
+}
+
+#[test]
+fn spinning_guest_is_stopped_by_the_timeout() {
+    let run = vmm(
+        &default_image(),
+        &["--timeout", "2", "--cmdline", "fluke.test=spin"],
+    );
+    assert_eq!(run.status, VMM_TIMEOUT, "{run:?}");
+    run.assert_console("fluke: self-test spin");
+    assert!(
+        run.stderr.contains("did not finish within 2 s"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("rip"),
+        "register report expected: {}",
+        run.stderr
+    );
+}
+
+#[test]
+fn corrupt_and_truncated_images_are_refused() {
+    let image = std::fs::read(default_image()).expect("default image");
+    let dir = std::env::temp_dir().join(format!("fluke-corrupt-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut cases: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", Vec::new()),
+        ("header only", image[..40].to_vec()),
+        ("truncated half", image[..image.len() / 2].to_vec()),
+        ("truncated end", image[..image.len() - 100].to_vec()),
+    ];
+    let mut flipped = image.clone();
+    let last = flipped.len() - 64; // inside the bundle payload: the checksum catches it
+    flipped[last] ^= 0x40;
+    cases.push(("bundle byte flipped", flipped));
+    let mut bad_magic = image.clone();
+    bad_magic[1] = b'X';
+    cases.push(("bad ELF magic", bad_magic));
+    for (what, bytes) in cases {
+        let path = dir.join("bad.img");
+        std::fs::write(&path, &bytes).unwrap();
+        let run = vmm(&path, &[]);
+        assert_eq!(run.status, VMM_ERROR, "{what}: {run:?}");
+        assert!(
+            run.stderr.starts_with("fluke-vmm: error: "),
+            "{what}: {}",
+            run.stderr
+        );
+        assert_eq!(
+            run.stderr.trim_end().lines().count(),
+            1,
+            "{what}: one line expected: {}",
+            run.stderr
+        );
+        assert!(run.console.is_empty(), "{what}: nothing may boot");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn inspect_lists_the_default_image() {
+    let out = std::process::Command::new(VMM)
+        .arg("inspect")
+        .arg(default_image())
+        .output()
+        .expect("run inspect");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for needle in ["hello", "ktest", "victim", "spinner", "bench", "init"] {
+        assert!(text.contains(needle), "inspect lacks {needle}: {text}");
+    }
+}

@@ -1,0 +1,154 @@
+//! Running the real default guest image under fluke-vmm (KVM) and under QEMU (TCG, the
+//! kernel's native backend). Nothing is mocked: every helper boots a real VM.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VMM: &str = env!("CARGO_BIN_EXE_fluke-vmm");
+
+pub fn default_image() -> PathBuf {
+    PathBuf::from(fluke_images::DEFAULT_IMAGE_PATH)
+}
+
+/// What one guest run printed and how it ended.
+#[derive(Debug)]
+pub struct Run {
+    /// The guest's exit status as the guest wrote it (QEMU's encoding already undone), or
+    /// fluke-vmm's own status (124..126).
+    pub status: i32,
+    pub console: String,
+    pub stderr: String,
+}
+
+impl Run {
+    pub fn assert_console(&self, needle: &str) {
+        assert!(
+            self.console.contains(needle),
+            "console lacks {needle:?}:\n{}\nstderr:\n{}",
+            self.console,
+            self.stderr
+        );
+    }
+}
+
+/// True on the kvm_pvm fork (our machines), false on hardware KVM (GitHub runners).
+pub fn host_is_kvm_pvm() -> bool {
+    Path::new("/sys/module/kvm_pvm").exists()
+}
+
+/// The banner line the kernel prints under fluke-vmm on this host.
+pub fn expected_vmm_banner() -> &'static str {
+    if host_is_kvm_pvm() {
+        "fluke: platform kvm_pvm, backend pv, pv-mode on"
+    } else {
+        "fluke: platform kvm, backend native, pv-mode off"
+    }
+}
+
+fn wait_with_deadline(
+    mut child: Child,
+    limit: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let mut out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let st = child.wait().expect("wait after kill");
+            panic!("guest run exceeded the test's {limit:?} limit (status {st:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        out_t.join().unwrap_or_default(),
+        err_t.join().unwrap_or_default(),
+    )
+}
+
+/// Boots `image` under fluke-vmm with `args` (e.g. `--cmdline ...`).
+pub fn vmm(image: &Path, args: &[&str]) -> Run {
+    let child = Command::new(VMM)
+        .arg("run")
+        .arg(image)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start fluke-vmm");
+    let (status, console, stderr) = wait_with_deadline(child, Duration::from_secs(120));
+    Run {
+        status: status.code().unwrap_or(-1),
+        console,
+        stderr,
+    }
+}
+
+/// Boots `image` under QEMU without KVM, the kernel command line `cmdline` appended.
+pub fn qemu(image: &Path, cmdline: &str) -> Run {
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "tcg",
+            "-cpu",
+            "max",
+            "-m",
+            "128M",
+            "-nodefaults",
+            "-display",
+            "none",
+        ])
+        .args([
+            "-no-reboot",
+            "-serial",
+            "stdio",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ])
+        .arg("-kernel")
+        .arg(image)
+        .args(["-append", cmdline])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start qemu-system-x86_64 (scripts/setup.sh installs it)");
+    let (status, console, stderr) = wait_with_deadline(child, Duration::from_secs(240));
+    let code = status.code().unwrap_or(-1);
+    let status = fluke_abi::status::from_qemu_exit_code(code).map_or(code, i32::from);
+    Run {
+        status,
+        console,
+        stderr,
+    }
+}
+
+/// Both platforms with the same kernel command line.
+pub fn both(cmdline: &str) -> [(&'static str, Run); 2] {
+    let image = default_image();
+    [
+        (
+            "fluke-vmm",
+            vmm(&image, &["--timeout", "100", "--cmdline", cmdline]),
+        ),
+        ("qemu", qemu(&image, cmdline)),
+    ]
+}
