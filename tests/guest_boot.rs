@@ -136,3 +136,20 @@ fn inspect_lists_the_default_image() {
         assert!(text.contains(needle), "inspect lacks {needle}: {text}");
     }
 }
+
+/// pvm.md §11 H1: a native IRETQ to user mode keeps kernel privilege on kvm_pvm, so the
+/// kernel returns to user mode only with SYSRETQ and has exactly one IRETQ (to kernel mode).
+#[test]
+fn kernel_has_exactly_one_iretq() {
+    let out = std::process::Command::new("objdump")
+        .args(["-d", "--no-show-raw-insn"])
+        .arg(fluke_images::KERNEL_ELF_PATH)
+        .output()
+        .expect("objdump (binutils) is needed for this check");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let irets: Vec<&str> = text.lines().filter(|l| l.contains("iretq")).collect();
+    assert_eq!(irets.len(), 1, "{irets:#?}");
+    let sysrets = text.lines().filter(|l| l.contains("sysretq")).count();
+    assert!(sysrets >= 1);
+}

@@ -121,8 +121,10 @@ pub const BENCHMARKS: &[Benchmark] = &[
     },
 ];
 
-/// Benchmarks of the host alone, measured in this process: `(name, unit, one sample)`.
-pub const HOST_BENCHMARKS: &[(&str, &str, fn() -> f64)] = &[("host.getppid", "ns", getppid_ns)];
+/// A benchmark of the host alone, measured in this process: `(name, unit, one sample)`.
+pub type HostBenchmark = (&'static str, &'static str, fn() -> f64);
+
+pub const HOST_BENCHMARKS: &[HostBenchmark] = &[("host.getppid", "ns", getppid_ns)];
 
 /// Ratios reported under the table: `(what, numerator, denominator, target)`.
 pub const RATIOS: &[(&str, &str, &str, f64)] = &[

@@ -6,11 +6,8 @@ use fluke_abi::Platform;
 use kvm_bindings::{kvm_msr_entry, Msrs};
 use kvm_ioctls::VcpuFd;
 
-// TODO(fluke-abi): the guest probes the same MSR; these two belong in fluke-abi.
-/// `kvm_pvm`'s signature MSR (host-readable with KVM_GET_MSRS).
-pub const MSR_KVM_PVM_SIGNATURE: u32 = 0x4b56_4d11;
-/// The value it reads on `kvm_pvm`: "PVM".
-pub const KVM_PVM_SIGNATURE: u64 = 0x4d_5650;
+/// `kvm_pvm`'s signature MSR (host-readable with KVM_GET_MSRS) and its value there.
+pub use fluke_abi::pvm::{MSR_SIGNATURE as MSR_KVM_PVM_SIGNATURE, SIGNATURE as KVM_PVM_SIGNATURE};
 
 /// Detects the platform on a created (not yet run) vCPU. On hardware KVM the MSR is unknown
 /// and KVM_GET_MSRS returns zero entries (or fails); both mean [`Platform::Kvm`].

@@ -82,6 +82,16 @@ pub struct HvmMemmapEntry {
     pub reserved: u32,
 }
 
+// The fixed structures must not overlap each other or the kernel.
+const _: () = {
+    use core::mem::size_of;
+    assert!(START_INFO_GPA + size_of::<HvmStartInfo>() as u64 <= MODLIST_GPA);
+    assert!(MODLIST_GPA + size_of::<HvmModlistEntry>() as u64 <= MEMMAP_GPA);
+    assert!(MEMMAP_GPA + (MEMMAP_MAX_ENTRIES * size_of::<HvmMemmapEntry>()) as u64 <= CMDLINE_GPA);
+    assert!(CMDLINE_GPA + CMDLINE_MAX as u64 <= EBDA_START);
+    assert!(EBDA_START < KERNEL_PHYS_LOAD);
+};
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -96,16 +106,5 @@ mod tests {
         assert_eq!(offset_of!(HvmStartInfo, memmap_entries), 48);
         assert_eq!(size_of::<HvmModlistEntry>(), 32);
         assert_eq!(size_of::<HvmMemmapEntry>(), 24);
-    }
-
-    #[test]
-    fn fixed_structures_do_not_overlap() {
-        assert!(START_INFO_GPA + size_of::<HvmStartInfo>() as u64 <= MODLIST_GPA);
-        assert!(MODLIST_GPA + size_of::<HvmModlistEntry>() as u64 <= MEMMAP_GPA);
-        assert!(
-            MEMMAP_GPA + (MEMMAP_MAX_ENTRIES * size_of::<HvmMemmapEntry>()) as u64 <= CMDLINE_GPA
-        );
-        assert!(CMDLINE_GPA + CMDLINE_MAX as u64 <= EBDA_START);
-        assert!(EBDA_START < KERNEL_PHYS_LOAD);
     }
 }

@@ -12,6 +12,19 @@ pub mod ports;
 pub mod status;
 pub mod syscall;
 
+/// The `kvm_pvm` fork's MSRs that both sides read (shared/platform/pvm.md §2).
+pub mod pvm {
+    /// Signature MSR: reads [`SIGNATURE`] on kvm_pvm (guest RDMSR and host KVM_GET_MSRS);
+    /// raises #GP / is unknown elsewhere.
+    pub const MSR_SIGNATURE: u32 = 0x4b56_4d11;
+    /// "PVM".
+    pub const SIGNATURE: u64 = 0x4d_5650;
+    /// PV control MSR: guest-physical address of the PV page | flags (guest writes only).
+    pub const MSR_CONTROL: u32 = 0x4b56_4d10;
+    /// TSC frequency in kHz.
+    pub const MSR_TSC_KHZ: u32 = 0x4b56_4d13;
+}
+
 /// Which hypervisor interface the guest kernel runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Platform {

@@ -120,7 +120,7 @@ impl<'a> FrameAllocator<'a> {
     }
 
     pub fn free(&mut self, addr: u64) -> Result<(), FreeError> {
-        if addr % PAGE_SIZE != 0 {
+        if !addr.is_multiple_of(PAGE_SIZE) {
             return Err(FreeError::Unaligned(addr));
         }
         let f = addr / PAGE_SIZE;

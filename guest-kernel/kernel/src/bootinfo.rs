@@ -18,7 +18,8 @@ pub struct BootInfo {
 
 #[derive(Debug)]
 pub enum BootInfoError {
-    BadMagic(u32),
+    /// Not a PVH start info: the magic read (0 if unreadable).
+    BadMagic(#[allow(dead_code)] u32),
     NoMemoryMap,
 }
 

@@ -63,7 +63,7 @@ pub struct Space {
 /// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range below the return page.
 pub fn check_user_range(addr: u64, len: u64) -> Result<u64, Error> {
     let end = addr.checked_add(len).ok_or(Error::InvalidArgument)?;
-    if len == 0 || addr % PAGE != 0 || len % PAGE != 0 || end > USER_MAP_END {
+    if len == 0 || !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || end > USER_MAP_END {
         return Err(Error::InvalidArgument);
     }
     Ok(end)

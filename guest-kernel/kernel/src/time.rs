@@ -9,7 +9,7 @@ static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// kvm_pvm reports the TSC frequency in an MSR (pvm.md §2); KVM in its CPUID leaf
 /// 0x40000010 when the VMM fills it; otherwise the TSC is measured against the LAPIC timer.
 pub fn init(vmm_tsc_khz: Option<u64>) -> u64 {
-    const MSR_PVM_TSC_KHZ: u32 = 0x4b56_4d13;
+    use fluke_abi::pvm::MSR_TSC_KHZ as MSR_PVM_TSC_KHZ;
     let khz = vmm_tsc_khz
         .filter(|&k| k > 0)
         .or_else(|| {

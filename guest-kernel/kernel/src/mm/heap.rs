@@ -17,13 +17,10 @@ struct FreeNode {
 
 struct Heap {
     free: [*mut FreeNode; CLASSES],
-    /// Bytes handed out, for statistics and leak tests.
-    in_use: usize,
 }
 
 static HEAP: BootCell<Heap> = BootCell::new(Heap {
     free: [null_mut(); CLASSES],
-    in_use: 0,
 });
 
 fn class_of(layout: &Layout) -> Option<usize> {
@@ -56,17 +53,13 @@ unsafe impl GlobalAlloc for KernelHeap {
                 }
                 let node = heap.free[c];
                 heap.free[c] = (*node).next;
-                heap.in_use += 1 << (c + MIN_CLASS);
                 node as *mut u8
             }
             None => {
                 let pages = layout.size().div_ceil(4096) as u64;
                 let align = (layout.align() as u64 / 4096).max(1);
                 match alloc_frames_contiguous(pages, align.next_power_of_two()) {
-                    Some(frame) => {
-                        heap.in_use += pages as usize * 4096;
-                        phys_to_virt(frame) as *mut u8
-                    }
+                    Some(frame) => phys_to_virt(frame) as *mut u8,
                     None => null_mut(),
                 }
             }
@@ -80,7 +73,6 @@ unsafe impl GlobalAlloc for KernelHeap {
                 let node = ptr as *mut FreeNode;
                 (*node).next = heap.free[c];
                 heap.free[c] = node;
-                heap.in_use -= 1 << (c + MIN_CLASS);
             }
             None => {
                 let pages = layout.size().div_ceil(4096);
@@ -88,7 +80,6 @@ unsafe impl GlobalAlloc for KernelHeap {
                 for i in 0..pages as u64 {
                     free_frame(frame + i * 4096);
                 }
-                heap.in_use -= pages * 4096;
             }
         }
     }
@@ -96,9 +87,3 @@ unsafe impl GlobalAlloc for KernelHeap {
 
 #[global_allocator]
 static GLOBAL: KernelHeap = KernelHeap;
-
-/// Bytes currently allocated from the heap.
-pub fn in_use() -> usize {
-    // SAFETY: a plain read on the single CPU.
-    unsafe { HEAP.get().in_use }
-}

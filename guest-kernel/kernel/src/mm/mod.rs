@@ -66,7 +66,6 @@ pub fn kernel_image_range() -> PhysRange {
 
 pub struct MemStats {
     pub ram_end: u64,
-    pub free_frames: u64,
 }
 
 /// Builds the frame allocator from the memory map; `reserved` lists what is in use (the
@@ -82,10 +81,7 @@ pub fn init_frames(boot: &BootInfo, reserved: &[PhysRange]) -> MemStats {
     for r in &boot.loader_ranges {
         frames.reserve_range(r.start, r.end);
     }
-    MemStats {
-        ram_end,
-        free_frames: frames.free_frames(),
-    }
+    MemStats { ram_end }
 }
 
 fn with_frames<R>(f: impl FnOnce(&mut FrameAllocator<'static>) -> R) -> Option<R> {

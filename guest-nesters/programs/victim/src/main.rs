@@ -66,7 +66,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
                 }
-                core::ptr::write_volatile(addr as *mut u64, 0x5ec2_e7);
+                core::ptr::write_volatile(addr as *mut u64, 0x005e_c2e7);
                 println!("victim: secret at {addr:#x}");
                 sys::sleep_ns(2_000_000_000);
                 return 0;

@@ -102,10 +102,6 @@ pub fn arm_oneshot(ns: u64) {
     );
 }
 
-pub fn disarm() {
-    write(REG_INITIAL_COUNT, 0);
-}
-
 pub fn eoi() {
     write(REG_EOI, 0);
 }

@@ -12,15 +12,6 @@ pub unsafe fn outb(port: u16, value: u8) {
 }
 
 /// # Safety
-/// As [`outb`].
-#[inline]
-pub unsafe fn inb(port: u16) -> u8 {
-    let value: u8;
-    asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags));
-    value
-}
-
-/// # Safety
 /// Reading an MSR the CPU does not implement raises #GP; use [`rdmsr_safe`] for probes.
 #[inline]
 pub unsafe fn rdmsr(msr: u32) -> u64 {
@@ -90,14 +81,6 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-#[inline]
-pub fn read_cr3() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR3 has no side effects.
-    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
 /// # Safety
 /// `root` must be a page table that maps the running kernel (code, stack, data).
 #[inline]
@@ -106,26 +89,11 @@ pub unsafe fn write_cr3(root: u64) {
 }
 
 #[inline]
-pub fn read_cr0() -> u64 {
-    let v: u64;
-    // SAFETY: reading CR0 has no side effects.
-    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
-    v
-}
-
-#[inline]
 pub fn read_cr4() -> u64 {
     let v: u64;
     // SAFETY: reading CR4 has no side effects.
     unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v
-}
-
-/// # Safety
-/// The caller must only set bits the CPU supports and the kernel is prepared for.
-#[inline]
-pub unsafe fn write_cr4(v: u64) {
-    asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags));
 }
 
 /// Reads CR2 directly (the native backend; on kvm_pvm it traps, see `platform::fault_address`).

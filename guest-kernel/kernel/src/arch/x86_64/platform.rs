@@ -11,11 +11,9 @@ use crate::sync::BootCell;
 use core::sync::atomic::{AtomicU8, Ordering};
 use fluke_abi::Platform;
 
-/// kvm_pvm's signature MSR; reads 0x4d5650 ("PVM") there and raises #GP elsewhere.
-const MSR_PVM_SIGNATURE: u32 = 0x4b56_4d11;
-const PVM_SIGNATURE: u64 = 0x4d_5650;
-/// kvm_pvm's PV control MSR: GPA of the PV page | flags (pvm.md §4.1).
-const MSR_PVM_CONTROL: u32 = 0x4b56_4d10;
+use fluke_abi::pvm::{
+    MSR_CONTROL as MSR_PVM_CONTROL, MSR_SIGNATURE as MSR_PVM_SIGNATURE, SIGNATURE as PVM_SIGNATURE,
+};
 /// SYSRET flips to the user half of the 8 KiB page-table pair.
 const PVM_FLIP_ON_SYSRET: u64 = 0x01;
 /// Events from user mode flip back to the kernel half.

@@ -13,8 +13,6 @@ use core::mem::size_of;
 pub const KERNEL_CS: u16 = 0x10;
 pub const KERNEL_DS: u16 = 0x18;
 pub const USER32_CS: u16 = 0x23;
-pub const USER_DS: u16 = 0x2b;
-pub const USER_CS: u16 = 0x33;
 pub const TSS_SEL: u16 = 0x40;
 
 /// IST slot (1-based, as in the gate descriptor) used by each class of event.

@@ -34,14 +34,7 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
-impl TrapFrame {
-    pub fn from_user(&self) -> bool {
-        self.cs & 3 == 3
-    }
-}
-
 pub const VEC_PAGE_FAULT: u64 = 14;
-pub const VEC_GP: u64 = 13;
 
 pub fn vector_name(v: u64) -> &'static str {
     match v {
