@@ -245,12 +245,17 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     let mut failures = Vec::new();
     // Each distinct command line once, in the order of BENCHMARKS.
     let mut seen: Vec<&str> = Vec::new();
-    for cmdline in BENCHMARKS.iter().map(|b| b.cmdline) {
+    let selected: Vec<&Benchmark> = BENCHMARKS.iter().filter(|b| args.selects(b.name)).collect();
+    for cmdline in selected.iter().map(|b| b.cmdline) {
         if seen.contains(&cmdline) {
             continue;
         }
         seen.push(cmdline);
-        let benches: Vec<&Benchmark> = BENCHMARKS.iter().filter(|b| b.cmdline == cmdline).collect();
+        let benches: Vec<&Benchmark> = selected
+            .iter()
+            .copied()
+            .filter(|b| b.cmdline == cmdline)
+            .collect();
         let names: Vec<&str> = benches.iter().map(|b| b.name).collect();
         to_stderr(&format!(
             "fluke-vmm: bench: {} x {} ({})\n",
@@ -279,7 +284,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         .first()
         .map(|r| r.platform.clone())
         .unwrap_or_else(|| "kvm".into());
-    for &(name, unit, f) in HOST_BENCHMARKS {
+    for &(name, unit, f) in HOST_BENCHMARKS.iter().filter(|(n, _, _)| args.selects(n)) {
         records.push(host_record(name, unit, f, args.samples, &platform));
     }
     to_stdout(&table(&records));
@@ -308,7 +313,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         Err(Error::Bench(format!(
             "{} of {} benchmarks failed",
             failures.len(),
-            BENCHMARKS.len()
+            selected.len()
         )))
     }
 }

@@ -82,6 +82,17 @@ pub struct BenchArgs {
     /// The image to benchmark; without it, the default image built into this binary.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<PathBuf>,
+    /// Run only the benchmarks whose names start with one of these comma-separated prefixes
+    /// (e.g. `vmm.,boot.`).
+    #[arg(long, value_name = "PREFIXES", value_delimiter = ',')]
+    pub only: Vec<String>,
+}
+
+impl BenchArgs {
+    /// Whether the benchmark `name` is selected by `--only`.
+    pub fn selects(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| name.starts_with(p.as_str()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

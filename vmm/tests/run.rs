@@ -358,7 +358,8 @@ fn bench_writes_records() {
         .arg("bench")
         .arg("--image")
         .arg(&img)
-        .args(["--samples", "3", "--json", json.to_str().unwrap()])
+        .args(["--samples", "3", "--only", "boot.,vmm."])
+        .args(["--json", json.to_str().unwrap()])
         .args(["--markdown", md.to_str().unwrap()])
         .output()
         .unwrap();
@@ -398,7 +399,7 @@ fn bench_writes_records() {
         .arg("bench")
         .arg("--image")
         .arg(&img)
-        .args(["--samples", "1"])
+        .args(["--samples", "1", "--only", "boot."])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(VMM_ERROR));
