@@ -99,14 +99,13 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     let tsc_khz = time::init(tsc_hint);
     sched::init(root, boot_stack_top());
     kprintln!(
-        "fluke: memory {} MiB, {} KiB kernel, {} free frames ({} MiB)",
+        "fluke: memory {} MiB, kernel {} KiB, free {} MiB",
         mem.ram_end >> 20,
         (kernel.end - kernel.start) >> 10,
-        mm::free_frames(),
         (mm::free_frames() * 4096) >> 20
     );
     kprintln!(
-        "fluke: timer: {} APIC, one-shot, {} ms quantum; TSC {} kHz",
+        "fluke: timer {}APIC one-shot, quantum {} ms, TSC {} kHz",
         if apic::x2apic() { "x2" } else { "x" },
         sched::QUANTUM_NS / 1_000_000,
         tsc_khz
