@@ -169,6 +169,13 @@ fn reap_dead_threads() {
         if k.current == Some(id) {
             k.current = None;
         }
+        if let Some(t) = k.threads.get_mut(id) {
+            // SAFETY: single CPU; a register block about to be freed must not stay current.
+            let pc = unsafe { percpu::get() };
+            if pc.cur_regs == &mut *t.regs as *mut UserRegs as u64 {
+                pc.cur_regs = 0;
+            }
+        }
         k.threads.remove(id);
     }
 }
@@ -282,6 +289,7 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
     // only happens on the idle stack after it stopped running.
     unsafe {
         let pc = percpu::get();
+        user::switch_fs_base(pc.cur_regs as *mut UserRegs, &*regs);
         pc.cur_regs = regs as u64;
         pc.kstack_top = kstack;
         pc.cur_thread = tid.to_u64();

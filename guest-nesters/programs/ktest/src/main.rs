@@ -85,6 +85,15 @@ fn faults() -> i32 {
     let ok = via_kernel == Err(Error::BadAddress);
     println!("ktest: console_write of the other process's address: {via_kernel:?}");
     bad += u32::from(!ok);
+    // The FS base one process sets (kvm_pvm lets user code) is not another's.
+    let setter = sys::spawn("victim", &["fs-set"]);
+    sys::sleep_ns(100_000_000);
+    let getter = sys::spawn("victim", &["fs-get"]).and_then(sys::wait);
+    let setter = setter.and_then(sys::wait);
+    const UD: i32 = 128 + 6;
+    let ok = matches!(getter, Ok(0) | Ok(UD)) && matches!(setter, Ok(0) | Ok(UD));
+    println!("ktest: FS base isolation: setter {setter:?}, reader {getter:?}");
+    bad += u32::from(!ok);
     let holder_status = sys::wait(holder);
     let survivor = sys::spawn("victim", &["ok"]).and_then(sys::wait);
     println!("ktest: holder exited {holder_status:?}, survivor exited {survivor:?}");

@@ -62,6 +62,21 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             "write-return-page" => {
                 core::ptr::write_volatile(fluke_abi::syscall::layout::RETURN_PAGE as *mut u64, 1)
             }
+            "fs-set" => {
+                // Natively WRFSBASE is #UD (CR4.FSGSBASE is clear); on kvm_pvm it works and
+                // the value must stay this thread's own.
+                asm!("wrfsbase {}", in(reg) 0x5ec2_e700_0u64);
+                sys::sleep_ns(300_000_000);
+                let fs: u64;
+                asm!("rdfsbase {}", out(reg) fs);
+                return if fs == 0x5ec2_e700_0 { 0 } else { 3 };
+            }
+            "fs-get" => {
+                let fs: u64;
+                asm!("rdfsbase {}", out(reg) fs);
+                println!("victim: fs base {fs:#x}");
+                return if fs == 0 { 0 } else { 4 };
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;

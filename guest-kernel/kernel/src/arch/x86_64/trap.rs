@@ -154,6 +154,7 @@ extern "C" fn user_trap(frame: &TrapFrame) -> ! {
             rip: frame.rip,
             rflags: frame.rflags,
             rsp: frame.rsp,
+            fs_base: r.fs_base,
         };
     }
     crate::fault::user_event(frame.vector as u8, frame.error_code)

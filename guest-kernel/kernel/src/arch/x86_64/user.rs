@@ -28,13 +28,16 @@ pub struct UserRegs {
     pub rip: u64,
     pub rflags: u64,
     pub rsp: u64,
+    /// The user FS base. On kvm_pvm user code can set it with WRFSBASE, so it is switched
+    /// with the thread; natively (CR4.FSGSBASE clear) it stays 0.
+    pub fs_base: u64,
 }
 
 const _: () = {
     assert!(offset_of!(UserRegs, rip) == 120);
     assert!(offset_of!(UserRegs, rflags) == 128);
     assert!(offset_of!(UserRegs, rsp) == 136);
-    assert!(core::mem::size_of::<UserRegs>() == 144);
+    assert!(offset_of!(UserRegs, fs_base) == 144);
 };
 
 /// RFLAGS bits user code may hold: CF PF AF ZF SF TF DF OF AC ID. IF is always set; IOPL,
@@ -128,5 +131,24 @@ pub fn return_to_user(return_slot: u64) -> ! {
         pc.ret_rflags = regs.rflags;
         pc.ret_rsp = regs.rsp;
         return_to_user_asm()
+    }
+}
+
+/// Switches the user FS base from the thread whose registers are at `from` (0: none) to
+/// `to`'s. Only on kvm_pvm, where user code can change it (pvm.md §4.3 rule 7); RDFSBASE and
+/// WRFSBASE run natively there. (The user GS base is kept by the host and not switched yet.)
+pub fn switch_fs_base(from: *mut UserRegs, to: &UserRegs) {
+    if super::platform::backend() != super::platform::Backend::Pv || core::ptr::eq(from, to) {
+        return;
+    }
+    // SAFETY: FSGSBASE instructions work in the kvm_pvm kernel (pvm.md §4.3 rule 7); the
+    // kernel itself never uses FS. `from`, if non-null, is a live thread's register block.
+    unsafe {
+        if !from.is_null() {
+            let fs: u64;
+            core::arch::asm!("rdfsbase {}", out(reg) fs, options(nomem, nostack, preserves_flags));
+            (*from).fs_base = fs;
+        }
+        core::arch::asm!("wrfsbase {}", in(reg) to.fs_base, options(nomem, nostack, preserves_flags));
     }
 }
