@@ -65,11 +65,11 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             "fs-set" => {
                 // Natively WRFSBASE is #UD (CR4.FSGSBASE is clear); on kvm_pvm it works and
                 // the value must stay this thread's own.
-                asm!("wrfsbase {}", in(reg) 0x5ec2_e700_0u64);
+                asm!("wrfsbase {}", in(reg) 0x0005_ec2e_7000_u64);
                 sys::sleep_ns(300_000_000);
                 let fs: u64;
                 asm!("rdfsbase {}", out(reg) fs);
-                return if fs == 0x5ec2_e700_0 { 0 } else { 3 };
+                return if fs == 0x0005_ec2e_7000 { 0 } else { 3 };
             }
             "fs-get" => {
                 let fs: u64;
