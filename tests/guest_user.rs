@@ -131,6 +131,9 @@ fn bench_writes_records_for_every_benchmark() {
         "guest.user_fault",
         "guest.space_switch",
         "platform.switch_floor",
+        "ipc.call_reply",
+        "ipc.send",
+        "ipc.cap_transfer",
         "host.getppid",
     ] {
         let r = records

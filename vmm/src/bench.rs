@@ -119,6 +119,27 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "fluke.init=bench,switch-floor,5000",
         sample: |s| s.guest.get("platform.switch_floor").copied(),
     },
+    Benchmark {
+        name: "ipc.call_reply",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,ipc,5000",
+        sample: |s| s.guest.get("ipc.call_reply").copied(),
+    },
+    Benchmark {
+        name: "ipc.send",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,ipc-send,5000",
+        sample: |s| s.guest.get("ipc.send").copied(),
+    },
+    Benchmark {
+        name: "ipc.cap_transfer",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,ipc-cap,5000",
+        sample: |s| s.guest.get("ipc.cap_transfer").copied(),
+    },
 ];
 
 /// A benchmark of the host alone, measured in this process: `(name, unit, one sample)`.
@@ -126,20 +147,45 @@ pub type HostBenchmark = (&'static str, &'static str, fn() -> f64);
 
 pub const HOST_BENCHMARKS: &[HostBenchmark] = &[("host.getppid", "ns", getppid_ns)];
 
-/// Ratios reported under the table: `(what, numerator, denominator, target)`.
-pub const RATIOS: &[(&str, &str, &str, f64)] = &[
-    (
-        "null call vs. syscall floor",
-        "guest.null_call",
-        "platform.syscall_floor",
-        1.25,
-    ),
-    (
-        "space switch vs. switch floor",
-        "guest.space_switch",
-        "platform.switch_floor",
-        1.25,
-    ),
+/// A ratio reported under the table: `numerator / (factor * denominator)` against a target.
+pub struct Ratio {
+    pub what: &'static str,
+    pub numerator: &'static str,
+    pub denominator: &'static str,
+    pub factor: f64,
+    pub target: f64,
+}
+
+pub const RATIOS: &[Ratio] = &[
+    Ratio {
+        what: "null call vs. syscall floor",
+        numerator: "guest.null_call",
+        denominator: "platform.syscall_floor",
+        factor: 1.0,
+        target: 1.25,
+    },
+    Ratio {
+        what: "space switch vs. switch floor",
+        numerator: "guest.space_switch",
+        denominator: "platform.switch_floor",
+        factor: 1.0,
+        target: 1.25,
+    },
+    // A call/reply round trip crosses between the spaces twice; the floor is per crossing.
+    Ratio {
+        what: "call/reply round trip vs. one bare switch",
+        numerator: "ipc.call_reply",
+        denominator: "platform.switch_floor",
+        factor: 1.0,
+        target: 1.5,
+    },
+    Ratio {
+        what: "call/reply round trip vs. two bare switches",
+        numerator: "ipc.call_reply",
+        denominator: "platform.switch_floor",
+        factor: 2.0,
+        target: 1.5,
+    },
 ];
 
 /// ns per `getppid` system call: the host's own kernel-entry floor.
@@ -171,12 +217,20 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
     let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
     RATIOS
         .iter()
-        .filter_map(|&(what, num, den, target)| {
-            let (a, b) = (value(num)?, value(den)?);
+        .filter_map(|r| {
+            let (a, b) = (value(r.numerator)?, value(r.denominator)? * r.factor);
+            let den = if r.factor == 1.0 {
+                r.denominator.to_string()
+            } else {
+                format!("({} x {})", r.factor, r.denominator)
+            };
             (b > 0.0).then(|| {
                 format!(
-                    "{what}: {num} / {den} = {:.2}x (target {target:.2}x)",
-                    a / b
+                    "{}: {} / {den} = {:.2}x (target {:.2}x)",
+                    r.what,
+                    r.numerator,
+                    a / b,
+                    r.target
                 )
             })
         })
@@ -530,7 +584,10 @@ mod tests {
                 "platform.syscall_floor",
                 "guest.user_fault",
                 "guest.space_switch",
-                "platform.switch_floor"
+                "platform.switch_floor",
+                "ipc.call_reply",
+                "ipc.send",
+                "ipc.cap_transfer"
             ]
         );
     }

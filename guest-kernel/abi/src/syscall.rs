@@ -35,6 +35,35 @@ pub enum Call {
     Bench = 9,
     /// `sleep_until(deadline_ns)`: what `sleep` becomes while it waits (restartable form).
     SleepUntil = 10,
+    /// `port_set_create() -> name`
+    PortSetCreate = 11,
+    /// `port_create(port_set, badge) -> name`: a port whose messages arrive at `port_set`
+    /// tagged with `badge`.
+    PortCreate = 12,
+    /// `ipc_call(port, w0, w1, w2, w3, cap)`: sends and waits for the reply, which comes back
+    /// in the same registers (see [`ipc`]).
+    IpcCall = 13,
+    /// `ipc_wait(port_set) -> badge, w0..w3, cap`
+    IpcWait = 14,
+    /// `ipc_reply_wait(port_set, w0..w3, cap) -> badge, w0..w3, cap`: replies to the last
+    /// caller and waits for the next message, in one kernel entry.
+    IpcReplyWait = 15,
+    /// `ipc_send(port, w0..w3, cap) -> delivered`: one-way, at most once (dropped if no
+    /// thread waits on the port's set).
+    IpcSend = 16,
+    /// `cap_drop(name)`
+    CapDrop = 17,
+    /// `cap_copy(name, rights) -> new name` (rights can only shrink).
+    CapCopy = 18,
+}
+
+/// The register layout of IPC calls: the kernel-call number in `rax`, the port or port set
+/// in `rdi`, four message words in `rsi, rdx, r10, r8`, a capability name to transfer in
+/// `r9` ([`ipc::NO_CAP`] for none; the capability moves to the receiver, who gets its own
+/// name for it in `r9`). A received message comes back in the same registers with the
+/// port's badge in `rax`. Small messages never touch memory.
+pub mod ipc {
+    pub const NO_CAP: u64 = u64::MAX;
 }
 
 impl Call {
@@ -51,6 +80,14 @@ impl Call {
             8 => Call::MapAnon,
             9 => Call::Bench,
             10 => Call::SleepUntil,
+            11 => Call::PortSetCreate,
+            12 => Call::PortCreate,
+            13 => Call::IpcCall,
+            14 => Call::IpcWait,
+            15 => Call::IpcReplyWait,
+            16 => Call::IpcSend,
+            17 => Call::CapDrop,
+            18 => Call::CapCopy,
             _ => return None,
         })
     }
@@ -88,8 +125,16 @@ pub enum Error {
     NoSuchProgram = 5,
     /// No such child process.
     NoSuchChild = 6,
-    /// A table is full (processes, threads, mappings).
+    /// A table is full (processes, threads, mappings, capabilities).
     Exhausted = 7,
+    /// The capability name is not in the caller's table.
+    BadCap = 8,
+    /// The capability names an object of another type.
+    WrongType = 9,
+    /// The capability lacks a right the call needs.
+    NoRights = 10,
+    /// The other side of an IPC went away.
+    PeerGone = 11,
 }
 
 impl Error {
@@ -102,6 +147,10 @@ impl Error {
             5 => Error::NoSuchProgram,
             6 => Error::NoSuchChild,
             7 => Error::Exhausted,
+            8 => Error::BadCap,
+            9 => Error::WrongType,
+            10 => Error::NoRights,
+            11 => Error::PeerGone,
             _ => return None,
         })
     }
@@ -115,6 +164,10 @@ impl Error {
             Error::NoSuchProgram => "no such program",
             Error::NoSuchChild => "no such child",
             Error::Exhausted => "table full",
+            Error::BadCap => "bad capability name",
+            Error::WrongType => "wrong object type",
+            Error::NoRights => "missing rights",
+            Error::PeerGone => "peer gone",
         }
     }
 }
@@ -179,15 +232,19 @@ mod tests {
             Error::NoSuchProgram,
             Error::NoSuchChild,
             Error::Exhausted,
+            Error::BadCap,
+            Error::WrongType,
+            Error::NoRights,
+            Error::PeerGone,
         ] {
             assert_eq!(decode(encode(Err(e))), Err(e));
             assert_eq!(Error::from_i64(e as i64), Some(e));
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=10 {
+        for n in 0..=18 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(11), None);
+        assert_eq!(Call::from_u64(19), None);
     }
 }

@@ -10,8 +10,10 @@ mod bootinfo;
 mod console;
 mod fault;
 mod image;
+mod ipc;
 mod loader;
 mod mm;
+mod object;
 mod panic;
 mod process;
 mod sched;
@@ -152,7 +154,7 @@ fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>
             m.init()
         }
     };
-    match process::spawn(name, &args, None) {
+    match process::spawn(name, &args, None, &[]) {
         Ok(pid) => {
             sched::kernel().init = Some(pid);
             kprintln!("fluke: started init: {name}");

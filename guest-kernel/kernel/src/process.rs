@@ -55,10 +55,20 @@ pub mod heapless_name {
 }
 
 /// Starts program `name` of the image with `args` (NUL-separated) as a child of `parent`.
-pub fn spawn(name: &str, args: &[u8], parent: Option<Pid>) -> Result<Pid, Error> {
+/// `caps` are copied into the child's capability table as names 0, 1, ...: border control,
+/// the child can reach nothing else.
+pub fn spawn(
+    name: &str,
+    args: &[u8],
+    parent: Option<Pid>,
+    caps: &[crate::object::ObjCap],
+) -> Result<Pid, Error> {
     let bundle = image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
     let program = bundle.program(name).ok_or(Error::NoSuchProgram)?;
     let mut space = Space::new()?;
+    for (i, c) in caps.iter().enumerate() {
+        space.caps.insert_at(i as u32, *c)?;
+    }
     let entry = loader::load_elf(&mut space, program.data)?;
     // Stack: the top pages eagerly (the arguments go there), the rest demand-zero.
     const EAGER: u64 = 2 * 4096;
@@ -107,6 +117,7 @@ pub fn spawn(name: &str, args: &[u8], parent: Option<Pid>) -> Result<Pid, Error>
         kstack,
         state: ThreadState::Runnable,
         process: pid,
+        reply_to: None,
     }) else {
         k.processes.remove(pid);
         return Err(Error::Exhausted);

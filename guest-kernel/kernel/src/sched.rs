@@ -22,10 +22,13 @@ pub const QUANTUM_NS: u64 = 10_000_000;
 
 pub const MAX_THREADS: usize = 1024;
 pub const MAX_PROCESSES: usize = 256;
+pub const MAX_PORTS: usize = 4096;
 
 pub struct Kernel {
     pub threads: Slab<Thread>,
     pub processes: Slab<Process>,
+    pub ports: Slab<crate::ipc::Port>,
+    pub port_sets: Slab<crate::ipc::PortSet>,
     pub runq: VecDeque<ThreadId>,
     pub current: Option<ThreadId>,
     /// Sleeping threads and their deadlines (ns since boot).
@@ -50,6 +53,8 @@ pub struct Stats {
 static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     threads: Slab::new(MAX_THREADS),
     processes: Slab::new(MAX_PROCESSES),
+    ports: Slab::new(MAX_PORTS),
+    port_sets: Slab::new(MAX_PORTS),
     runq: VecDeque::new(),
     current: None,
     sleepers: alloc::vec::Vec::new(),
@@ -141,6 +146,7 @@ fn earliest_sleeper() -> Option<u64> {
 
 /// Marks a thread dead and drops it from every queue; it is reclaimed on the idle stack.
 pub fn kill_thread(tid: ThreadId) {
+    crate::ipc::forget_thread(tid);
     let k = kernel();
     if let Some(t) = k.threads.get_mut(tid) {
         if t.state != ThreadState::Dead {

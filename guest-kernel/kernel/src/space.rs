@@ -58,6 +58,8 @@ pub struct Space {
     anon: Vec<(u64, u64)>,
     /// Frames this space holds (page tables excluded).
     pub frames: u64,
+    /// The capabilities this space holds: the only objects its threads can name.
+    pub caps: fluke_kcore::cap::CapTable<crate::object::ObjRef>,
 }
 
 /// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range below the return page.
@@ -80,6 +82,7 @@ impl Space {
             return_page: 0,
             anon: Vec::new(),
             frames: 0,
+            caps: fluke_kcore::cap::CapTable::new(crate::object::CAPS_PER_SPACE),
         };
         let page = space.alloc_zeroed()?;
         // SAFETY: a fresh frame, reached through the direct map.

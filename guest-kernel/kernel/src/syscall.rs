@@ -6,6 +6,7 @@
 use crate::arch::percpu;
 use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
 use crate::console::Console;
+use crate::ipc;
 use crate::process::{self, Pid};
 use crate::sched::{self, kernel};
 use crate::thread::ThreadState;
@@ -65,7 +66,7 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
             sched::yield_current()
         }
         Call::Time => Ok(time::now_ns()),
-        Call::Spawn => spawn(a0, a1, a2, a3),
+        Call::Spawn => spawn(a0, a1, a2, a3, r.r8, r.r9),
         Call::Wait => {
             let me = current_pid().ok_or(Error::InvalidArgument)?;
             match process::try_wait(me, Id::from_u64(a0))? {
@@ -83,6 +84,14 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::SleepUntil => sleep_until(r, a0),
         Call::MapAnon => with_space(|s| s.map_anon(a0, a1).map(|_| a0)),
         Call::Bench => bench(a0, a1),
+        Call::PortSetCreate => ipc::port_set_create(),
+        Call::PortCreate => ipc::port_create(a0, a1),
+        Call::IpcCall => ipc::call(a0),
+        Call::IpcWait => ipc::wait(a0, None),
+        Call::IpcReplyWait => ipc::reply_wait(a0),
+        Call::IpcSend => ipc::send(a0),
+        Call::CapDrop => ipc::cap_drop(a0),
+        Call::CapCopy => ipc::cap_copy(a0, a1),
     }
 }
 
@@ -117,9 +126,29 @@ fn console_write(ptr: u64, len: u64) -> Result<u64, Error> {
     Ok(len)
 }
 
-fn spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64) -> Result<u64, Error> {
-    if name_len == 0 || name_len > 32 || args_len > 4096 {
+/// Most capabilities a parent can hand a child at spawn.
+const MAX_SPAWN_CAPS: u64 = 16;
+
+fn spawn(
+    name_ptr: u64,
+    name_len: u64,
+    args_ptr: u64,
+    args_len: u64,
+    caps_ptr: u64,
+    ncaps: u64,
+) -> Result<u64, Error> {
+    if name_len == 0 || name_len > 32 || args_len > 4096 || ncaps > MAX_SPAWN_CAPS {
         return Err(Error::InvalidArgument);
+    }
+    let mut names = [0u8; 8 * MAX_SPAWN_CAPS as usize];
+    let names = &mut names[..8 * ncaps as usize];
+    with_space(|s| s.copy_in(caps_ptr, names))?;
+    let mut caps = alloc::vec::Vec::new();
+    for n in names.chunks_exact(8) {
+        let name = u64::from_le_bytes(n.try_into().unwrap_or([0xff; 8]));
+        caps.push(with_space(|s| {
+            Ok(s.caps.check(name, fluke_kcore::cap::Rights::GRANT)?)
+        })?);
     }
     let mut name = [0u8; 32];
     with_space(|s| s.copy_in(name_ptr, &mut name[..name_len as usize]))?;
@@ -128,7 +157,7 @@ fn spawn(name_ptr: u64, name_len: u64, args_ptr: u64, args_len: u64) -> Result<u
     let mut args = alloc::vec![0u8; args_len as usize];
     with_space(|s| s.copy_in(args_ptr, &mut args))?;
     let parent = current_pid();
-    process::spawn(name, &args, parent).map(|pid| pid.to_u64())
+    process::spawn(name, &args, parent, &caps).map(|pid| pid.to_u64())
 }
 
 fn bench(op: u64, _arg: u64) -> Result<u64, Error> {

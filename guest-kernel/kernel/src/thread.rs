@@ -20,6 +20,12 @@ pub enum ThreadState {
     WaitChild,
     /// Sleeping until the TSC-based deadline, in ns since boot.
     Sleeping(u64),
+    /// In `ipc_wait` on a port set.
+    IpcWait(Id),
+    /// In `ipc_call`, queued on a port set until a server waits.
+    IpcCallQueued(Id),
+    /// In `ipc_call`, delivered to this server thread, waiting for its reply.
+    WaitReply(Id),
     /// Finished; its resources are reclaimed by the scheduler once off its stack.
     Dead,
 }
@@ -53,4 +59,6 @@ pub struct Thread {
     pub kstack: KernelStack,
     pub state: ThreadState,
     pub process: Id,
+    /// The client whose call this (server) thread received and has not answered yet.
+    pub reply_to: Option<ThreadId>,
 }

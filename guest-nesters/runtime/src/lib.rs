@@ -56,6 +56,36 @@ pub extern "C" fn _start(argc: usize, argv: *const [usize; 2]) -> ! {
     sys::exit(status)
 }
 
+/// Formats a number without a heap (for program arguments).
+pub struct NumBuf {
+    bytes: [u8; 20],
+}
+
+impl NumBuf {
+    pub const fn new() -> NumBuf {
+        NumBuf { bytes: [0; 20] }
+    }
+
+    pub fn format(&mut self, mut n: u64) -> &str {
+        let mut i = self.bytes.len();
+        loop {
+            i -= 1;
+            self.bytes[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        core::str::from_utf8(&self.bytes[i..]).unwrap_or("0")
+    }
+}
+
+impl Default for NumBuf {
+    fn default() -> Self {
+        NumBuf::new()
+    }
+}
+
 pub struct Console;
 
 impl fmt::Write for Console {

@@ -18,6 +18,8 @@ pub unsafe fn raw(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> u64 {
         in("rsi") a1,
         inlateout("rdx") a2 => _,
         in("r10") a3,
+        in("r8") 0u64,
+        in("r9") 0u64,
         lateout("rcx") _,
         lateout("r11") _,
         options(nostack),
@@ -130,4 +132,110 @@ pub fn floor_switch() {
 pub fn rdtsc() -> u64 {
     // SAFETY: RDTSC only reads the time-stamp counter.
     unsafe { core::arch::x86_64::_rdtsc() }
+}
+
+/// A received IPC message: the port's badge (0 for a reply), four words and the name of a
+/// transferred capability (`NO_CAP` if none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Msg {
+    pub badge: u64,
+    pub words: [u64; 4],
+    pub cap: u64,
+}
+
+pub use fluke_abi::syscall::ipc::NO_CAP;
+
+/// A kernel call with the IPC register layout: `rdi` object, `rsi, rdx, r10, r8` words,
+/// `r9` capability; all of them come back changed.
+#[inline(always)]
+fn ipc_raw(nr: Call, obj: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> {
+    let (rax, w0, w1, w2, w3, c): (u64, u64, u64, u64, u64, u64);
+    // SAFETY: the call reads and writes only these registers (no memory).
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") nr as u64 => rax,
+            in("rdi") obj,
+            inlateout("rsi") words[0] => w0,
+            inlateout("rdx") words[1] => w1,
+            inlateout("r10") words[2] => w2,
+            inlateout("r8") words[3] => w3,
+            inlateout("r9") cap => c,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    decode(rax).map(|badge| Msg {
+        badge,
+        words: [w0, w1, w2, w3],
+        cap: c,
+    })
+}
+
+pub fn port_set_create() -> Result<u64, Error> {
+    call(Call::PortSetCreate, 0, 0, 0, 0)
+}
+
+pub fn port_create(set: u64, badge: u64) -> Result<u64, Error> {
+    call(Call::PortCreate, set, badge, 0, 0)
+}
+
+/// Sends `words` (and moves capability `cap`) to `port` and waits for the reply.
+pub fn ipc_call(port: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> {
+    ipc_raw(Call::IpcCall, port, words, cap)
+}
+
+pub fn ipc_wait(set: u64) -> Result<Msg, Error> {
+    ipc_raw(Call::IpcWait, set, [0; 4], NO_CAP)
+}
+
+/// Replies to the last caller and waits for the next message, in one kernel entry.
+pub fn ipc_reply_wait(set: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> {
+    ipc_raw(Call::IpcReplyWait, set, words, cap)
+}
+
+/// One-way send: true if a thread was waiting and got it, false if it was dropped.
+pub fn ipc_send(port: u64, words: [u64; 4], cap: u64) -> Result<bool, Error> {
+    ipc_raw(Call::IpcSend, port, words, cap).map(|m| m.badge == 1)
+}
+
+pub fn cap_drop(name: u64) -> Result<u64, Error> {
+    call(Call::CapDrop, name, 0, 0, 0)
+}
+
+pub fn cap_copy(name: u64, rights: u64) -> Result<u64, Error> {
+    call(Call::CapCopy, name, rights, 0, 0)
+}
+
+/// Like [`spawn`], handing the child copies of `caps` as its names 0, 1, ...
+pub fn spawn_with_caps(name: &str, args: &[&str], caps: &[u64]) -> Result<u64, Error> {
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    for a in args {
+        let b = a.as_bytes();
+        if len + b.len() + 1 > buf.len() {
+            return Err(Error::InvalidArgument);
+        }
+        buf[len..len + b.len()].copy_from_slice(b);
+        len += b.len() + 1;
+    }
+    let ret: u64;
+    // SAFETY: the kernel reads name, args and caps from this program's memory.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") Call::Spawn as u64 => ret,
+            in("rdi") name.as_ptr() as u64,
+            in("rsi") name.len() as u64,
+            inlateout("rdx") buf.as_ptr() as u64 => _,
+            in("r10") len as u64,
+            in("r8") caps.as_ptr() as u64,
+            in("r9") caps.len() as u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    decode(ret)
 }

@@ -4,6 +4,7 @@
 #![no_main]
 
 use fluke_abi::syscall::BenchOp;
+use fluke_rt::sys::NO_CAP;
 use fluke_rt::{println, sys};
 
 const FAULT_BASE: u64 = 0x2000_0000;
@@ -82,6 +83,14 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             });
             report("platform.switch_floor", t, 2 * n);
         }
+        "ipc" | "ipc-send" | "ipc-cap" => return ipc_server(what, n),
+        "ipc-client" => {
+            return ipc_client(
+                args.get(1).unwrap_or(""),
+                args.get(2).and_then(|a| a.parse().ok()).unwrap_or(1),
+                khz,
+            )
+        }
         "floor-partner" => {
             let _ = sys::bench(BenchOp::SwitchFloorJoin, 0);
             loop {
@@ -100,4 +109,91 @@ fn timed(f: impl FnOnce()) -> u64 {
     let start = sys::rdtsc();
     f();
     sys::rdtsc() - start
+}
+
+const QUIT: u64 = u64::MAX;
+
+/// The server side of the IPC benchmarks: answers calls (moving a received capability
+/// back) and swallows one-way messages until the client's quit message.
+fn ipc_server(what: &str, n: u64) -> i32 {
+    let Ok(set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 1) else {
+        return 1;
+    };
+    let mut num = fluke_rt::NumBuf::new();
+    let Ok(child) = sys::spawn_with_caps("bench", &["ipc-client", what, num.format(n)], &[port])
+    else {
+        return 1;
+    };
+    let mut msg = sys::ipc_wait(set);
+    while let Ok(m) = msg {
+        if m.words[0] == QUIT {
+            break;
+        }
+        msg = if what == "ipc-send" {
+            sys::ipc_wait(set)
+        } else {
+            sys::ipc_reply_wait(set, m.words, m.cap)
+        };
+    }
+    match sys::wait(child) {
+        Ok(0) => 0,
+        other => {
+            println!("bench: ipc client ended with {other:?}");
+            1
+        }
+    }
+}
+
+fn ipc_client(what: &str, n: u64, khz: u64) -> i32 {
+    let port = 0;
+    let cap = if what == "ipc-cap" {
+        match sys::port_set_create() {
+            Ok(c) => c,
+            Err(_) => return 1,
+        }
+    } else {
+        NO_CAP
+    };
+    let mut errors = 0u64;
+    let start = sys::rdtsc();
+    let mut c = cap;
+    for i in 0..n {
+        match what {
+            // At most once: a send finding the server not waiting (it was preempted before
+            // it got back to its wait) is dropped; let the server run and send again.
+            "ipc-send" => loop {
+                match sys::ipc_send(port, [i, 0, 0, 0], NO_CAP) {
+                    Ok(true) => break,
+                    Ok(false) => sys::yield_now(),
+                    Err(_) => {
+                        errors += 1;
+                        break;
+                    }
+                }
+            },
+            _ => match sys::ipc_call(port, [i, 0, 0, 0], c) {
+                Ok(m) => c = m.cap,
+                Err(_) => errors += 1,
+            },
+        }
+    }
+    let ticks = sys::rdtsc() - start;
+    let name = match what {
+        "ipc-send" => "ipc.send",
+        "ipc-cap" => "ipc.cap_transfer",
+        _ => "ipc.call_reply",
+    };
+    if errors != 0 || (what == "ipc-cap" && c == NO_CAP) {
+        println!("bench: {name}: {errors} failed operations");
+        return 1;
+    }
+    println!(
+        "BENCH {name} {:.1} ns {n}",
+        ticks as f64 * 1_000_000.0 / khz as f64 / n as f64
+    );
+    let _ = sys::ipc_send(port, [QUIT, 0, 0, 0], NO_CAP);
+    0
 }

@@ -4,6 +4,7 @@
 #![no_main]
 
 use fluke_abi::syscall::{Call, Error};
+use fluke_rt::sys::NO_CAP;
 use fluke_rt::{println, sys};
 
 #[no_mangle]
@@ -13,6 +14,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "garbage" => garbage(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         "idle" => idle(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
+        "ipc" => ipc_server(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "ipc-client" => ipc_client(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         other => {
             println!("ktest: unknown case {other:?}");
             2
@@ -116,8 +119,8 @@ fn garbage(count: u64) -> i32 {
         seed ^= seed << 17;
         let r = seed;
         let c = |n: Call| n as u64;
-        let (nr, a0, a1, a2, a3, expect): (u64, u64, u64, u64, u64, Error) = match i % 12 {
-            0 => (11 + (r % 0xf000), r, r, r, r, Error::NoSuchCall),
+        let (nr, a0, a1, a2, a3, expect): (u64, u64, u64, u64, u64, Error) = match i % 16 {
+            0 => (0x100 + (r % 0xe000), r, r, r, r, Error::NoSuchCall),
             1 => (r | (1 << 63), 0, 0, 0, 0, Error::NoSuchCall),
             2 => (
                 c(Call::ConsoleWrite),
@@ -156,7 +159,7 @@ fn garbage(count: u64) -> i32 {
             8 => (c(Call::Spawn), vp, 16, vp, 1 << 20, Error::InvalidArgument),
             9 => (c(Call::Wait), r, 0, 0, 0, Error::NoSuchChild),
             10 => (c(Call::MapAnon), r | 1, 4096, 0, 0, Error::InvalidArgument),
-            _ => (
+            11 => (
                 c(Call::MapAnon),
                 kernel_addr & !0xfff,
                 4096 * (1 + r % 8),
@@ -164,6 +167,11 @@ fn garbage(count: u64) -> i32 {
                 0,
                 Error::InvalidArgument,
             ),
+            // This process holds no capabilities: every name is bad.
+            12 => (c(Call::IpcCall), r, r, r, r, Error::BadCap),
+            13 => (c(Call::IpcWait), r % 512, 0, 0, 0, Error::BadCap),
+            14 => (c(Call::CapDrop), r, 0, 0, 0, Error::BadCap),
+            _ => (c(Call::PortCreate), r % 300, 1, 0, 0, Error::BadCap),
         };
         // SAFETY: deliberately garbage arguments; the kernel must refuse them.
         let got = fluke_abi::syscall::decode(unsafe { sys::raw(nr, a0, a1, a2, a3) });
@@ -190,4 +198,100 @@ fn idle(ms: u64) -> i32 {
     let slept = (sys::time_ns() - start) / 1_000_000;
     println!("ktest: idle: woke after {slept} ms");
     i32::from(slept < ms)
+}
+
+const QUIT: u64 = u64::MAX;
+const BADGE: u64 = 0x7eed;
+
+/// IPC between two spaces: the server answers `n` calls, one of which carries a
+/// capability, then a one-way quit message; the client checks every reply and that the
+/// port is the only object it can reach.
+fn ipc_server(n: u64) -> i32 {
+    let Ok(set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, BADGE) else {
+        return 1;
+    };
+    let mut num = fluke_rt::NumBuf::new();
+    let Ok(child) = sys::spawn_with_caps("ktest", &["ipc-client", num.format(n)], &[port]) else {
+        return 1;
+    };
+    let mut msg = match sys::ipc_wait(set) {
+        Ok(m) => m,
+        Err(e) => {
+            println!("ktest: ipc_wait failed: {e:?}");
+            return 1;
+        }
+    };
+    let (mut served, mut bad) = (0u64, 0u64);
+    loop {
+        bad += u64::from(msg.badge != BADGE);
+        if msg.words[0] == QUIT {
+            break;
+        }
+        served += 1;
+        // Reply with each word plus one; a received capability goes straight back.
+        let reply = msg.words.map(|w| w.wrapping_add(1));
+        msg = match sys::ipc_reply_wait(set, reply, msg.cap) {
+            Ok(m) => m,
+            Err(e) => {
+                println!("ktest: ipc_reply_wait failed: {e:?}");
+                return 1;
+            }
+        };
+    }
+    let status = sys::wait(child);
+    println!(
+        "ktest: ipc server: {served} calls served, {bad} bad badges, client exited {status:?}"
+    );
+    i32::from(bad != 0 || status != Ok(0) || served != n + 1)
+}
+
+fn ipc_client(n: u64) -> i32 {
+    let port = 0; // the one capability the parent gave us
+                  // Border control: before it makes anything of its own, this space can name the port
+                  // and nothing else (a port is not a port set: WrongType; every other name: BadCap).
+    let mut reachable = 0u64;
+    let mut port_seen = false;
+    for name in (0..300u64).chain([1 << 20, 1 << 32, u64::MAX - 1, NO_CAP]) {
+        match sys::ipc_wait(name) {
+            Err(Error::BadCap) => {}
+            Err(Error::WrongType) if name == port => port_seen = true,
+            other => {
+                reachable += 1;
+                println!("ktest: name {name:#x} reachable: {other:?}");
+            }
+        }
+    }
+    println!(
+        "ktest: ipc client: border: port reachable {port_seen}, {reachable} other names reachable"
+    );
+    let mut bad = u64::from(!port_seen || reachable != 0);
+    for i in 0..n {
+        let words = [i, i * 2, i * 3, i * 4];
+        match sys::ipc_call(port, words, NO_CAP) {
+            Ok(m) if m.words == words.map(|w| w + 1) && m.cap == NO_CAP && m.badge == 0 => {}
+            other => {
+                bad += 1;
+                if bad < 5 {
+                    println!("ktest: call {i}: unexpected {other:?}");
+                }
+            }
+        }
+    }
+    // A capability of our own travels to the server and comes back (it moves both ways).
+    let Ok(own_set) = sys::port_set_create() else {
+        return 1;
+    };
+    let returned = match sys::ipc_call(port, [1, 2, 3, 4], own_set) {
+        Ok(m) if m.cap != NO_CAP => sys::cap_copy(m.cap, 0b1111).and_then(sys::cap_drop).is_ok(),
+        _ => false,
+    };
+    println!(
+        "ktest: ipc client: {n} calls, {bad} bad replies; capability round trip {}",
+        if returned { "ok" } else { "FAILED" }
+    );
+    let quit = sys::ipc_send(port, [QUIT, 0, 0, 0], NO_CAP);
+    i32::from(bad != 0 || !returned || quit != Ok(true))
 }

@@ -1,0 +1,361 @@
+//! Ports, port sets and IPC.
+//!
+//! A client's call and a server's reply-and-wait are each one kernel entry, with the four
+//! message words in registers (as L4/seL4 Call and ReplyRecv). When a server waits, a call
+//! switches straight to it, and its reply switches straight back: no run-queue trip.
+//!
+//! Every blocked IPC operation is restartable (the atomic API): a thread waits with its
+//! RIP on its `syscall` instruction and its arguments in its registers, so its exported
+//! state fully describes what it is doing. Completing the operation on its behalf writes
+//! the results and steps RIP past the instruction. A client blocked waiting for a reply
+//! re-sends its call if restarted: calls are idempotent, as in Fluke.
+
+use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
+use crate::object::{owner_cap, ObjCap, ObjRef};
+use crate::sched::{self, kernel};
+use crate::thread::{ThreadId, ThreadState};
+use alloc::collections::VecDeque;
+use fluke_abi::syscall::ipc::NO_CAP;
+use fluke_abi::syscall::{encode, Error};
+use fluke_kcore::cap::Rights;
+use fluke_kcore::slab::Id;
+
+pub struct Port {
+    pub set: Id,
+    pub badge: u64,
+}
+
+#[derive(Default)]
+pub struct PortSet {
+    /// Server threads blocked in `ipc_wait` / `ipc_reply_wait`.
+    waiting: VecDeque<ThreadId>,
+    /// Client threads whose call found no waiting server.
+    callers: VecDeque<ThreadId>,
+}
+
+/// Badges travel in RAX, where values in [-4095, -1] mean errors.
+const MAX_BADGE: u64 = i64::MAX as u64;
+
+fn regs_of(tid: ThreadId) -> Option<&'static mut UserRegs> {
+    kernel().threads.get_mut(tid).map(|t| &mut *t.regs)
+}
+
+/// The capability table of a thread's space.
+fn caps_of(tid: ThreadId) -> Option<&'static mut fluke_kcore::cap::CapTable<ObjRef>> {
+    let k = kernel();
+    let pid = k.threads.get(tid)?.process;
+    k.processes
+        .get_mut(pid)?
+        .space
+        .as_mut()
+        .map(|s| &mut s.caps)
+}
+
+fn current() -> Result<ThreadId, Error> {
+    sched::current().ok_or(Error::InvalidArgument)
+}
+
+pub fn port_set_create() -> Result<u64, Error> {
+    let me = current()?;
+    let k = kernel();
+    let id = k
+        .port_sets
+        .insert(PortSet::default())
+        .ok_or(Error::Exhausted)?;
+    let caps = caps_of(me).ok_or(Error::InvalidArgument)?;
+    match caps.insert(owner_cap(ObjRef::PortSet(id))) {
+        Ok(name) => Ok(u64::from(name)),
+        Err(e) => {
+            k.port_sets.remove(id);
+            Err(e.into())
+        }
+    }
+}
+
+pub fn port_create(set_name: u64, badge: u64) -> Result<u64, Error> {
+    if badge > MAX_BADGE {
+        return Err(Error::InvalidArgument);
+    }
+    let me = current()?;
+    let caps = caps_of(me).ok_or(Error::InvalidArgument)?;
+    let ObjRef::PortSet(set) = caps.check(set_name, Rights::WRITE)?.object else {
+        return Err(Error::WrongType);
+    };
+    let k = kernel();
+    let id = k
+        .ports
+        .insert(Port { set, badge })
+        .ok_or(Error::Exhausted)?;
+    match caps.insert(owner_cap(ObjRef::Port(id))) {
+        Ok(name) => Ok(u64::from(name)),
+        Err(e) => {
+            k.ports.remove(id);
+            Err(e.into())
+        }
+    }
+}
+
+pub fn cap_drop(name: u64) -> Result<u64, Error> {
+    let caps = caps_of(current()?).ok_or(Error::InvalidArgument)?;
+    caps.remove(name)?;
+    Ok(0)
+}
+
+pub fn cap_copy(name: u64, rights: u64) -> Result<u64, Error> {
+    let caps = caps_of(current()?).ok_or(Error::InvalidArgument)?;
+    let rights = Rights::from_bits(rights).ok_or(Error::InvalidArgument)?;
+    let cap = caps.check(name, Rights::GRANT)?;
+    let copy = ObjCap {
+        object: cap.object,
+        rights: cap.rights.intersect(rights),
+    };
+    Ok(u64::from(caps.insert(copy)?))
+}
+
+/// Resolves a port for sending: `(set, badge)`.
+fn port_of(tid: ThreadId, name: u64) -> Result<(Id, u64), Error> {
+    let caps = caps_of(tid).ok_or(Error::InvalidArgument)?;
+    let ObjRef::Port(p) = caps.check(name, Rights::USE)?.object else {
+        return Err(Error::WrongType);
+    };
+    let port = kernel().ports.get(p).ok_or(Error::BadCap)?;
+    Ok((port.set, port.badge))
+}
+
+fn set_of(tid: ThreadId, name: u64) -> Result<Id, Error> {
+    let caps = caps_of(tid).ok_or(Error::InvalidArgument)?;
+    let ObjRef::PortSet(s) = caps.check(name, Rights::USE)?.object else {
+        return Err(Error::WrongType);
+    };
+    kernel().port_sets.get(s).ok_or(Error::BadCap)?;
+    Ok(s)
+}
+
+/// The capability a sender attaches (from its `r9`), taken out of its table; it must carry
+/// the GRANT right.
+fn take_cap(from: ThreadId, name: u64) -> Result<Option<ObjCap>, Error> {
+    if name == NO_CAP {
+        return Ok(None);
+    }
+    let caps = caps_of(from).ok_or(Error::InvalidArgument)?;
+    caps.check(name, Rights::GRANT)?;
+    Ok(Some(caps.remove(name)?))
+}
+
+/// Copies `from`'s message registers (words, attached capability) into `to`'s, with
+/// `rax_value` in RAX. If `to` is blocked on its `syscall` instruction, steps it past.
+fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
+    let src = regs_of(from).ok_or(Error::PeerGone)?;
+    let (words, cap_name) = ([src.rsi, src.rdx, src.r10, src.r8], src.r9);
+    let cap = take_cap(from, cap_name)?;
+    let received = match cap {
+        Some(c) => match caps_of(to).map(|t| t.insert(c)) {
+            Some(Ok(name)) => u64::from(name),
+            _ => {
+                // The receiver's table is full: the capability stays with the sender.
+                if let Some(t) = caps_of(from) {
+                    let _ = t.insert_at(cap_name as u32, c);
+                }
+                NO_CAP
+            }
+        },
+        None => NO_CAP,
+    };
+    let dst = regs_of(to).ok_or(Error::PeerGone)?;
+    [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
+    dst.r9 = received;
+    dst.rax = rax_value;
+    let blocked = kernel()
+        .threads
+        .get(to)
+        .is_some_and(|t| t.state != ThreadState::Runnable);
+    if blocked {
+        dst.rip += SYSCALL_INSN_LEN;
+        dst.rcx = dst.rip;
+    }
+    Ok(())
+}
+
+/// Blocks the current thread so that its `syscall` is re-executed when it is resumed
+/// without the operation having been completed for it.
+fn block_restartable(me: ThreadId, state: ThreadState) {
+    if let Some(r) = regs_of(me) {
+        r.rip -= SYSCALL_INSN_LEN;
+        r.rcx = r.rip;
+    }
+    if let Some(t) = kernel().threads.get_mut(me) {
+        t.state = state;
+    }
+}
+
+/// Makes `next` the running thread right away (the current one is blocked or queued).
+fn switch_to_now(next: ThreadId) -> ! {
+    let k = kernel();
+    if let Some(t) = k.threads.get_mut(next) {
+        t.state = ThreadState::Runnable;
+    }
+    k.runq.retain(|&q| q != next);
+    k.current = Some(next);
+    // SAFETY: single CPU; the scheduler reads the current thread from PERCPU as well.
+    unsafe { crate::arch::percpu::get().cur_thread = next.to_u64() };
+    // SAFETY: entry.S's schedule switches to the idle stack and never returns.
+    unsafe { sched::schedule() }
+}
+
+/// Pops the first live thread of a queue.
+fn pop_live(q: &mut VecDeque<ThreadId>) -> Option<ThreadId> {
+    while let Some(t) = q.pop_front() {
+        if kernel()
+            .threads
+            .get(t)
+            .is_some_and(|th| th.state != ThreadState::Dead)
+        {
+            return Some(t);
+        }
+    }
+    None
+}
+
+pub fn call(port_name: u64) -> Result<u64, Error> {
+    let me = current()?;
+    let (set, badge) = port_of(me, port_name)?;
+    let server = kernel()
+        .port_sets
+        .get_mut(set)
+        .and_then(|s| pop_live(&mut s.waiting));
+    match server {
+        Some(w) => {
+            transfer(me, w, badge)?;
+            if let Some(t) = kernel().threads.get_mut(w) {
+                t.reply_to = Some(me);
+            }
+            block_restartable(me, ThreadState::WaitReply(w));
+            switch_to_now(w)
+        }
+        None => {
+            if let Some(s) = kernel().port_sets.get_mut(set) {
+                s.callers.push_back(me);
+            }
+            block_restartable(me, ThreadState::IpcCallQueued(set));
+            // SAFETY: as in switch_to_now.
+            unsafe { sched::schedule() }
+        }
+    }
+}
+
+pub fn send(port_name: u64) -> Result<u64, Error> {
+    let me = current()?;
+    let (set, badge) = port_of(me, port_name)?;
+    let Some(w) = kernel()
+        .port_sets
+        .get_mut(set)
+        .and_then(|s| pop_live(&mut s.waiting))
+    else {
+        return Ok(0); // nobody listens: dropped (at most once)
+    };
+    transfer(me, w, badge)?;
+    if let Some(t) = kernel().threads.get_mut(w) {
+        t.reply_to = None;
+    }
+    if let Some(r) = regs_of(me) {
+        r.rax = encode(Ok(1));
+    }
+    kernel().runq.push_back(me);
+    switch_to_now(w)
+}
+
+/// `ipc_wait`, and the waiting half of `ipc_reply_wait` (`replied_to`: the client just
+/// answered, to switch to directly if no other message is pending).
+pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
+    let me = current()?;
+    let set = set_of(me, set_name)?;
+    let caller = kernel()
+        .port_sets
+        .get_mut(set)
+        .and_then(|s| pop_live(&mut s.callers));
+    if let Some(c) = caller {
+        let badge = match kernel().threads.get(c).map(|t| t.regs.rdi) {
+            Some(port_name) => port_of(c, port_name).map(|(_, b)| b),
+            None => Err(Error::PeerGone),
+        };
+        match badge.and_then(|b| transfer(c, me, b).map(|_| b)) {
+            Ok(b) => {
+                if let Some(t) = kernel().threads.get_mut(me) {
+                    t.reply_to = Some(c);
+                }
+                if let Some(t) = kernel().threads.get_mut(c) {
+                    t.state = ThreadState::WaitReply(me);
+                }
+                if let Some(r) = replied_to {
+                    sched::make_runnable(r);
+                }
+                return Ok(b);
+            }
+            Err(e) => fail_caller(c, e),
+        }
+    }
+    if let Some(s) = kernel().port_sets.get_mut(set) {
+        s.waiting.push_back(me);
+    }
+    block_restartable(me, ThreadState::IpcWait(set));
+    match replied_to {
+        Some(r) => switch_to_now(r),
+        // SAFETY: as in switch_to_now.
+        None => unsafe { sched::schedule() },
+    }
+}
+
+/// Completes a queued caller's call with an error (its port vanished, say).
+fn fail_caller(c: ThreadId, e: Error) {
+    if let Some(r) = regs_of(c) {
+        r.rax = encode(Err(e));
+        r.rip += SYSCALL_INSN_LEN;
+        r.rcx = r.rip;
+    }
+    sched::make_runnable(c);
+}
+
+pub fn reply_wait(set_name: u64) -> Result<u64, Error> {
+    let me = current()?;
+    let client = kernel().threads.get_mut(me).and_then(|t| t.reply_to.take());
+    let mut replied = None;
+    if let Some(c) = client {
+        let waiting = kernel()
+            .threads
+            .get(c)
+            .is_some_and(|t| t.state == ThreadState::WaitReply(me));
+        if waiting {
+            transfer(me, c, 0)?;
+            if let Some(t) = kernel().threads.get_mut(c) {
+                t.state = ThreadState::Runnable;
+            }
+            replied = Some(c);
+        }
+    }
+    // The reply is done: an error from here on must not lose the client.
+    let r = wait(set_name, replied);
+    if let (Err(_), Some(c)) = (&r, replied) {
+        sched::make_runnable(c);
+    }
+    r
+}
+
+/// A thread is going away: take it out of every queue, and fail the call of a client it
+/// was serving.
+pub fn forget_thread(tid: ThreadId) {
+    let k = kernel();
+    for id in k.port_sets.ids() {
+        if let Some(s) = k.port_sets.get_mut(id) {
+            s.waiting.retain(|&t| t != tid);
+            s.callers.retain(|&t| t != tid);
+        }
+    }
+    if let Some(c) = k.threads.get_mut(tid).and_then(|t| t.reply_to.take()) {
+        if k.threads
+            .get(c)
+            .is_some_and(|t| t.state == ThreadState::WaitReply(tid))
+        {
+            fail_caller(c, Error::PeerGone);
+        }
+    }
+}

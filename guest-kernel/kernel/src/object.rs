@@ -1,0 +1,25 @@
+//! Kernel objects as capabilities name them. A capability holds an [`ObjRef`]: the object's
+//! type and its generation-checked id in that type's table, so a capability to a destroyed
+//! object can never reach a new one that reuses the slot.
+
+use fluke_kcore::cap::{Cap, Rights};
+use fluke_kcore::slab::Id;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ObjRef {
+    Port(Id),
+    PortSet(Id),
+}
+
+pub type ObjCap = Cap<ObjRef>;
+
+/// Capability-table size of a space.
+pub const CAPS_PER_SPACE: usize = 256;
+
+/// A fresh capability with every right, for the creator of an object.
+pub fn owner_cap(object: ObjRef) -> ObjCap {
+    Cap {
+        object,
+        rights: Rights::ALL,
+    }
+}
