@@ -21,3 +21,14 @@ fn call_reply_capability_transfer_and_border_control() {
         );
     }
 }
+
+#[test]
+fn threads_blocked_in_a_receive_and_a_sleep_are_exported_and_recreated() {
+    for (who, run) in both("fluke.init=ktest,state") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: state: child stopped in IPC receive: call 14 at rip");
+        run.assert_console("ktest: state: child stopped in sleep: call 10 at rip");
+        // The child saw its receive complete with the right message and slept its full time.
+        run.assert_console("ktest: state: child reported Ok(Msg { badge: 1, words: [1, ");
+    }
+}

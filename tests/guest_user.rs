@@ -134,6 +134,7 @@ fn bench_writes_records_for_every_benchmark() {
         "ipc.call_reply",
         "ipc.send",
         "ipc.cap_transfer",
+        "thread.state_roundtrip",
         "host.getppid",
     ] {
         let r = records

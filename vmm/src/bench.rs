@@ -134,6 +134,13 @@ pub const BENCHMARKS: &[Benchmark] = &[
         sample: |s| s.guest.get("ipc.send").copied(),
     },
     Benchmark {
+        name: "thread.state_roundtrip",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,state,5000",
+        sample: |s| s.guest.get("thread.state_roundtrip").copied(),
+    },
+    Benchmark {
         name: "ipc.cap_transfer",
         model: Model::Microkernel,
         unit: "ns",
@@ -587,6 +594,7 @@ mod tests {
                 "platform.switch_floor",
                 "ipc.call_reply",
                 "ipc.send",
+                "thread.state_roundtrip",
                 "ipc.cap_transfer"
             ]
         );

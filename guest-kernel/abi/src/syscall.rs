@@ -55,6 +55,50 @@ pub enum Call {
     CapDrop = 17,
     /// `cap_copy(name, rights) -> new name` (rights can only shrink).
     CapCopy = 18,
+    /// `thread_create(space) -> thread`: a new, stopped thread in a space.
+    ThreadCreate = 19,
+    /// `thread_stop(thread)`: stops it; a thread blocked in a kernel call is taken out of
+    /// the call, which it re-executes when resumed (its registers say which call).
+    ThreadStop = 20,
+    /// `thread_resume(thread)`
+    ThreadResume = 21,
+    /// `thread_get_state(thread, &mut ThreadRegs)`: all of a stopped thread's state.
+    ThreadGetState = 22,
+    /// `thread_set_state(thread, &ThreadRegs)`
+    ThreadSetState = 23,
+    /// `destroy(cap)`: destroys the object (threads today); other capabilities to it go stale.
+    Destroy = 24,
+}
+
+/// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
+/// also receive capabilities to the child's space (`r10`) and main thread (`rdx`).
+pub const SPAWN_WANT_CAPS: u64 = 1 << 63;
+
+/// The whole user-visible state of a thread, as `thread_get_state` / `thread_set_state`
+/// exchange it. There is no other per-thread kernel state: a thread blocked in a call is
+/// described by these registers (RIP on its `syscall`, the call's arguments in place).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadRegs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rbp: u64,
+    pub rdi: u64,
+    pub rsi: u64,
+    pub rdx: u64,
+    pub rcx: u64,
+    pub rbx: u64,
+    pub rax: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub fs_base: u64,
 }
 
 /// The register layout of IPC calls: the kernel-call number in `rax`, the port or port set
@@ -88,6 +132,12 @@ impl Call {
             16 => Call::IpcSend,
             17 => Call::CapDrop,
             18 => Call::CapCopy,
+            19 => Call::ThreadCreate,
+            20 => Call::ThreadStop,
+            21 => Call::ThreadResume,
+            22 => Call::ThreadGetState,
+            23 => Call::ThreadSetState,
+            24 => Call::Destroy,
             _ => return None,
         })
     }
@@ -242,9 +292,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=18 {
+        for n in 0..=24 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(19), None);
+        assert_eq!(Call::from_u64(25), None);
     }
 }

@@ -22,6 +22,7 @@ mod space;
 mod sync;
 mod syscall;
 mod thread;
+mod thread_calls;
 mod time;
 
 use arch::{apic, cpu, paging, platform, tables, user};

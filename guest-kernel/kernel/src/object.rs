@@ -9,6 +9,9 @@ use fluke_kcore::slab::Id;
 pub enum ObjRef {
     Port(Id),
     PortSet(Id),
+    Thread(Id),
+    /// A space (today: a process's address space and capability table), by process id.
+    Space(Id),
 }
 
 pub type ObjCap = Cap<ObjRef>;

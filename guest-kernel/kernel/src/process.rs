@@ -6,9 +6,8 @@ use crate::arch::paging::UserPerm;
 use crate::arch::user::UserRegs;
 use crate::sched::{self, kernel};
 use crate::space::Space;
-use crate::thread::{KernelStack, Thread, ThreadId, ThreadState};
+use crate::thread::{ThreadId, ThreadState};
 use crate::{image, kprintln, loader};
-use alloc::boxed::Box;
 use alloc::vec::Vec;
 use fluke_abi::syscall::layout::{STACK_SIZE, STACK_TOP};
 use fluke_abi::syscall::Error;
@@ -83,16 +82,17 @@ pub fn spawn(
     )?;
     let (argc, argv, sp) = loader::push_args(&mut space, STACK_TOP, args)?;
 
-    let mut regs = Box::new(UserRegs::default());
-    regs.rip = entry;
-    regs.rsp = sp;
-    regs.rdi = argc;
-    regs.rsi = argv;
-    regs.rflags = 0x202;
-    // As after a kernel call, so the first return is a plain SYSRETQ.
-    regs.rcx = regs.rip;
-    regs.r11 = regs.rflags;
-
+    let regs = UserRegs {
+        rip: entry,
+        rsp: sp,
+        rdi: argc,
+        rsi: argv,
+        rflags: 0x202,
+        // As after a kernel call, so the first return is a plain SYSRETQ.
+        rcx: entry,
+        r11: 0x202,
+        ..UserRegs::default()
+    };
     let k = kernel();
     let pid = k
         .processes
@@ -105,30 +105,13 @@ pub fn spawn(
             state: ProcessState::Alive,
         })
         .ok_or(Error::Exhausted)?;
-    let kstack = match KernelStack::new() {
-        Some(s) => s,
-        None => {
-            k.processes.remove(pid);
-            return Err(Error::NoMemory);
-        }
-    };
-    let Some(tid) = k.threads.insert(Thread {
-        regs,
-        kstack,
-        state: ThreadState::Runnable,
-        process: pid,
-        reply_to: None,
-    }) else {
+    if let Err(e) = crate::thread_calls::new_thread(pid, regs, ThreadState::Runnable) {
         k.processes.remove(pid);
-        return Err(Error::Exhausted);
-    };
-    if let Some(p) = k.processes.get_mut(pid) {
-        p.threads.push(tid);
+        return Err(e);
     }
     if let Some(parent) = parent.and_then(|pp| k.processes.get_mut(pp)) {
         parent.children.push(pid);
     }
-    k.runq.push_back(tid);
     Ok(pid)
 }
 

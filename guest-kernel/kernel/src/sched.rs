@@ -115,7 +115,7 @@ pub fn current() -> Option<ThreadId> {
 pub fn make_runnable(tid: ThreadId) {
     let k = kernel();
     if let Some(t) = k.threads.get_mut(tid) {
-        if t.state != ThreadState::Dead {
+        if !matches!(t.state, ThreadState::Dead | ThreadState::Stopped) {
             t.state = ThreadState::Runnable;
             if !k.runq.contains(&tid) && k.current != Some(tid) {
                 k.runq.push_back(tid);
@@ -142,6 +142,14 @@ fn wake_sleepers(now: u64) {
 
 fn earliest_sleeper() -> Option<u64> {
     kernel().sleepers.iter().map(|&(d, _)| d).min()
+}
+
+/// Takes a thread out of every queue it may wait in (run queue, sleepers, IPC).
+pub fn unqueue(tid: ThreadId) {
+    crate::ipc::forget_thread(tid);
+    let k = kernel();
+    k.runq.retain(|&q| q != tid);
+    k.sleepers.retain(|&(_, q)| q != tid);
 }
 
 /// Marks a thread dead and drops it from every queue; it is reclaimed on the idle stack.

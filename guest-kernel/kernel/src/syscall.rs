@@ -10,6 +10,7 @@ use crate::ipc;
 use crate::process::{self, Pid};
 use crate::sched::{self, kernel};
 use crate::thread::ThreadState;
+use crate::thread_calls;
 use crate::time;
 use fluke_abi::syscall::{encode, BenchOp, Call, Error};
 use fluke_kcore::slab::Id;
@@ -92,6 +93,12 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::IpcSend => ipc::send(a0),
         Call::CapDrop => ipc::cap_drop(a0),
         Call::CapCopy => ipc::cap_copy(a0, a1),
+        Call::ThreadCreate => thread_calls::create(a0),
+        Call::ThreadStop => thread_calls::stop(a0),
+        Call::ThreadResume => thread_calls::resume(a0),
+        Call::ThreadGetState => thread_calls::get_state(a0, a1),
+        Call::ThreadSetState => thread_calls::set_state(a0, a1),
+        Call::Destroy => thread_calls::destroy(a0),
     }
 }
 
@@ -137,6 +144,8 @@ fn spawn(
     caps_ptr: u64,
     ncaps: u64,
 ) -> Result<u64, Error> {
+    let want_caps = ncaps & fluke_abi::syscall::SPAWN_WANT_CAPS != 0;
+    let ncaps = ncaps & !fluke_abi::syscall::SPAWN_WANT_CAPS;
     if name_len == 0 || name_len > 32 || args_len > 4096 || ncaps > MAX_SPAWN_CAPS {
         return Err(Error::InvalidArgument);
     }
@@ -157,7 +166,17 @@ fn spawn(
     let mut args = alloc::vec![0u8; args_len as usize];
     with_space(|s| s.copy_in(args_ptr, &mut args))?;
     let parent = current_pid();
-    process::spawn(name, &args, parent, &caps).map(|pid| pid.to_u64())
+    let pid = process::spawn(name, &args, parent, &caps)?;
+    if want_caps {
+        let main_thread = kernel()
+            .processes
+            .get(pid)
+            .and_then(|p| p.threads.first().copied());
+        let thread = main_thread.ok_or(Error::InvalidArgument)?;
+        regs().rdx = thread_calls::grant_to_caller(crate::object::ObjRef::Thread(thread))?;
+        regs().r10 = thread_calls::grant_to_caller(crate::object::ObjRef::Space(pid))?;
+    }
+    Ok(pid.to_u64())
 }
 
 fn bench(op: u64, _arg: u64) -> Result<u64, Error> {

@@ -26,6 +26,8 @@ pub enum ThreadState {
     IpcCallQueued(Id),
     /// In `ipc_call`, delivered to this server thread, waiting for its reply.
     WaitReply(Id),
+    /// Stopped by a `thread_stop` (or created stopped); runs again on `thread_resume`.
+    Stopped,
     /// Finished; its resources are reclaimed by the scheduler once off its stack.
     Dead,
 }

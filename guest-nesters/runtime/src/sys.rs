@@ -239,3 +239,86 @@ pub fn spawn_with_caps(name: &str, args: &[&str], caps: &[u64]) -> Result<u64, E
     }
     decode(ret)
 }
+
+pub use fluke_abi::syscall::ThreadRegs;
+
+/// A child started with [`spawn_child`]: its id and capabilities to its main thread and
+/// its space, in this program's table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub pid: u64,
+    pub thread: u64,
+    pub space: u64,
+}
+
+/// Starts a program like [`spawn_with_caps`] and also returns capabilities to the child's
+/// main thread and space.
+pub fn spawn_child(name: &str, args: &[&str], caps: &[u64]) -> Result<Child, Error> {
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    for a in args {
+        let b = a.as_bytes();
+        if len + b.len() + 1 > buf.len() {
+            return Err(Error::InvalidArgument);
+        }
+        buf[len..len + b.len()].copy_from_slice(b);
+        len += b.len() + 1;
+    }
+    let (ret, thread, space): (u64, u64, u64);
+    // SAFETY: the kernel reads name, args and caps from this program's memory.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") Call::Spawn as u64 => ret,
+            in("rdi") name.as_ptr() as u64,
+            in("rsi") name.len() as u64,
+            inlateout("rdx") buf.as_ptr() as u64 => thread,
+            inlateout("r10") len as u64 => space,
+            in("r8") caps.as_ptr() as u64,
+            in("r9") caps.len() as u64 | fluke_abi::syscall::SPAWN_WANT_CAPS,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    decode(ret).map(|pid| Child { pid, thread, space })
+}
+
+pub fn thread_create(space: u64) -> Result<u64, Error> {
+    call(Call::ThreadCreate, space, 0, 0, 0)
+}
+
+pub fn thread_stop(thread: u64) -> Result<u64, Error> {
+    call(Call::ThreadStop, thread, 0, 0, 0)
+}
+
+pub fn thread_resume(thread: u64) -> Result<u64, Error> {
+    call(Call::ThreadResume, thread, 0, 0, 0)
+}
+
+pub fn thread_get_state(thread: u64) -> Result<ThreadRegs, Error> {
+    let mut regs = ThreadRegs::default();
+    call(
+        Call::ThreadGetState,
+        thread,
+        &mut regs as *mut ThreadRegs as u64,
+        0,
+        0,
+    )?;
+    Ok(regs)
+}
+
+pub fn thread_set_state(thread: u64, regs: &ThreadRegs) -> Result<u64, Error> {
+    call(
+        Call::ThreadSetState,
+        thread,
+        regs as *const ThreadRegs as u64,
+        0,
+        0,
+    )
+}
+
+/// Destroys the object a capability names (threads today).
+pub fn destroy(cap: u64) -> Result<u64, Error> {
+    call(Call::Destroy, cap, 0, 0, 0)
+}

@@ -84,6 +84,39 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             report("platform.switch_floor", t, 2 * n);
         }
         "ipc" | "ipc-send" | "ipc-cap" => return ipc_server(what, n),
+        "state" => {
+            // A child blocked in a receive that never comes; stopped once, then its whole
+            // state is read and written back n times.
+            let Ok(child) = sys::spawn_child("bench", &["blocked"], &[]) else {
+                return 1;
+            };
+            sys::yield_now();
+            if sys::thread_stop(child.thread).is_err() {
+                return 1;
+            }
+            let mut failures = 0u64;
+            let t = timed(|| {
+                for _ in 0..n {
+                    match sys::thread_get_state(child.thread) {
+                        Ok(r) => {
+                            failures += u64::from(sys::thread_set_state(child.thread, &r).is_err())
+                        }
+                        Err(_) => failures += 1,
+                    }
+                }
+            });
+            if failures != 0 {
+                println!("bench: thread state round trip failed {failures} times");
+                return 1;
+            }
+            report("thread.state_roundtrip", t, n);
+        }
+        "blocked" => {
+            let Ok(set) = sys::port_set_create() else {
+                return 1;
+            };
+            let _ = sys::ipc_wait(set);
+        }
         "ipc-client" => {
             return ipc_client(
                 args.get(1).unwrap_or(""),

@@ -15,6 +15,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "garbage" => garbage(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         "idle" => idle(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
         "ipc" => ipc_server(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
+        "state" => state_parent(),
+        "state-child" => state_child(),
         "ipc-client" => ipc_client(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         other => {
             println!("ktest: unknown case {other:?}");
@@ -294,4 +296,92 @@ fn ipc_client(n: u64) -> i32 {
     );
     let quit = sys::ipc_send(port, [QUIT, 0, 0, 0], NO_CAP);
     i32::from(bad != 0 || !returned || quit != Ok(true))
+}
+
+/// Stops a child thread, exports its state, destroys it, re-creates it from the state in
+/// the same space and resumes it, twice: while it is blocked in an IPC receive and while it
+/// sleeps. The child checks that both operations completed as if nothing happened.
+fn state_parent() -> i32 {
+    let Ok(set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 1) else {
+        return 1;
+    };
+    let Ok(child) = sys::spawn_child("ktest", &["state-child"], &[port]) else {
+        return 1;
+    };
+    // The child sends us its own port, then blocks receiving on it.
+    let Ok(hello) = sys::ipc_wait(set) else {
+        return 1;
+    };
+    let child_port = hello.cap;
+    let mut thread = child.thread;
+    let mut bad = 0;
+    for (phase, expect_call) in [("IPC receive", Call::IpcWait), ("sleep", Call::SleepUntil)] {
+        sys::sleep_ns(100_000_000); // let the child block
+        match reincarnate(child.space, thread) {
+            Ok((t, regs)) => {
+                let ok = regs.rax == expect_call as u64;
+                println!(
+                    "ktest: state: child stopped in {phase}: call {} at rip {:#x}, re-created {}",
+                    regs.rax,
+                    regs.rip,
+                    if ok { "ok" } else { "WRONG CALL" }
+                );
+                bad += u32::from(!ok);
+                thread = t;
+            }
+            Err(e) => {
+                println!("ktest: state: re-creating the child failed: {e:?}");
+                return 1;
+            }
+        }
+        if phase == "IPC receive" {
+            // The re-created thread re-executes its receive; deliver once it waits again.
+            while sys::ipc_send(child_port, [42, 43, 44, 45], NO_CAP) != Ok(true) {
+                sys::yield_now();
+            }
+        }
+    }
+    let report = sys::ipc_wait(set);
+    let status = sys::wait(child.pid);
+    println!("ktest: state: child reported {report:?}, exited {status:?}");
+    let ok = matches!(report, Ok(m) if m.words[0] == 1 && m.words[1] >= 300);
+    i32::from(bad != 0 || !ok || status != Ok(0))
+}
+
+/// stop, get_state, destroy, create, set_state, resume: returns the new thread's capability.
+fn reincarnate(space: u64, thread: u64) -> Result<(u64, sys::ThreadRegs), Error> {
+    sys::thread_stop(thread)?;
+    let regs = sys::thread_get_state(thread)?;
+    sys::destroy(thread)?;
+    let new = sys::thread_create(space)?;
+    sys::thread_set_state(new, &regs)?;
+    sys::thread_resume(new)?;
+    Ok((new, regs))
+}
+
+fn state_child() -> i32 {
+    let parent = 0;
+    let Ok(set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(my_port) = sys::port_create(set, 9) else {
+        return 1;
+    };
+    if sys::ipc_send(parent, [0; 4], my_port) != Ok(true) {
+        return 2;
+    }
+    // Phase 1: blocked here while the parent re-creates this thread.
+    let got = sys::ipc_wait(set);
+    let received = matches!(got, Ok(m) if m.words == [42, 43, 44, 45] && m.badge == 9);
+    // Phase 2: a long call, interrupted and restarted the same way.
+    let t0 = sys::time_ns();
+    sys::sleep_ns(300_000_000);
+    let slept_ms = (sys::time_ns() - t0) / 1_000_000;
+    while sys::ipc_send(parent, [u64::from(received), slept_ms, 0, 0], NO_CAP) != Ok(true) {
+        sys::yield_now();
+    }
+    0
 }

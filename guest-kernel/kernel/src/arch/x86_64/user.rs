@@ -5,33 +5,10 @@ use core::mem::offset_of;
 use fluke_abi::syscall::layout::{RETURN_PAGE, USER_END};
 
 /// A thread's user registers: saved on every entry, restored by [`return_to_user`]. The field
-/// order is the push order of entry.S. This is the whole user-visible CPU state the kernel
-/// keeps (the FPU/SSE state is not yet switched: user programs are built soft-float).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct UserRegs {
-    pub r15: u64,
-    pub r14: u64,
-    pub r13: u64,
-    pub r12: u64,
-    pub r11: u64,
-    pub r10: u64,
-    pub r9: u64,
-    pub r8: u64,
-    pub rbp: u64,
-    pub rdi: u64,
-    pub rsi: u64,
-    pub rdx: u64,
-    pub rcx: u64,
-    pub rbx: u64,
-    pub rax: u64,
-    pub rip: u64,
-    pub rflags: u64,
-    pub rsp: u64,
-    /// The user FS base. On kvm_pvm user code can set it with WRFSBASE, so it is switched
-    /// with the thread; natively (CR4.FSGSBASE clear) it stays 0.
-    pub fs_base: u64,
-}
+/// order is the push order of entry.S. It is the ABI's `ThreadRegs`, the whole state a parent
+/// reads and sets (the FPU/SSE state is not switched: user programs are built soft-float, and
+/// CR4.OSFXSR is clear, so SSE instructions fault).
+pub type UserRegs = fluke_abi::syscall::ThreadRegs;
 
 const _: () = {
     assert!(offset_of!(UserRegs, rip) == 120);

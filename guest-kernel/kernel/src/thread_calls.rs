@@ -1,0 +1,187 @@
+//! The Thread object's calls: create, stop, resume, get and set state, destroy. With these a
+//! user-level parent can do to a child thread what the kernel does: read its entire state,
+//! destroy it, re-create it and let it continue, and the child cannot tell.
+
+use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
+use crate::object::{owner_cap, ObjRef};
+use crate::process::Pid;
+use crate::sched::{self, kernel};
+use crate::space::Space;
+use crate::thread::{KernelStack, Thread, ThreadId, ThreadState};
+use alloc::boxed::Box;
+use fluke_abi::syscall::Error;
+use fluke_kcore::cap::Rights;
+
+fn my_space() -> Result<&'static mut Space, Error> {
+    let k = kernel();
+    let tid = sched::current().ok_or(Error::InvalidArgument)?;
+    let pid = k.threads.get(tid).ok_or(Error::InvalidArgument)?.process;
+    k.processes
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut())
+        .ok_or(Error::InvalidArgument)
+}
+
+fn thread_cap(name: u64, rights: Rights) -> Result<ThreadId, Error> {
+    match my_space()?.caps.check(name, rights)?.object {
+        ObjRef::Thread(t)
+            if kernel()
+                .threads
+                .get(t)
+                .is_some_and(|t| t.state != ThreadState::Dead) =>
+        {
+            Ok(t)
+        }
+        ObjRef::Thread(_) => Err(Error::BadCap),
+        _ => Err(Error::WrongType),
+    }
+}
+
+fn space_cap(name: u64, rights: Rights) -> Result<Pid, Error> {
+    match my_space()?.caps.check(name, rights)?.object {
+        ObjRef::Space(p) if kernel().processes.get(p).is_some_and(|p| p.space.is_some()) => Ok(p),
+        ObjRef::Space(_) => Err(Error::BadCap),
+        _ => Err(Error::WrongType),
+    }
+}
+
+/// Inserts a new thread of `pid` with `regs`, in `state`.
+pub fn new_thread(pid: Pid, regs: UserRegs, state: ThreadState) -> Result<ThreadId, Error> {
+    let k = kernel();
+    let kstack = KernelStack::new().ok_or(Error::NoMemory)?;
+    let tid = k
+        .threads
+        .insert(Thread {
+            regs: Box::new(regs),
+            kstack,
+            state,
+            process: pid,
+            reply_to: None,
+        })
+        .ok_or(Error::Exhausted)?;
+    if let Some(p) = k.processes.get_mut(pid) {
+        p.threads.push(tid);
+    }
+    if state == ThreadState::Runnable {
+        k.runq.push_back(tid);
+    }
+    Ok(tid)
+}
+
+/// A capability to a kernel object, in the caller's table.
+pub fn grant_to_caller(object: ObjRef) -> Result<u64, Error> {
+    Ok(u64::from(my_space()?.caps.insert(owner_cap(object))?))
+}
+
+pub fn create(space_name: u64) -> Result<u64, Error> {
+    let pid = space_cap(space_name, Rights::WRITE)?;
+    let tid = new_thread(pid, UserRegs::default(), ThreadState::Stopped)?;
+    grant_to_caller(ObjRef::Thread(tid)).inspect_err(|_| {
+        kernel().threads.remove(tid);
+    })
+}
+
+pub fn stop(name: u64) -> Result<u64, Error> {
+    let tid = thread_cap(name, Rights::WRITE)?;
+    if sched::current() == Some(tid) {
+        return Err(Error::InvalidArgument); // a thread cannot stop itself
+    }
+    let k = kernel();
+    let Some(t) = k.threads.get_mut(tid) else {
+        return Err(Error::BadCap);
+    };
+    match t.state {
+        ThreadState::Stopped => return Ok(0),
+        ThreadState::Runnable => {}
+        // Blocked in a call: its registers already re-execute the call (RIP on `syscall`),
+        // except a client whose reply is pending, which re-sends: IPC calls are idempotent.
+        _ => {}
+    }
+    t.state = ThreadState::Stopped;
+    sched::unqueue(tid);
+    Ok(0)
+}
+
+pub fn resume(name: u64) -> Result<u64, Error> {
+    let tid = thread_cap(name, Rights::WRITE)?;
+    let k = kernel();
+    let t = k.threads.get_mut(tid).ok_or(Error::BadCap)?;
+    if t.state == ThreadState::Stopped {
+        t.state = ThreadState::Runnable;
+        k.runq.push_back(tid);
+    }
+    Ok(0)
+}
+
+fn stopped(tid: ThreadId) -> Result<&'static mut Thread, Error> {
+    match kernel().threads.get_mut(tid) {
+        Some(t) if t.state == ThreadState::Stopped => Ok(t),
+        Some(_) => Err(Error::InvalidArgument),
+        None => Err(Error::BadCap),
+    }
+}
+
+pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
+    let tid = thread_cap(name, Rights::READ)?;
+    let regs = *stopped(tid)?.regs;
+    my_space()?.copy_out(buf, as_bytes(&regs))?;
+    Ok(0)
+}
+
+pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
+    let tid = thread_cap(name, Rights::WRITE)?;
+    stopped(tid)?;
+    let mut regs = UserRegs::default();
+    my_space()?.copy_in(buf, as_bytes_mut(&mut regs))?;
+    // Any values are safe to load: RFLAGS is sanitized and a bad RIP or RSP only faults in
+    // user mode (user::return_to_user).
+    *stopped(tid)?.regs = regs;
+    Ok(0)
+}
+
+pub fn destroy(name: u64) -> Result<u64, Error> {
+    let space = my_space()?;
+    let cap = space.caps.check(name, Rights::WRITE)?;
+    match cap.object {
+        ObjRef::Thread(tid) => {
+            if sched::current() == Some(tid) {
+                return Err(Error::InvalidArgument);
+            }
+            let pid = kernel().threads.get(tid).ok_or(Error::BadCap)?.process;
+            crate::selftest::floor_leave(tid);
+            sched::kill_thread(tid);
+            if let Some(p) = kernel().processes.get_mut(pid) {
+                p.threads.retain(|&t| t != tid);
+            }
+            my_space()?.caps.remove(name)?;
+            Ok(0)
+        }
+        _ => Err(Error::WrongType),
+    }
+}
+
+fn as_bytes(r: &UserRegs) -> &[u8] {
+    // SAFETY: UserRegs is repr(C) and made of u64s only: no padding, any bytes valid.
+    unsafe {
+        core::slice::from_raw_parts(
+            r as *const UserRegs as *const u8,
+            core::mem::size_of::<UserRegs>(),
+        )
+    }
+}
+
+fn as_bytes_mut(r: &mut UserRegs) -> &mut [u8] {
+    // SAFETY: as above.
+    unsafe {
+        core::slice::from_raw_parts_mut(
+            r as *mut UserRegs as *mut u8,
+            core::mem::size_of::<UserRegs>(),
+        )
+    }
+}
+
+/// Whether a thread stopped mid-call would re-execute it (for diagnostics).
+#[allow(dead_code)]
+pub fn in_restart_form(r: &UserRegs) -> bool {
+    r.rcx == r.rip && r.rip >= SYSCALL_INSN_LEN
+}
