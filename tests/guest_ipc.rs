@@ -32,3 +32,14 @@ fn threads_blocked_in_a_receive_and_a_sleep_are_exported_and_recreated() {
         run.assert_console("ktest: state: child reported Ok(Msg { badge: 1, words: [1, ");
     }
 }
+
+#[test]
+fn threads_blocked_in_mutex_and_condition_waits_are_exported_and_recreated() {
+    for (who, run) in both("fluke.init=ktest,mutex") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: mutex: child stopped in mutex wait: call 26, re-created ok");
+        run.assert_console("ktest: mutex: child stopped in condition wait: call 32, re-created ok");
+        run.assert_console("ktest: mutex: parent re-locked Ok(0), signal woke Ok(1)");
+        run.assert_console("ktest: mutex: child reported Ok(1), exited Ok(0)");
+    }
+}

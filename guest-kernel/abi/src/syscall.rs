@@ -68,6 +68,24 @@ pub enum Call {
     ThreadSetState = 23,
     /// `destroy(cap)`: destroys the object (threads today); other capabilities to it go stale.
     Destroy = 24,
+    /// `mutex_create() -> name`
+    MutexCreate = 25,
+    /// `mutex_lock(mutex)`: waits while another thread holds it.
+    MutexLock = 26,
+    /// `mutex_unlock(mutex)`: only by the holder.
+    MutexUnlock = 27,
+    /// `cond_create() -> name`
+    CondCreate = 28,
+    /// `cond_wait(cond, mutex)`: releases the mutex, waits for a signal, re-takes the mutex.
+    /// While it waits the thread's registers say `cond_rewait` (the mutex is no longer held),
+    /// once signalled `mutex_lock`: re-executing the call at any point does the rest.
+    CondWait = 29,
+    /// `cond_signal(cond)`: wakes one waiter.
+    CondSignal = 30,
+    /// `cond_broadcast(cond)`: wakes every waiter.
+    CondBroadcast = 31,
+    /// `cond_rewait(cond, mutex)`: what `cond_wait` becomes after releasing the mutex.
+    CondRewait = 32,
 }
 
 /// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
@@ -138,6 +156,14 @@ impl Call {
             22 => Call::ThreadGetState,
             23 => Call::ThreadSetState,
             24 => Call::Destroy,
+            25 => Call::MutexCreate,
+            26 => Call::MutexLock,
+            27 => Call::MutexUnlock,
+            28 => Call::CondCreate,
+            29 => Call::CondWait,
+            30 => Call::CondSignal,
+            31 => Call::CondBroadcast,
+            32 => Call::CondRewait,
             _ => return None,
         })
     }
@@ -292,9 +318,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=24 {
+        for n in 0..=32 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(25), None);
+        assert_eq!(Call::from_u64(33), None);
     }
 }

@@ -13,6 +13,7 @@ mod image;
 mod ipc;
 mod loader;
 mod mm;
+mod mutex;
 mod object;
 mod panic;
 mod process;

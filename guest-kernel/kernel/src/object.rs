@@ -12,6 +12,8 @@ pub enum ObjRef {
     Thread(Id),
     /// A space (today: a process's address space and capability table), by process id.
     Space(Id),
+    Mutex(Id),
+    Condition(Id),
 }
 
 pub type ObjCap = Cap<ObjRef>;

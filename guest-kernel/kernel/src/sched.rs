@@ -29,6 +29,8 @@ pub struct Kernel {
     pub processes: Slab<Process>,
     pub ports: Slab<crate::ipc::Port>,
     pub port_sets: Slab<crate::ipc::PortSet>,
+    pub mutexes: Slab<crate::mutex::Mutex>,
+    pub conditions: Slab<crate::mutex::Condition>,
     pub runq: VecDeque<ThreadId>,
     pub current: Option<ThreadId>,
     /// Sleeping threads and their deadlines (ns since boot).
@@ -55,6 +57,8 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     processes: Slab::new(MAX_PROCESSES),
     ports: Slab::new(MAX_PORTS),
     port_sets: Slab::new(MAX_PORTS),
+    mutexes: Slab::new(MAX_PORTS),
+    conditions: Slab::new(MAX_PORTS),
     runq: VecDeque::new(),
     current: None,
     sleepers: alloc::vec::Vec::new(),
@@ -147,6 +151,7 @@ fn earliest_sleeper() -> Option<u64> {
 /// Takes a thread out of every queue it may wait in (run queue, sleepers, IPC).
 pub fn unqueue(tid: ThreadId) {
     crate::ipc::forget_thread(tid);
+    crate::mutex::forget_thread(tid);
     let k = kernel();
     k.runq.retain(|&q| q != tid);
     k.sleepers.retain(|&(_, q)| q != tid);
@@ -154,7 +159,7 @@ pub fn unqueue(tid: ThreadId) {
 
 /// Marks a thread dead and drops it from every queue; it is reclaimed on the idle stack.
 pub fn kill_thread(tid: ThreadId) {
-    crate::ipc::forget_thread(tid);
+    unqueue(tid);
     let k = kernel();
     if let Some(t) = k.threads.get_mut(tid) {
         if t.state != ThreadState::Dead {
@@ -162,8 +167,6 @@ pub fn kill_thread(tid: ThreadId) {
             k.dead.push(tid);
         }
     }
-    k.runq.retain(|&q| q != tid);
-    k.sleepers.retain(|&(_, q)| q != tid);
 }
 
 /// Arms the one-shot timer for `deadline` unless it already fires no later.

@@ -7,6 +7,7 @@ use crate::arch::percpu;
 use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
 use crate::console::Console;
 use crate::ipc;
+use crate::mutex;
 use crate::process::{self, Pid};
 use crate::sched::{self, kernel};
 use crate::thread::ThreadState;
@@ -99,6 +100,14 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::ThreadGetState => thread_calls::get_state(a0, a1),
         Call::ThreadSetState => thread_calls::set_state(a0, a1),
         Call::Destroy => thread_calls::destroy(a0),
+        Call::MutexCreate => mutex::mutex_create(),
+        Call::MutexLock => mutex::lock(a0),
+        Call::MutexUnlock => mutex::unlock(a0),
+        Call::CondCreate => mutex::cond_create(),
+        Call::CondWait => mutex::cond_wait(a0, a1),
+        Call::CondRewait => mutex::cond_rewait(a0, a1),
+        Call::CondSignal => mutex::signal(a0),
+        Call::CondBroadcast => mutex::broadcast(a0),
     }
 }
 

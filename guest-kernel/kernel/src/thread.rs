@@ -26,6 +26,10 @@ pub enum ThreadState {
     IpcCallQueued(Id),
     /// In `ipc_call`, delivered to this server thread, waiting for its reply.
     WaitReply(Id),
+    /// In `mutex_lock`, waiting for the mutex.
+    MutexWait(Id),
+    /// In `cond_wait`, waiting for a signal.
+    CondWait(Id),
     /// Stopped by a `thread_stop` (or created stopped); runs again on `thread_resume`.
     Stopped,
     /// Finished; its resources are reclaimed by the scheduler once off its stack.

@@ -322,3 +322,32 @@ pub fn thread_set_state(thread: u64, regs: &ThreadRegs) -> Result<u64, Error> {
 pub fn destroy(cap: u64) -> Result<u64, Error> {
     call(Call::Destroy, cap, 0, 0, 0)
 }
+
+pub fn mutex_create() -> Result<u64, Error> {
+    call(Call::MutexCreate, 0, 0, 0, 0)
+}
+
+pub fn mutex_lock(m: u64) -> Result<u64, Error> {
+    call(Call::MutexLock, m, 0, 0, 0)
+}
+
+pub fn mutex_unlock(m: u64) -> Result<u64, Error> {
+    call(Call::MutexUnlock, m, 0, 0, 0)
+}
+
+pub fn cond_create() -> Result<u64, Error> {
+    call(Call::CondCreate, 0, 0, 0, 0)
+}
+
+/// Releases `m`, waits for `c` to be signalled, re-takes `m`.
+pub fn cond_wait(c: u64, m: u64) -> Result<u64, Error> {
+    call(Call::CondWait, c, m, 0, 0)
+}
+
+pub fn cond_signal(c: u64) -> Result<u64, Error> {
+    call(Call::CondSignal, c, 0, 0, 0)
+}
+
+pub fn cond_broadcast(c: u64) -> Result<u64, Error> {
+    call(Call::CondBroadcast, c, 0, 0, 0)
+}

@@ -17,6 +17,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "ipc" => ipc_server(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         "state" => state_parent(),
         "state-child" => state_child(),
+        "mutex" => mutex_parent(),
+        "mutex-child" => mutex_child(),
         "ipc-client" => ipc_client(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         other => {
             println!("ktest: unknown case {other:?}");
@@ -381,6 +383,81 @@ fn state_child() -> i32 {
     sys::sleep_ns(300_000_000);
     let slept_ms = (sys::time_ns() - t0) / 1_000_000;
     while sys::ipc_send(parent, [u64::from(received), slept_ms, 0, 0], NO_CAP) != Ok(true) {
+        sys::yield_now();
+    }
+    0
+}
+
+/// A child blocked in a mutex wait, then in a condition wait, is exported and re-created
+/// each time; it still gets the mutex, is woken by the signal and re-takes the mutex.
+fn mutex_parent() -> i32 {
+    let (Ok(m), Ok(c), Ok(set)) = (
+        sys::mutex_create(),
+        sys::cond_create(),
+        sys::port_set_create(),
+    ) else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 1) else {
+        return 1;
+    };
+    if sys::mutex_lock(m).is_err() {
+        return 1;
+    }
+    let Ok(child) = sys::spawn_child("ktest", &["mutex-child"], &[m, c, port]) else {
+        return 1;
+    };
+    let mut thread = child.thread;
+    let mut bad = 0;
+    for (phase, expect_call) in [
+        ("mutex wait", Call::MutexLock),
+        ("condition wait", Call::CondRewait),
+    ] {
+        sys::sleep_ns(100_000_000); // let the child block
+        match reincarnate(child.space, thread) {
+            Ok((t, regs)) => {
+                let ok = regs.rax == expect_call as u64;
+                println!(
+                    "ktest: mutex: child stopped in {phase}: call {}, re-created {}",
+                    regs.rax,
+                    if ok { "ok" } else { "WRONG CALL" }
+                );
+                bad += u32::from(!ok);
+                thread = t;
+            }
+            Err(e) => {
+                println!("ktest: mutex: re-creating the child failed: {e:?}");
+                return 1;
+            }
+        }
+        if phase == "mutex wait" {
+            // The child gets the mutex, then waits on the condition, releasing it.
+            let _ = sys::mutex_unlock(m);
+        } else {
+            sys::sleep_ns(50_000_000); // the re-created thread re-waits on the condition
+            let locked = sys::mutex_lock(m);
+            let woken = sys::cond_signal(c);
+            let _ = sys::mutex_unlock(m);
+            println!("ktest: mutex: parent re-locked {locked:?}, signal woke {woken:?}");
+            bad += u32::from(locked.is_err() || woken != Ok(1));
+        }
+    }
+    let report = sys::ipc_wait(set);
+    let status = sys::wait(child.pid);
+    println!(
+        "ktest: mutex: child reported {:?}, exited {status:?}",
+        report.map(|r| r.words[0])
+    );
+    i32::from(bad != 0 || !matches!(report, Ok(r) if r.words[0] == 1) || status != Ok(0))
+}
+
+fn mutex_child() -> i32 {
+    let (m, c, parent) = (0, 1, 2);
+    let locked = sys::mutex_lock(m).is_ok(); // blocks: the parent holds it
+    let waited = sys::cond_wait(c, m).is_ok(); // releases it, blocks, re-takes it
+    let unlocked = sys::mutex_unlock(m).is_ok(); // we must hold it again now
+    let ok = locked && waited && unlocked;
+    while sys::ipc_send(parent, [u64::from(ok), 0, 0, 0], NO_CAP) != Ok(true) {
         sys::yield_now();
     }
     0
