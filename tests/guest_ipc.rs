@@ -43,3 +43,13 @@ fn threads_blocked_in_mutex_and_condition_waits_are_exported_and_recreated() {
         run.assert_console("ktest: mutex: child reported Ok(1), exited Ok(0)");
     }
 }
+
+#[test]
+fn a_user_level_pager_serves_its_childs_page_faults() {
+    for (who, run) in both("fluke.init=ktest,pager,32") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console(
+            "ktest: pager: 32 region faults served, 1 exception(s) fixed, child checked 32 pages, parent sees 0 mismatches, child exited Ok(0)",
+        );
+    }
+}

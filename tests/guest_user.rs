@@ -135,6 +135,7 @@ fn bench_writes_records_for_every_benchmark() {
         "ipc.send",
         "ipc.cap_transfer",
         "thread.state_roundtrip",
+        "keeper.fault",
         "host.getppid",
     ] {
         let r = records

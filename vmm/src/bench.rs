@@ -134,6 +134,13 @@ pub const BENCHMARKS: &[Benchmark] = &[
         sample: |s| s.guest.get("ipc.send").copied(),
     },
     Benchmark {
+        name: "keeper.fault",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,keeper,1000",
+        sample: |s| s.guest.get("keeper.fault").copied(),
+    },
+    Benchmark {
         name: "thread.state_roundtrip",
         model: Model::Microkernel,
         unit: "ns",
@@ -594,6 +601,7 @@ mod tests {
                 "platform.switch_floor",
                 "ipc.call_reply",
                 "ipc.send",
+                "keeper.fault",
                 "thread.state_roundtrip",
                 "ipc.cap_transfer"
             ]

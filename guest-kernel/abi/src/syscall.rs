@@ -86,6 +86,26 @@ pub enum Call {
     CondBroadcast = 31,
     /// `cond_rewait(cond, mutex)`: what `cond_wait` becomes after releasing the mutex.
     CondRewait = 32,
+    /// `thread_set_keeper(thread, port)`: the thread's exception keeper; `NO_CAP` clears it.
+    ThreadSetKeeper = 33,
+    /// `region_create(addr, size, keeper_port) -> name`: exports `[addr, addr + size)` of the
+    /// caller's memory; faults on its pages not yet present go to the keeper (or `NO_CAP`).
+    RegionCreate = 34,
+    /// `mapping_create(space, region, addr, writable) -> name`: makes the region appear at
+    /// `addr` in `space` (pages are shared with the region's owner, brought in on fault).
+    MappingCreate = 35,
+}
+
+/// Fault messages the kernel sends to keepers on a faulting thread's behalf. The thread
+/// waits for the reply and then re-executes the faulting instruction; while it waits its
+/// registers are exactly those of the fault, so it can be stopped, changed or destroyed.
+pub mod fault {
+    /// `w0` of a fault message: an exception (`w1` vector, `w2` error code, `w3` address
+    /// for a page fault, else RIP).
+    pub const EXCEPTION: u64 = 1;
+    /// `w0`: a page of a region is not present (`w1` offset in the region, `w2` error code,
+    /// `w3` faulting address in the faulting space).
+    pub const REGION: u64 = 2;
 }
 
 /// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
@@ -164,6 +184,9 @@ impl Call {
             30 => Call::CondSignal,
             31 => Call::CondBroadcast,
             32 => Call::CondRewait,
+            33 => Call::ThreadSetKeeper,
+            34 => Call::RegionCreate,
+            35 => Call::MappingCreate,
             _ => return None,
         })
     }
@@ -318,9 +341,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=32 {
+        for n in 0..=35 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(33), None);
+        assert_eq!(Call::from_u64(36), None);
     }
 }

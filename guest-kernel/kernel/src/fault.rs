@@ -6,6 +6,8 @@ use crate::arch::user::UserRegs;
 use crate::arch::{apic, percpu, platform};
 use crate::process;
 use crate::sched::{self, kernel};
+use crate::{ipc, memory};
+use fluke_abi::syscall::fault;
 use fluke_abi::syscall::layout::USER_END;
 
 fn regs() -> UserRegs {
@@ -20,6 +22,7 @@ pub fn user_event(vector: u8, error_code: u64) -> ! {
         14 => page_fault(error_code),
         0..=31 => {
             let r = regs();
+            to_keeper([fault::EXCEPTION, u64::from(vector), error_code, r.rip]);
             process::kill_current(
                 vector,
                 format_args!(
@@ -53,6 +56,18 @@ fn page_fault(error_code: u64) {
             return;
         }
     }
+    // A page of a mapped region: the owner's page, or a message to the region's keeper.
+    let pid = sched::current()
+        .and_then(|t| kernel().threads.get(t))
+        .map(|t| t.process);
+    if let Some(pid) = pid {
+        match memory::resolve_fault(pid, addr, error_code) {
+            memory::Resolution::Mapped => return,
+            memory::Resolution::Keeper(port, words) => ipc::send_fault(port, words),
+            memory::Resolution::NotMapped => {}
+        }
+    }
+    to_keeper([fault::EXCEPTION, VEC_PAGE_FAULT, error_code, addr]);
     let access = if error_code & 0x10 != 0 {
         "execute"
     } else if error_code & 2 != 0 {
@@ -78,6 +93,17 @@ fn page_fault(error_code: u64) {
     );
     // SAFETY: as above.
     unsafe { sched::schedule() }
+}
+
+/// Hands the fault to the current thread's exception keeper, if it has one (does not return
+/// then: the thread waits for the keeper's reply).
+fn to_keeper(words: [u64; 4]) {
+    let keeper = sched::current()
+        .and_then(|t| kernel().threads.get(t))
+        .and_then(|t| t.keeper);
+    if let Some(port) = keeper {
+        ipc::send_fault(port, words);
+    }
 }
 
 /// The kvm_pvm privilege-escalation tripwire (pvm.md §11 H1).

@@ -274,6 +274,23 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
         .get_mut(set)
         .and_then(|s| pop_live(&mut s.callers));
     if let Some(c) = caller {
+        if let Some((badge, words)) = kernel()
+            .threads
+            .get_mut(c)
+            .and_then(|t| t.pending_fault.take())
+        {
+            deliver_fault(me, badge, words);
+            if let Some(t) = kernel().threads.get_mut(me) {
+                t.reply_to = Some(c);
+            }
+            if let Some(t) = kernel().threads.get_mut(c) {
+                t.state = ThreadState::FaultWait(me);
+            }
+            if let Some(r) = replied_to {
+                sched::make_runnable(r);
+            }
+            return Ok(badge);
+        }
         let badge = match kernel().threads.get(c).map(|t| t.regs.rdi) {
             Some(port_name) => port_of(c, port_name).map(|(_, b)| b),
             None => Err(Error::PeerGone),
@@ -320,11 +337,15 @@ pub fn reply_wait(set_name: u64) -> Result<u64, Error> {
     let client = kernel().threads.get_mut(me).and_then(|t| t.reply_to.take());
     let mut replied = None;
     if let Some(c) = client {
-        let waiting = kernel()
-            .threads
-            .get(c)
-            .is_some_and(|t| t.state == ThreadState::WaitReply(me));
-        if waiting {
+        let state = kernel().threads.get(c).map(|t| t.state);
+        if state == Some(ThreadState::FaultWait(me)) {
+            // A faulting thread: the reply only lets it re-execute the faulting access.
+            if let Some(t) = kernel().threads.get_mut(c) {
+                t.state = ThreadState::Runnable;
+            }
+            replied = Some(c);
+        }
+        if state == Some(ThreadState::WaitReply(me)) {
             transfer(me, c, 0)?;
             if let Some(t) = kernel().threads.get_mut(c) {
                 t.state = ThreadState::Runnable;
@@ -351,11 +372,62 @@ pub fn forget_thread(tid: ThreadId) {
         }
     }
     if let Some(c) = k.threads.get_mut(tid).and_then(|t| t.reply_to.take()) {
-        if k.threads
-            .get(c)
-            .is_some_and(|t| t.state == ThreadState::WaitReply(tid))
-        {
-            fail_caller(c, Error::PeerGone);
+        match k.threads.get(c).map(|t| t.state) {
+            Some(ThreadState::WaitReply(s)) if s == tid => fail_caller(c, Error::PeerGone),
+            // Its keeper went away: it re-executes the access (and faults again).
+            Some(ThreadState::FaultWait(s)) if s == tid => sched::make_runnable(c),
+            _ => {}
+        }
+    }
+}
+
+/// Writes a kernel-made message (a fault) into a receiving thread's registers.
+fn deliver_fault(to: ThreadId, badge: u64, words: [u64; 4]) {
+    let blocked = kernel()
+        .threads
+        .get(to)
+        .is_some_and(|t| t.state != ThreadState::Runnable);
+    if let Some(dst) = regs_of(to) {
+        [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
+        dst.r9 = NO_CAP;
+        dst.rax = badge;
+        if blocked {
+            dst.rip += SYSCALL_INSN_LEN;
+            dst.rcx = dst.rip;
+        }
+    }
+}
+
+/// Sends a fault message to a keeper port on behalf of the faulting current thread, which
+/// waits for the keeper's reply with its registers as they were at the fault. Returns only
+/// if the port is gone (the caller then treats the fault as unhandled).
+pub fn send_fault(port: Id, words: [u64; 4]) {
+    let Ok(me) = current() else { return };
+    let Some((set, badge)) = kernel().ports.get(port).map(|p| (p.set, p.badge)) else {
+        return;
+    };
+    let Some(pset) = kernel().port_sets.get_mut(set) else {
+        return;
+    };
+    match pop_live(&mut pset.waiting) {
+        Some(w) => {
+            deliver_fault(w, badge, words);
+            if let Some(t) = kernel().threads.get_mut(w) {
+                t.reply_to = Some(me);
+            }
+            if let Some(t) = kernel().threads.get_mut(me) {
+                t.state = ThreadState::FaultWait(w);
+            }
+            switch_to_now(w)
+        }
+        None => {
+            pset.callers.push_back(me);
+            if let Some(t) = kernel().threads.get_mut(me) {
+                t.pending_fault = Some((badge, words));
+                t.state = ThreadState::IpcCallQueued(set);
+            }
+            // SAFETY: as in switch_to_now.
+            unsafe { sched::schedule() }
         }
     }
 }

@@ -12,6 +12,7 @@ mod fault;
 mod image;
 mod ipc;
 mod loader;
+mod memory;
 mod mm;
 mod mutex;
 mod object;

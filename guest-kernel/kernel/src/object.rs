@@ -14,6 +14,8 @@ pub enum ObjRef {
     Space(Id),
     Mutex(Id),
     Condition(Id),
+    Region(Id),
+    Mapping(Id),
 }
 
 pub type ObjCap = Cap<ObjRef>;

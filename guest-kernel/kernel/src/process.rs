@@ -142,7 +142,9 @@ pub fn exit(pid: Pid, status: i32) {
         kprintln!("fluke: init exited with status {status}");
         crate::arch::platform::exit(status as u8);
     }
-    // Free the address space now; the Exited record stays until the parent waits.
+    // Free the address space now; the Exited record stays until the parent waits. Other
+    // spaces' mappings of its regions go first, so no frame stays mapped once freed.
+    crate::memory::forget_space(pid);
     if let Some(p) = kernel().processes.get_mut(pid) {
         drop(p.space.take());
     }

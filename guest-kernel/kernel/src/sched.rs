@@ -31,6 +31,8 @@ pub struct Kernel {
     pub port_sets: Slab<crate::ipc::PortSet>,
     pub mutexes: Slab<crate::mutex::Mutex>,
     pub conditions: Slab<crate::mutex::Condition>,
+    pub regions: Slab<crate::memory::Region>,
+    pub mappings: Slab<crate::memory::Mapping>,
     pub runq: VecDeque<ThreadId>,
     pub current: Option<ThreadId>,
     /// Sleeping threads and their deadlines (ns since boot).
@@ -59,6 +61,8 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     port_sets: Slab::new(MAX_PORTS),
     mutexes: Slab::new(MAX_PORTS),
     conditions: Slab::new(MAX_PORTS),
+    regions: Slab::new(MAX_PORTS),
+    mappings: Slab::new(MAX_PORTS),
     runq: VecDeque::new(),
     current: None,
     sleepers: alloc::vec::Vec::new(),
@@ -151,6 +155,9 @@ fn earliest_sleeper() -> Option<u64> {
 /// Takes a thread out of every queue it may wait in (run queue, sleepers, IPC).
 pub fn unqueue(tid: ThreadId) {
     crate::ipc::forget_thread(tid);
+    if let Some(t) = kernel().threads.get_mut(tid) {
+        t.pending_fault = None;
+    }
     crate::mutex::forget_thread(tid);
     let k = kernel();
     k.runq.retain(|&q| q != tid);

@@ -108,6 +108,9 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::CondRewait => mutex::cond_rewait(a0, a1),
         Call::CondSignal => mutex::signal(a0),
         Call::CondBroadcast => mutex::broadcast(a0),
+        Call::ThreadSetKeeper => thread_calls::set_keeper(a0, a1),
+        Call::RegionCreate => crate::memory::region_create(a0, a1, a2),
+        Call::MappingCreate => crate::memory::mapping_create(a0, a1, a2, a3),
     }
 }
 

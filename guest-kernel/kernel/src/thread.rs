@@ -26,6 +26,8 @@ pub enum ThreadState {
     IpcCallQueued(Id),
     /// In `ipc_call`, delivered to this server thread, waiting for its reply.
     WaitReply(Id),
+    /// Faulted; the fault message was delivered to this keeper thread, waiting for its reply.
+    FaultWait(Id),
     /// In `mutex_lock`, waiting for the mutex.
     MutexWait(Id),
     /// In `cond_wait`, waiting for a signal.
@@ -67,4 +69,9 @@ pub struct Thread {
     pub process: Id,
     /// The client whose call this (server) thread received and has not answered yet.
     pub reply_to: Option<ThreadId>,
+    /// The exception keeper: a port that gets this thread's faults.
+    pub keeper: Option<Id>,
+    /// A fault message queued for a keeper that was not waiting: `(badge, words)`. Only a
+    /// cache: if the thread is stopped it is dropped and the re-executed access faults again.
+    pub pending_fault: Option<(u64, [u64; 4])>,
 }

@@ -57,6 +57,8 @@ pub fn new_thread(pid: Pid, regs: UserRegs, state: ThreadState) -> Result<Thread
             state,
             process: pid,
             reply_to: None,
+            keeper: None,
+            pending_fault: None,
         })
         .ok_or(Error::Exhausted)?;
     if let Some(p) = k.processes.get_mut(pid) {
@@ -184,4 +186,17 @@ fn as_bytes_mut(r: &mut UserRegs) -> &mut [u8] {
 #[allow(dead_code)]
 pub fn in_restart_form(r: &UserRegs) -> bool {
     r.rcx == r.rip && r.rip >= SYSCALL_INSN_LEN
+}
+
+pub fn set_keeper(thread_name: u64, port_name: u64) -> Result<u64, Error> {
+    let tid = thread_cap(thread_name, Rights::WRITE)?;
+    let keeper = match port_name {
+        fluke_abi::syscall::ipc::NO_CAP => None,
+        name => match my_space()?.caps.check(name, Rights::USE)?.object {
+            ObjRef::Port(p) => Some(p),
+            _ => return Err(Error::WrongType),
+        },
+    };
+    kernel().threads.get_mut(tid).ok_or(Error::BadCap)?.keeper = keeper;
+    Ok(0)
 }

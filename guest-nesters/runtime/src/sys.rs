@@ -351,3 +351,27 @@ pub fn cond_signal(c: u64) -> Result<u64, Error> {
 pub fn cond_broadcast(c: u64) -> Result<u64, Error> {
     call(Call::CondBroadcast, c, 0, 0, 0)
 }
+
+/// Makes `port` the thread's exception keeper (`NO_CAP` clears it).
+pub fn thread_set_keeper(thread: u64, port: u64) -> Result<u64, Error> {
+    call(Call::ThreadSetKeeper, thread, port, 0, 0)
+}
+
+/// Exports `[addr, addr + size)` of this program's memory; faults on pages not present go
+/// to `keeper` (a port, or `NO_CAP`).
+pub fn region_create(addr: u64, size: u64, keeper: u64) -> Result<u64, Error> {
+    call(Call::RegionCreate, addr, size, keeper, 0)
+}
+
+/// Makes `region` appear at `addr` in `space`.
+pub fn mapping_create(space: u64, region: u64, addr: u64, writable: bool) -> Result<u64, Error> {
+    call(
+        Call::MappingCreate,
+        space,
+        region,
+        addr,
+        u64::from(writable),
+    )
+}
+
+pub use fluke_abi::syscall::fault;

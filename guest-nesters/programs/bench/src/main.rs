@@ -111,6 +111,53 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             }
             report("thread.state_roundtrip", t, n);
         }
+        "keeper" => {
+            // A child touches n pages of a region whose keeper (this program) provides
+            // each page on the fault message and replies.
+            const REGION: u64 = 0x3000_0000;
+            const CHILD: u64 = 0x5000_0000;
+            let (Ok(set), size) = (sys::port_set_create(), n * 4096) else {
+                return 1;
+            };
+            let Ok(port) = sys::port_create(set, 1) else {
+                return 1;
+            };
+            let mut num = fluke_rt::NumBuf::new();
+            let setup =
+                sys::map_anon(REGION, size).and_then(|_| sys::region_create(REGION, size, port));
+            let Ok(region) = setup else { return 1 };
+            let Ok(child) = sys::spawn_child("bench", &["keeper-child", num.format(n)], &[port])
+            else {
+                return 1;
+            };
+            if sys::mapping_create(child.space, region, CHILD, true).is_err() {
+                return 1;
+            }
+            let mut msg = sys::ipc_wait(set);
+            while let Ok(m) = msg {
+                if m.words[0] != sys::fault::REGION {
+                    break;
+                }
+                // SAFETY: inside this program's demand-zero backing of the region.
+                unsafe { core::ptr::write_volatile((REGION + m.words[1]) as *mut u8, 1) };
+                msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
+            }
+            return i32::from(sys::wait(child.pid) != Ok(0));
+        }
+        "keeper-child" => {
+            const CHILD: u64 = 0x5000_0000;
+            let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(1);
+            let t = timed(|| {
+                for i in 0..n {
+                    // SAFETY: the parent's region is mapped here; each touch faults to it.
+                    unsafe { core::ptr::read_volatile((CHILD + i * 4096) as *const u8) };
+                }
+            });
+            report("keeper.fault", t, n);
+            while sys::ipc_send(0, [0; 4], NO_CAP) != Ok(true) {
+                sys::yield_now();
+            }
+        }
         "blocked" => {
             let Ok(set) = sys::port_set_create() else {
                 return 1;

@@ -18,6 +18,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "state" => state_parent(),
         "state-child" => state_child(),
         "mutex" => mutex_parent(),
+        "pager" => pager_parent(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
+        "pager-child" => pager_child(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "mutex-child" => mutex_child(),
         "ipc-client" => ipc_client(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
         other => {
@@ -458,6 +460,114 @@ fn mutex_child() -> i32 {
     let unlocked = sys::mutex_unlock(m).is_ok(); // we must hold it again now
     let ok = locked && waited && unlocked;
     while sys::ipc_send(parent, [u64::from(ok), 0, 0, 0], NO_CAP) != Ok(true) {
+        sys::yield_now();
+    }
+    0
+}
+
+const REGION_BASE: u64 = 0x3000_0000;
+const CHILD_BASE: u64 = 0x5000_0000;
+const DONE: u64 = 0xd0e;
+
+fn marker(offset: u64) -> u64 {
+    0xa5a5_0000_0000_0000 | offset
+}
+
+/// A user-level pager: the parent exports an empty region and maps it into its child; each
+/// page the child touches arrives here as a fault message, the parent provides the page
+/// (writing a marker into it) and replies, and the child continues. The parent is also
+/// the child's exception keeper: it skips the child's `ud2` by setting its RIP.
+fn pager_parent(pages: u64) -> i32 {
+    let Ok(set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 5) else {
+        return 1;
+    };
+    let size = pages * 4096;
+    let backing = sys::map_anon(REGION_BASE, size);
+    let Ok(region) = sys::region_create(REGION_BASE, size, port) else {
+        return 1;
+    };
+    let mut num = fluke_rt::NumBuf::new();
+    let Ok(child) = sys::spawn_child("ktest", &["pager-child", num.format(pages)], &[port]) else {
+        return 1;
+    };
+    let mapping = sys::mapping_create(child.space, region, CHILD_BASE, true);
+    let keeper = sys::thread_set_keeper(child.thread, port);
+    if backing.is_err() || mapping.is_err() || keeper.is_err() {
+        println!("ktest: pager: set-up failed: {backing:?} {mapping:?} {keeper:?}");
+        return 1;
+    }
+    let (mut faults, mut exceptions) = (0u64, 0u64);
+    let mut msg = sys::ipc_wait(set);
+    let done = loop {
+        let Ok(m) = msg else {
+            println!("ktest: pager: receive failed: {msg:?}");
+            return 1;
+        };
+        match m.words[0] {
+            sys::fault::REGION => {
+                faults += 1;
+                let offset = m.words[1];
+                // SAFETY: inside our own demand-zero backing of the region.
+                unsafe {
+                    core::ptr::write_volatile((REGION_BASE + offset) as *mut u64, marker(offset))
+                };
+            }
+            sys::fault::EXCEPTION => {
+                exceptions += 1;
+                // Fix the cause: step over the faulting 2-byte instruction (ud2).
+                let fixed = sys::thread_stop(child.thread)
+                    .and_then(|_| sys::thread_get_state(child.thread))
+                    .and_then(|mut r| {
+                        r.rip += 2;
+                        sys::thread_set_state(child.thread, &r)
+                    })
+                    .and_then(|_| sys::thread_resume(child.thread));
+                if fixed.is_err() {
+                    println!("ktest: pager: could not fix the exception: {fixed:?}");
+                }
+            }
+            DONE => break m.words[1],
+            other => println!("ktest: pager: unexpected message {other:#x}"),
+        }
+        msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
+    };
+    // The pages are shared: what the child wrote is in our memory.
+    let mut mismatches = 0;
+    for i in 0..pages {
+        // SAFETY: inside our own backing of the region, every page of which is present now.
+        let v = unsafe { core::ptr::read_volatile((REGION_BASE + i * 4096 + 8) as *const u64) };
+        mismatches += u64::from(v != i * 7);
+    }
+    let status = sys::wait(child.pid);
+    println!(
+        "ktest: pager: {faults} region faults served, {exceptions} exception(s) fixed, child checked {done} pages, parent sees {mismatches} mismatches, child exited {status:?}"
+    );
+    i32::from(
+        faults != pages || exceptions != 1 || done != pages || mismatches != 0 || status != Ok(0),
+    )
+}
+
+fn pager_child(pages: u64) -> i32 {
+    let parent = 0;
+    let mut good = 0;
+    for i in 0..pages {
+        let page = CHILD_BASE + i * 4096;
+        // SAFETY: the parent mapped its region here; each first touch is served by it.
+        unsafe {
+            let first = core::ptr::read_volatile(page as *const u64);
+            core::ptr::write_volatile((page + 8) as *mut u64, i * 7);
+            good += u64::from(
+                first == marker(i * 4096)
+                    && core::ptr::read_volatile((page + 8) as *const u64) == i * 7,
+            );
+        }
+    }
+    // SAFETY: deliberately invalid; our keeper (the parent) steps over it.
+    unsafe { core::arch::asm!("ud2") };
+    while sys::ipc_send(parent, [DONE, good, 0, 0], NO_CAP) != Ok(true) {
         sys::yield_now();
     }
     0

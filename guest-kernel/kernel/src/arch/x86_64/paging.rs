@@ -351,9 +351,7 @@ pub fn build_entry_tree(pages: &[(u64, usize)]) -> Result<(usize, u64), MapError
 }
 
 /// Removes a user mapping and flushes it from the TLB before the frame can be reused
-/// (pvm.md §11 H5). Returns the frame and whether it was owned. (Unused until mappings can
-/// be removed: the object-model issue.)
-#[allow(dead_code)]
+/// (pvm.md §11 H5). Returns the frame and whether it was owned.
 pub fn unmap_user(root: u64, virt: u64) -> Option<(u64, bool)> {
     let mut t = root;
     for shift in [39u32, 30, 21] {
