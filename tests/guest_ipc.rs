@@ -53,3 +53,14 @@ fn a_user_level_pager_serves_its_childs_page_faults() {
         );
     }
 }
+
+#[test]
+fn a_child_cannot_exhaust_its_parent_or_siblings() {
+    for (who, run) in both("fluke.init=ktest,budget") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("memory budget exhausted)");
+        run.assert_console(
+            "ktest: budget: hog exited Ok(142), sibling Ok(0), parent allocation Ok(())",
+        );
+    }
+}

@@ -80,8 +80,15 @@ fn page_fault(error_code: u64) {
     } else {
         "not mapped"
     };
+    let exhausted = sched::current()
+        .and_then(|t| kernel().threads.get(t))
+        .and_then(|t| kernel().processes.get(t.process))
+        .and_then(|p| p.space.as_ref())
+        .is_some_and(|s| s.budget_exhausted());
     let region = if addr >= USER_END {
         ", kernel address"
+    } else if exhausted {
+        ", memory budget exhausted"
     } else {
         ""
     };

@@ -64,11 +64,58 @@ pub fn spawn(
 ) -> Result<Pid, Error> {
     let bundle = image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
     let program = bundle.program(name).ok_or(Error::NoSuchProgram)?;
-    let mut space = Space::new()?;
+    // The child's budget is lent out of the parent's (init gets what the kernel has).
+    let quota = match parent {
+        Some(pp) => {
+            let budget = kernel()
+                .processes
+                .get_mut(pp)
+                .and_then(|p| p.space.as_mut())
+                .map(|s| &mut s.budget);
+            let budget = budget.ok_or(Error::InvalidArgument)?;
+            let quota = budget.available().min(CHILD_QUOTA);
+            if quota < MIN_QUOTA {
+                return Err(Error::NoMemory);
+            }
+            budget.lend(quota).map_err(|_| Error::NoMemory)?;
+            quota
+        }
+        None => crate::mm::free_frames() * 9 / 10,
+    };
+    let result = build_child(name, program.data, args, parent, caps, quota);
+    if result.is_err() {
+        repay_parent(parent, quota);
+    }
+    result
+}
+
+/// A child's budget: at most this many frames (32 MiB), fewer if the parent has less.
+pub const CHILD_QUOTA: u64 = 8192;
+/// No child is started with less than this (its program, stack and page tables).
+pub const MIN_QUOTA: u64 = 64;
+
+fn repay_parent(parent: Option<Pid>, quota: u64) {
+    if let Some(b) = parent
+        .and_then(|pp| kernel().processes.get_mut(pp))
+        .and_then(|p| p.space.as_mut())
+    {
+        b.budget.repay(quota);
+    }
+}
+
+fn build_child(
+    name: &str,
+    elf: &[u8],
+    args: &[u8],
+    parent: Option<Pid>,
+    caps: &[crate::object::ObjCap],
+    quota: u64,
+) -> Result<Pid, Error> {
+    let mut space = Space::new(quota)?;
     for (i, c) in caps.iter().enumerate() {
         space.caps.insert_at(i as u32, *c)?;
     }
-    let entry = loader::load_elf(&mut space, program.data)?;
+    let entry = loader::load_elf(&mut space, elf)?;
     // Stack: the top pages eagerly (the arguments go there), the rest demand-zero.
     const EAGER: u64 = 2 * 4096;
     space.map_anon(STACK_TOP - STACK_SIZE, STACK_SIZE - EAGER)?;
@@ -146,7 +193,9 @@ pub fn exit(pid: Pid, status: i32) {
     // spaces' mappings of its regions go first, so no frame stays mapped once freed.
     crate::memory::forget_space(pid);
     if let Some(p) = kernel().processes.get_mut(pid) {
+        let quota = p.space.as_ref().map(|s| s.budget.quota()).unwrap_or(0);
         drop(p.space.take());
+        repay_parent(parent, quota);
     }
     match parent {
         Some(pp) => wake_waiters(pp),

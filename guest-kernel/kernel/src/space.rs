@@ -56,8 +56,9 @@ pub struct Space {
     return_page: u64,
     /// Demand-zero ranges `[start, end)`: a fault inside gets a fresh zeroed page.
     anon: Vec<(u64, u64)>,
-    /// Frames this space holds (page tables excluded).
-    pub frames: u64,
+    /// The frames this space may hold, holds (page tables excluded) and has lent to its
+    /// children's spaces.
+    pub budget: fluke_kcore::budget::Budget,
     /// The capabilities this space holds: the only objects its threads can name.
     pub caps: fluke_kcore::cap::CapTable<crate::object::ObjRef>,
 }
@@ -72,7 +73,8 @@ pub fn check_user_range(addr: u64, len: u64) -> Result<u64, Error> {
 }
 
 impl Space {
-    pub fn new() -> Result<Space, Error> {
+    /// A space that may hold `quota` frames.
+    pub fn new(quota: u64) -> Result<Space, Error> {
         // SAFETY: written once at boot.
         let t = unsafe { TEMPLATE.get() };
         let root = paging::new_root_pair()?;
@@ -81,7 +83,7 @@ impl Space {
             root,
             return_page: 0,
             anon: Vec::new(),
-            frames: 0,
+            budget: fluke_kcore::budget::Budget::new(quota),
             caps: fluke_kcore::cap::CapTable::new(crate::object::CAPS_PER_SPACE),
         };
         let page = space.alloc_zeroed()?;
@@ -108,11 +110,19 @@ impl Space {
     }
 
     fn alloc_zeroed(&mut self) -> Result<u64, Error> {
-        let frame = mm::alloc_frame().ok_or(Error::NoMemory)?;
+        self.budget.charge(1).map_err(|_| Error::NoMemory)?;
+        let Some(frame) = mm::alloc_frame() else {
+            self.budget.release(1);
+            return Err(Error::NoMemory);
+        };
         // SAFETY: a fresh frame, reached through the direct map.
         unsafe { core::ptr::write_bytes(mm::phys_to_virt(frame) as *mut u8, 0, PAGE as usize) };
-        self.frames += 1;
         Ok(frame)
+    }
+
+    /// Whether the budget is spent (for fault reports).
+    pub fn budget_exhausted(&self) -> bool {
+        self.budget.available() == 0
     }
 
     /// The kernel address of the return slot (user::return_to_user).
@@ -128,7 +138,7 @@ impl Space {
             let frame = self.alloc_zeroed()?;
             if let Err(e) = paging::map_user(self.root, va, frame, perm, true) {
                 mm::free_frame(frame);
-                self.frames -= 1;
+                self.budget.release(1);
                 return Err(e.into());
             }
             va += PAGE;
@@ -175,7 +185,7 @@ impl Space {
         .is_err()
         {
             mm::free_frame(frame);
-            self.frames -= 1;
+            self.budget.release(1);
             return false;
         }
         true

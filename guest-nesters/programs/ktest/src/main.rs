@@ -18,6 +18,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "state" => state_parent(),
         "state-child" => state_child(),
         "mutex" => mutex_parent(),
+        "budget" => budget(),
         "pager" => pager_parent(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "pager-child" => pager_child(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "mutex-child" => mutex_child(),
@@ -571,4 +572,22 @@ fn pager_child(pages: u64) -> i32 {
         sys::yield_now();
     }
     0
+}
+
+/// A child that allocates without end is stopped by its own budget; its sibling and its
+/// parent keep theirs.
+fn budget() -> i32 {
+    let hog = sys::spawn("victim", &["hog"]);
+    let sibling = sys::spawn("victim", &["ok"]);
+    let (hog, sibling) = (hog.and_then(sys::wait), sibling.and_then(sys::wait));
+    // The parent can still use memory of its own.
+    const MINE: u64 = 0x4000_0000;
+    let mine = sys::map_anon(MINE, 256 * 4096).map(|_| {
+        for i in 0..256 {
+            // SAFETY: inside the range just reserved.
+            unsafe { core::ptr::write_volatile((MINE + i * 4096) as *mut u64, i) };
+        }
+    });
+    println!("ktest: budget: hog exited {hog:?}, sibling {sibling:?}, parent allocation {mine:?}");
+    i32::from(hog != Ok(PF) || sibling != Ok(0) || mine.is_err())
 }

@@ -77,6 +77,20 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 println!("victim: fs base {fs:#x}");
                 return if fs == 0 { 0 } else { 4 };
             }
+            "hog" => {
+                // Touches memory until the kernel refuses: its budget, not the machine's.
+                const BASE: u64 = 0x1_0000_0000;
+                const SIZE: u64 = 1 << 30;
+                if sys::map_anon(BASE, SIZE).is_err() {
+                    return 2;
+                }
+                let mut page = BASE;
+                while page < BASE + SIZE {
+                    core::ptr::write_volatile(page as *mut u8, 1);
+                    page += 4096;
+                }
+                return 3;
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
