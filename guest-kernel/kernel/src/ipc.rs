@@ -202,6 +202,16 @@ fn switch_to_now(next: ThreadId) -> ! {
     unsafe { sched::schedule() }
 }
 
+/// Records that `server` now owes `client` a reply, and what the client waits in.
+fn pair(server: ThreadId, client: ThreadId, client_state: ThreadState) {
+    if let Some(t) = kernel().threads.get_mut(server) {
+        t.reply_to = Some(client);
+    }
+    if let Some(t) = kernel().threads.get_mut(client) {
+        t.state = client_state;
+    }
+}
+
 /// Pops the first live thread of a queue.
 fn pop_live(q: &mut VecDeque<ThreadId>) -> Option<ThreadId> {
     while let Some(t) = q.pop_front() {
@@ -280,12 +290,7 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
             .and_then(|t| t.pending_fault.take())
         {
             deliver_fault(me, badge, words);
-            if let Some(t) = kernel().threads.get_mut(me) {
-                t.reply_to = Some(c);
-            }
-            if let Some(t) = kernel().threads.get_mut(c) {
-                t.state = ThreadState::FaultWait(me);
-            }
+            pair(me, c, ThreadState::FaultWait(me));
             if let Some(r) = replied_to {
                 sched::make_runnable(r);
             }
@@ -297,12 +302,7 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
         };
         match badge.and_then(|b| transfer(c, me, b).map(|_| b)) {
             Ok(b) => {
-                if let Some(t) = kernel().threads.get_mut(me) {
-                    t.reply_to = Some(c);
-                }
-                if let Some(t) = kernel().threads.get_mut(c) {
-                    t.state = ThreadState::WaitReply(me);
-                }
+                pair(me, c, ThreadState::WaitReply(me));
                 if let Some(r) = replied_to {
                     sched::make_runnable(r);
                 }
@@ -412,12 +412,7 @@ pub fn send_fault(port: Id, words: [u64; 4]) {
     match pop_live(&mut pset.waiting) {
         Some(w) => {
             deliver_fault(w, badge, words);
-            if let Some(t) = kernel().threads.get_mut(w) {
-                t.reply_to = Some(me);
-            }
-            if let Some(t) = kernel().threads.get_mut(me) {
-                t.state = ThreadState::FaultWait(w);
-            }
+            pair(w, me, ThreadState::FaultWait(w));
             switch_to_now(w)
         }
         None => {

@@ -62,23 +62,7 @@ pub fn time_ns() -> u64 {
 
 /// Starts program `name` of the image with `args`; returns the child's id.
 pub fn spawn(name: &str, args: &[&str]) -> Result<u64, Error> {
-    let mut buf = [0u8; 1024];
-    let mut len = 0;
-    for a in args {
-        let b = a.as_bytes();
-        if len + b.len() + 1 > buf.len() {
-            return Err(Error::InvalidArgument);
-        }
-        buf[len..len + b.len()].copy_from_slice(b);
-        len += b.len() + 1;
-    }
-    call(
-        Call::Spawn,
-        name.as_ptr() as u64,
-        name.len() as u64,
-        buf.as_ptr() as u64,
-        len as u64,
-    )
+    spawn_with_caps(name, args, &[])
 }
 
 /// Waits for a child to exit and returns its status.
@@ -208,8 +192,8 @@ pub fn cap_copy(name: u64, rights: u64) -> Result<u64, Error> {
     call(Call::CapCopy, name, rights, 0, 0)
 }
 
-/// Like [`spawn`], handing the child copies of `caps` as its names 0, 1, ...
-pub fn spawn_with_caps(name: &str, args: &[&str], caps: &[u64]) -> Result<u64, Error> {
+/// The arguments as the kernel takes them: NUL-separated in one buffer.
+fn pack_args(args: &[&str]) -> Result<([u8; 1024], usize), Error> {
     let mut buf = [0u8; 1024];
     let mut len = 0;
     for a in args {
@@ -220,6 +204,12 @@ pub fn spawn_with_caps(name: &str, args: &[&str], caps: &[u64]) -> Result<u64, E
         buf[len..len + b.len()].copy_from_slice(b);
         len += b.len() + 1;
     }
+    Ok((buf, len))
+}
+
+/// Like [`spawn`], handing the child copies of `caps` as its names 0, 1, ...
+pub fn spawn_with_caps(name: &str, args: &[&str], caps: &[u64]) -> Result<u64, Error> {
+    let (buf, len) = pack_args(args)?;
     let ret: u64;
     // SAFETY: the kernel reads name, args and caps from this program's memory.
     unsafe {
@@ -254,16 +244,7 @@ pub struct Child {
 /// Starts a program like [`spawn_with_caps`] and also returns capabilities to the child's
 /// main thread and space.
 pub fn spawn_child(name: &str, args: &[&str], caps: &[u64]) -> Result<Child, Error> {
-    let mut buf = [0u8; 1024];
-    let mut len = 0;
-    for a in args {
-        let b = a.as_bytes();
-        if len + b.len() + 1 > buf.len() {
-            return Err(Error::InvalidArgument);
-        }
-        buf[len..len + b.len()].copy_from_slice(b);
-        len += b.len() + 1;
-    }
+    let (buf, len) = pack_args(args)?;
     let (ret, thread, space): (u64, u64, u64);
     // SAFETY: the kernel reads name, args and caps from this program's memory.
     unsafe {
