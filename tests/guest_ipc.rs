@@ -64,3 +64,15 @@ fn a_child_cannot_exhaust_its_parent_or_siblings() {
         );
     }
 }
+
+/// The whole child, not just a thread: stopped mid-computation, its registers and
+/// capability table read, its space destroyed and rebuilt, and it finishes with the right
+/// result (its memory lives in regions of the parent, Fluke style).
+#[test]
+fn a_whole_child_is_checkpointed_destroyed_and_restored() {
+    for (who, run) in both("fluke.init=ktest,checkpoint") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: checkpoint: child stopped at rip");
+        run.assert_console("1 capability, re-created; result matches (40)");
+    }
+}

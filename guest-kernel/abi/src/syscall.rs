@@ -94,6 +94,17 @@ pub enum Call {
     /// `mapping_create(space, region, addr, writable) -> name`: makes the region appear at
     /// `addr` in `space` (pages are shared with the region's owner, brought in on fault).
     MappingCreate = 35,
+    /// `space_create() -> name`: an empty child space (its budget lent from the caller's).
+    SpaceCreate = 36,
+    /// `cap_give(space, name_there, my_cap, rights)`: puts a copy of one of the caller's
+    /// capabilities into a space's table under a chosen name.
+    CapGive = 37,
+    /// `cap_take(space, name_there) -> my name`: a copy of a capability in a space's table
+    /// (how a parent reads a child's whole table, name by name).
+    CapTake = 38,
+    /// `program_read(name_ptr, name_len, offset, buf, len) -> bytes`: reads a program of the
+    /// image (for user-level loaders).
+    ProgramRead = 39,
 }
 
 /// Fault messages the kernel sends to keepers on a faulting thread's behalf. The thread
@@ -187,6 +198,10 @@ impl Call {
             33 => Call::ThreadSetKeeper,
             34 => Call::RegionCreate,
             35 => Call::MappingCreate,
+            36 => Call::SpaceCreate,
+            37 => Call::CapGive,
+            38 => Call::CapTake,
+            39 => Call::ProgramRead,
             _ => return None,
         })
     }
@@ -341,9 +356,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=35 {
+        for n in 0..=39 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(36), None);
+        assert_eq!(Call::from_u64(40), None);
     }
 }

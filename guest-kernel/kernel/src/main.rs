@@ -21,6 +21,7 @@ mod process;
 mod sched;
 mod selftest;
 mod space;
+mod space_calls;
 mod sync;
 mod syscall;
 mod thread;

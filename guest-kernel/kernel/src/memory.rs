@@ -28,7 +28,12 @@ pub struct Mapping {
     base: u64,
     region: Id,
     writable: bool,
+    executable: bool,
 }
+
+/// `mapping_create` flags.
+pub const MAP_WRITE: u64 = 1;
+pub const MAP_EXEC: u64 = 2;
 
 fn caller_caps() -> Result<&'static mut fluke_kcore::cap::CapTable<ObjRef>, Error> {
     let k = kernel();
@@ -75,8 +80,11 @@ pub fn mapping_create(
     space_name: u64,
     region_name: u64,
     addr: u64,
-    writable: u64,
+    flags: u64,
 ) -> Result<u64, Error> {
+    if flags & !(MAP_WRITE | MAP_EXEC) != 0 {
+        return Err(Error::InvalidArgument);
+    }
     let caps = caller_caps()?;
     let ObjRef::Space(target) = caps.check(space_name, Rights::WRITE)?.object else {
         return Err(Error::WrongType);
@@ -109,7 +117,8 @@ pub fn mapping_create(
             target,
             base: addr,
             region,
-            writable: writable != 0,
+            writable: flags & MAP_WRITE != 0,
+            executable: flags & MAP_EXEC != 0,
         })
         .ok_or(Error::Exhausted)?;
     crate::thread_calls::grant_to_caller(ObjRef::Mapping(id)).inspect_err(|_| {
@@ -132,10 +141,14 @@ pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
     let page = addr & !(PAGE - 1);
     let hit = k.mappings.iter().find_map(|(_, m)| {
         let r = k.regions.get(m.region)?;
-        (m.target == pid && (m.base..m.base + r.size).contains(&page))
-            .then_some((m.base, m.writable, m.region))
+        (m.target == pid && (m.base..m.base + r.size).contains(&page)).then_some((
+            m.base,
+            m.writable,
+            m.executable,
+            m.region,
+        ))
     });
-    let Some((base, writable, region_id)) = hit else {
+    let Some((base, writable, executable, region_id)) = hit else {
         return Resolution::NotMapped;
     };
     let Some(region) = k.regions.get(region_id) else {
@@ -163,7 +176,7 @@ pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
         Some((frame, bits)) => {
             let perm = UserPerm {
                 write: writable && paging::pte_writable(bits),
-                exec: false,
+                exec: executable,
             };
             // The frame stays the owner's (not OWNED here): the owner's teardown unmaps it
             // from every target first (forget_space).

@@ -64,29 +64,71 @@ pub fn spawn(
 ) -> Result<Pid, Error> {
     let bundle = image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
     let program = bundle.program(name).ok_or(Error::NoSuchProgram)?;
-    // The child's budget is lent out of the parent's (init gets what the kernel has).
-    let quota = match parent {
-        Some(pp) => {
-            let budget = kernel()
-                .processes
-                .get_mut(pp)
-                .and_then(|p| p.space.as_mut())
-                .map(|s| &mut s.budget);
-            let budget = budget.ok_or(Error::InvalidArgument)?;
-            let quota = budget.available().min(CHILD_QUOTA);
-            if quota < MIN_QUOTA {
-                return Err(Error::NoMemory);
-            }
-            budget.lend(quota).map_err(|_| Error::NoMemory)?;
-            quota
-        }
-        None => crate::mm::free_frames() * 9 / 10,
-    };
+    let quota = lend_quota(parent)?;
     let result = build_child(name, program.data, args, parent, caps, quota);
     if result.is_err() {
         repay_parent(parent, quota);
     }
     result
+}
+
+/// A new child's budget, lent out of the parent's (init gets what the kernel has).
+fn lend_quota(parent: Option<Pid>) -> Result<u64, Error> {
+    let Some(pp) = parent else {
+        return Ok(crate::mm::free_frames() * 9 / 10);
+    };
+    let budget = kernel()
+        .processes
+        .get_mut(pp)
+        .and_then(|p| p.space.as_mut())
+        .map(|s| &mut s.budget)
+        .ok_or(Error::InvalidArgument)?;
+    let quota = budget.available().min(CHILD_QUOTA);
+    if quota < MIN_QUOTA {
+        return Err(Error::NoMemory);
+    }
+    budget.lend(quota).map_err(|_| Error::NoMemory)?;
+    Ok(quota)
+}
+
+/// An empty space (no program, no thread) as a child of `parent`: a user-level parent
+/// fills it with mappings, capabilities and threads itself.
+pub fn create_space(parent: Pid) -> Result<Pid, Error> {
+    let quota = lend_quota(Some(parent))?;
+    let result = Space::new(quota).and_then(|space| insert_process("space", Some(parent), space));
+    if result.is_err() {
+        repay_parent(Some(parent), quota);
+    }
+    result
+}
+
+/// Ends a child space and forgets it (no exit status is kept).
+pub fn destroy_space(pid: Pid) {
+    let parent = kernel().processes.get(pid).and_then(|p| p.parent);
+    exit(pid, fluke_abi::syscall::KILLED_WITH_PARENT);
+    kernel().processes.remove(pid);
+    if let Some(p) = parent.and_then(|pp| kernel().processes.get_mut(pp)) {
+        p.children.retain(|&c| c != pid);
+    }
+}
+
+fn insert_process(name: &str, parent: Option<Pid>, space: Space) -> Result<Pid, Error> {
+    let k = kernel();
+    let pid = k
+        .processes
+        .insert(Process {
+            name: heapless_name::Name::new(name),
+            parent,
+            space: Some(space),
+            threads: Vec::new(),
+            children: Vec::new(),
+            state: ProcessState::Alive,
+        })
+        .ok_or(Error::Exhausted)?;
+    if let Some(p) = parent.and_then(|pp| k.processes.get_mut(pp)) {
+        p.children.push(pid);
+    }
+    Ok(pid)
 }
 
 /// A child's budget: at most this many frames (32 MiB), fewer if the parent has less.
@@ -140,24 +182,13 @@ fn build_child(
         r11: 0x202,
         ..UserRegs::default()
     };
-    let k = kernel();
-    let pid = k
-        .processes
-        .insert(Process {
-            name: heapless_name::Name::new(name),
-            parent,
-            space: Some(space),
-            threads: Vec::new(),
-            children: Vec::new(),
-            state: ProcessState::Alive,
-        })
-        .ok_or(Error::Exhausted)?;
+    let pid = insert_process(name, parent, space)?;
     if let Err(e) = crate::thread_calls::new_thread(pid, regs, ThreadState::Runnable) {
-        k.processes.remove(pid);
+        kernel().processes.remove(pid);
+        if let Some(p) = parent.and_then(|pp| kernel().processes.get_mut(pp)) {
+            p.children.retain(|&c| c != pid);
+        }
         return Err(e);
-    }
-    if let Some(parent) = parent.and_then(|pp| k.processes.get_mut(pp)) {
-        parent.children.push(pid);
     }
     Ok(pid)
 }

@@ -335,9 +335,11 @@ pub fn resume_current() -> ! {
     let Some(cur) = current() else {
         unsafe { schedule() }
     };
+    // A call may have ended the caller (destroying an ancestor space, say): then schedule.
     let slot = k
         .threads
         .get(cur)
+        .filter(|t| t.state == ThreadState::Runnable)
         .and_then(|t| k.processes.get(t.process))
         .and_then(|p| p.space.as_ref())
         .map(|s| s.return_slot());

@@ -158,6 +158,11 @@ pub fn destroy(name: u64) -> Result<u64, Error> {
             my_space()?.caps.remove(name)?;
             Ok(0)
         }
+        ObjRef::Space(pid) => {
+            crate::space_calls::destroy(pid)?;
+            my_space()?.caps.remove(name)?;
+            Ok(0)
+        }
         _ => Err(Error::WrongType),
     }
 }

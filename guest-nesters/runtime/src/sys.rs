@@ -356,3 +356,49 @@ pub fn mapping_create(space: u64, region: u64, addr: u64, writable: bool) -> Res
 }
 
 pub use fluke_abi::syscall::fault;
+
+/// `mapping_create` flags.
+pub const MAP_WRITE: u64 = 1;
+pub const MAP_EXEC: u64 = 2;
+
+/// Makes `region` appear at `addr` in `space` with `MAP_*` flags.
+pub fn mapping_create_flags(space: u64, region: u64, addr: u64, flags: u64) -> Result<u64, Error> {
+    call(Call::MappingCreate, space, region, addr, flags)
+}
+
+/// An empty child space (no memory, no threads, no capabilities).
+pub fn space_create() -> Result<u64, Error> {
+    call(Call::SpaceCreate, 0, 0, 0, 0)
+}
+
+/// Puts a copy of `my_cap` (with at most `rights`) into `space`'s table as `name_there`.
+pub fn cap_give(space: u64, name_there: u64, my_cap: u64, rights: u64) -> Result<u64, Error> {
+    call(Call::CapGive, space, name_there, my_cap, rights)
+}
+
+/// A copy of the capability `space` holds as `name_there`, in this program's table.
+pub fn cap_take(space: u64, name_there: u64) -> Result<u64, Error> {
+    call(Call::CapTake, space, name_there, 0, 0)
+}
+
+/// Reads part of program `name` of the image into `buf`; returns the bytes read.
+pub fn program_read(name: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Error> {
+    let ret: u64;
+    // SAFETY: the kernel writes at most buf.len() bytes into buf.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") Call::ProgramRead as u64 => ret,
+            in("rdi") name.as_ptr() as u64,
+            in("rsi") name.len() as u64,
+            inlateout("rdx") offset => _,
+            in("r10") buf.as_mut_ptr() as u64,
+            in("r8") buf.len() as u64,
+            in("r9") 0u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    decode(ret).map(|n| n as usize)
+}

@@ -19,6 +19,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "state-child" => state_child(),
         "mutex" => mutex_parent(),
         "budget" => budget(),
+        "checkpoint" => checkpoint(),
+        "ckpt-child" => ckpt_child(),
         "pager" => pager_parent(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "pager-child" => pager_child(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "mutex-child" => mutex_child(),
@@ -590,4 +592,162 @@ fn budget() -> i32 {
     });
     println!("ktest: budget: hog exited {hog:?}, sibling {sibling:?}, parent allocation {mine:?}");
     i32::from(hog != Ok(PF) || sibling != Ok(0) || mine.is_err())
+}
+
+// The child's layout (guest-nesters/runtime/user.ld and fluke-abi's user layout) and where
+// this parent keeps the memory it gives the child.
+const PROG_BASE: u64 = 0x40_0000;
+const CHILD_STACK_TOP: u64 = 0x7fff_0000_0000;
+const CKPT_STACK: u64 = 16 * 4096;
+const SCRATCH: u64 = 0x2000_0000;
+const PROG_COPY: u64 = 0x6000_0000;
+const STACK_COPY: u64 = 0x7000_0000;
+const CKPT_ROUNDS: u64 = 40;
+
+/// Whole-child checkpoint and restore, Fluke style: the parent loads the child itself into
+/// memory it owns and maps into an empty space, gives it one port, lets it run, then stops
+/// it mid-computation, reads its registers and its capability table, destroys the whole
+/// space, builds a new one the same way and resumes the thread from the saved state. The
+/// child finishes its computation and reports a result that must match.
+fn checkpoint() -> i32 {
+    match checkpoint_inner() {
+        Ok(ok) => i32::from(!ok),
+        Err(e) => {
+            println!("ktest: checkpoint: failed: {e:?}");
+            1
+        }
+    }
+}
+
+fn touch_pages(base: u64, len: u64) {
+    let mut p = base;
+    while p < base + len {
+        // SAFETY: inside a demand-zero range of our own; makes every page present so the
+        // child's mappings find the owner's page.
+        unsafe {
+            core::ptr::write_volatile(p as *mut u8, core::ptr::read_volatile(p as *const u8))
+        };
+        p += 4096;
+    }
+}
+
+fn checkpoint_inner() -> Result<bool, Error> {
+    let set = sys::port_set_create()?;
+    let port = sys::port_create(set, 3)?;
+    // Read our own program ("ktest") out of the image and lay out its segments.
+    sys::map_anon(SCRATCH, 4 << 20)?;
+    // SAFETY: the scratch range was just reserved (demand-zero, 4 MiB).
+    let scratch = unsafe { core::slice::from_raw_parts_mut(SCRATCH as *mut u8, 4 << 20) };
+    let mut size = 0;
+    loop {
+        let n = sys::program_read(
+            "ktest",
+            size as u64,
+            &mut scratch[size..(size + 65536).min(4 << 20)],
+        )?;
+        if n == 0 {
+            break;
+        }
+        size += n;
+    }
+    let elf = fluke_image::elf::Elf::parse(&scratch[..size]).map_err(|_| Error::InvalidArgument)?;
+    let prog_end = elf
+        .load_segments()
+        .filter_map(|p| p.virt_end())
+        .max()
+        .ok_or(Error::InvalidArgument)?;
+    let prog_len = (prog_end - PROG_BASE).div_ceil(4096) * 4096;
+    sys::map_anon(PROG_COPY, prog_len)?;
+    touch_pages(PROG_COPY, prog_len);
+    for ph in elf.load_segments() {
+        let data = elf.segment_data(&ph);
+        let dst = PROG_COPY + (ph.vaddr - PROG_BASE);
+        // SAFETY: inside PROG_COPY..PROG_COPY + prog_len, which covers every segment.
+        unsafe { core::ptr::copy_nonoverlapping(data.as_ptr(), dst as *mut u8, data.len()) };
+    }
+    sys::map_anon(STACK_COPY, CKPT_STACK)?;
+    touch_pages(STACK_COPY, CKPT_STACK);
+    // Arguments at the top of the child's stack: "ckpt-child" and one (ptr, len) pair.
+    let arg = b"ckpt-child";
+    let arg_child = CHILD_STACK_TOP - 64;
+    let argv_child = CHILD_STACK_TOP - 128;
+    let to_copy = |child_addr: u64| STACK_COPY + (child_addr - (CHILD_STACK_TOP - CKPT_STACK));
+    // SAFETY: both addresses fall in our copy of the child's stack.
+    unsafe {
+        core::ptr::copy_nonoverlapping(arg.as_ptr(), to_copy(arg_child) as *mut u8, arg.len());
+        *(to_copy(argv_child) as *mut [u64; 2]) = [arg_child, arg.len() as u64];
+    }
+    let prog_region = sys::region_create(PROG_COPY, prog_len, NO_CAP)?;
+    let stack_region = sys::region_create(STACK_COPY, CKPT_STACK, NO_CAP)?;
+    let build = || -> Result<u64, Error> {
+        let space = sys::space_create()?;
+        sys::mapping_create_flags(
+            space,
+            prog_region,
+            PROG_BASE,
+            sys::MAP_WRITE | sys::MAP_EXEC,
+        )?;
+        sys::mapping_create_flags(
+            space,
+            stack_region,
+            CHILD_STACK_TOP - CKPT_STACK,
+            sys::MAP_WRITE,
+        )?;
+        sys::cap_give(space, 0, port, 0b1111)?;
+        Ok(space)
+    };
+    let space = build()?;
+    let thread = sys::thread_create(space)?;
+    let start = sys::ThreadRegs {
+        rip: elf.entry(),
+        rcx: elf.entry(),
+        rsp: argv_child - 8,
+        rdi: 1,
+        rsi: argv_child,
+        rflags: 0x202,
+        r11: 0x202,
+        ..Default::default()
+    };
+    sys::thread_set_state(thread, &start)?;
+    sys::thread_resume(thread)?;
+    sys::sleep_ns(300_000_000); // the child is mid-computation now
+    sys::thread_stop(thread)?;
+    let saved = sys::thread_get_state(thread)?;
+    // Read the child's whole capability table: exactly our port, at name 0.
+    let mut names = 0;
+    for name in 0..256 {
+        if let Ok(c) = sys::cap_take(space, name) {
+            names += 1;
+            let _ = sys::cap_drop(c);
+        }
+    }
+    sys::destroy(space)?; // the thread, the space and its mappings; the memory is ours
+    let space2 = build()?;
+    let thread2 = sys::thread_create(space2)?;
+    sys::thread_set_state(thread2, &saved)?;
+    sys::thread_resume(thread2)?;
+    let report = sys::ipc_wait(set)?;
+    let expected = (0..CKPT_ROUNDS).fold(1u64, |acc, i| acc.wrapping_mul(31).wrapping_add(i));
+    let ok = report.words[0] == expected && names == 1;
+    println!(
+        "ktest: checkpoint: child stopped at rip {:#x} (call {}), {names} capability, re-created; result {} ({})",
+        saved.rip,
+        saved.rax,
+        if report.words[0] == expected { "matches" } else { "DIFFERS" },
+        report.words[1]
+    );
+    Ok(ok)
+}
+
+fn ckpt_child() -> i32 {
+    let parent = 0;
+    let mut acc = 1u64;
+    for i in 0..CKPT_ROUNDS {
+        acc = acc.wrapping_mul(31).wrapping_add(i);
+        sys::sleep_ns(15_000_000);
+    }
+    while sys::ipc_send(parent, [acc, CKPT_ROUNDS, 0, 0], NO_CAP) != Ok(true) {
+        sys::yield_now();
+    }
+    0
 }
