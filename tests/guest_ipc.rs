@@ -76,3 +76,13 @@ fn a_whole_child_is_checkpointed_destroyed_and_restored() {
         run.assert_console("1 capability, re-created; result matches (40)");
     }
 }
+
+/// Every object type: get_state, destroy, re-create, set_state, same behaviour; plus the
+/// error cases (bad names, wrong types, stale capabilities, double destroy).
+#[test]
+fn every_object_type_survives_a_state_round_trip() {
+    for (who, run) in both("fluke.init=ktest,objects") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: objects: 28 checks, 0 failures");
+    }
+}

@@ -105,6 +105,29 @@ pub enum Call {
     /// `program_read(name_ptr, name_len, offset, buf, len) -> bytes`: reads a program of the
     /// image (for user-level loaders).
     ProgramRead = 39,
+    /// `obj_get_state(cap, &mut ObjState)`: the state of a port, port set, mutex,
+    /// condition, region, mapping or space (threads: `thread_get_state`).
+    ObjGetState = 40,
+    /// `obj_set_state(cap, &ObjState)`: sets what of it is settable.
+    ObjSetState = 41,
+}
+
+/// The state of a non-thread object as `obj_get_state` / `obj_set_state` exchange it.
+/// Objects it refers to are named by the caller's own capability names ([`ipc::NO_CAP`] if
+/// the caller holds none), so the state means the same after the caller rebuilds them.
+pub mod objstate {
+    /// `words[0]`: the object type.
+    pub const PORT: u64 = 1; // [PORT, badge, port set]
+    pub const PORT_SET: u64 = 2; // [PORT_SET]
+    pub const MUTEX: u64 = 3; // [MUTEX, held (0/1), holder thread]
+    pub const CONDITION: u64 = 4; // [CONDITION]
+    pub const REGION: u64 = 5; // [REGION, base, size, keeper port]
+    pub const MAPPING: u64 = 6; // [MAPPING, target space, base, region, flags]
+    pub const SPACE: u64 = 7; // [SPACE, budget frames, used frames]
+    pub const THREAD: u64 = 8; // [THREAD] (its state: thread_get_state)
+    pub const WORDS: usize = 6;
+    /// In a mutex's state: held by the calling thread itself (which has no name for itself).
+    pub const SELF_THREAD: u64 = u64::MAX - 1;
 }
 
 /// Fault messages the kernel sends to keepers on a faulting thread's behalf. The thread
@@ -202,6 +225,8 @@ impl Call {
             37 => Call::CapGive,
             38 => Call::CapTake,
             39 => Call::ProgramRead,
+            40 => Call::ObjGetState,
+            41 => Call::ObjSetState,
             _ => return None,
         })
     }
@@ -356,9 +381,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=39 {
+        for n in 0..=41 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(40), None);
+        assert_eq!(Call::from_u64(42), None);
     }
 }

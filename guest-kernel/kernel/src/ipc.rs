@@ -119,6 +119,8 @@ fn port_of(tid: ThreadId, name: u64) -> Result<(Id, u64), Error> {
         return Err(Error::WrongType);
     };
     let port = kernel().ports.get(p).ok_or(Error::BadCap)?;
+    // A port whose set was destroyed leads nowhere.
+    kernel().port_sets.get(port.set).ok_or(Error::BadCap)?;
     Ok((port.set, port.badge))
 }
 
@@ -424,5 +426,13 @@ pub fn send_fault(port: Id, words: [u64; 4]) {
             // SAFETY: as in switch_to_now.
             unsafe { sched::schedule() }
         }
+    }
+}
+
+/// A port set is destroyed: every thread waiting on it or queued to it re-executes its
+/// call (which now fails: the set is gone).
+pub fn release_set(set: &PortSet) {
+    for &t in set.waiting.iter().chain(set.callers.iter()) {
+        sched::make_runnable(t);
     }
 }

@@ -16,6 +16,7 @@ mod memory;
 mod mm;
 mod mutex;
 mod object;
+mod objects;
 mod panic;
 mod process;
 mod sched;

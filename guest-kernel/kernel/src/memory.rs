@@ -17,18 +17,50 @@ use fluke_kcore::slab::Id;
 const PAGE: u64 = 4096;
 
 pub struct Region {
-    owner: Pid,
-    base: u64,
-    size: u64,
-    keeper: Option<Id>,
+    pub owner: Pid,
+    pub base: u64,
+    pub size: u64,
+    pub keeper: Option<Id>,
 }
 
 pub struct Mapping {
-    target: Pid,
-    base: u64,
-    region: Id,
-    writable: bool,
-    executable: bool,
+    pub target: Pid,
+    pub base: u64,
+    pub region: Id,
+    pub writable: bool,
+    pub executable: bool,
+}
+
+/// Removes a mapping and unmaps whatever of it is mapped in its target space.
+pub fn remove_mapping(mid: Id) {
+    let k = kernel();
+    let Some(m) = k.mappings.remove(mid) else {
+        return;
+    };
+    let size = k.regions.get(m.region).map(|r| r.size).unwrap_or(0);
+    if let Some(root) = k
+        .processes
+        .get(m.target)
+        .and_then(|p| p.space.as_ref())
+        .map(|s| s.root)
+    {
+        let mut va = m.base;
+        while va < m.base + size {
+            let _ = paging::unmap_user(root, va);
+            va += PAGE;
+        }
+    }
+}
+
+/// Removes a region and every mapping of it.
+pub fn remove_region(rid: Id) {
+    let k = kernel();
+    for mid in k.mappings.ids() {
+        if k.mappings.get(mid).is_some_and(|m| m.region == rid) {
+            remove_mapping(mid);
+        }
+    }
+    k.regions.remove(rid);
 }
 
 /// `mapping_create` flags.
@@ -196,35 +228,15 @@ pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
 /// frames are freed), and drop every mapping into it and every region of it.
 pub fn forget_space(pid: Pid) {
     let k = kernel();
-    for mid in k.mappings.ids() {
-        let Some(m) = k.mappings.get(mid) else {
-            continue;
-        };
-        let Some(r) = k.regions.get(m.region) else {
-            continue;
-        };
-        if r.owner == pid && m.target != pid {
-            if let Some(root) = k
-                .processes
-                .get(m.target)
-                .and_then(|p| p.space.as_ref())
-                .map(|s| s.root)
-            {
-                let mut va = m.base;
-                while va < m.base + r.size {
-                    let _ = paging::unmap_user(root, va);
-                    va += PAGE;
-                }
-            }
-        }
-        let owner = r.owner;
-        if owner == pid || m.target == pid {
-            k.mappings.remove(mid);
-        }
-    }
     for rid in k.regions.ids() {
         if k.regions.get(rid).is_some_and(|r| r.owner == pid) {
-            k.regions.remove(rid);
+            remove_region(rid);
+        }
+    }
+    for mid in k.mappings.ids() {
+        if k.mappings.get(mid).is_some_and(|m| m.target == pid) {
+            // Its page tables go with the space: only the record.
+            k.mappings.remove(mid);
         }
     }
 }

@@ -184,3 +184,20 @@ pub fn forget_thread(tid: ThreadId) {
         }
     }
 }
+
+impl Mutex {
+    /// Everyone waiting re-executes `mutex_lock` (which fails once the mutex is gone).
+    pub fn release_waiters(&self) {
+        for &t in &self.waiters {
+            sched::make_runnable(t);
+        }
+    }
+}
+
+impl Condition {
+    pub fn release_waiters(&self) {
+        for &t in &self.waiters {
+            sched::make_runnable(t);
+        }
+    }
+}

@@ -115,6 +115,8 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::CapGive => crate::space_calls::cap_give(a0, a1, a2, a3),
         Call::CapTake => crate::space_calls::cap_take(a0, a1),
         Call::ProgramRead => crate::space_calls::program_read(a0, a1, a2, a3, r.r8),
+        Call::ObjGetState => crate::objects::get_state(a0, a1),
+        Call::ObjSetState => crate::objects::set_state(a0, a1),
     }
 }
 

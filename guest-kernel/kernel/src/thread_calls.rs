@@ -163,7 +163,11 @@ pub fn destroy(name: u64) -> Result<u64, Error> {
             my_space()?.caps.remove(name)?;
             Ok(0)
         }
-        _ => Err(Error::WrongType),
+        other => {
+            crate::objects::destroy(other)?;
+            my_space()?.caps.remove(name)?;
+            Ok(0)
+        }
     }
 }
 

@@ -402,3 +402,16 @@ pub fn program_read(name: &str, offset: u64, buf: &mut [u8]) -> Result<usize, Er
     }
     decode(ret).map(|n| n as usize)
 }
+
+pub use fluke_abi::syscall::objstate;
+
+/// The state of a non-thread object (see `fluke_abi::syscall::objstate`).
+pub fn obj_get_state(cap: u64) -> Result<[u64; objstate::WORDS], Error> {
+    let mut words = [0u64; objstate::WORDS];
+    call(Call::ObjGetState, cap, words.as_mut_ptr() as u64, 0, 0)?;
+    Ok(words)
+}
+
+pub fn obj_set_state(cap: u64, words: &[u64; objstate::WORDS]) -> Result<u64, Error> {
+    call(Call::ObjSetState, cap, words.as_ptr() as u64, 0, 0)
+}
