@@ -86,3 +86,15 @@ fn every_object_type_survives_a_state_round_trip() {
         run.assert_console("ktest: objects: 28 checks, 0 failures");
     }
 }
+
+/// The property test: random graphs of ports, port sets, mutexes, conditions and regions
+/// referring to each other, random creates, destroys and state round trips; a shadow model
+/// in the guest checks every object's state after every step.
+#[test]
+fn random_object_graphs_keep_their_state() {
+    for (who, run) in both("fluke.init=ktest,graph,1000") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: graph: 1000 random operations");
+        run.assert_console(" 0 mismatches");
+    }
+}

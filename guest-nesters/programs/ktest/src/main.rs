@@ -21,6 +21,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "budget" => budget(),
         "checkpoint" => checkpoint(),
         "objects" => objects(),
+        "graph" => graph(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
         "objects-child" => {
             // Sends once on the port it was given, so the parent can see the badge arrive.
             while sys::ipc_send(0, [1, 2, 3, 4], NO_CAP) != Ok(true) {
@@ -900,4 +901,191 @@ fn objects() -> i32 {
     check("destroy space", sys::destroy(space).is_ok());
     println!("ktest: objects: {checks} checks, {failures} failures");
     i32::from(failures != 0)
+}
+
+/// A property test over random object graphs: `ops` random operations (create, destroy,
+/// state round trip through destroy and re-create, lock/unlock) over a pool of ports,
+/// port sets, mutexes, conditions and regions that refer to each other. A shadow model
+/// predicts every object's state; after each operation the kernel must agree, and names of
+/// destroyed objects must be dead.
+fn graph(ops: u64) -> i32 {
+    #[derive(Clone, Copy, PartialEq, Debug)]
+    enum Kind {
+        Set,
+        Port,
+        Mutex,
+        Cond,
+        Region,
+    }
+    #[derive(Clone, Copy)]
+    struct Obj {
+        kind: Kind,
+        name: u64,
+        state: [u64; 6],
+    }
+    const POOL: usize = 24;
+    let mut pool: [Option<Obj>; POOL] = [None; POOL];
+    let mut dead: [u64; 64] = [NO_CAP; 64];
+    let mut ndead = 0usize;
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut mismatches = 0u64;
+    let mut region_base = 0x4800_0000u64;
+    let create =
+        |kind: Kind, pool: &[Option<Obj>; POOL], r: u64, region_base: &mut u64| -> Option<Obj> {
+            let sets: [u64; POOL] = core::array::from_fn(|i| match pool[i] {
+                Some(o) if o.kind == Kind::Set => o.name,
+                _ => NO_CAP,
+            });
+            let ports: [u64; POOL] = core::array::from_fn(|i| match pool[i] {
+                Some(o) if o.kind == Kind::Port => o.name,
+                _ => NO_CAP,
+            });
+            let pick = |xs: &[u64; POOL]| {
+                xs.iter()
+                    .copied()
+                    .filter(|&x| x != NO_CAP)
+                    .nth((r % 7) as usize)
+                    .or(xs.iter().copied().find(|&x| x != NO_CAP))
+            };
+            let name = match kind {
+                Kind::Set => sys::port_set_create().ok()?,
+                Kind::Port => sys::port_create(pick(&sets)?, r % 1000).ok()?,
+                Kind::Mutex => sys::mutex_create().ok()?,
+                Kind::Cond => sys::cond_create().ok()?,
+                Kind::Region => {
+                    *region_base += 0x1_0000;
+                    sys::region_create(*region_base, 4096, pick(&ports).unwrap_or(NO_CAP)).ok()?
+                }
+            };
+            let state = sys::obj_get_state(name).ok()?;
+            Some(Obj { kind, name, state })
+        };
+    for _ in 0..ops {
+        let r = rand();
+        let slot = (r % POOL as u64) as usize;
+        match (pool[slot], (r >> 8) % 4) {
+            (None, _) => {
+                let kind = [Kind::Set, Kind::Port, Kind::Mutex, Kind::Cond, Kind::Region]
+                    [((r >> 16) % 5) as usize];
+                pool[slot] = create(kind, &pool, r >> 24, &mut region_base);
+            }
+            (Some(o), 0) => {
+                // Destroy; objects referring to it keep their own state but name NO_CAP now.
+                if sys::destroy(o.name).is_ok() {
+                    pool[slot] = None;
+                    dead[ndead % dead.len()] = o.name;
+                    ndead += 1;
+                    for other in pool.iter_mut().flatten() {
+                        match other.kind {
+                            Kind::Port if other.state[2] == o.name => other.state[2] = NO_CAP,
+                            Kind::Region if other.state[3] == o.name => other.state[3] = NO_CAP,
+                            _ => {}
+                        }
+                    }
+                } else {
+                    mismatches += 1;
+                }
+            }
+            (Some(o), 1) => {
+                // State round trip: get, destroy, re-create an object of the same kind, set.
+                let saved = sys::obj_get_state(o.name);
+                let settable = !(o.kind == Kind::Port && o.state[2] == NO_CAP);
+                if saved != Ok(o.state) {
+                    mismatches += 1;
+                } else if settable && sys::destroy(o.name).is_ok() {
+                    let again = match o.kind {
+                        Kind::Set => sys::port_set_create(),
+                        Kind::Port => sys::port_create(o.state[2], 0),
+                        Kind::Mutex => sys::mutex_create(),
+                        Kind::Cond => sys::cond_create(),
+                        Kind::Region => sys::region_create(o.state[1], o.state[2], NO_CAP),
+                    };
+                    match again.and_then(|n| sys::obj_set_state(n, &o.state).map(|_| n)) {
+                        Ok(n) => {
+                            // As a checkpointer would: point every object that referred to
+                            // the old one at the new one, through its state.
+                            for other in pool.iter_mut().flatten() {
+                                let field = match other.kind {
+                                    Kind::Port => 2,
+                                    Kind::Region => 3,
+                                    _ => continue,
+                                };
+                                if other.state[field] == o.name && other.name != o.name {
+                                    other.state[field] = n;
+                                    if sys::obj_set_state(other.name, &other.state).is_err() {
+                                        mismatches += 1;
+                                    }
+                                }
+                            }
+                            pool[slot] = Some(Obj { name: n, ..o });
+                            if sys::obj_get_state(n) != Ok(o.state) {
+                                mismatches += 1;
+                            }
+                        }
+                        Err(_) => {
+                            mismatches += 1;
+                            pool[slot] = None;
+                        }
+                    }
+                }
+            }
+            (Some(o), _) if o.kind == Kind::Mutex => {
+                // Lock or unlock, as the model says is valid; the state must follow.
+                let held = o.state[1] == 1;
+                let res = if held {
+                    sys::mutex_unlock(o.name)
+                } else {
+                    sys::mutex_lock(o.name)
+                };
+                if res.is_ok() {
+                    let mut st = o.state;
+                    st[1] = u64::from(!held);
+                    st[2] = if held {
+                        NO_CAP
+                    } else {
+                        sys::objstate::SELF_THREAD
+                    };
+                    pool[slot] = Some(Obj { state: st, ..o });
+                } else {
+                    mismatches += 1;
+                }
+            }
+            (Some(o), _) => {
+                if sys::obj_get_state(o.name) != Ok(o.state) {
+                    mismatches += 1;
+                }
+            }
+        }
+        // Every live object agrees with the model; dead names stay dead (unless reused by a
+        // newer object, which the model knows).
+        for o in pool.iter().flatten() {
+            let got = sys::obj_get_state(o.name);
+            let expect = o.state;
+            let ok = got == Ok(expect);
+            if !ok {
+                mismatches += 1;
+                if mismatches < 5 {
+                    println!(
+                        "ktest: graph: {:?} name {} state {:?}, model {:?}",
+                        o.kind, o.name, got, expect
+                    );
+                }
+            }
+        }
+        for &d in dead.iter().take(ndead.min(dead.len())) {
+            let reused = pool.iter().flatten().any(|o| o.name == d);
+            if !reused && d != NO_CAP && sys::obj_get_state(d) != Err(Error::BadCap) {
+                mismatches += 1;
+            }
+        }
+    }
+    let live = pool.iter().flatten().count();
+    println!("ktest: graph: {ops} random operations, {live} objects live at the end, {mismatches} mismatches");
+    i32::from(mismatches != 0)
 }
