@@ -98,3 +98,19 @@ fn random_object_graphs_keep_their_state() {
         run.assert_console(" 0 mismatches");
     }
 }
+
+/// Message data beyond the register words (and truncation to the receiver's buffer),
+/// reliable one-way sends that are never lost, and Reference objects.
+#[test]
+fn ipc_data_reliable_sends_and_references() {
+    for (who, run) in both("fluke.init=ktest,ipcdata") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console(
+            "ktest: ipcdata: reference holds the port true, after destroy Err(BadCap)",
+        );
+        run.assert_console(
+            "reply data true, second call Ok(0), oversized Err(InvalidArgument), 50 reliable sends",
+        );
+        run.assert_console("data received true, truncated to the buffer true, reliable 50/50 in order, client exited Ok(0)");
+    }
+}

@@ -110,6 +110,13 @@ pub enum Call {
     ObjGetState = 40,
     /// `obj_set_state(cap, &ObjState)`: sets what of it is settable.
     ObjSetState = 41,
+    /// `ipc_send_reliable(port, w0..w3, cap)`: one-way, exactly once: waits until a thread
+    /// of the port's set has taken the message (no reply).
+    IpcSendReliable = 42,
+    /// `ref_create(cap) -> name`: a Reference object holding a copy of `cap`.
+    RefCreate = 43,
+    /// `ref_get(reference) -> name`: a copy of the capability a Reference holds.
+    RefGet = 44,
 }
 
 /// The state of a non-thread object as `obj_get_state` / `obj_set_state` exchange it.
@@ -125,6 +132,7 @@ pub mod objstate {
     pub const MAPPING: u64 = 6; // [MAPPING, target space, base, region, flags]
     pub const SPACE: u64 = 7; // [SPACE, budget frames, used frames]
     pub const THREAD: u64 = 8; // [THREAD] (its state: thread_get_state)
+    pub const REFERENCE: u64 = 9; // [REFERENCE, the object it holds]
     pub const WORDS: usize = 6;
     /// In a mutex's state: held by the calling thread itself (which has no name for itself).
     pub const SELF_THREAD: u64 = u64::MAX - 1;
@@ -178,8 +186,15 @@ pub struct ThreadRegs {
 /// `r9` ([`ipc::NO_CAP`] for none; the capability moves to the receiver, who gets its own
 /// name for it in `r9`). A received message comes back in the same registers with the
 /// port's badge in `rax`. Small messages never touch memory.
+///
+/// Data beyond the words (at most [`ipc::MAX_DATA`] bytes): the sender points `r12` at it
+/// with its length in `r13` (0: none); a receiver offers a buffer in `r14` with its
+/// capacity in `r15`. On receipt `r13` holds the length sent and `r15` the length that
+/// arrived (less if the buffer was too small). `ipc_call` sends from `r12/r13` and takes the
+/// reply into `r14/r15`.
 pub mod ipc {
     pub const NO_CAP: u64 = u64::MAX;
+    pub const MAX_DATA: usize = 4096;
 }
 
 impl Call {
@@ -227,6 +242,9 @@ impl Call {
             39 => Call::ProgramRead,
             40 => Call::ObjGetState,
             41 => Call::ObjSetState,
+            42 => Call::IpcSendReliable,
+            43 => Call::RefCreate,
+            44 => Call::RefGet,
             _ => return None,
         })
     }
@@ -381,9 +399,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=41 {
+        for n in 0..=44 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(42), None);
+        assert_eq!(Call::from_u64(45), None);
     }
 }

@@ -16,7 +16,7 @@ use crate::sched::{self, kernel};
 use crate::thread::{ThreadId, ThreadState};
 use alloc::collections::VecDeque;
 use fluke_abi::syscall::ipc::NO_CAP;
-use fluke_abi::syscall::{encode, Error};
+use fluke_abi::syscall::{encode, Call, Error};
 use fluke_kcore::cap::Rights;
 use fluke_kcore::slab::Id;
 
@@ -33,11 +33,19 @@ pub struct PortSet {
     callers: VecDeque<ThreadId>,
 }
 
+use fluke_abi::syscall::ipc::MAX_DATA;
+
 /// Badges travel in RAX, where values in [-4095, -1] mean errors.
 const MAX_BADGE: u64 = i64::MAX as u64;
 
 fn regs_of(tid: ThreadId) -> Option<&'static mut UserRegs> {
     kernel().threads.get_mut(tid).map(|t| &mut *t.regs)
+}
+
+fn space_of(tid: ThreadId) -> Option<&'static mut crate::space::Space> {
+    let k = kernel();
+    let pid = k.threads.get(tid)?.process;
+    k.processes.get_mut(pid)?.space.as_mut()
 }
 
 /// The capability table of a thread's space.
@@ -149,6 +157,17 @@ fn take_cap(from: ThreadId, name: u64) -> Result<Option<ObjCap>, Error> {
 fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
     let src = regs_of(from).ok_or(Error::PeerGone)?;
     let (words, cap_name) = ([src.rsi, src.rdx, src.r10, src.r8], src.r9);
+    let (data_ptr, data_len) = (src.r12, src.r13);
+    if data_len > MAX_DATA as u64 {
+        return Err(Error::InvalidArgument);
+    }
+    let mut data = [0u8; MAX_DATA];
+    let data = &mut data[..data_len as usize];
+    if !data.is_empty() {
+        space_of(from)
+            .ok_or(Error::PeerGone)?
+            .copy_in(data_ptr, data)?;
+    }
     let cap = take_cap(from, cap_name)?;
     let received = match cap {
         Some(c) => match caps_of(to).map(|t| t.insert(c)) {
@@ -164,8 +183,21 @@ fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
         None => NO_CAP,
     };
     let dst = regs_of(to).ok_or(Error::PeerGone)?;
+    // The data goes into the receiver's buffer (r14, capacity r15), truncated to fit; r13
+    // says how much was sent, r15 how much arrived.
+    let fits = data
+        .len()
+        .min(usize::try_from(dst.r15).unwrap_or(usize::MAX));
+    let buffer = dst.r14;
+    let delivered = match space_of(to) {
+        Some(space) if fits > 0 => space.copy_out(buffer, &data[..fits]).map_or(0, |_| fits),
+        _ => 0,
+    };
+    let dst = regs_of(to).ok_or(Error::PeerGone)?;
     [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
     dst.r9 = received;
+    dst.r13 = data.len() as u64;
+    dst.r15 = delivered as u64;
     dst.rax = rax_value;
     let blocked = kernel()
         .threads
@@ -176,6 +208,16 @@ fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
         dst.rcx = dst.rip;
     }
     Ok(())
+}
+
+/// `transfer` to a server just taken off its set's wait queue; if the message cannot be
+/// delivered (a bad data buffer, say) the server goes back to the head of the queue.
+fn deliver_or_requeue(from: ThreadId, server: ThreadId, set: Id, badge: u64) -> Result<(), Error> {
+    transfer(from, server, badge).inspect_err(|_| {
+        if let Some(s) = kernel().port_sets.get_mut(set) {
+            s.waiting.push_front(server);
+        }
+    })
 }
 
 /// Blocks the current thread so that its `syscall` is re-executed when it is resumed
@@ -237,7 +279,7 @@ pub fn call(port_name: u64) -> Result<u64, Error> {
         .and_then(|s| pop_live(&mut s.waiting));
     match server {
         Some(w) => {
-            transfer(me, w, badge)?;
+            deliver_or_requeue(me, w, set, badge)?;
             if let Some(t) = kernel().threads.get_mut(w) {
                 t.reply_to = Some(me);
             }
@@ -265,7 +307,7 @@ pub fn send(port_name: u64) -> Result<u64, Error> {
     else {
         return Ok(0); // nobody listens: dropped (at most once)
     };
-    transfer(me, w, badge)?;
+    deliver_or_requeue(me, w, set, badge)?;
     if let Some(t) = kernel().threads.get_mut(w) {
         t.reply_to = None;
     }
@@ -303,6 +345,22 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
             None => Err(Error::PeerGone),
         };
         match badge.and_then(|b| transfer(c, me, b).map(|_| b)) {
+            Ok(b)
+                if kernel()
+                    .threads
+                    .get(c)
+                    .is_some_and(|t| t.regs.rax == Call::IpcSendReliable as u64) =>
+            {
+                // A reliable send is complete once taken: no reply.
+                complete(c);
+                if let Some(t) = kernel().threads.get_mut(me) {
+                    t.reply_to = None;
+                }
+                if let Some(r) = replied_to {
+                    sched::make_runnable(r);
+                }
+                return Ok(b);
+            }
             Ok(b) => {
                 pair(me, c, ThreadState::WaitReply(me));
                 if let Some(r) = replied_to {
@@ -392,6 +450,8 @@ fn deliver_fault(to: ThreadId, badge: u64, words: [u64; 4]) {
     if let Some(dst) = regs_of(to) {
         [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
         dst.r9 = NO_CAP;
+        dst.r13 = 0;
+        dst.r15 = 0;
         dst.rax = badge;
         if blocked {
             dst.rip += SYSCALL_INSN_LEN;
@@ -434,5 +494,46 @@ pub fn send_fault(port: Id, words: [u64; 4]) {
 pub fn release_set(set: &PortSet) {
     for &t in set.waiting.iter().chain(set.callers.iter()) {
         sched::make_runnable(t);
+    }
+}
+
+/// Completes a blocked sender's call with success (RIP past its `syscall`).
+fn complete(c: ThreadId) {
+    if let Some(r) = regs_of(c) {
+        r.rax = 0;
+        r.rip += SYSCALL_INSN_LEN;
+        r.rcx = r.rip;
+    }
+    sched::make_runnable(c);
+}
+
+/// `ipc_send_reliable`: delivered exactly once; waits (restartably) until taken.
+pub fn send_reliable(port_name: u64) -> Result<u64, Error> {
+    let me = current()?;
+    let (set, badge) = port_of(me, port_name)?;
+    let server = kernel()
+        .port_sets
+        .get_mut(set)
+        .and_then(|s| pop_live(&mut s.waiting));
+    match server {
+        Some(w) => {
+            deliver_or_requeue(me, w, set, badge)?;
+            if let Some(t) = kernel().threads.get_mut(w) {
+                t.reply_to = None;
+            }
+            if let Some(r) = regs_of(me) {
+                r.rax = 0;
+            }
+            kernel().runq.push_back(me);
+            switch_to_now(w)
+        }
+        None => {
+            if let Some(s) = kernel().port_sets.get_mut(set) {
+                s.callers.push_back(me);
+            }
+            block_restartable(me, ThreadState::IpcCallQueued(set));
+            // SAFETY: as in switch_to_now.
+            unsafe { sched::schedule() }
+        }
     }
 }

@@ -16,6 +16,7 @@ pub enum ObjRef {
     Condition(Id),
     Region(Id),
     Mapping(Id),
+    Reference(Id),
 }
 
 pub type ObjCap = Cap<ObjRef>;

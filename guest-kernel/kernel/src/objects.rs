@@ -117,6 +117,17 @@ pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
             k.threads.get(t).ok_or(Error::BadCap)?;
             [objstate::THREAD, 0, 0, 0, 0, 0]
         }
+        ObjRef::Reference(r) => {
+            let held = k.references.get(r).ok_or(Error::BadCap)?;
+            [
+                objstate::REFERENCE,
+                held.map_or(NO_CAP, |c| name_of(c.object)),
+                0,
+                0,
+                0,
+                0,
+            ]
+        }
     };
     let mut bytes = [0u8; WORDS * 8];
     for (i, w) in words.iter().enumerate() {
@@ -171,6 +182,13 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
             };
             k.regions.get_mut(r).ok_or(Error::BadCap)?.keeper = keeper;
         }
+        ObjRef::Reference(r) if w(0) == objstate::REFERENCE => {
+            let held = match w(1) {
+                NO_CAP => None,
+                name => Some(my_space()?.caps.check(name, Rights::GRANT)?),
+            };
+            *k.references.get_mut(r).ok_or(Error::BadCap)? = held;
+        }
         ObjRef::PortSet(_) if w(0) == objstate::PORT_SET => {}
         ObjRef::Condition(_) if w(0) == objstate::CONDITION => {}
         _ => return Err(Error::InvalidArgument),
@@ -203,7 +221,34 @@ pub fn destroy(object: ObjRef) -> Result<(), Error> {
             gone(k.mappings.get(m).map(|_| ()))?;
             crate::memory::remove_mapping(m);
         }
+        ObjRef::Reference(r) => gone(k.references.remove(r).map(|_| ()))?,
         ObjRef::Thread(_) | ObjRef::Space(_) => return Err(Error::WrongType),
     }
     Ok(())
+}
+
+/// `ref_create(cap)`: a Reference holding a copy of one of the caller's capabilities (which
+/// must carry GRANT): a capability kept as an object, to be handed around and opened later.
+pub fn ref_create(name: u64) -> Result<u64, Error> {
+    let cap = my_space()?.caps.check(name, Rights::GRANT)?;
+    let id = kernel()
+        .references
+        .insert(Some(cap))
+        .ok_or(Error::Exhausted)?;
+    crate::thread_calls::grant_to_caller(ObjRef::Reference(id)).inspect_err(|_| {
+        kernel().references.remove(id);
+    })
+}
+
+/// `ref_get(reference)`: a copy of the capability it holds, in the caller's table.
+pub fn ref_get(name: u64) -> Result<u64, Error> {
+    let ObjRef::Reference(r) = my_space()?.caps.check(name, Rights::USE)?.object else {
+        return Err(Error::WrongType);
+    };
+    let held = kernel()
+        .references
+        .get(r)
+        .ok_or(Error::BadCap)?
+        .ok_or(Error::BadCap)?;
+    Ok(u64::from(my_space()?.caps.insert(held)?))
 }

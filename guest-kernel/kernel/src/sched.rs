@@ -33,6 +33,7 @@ pub struct Kernel {
     pub conditions: Slab<crate::mutex::Condition>,
     pub regions: Slab<crate::memory::Region>,
     pub mappings: Slab<crate::memory::Mapping>,
+    pub references: Slab<Option<crate::object::ObjCap>>,
     pub runq: VecDeque<ThreadId>,
     pub current: Option<ThreadId>,
     /// Sleeping threads and their deadlines (ns since boot).
@@ -63,6 +64,7 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     conditions: Slab::new(MAX_PORTS),
     regions: Slab::new(MAX_PORTS),
     mappings: Slab::new(MAX_PORTS),
+    references: Slab::new(MAX_PORTS),
     runq: VecDeque::new(),
     current: None,
     sleepers: alloc::vec::Vec::new(),

@@ -117,6 +117,9 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::ProgramRead => crate::space_calls::program_read(a0, a1, a2, a3, r.r8),
         Call::ObjGetState => crate::objects::get_state(a0, a1),
         Call::ObjSetState => crate::objects::set_state(a0, a1),
+        Call::IpcSendReliable => ipc::send_reliable(a0),
+        Call::RefCreate => crate::objects::ref_create(a0),
+        Call::RefGet => crate::objects::ref_get(a0),
     }
 }
 

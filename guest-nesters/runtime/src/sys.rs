@@ -118,23 +118,33 @@ pub fn rdtsc() -> u64 {
     unsafe { core::arch::x86_64::_rdtsc() }
 }
 
-/// A received IPC message: the port's badge (0 for a reply), four words and the name of a
-/// transferred capability (`NO_CAP` if none).
+/// A received IPC message: the port's badge (0 for a reply), four words, the name of a
+/// transferred capability (`NO_CAP` if none), and of the data: how much was sent and how
+/// much arrived in the receive buffer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Msg {
     pub badge: u64,
     pub words: [u64; 4],
     pub cap: u64,
+    pub data_sent: u64,
+    pub data_got: u64,
 }
 
-pub use fluke_abi::syscall::ipc::NO_CAP;
+pub use fluke_abi::syscall::ipc::{MAX_DATA, NO_CAP};
 
 /// A kernel call with the IPC register layout: `rdi` object, `rsi, rdx, r10, r8` words,
-/// `r9` capability; all of them come back changed.
+/// `r9` capability, `r12/r13` data to send, `r14/r15` buffer to receive into.
 #[inline(always)]
-fn ipc_raw(nr: Call, obj: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> {
-    let (rax, w0, w1, w2, w3, c): (u64, u64, u64, u64, u64, u64);
-    // SAFETY: the call reads and writes only these registers (no memory).
+fn ipc_full(
+    nr: Call,
+    obj: u64,
+    words: [u64; 4],
+    cap: u64,
+    send: &[u8],
+    recv: &mut [u8],
+) -> Result<Msg, Error> {
+    let (rax, w0, w1, w2, w3, c, sent, got): (u64, u64, u64, u64, u64, u64, u64, u64);
+    // SAFETY: the kernel reads `send` and writes at most `recv.len()` bytes into `recv`.
     unsafe {
         asm!(
             "syscall",
@@ -145,6 +155,10 @@ fn ipc_raw(nr: Call, obj: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> 
             inlateout("r10") words[2] => w2,
             inlateout("r8") words[3] => w3,
             inlateout("r9") cap => c,
+            in("r12") send.as_ptr() as u64,
+            inlateout("r13") send.len() as u64 => sent,
+            in("r14") recv.as_mut_ptr() as u64,
+            inlateout("r15") recv.len() as u64 => got,
             lateout("rcx") _,
             lateout("r11") _,
             options(nostack),
@@ -154,7 +168,56 @@ fn ipc_raw(nr: Call, obj: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> 
         badge,
         words: [w0, w1, w2, w3],
         cap: c,
+        data_sent: sent,
+        data_got: got,
     })
+}
+
+#[inline(always)]
+fn ipc_raw(nr: Call, obj: u64, words: [u64; 4], cap: u64) -> Result<Msg, Error> {
+    ipc_full(nr, obj, words, cap, &[], &mut [])
+}
+
+/// `ipc_call` with data: sends `data`, takes the reply's data into `reply`.
+pub fn ipc_call_data(
+    port: u64,
+    words: [u64; 4],
+    cap: u64,
+    data: &[u8],
+    reply: &mut [u8],
+) -> Result<Msg, Error> {
+    ipc_full(Call::IpcCall, port, words, cap, data, reply)
+}
+
+/// `ipc_wait` receiving data into `buf`.
+pub fn ipc_wait_data(set: u64, buf: &mut [u8]) -> Result<Msg, Error> {
+    ipc_full(Call::IpcWait, set, [0; 4], NO_CAP, &[], buf)
+}
+
+/// `ipc_reply_wait` with reply data, receiving the next message's data into `buf`.
+pub fn ipc_reply_wait_data(
+    set: u64,
+    words: [u64; 4],
+    cap: u64,
+    data: &[u8],
+    buf: &mut [u8],
+) -> Result<Msg, Error> {
+    ipc_full(Call::IpcReplyWait, set, words, cap, data, buf)
+}
+
+/// One-way, exactly once: returns when a thread of the port's set has taken the message.
+pub fn ipc_send_reliable(port: u64, words: [u64; 4], cap: u64, data: &[u8]) -> Result<(), Error> {
+    ipc_full(Call::IpcSendReliable, port, words, cap, data, &mut []).map(|_| ())
+}
+
+/// A Reference object holding a copy of capability `cap`.
+pub fn ref_create(cap: u64) -> Result<u64, Error> {
+    call(Call::RefCreate, cap, 0, 0, 0)
+}
+
+/// A copy of the capability a Reference holds.
+pub fn ref_get(reference: u64) -> Result<u64, Error> {
+    call(Call::RefGet, reference, 0, 0, 0)
 }
 
 pub fn port_set_create() -> Result<u64, Error> {

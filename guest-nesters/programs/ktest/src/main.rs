@@ -21,6 +21,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "budget" => budget(),
         "checkpoint" => checkpoint(),
         "objects" => objects(),
+        "ipcdata" => ipcdata_server(),
+        "ipcdata-client" => ipcdata_client(),
         "graph" => graph(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
         "objects-child" => {
             // Sends once on the port it was given, so the parent can see the badge arrive.
@@ -1089,3 +1091,94 @@ fn graph(ops: u64) -> i32 {
     println!("ktest: graph: {ops} random operations, {live} objects live at the end, {mismatches} mismatches");
     i32::from(mismatches != 0)
 }
+
+const RELIABLE: u64 = 50;
+
+/// Data beyond the register words (and its truncation), reliable one-way sends (exactly
+/// once, in order, even when the server is busy) and Reference objects.
+fn ipcdata_server() -> i32 {
+    let Ok(set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 4) else {
+        return 1;
+    };
+    let mut bad = 0u32;
+    // A Reference holds a capability as an object; opening it gives a working copy.
+    let reference = sys::ref_create(port);
+    let held = reference.and_then(sys::obj_get_state);
+    let opened = reference.and_then(sys::ref_get);
+    let same = opened.and_then(sys::obj_get_state) == sys::obj_get_state(port);
+    let ref_ok = held.map(|w| (w[0], w[1])) == Ok((sys::objstate::REFERENCE, port)) && same;
+    let gone = reference.and_then(|r| sys::destroy(r).and_then(|_| sys::ref_get(r)));
+    println!("ktest: ipcdata: reference holds the port {ref_ok}, after destroy {gone:?}");
+    bad += u32::from(!ref_ok || gone != Err(Error::BadCap));
+    let Ok(child) = sys::spawn_with_caps("ktest", &["ipcdata-client"], &[opened.unwrap_or(port)])
+    else {
+        return 1;
+    };
+    let mut buf = [0u8; 64];
+    // 1: a call with data, answered with data.
+    let m = sys::ipc_wait_data(set, &mut buf);
+    let got_hello = matches!(m, Ok(m) if m.data_got == 11 && &buf[..11] == b"hello fluke");
+    let mut reply = [0u8; 11];
+    reply.copy_from_slice(&buf[..11]);
+    reply.reverse();
+    // 2: the next call sends 100 bytes into our 16-byte buffer.
+    let mut small = [0u8; 16];
+    let m2 = sys::ipc_reply_wait_data(set, [0; 4], NO_CAP, &reply, &mut small);
+    let truncated =
+        matches!(m2, Ok(m) if m.data_sent == 100 && m.data_got == 16 && small == [7u8; 16]);
+    // 3: reliable sends while we are busy elsewhere: none may be lost.
+    sys::sleep_ns(50_000_000);
+    let mut next = 0;
+    let mut msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
+    while let Ok(m) = msg {
+        if m.words[0] != next {
+            break;
+        }
+        next += 1;
+        if next == RELIABLE {
+            break;
+        }
+        if next % 10 == 0 {
+            sys::sleep_ns(10_000_000); // busy: the client's next send must wait, not drop
+        }
+        msg = sys::ipc_wait(set);
+    }
+    let status = sys::wait(child);
+    println!(
+        "ktest: ipcdata: data received {got_hello}, truncated to the buffer {truncated}, reliable {next}/{RELIABLE} in order, client exited {status:?}"
+    );
+    bad += u32::from(!got_hello || !truncated || next != RELIABLE || status != Ok(0));
+    i32::from(bad != 0)
+}
+
+fn ipcdata_client() -> i32 {
+    let port = 0;
+    let mut reply = [0u8; 32];
+    let r = sys::ipc_call_data(port, [0; 4], NO_CAP, b"hello fluke", &mut reply);
+    let answered = matches!(r, Ok(m) if m.data_got == 11 && &reply[..11] == b"ekulf olleh");
+    let big = [7u8; 100];
+    let truncated_call = sys::ipc_call_data(port, [0; 4], NO_CAP, &big, &mut []);
+    let too_much = [0u8; MAX_DATA_PLUS];
+    let refused = sys::ipc_call_data(port, [0; 4], NO_CAP, &too_much, &mut []);
+    let mut sent = 0;
+    for i in 0..RELIABLE {
+        if sys::ipc_send_reliable(port, [i, 0, 0, 0], NO_CAP, &[]).is_ok() {
+            sent += 1;
+        }
+    }
+    println!(
+        "ktest: ipcdata client: reply data {answered}, second call {:?}, oversized {refused:?}, {sent} reliable sends",
+        truncated_call.map(|m| m.badge)
+    );
+    i32::from(
+        !answered
+            || truncated_call.is_err()
+            || refused != Err(Error::InvalidArgument)
+            || sent != RELIABLE,
+    )
+}
+
+const MAX_DATA_PLUS: usize = sys::MAX_DATA + 1;
