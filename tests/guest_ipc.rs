@@ -62,6 +62,10 @@ fn a_child_cannot_exhaust_its_parent_or_siblings() {
         run.assert_console(
             "ktest: budget: hog exited Ok(142), sibling Ok(0), parent allocation Ok(())",
         );
+        run.assert_console("objects, then NoMemory");
+        run.assert_console(
+            "ktest: budget: object hog exited Ok(0), parent still creates objects true",
+        );
     }
 }
 

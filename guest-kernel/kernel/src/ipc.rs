@@ -11,7 +11,7 @@
 //! re-sends its call if restarted: calls are idempotent, as in Fluke.
 
 use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
-use crate::object::{owner_cap, ObjCap, ObjRef};
+use crate::object::{ObjCap, ObjRef};
 use crate::sched::{self, kernel};
 use crate::thread::{ThreadId, ThreadState};
 use alloc::collections::VecDeque;
@@ -64,43 +64,30 @@ fn current() -> Result<ThreadId, Error> {
 }
 
 pub fn port_set_create() -> Result<u64, Error> {
-    let me = current()?;
-    let k = kernel();
-    let id = k
+    let id = kernel()
         .port_sets
         .insert(PortSet::default())
         .ok_or(Error::Exhausted)?;
-    let caps = caps_of(me).ok_or(Error::InvalidArgument)?;
-    match caps.insert(owner_cap(ObjRef::PortSet(id))) {
-        Ok(name) => Ok(u64::from(name)),
-        Err(e) => {
-            k.port_sets.remove(id);
-            Err(e.into())
-        }
-    }
+    crate::object::register_new(ObjRef::PortSet(id)).inspect_err(|_| {
+        kernel().port_sets.remove(id);
+    })
 }
 
 pub fn port_create(set_name: u64, badge: u64) -> Result<u64, Error> {
     if badge > MAX_BADGE {
         return Err(Error::InvalidArgument);
     }
-    let me = current()?;
-    let caps = caps_of(me).ok_or(Error::InvalidArgument)?;
+    let caps = caps_of(current()?).ok_or(Error::InvalidArgument)?;
     let ObjRef::PortSet(set) = caps.check(set_name, Rights::WRITE)?.object else {
         return Err(Error::WrongType);
     };
-    let k = kernel();
-    let id = k
+    let id = kernel()
         .ports
         .insert(Port { set, badge })
         .ok_or(Error::Exhausted)?;
-    match caps.insert(owner_cap(ObjRef::Port(id))) {
-        Ok(name) => Ok(u64::from(name)),
-        Err(e) => {
-            k.ports.remove(id);
-            Err(e.into())
-        }
-    }
+    crate::object::register_new(ObjRef::Port(id)).inspect_err(|_| {
+        kernel().ports.remove(id);
+    })
 }
 
 pub fn cap_drop(name: u64) -> Result<u64, Error> {

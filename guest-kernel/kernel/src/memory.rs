@@ -103,7 +103,7 @@ pub fn region_create(addr: u64, size: u64, keeper_name: u64) -> Result<u64, Erro
             keeper,
         })
         .ok_or(Error::Exhausted)?;
-    crate::thread_calls::grant_to_caller(ObjRef::Region(id)).inspect_err(|_| {
+    crate::object::register_new(ObjRef::Region(id)).inspect_err(|_| {
         kernel().regions.remove(id);
     })
 }
@@ -153,7 +153,7 @@ pub fn mapping_create(
             executable: flags & MAP_EXEC != 0,
         })
         .ok_or(Error::Exhausted)?;
-    crate::thread_calls::grant_to_caller(ObjRef::Mapping(id)).inspect_err(|_| {
+    crate::object::register_new(ObjRef::Mapping(id)).inspect_err(|_| {
         kernel().mappings.remove(id);
     })
 }

@@ -60,7 +60,7 @@ pub fn mutex_create() -> Result<u64, Error> {
         .mutexes
         .insert(Mutex::default())
         .ok_or(Error::Exhausted)?;
-    crate::thread_calls::grant_to_caller(ObjRef::Mutex(id)).inspect_err(|_| {
+    crate::object::register_new(ObjRef::Mutex(id)).inspect_err(|_| {
         kernel().mutexes.remove(id);
     })
 }
@@ -70,7 +70,7 @@ pub fn cond_create() -> Result<u64, Error> {
         .conditions
         .insert(Condition::default())
         .ok_or(Error::Exhausted)?;
-    crate::thread_calls::grant_to_caller(ObjRef::Condition(id)).inspect_err(|_| {
+    crate::object::register_new(ObjRef::Condition(id)).inspect_err(|_| {
         kernel().conditions.remove(id);
     })
 }

@@ -199,6 +199,12 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
 /// `destroy` of a port, port set, mutex, condition, region or mapping. Threads blocked on
 /// the object re-execute their call, which then fails with BadCap.
 pub fn destroy(object: ObjRef) -> Result<(), Error> {
+    destroy_object(object)?;
+    crate::object::unregister(object);
+    Ok(())
+}
+
+fn destroy_object(object: ObjRef) -> Result<(), Error> {
     let k = kernel();
     let gone = |o: Option<()>| o.ok_or(Error::BadCap);
     match object {
@@ -235,7 +241,7 @@ pub fn ref_create(name: u64) -> Result<u64, Error> {
         .references
         .insert(Some(cap))
         .ok_or(Error::Exhausted)?;
-    crate::thread_calls::grant_to_caller(ObjRef::Reference(id)).inspect_err(|_| {
+    crate::object::register_new(ObjRef::Reference(id)).inspect_err(|_| {
         kernel().references.remove(id);
     })
 }

@@ -222,6 +222,17 @@ pub fn exit(pid: Pid, status: i32) {
     }
     // Free the address space now; the Exited record stays until the parent waits. Other
     // spaces' mappings of its regions go first, so no frame stays mapped once freed.
+    // Objects this space created die with it (threads it made in other spaces included).
+    for object in crate::object::created_by(pid) {
+        match object {
+            crate::object::ObjRef::Thread(t) => sched::kill_thread(t),
+            crate::object::ObjRef::Space(_) => {}
+            other => {
+                let _ = crate::objects::destroy(other);
+            }
+        }
+        crate::object::unregister(object);
+    }
     crate::memory::forget_space(pid);
     if let Some(p) = kernel().processes.get_mut(pid) {
         let quota = p.space.as_ref().map(|s| s.budget.quota()).unwrap_or(0);

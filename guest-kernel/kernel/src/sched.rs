@@ -22,7 +22,8 @@ pub const QUANTUM_NS: u64 = 10_000_000;
 
 pub const MAX_THREADS: usize = 1024;
 pub const MAX_PROCESSES: usize = 256;
-pub const MAX_PORTS: usize = 4096;
+/// Per object type; what a space can actually make is bounded by its budget (a frame each).
+pub const MAX_PORTS: usize = 65536;
 
 pub struct Kernel {
     pub threads: Slab<Thread>,
@@ -34,6 +35,8 @@ pub struct Kernel {
     pub regions: Slab<crate::memory::Region>,
     pub mappings: Slab<crate::memory::Mapping>,
     pub references: Slab<Option<crate::object::ObjCap>>,
+    /// Which space created each object (its budget pays for it; it dies with it).
+    pub creators: alloc::collections::BTreeMap<crate::object::ObjRef, Id>,
     pub runq: VecDeque<ThreadId>,
     pub current: Option<ThreadId>,
     /// Sleeping threads and their deadlines (ns since boot).
@@ -65,6 +68,7 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     regions: Slab::new(MAX_PORTS),
     mappings: Slab::new(MAX_PORTS),
     references: Slab::new(MAX_PORTS),
+    creators: alloc::collections::BTreeMap::new(),
     runq: VecDeque::new(),
     current: None,
     sleepers: alloc::vec::Vec::new(),

@@ -78,7 +78,7 @@ pub fn grant_to_caller(object: ObjRef) -> Result<u64, Error> {
 pub fn create(space_name: u64) -> Result<u64, Error> {
     let pid = space_cap(space_name, Rights::WRITE)?;
     let tid = new_thread(pid, UserRegs::default(), ThreadState::Stopped)?;
-    grant_to_caller(ObjRef::Thread(tid)).inspect_err(|_| {
+    crate::object::register_new(ObjRef::Thread(tid)).inspect_err(|_| {
         kernel().threads.remove(tid);
     })
 }
@@ -152,6 +152,7 @@ pub fn destroy(name: u64) -> Result<u64, Error> {
             let pid = kernel().threads.get(tid).ok_or(Error::BadCap)?.process;
             crate::selftest::floor_leave(tid);
             sched::kill_thread(tid);
+            crate::object::unregister(ObjRef::Thread(tid));
             if let Some(p) = kernel().processes.get_mut(pid) {
                 p.threads.retain(|&t| t != tid);
             }

@@ -602,7 +602,17 @@ fn budget() -> i32 {
         }
     });
     println!("ktest: budget: hog exited {hog:?}, sibling {sibling:?}, parent allocation {mine:?}");
-    i32::from(hog != Ok(PF) || sibling != Ok(0) || mine.is_err())
+    // Kernel objects are charged too: a child making objects without end is stopped by its
+    // budget (or its capability table), and the parent can still make its own.
+    let objects = sys::spawn("victim", &["object-hog"]).and_then(sys::wait);
+    let still = sys::port_set_create();
+    println!(
+        "ktest: budget: object hog exited {objects:?}, parent still creates objects {}",
+        still.is_ok()
+    );
+    i32::from(
+        hog != Ok(PF) || sibling != Ok(0) || mine.is_err() || objects != Ok(0) || still.is_err(),
+    )
 }
 
 // The child's layout (guest-nesters/runtime/user.ld and fluke-abi's user layout) and where

@@ -91,6 +91,27 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 }
                 return 3;
             }
+            "object-hog" => {
+                // Creates objects until the kernel refuses: each costs a frame of its budget.
+                let mut made = 0u64;
+                let err = loop {
+                    match sys::port_set_create() {
+                        Ok(set) => {
+                            made += 1;
+                            // Dropping the name keeps the object (and its charge): only
+                            // the budget can stop this loop.
+                            let _ = sys::cap_drop(set);
+                        }
+                        Err(e) => break e,
+                    }
+                };
+                println!("victim: object-hog made {made} objects, then {err:?}");
+                return if err == fluke_abi::syscall::Error::NoMemory {
+                    0
+                } else {
+                    4
+                };
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
