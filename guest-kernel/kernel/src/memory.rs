@@ -196,12 +196,7 @@ pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
         .get(region.owner)
         .and_then(|p| p.space.as_ref())
         .map(|s| s.root);
-    let target_root = k
-        .processes
-        .get(pid)
-        .and_then(|p| p.space.as_ref())
-        .map(|s| s.root);
-    let (Some(owner_root), Some(target_root)) = (owner_root, target_root) else {
+    let Some(owner_root) = owner_root else {
         return Resolution::NotMapped;
     };
     match paging::translate_user(owner_root, region.base + offset) {
@@ -212,9 +207,10 @@ pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
             };
             // The frame stays the owner's (not OWNED here): the owner's teardown unmaps it
             // from every target first (forget_space).
-            match paging::map_user(target_root, page, frame, perm, false) {
-                Ok(()) => Resolution::Mapped,
-                Err(_) => Resolution::NotMapped,
+            let target = k.processes.get_mut(pid).and_then(|p| p.space.as_mut());
+            match target.map(|t| t.map_page(page, frame, perm, false)) {
+                Some(Ok(())) => Resolution::Mapped,
+                _ => Resolution::NotMapped,
             }
         }
         None => match region.keeper {

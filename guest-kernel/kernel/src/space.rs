@@ -12,6 +12,8 @@ use fluke_abi::syscall::layout::{RETURN_PAGE, USER_MAP_END};
 use fluke_abi::syscall::Error;
 
 const PAGE: u64 = 4096;
+/// At most three new table levels per mapped page: refused up front rather than overdrawn.
+const MAX_NEW_TABLES: u64 = 3;
 
 /// The kernel's own root and the PV entry tree, set at boot, used to create every space.
 struct Template {
@@ -95,8 +97,7 @@ impl Space {
                 PAGE as usize,
             );
         }
-        paging::map_user(
-            root,
+        space.map_page(
             RETURN_PAGE,
             page,
             UserPerm {
@@ -120,9 +121,10 @@ impl Space {
         Ok(frame)
     }
 
-    /// Whether the budget is spent (for fault reports).
+    /// Whether the budget cannot pay for another page and the tables it may need (for
+    /// fault reports).
     pub fn budget_exhausted(&self) -> bool {
-        self.budget.available() == 0
+        self.budget.available() < 1 + MAX_NEW_TABLES
     }
 
     /// The kernel address of the return slot (user::return_to_user).
@@ -136,13 +138,31 @@ impl Space {
         let mut va = addr;
         while va < end {
             let frame = self.alloc_zeroed()?;
-            if let Err(e) = paging::map_user(self.root, va, frame, perm, true) {
+            if let Err(e) = self.map_page(va, frame, perm, true) {
                 mm::free_frame(frame);
                 self.budget.release(1);
-                return Err(e.into());
+                return Err(e);
             }
             va += PAGE;
         }
+        Ok(())
+    }
+
+    /// Maps one page, charging the page-table frames the mapping needs to this space.
+    pub fn map_page(
+        &mut self,
+        va: u64,
+        frame: u64,
+        perm: UserPerm,
+        owned: bool,
+    ) -> Result<(), Error> {
+        if self.budget.available() < MAX_NEW_TABLES {
+            return Err(Error::NoMemory);
+        }
+        let before = mm::free_frames();
+        paging::map_user(self.root, va, frame, perm, owned)?;
+        let tables = before.saturating_sub(mm::free_frames());
+        let _ = self.budget.charge(tables); // fits: checked above
         Ok(())
     }
 
@@ -172,17 +192,17 @@ impl Space {
         let Ok(frame) = self.alloc_zeroed() else {
             return false;
         };
-        if paging::map_user(
-            self.root,
-            page,
-            frame,
-            UserPerm {
-                write: true,
-                exec: false,
-            },
-            true,
-        )
-        .is_err()
+        if self
+            .map_page(
+                page,
+                frame,
+                UserPerm {
+                    write: true,
+                    exec: false,
+                },
+                true,
+            )
+            .is_err()
         {
             mm::free_frame(frame);
             self.budget.release(1);
