@@ -1131,6 +1131,8 @@ fn ipcdata_server() -> i32 {
     // 1: a call with data, answered with data.
     let m = sys::ipc_wait_data(set, &mut buf);
     let got_hello = matches!(m, Ok(m) if m.data_got == 11 && &buf[..11] == b"hello fluke");
+    // The client's "connect" also carries its own port: the way back of the connection.
+    let back = m.map(|m| m.cap).unwrap_or(NO_CAP);
     let mut reply = [0u8; 11];
     reply.copy_from_slice(&buf[..11]);
     reply.reverse();
@@ -1156,18 +1158,37 @@ fn ipcdata_server() -> i32 {
         }
         msg = sys::ipc_wait(set);
     }
+    // The other direction of the connection: reliable sends with data to the client.
+    let mut back_sent = 0;
+    for i in 0..BACK {
+        if sys::ipc_send_reliable(back, [i, 0, 0, 0], NO_CAP, &[i as u8; 8]).is_ok() {
+            back_sent += 1;
+        }
+    }
     let status = sys::wait(child);
+    // The client is gone, and with it its end of the connection.
+    let after = sys::ipc_send_reliable(back, [0; 4], NO_CAP, &[]);
     println!(
-        "ktest: ipcdata: data received {got_hello}, truncated to the buffer {truncated}, reliable {next}/{RELIABLE} in order, client exited {status:?}"
+        "ktest: ipcdata: data received {got_hello}, truncated to the buffer {truncated}, reliable {next}/{RELIABLE} in order, {back_sent} sent back, client exited {status:?}, then {after:?}"
     );
-    bad += u32::from(!got_hello || !truncated || next != RELIABLE || status != Ok(0));
+    bad += u32::from(
+        !got_hello || !truncated || next != RELIABLE || status != Ok(0) || back_sent != BACK,
+    );
+    bad += u32::from(after != Err(Error::BadCap));
     i32::from(bad != 0)
 }
 
 fn ipcdata_client() -> i32 {
     let port = 0;
     let mut reply = [0u8; 32];
-    let r = sys::ipc_call_data(port, [0; 4], NO_CAP, b"hello fluke", &mut reply);
+    let Ok(my_set) = sys::port_set_create() else {
+        return 1;
+    };
+    let Ok(my_port) = sys::port_create(my_set, 6) else {
+        return 1;
+    };
+    // Connect: the first call carries our own port, the server's way back to us.
+    let r = sys::ipc_call_data(port, [0; 4], my_port, b"hello fluke", &mut reply);
     let answered = matches!(r, Ok(m) if m.data_got == 11 && &reply[..11] == b"ekulf olleh");
     let big = [7u8; 100];
     let truncated_call = sys::ipc_call_data(port, [0; 4], NO_CAP, &big, &mut []);
@@ -1179,10 +1200,20 @@ fn ipcdata_client() -> i32 {
             sent += 1;
         }
     }
+    // Receive the server's reliable messages, in order, with their data.
+    let mut in_order = 0;
+    let mut data = [0u8; 8];
+    for i in 0..BACK {
+        match sys::ipc_wait_data(my_set, &mut data) {
+            Ok(m) if m.words[0] == i && m.badge == 6 && data == [i as u8; 8] => in_order += 1,
+            _ => {}
+        }
+    }
     println!(
-        "ktest: ipcdata client: reply data {answered}, second call {:?}, oversized {refused:?}, {sent} reliable sends",
+        "ktest: ipcdata client: reply data {answered}, second call {:?}, oversized {refused:?}, {sent} reliable sends, {in_order}/{BACK} received back in order",
         truncated_call.map(|m| m.badge)
     );
+    sent = if in_order == BACK { sent } else { 0 };
     i32::from(
         !answered
             || truncated_call.is_err()
@@ -1192,3 +1223,4 @@ fn ipcdata_client() -> i32 {
 }
 
 const MAX_DATA_PLUS: usize = sys::MAX_DATA + 1;
+const BACK: u64 = 20;
