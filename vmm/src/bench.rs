@@ -185,19 +185,12 @@ pub const RATIOS: &[Ratio] = &[
         factor: 1.0,
         target: 1.25,
     },
-    // A call/reply round trip crosses between the spaces twice; the floor is per crossing.
+    // Round trips all: a call/reply crosses A->B->A, as the floor's bare switch pair does.
     Ratio {
-        what: "call/reply round trip vs. one bare switch",
+        what: "call/reply round trip vs. switch floor",
         numerator: "ipc.call_reply",
         denominator: "platform.switch_floor",
         factor: 1.0,
-        target: 1.5,
-    },
-    Ratio {
-        what: "call/reply round trip vs. two bare switches",
-        numerator: "ipc.call_reply",
-        denominator: "platform.switch_floor",
-        factor: 2.0,
         target: 1.5,
     },
 ];

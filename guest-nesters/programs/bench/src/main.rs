@@ -60,7 +60,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     sys::yield_now();
                 }
             });
-            report("guest.space_switch", t, 2 * n);
+            report("guest.space_switch", t, n); // per round trip A->B->A (two switches)
         }
         "yielder" => loop {
             sys::yield_now();
@@ -81,7 +81,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     sys::floor_switch();
                 }
             });
-            report("platform.switch_floor", t, 2 * n);
+            report("platform.switch_floor", t, n); // per round trip A->B->A (two switches)
         }
         "ipc" | "ipc-send" | "ipc-cap" => return ipc_server(what, n),
         "state" => {
