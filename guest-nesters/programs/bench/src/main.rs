@@ -154,9 +154,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 }
             });
             report("keeper.fault", t, n);
-            while sys::ipc_send(0, [0; 4], NO_CAP) != Ok(true) {
-                sys::yield_now();
-            }
+            let _ = sys::ipc_send_reliable(0, [0; 4], NO_CAP, &[]);
         }
         "blocked" => {
             let Ok(set) = sys::port_set_create() else {
@@ -274,6 +272,7 @@ fn ipc_client(what: &str, n: u64, khz: u64) -> i32 {
         "BENCH {name} {:.1} ns {n}",
         ticks as f64 * 1_000_000.0 / khz as f64 / n as f64
     );
-    let _ = sys::ipc_send(port, [QUIT, 0, 0, 0], NO_CAP);
+    // Reliable: a one-way send would be dropped if the server were not waiting yet.
+    let _ = sys::ipc_send_reliable(port, [QUIT, 0, 0, 0], NO_CAP, &[]);
     0
 }

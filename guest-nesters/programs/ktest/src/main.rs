@@ -26,9 +26,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "graph" => graph(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
         "objects-child" => {
             // Sends once on the port it was given, so the parent can see the badge arrive.
-            while sys::ipc_send(0, [1, 2, 3, 4], NO_CAP) != Ok(true) {
-                sys::yield_now();
-            }
+            let _ = sys::ipc_send_reliable(0, [1, 2, 3, 4], NO_CAP, &[]);
             0
         }
         "ckpt-child" => ckpt_child(),
@@ -312,8 +310,9 @@ fn ipc_client(n: u64) -> i32 {
         "ktest: ipc client: {n} calls, {bad} bad replies; capability round trip {}",
         if returned { "ok" } else { "FAILED" }
     );
-    let quit = sys::ipc_send(port, [QUIT, 0, 0, 0], NO_CAP);
-    i32::from(bad != 0 || !returned || quit != Ok(true))
+    // Reliable: a one-way send would be dropped if the server were not waiting yet.
+    let quit = sys::ipc_send_reliable(port, [QUIT, 0, 0, 0], NO_CAP, &[]);
+    i32::from(bad != 0 || !returned || quit.is_err())
 }
 
 /// Stops a child thread, exports its state, destroys it, re-creates it from the state in
@@ -357,9 +356,7 @@ fn state_parent() -> i32 {
         }
         if phase == "IPC receive" {
             // The re-created thread re-executes its receive; deliver once it waits again.
-            while sys::ipc_send(child_port, [42, 43, 44, 45], NO_CAP) != Ok(true) {
-                sys::yield_now();
-            }
+            let _ = sys::ipc_send_reliable(child_port, [42, 43, 44, 45], NO_CAP, &[]);
         }
     }
     let report = sys::ipc_wait(set);
@@ -388,7 +385,7 @@ fn state_child() -> i32 {
     let Ok(my_port) = sys::port_create(set, 9) else {
         return 1;
     };
-    if sys::ipc_send(parent, [0; 4], my_port) != Ok(true) {
+    if sys::ipc_send_reliable(parent, [0; 4], my_port, &[]).is_err() {
         return 2;
     }
     // Phase 1: blocked here while the parent re-creates this thread.
@@ -398,9 +395,7 @@ fn state_child() -> i32 {
     let t0 = sys::time_ns();
     sys::sleep_ns(300_000_000);
     let slept_ms = (sys::time_ns() - t0) / 1_000_000;
-    while sys::ipc_send(parent, [u64::from(received), slept_ms, 0, 0], NO_CAP) != Ok(true) {
-        sys::yield_now();
-    }
+    let _ = sys::ipc_send_reliable(parent, [u64::from(received), slept_ms, 0, 0], NO_CAP, &[]);
     0
 }
 
@@ -473,9 +468,7 @@ fn mutex_child() -> i32 {
     let waited = sys::cond_wait(c, m).is_ok(); // releases it, blocks, re-takes it
     let unlocked = sys::mutex_unlock(m).is_ok(); // we must hold it again now
     let ok = locked && waited && unlocked;
-    while sys::ipc_send(parent, [u64::from(ok), 0, 0, 0], NO_CAP) != Ok(true) {
-        sys::yield_now();
-    }
+    let _ = sys::ipc_send_reliable(parent, [u64::from(ok), 0, 0, 0], NO_CAP, &[]);
     0
 }
 
@@ -581,9 +574,7 @@ fn pager_child(pages: u64) -> i32 {
     }
     // SAFETY: deliberately invalid; our keeper (the parent) steps over it.
     unsafe { core::arch::asm!("ud2") };
-    while sys::ipc_send(parent, [DONE, good, 0, 0], NO_CAP) != Ok(true) {
-        sys::yield_now();
-    }
+    let _ = sys::ipc_send_reliable(parent, [DONE, good, 0, 0], NO_CAP, &[]);
     0
 }
 
@@ -767,9 +758,7 @@ fn ckpt_child() -> i32 {
         acc = acc.wrapping_mul(31).wrapping_add(i);
         sys::sleep_ns(15_000_000);
     }
-    while sys::ipc_send(parent, [acc, CKPT_ROUNDS, 0, 0], NO_CAP) != Ok(true) {
-        sys::yield_now();
-    }
+    let _ = sys::ipc_send_reliable(parent, [acc, CKPT_ROUNDS, 0, 0], NO_CAP, &[]);
     0
 }
 
