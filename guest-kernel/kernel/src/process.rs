@@ -83,7 +83,9 @@ fn lend_quota(parent: Option<Pid>) -> Result<u64, Error> {
         .and_then(|p| p.space.as_mut())
         .map(|s| &mut s.budget)
         .ok_or(Error::InvalidArgument)?;
-    let quota = budget.available().min(CHILD_QUOTA);
+    // Half of what the parent has left (at most CHILD_QUOTA): the parent keeps enough to
+    // go on, and nesters stacked eight deep still hand each level a budget.
+    let quota = (budget.available() / 2).min(CHILD_QUOTA);
     if quota < MIN_QUOTA {
         return Err(Error::NoMemory);
     }
@@ -131,10 +133,10 @@ fn insert_process(name: &str, parent: Option<Pid>, space: Space) -> Result<Pid, 
     Ok(pid)
 }
 
-/// A child's budget: at most this many frames (32 MiB), fewer if the parent has less.
+/// A child's budget: half of what its parent has left, at most this many frames (32 MiB).
 pub const CHILD_QUOTA: u64 = 8192;
-/// No child is started with less than this (its program, stack and page tables).
-pub const MIN_QUOTA: u64 = 64;
+/// No child is started with less than this (its page tables and a few pages).
+pub const MIN_QUOTA: u64 = 16;
 
 fn repay_parent(parent: Option<Pid>, quota: u64) {
     if let Some(b) = parent

@@ -34,10 +34,17 @@ fn target(name: u64, rights: Rights) -> Result<Pid, Error> {
     }
 }
 
+/// `space_create`: returns the capability, and in `rdx` the child's id for `wait`.
 pub fn create() -> Result<u64, Error> {
     let pid = process::create_space(caller()?)?;
-    crate::thread_calls::grant_to_caller(ObjRef::Space(pid))
-        .inspect_err(|_| process::destroy_space(pid))
+    let cap = crate::thread_calls::grant_to_caller(ObjRef::Space(pid))
+        .inspect_err(|_| process::destroy_space(pid))?;
+    // SAFETY: single CPU; cur_regs is the calling thread's register block.
+    unsafe {
+        (*(crate::arch::percpu::get().cur_regs as *mut crate::arch::user::UserRegs)).rdx =
+            pid.to_u64()
+    };
+    Ok(cap)
 }
 
 pub fn cap_give(space_name: u64, name_there: u64, my_cap: u64, rights: u64) -> Result<u64, Error> {

@@ -431,7 +431,29 @@ pub fn mapping_create_flags(space: u64, region: u64, addr: u64, flags: u64) -> R
 
 /// An empty child space (no memory, no threads, no capabilities).
 pub fn space_create() -> Result<u64, Error> {
-    call(Call::SpaceCreate, 0, 0, 0, 0)
+    space_create_pid().map(|(cap, _)| cap)
+}
+
+/// [`space_create`], also returning the child's id (for [`wait`]).
+pub fn space_create_pid() -> Result<(u64, u64), Error> {
+    let (ret, pid): (u64, u64);
+    // SAFETY: no memory is passed.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") Call::SpaceCreate as u64 => ret,
+            in("rdi") 0u64,
+            in("rsi") 0u64,
+            lateout("rdx") pid,
+            in("r10") 0u64,
+            in("r8") 0u64,
+            in("r9") 0u64,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    decode(ret).map(|cap| (cap, pid))
 }
 
 /// Puts a copy of `my_cap` (with at most `rights`) into `space`'s table as `name_there`.
