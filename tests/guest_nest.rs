@@ -62,3 +62,39 @@ fn a_nester_reports_a_bad_program() {
     assert_eq!(run.status, 1, "{run:?}");
     run.assert_console("passthru: cannot start no-such-program: NoSuchProgram");
 }
+
+/// Each workload prints the same result bare and under one and eight pass-through nesters.
+#[test]
+fn workloads_give_identical_output_at_every_depth() {
+    for workload in ["syscall,2000", "ipc,500", "memory,200", "compute,50000"] {
+        let mut outputs = Vec::new();
+        for depth in [0, 1, 8] {
+            let program = format!("work,{workload}");
+            let run = vmm(
+                &default_image(),
+                &["--timeout", "100", "--cmdline", &stack(depth, &program)],
+            );
+            assert_eq!(run.status, 0, "{workload} at depth {depth}: {run:?}");
+            let line = run
+                .console
+                .lines()
+                .find(|l| l.starts_with("work: ") && l.contains("checksum"))
+                .unwrap_or_else(|| {
+                    panic!(
+                        "{workload} at depth {depth} printed no result: {}",
+                        run.console
+                    )
+                })
+                .to_string();
+            outputs.push(line);
+        }
+        assert!(
+            outputs.windows(2).all(|w| w[0] == w[1]),
+            "{workload}: {outputs:?}"
+        );
+    }
+    // The native backend too, at the deepest stack.
+    let run = qemu(&default_image(), &stack(8, "work,memory,200"));
+    assert_eq!(run.status, 0, "{run:?}");
+    run.assert_console("work: memory checksum");
+}

@@ -42,6 +42,7 @@ impl Model {
 }
 
 /// One benchmark.
+#[derive(Clone)]
 pub struct Benchmark {
     /// Stable record name.
     pub name: &'static str,
@@ -50,7 +51,25 @@ pub struct Benchmark {
     /// Extra kernel command line of the runs this benchmark reads.
     pub cmdline: &'static str,
     /// One sample from one run; `None` if the run did not measure it.
-    pub sample: fn(&RunStats) -> Option<f64>,
+    pub sample: Sample,
+}
+
+/// Where a benchmark's sample comes from.
+#[derive(Clone, Copy)]
+pub enum Sample {
+    /// Something the VMM measured during the run.
+    Stats(fn(&RunStats) -> Option<f64>),
+    /// A `BENCH <key> <value> ...` line the guest printed.
+    Guest(&'static str),
+}
+
+impl Sample {
+    pub fn get(&self, s: &RunStats) -> Option<f64> {
+        match self {
+            Sample::Stats(f) => f(s),
+            Sample::Guest(key) => s.guest.get(*key).copied(),
+        }
+    }
 }
 
 /// Every benchmark, in report order. Keep the names stable: they are the records' keys.
@@ -60,28 +79,28 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: "",
-        sample: |s| s.boot_to_kernel_ms,
+        sample: Sample::Stats(|s| s.boot_to_kernel_ms),
     },
     Benchmark {
         name: "boot.to_init",
         model: Model::Vmm,
         unit: "ms",
         cmdline: "",
-        sample: |s| s.boot_to_init_ms,
+        sample: Sample::Stats(|s| s.boot_to_init_ms),
     },
     Benchmark {
         name: "vmm.exit_roundtrip",
         model: Model::Vmm,
         unit: "us",
         cmdline: "fluke.bench=exit_roundtrip",
-        sample: |s| s.exit_roundtrip_us,
+        sample: Sample::Stats(|s| s.exit_roundtrip_us),
     },
     Benchmark {
         name: "vmm.rss",
         model: Model::Vmm,
         unit: "KiB",
         cmdline: "",
-        sample: |s| s.vmm_rss_kib.map(|k| k as f64),
+        sample: Sample::Stats(|s| s.vmm_rss_kib.map(|k| k as f64)),
     },
     // In-guest measurements: the `bench` program of the image runs as init and prints them.
     Benchmark {
@@ -89,72 +108,258 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,null,20000",
-        sample: |s| s.guest.get("guest.null_call").copied(),
+        sample: Sample::Guest("guest.null_call"),
     },
     Benchmark {
         name: "platform.syscall_floor",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,floor,20000",
-        sample: |s| s.guest.get("platform.syscall_floor").copied(),
+        sample: Sample::Guest("platform.syscall_floor"),
     },
     Benchmark {
         name: "guest.user_fault",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,fault,2000",
-        sample: |s| s.guest.get("guest.user_fault").copied(),
+        sample: Sample::Guest("guest.user_fault"),
     },
     Benchmark {
         name: "guest.space_switch",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,switch,5000",
-        sample: |s| s.guest.get("guest.space_switch").copied(),
+        sample: Sample::Guest("guest.space_switch"),
     },
     Benchmark {
         name: "platform.switch_floor",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,switch-floor,5000",
-        sample: |s| s.guest.get("platform.switch_floor").copied(),
+        sample: Sample::Guest("platform.switch_floor"),
     },
     Benchmark {
         name: "ipc.call_reply",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,ipc,5000",
-        sample: |s| s.guest.get("ipc.call_reply").copied(),
+        sample: Sample::Guest("ipc.call_reply"),
     },
     Benchmark {
         name: "ipc.send",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,ipc-send,5000",
-        sample: |s| s.guest.get("ipc.send").copied(),
+        sample: Sample::Guest("ipc.send"),
     },
     Benchmark {
         name: "keeper.fault",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,keeper,1000",
-        sample: |s| s.guest.get("keeper.fault").copied(),
+        sample: Sample::Guest("keeper.fault"),
     },
     Benchmark {
         name: "thread.state_roundtrip",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,state,5000",
-        sample: |s| s.guest.get("thread.state_roundtrip").copied(),
+        sample: Sample::Guest("thread.state_roundtrip"),
     },
     Benchmark {
         name: "ipc.cap_transfer",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,ipc-cap,5000",
-        sample: |s| s.guest.get("ipc.cap_transfer").copied(),
+        sample: Sample::Guest("ipc.cap_transfer"),
     },
 ];
+
+/// Workloads of the nesting comparison: `(name, arguments of the guest's work program)`.
+pub const NEST_WORKLOADS: &[(&str, &str)] = &[
+    ("syscall", "syscall,5000"),
+    ("ipc", "ipc,2000"),
+    ("memory", "memory,500"),
+    ("compute", "compute,200000"),
+];
+
+/// Nester stacks the workloads run under: `(label, pass-through nesters)`.
+pub const NEST_STACKS: &[(&str, usize)] = &[
+    ("bare", 0),
+    ("passthru-x1", 1),
+    ("passthru-x2", 2),
+    ("passthru-x4", 4),
+    ("passthru-x8", 8),
+];
+
+fn leak(s: String) -> &'static str {
+    // A few dozen short strings for the life of this one-shot command.
+    Box::leak(s.into_boxed_str())
+}
+
+/// Every benchmark: the fixed list, then `nest.WORKLOAD.STACK` for each workload and stack.
+pub fn all_benchmarks() -> Vec<Benchmark> {
+    let mut all = BENCHMARKS.to_vec();
+    for &(workload, work_args) in NEST_WORKLOADS {
+        let key = leak(format!("work.{workload}"));
+        for &(label, depth) in NEST_STACKS {
+            all.push(Benchmark {
+                name: leak(format!("nest.{workload}.{label}")),
+                model: Model::Microkernel,
+                unit: "ns",
+                cmdline: leak(format!(
+                    "fluke.init={}work,{work_args}",
+                    "passthru,".repeat(depth)
+                )),
+                sample: Sample::Guest(key),
+            });
+        }
+    }
+    all
+}
+
+/// The Fluke-style table: each workload bare and under each stack, the slowdown and the
+/// cost per layer (the slowdown's geometric mean over the stack's layers).
+pub fn nest_table(records: &[Record]) -> String {
+    let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
+    let mut s = String::new();
+    let mut any = false;
+    for &(workload, _) in NEST_WORKLOADS {
+        let Some(bare) = value(&format!("nest.{workload}.bare")).filter(|&b| b > 0.0) else {
+            continue;
+        };
+        if !any {
+            let _ = writeln!(
+                s,
+                "\n| workload | stack | time (ms) | slowdown | per layer |"
+            );
+            let _ = writeln!(s, "|---|---|---|---|---|");
+            any = true;
+        }
+        for &(label, depth) in NEST_STACKS {
+            let Some(v) = value(&format!("nest.{workload}.{label}")) else {
+                continue;
+            };
+            let slowdown = v / bare;
+            let per_layer = if depth == 0 {
+                "-".to_string()
+            } else {
+                format!("{:+.2}%", (slowdown.powf(1.0 / depth as f64) - 1.0) * 100.0)
+            };
+            let _ = writeln!(
+                s,
+                "| {workload} | {label} | {:.2} | {slowdown:.3}x | {per_layer} |",
+                v / 1e6
+            );
+        }
+    }
+    s
+}
+
+/// An SVG plot of each workload's slowdown against the number of pass-through layers.
+pub fn nest_plot(records: &[Record]) -> String {
+    let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
+    let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 30.0, 130.0);
+    let max_depth = NEST_STACKS.iter().map(|&(_, d)| d).max().unwrap_or(1) as f64;
+    let mut series = Vec::new();
+    for &(workload, _) in NEST_WORKLOADS {
+        let Some(bare) = value(&format!("nest.{workload}.bare")).filter(|&b| b > 0.0) else {
+            continue;
+        };
+        let points: Vec<(f64, f64)> = NEST_STACKS
+            .iter()
+            .filter_map(|&(label, d)| {
+                value(&format!("nest.{workload}.{label}")).map(|v| (d as f64, v / bare))
+            })
+            .collect();
+        series.push((workload, points));
+    }
+    let ymax = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .fold(1.1_f64, f64::max)
+        * 1.05;
+    let ymin = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .fold(0.9_f64, f64::min)
+        * 0.95;
+    let x = |d: f64| left + d / max_depth * (w - left - right);
+    let y = |v: f64| top + (ymax - v) / (ymax - ymin) * (h - top - bottom);
+    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">slowdown vs pass-through nesting depth</text>"#,
+        w / 2.0
+    );
+    let (x0, x1, y0, y1) = (x(0.0), x(max_depth), y(ymin), y(ymax));
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>"#
+    );
+    for &(_, d) in NEST_STACKS {
+        let xd = x(d as f64);
+        let _ = writeln!(
+            svg,
+            r#"<text x="{xd}" y="{}" text-anchor="middle">{d}</text>"#,
+            y0 + 16.0
+        );
+    }
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">layers</text>"#,
+        (x0 + x1) / 2.0,
+        h - 8.0
+    );
+    for i in 0..=4 {
+        let v = ymin + (ymax - ymin) * f64::from(i) / 4.0;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{}" text-anchor="end">{v:.2}x</text>"#,
+            x0 - 6.0,
+            y(v) + 4.0
+        );
+    }
+    let one = y(1.0);
+    let _ = writeln!(
+        svg,
+        r#"<line x1="{x0}" y1="{one}" x2="{x1}" y2="{one}" stroke="gray" stroke-dasharray="4 4"/>"#
+    );
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = colors[i % colors.len()];
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(d, v)| format!("{:.1},{:.1}", x(d), y(v)))
+            .collect();
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            path.join(" ")
+        );
+        for &(d, v) in points {
+            let _ = writeln!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                x(d),
+                y(v)
+            );
+        }
+        let ly = top + 20.0 + i as f64 * 18.0;
+        let _ = writeln!(
+            svg,
+            r#"<text x="{}" y="{ly}" fill="{color}">{name}</text>"#,
+            w - right + 20.0
+        );
+    }
+    svg.push_str("</svg>\n");
+    svg
+}
 
 /// A benchmark of the host alone, measured in this process: `(name, unit, one sample)`.
 pub type HostBenchmark = (&'static str, &'static str, fn() -> f64);
@@ -306,7 +511,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     let mut failures = Vec::new();
     // Each distinct command line once, in the order of BENCHMARKS.
     let mut seen: Vec<&str> = Vec::new();
-    let selected: Vec<&Benchmark> = BENCHMARKS.iter().filter(|b| args.selects(b.name)).collect();
+    let all = all_benchmarks();
+    let selected: Vec<&Benchmark> = all.iter().filter(|b| args.selects(b.name)).collect();
     for cmdline in selected.iter().map(|b| b.cmdline) {
         if seen.contains(&cmdline) {
             continue;
@@ -339,8 +545,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         }
     }
 
-    // Report in the order of BENCHMARKS, not in the order the runs were grouped.
-    records.sort_by_key(|r| BENCHMARKS.iter().position(|b| b.name == r.name));
+    // Report in the order of the benchmark list, not in the order the runs were grouped.
+    records.sort_by_key(|r| all.iter().position(|b| b.name == r.name));
     let platform = records
         .first()
         .map(|r| r.platform.clone())
@@ -352,6 +558,11 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     for line in ratios(&records) {
         to_stdout(&format!("{line}\n"));
     }
+    let nest = nest_table(&records);
+    to_stdout(&nest);
+    if let Some(path) = &args.plot {
+        write_file(path, &nest_plot(&records))?;
+    }
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&records)
             .map_err(|e| Error::Bench(format!("cannot encode records: {e}")))?;
@@ -362,7 +573,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         for line in ratios(&records) {
             md.push_str(&format!("\n- {line}"));
         }
-        md.push('\n');
+        md.push_str("\n\n");
+        md.push_str(&nest_table(&records));
         write_file(path, &md)?;
     }
     if failures.is_empty() {
@@ -388,7 +600,7 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
 
 /// Builds a record from the runs of its command line.
 fn record(b: &Benchmark, runs: &[RunStats]) -> std::result::Result<Record, String> {
-    let samples: Vec<f64> = runs.iter().filter_map(b.sample).collect();
+    let samples: Vec<f64> = runs.iter().filter_map(|r| b.sample.get(r)).collect();
     if samples.len() != runs.len() {
         return Err(format!(
             "the guest did not report it in {} of {} runs",
@@ -575,6 +787,49 @@ mod tests {
         assert_eq!(o["platform"], "kvm_pvm");
         assert_eq!(o["samples"].as_array().unwrap().len(), 3);
         assert_eq!(o["value"], 36.0);
+    }
+
+    #[test]
+    fn nest_benchmarks_cover_every_workload_and_stack() {
+        let all = all_benchmarks();
+        let nest: Vec<&Benchmark> = all.iter().filter(|b| b.name.starts_with("nest.")).collect();
+        assert_eq!(nest.len(), NEST_WORKLOADS.len() * NEST_STACKS.len());
+        let b = all
+            .iter()
+            .find(|b| b.name == "nest.ipc.passthru-x2")
+            .unwrap();
+        assert_eq!(b.cmdline, "fluke.init=passthru,passthru,work,ipc,2000");
+        let mut names: Vec<&str> = all.iter().map(|b| b.name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "names are unique");
+    }
+
+    #[test]
+    fn nest_table_and_plot() {
+        let rec = |name: &str, value: f64| Record {
+            name: name.into(),
+            model: Model::Microkernel,
+            platform: "kvm".into(),
+            value,
+            unit: "ns".into(),
+            samples: vec![value],
+        };
+        let records = [
+            rec("nest.compute.bare", 100.0),
+            rec("nest.compute.passthru-x4", 121.0),
+        ];
+        let t = nest_table(&records);
+        assert!(
+            t.contains("| compute | passthru-x4 | 0.00 | 1.210x | +4.88% |"),
+            "{t}"
+        );
+        let svg = nest_plot(&records);
+        assert!(
+            svg.starts_with("<svg")
+                && svg.contains("<polyline")
+                && svg.trim_end().ends_with("</svg>")
+        );
     }
 
     #[test]

@@ -82,6 +82,9 @@ pub struct BenchArgs {
     /// The image to benchmark; without it, the default image built into this binary.
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<PathBuf>,
+    /// Also write an SVG plot of the nesting slowdown against depth to this file.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
     /// Run only the benchmarks whose names start with one of these comma-separated prefixes
     /// (e.g. `vmm.,boot.`).
     #[arg(long, value_name = "PREFIXES", value_delimiter = ',')]

@@ -94,7 +94,9 @@ pub enum Call {
     /// `mapping_create(space, region, addr, writable) -> name`: makes the region appear at
     /// `addr` in `space` (pages are shared with the region's owner, brought in on fault).
     MappingCreate = 35,
-    /// `space_create() -> name`: an empty child space (its budget lent from the caller's).
+    /// `space_create(keep) -> name` (child id in `rdx`): an empty child space. Its budget is
+    /// lent from the caller's: everything but `keep` frames, or with `keep` = 0 half of what
+    /// the caller has left (at most 32 MiB, as for `spawn`).
     SpaceCreate = 36,
     /// `cap_give(space, name_there, my_cap, rights)`: puts a copy of one of the caller's
     /// capabilities into a space's table under a chosen name.

@@ -64,7 +64,7 @@ pub fn spawn(
 ) -> Result<Pid, Error> {
     let bundle = image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
     let program = bundle.program(name).ok_or(Error::NoSuchProgram)?;
-    let quota = lend_quota(parent)?;
+    let quota = lend_quota(parent, 0)?;
     let result = build_child(name, program.data, args, parent, caps, quota);
     if result.is_err() {
         repay_parent(parent, quota);
@@ -72,8 +72,10 @@ pub fn spawn(
     result
 }
 
-/// A new child's budget, lent out of the parent's (init gets what the kernel has).
-fn lend_quota(parent: Option<Pid>) -> Result<u64, Error> {
+/// A new child's budget, lent out of the parent's (init gets what the kernel has): with
+/// `keep` = 0 half of what the parent has left (at most CHILD_QUOTA), else everything but
+/// `keep` frames (a nester handing its one child all it can).
+fn lend_quota(parent: Option<Pid>, keep: u64) -> Result<u64, Error> {
     let Some(pp) = parent else {
         return Ok(crate::mm::free_frames() * 9 / 10);
     };
@@ -83,9 +85,10 @@ fn lend_quota(parent: Option<Pid>) -> Result<u64, Error> {
         .and_then(|p| p.space.as_mut())
         .map(|s| &mut s.budget)
         .ok_or(Error::InvalidArgument)?;
-    // Half of what the parent has left (at most CHILD_QUOTA): the parent keeps enough to
-    // go on, and nesters stacked eight deep still hand each level a budget.
-    let quota = (budget.available() / 2).min(CHILD_QUOTA);
+    let quota = match keep {
+        0 => (budget.available() / 2).min(CHILD_QUOTA),
+        keep => budget.available().saturating_sub(keep),
+    };
     if quota < MIN_QUOTA {
         return Err(Error::NoMemory);
     }
@@ -95,8 +98,8 @@ fn lend_quota(parent: Option<Pid>) -> Result<u64, Error> {
 
 /// An empty space (no program, no thread) as a child of `parent`: a user-level parent
 /// fills it with mappings, capabilities and threads itself.
-pub fn create_space(parent: Pid) -> Result<Pid, Error> {
-    let quota = lend_quota(Some(parent))?;
+pub fn create_space(parent: Pid, keep: u64) -> Result<Pid, Error> {
+    let quota = lend_quota(Some(parent), keep)?;
     let result = Space::new(quota).and_then(|space| insert_process("space", Some(parent), space));
     if result.is_err() {
         repay_parent(Some(parent), quota);

@@ -34,9 +34,9 @@ fn target(name: u64, rights: Rights) -> Result<Pid, Error> {
     }
 }
 
-/// `space_create`: returns the capability, and in `rdx` the child's id for `wait`.
-pub fn create() -> Result<u64, Error> {
-    let pid = process::create_space(caller()?)?;
+/// `space_create(keep)`: returns the capability, and in `rdx` the child's id for `wait`.
+pub fn create(keep: u64) -> Result<u64, Error> {
+    let pid = process::create_space(caller()?, keep)?;
     let cap = crate::thread_calls::grant_to_caller(ObjRef::Space(pid))
         .inspect_err(|_| process::destroy_space(pid))?;
     // SAFETY: single CPU; cur_regs is the calling thread's register block.

@@ -16,6 +16,9 @@ pub const CHILD_STACK: u64 = 64 * 1024;
 /// Where a nester keeps the memory of its children, in its own space (64 GiB up).
 pub const BACKING_BASE: u64 = 0x10_0000_0000;
 const PAGE: u64 = 4096;
+/// Frames of its budget a nester keeps for itself; its child gets the rest (the nester's own
+/// needs are small: the child's program and stack copies, a few objects and page tables).
+pub const NESTER_KEEP: u64 = 128;
 
 /// A child environment: its space, its first thread and its id (for `sys::wait`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -149,7 +152,7 @@ impl Nester {
 
         let program_region = sys::region_create(prog, prog_len, NO_CAP)?;
         let stack_region = sys::region_create(stack, CHILD_STACK, NO_CAP)?;
-        let (space, pid) = sys::space_create_pid()?;
+        let (space, pid) = sys::space_create_keep(NESTER_KEEP)?;
         sys::mapping_create_flags(
             space,
             program_region,

@@ -429,20 +429,22 @@ pub fn mapping_create_flags(space: u64, region: u64, addr: u64, flags: u64) -> R
     call(Call::MappingCreate, space, region, addr, flags)
 }
 
-/// An empty child space (no memory, no threads, no capabilities).
+/// An empty child space (no memory, no threads, no capabilities), with half of what this
+/// program's budget has left.
 pub fn space_create() -> Result<u64, Error> {
-    space_create_pid().map(|(cap, _)| cap)
+    space_create_keep(0).map(|(cap, _)| cap)
 }
 
-/// [`space_create`], also returning the child's id (for [`wait`]).
-pub fn space_create_pid() -> Result<(u64, u64), Error> {
+/// An empty child space given everything of this program's budget but `keep` frames (or
+/// half of it if `keep` is 0); also returns the child's id (for [`wait`]).
+pub fn space_create_keep(keep: u64) -> Result<(u64, u64), Error> {
     let (ret, pid): (u64, u64);
     // SAFETY: no memory is passed.
     unsafe {
         asm!(
             "syscall",
             inlateout("rax") Call::SpaceCreate as u64 => ret,
-            in("rdi") 0u64,
+            in("rdi") keep,
             in("rsi") 0u64,
             lateout("rdx") pid,
             in("r10") 0u64,

@@ -1,0 +1,115 @@
+//! `work KIND N`: one workload, timed with the TSC, reported as `BENCH work.KIND <ns> ns N`
+//! plus a checksum line (`work: KIND checksum X`) so runs at every nesting depth can be
+//! compared for identical output.
+//!
+//! - `syscall N`: N small kernel calls (`time`),
+//! - `ipc N`: N call/reply round trips with a server in another space,
+//! - `memory PAGES`: writes a pattern over PAGES fresh pages and reads it all back,
+//! - `compute N`: N rounds of integer mixing, no kernel calls.
+#![no_std]
+#![no_main]
+
+use fluke_abi::syscall::BenchOp;
+use fluke_rt::sys::{self, NO_CAP};
+use fluke_rt::{println, NumBuf};
+
+const MEMORY_BASE: u64 = 0x3000_0000;
+
+#[no_mangle]
+fn fluke_main(args: fluke_rt::Args) -> i32 {
+    let kind = args.get(0).unwrap_or("");
+    let n: u64 = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1000)
+        .max(1);
+    if kind == "ipc-server" {
+        return ipc_server();
+    }
+    let khz = sys::bench(BenchOp::TscKhz, 0).unwrap_or(1_000_000);
+    let start = sys::rdtsc();
+    let checksum = match kind {
+        "syscall" => (0..n).fold(0u64, |acc, _| {
+            acc.wrapping_add(u64::from(sys::time_ns() > 0))
+        }),
+        "ipc" => match ipc_client(n) {
+            Some(c) => c,
+            None => return 1,
+        },
+        "memory" => match memory(n) {
+            Some(c) => c,
+            None => return 1,
+        },
+        "compute" => (0..n).fold(0x9e37_79b9u64, |acc, i| {
+            let mut x = acc ^ i;
+            for _ in 0..64 {
+                x = x.rotate_left(7).wrapping_mul(0x2545_f491_4f6c_dd1d) ^ (x >> 29);
+            }
+            x
+        }),
+        _ => {
+            println!("work: unknown workload {kind:?}");
+            return 2;
+        }
+    };
+    let ticks = sys::rdtsc() - start;
+    println!("work: {kind} checksum {checksum:#x}");
+    println!(
+        "BENCH work.{kind} {:.1} ns {n}",
+        ticks as f64 * 1_000_000.0 / khz as f64
+    );
+    0
+}
+
+fn ipc_client(n: u64) -> Option<u64> {
+    let set = sys::port_set_create().ok()?;
+    let port = sys::port_create(set, 1).ok()?;
+    let server = sys::spawn_with_caps("work", &["ipc-server"], &[set]).ok()?;
+    let mut acc = 0u64;
+    for i in 0..n {
+        let m = sys::ipc_call(port, [i, 0, 0, 0], NO_CAP).ok()?;
+        acc = acc.wrapping_add(m.words[0]);
+    }
+    sys::ipc_send_reliable(port, [u64::MAX, 0, 0, 0], NO_CAP, &[]).ok()?;
+    (sys::wait(server) == Ok(0)).then_some(acc)
+}
+
+fn ipc_server() -> i32 {
+    let set = 0; // the port set our client handed us
+    let mut msg = sys::ipc_wait(set);
+    while let Ok(m) = msg {
+        if m.words[0] == u64::MAX {
+            return 0;
+        }
+        msg = sys::ipc_reply_wait(set, [m.words[0] * 2 + 1, 0, 0, 0], NO_CAP);
+    }
+    1
+}
+
+fn memory(pages: u64) -> Option<u64> {
+    sys::map_anon(MEMORY_BASE, pages * 4096).ok()?;
+    for i in 0..pages {
+        for w in 0..8 {
+            // SAFETY: inside the demand-zero range just reserved.
+            unsafe {
+                core::ptr::write_volatile((MEMORY_BASE + i * 4096 + w * 512) as *mut u64, i * 8 + w)
+            };
+        }
+    }
+    let mut acc = 0u64;
+    for i in 0..pages {
+        for w in 0..8 {
+            // SAFETY: as above.
+            let v = unsafe {
+                core::ptr::read_volatile((MEMORY_BASE + i * 4096 + w * 512) as *const u64)
+            };
+            if v != i * 8 + w {
+                println!("work: memory: page {i} word {w} holds {v}");
+                return None;
+            }
+            acc = acc.wrapping_add(v);
+        }
+    }
+    let _ = NumBuf::new();
+    Some(acc)
+}
