@@ -67,33 +67,20 @@ pub fn remove_region(rid: Id) {
 pub const MAP_WRITE: u64 = 1;
 pub const MAP_EXEC: u64 = 2;
 
-fn caller_caps() -> Result<&'static mut fluke_kcore::cap::CapTable<ObjRef>, Error> {
-    let k = kernel();
-    let tid = crate::sched::current().ok_or(Error::InvalidArgument)?;
-    let pid = k.threads.get(tid).ok_or(Error::InvalidArgument)?.process;
-    k.processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut())
-        .map(|s| &mut s.caps)
-        .ok_or(Error::InvalidArgument)
-}
-
-fn caller_pid() -> Result<Pid, Error> {
-    let k = kernel();
-    let tid = crate::sched::current().ok_or(Error::InvalidArgument)?;
-    Ok(k.threads.get(tid).ok_or(Error::InvalidArgument)?.process)
-}
-
 pub fn region_create(addr: u64, size: u64, keeper_name: u64) -> Result<u64, Error> {
     check_user_range(addr, size)?;
     let keeper = match keeper_name {
         NO_CAP => None,
-        name => match caller_caps()?.check(name, Rights::USE)?.object {
+        name => match crate::sched::current_space()?
+            .caps
+            .check(name, Rights::USE)?
+            .object
+        {
             ObjRef::Port(p) => Some(p),
             _ => return Err(Error::WrongType),
         },
     };
-    let owner = caller_pid()?;
+    let owner = crate::sched::current_pid()?;
     let id = kernel()
         .regions
         .insert(Region {
@@ -117,7 +104,7 @@ pub fn mapping_create(
     if flags & !(MAP_WRITE | MAP_EXEC) != 0 {
         return Err(Error::InvalidArgument);
     }
-    let caps = caller_caps()?;
+    let caps = &mut crate::sched::current_space()?.caps;
     let ObjRef::Space(target) = caps.check(space_name, Rights::WRITE)?.object else {
         return Err(Error::WrongType);
     };

@@ -28,15 +28,10 @@ fn me() -> Result<ThreadId, Error> {
 }
 
 fn lookup(name: u64) -> Result<ObjRef, Error> {
-    let k = kernel();
-    let tid = me()?;
-    let pid = k.threads.get(tid).ok_or(Error::InvalidArgument)?.process;
-    let space = k
-        .processes
-        .get(pid)
-        .and_then(|p| p.space.as_ref())
-        .ok_or(Error::InvalidArgument)?;
-    Ok(space.caps.check(name, Rights::USE)?.object)
+    Ok(sched::current_space()?
+        .caps
+        .check(name, Rights::USE)?
+        .object)
 }
 
 fn mutex_id(name: u64) -> Result<Id, Error> {

@@ -43,22 +43,10 @@ fn frames_for(object: ObjRef) -> u64 {
     }
 }
 
-fn caller_space() -> Result<(Id, &'static mut crate::space::Space), Error> {
-    let k = crate::sched::kernel();
-    let tid = crate::sched::current().ok_or(Error::InvalidArgument)?;
-    let pid = k.threads.get(tid).ok_or(Error::InvalidArgument)?.process;
-    let space = k
-        .processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut())
-        .ok_or(Error::InvalidArgument)?;
-    Ok((pid, space))
-}
-
 /// Accounts a newly created object to the calling space (its creator) and gives the caller
 /// a capability with every right. On error the caller removes the object again.
 pub fn register_new(object: ObjRef) -> Result<u64, Error> {
-    let (pid, space) = caller_space()?;
+    let (pid, space) = (crate::sched::current_pid()?, crate::sched::current_space()?);
     let frames = frames_for(object);
     space.budget.charge(frames).map_err(|_| Error::NoMemory)?;
     match space.caps.insert(owner_cap(object)) {

@@ -4,25 +4,14 @@
 
 use crate::object::ObjRef;
 use crate::sched::{self, kernel};
-use crate::space::Space;
 use fluke_abi::syscall::ipc::NO_CAP;
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;
 
-fn my_space() -> Result<&'static mut Space, Error> {
-    let k = kernel();
-    let tid = sched::current().ok_or(Error::InvalidArgument)?;
-    let pid = k.threads.get(tid).ok_or(Error::InvalidArgument)?.process;
-    k.processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut())
-        .ok_or(Error::InvalidArgument)
-}
-
 /// The caller's name for an object, or NO_CAP.
 fn name_of(object: ObjRef) -> u64 {
-    my_space()
+    sched::current_space()
         .ok()
         .and_then(|s| {
             s.caps
@@ -35,11 +24,17 @@ fn name_of(object: ObjRef) -> u64 {
 
 /// The object the caller's `name` refers to, if it is live and of the expected kind.
 fn resolve(name: u64) -> Result<ObjRef, Error> {
-    Ok(my_space()?.caps.check(name, Rights::USE)?.object)
+    Ok(sched::current_space()?
+        .caps
+        .check(name, Rights::USE)?
+        .object)
 }
 
 pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
-    let object = my_space()?.caps.check(name, Rights::READ)?.object;
+    let object = sched::current_space()?
+        .caps
+        .check(name, Rights::READ)?
+        .object;
     let k = kernel();
     let words: [u64; WORDS] = match object {
         ObjRef::Port(p) => {
@@ -133,14 +128,17 @@ pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
     for (i, w) in words.iter().enumerate() {
         bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
     }
-    my_space()?.copy_out(buf, &bytes)?;
+    sched::current_space()?.copy_out(buf, &bytes)?;
     Ok(words[0])
 }
 
 pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
-    let object = my_space()?.caps.check(name, Rights::WRITE)?.object;
+    let object = sched::current_space()?
+        .caps
+        .check(name, Rights::WRITE)?
+        .object;
     let mut bytes = [0u8; WORDS * 8];
-    my_space()?.copy_in(buf, &mut bytes)?;
+    sched::current_space()?.copy_in(buf, &mut bytes)?;
     let w = |i: usize| u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
     let k = kernel();
     match object {
@@ -185,7 +183,7 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
         ObjRef::Reference(r) if w(0) == objstate::REFERENCE => {
             let held = match w(1) {
                 NO_CAP => None,
-                name => Some(my_space()?.caps.check(name, Rights::GRANT)?),
+                name => Some(sched::current_space()?.caps.check(name, Rights::GRANT)?),
             };
             *k.references.get_mut(r).ok_or(Error::BadCap)? = held;
         }
@@ -236,7 +234,7 @@ fn destroy_object(object: ObjRef) -> Result<(), Error> {
 /// `ref_create(cap)`: a Reference holding a copy of one of the caller's capabilities (which
 /// must carry GRANT): a capability kept as an object, to be handed around and opened later.
 pub fn ref_create(name: u64) -> Result<u64, Error> {
-    let cap = my_space()?.caps.check(name, Rights::GRANT)?;
+    let cap = sched::current_space()?.caps.check(name, Rights::GRANT)?;
     let id = kernel()
         .references
         .insert(Some(cap))
@@ -248,7 +246,11 @@ pub fn ref_create(name: u64) -> Result<u64, Error> {
 
 /// `ref_get(reference)`: a copy of the capability it holds, in the caller's table.
 pub fn ref_get(name: u64) -> Result<u64, Error> {
-    let ObjRef::Reference(r) = my_space()?.caps.check(name, Rights::USE)?.object else {
+    let ObjRef::Reference(r) = sched::current_space()?
+        .caps
+        .check(name, Rights::USE)?
+        .object
+    else {
         return Err(Error::WrongType);
     };
     let held = kernel()
@@ -256,5 +258,5 @@ pub fn ref_get(name: u64) -> Result<u64, Error> {
         .get(r)
         .ok_or(Error::BadCap)?
         .ok_or(Error::BadCap)?;
-    Ok(u64::from(my_space()?.caps.insert(held)?))
+    Ok(u64::from(sched::current_space()?.caps.insert(held)?))
 }

@@ -380,3 +380,23 @@ pub fn timer_interrupt(from_user: bool) {
         ensure_timer(now + QUANTUM_NS, now);
     }
 }
+
+/// The process (space) of the running thread.
+pub fn current_pid() -> Result<Id, fluke_abi::syscall::Error> {
+    let tid = current().ok_or(fluke_abi::syscall::Error::InvalidArgument)?;
+    kernel()
+        .threads
+        .get(tid)
+        .map(|t| t.process)
+        .ok_or(fluke_abi::syscall::Error::InvalidArgument)
+}
+
+/// The address space (with its capability table and budget) of the running thread.
+pub fn current_space() -> Result<&'static mut crate::space::Space, fluke_abi::syscall::Error> {
+    let pid = current_pid()?;
+    kernel()
+        .processes
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut())
+        .ok_or(fluke_abi::syscall::Error::InvalidArgument)
+}

@@ -9,15 +9,6 @@ use crate::space::Space;
 use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;
 
-fn caller() -> Result<Pid, Error> {
-    let tid = sched::current().ok_or(Error::InvalidArgument)?;
-    Ok(kernel()
-        .threads
-        .get(tid)
-        .ok_or(Error::InvalidArgument)?
-        .process)
-}
-
 fn space_of(pid: Pid) -> Result<&'static mut Space, Error> {
     kernel()
         .processes
@@ -28,7 +19,11 @@ fn space_of(pid: Pid) -> Result<&'static mut Space, Error> {
 
 /// The space a capability of the caller names, with `rights`.
 fn target(name: u64, rights: Rights) -> Result<Pid, Error> {
-    match space_of(caller()?)?.caps.check(name, rights)?.object {
+    match space_of(sched::current_pid()?)?
+        .caps
+        .check(name, rights)?
+        .object
+    {
         ObjRef::Space(p) => space_of(p).map(|_| p),
         _ => Err(Error::WrongType),
     }
@@ -36,7 +31,7 @@ fn target(name: u64, rights: Rights) -> Result<Pid, Error> {
 
 /// `space_create(keep)`: returns the capability, and in `rdx` the child's id for `wait`.
 pub fn create(keep: u64) -> Result<u64, Error> {
-    let pid = process::create_space(caller()?, keep)?;
+    let pid = process::create_space(sched::current_pid()?, keep)?;
     let cap = crate::thread_calls::grant_to_caller(ObjRef::Space(pid))
         .inspect_err(|_| process::destroy_space(pid))?;
     // SAFETY: single CPU; cur_regs is the calling thread's register block.
@@ -50,7 +45,9 @@ pub fn create(keep: u64) -> Result<u64, Error> {
 pub fn cap_give(space_name: u64, name_there: u64, my_cap: u64, rights: u64) -> Result<u64, Error> {
     let pid = target(space_name, Rights::WRITE)?;
     let rights = Rights::from_bits(rights).ok_or(Error::InvalidArgument)?;
-    let cap = space_of(caller()?)?.caps.check(my_cap, Rights::GRANT)?;
+    let cap = space_of(sched::current_pid()?)?
+        .caps
+        .check(my_cap, Rights::GRANT)?;
     let name_there = u32::try_from(name_there).map_err(|_| Error::BadCap)?;
     let copy = ObjCap {
         object: cap.object,
@@ -63,12 +60,14 @@ pub fn cap_give(space_name: u64, name_there: u64, my_cap: u64, rights: u64) -> R
 pub fn cap_take(space_name: u64, name_there: u64) -> Result<u64, Error> {
     let pid = target(space_name, Rights::READ)?;
     let cap = space_of(pid)?.caps.get(name_there)?;
-    Ok(u64::from(space_of(caller()?)?.caps.insert(cap)?))
+    Ok(u64::from(
+        space_of(sched::current_pid()?)?.caps.insert(cap)?,
+    ))
 }
 
 /// Destroys a child space (its threads, its mappings, its memory and its children).
 pub fn destroy(pid: Pid) -> Result<u64, Error> {
-    if pid == caller()? {
+    if pid == sched::current_pid()? {
         return Err(Error::InvalidArgument);
     }
     process::destroy_space(pid);
@@ -85,7 +84,7 @@ pub fn program_read(
     if name_len == 0 || name_len > 32 || len > 1 << 20 {
         return Err(Error::InvalidArgument);
     }
-    let me = space_of(caller()?)?;
+    let me = space_of(sched::current_pid()?)?;
     let mut name = [0u8; 32];
     me.copy_in(name_ptr, &mut name[..name_len as usize])?;
     let name =

@@ -24,20 +24,11 @@ fn regs() -> &'static mut UserRegs {
 }
 
 fn current_pid() -> Option<Pid> {
-    let k = kernel();
-    sched::current()
-        .and_then(|t| k.threads.get(t))
-        .map(|t| t.process)
+    sched::current_pid().ok()
 }
 
 fn with_space<R>(f: impl FnOnce(&mut crate::space::Space) -> Result<R, Error>) -> Result<R, Error> {
-    let pid = current_pid().ok_or(Error::InvalidArgument)?;
-    let space = kernel()
-        .processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut())
-        .ok_or(Error::InvalidArgument)?;
-    f(space)
+    f(sched::current_space()?)
 }
 
 #[no_mangle]

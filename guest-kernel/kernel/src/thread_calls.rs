@@ -6,24 +6,13 @@ use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
 use crate::object::{owner_cap, ObjRef};
 use crate::process::Pid;
 use crate::sched::{self, kernel};
-use crate::space::Space;
 use crate::thread::{KernelStack, Thread, ThreadId, ThreadState};
 use alloc::boxed::Box;
 use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;
 
-fn my_space() -> Result<&'static mut Space, Error> {
-    let k = kernel();
-    let tid = sched::current().ok_or(Error::InvalidArgument)?;
-    let pid = k.threads.get(tid).ok_or(Error::InvalidArgument)?.process;
-    k.processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut())
-        .ok_or(Error::InvalidArgument)
-}
-
 fn thread_cap(name: u64, rights: Rights) -> Result<ThreadId, Error> {
-    match my_space()?.caps.check(name, rights)?.object {
+    match sched::current_space()?.caps.check(name, rights)?.object {
         ObjRef::Thread(t)
             if kernel()
                 .threads
@@ -38,7 +27,7 @@ fn thread_cap(name: u64, rights: Rights) -> Result<ThreadId, Error> {
 }
 
 fn space_cap(name: u64, rights: Rights) -> Result<Pid, Error> {
-    match my_space()?.caps.check(name, rights)?.object {
+    match sched::current_space()?.caps.check(name, rights)?.object {
         ObjRef::Space(p) if kernel().processes.get(p).is_some_and(|p| p.space.is_some()) => Ok(p),
         ObjRef::Space(_) => Err(Error::BadCap),
         _ => Err(Error::WrongType),
@@ -72,7 +61,9 @@ pub fn new_thread(pid: Pid, regs: UserRegs, state: ThreadState) -> Result<Thread
 
 /// A capability to a kernel object, in the caller's table.
 pub fn grant_to_caller(object: ObjRef) -> Result<u64, Error> {
-    Ok(u64::from(my_space()?.caps.insert(owner_cap(object))?))
+    Ok(u64::from(
+        sched::current_space()?.caps.insert(owner_cap(object))?,
+    ))
 }
 
 pub fn create(space_name: u64) -> Result<u64, Error> {
@@ -126,7 +117,7 @@ fn stopped(tid: ThreadId) -> Result<&'static mut Thread, Error> {
 pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
     let tid = thread_cap(name, Rights::READ)?;
     let regs = *stopped(tid)?.regs;
-    my_space()?.copy_out(buf, as_bytes(&regs))?;
+    sched::current_space()?.copy_out(buf, as_bytes(&regs))?;
     Ok(0)
 }
 
@@ -134,7 +125,7 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
     let tid = thread_cap(name, Rights::WRITE)?;
     stopped(tid)?;
     let mut regs = UserRegs::default();
-    my_space()?.copy_in(buf, as_bytes_mut(&mut regs))?;
+    sched::current_space()?.copy_in(buf, as_bytes_mut(&mut regs))?;
     // Any values are safe to load: RFLAGS is sanitized and a bad RIP or RSP only faults in
     // user mode (user::return_to_user).
     *stopped(tid)?.regs = regs;
@@ -142,7 +133,7 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
 }
 
 pub fn destroy(name: u64) -> Result<u64, Error> {
-    let space = my_space()?;
+    let space = sched::current_space()?;
     let cap = space.caps.check(name, Rights::WRITE)?;
     match cap.object {
         ObjRef::Thread(tid) => {
@@ -156,17 +147,17 @@ pub fn destroy(name: u64) -> Result<u64, Error> {
             if let Some(p) = kernel().processes.get_mut(pid) {
                 p.threads.retain(|&t| t != tid);
             }
-            my_space()?.caps.remove(name)?;
+            sched::current_space()?.caps.remove(name)?;
             Ok(0)
         }
         ObjRef::Space(pid) => {
             crate::space_calls::destroy(pid)?;
-            my_space()?.caps.remove(name)?;
+            sched::current_space()?.caps.remove(name)?;
             Ok(0)
         }
         other => {
             crate::objects::destroy(other)?;
-            my_space()?.caps.remove(name)?;
+            sched::current_space()?.caps.remove(name)?;
             Ok(0)
         }
     }
@@ -202,7 +193,11 @@ pub fn set_keeper(thread_name: u64, port_name: u64) -> Result<u64, Error> {
     let tid = thread_cap(thread_name, Rights::WRITE)?;
     let keeper = match port_name {
         fluke_abi::syscall::ipc::NO_CAP => None,
-        name => match my_space()?.caps.check(name, Rights::USE)?.object {
+        name => match sched::current_space()?
+            .caps
+            .check(name, Rights::USE)?
+            .object
+        {
             ObjRef::Port(p) => Some(p),
             _ => return Err(Error::WrongType),
         },
