@@ -257,31 +257,35 @@ fn pop_live(q: &mut VecDeque<ThreadId>) -> Option<ThreadId> {
     None
 }
 
+/// A thread waiting on `set`; if there is none, the caller is queued on the set and blocked
+/// with its call in restart form, to be taken by the next server that waits (this does not
+/// return then).
+fn waiting_server_or_queue(me: ThreadId, set: Id) -> ThreadId {
+    if let Some(w) = kernel()
+        .port_sets
+        .get_mut(set)
+        .and_then(|s| pop_live(&mut s.waiting))
+    {
+        return w;
+    }
+    if let Some(s) = kernel().port_sets.get_mut(set) {
+        s.callers.push_back(me);
+    }
+    block_restartable(me, ThreadState::IpcCallQueued(set));
+    // SAFETY: as in switch_to_now.
+    unsafe { sched::schedule() }
+}
+
 pub fn call(port_name: u64) -> Result<u64, Error> {
     let me = current()?;
     let (set, badge) = port_of(me, port_name)?;
-    let server = kernel()
-        .port_sets
-        .get_mut(set)
-        .and_then(|s| pop_live(&mut s.waiting));
-    match server {
-        Some(w) => {
-            deliver_or_requeue(me, w, set, badge)?;
-            if let Some(t) = kernel().threads.get_mut(w) {
-                t.reply_to = Some(me);
-            }
-            block_restartable(me, ThreadState::WaitReply(w));
-            switch_to_now(w)
-        }
-        None => {
-            if let Some(s) = kernel().port_sets.get_mut(set) {
-                s.callers.push_back(me);
-            }
-            block_restartable(me, ThreadState::IpcCallQueued(set));
-            // SAFETY: as in switch_to_now.
-            unsafe { sched::schedule() }
-        }
+    let w = waiting_server_or_queue(me, set);
+    deliver_or_requeue(me, w, set, badge)?;
+    if let Some(t) = kernel().threads.get_mut(w) {
+        t.reply_to = Some(me);
     }
+    block_restartable(me, ThreadState::WaitReply(w));
+    switch_to_now(w)
 }
 
 pub fn send(port_name: u64) -> Result<u64, Error> {
@@ -498,29 +502,14 @@ fn complete(c: ThreadId) {
 pub fn send_reliable(port_name: u64) -> Result<u64, Error> {
     let me = current()?;
     let (set, badge) = port_of(me, port_name)?;
-    let server = kernel()
-        .port_sets
-        .get_mut(set)
-        .and_then(|s| pop_live(&mut s.waiting));
-    match server {
-        Some(w) => {
-            deliver_or_requeue(me, w, set, badge)?;
-            if let Some(t) = kernel().threads.get_mut(w) {
-                t.reply_to = None;
-            }
-            if let Some(r) = regs_of(me) {
-                r.rax = 0;
-            }
-            kernel().runq.push_back(me);
-            switch_to_now(w)
-        }
-        None => {
-            if let Some(s) = kernel().port_sets.get_mut(set) {
-                s.callers.push_back(me);
-            }
-            block_restartable(me, ThreadState::IpcCallQueued(set));
-            // SAFETY: as in switch_to_now.
-            unsafe { sched::schedule() }
-        }
+    let w = waiting_server_or_queue(me, set);
+    deliver_or_requeue(me, w, set, badge)?;
+    if let Some(t) = kernel().threads.get_mut(w) {
+        t.reply_to = None;
     }
+    if let Some(r) = regs_of(me) {
+        r.rax = 0;
+    }
+    kernel().runq.push_back(me);
+    switch_to_now(w)
 }
