@@ -2,14 +2,15 @@
 
 use crate::{kprintln, mm};
 use fluke_abi::boot::KERNEL_VIRT_BASE;
-use fluke_image::bundle::{Bundle, BundleError, BUNDLE_HEADER_SIZE, BUNDLE_MAGIC};
+use fluke_image::bundle::{peek_total_size, Bundle, BundleError, BUNDLE_HEADER_SIZE};
+use fluke_image::image::bundle_paddr;
 use fluke_kcore::memmap::PhysRange;
 
 /// Finds the bundle: by the rule shared with the image builder it starts at the first page
 /// after the kernel. Reads only its header (through the boot mapping of the first GiB) to
 /// learn its extent; the contents are verified by [`bundle`].
 pub fn locate_bundle(kernel_end: u64, ram_end: u64) -> Option<PhysRange> {
-    let start = fluke_kcore::align_up(kernel_end, 4096)?;
+    let start = bundle_paddr(kernel_end)?;
     let header_end = start.checked_add(BUNDLE_HEADER_SIZE as u64)?;
     if header_end > ram_end.min(mm::BOOT_MAP_LIMIT) {
         return None;
@@ -19,12 +20,7 @@ pub fn locate_bundle(kernel_end: u64, ram_end: u64) -> Option<PhysRange> {
     let header = unsafe {
         core::slice::from_raw_parts(mm::phys_to_virt(start) as *const u8, BUNDLE_HEADER_SIZE)
     };
-    if header[..8] != BUNDLE_MAGIC[..] {
-        return None;
-    }
-    let mut total = [0u8; 8];
-    total.copy_from_slice(&header[16..24]);
-    let end = start.checked_add(u64::from_le_bytes(total))?;
+    let end = start.checked_add(peek_total_size(header)?)?;
     (end <= ram_end.min(mm::BOOT_MAP_LIMIT)).then_some(PhysRange { start, end })
 }
 

@@ -49,6 +49,16 @@ pub const MAX_ARG_LEN: usize = 255;
 
 const HDR: usize = BUNDLE_HEADER_SIZE;
 
+/// The `total_size` a bundle header claims, if `header` starts with the bundle magic: how
+/// many bytes a loader must make available before it can call [`Bundle::parse`] (which
+/// checks everything, the checksum included).
+pub fn peek_total_size(header: &[u8]) -> Option<u64> {
+    if header.get(..8)? != BUNDLE_MAGIC {
+        return None;
+    }
+    Some(u64::from_le_bytes(header.get(16..24)?.try_into().ok()?))
+}
+
 /// FNV-1a, 64-bit.
 pub fn fnv1a64(data: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -1622,5 +1632,21 @@ mod tests {
             s,
             "bundle program 2 has an invalid name `A`: name is 40 bytes long (at most 32 allowed)"
         );
+    }
+
+    #[test]
+    fn peek_reads_the_claimed_size_only_after_the_magic() {
+        let mut b = BundleBuilder::new();
+        b.add_program("a", b"x").unwrap();
+        b.manifest("init a");
+        let bytes = b.build().unwrap();
+        assert_eq!(
+            peek_total_size(&bytes[..BUNDLE_HEADER_SIZE]),
+            Some(bytes.len() as u64)
+        );
+        assert_eq!(peek_total_size(&bytes[..20]), None);
+        let mut bad = bytes.clone();
+        bad[0] ^= 1;
+        assert_eq!(peek_total_size(&bad), None);
     }
 }
