@@ -321,32 +321,9 @@ pub fn kill_current(vector: u8, reason: core::fmt::Arguments, regs: &UserRegs) {
         regs.rsp,
         regs.rflags
     );
-    kprintln!(
-        "fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
-        regs.rax,
-        regs.rbx,
-        regs.rcx,
-        regs.rdx
-    );
-    kprintln!(
-        "fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}",
-        regs.rsi,
-        regs.rdi,
-        regs.rbp,
-        regs.r8
-    );
-    kprintln!(
-        "fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}",
-        regs.r9,
-        regs.r10,
-        regs.r11,
-        regs.r12
-    );
-    kprintln!(
-        "fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}",
-        regs.r13,
-        regs.r14,
-        regs.r15
-    );
+    crate::arch::trap::print_gprs([
+        regs.rax, regs.rbx, regs.rcx, regs.rdx, regs.rsi, regs.rdi, regs.rbp, regs.r8, regs.r9,
+        regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15,
+    ]);
     exit(pid, fluke_abi::syscall::killed_status(vector));
 }

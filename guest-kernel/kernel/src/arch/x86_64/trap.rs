@@ -185,31 +185,40 @@ pub fn dump_frame(f: &TrapFrame) {
         f.rsp,
         f.ss
     );
+    print_gprs([
+        f.rax, f.rbx, f.rcx, f.rdx, f.rsi, f.rdi, f.rbp, f.r8, f.r9, f.r10, f.r11, f.r12, f.r13,
+        f.r14, f.r15,
+    ]);
+}
+
+/// Prints the general registers, in the order rax rbx rcx rdx rsi rdi rbp r8 .. r15 (kernel
+/// faults and killed processes report them the same way).
+pub fn print_gprs(g: [u64; 15]) {
     kprintln!(
         "fluke:   rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}",
-        f.rax,
-        f.rbx,
-        f.rcx,
-        f.rdx
+        g[0],
+        g[1],
+        g[2],
+        g[3]
     );
     kprintln!(
         "fluke:   rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}",
-        f.rsi,
-        f.rdi,
-        f.rbp,
-        f.r8
+        g[4],
+        g[5],
+        g[6],
+        g[7]
     );
     kprintln!(
         "fluke:   r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}",
-        f.r9,
-        f.r10,
-        f.r11,
-        f.r12
+        g[8],
+        g[9],
+        g[10],
+        g[11]
     );
     kprintln!(
         "fluke:   r13 {:#018x} r14 {:#018x} r15 {:#018x}",
-        f.r13,
-        f.r14,
-        f.r15
+        g[12],
+        g[13],
+        g[14]
     );
 }
