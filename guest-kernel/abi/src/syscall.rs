@@ -119,6 +119,14 @@ pub enum Call {
     RefCreate = 43,
     /// `ref_get(reference) -> name`: a copy of the capability a Reference holds.
     RefGet = 44,
+    /// `mem_discard(addr, len)`: drops the caller's pages in the range, from every space
+    /// its regions map them into as well (frames it owned return to its budget); its
+    /// demand-zero ranges stay, so the next touch gets a zero page. How a pager evicts.
+    MemDiscard = 45,
+    /// `mem_referenced(addr) -> 0 | 1`: whether a space mapping the caller's page at `addr`
+    /// has touched it since the last ask (clears the bits; the caller's own accesses do not
+    /// count). A clock pager's reference bit.
+    MemReferenced = 46,
 }
 
 /// The state of a non-thread object as `obj_get_state` / `obj_set_state` exchange it.
@@ -247,6 +255,8 @@ impl Call {
             42 => Call::IpcSendReliable,
             43 => Call::RefCreate,
             44 => Call::RefGet,
+            45 => Call::MemDiscard,
+            46 => Call::MemReferenced,
             _ => return None,
         })
     }

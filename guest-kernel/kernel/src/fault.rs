@@ -45,22 +45,9 @@ pub fn user_event(vector: u8, error_code: u64) -> ! {
 
 fn page_fault(error_code: u64) {
     let addr = platform::fault_address();
-    let k = kernel();
-    let space = sched::current()
-        .and_then(|t| k.threads.get(t))
-        .and_then(|t| k.processes.get_mut(t.process))
-        .and_then(|p| p.space.as_mut());
-    if let Some(space) = space {
-        if error_code & 1 == 0 && space.handle_fault(addr) {
-            kernel().stats.user_faults_resolved += 1;
-            return;
-        }
-    }
-    // A page of a mapped region: the owner's page, or a message to the region's keeper.
-    let pid = sched::current()
-        .and_then(|t| kernel().threads.get(t))
-        .map(|t| t.process);
-    if let Some(pid) = pid {
+    // The memory a mapping provides (the owner's page, or a message to the region's
+    // keeper), else the space's own demand-zero memory.
+    if let Ok(pid) = sched::current_pid() {
         match memory::resolve_fault(pid, addr, error_code) {
             memory::Resolution::Mapped => return,
             memory::Resolution::Keeper(port, words) => ipc::send_fault(port, words),

@@ -207,6 +207,48 @@ fn deliver_or_requeue(from: ThreadId, server: ThreadId, set: Id, badge: u64) -> 
     })
 }
 
+/// Makes the current thread's receive buffer (`r14`, capacity `r15`) present before it
+/// waits, so that a message finds it there (a page a pager evicted is brought back first;
+/// the call is re-executed after the keeper's reply).
+fn prefault_receive_buffer(me: ThreadId) -> Result<(), Error> {
+    let Some(r) = regs_of(me) else { return Ok(()) };
+    let (buf, cap) = (r.r14, r.r15.min(MAX_DATA as u64));
+    if cap == 0 {
+        return Ok(());
+    }
+    crate::memory::prefault_current(buf, cap, true)
+}
+
+/// A queued caller's message could not be taken because a page of its data only a keeper
+/// can provide: the caller now waits for that keeper instead, exactly as if it had faulted,
+/// and re-executes its call after the keeper's reply. False if that is not the case.
+fn caller_to_keeper(c: ThreadId) -> bool {
+    let k = kernel();
+    let Some(f) = k.keeper_fault.take() else {
+        return false;
+    };
+    if k.threads.get(c).map(|t| t.process) != Some(f.pid) {
+        return false;
+    }
+    let Some((set, badge)) = k.ports.get(f.port).map(|p| (p.set, p.badge)) else {
+        return false;
+    };
+    let Some(pset) = k.port_sets.get_mut(set) else {
+        return false;
+    };
+    pset.callers.push_back(c);
+    // A keeper thread already waiting re-executes its wait and finds the fault.
+    let waiting = pop_live(&mut pset.waiting);
+    if let Some(t) = k.threads.get_mut(c) {
+        t.pending_fault = Some((badge, f.words));
+        t.state = ThreadState::IpcCallQueued(set);
+    }
+    if let Some(w) = waiting {
+        sched::make_runnable(w);
+    }
+    true
+}
+
 /// Blocks the current thread so that its `syscall` is re-executed when it is resumed
 /// without the operation having been completed for it.
 fn block_restartable(me: ThreadId, state: ThreadState) {
@@ -279,6 +321,7 @@ fn waiting_server_or_queue(me: ThreadId, set: Id) -> ThreadId {
 pub fn call(port_name: u64) -> Result<u64, Error> {
     let me = current()?;
     let (set, badge) = port_of(me, port_name)?;
+    prefault_receive_buffer(me)?;
     let w = waiting_server_or_queue(me, set);
     deliver_or_requeue(me, w, set, badge)?;
     if let Some(t) = kernel().threads.get_mut(w) {
@@ -314,6 +357,9 @@ pub fn send(port_name: u64) -> Result<u64, Error> {
 pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
     let me = current()?;
     let set = set_of(me, set_name)?;
+    if replied_to.is_none() {
+        prefault_receive_buffer(me)?; // (reply_wait did it before replying)
+    }
     let caller = kernel()
         .port_sets
         .get_mut(set)
@@ -359,6 +405,7 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
                 }
                 return Ok(b);
             }
+            Err(_) if caller_to_keeper(c) => {}
             Err(e) => fail_caller(c, e),
         }
     }
@@ -385,6 +432,8 @@ fn fail_caller(c: ThreadId, e: Error) {
 
 pub fn reply_wait(set_name: u64) -> Result<u64, Error> {
     let me = current()?;
+    set_of(me, set_name)?;
+    prefault_receive_buffer(me)?;
     let client = kernel().threads.get_mut(me).and_then(|t| t.reply_to.take());
     let mut replied = None;
     if let Some(c) = client {
@@ -397,7 +446,14 @@ pub fn reply_wait(set_name: u64) -> Result<u64, Error> {
             replied = Some(c);
         }
         if state == Some(ThreadState::WaitReply(me)) {
-            transfer(me, c, 0)?;
+            if let Err(e) = transfer(me, c, 0) {
+                // Not replied: the client still waits for this thread (which may
+                // re-execute the call once its keeper brought the reply's data in).
+                if let Some(t) = kernel().threads.get_mut(me) {
+                    t.reply_to = Some(c);
+                }
+                return Err(e);
+            }
             if let Some(t) = kernel().threads.get_mut(c) {
                 t.state = ThreadState::Runnable;
             }

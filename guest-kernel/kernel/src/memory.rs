@@ -3,7 +3,10 @@
 //! appear in another space. A page of a mapping is brought in on the first fault: if the
 //! owner has the page, the same frame is mapped into the faulting space; if not, the
 //! region's keeper gets a fault message and the faulting thread waits until the keeper
-//! replies, then re-executes the access.
+//! replies, then re-executes the access. Without a keeper the owner's page is brought in
+//! the same way in the owner (its own mappings or demand-zero memory), so memory passed
+//! down a stack of nesters resolves through every level. A pager evicts with
+//! [`discard`], which also unmaps the page from every space it was mapped into.
 
 use crate::arch::paging::{self, UserPerm};
 use crate::object::ObjRef;
@@ -147,18 +150,53 @@ pub fn mapping_create(
 
 /// What to do about a page fault at `addr` in space `pid`.
 pub enum Resolution {
-    /// The owner's page is now mapped: resume the thread.
+    /// The page is now mapped: resume the thread.
     Mapped,
-    /// Ask the region's keeper (a port) with this message.
+    /// Ask a region's keeper (a port) with this message.
     Keeper(Id, [u64; 4]),
-    /// Not in any mapping (or a real protection violation).
+    /// Not in any mapping or demand-zero range (or a real protection violation).
     NotMapped,
 }
 
+/// How far mappings of mappings may chain (a nester's memory mapped into its child, which
+/// maps it into its own child, ...). Deep enough for any stack of nesters we run; it also
+/// ends a cycle of spaces mapping each other's regions.
+const MAX_CHAIN: u32 = 32;
+
+/// Brings in the page at `addr` of space `pid` after a fault with `error_code`. The memory a
+/// parent provides comes first: a mapping covering the page gives the region owner's frame
+/// (brought into the owner first if it has none yet, the same way, unless the region has a
+/// keeper: then the keeper is asked). Only where no mapping lies do the space's own
+/// demand-zero ranges apply.
 pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
+    if error_code & 1 != 0 {
+        return Resolution::NotMapped; // a protection violation, not a missing page
+    }
+    fault_in(pid, addr & !(PAGE - 1), error_code & 2 != 0, addr, 0)
+}
+
+fn fault_in(pid: Pid, page: u64, write: bool, addr: u64, depth: u32) -> Resolution {
+    if depth > MAX_CHAIN {
+        return Resolution::NotMapped;
+    }
+    if let Some(r) = through_mapping(pid, page, write, addr, depth) {
+        return r;
+    }
+    let space = kernel()
+        .processes
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut());
+    if space.is_some_and(|s| s.handle_fault(page)) {
+        kernel().stats.user_faults_resolved += 1;
+        return Resolution::Mapped;
+    }
+    Resolution::NotMapped
+}
+
+/// The mapping of space `pid` covering `page`: `(base, writable, executable, region)`.
+fn mapping_at(pid: Pid, page: u64) -> Option<(u64, bool, bool, Id)> {
     let k = kernel();
-    let page = addr & !(PAGE - 1);
-    let hit = k.mappings.iter().find_map(|(_, m)| {
+    k.mappings.iter().find_map(|(_, m)| {
         let r = k.regions.get(m.region)?;
         (m.target == pid && (m.base..m.base + r.size).contains(&page)).then_some((
             m.base,
@@ -166,45 +204,189 @@ pub fn resolve_fault(pid: Pid, addr: u64, error_code: u64) -> Resolution {
             m.executable,
             m.region,
         ))
-    });
-    let Some((base, writable, executable, region_id)) = hit else {
-        return Resolution::NotMapped;
-    };
-    let Some(region) = k.regions.get(region_id) else {
-        return Resolution::NotMapped;
-    };
-    let write = error_code & 2 != 0;
-    if (write && !writable) || error_code & 1 != 0 {
-        return Resolution::NotMapped; // a protection violation, not a missing page
-    }
-    let offset = page - base;
-    let owner_root = k
+    })
+}
+
+fn root_of(pid: Pid) -> Option<u64> {
+    kernel()
         .processes
-        .get(region.owner)
+        .get(pid)
         .and_then(|p| p.space.as_ref())
-        .map(|s| s.root);
-    let Some(owner_root) = owner_root else {
-        return Resolution::NotMapped;
+        .map(|s| s.root)
+}
+
+/// `None` if no mapping of `pid` covers `page`.
+fn through_mapping(pid: Pid, page: u64, write: bool, addr: u64, depth: u32) -> Option<Resolution> {
+    let (base, writable, executable, region_id) = mapping_at(pid, page)?;
+    let region = kernel().regions.get(region_id)?;
+    if write && !writable {
+        return Some(Resolution::NotMapped);
+    }
+    let (owner, keeper, offset) = (region.owner, region.keeper, page - base);
+    let owner_page = region.base + offset;
+    let Some(owner_root) = root_of(owner) else {
+        return Some(Resolution::NotMapped);
     };
-    match paging::translate_user(owner_root, region.base + offset) {
-        Some((frame, bits)) => {
-            let perm = UserPerm {
-                write: writable && paging::pte_writable(bits),
-                exec: executable,
+    if paging::translate_user(owner_root, owner_page).is_none() {
+        match keeper {
+            Some(port) => {
+                let code = 4 | (u64::from(write) << 1); // user mode, write
+                return Some(Resolution::Keeper(
+                    port,
+                    [fault::REGION, offset, code, addr],
+                ));
+            }
+            // The owner's own memory there: bring it into the owner the same way.
+            None => match fault_in(owner, owner_page, write, addr, depth + 1) {
+                Resolution::Mapped => {}
+                other => return Some(other),
+            },
+        }
+    }
+    let Some((frame, bits)) = paging::translate_user(owner_root, owner_page) else {
+        return Some(Resolution::NotMapped);
+    };
+    let perm = UserPerm {
+        write: writable && paging::pte_writable(bits),
+        exec: executable,
+    };
+    if write && !perm.write {
+        return Some(Resolution::NotMapped);
+    }
+    // The frame stays the owner's (not OWNED here): the owner's teardown unmaps it from
+    // every target first (forget_space), and so does `mem_discard`.
+    let target = kernel()
+        .processes
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut());
+    Some(match target.map(|t| t.map_page(page, frame, perm, false)) {
+        Some(Ok(())) => Resolution::Mapped,
+        _ => Resolution::NotMapped,
+    })
+}
+
+/// A fault the kernel met while copying from or to a space's memory that only a keeper
+/// can resolve: the thread whose kernel call it was sends it to the keeper and re-executes
+/// the call once the keeper replies (`syscall::dispatch`; `ipc` for a queued caller).
+#[derive(Clone, Copy)]
+pub struct KeeperFault {
+    pub pid: Pid,
+    pub port: Id,
+    pub words: [u64; 4],
+}
+
+/// Brings in a page of the space with page-table root `root` for a kernel access (see
+/// [`resolve_fault`]). A page only a keeper can provide is recorded in
+/// `Kernel::keeper_fault` and reported as `BadAddress`.
+pub fn fault_in_for_kernel(root: u64, page: u64, write: bool) -> Result<(), Error> {
+    let k = kernel();
+    let pid = k
+        .processes
+        .iter()
+        .find_map(|(pid, p)| {
+            p.space
+                .as_ref()
+                .is_some_and(|s| s.root == root)
+                .then_some(pid)
+        })
+        .ok_or(Error::BadAddress)?;
+    match fault_in(pid, page, write, page, 0) {
+        Resolution::Mapped => Ok(()),
+        Resolution::Keeper(port, words) => {
+            kernel().keeper_fault = Some(KeeperFault { pid, port, words });
+            Err(Error::BadAddress)
+        }
+        Resolution::NotMapped => Err(Error::BadAddress),
+    }
+}
+
+/// Makes `[addr, addr + len)` of the current space present before a call relies on it (a
+/// receive buffer, a console write). Fails only when a keeper has to provide a page (the
+/// call is then re-executed after the keeper's reply); other bad addresses are left for
+/// the copy itself to report.
+pub fn prefault_current(addr: u64, len: u64, write: bool) -> Result<(), Error> {
+    kernel().keeper_fault = None;
+    let space = crate::sched::current_space()?;
+    match space.prefault(addr, len, write) {
+        Err(e) if kernel().keeper_fault.is_some() => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// Every place page `va` of space `pid` appears in other spaces through mappings of its
+/// regions, and where those appear in turn: `f(space, address)`.
+fn for_each_view(pid: Pid, va: u64, depth: u32, f: &mut impl FnMut(Pid, u64)) {
+    if depth > MAX_CHAIN {
+        return;
+    }
+    let k = kernel();
+    for rid in k.regions.ids() {
+        let Some(r) = k.regions.get(rid) else {
+            continue;
+        };
+        if r.owner != pid || !(r.base..r.base + r.size).contains(&va) {
+            continue;
+        }
+        let offset = va - r.base;
+        for mid in k.mappings.ids() {
+            let Some(m) = k.mappings.get(mid) else {
+                continue;
             };
-            // The frame stays the owner's (not OWNED here): the owner's teardown unmaps it
-            // from every target first (forget_space).
-            let target = k.processes.get_mut(pid).and_then(|p| p.space.as_mut());
-            match target.map(|t| t.map_page(page, frame, perm, false)) {
-                Some(Ok(())) => Resolution::Mapped,
-                _ => Resolution::NotMapped,
+            if m.region == rid {
+                let (target, at) = (m.target, m.base + offset);
+                f(target, at);
+                for_each_view(target, at, depth + 1, f);
             }
         }
-        None => match region.keeper {
-            Some(port) => Resolution::Keeper(port, [fault::REGION, offset, error_code, addr]),
-            None => Resolution::NotMapped,
-        },
     }
+}
+
+/// Unmaps one page of a space; a frame it owned is freed and returned to its budget.
+fn discard_page(pid: Pid, va: u64) {
+    let Some(space) = kernel()
+        .processes
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut())
+    else {
+        return;
+    };
+    if let Some((frame, true)) = paging::unmap_user(space.root, va) {
+        crate::mm::free_frame(frame);
+        space.budget.release(1);
+    }
+}
+
+/// `mem_discard(addr, len)`: drops the caller's pages in the range, first from every space
+/// that maps them through its regions (recursively), then from its own tables; the frames
+/// it owned go back to its budget. Its demand-zero ranges stay: the next touch gets a zero
+/// page, and a mapping's next touch faults again (to the region's keeper). How a pager
+/// evicts a page once it has saved it.
+pub fn discard(addr: u64, len: u64) -> Result<u64, Error> {
+    let end = check_user_range(addr, len)?;
+    let me = crate::sched::current_pid()?;
+    let mut va = addr;
+    while va < end {
+        for_each_view(me, va, 0, &mut |pid, at| discard_page(pid, at));
+        discard_page(me, va);
+        va += PAGE;
+    }
+    Ok(0)
+}
+
+/// `mem_referenced(addr) -> 0 or 1`: whether any space mapping the caller's page at `addr`
+/// through its regions has touched it since the last ask (the accessed bits of those
+/// views, which are cleared). The caller's own accesses do not count: a pager reading a
+/// page to save it must not make it look used. A clock pager's reference bit.
+pub fn referenced(addr: u64) -> Result<u64, Error> {
+    check_user_range(addr & !(PAGE - 1), PAGE)?;
+    let me = crate::sched::current_pid()?;
+    let mut any = false;
+    for_each_view(me, addr & !(PAGE - 1), 0, &mut |pid, at| {
+        if let Some(root) = root_of(pid) {
+            any |= paging::take_accessed(root, at);
+        }
+    });
+    Ok(u64::from(any))
 }
 
 /// A space is going away: unmap its regions from every space that maps them (before its

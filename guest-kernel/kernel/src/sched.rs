@@ -46,6 +46,9 @@ pub struct Kernel {
     /// When the armed one-shot timer fires (ns since boot), if armed.
     timer_deadline: Option<u64>,
     pub init: Option<Id>,
+    /// A page the current kernel call needs that only a keeper can provide (set by
+    /// `memory::fault_in_for_kernel`, taken by the dispatcher).
+    pub keeper_fault: Option<crate::memory::KeeperFault>,
     /// Counters for the boot report and tests.
     pub stats: Stats,
 }
@@ -75,6 +78,7 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     dead: alloc::vec::Vec::new(),
     timer_deadline: None,
     init: None,
+    keeper_fault: None,
     stats: Stats {
         timer_irqs: 0,
         preemptions: 0,

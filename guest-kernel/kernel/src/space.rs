@@ -220,9 +220,8 @@ impl Space {
         let (frame, bits) = match paging::translate_user(self.root, page) {
             Some(t) => t,
             None => {
-                if !self.handle_fault(page) {
-                    return Err(Error::BadAddress);
-                }
+                // As a fault would: the space's mappings, then its demand-zero memory.
+                crate::memory::fault_in_for_kernel(self.root, page, write)?;
                 paging::translate_user(self.root, page).ok_or(Error::BadAddress)?
             }
         };
@@ -230,6 +229,12 @@ impl Space {
             return Err(Error::BadAddress);
         }
         Ok(frame)
+    }
+
+    /// Makes every page of `[addr, addr + len)` present (writable if `write`), as the
+    /// kernel's own accesses would.
+    pub fn prefault(&mut self, addr: u64, len: u64, write: bool) -> Result<(), Error> {
+        self.copy(addr, len as usize, write, |_, _, _| {})
     }
 
     /// Copies user memory at `addr` into `buf`.

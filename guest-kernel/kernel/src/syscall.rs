@@ -33,13 +33,38 @@ fn with_space<R>(f: impl FnOnce(&mut crate::space::Space) -> Result<R, Error>) -
 
 #[no_mangle]
 extern "C" fn syscall_dispatch() -> ! {
+    kernel().keeper_fault = None;
     let r = regs();
     let result = match Call::from_u64(r.rax) {
         Some(call) => dispatch(call, r),
         None => Err(Error::NoSuchCall),
     };
+    if result == Err(Error::BadAddress) {
+        fault_to_keeper();
+    }
     regs().rax = encode(result);
     sched::resume_current()
+}
+
+/// The call failed on a page of the caller's that only a region keeper can provide (a
+/// pager evicted it, say): the thread re-executes the call once the keeper has replied,
+/// exactly as after a fault of its own. Calls copy user memory before they change anything
+/// (or prefault it), so re-executing is safe. Returns if there is no such page (the call
+/// then fails with `BadAddress`) or the keeper's port is gone.
+fn fault_to_keeper() {
+    let Some(f) = kernel().keeper_fault.take() else {
+        return;
+    };
+    if Some(f.pid) != current_pid() {
+        return;
+    }
+    let r = regs();
+    r.rip -= SYSCALL_INSN_LEN;
+    r.rcx = r.rip;
+    ipc::send_fault(f.port, f.words);
+    let r = regs();
+    r.rip += SYSCALL_INSN_LEN;
+    r.rcx = r.rip;
 }
 
 fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
@@ -111,6 +136,8 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::IpcSendReliable => ipc::send_reliable(a0),
         Call::RefCreate => crate::objects::ref_create(a0),
         Call::RefGet => crate::objects::ref_get(a0),
+        Call::MemDiscard => crate::memory::discard(a0, a1),
+        Call::MemReferenced => crate::memory::referenced(a0),
     }
 }
 
@@ -134,6 +161,9 @@ fn console_write(ptr: u64, len: u64) -> Result<u64, Error> {
     if len > MAX {
         return Err(Error::InvalidArgument);
     }
+    // All of it present first: a page only a keeper has re-executes the whole call, and
+    // nothing must have been written then.
+    crate::memory::prefault_current(ptr, len, false)?;
     let mut buf = [0u8; 256];
     let mut done = 0;
     while done < len {

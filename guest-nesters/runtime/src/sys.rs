@@ -79,6 +79,17 @@ pub fn map_anon(addr: u64, len: u64) -> Result<u64, Error> {
     call(Call::MapAnon, addr, len, 0, 0)
 }
 
+/// Drops the caller's pages in `[addr, addr + len)`, from every space its regions map
+/// them into as well; the next touch gets a zero page (or faults to the region's keeper).
+pub fn mem_discard(addr: u64, len: u64) -> Result<u64, Error> {
+    call(Call::MemDiscard, addr, len, 0, 0)
+}
+
+/// Whether a space mapping our page at `addr` touched it since the last ask (clears it).
+pub fn mem_referenced(addr: u64) -> Result<bool, Error> {
+    call(Call::MemReferenced, addr, 0, 0, 0).map(|v| v != 0)
+}
+
 pub fn bench(op: BenchOp, arg: u64) -> Result<u64, Error> {
     call(Call::Bench, op as u64, arg, 0, 0)
 }

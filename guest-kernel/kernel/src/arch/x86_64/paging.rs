@@ -16,6 +16,7 @@ pub const HUGE_PAGE_SIZE: u64 = 2 << 20;
 pub const PRESENT: u64 = 1 << 0;
 pub const WRITABLE: u64 = 1 << 1;
 pub const USER: u64 = 1 << 2;
+pub const ACCESSED: u64 = 1 << 5;
 pub const HUGE: u64 = 1 << 7;
 pub const NO_EXECUTE: u64 = 1 << 63;
 const ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
@@ -248,8 +249,36 @@ pub fn map_user(
     if *entry & PRESENT != 0 {
         return Err(MapError::AlreadyMapped(virt));
     }
-    *entry = frame | perm.bits() | if owned { OWNED } else { 0 };
+    // Mapped because of an access (a fault) or about to be used: marked accessed already,
+    // so a pager's clock sees a page just brought in as used.
+    *entry = frame | perm.bits() | ACCESSED | if owned { OWNED } else { 0 };
     Ok(())
+}
+
+/// Whether the user page at `virt` was accessed since the last call (its PTE's accessed
+/// bit, which is cleared). The caller flushes nothing: the TLB of another space is flushed
+/// by its next address-space switch, and the current space's entry here.
+pub fn take_accessed(root: u64, virt: u64) -> bool {
+    let mut t = root;
+    for shift in [39u32, 30, 21] {
+        // SAFETY: `t` is a page-table frame of this tree.
+        let e = unsafe { *entry_ptr(t, ((virt >> shift) & 511) as usize) };
+        if e & PRESENT == 0 || e & HUGE != 0 {
+            return false;
+        }
+        t = e & ADDR_MASK;
+    }
+    let p = entry_ptr(t, ((virt >> 12) & 511) as usize);
+    // SAFETY: as above; the CPU sets A concurrently only on another CPU (there is none).
+    unsafe {
+        let e = *p;
+        if e & PRESENT == 0 || e & ACCESSED == 0 {
+            return false;
+        }
+        *p = e & !ACCESSED;
+        core::arch::asm!("invlpg [{}]", in(reg) virt, options(nostack, preserves_flags));
+    }
+    true
 }
 
 /// The leaf entry for a user address: `(frame, pte bits)`, if present.
