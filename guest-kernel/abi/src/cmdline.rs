@@ -16,6 +16,37 @@ pub const INIT: &str = "fluke.init";
 /// `fluke.tsc_khz=N`: the TSC frequency, when the VMM knows it.
 pub const TSC_KHZ: &str = "fluke.tsc_khz";
 
+/// The words of an init line: `fluke.init`'s comma-separated words, or the manifest's
+/// `init` words, with `>` also splitting (and kept as a word of its own), so a stack of
+/// nesters reads `pager>procmgr>work,memory,100` on the command line and
+/// `pager > procmgr > work memory 100` in the manifest. Each nester takes its own options
+/// (`-key=value`), then an optional `>`, then the program it runs and that program's words.
+pub fn init_words(spec: &str) -> impl Iterator<Item = &str> {
+    spec.split([',', ' ', '\t'])
+        .flat_map(|w| {
+            let mut rest = w;
+            core::iter::from_fn(move || {
+                if rest.is_empty() {
+                    return None;
+                }
+                match rest.find('>') {
+                    Some(0) => {
+                        let (gt, tail) = rest.split_at(1);
+                        rest = tail;
+                        Some(gt)
+                    }
+                    Some(i) => {
+                        let (head, tail) = rest.split_at(i);
+                        rest = tail;
+                        Some(head)
+                    }
+                    None => Some(core::mem::take(&mut rest)),
+                }
+            })
+        })
+        .filter(|w| !w.is_empty())
+}
+
 /// Iterates over `(key, value)` pairs; a bare word has the value `""`.
 pub fn words(cmdline: &str) -> impl Iterator<Item = (&str, &str)> {
     cmdline
@@ -43,5 +74,30 @@ mod tests {
         assert_eq!(get(c, TEST), Some("spin"));
         assert_eq!(get(c, BENCH), None);
         assert_eq!(words("").count(), 0);
+    }
+
+    #[test]
+    fn init_words_split_stacks() {
+        let w = |s| init_words(s).collect::<std::vec::Vec<_>>();
+        assert_eq!(
+            w("pager>procmgr>work,memory,100"),
+            ["pager", ">", "procmgr", ">", "work", "memory", "100"]
+        );
+        assert_eq!(
+            w("pager -frames=64 > procmgr >work memory 100"),
+            [
+                "pager",
+                "-frames=64",
+                ">",
+                "procmgr",
+                ">",
+                "work",
+                "memory",
+                "100"
+            ]
+        );
+        assert_eq!(w("hello"), ["hello"]);
+        assert_eq!(w(",,a,,>>b"), ["a", ">", ">", "b"]);
+        assert_eq!(w(""), [] as [&str; 0]);
     }
 }

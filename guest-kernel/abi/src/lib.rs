@@ -6,9 +6,13 @@
 //! logic is unit-tested on the host.
 #![no_std]
 
+#[cfg(test)]
+extern crate std;
+
 pub mod boot;
 pub mod cmdline;
 pub mod ports;
+pub mod procmgr;
 pub mod status;
 pub mod syscall;
 

@@ -160,6 +160,10 @@ pub mod fault {
     pub const REGION: u64 = 2;
 }
 
+/// `thread_create(SELF_SPACE)`: a thread in the caller's own space (a server's helper
+/// threads); no capability names the caller's own space otherwise.
+pub const SELF_SPACE: u64 = u64::MAX - 2;
+
 /// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
 /// also receive capabilities to the child's space (`r10`) and main thread (`rdx`).
 pub const SPAWN_WANT_CAPS: u64 = 1 << 63;
@@ -411,9 +415,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=44 {
+        for n in 0..=46 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(45), None);
+        assert_eq!(Call::from_u64(47), None);
     }
 }

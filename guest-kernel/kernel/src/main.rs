@@ -142,19 +142,22 @@ fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>
     let mut args = alloc::vec::Vec::new();
     let name = match override_init {
         Some(spec) => {
-            let mut parts = spec.split(',');
-            let name = parts.next().unwrap_or("");
-            for a in parts {
+            let mut words = cmdline::init_words(spec);
+            let name = words.next().unwrap_or("");
+            for a in words {
                 args.extend_from_slice(a.as_bytes());
                 args.push(0);
             }
             name
         }
         None => {
+            // The manifest's words, with `a>b` split the same way as on the command line.
             let m = bundle.manifest();
-            for a in m.args() {
-                args.extend_from_slice(a.as_bytes());
-                args.push(0);
+            for w in m.args() {
+                for a in cmdline::init_words(w) {
+                    args.extend_from_slice(a.as_bytes());
+                    args.push(0);
+                }
             }
             m.init()
         }

@@ -67,7 +67,10 @@ pub fn grant_to_caller(object: ObjRef) -> Result<u64, Error> {
 }
 
 pub fn create(space_name: u64) -> Result<u64, Error> {
-    let pid = space_cap(space_name, Rights::WRITE)?;
+    let pid = match space_name {
+        fluke_abi::syscall::SELF_SPACE => sched::current_pid()?,
+        name => space_cap(name, Rights::WRITE)?,
+    };
     let tid = new_thread(pid, UserRegs::default(), ThreadState::Stopped)?;
     crate::object::register_new(ObjRef::Thread(tid)).inspect_err(|_| {
         kernel().threads.remove(tid);

@@ -7,6 +7,7 @@
 //! ordinary program, so nesters run under nesters, unchanged.
 #![no_std]
 
+use fluke_abi::procmgr;
 use fluke_abi::syscall::layout::{STACK_TOP, USER_BASE};
 use fluke_rt::sys::{self, NO_CAP};
 use fluke_rt::Error;
@@ -29,6 +30,8 @@ pub struct Child {
     /// The nester's regions backing the child's program and stack.
     pub program_region: u64,
     pub stack_region: u64,
+    /// Which slot of the nester's memory holds them.
+    pub slot: usize,
 }
 
 /// One loadable segment of a program: `(file offset, file size, virtual address, memory size)`.
@@ -81,22 +84,47 @@ fn read_headers(name: &str, segs: &mut [Segment; 8]) -> Result<(u64, usize), Err
     Ok((entry, count))
 }
 
-/// Touches every page of `[base, base + len)` (demand-zero memory of ours) so that the
-/// child's mappings of it find present pages.
-fn touch(base: u64, len: u64) {
-    let mut p = base;
-    while p < base + len {
-        // SAFETY: inside a demand-zero range this nester reserved.
-        unsafe {
-            core::ptr::write_volatile(p as *mut u8, core::ptr::read_volatile(p as *const u8))
-        };
-        p += PAGE;
+/// Each child's memory lives in a slot of this much of the nester's own space: its program
+/// from the bottom, its stack at the top, a helper thread's stack below that.
+pub const SLOT_SIZE: u64 = 0x1000_0000;
+/// The most children a nester has at once.
+pub const MAX_CHILDREN: usize = 64;
+const WATCHER_STACK: u64 = 16 * 1024;
+
+/// `w0` of the message [`watch_exit`] sends when a child ends: `w1` = the token, `w2` = the
+/// exit status.
+pub const CHILD_EXITED: u64 = 0xe817_0000;
+
+/// How to start a child beyond its program and arguments.
+#[derive(Clone, Copy)]
+pub struct Spec<'a> {
+    /// `(name in the child, capability of ours)`: what the child holds, besides the
+    /// process manager's port it inherits (the same name as ours, if we hold one).
+    pub caps: &'a [(u64, u64)],
+    /// `(region of ours, address in the child, MAP_* flags)`: further memory the nester
+    /// provides (a pager's window); made before the child runs.
+    pub maps: &'a [(u64, u64, u64)],
+    /// Frames of our budget we keep; the child's space gets the rest (0: half).
+    pub keep: u64,
+}
+
+impl Default for Spec<'_> {
+    fn default() -> Self {
+        Spec {
+            caps: &[],
+            maps: &[],
+            keep: NESTER_KEEP,
+        }
     }
 }
 
-/// Lays out children's memory in the nester's own space.
+/// Lays out children's memory in the nester's own space, a slot each, reused once a child
+/// has been released.
 pub struct Nester {
-    next_backing: u64,
+    /// Slots whose range of our space is reserved (demand-zero).
+    reserved: u64,
+    /// Slots a child holds.
+    used: u64,
 }
 
 impl Default for Nester {
@@ -108,24 +136,56 @@ impl Default for Nester {
 impl Nester {
     pub const fn new() -> Nester {
         Nester {
-            next_backing: BACKING_BASE,
+            reserved: 0,
+            used: 0,
         }
     }
 
-    fn backing(&mut self, len: u64) -> Result<u64, Error> {
-        let base = self.next_backing;
-        sys::map_anon(base, len)?;
-        self.next_backing += len.div_ceil(0x20_0000) * 0x20_0000 + 0x20_0000;
-        Ok(base)
+    fn take_slot(&mut self) -> Result<usize, Error> {
+        let slot = (0..MAX_CHILDREN)
+            .find(|&i| self.used & (1 << i) == 0)
+            .ok_or(Error::Exhausted)?;
+        if self.reserved & (1 << slot) == 0 {
+            sys::map_anon(slot_base(slot), SLOT_SIZE)?;
+            self.reserved |= 1 << slot;
+        }
+        self.used |= 1 << slot;
+        Ok(slot)
     }
 
     /// Starts program `name` of the image with `args` in a new child environment. `caps`
-    /// are `(name in the child, capability of ours)` pairs; the child holds nothing else.
+    /// are `(name in the child, capability of ours)` pairs; the child holds nothing else
+    /// (but the process manager's port, see [`Spec::caps`]).
     pub fn start(
         &mut self,
         name: &str,
         args: &[&str],
         caps: &[(u64, u64)],
+    ) -> Result<Child, Error> {
+        self.start_with(
+            name,
+            args,
+            &Spec {
+                caps,
+                ..Spec::default()
+            },
+        )
+    }
+
+    pub fn start_with(&mut self, name: &str, args: &[&str], spec: &Spec) -> Result<Child, Error> {
+        let slot = self.take_slot()?;
+        self.build(slot, name, args, spec).inspect_err(|_| {
+            self.used &= !(1 << slot);
+            let _ = sys::mem_discard(slot_base(slot), SLOT_SIZE);
+        })
+    }
+
+    fn build(
+        &mut self,
+        slot: usize,
+        name: &str,
+        args: &[&str],
+        spec: &Spec,
     ) -> Result<Child, Error> {
         let mut segs = [Segment::default(); 8];
         let (entry, count) = read_headers(name, &mut segs)?;
@@ -136,34 +196,82 @@ impl Nester {
             .max()
             .ok_or(Error::InvalidArgument)?;
         let prog_len = (end - USER_BASE).div_ceil(PAGE) * PAGE;
-        let prog = self.backing(prog_len)?;
-        touch(prog, prog_len);
+        if prog_len > SLOT_SIZE - CHILD_STACK - WATCHER_STACK - 0x10_0000 {
+            return Err(Error::InvalidArgument);
+        }
+        let prog = slot_base(slot);
         for s in segs {
             let dst = prog + (s.vaddr - USER_BASE);
-            // SAFETY: inside the backing just reserved; filesz <= memsz was checked.
+            // SAFETY: inside the slot reserved for this child; filesz <= memsz was checked.
             let buf = unsafe { core::slice::from_raw_parts_mut(dst as *mut u8, s.filesz as usize) };
             if sys::program_read(name, s.offset, buf)? != buf.len() {
                 return Err(Error::InvalidArgument);
             }
         }
-        let stack = self.backing(CHILD_STACK)?;
-        touch(stack, CHILD_STACK);
+        let stack = slot_base(slot) + SLOT_SIZE - CHILD_STACK;
         let sp = write_args(stack, args)?;
 
         let program_region = sys::region_create(prog, prog_len, NO_CAP)?;
         let stack_region = sys::region_create(stack, CHILD_STACK, NO_CAP)?;
-        let (space, pid) = sys::space_create_keep(NESTER_KEEP)?;
+        let mut child = Child {
+            space: NO_CAP,
+            thread: NO_CAP,
+            pid: 0,
+            program_region,
+            stack_region,
+            slot,
+        };
+        let built = self.populate(&mut child, entry, sp, spec);
+        if built.is_err() {
+            for cap in [child.space, program_region, stack_region] {
+                if cap != NO_CAP {
+                    let _ = sys::destroy(cap);
+                }
+            }
+        }
+        built.map(|_| child)
+    }
+
+    fn populate(
+        &mut self,
+        child: &mut Child,
+        entry: u64,
+        sp: (u64, u64, u64),
+        spec: &Spec,
+    ) -> Result<(), Error> {
+        let (space, pid) = sys::space_create_keep(spec.keep)?;
+        (child.space, child.pid) = (space, pid);
         sys::mapping_create_flags(
             space,
-            program_region,
+            child.program_region,
             USER_BASE,
             sys::MAP_WRITE | sys::MAP_EXEC,
         )?;
-        sys::mapping_create_flags(space, stack_region, STACK_TOP - CHILD_STACK, sys::MAP_WRITE)?;
-        for &(there, mine) in caps {
+        sys::mapping_create_flags(
+            space,
+            child.stack_region,
+            STACK_TOP - CHILD_STACK,
+            sys::MAP_WRITE,
+        )?;
+        for &(region, addr, flags) in spec.maps {
+            sys::mapping_create_flags(space, region, addr, flags)?;
+        }
+        if !spec
+            .caps
+            .iter()
+            .any(|&(there, _)| there == procmgr::PORT_NAME)
+        {
+            // Inherited: the nearest process manager above us (none: nothing to pass).
+            match sys::cap_give(space, procmgr::PORT_NAME, procmgr::PORT_NAME, 0b1111) {
+                Ok(_) | Err(Error::BadCap) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        for &(there, mine) in spec.caps {
             sys::cap_give(space, there, mine, 0b1111)?;
         }
         let thread = sys::thread_create(space)?;
+        child.thread = thread;
         let regs = sys::ThreadRegs {
             rip: entry,
             rcx: entry,
@@ -176,13 +284,94 @@ impl Nester {
         };
         sys::thread_set_state(thread, &regs)?;
         sys::thread_resume(thread)?;
-        Ok(Child {
-            space,
-            thread,
-            pid,
-            program_region,
-            stack_region,
-        })
+        Ok(())
+    }
+
+    /// Forgets a child that has ended (or ends it): its space, its memory regions, and the
+    /// frames of our slot, which the next child reuses.
+    pub fn release(&mut self, child: &Child) {
+        for cap in [child.space, child.program_region, child.stack_region] {
+            let _ = sys::destroy(cap);
+        }
+        let _ = sys::mem_discard(slot_base(child.slot), SLOT_SIZE);
+        self.used &= !(1 << child.slot);
+    }
+}
+
+fn slot_base(slot: usize) -> u64 {
+    BACKING_BASE + slot as u64 * SLOT_SIZE
+}
+
+/// Starts a thread of ours that waits for `child` to end and then sends
+/// `[CHILD_EXITED, token, status]` to `port` (reliably), so that a nester serving requests
+/// on a port set learns of its child's end as one more message. Returns the thread's
+/// capability: destroy it once the message has arrived.
+pub fn watch_exit(child: &Child, port: u64, token: u64) -> Result<u64, Error> {
+    let top = slot_base(child.slot) + SLOT_SIZE - CHILD_STACK - 0x10_0000;
+    let watch = top - 64;
+    // SAFETY: the top of this child's watcher stack, in its slot of our reserved memory;
+    // the watcher thread reads it once, before using its stack below.
+    unsafe { *(watch as *mut [u64; 3]) = [child.pid, port, token] };
+    fluke_rt::thread::start(watcher, watch, watch - 64)
+}
+
+extern "C" fn watcher(watch: u64) -> ! {
+    // SAFETY: written by watch_exit just before starting this thread.
+    let [pid, port, token] = unsafe { *(watch as *const [u64; 3]) };
+    let status = sys::wait(pid).unwrap_or(procmgr::KILLED_STATUS);
+    let _ = sys::ipc_send_reliable(
+        port,
+        [CHILD_EXITED, token, status as i64 as u64, 0],
+        NO_CAP,
+        &[],
+    );
+    loop {
+        sys::sleep_ns(3_600_000_000_000); // until the nester destroys this thread
+    }
+}
+
+/// A nester's command line: `[-key=value ...] [>] PROGRAM [ARGS...]` (the `>` lets stacks
+/// read `pager > procmgr > app`).
+pub struct Command<'a> {
+    pub program: &'a str,
+    pub args: [&'a str; 31],
+    pub nargs: usize,
+}
+
+impl<'a> Command<'a> {
+    /// Parses `args`, calling `option(key, value)` for each leading option; `Err` with a
+    /// message for a bad command line.
+    pub fn parse(
+        args: &fluke_rt::Args,
+        mut option: impl FnMut(&str, &str) -> Result<(), &'static str>,
+    ) -> Result<Command<'a>, &'static str> {
+        let mut i = 0;
+        while let Some(a) = args.get(i).filter(|a| a.starts_with('-')) {
+            let (k, v) = a[1..].split_once('=').unwrap_or((&a[1..], ""));
+            option(k, v)?;
+            i += 1;
+        }
+        if args.get(i) == Some(">") {
+            i += 1;
+        }
+        let program = args.get(i).ok_or("no program to run")?;
+        let mut cmd = Command {
+            program,
+            args: [""; 31],
+            nargs: 0,
+        };
+        for a in (i + 1..args.len()).filter_map(|j| args.get(j)) {
+            if cmd.nargs == cmd.args.len() {
+                return Err("too many arguments");
+            }
+            cmd.args[cmd.nargs] = a;
+            cmd.nargs += 1;
+        }
+        Ok(cmd)
+    }
+
+    pub fn args(&self) -> &[&'a str] {
+        &self.args[..self.nargs]
     }
 }
 

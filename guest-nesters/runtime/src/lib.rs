@@ -5,7 +5,9 @@
 //! `#[no_mangle] fn fluke_main(args: fluke_rt::Args) -> i32`.
 #![no_std]
 
+pub mod proc;
 pub mod sys;
+pub mod thread;
 
 use core::fmt;
 
