@@ -96,7 +96,8 @@ pub enum Call {
     MappingCreate = 35,
     /// `space_create(keep) -> name` (child id in `rdx`): an empty child space. Its budget is
     /// lent from the caller's: everything but `keep` frames, or with `keep` = 0 half of what
-    /// the caller has left (at most 32 MiB, as for `spawn`).
+    /// the caller has left (at most 32 MiB, as for `spawn`), or with [`SPACE_EXACT`]` | n`
+    /// exactly `n` frames.
     SpaceCreate = 36,
     /// `cap_give(space, name_there, my_cap, rights)`: puts a copy of one of the caller's
     /// capabilities into a space's table under a chosen name.
@@ -140,7 +141,7 @@ pub mod objstate {
     pub const CONDITION: u64 = 4; // [CONDITION]
     pub const REGION: u64 = 5; // [REGION, base, size, keeper port]
     pub const MAPPING: u64 = 6; // [MAPPING, target space, base, region, flags]
-    pub const SPACE: u64 = 7; // [SPACE, budget frames, used frames]
+    pub const SPACE: u64 = 7; // [SPACE, budget frames, used frames, available frames]
     pub const THREAD: u64 = 8; // [THREAD] (its state: thread_get_state)
     pub const REFERENCE: u64 = 9; // [REFERENCE, the object it holds]
     pub const WORDS: usize = 6;
@@ -161,8 +162,12 @@ pub mod fault {
 }
 
 /// `thread_create(SELF_SPACE)`: a thread in the caller's own space (a server's helper
-/// threads); no capability names the caller's own space otherwise.
+/// threads); `obj_get_state(SELF_SPACE)`: its own budget. No capability names the caller's
+/// own space otherwise.
 pub const SELF_SPACE: u64 = u64::MAX - 2;
+
+/// `space_create(SPACE_EXACT | n)`: lend the child exactly `n` frames.
+pub const SPACE_EXACT: u64 = 1 << 62;
 
 /// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
 /// also receive capabilities to the child's space (`r10`) and main thread (`rdx`).

@@ -31,10 +31,11 @@ fn resolve(name: u64) -> Result<ObjRef, Error> {
 }
 
 pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
-    let object = sched::current_space()?
-        .caps
-        .check(name, Rights::READ)?
-        .object;
+    let object = match name {
+        // Its own budget: what a space may still use or lend.
+        fluke_abi::syscall::SELF_SPACE => ObjRef::Space(sched::current_pid()?),
+        name => sched::current_space()?.caps.check(name, Rights::READ)?.object,
+    };
     let k = kernel();
     let words: [u64; WORDS] = match object {
         ObjRef::Port(p) => {
@@ -103,7 +104,7 @@ pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
                 objstate::SPACE,
                 space.budget.quota(),
                 space.budget.used(),
-                0,
+                space.budget.available(),
                 0,
                 0,
             ]

@@ -87,6 +87,7 @@ fn lend_quota(parent: Option<Pid>, keep: u64) -> Result<u64, Error> {
         .ok_or(Error::InvalidArgument)?;
     let quota = match keep {
         0 => (budget.available() / 2).min(CHILD_QUOTA),
+        k if k & fluke_abi::syscall::SPACE_EXACT != 0 => k & !fluke_abi::syscall::SPACE_EXACT,
         keep => budget.available().saturating_sub(keep),
     };
     if quota < MIN_QUOTA {

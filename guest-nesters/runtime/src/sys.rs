@@ -440,6 +440,12 @@ pub fn mapping_create_flags(space: u64, region: u64, addr: u64, flags: u64) -> R
     call(Call::MappingCreate, space, region, addr, flags)
 }
 
+/// This program's budget in frames: `(quota, used, available to use or lend)`.
+pub fn own_budget() -> Result<(u64, u64, u64), Error> {
+    let s = obj_get_state(fluke_abi::syscall::SELF_SPACE)?;
+    Ok((s[1], s[2], s[3]))
+}
+
 /// An empty child space (no memory, no threads, no capabilities), with half of what this
 /// program's budget has left.
 pub fn space_create() -> Result<u64, Error> {

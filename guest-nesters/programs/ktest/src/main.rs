@@ -30,6 +30,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             0
         }
         "ckpt-child" => ckpt_child(),
+        "procs" => procs(),
+        "procs-child" => procs_child(),
         "pager" => pager_parent(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "pager-child" => pager_child(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "mutex-child" => mutex_child(),
@@ -1213,3 +1215,74 @@ fn ipcdata_client() -> i32 {
 
 const MAX_DATA_PLUS: usize = sys::MAX_DATA + 1;
 const BACK: u64 = 20;
+
+/// The process manager's API (`fluke_rt::proc`), from a process under one at any depth:
+/// spawn, list, kill, wait and exit statuses, errors, a capability handed to a child, and
+/// a child that spawns a process of its own through the same manager.
+fn procs() -> i32 {
+    use fluke_rt::proc;
+    if !proc::managed() {
+        println!("ktest: procs: not under a process manager");
+        return 1;
+    }
+    let mut bad = 0u32;
+    let mut check = |what: &str, ok: bool| {
+        println!("ktest: procs: {what}: {}", if ok { "ok" } else { "WRONG" });
+        bad += u32::from(!ok);
+    };
+    let work = proc::spawn("work", &["compute", "100"], None);
+    let long = proc::spawn("spinner", &["long", "100000"], None);
+    let faulty = proc::spawn("victim", &["null"], None);
+    check(
+        "a missing program",
+        proc::spawn("no-such-program", &[], None) == Err(Error::NoSuchProgram),
+    );
+    let (Ok(work), Ok(long), Ok(faulty)) = (work, long, faulty) else {
+        println!("ktest: procs: spawn failed: {work:?} {long:?} {faulty:?}");
+        return 1;
+    };
+    let mut list = [proc::ProcInfo::default(); 16];
+    let n = proc::list(&mut list).unwrap_or(0);
+    let listed = |id: u64, name: &str| list[..n].iter().any(|p| p.id == id && p.name() == name);
+    check(
+        "list shows every process",
+        listed(work, "work") && listed(long, "spinner") && listed(faulty, "victim"),
+    );
+    check("kill a running process", proc::kill(long) == Ok(()));
+    check(
+        "a killed process's status",
+        proc::wait(long) == Ok(proc::KILLED_STATUS),
+    );
+    check("a process's exit status", proc::wait(work) == Ok(0));
+    check("a faulting process's status", proc::wait(faulty) == Ok(128 + 14));
+    check(
+        "a process is waited for once",
+        proc::wait(work) == Err(Error::NoSuchChild),
+    );
+    check("kill an unknown id", proc::kill(9999) == Err(Error::NoSuchChild));
+    // A capability for the child, and a grandchild through the same manager.
+    let got = sys::port_set_create().and_then(|set| {
+        let port = sys::port_create(set, 3)?;
+        let child = proc::spawn("ktest", &["procs-child"], Some(port))?;
+        let m = sys::ipc_wait(set)?;
+        let status = proc::wait(child)?;
+        Ok((m.badge, m.words[0], status))
+    });
+    check(
+        "a child's capability and its own child",
+        got == Ok((3, 0x600d, 7)),
+    );
+    // Left: the manager's first process (us, or a nester between it and us).
+    let n = proc::list(&mut list).unwrap_or(99);
+    check("only the first process is left", n == 1 && list[0].id == 1);
+    println!("ktest: procs: {bad} wrong");
+    i32::from(bad != 0)
+}
+
+fn procs_child() -> i32 {
+    use fluke_rt::proc;
+    let grandchild = proc::spawn("hello", &[], None).and_then(proc::wait);
+    let word = if grandchild == Ok(0) { 0x600d } else { 0xbad };
+    let _ = sys::ipc_send_reliable(0, [word, 0, 0, 0], NO_CAP, &[]);
+    7
+}

@@ -1,6 +1,6 @@
-//! `passthru PROGRAM ARGS...`: starts PROGRAM as a child environment through the nester
-//! library and passes everything through: the child's kernel calls go straight to the
-//! kernel. Exits with the child's status. Stacks: `passthru passthru ... app`.
+//! `passthru [>] PROGRAM ARGS...`: starts PROGRAM as a child environment through the
+//! nester library and passes everything through: the child's kernel calls go straight to
+//! the kernel. Exits with the child's status. Stacks: `passthru > passthru > ... > app`.
 #![no_std]
 #![no_main]
 
@@ -8,17 +8,16 @@ use fluke_rt::{println, sys};
 
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
-    let Some(program) = args.get(0) else {
-        println!("passthru: usage: passthru PROGRAM ARGS...");
-        return 2;
+    let cmd = match fluke_nest::Command::parse(&args, |_, _| Err("passthru takes no options")) {
+        Ok(c) => c,
+        Err(e) => {
+            println!("passthru: {e}; usage: passthru [>] PROGRAM ARGS...");
+            return 2;
+        }
     };
-    let mut rest: [&str; 31] = [""; 31];
-    let n = (args.len() - 1).min(rest.len());
-    for (i, slot) in rest.iter_mut().enumerate().take(n) {
-        *slot = args.get(i + 1).unwrap_or("");
-    }
+    let program = cmd.program;
     let mut nester = fluke_nest::Nester::new();
-    match nester.start(program, &rest[..n], &[]) {
+    match nester.start(program, cmd.args(), &[]) {
         Ok(child) => match sys::wait(child.pid) {
             Ok(status) => status,
             Err(e) => {
