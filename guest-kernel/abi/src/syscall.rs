@@ -120,14 +120,19 @@ pub enum Call {
     RefCreate = 43,
     /// `ref_get(reference) -> name`: a copy of the capability a Reference holds.
     RefGet = 44,
-    /// `mem_discard(addr, len)`: drops the caller's pages in the range, from every space
-    /// its regions map them into as well (frames it owned return to its budget); its
-    /// demand-zero ranges stay, so the next touch gets a zero page. How a pager evicts.
+    /// `mem_discard(addr, len, save)`: drops the caller's pages in the range, from every
+    /// space its regions map them into as well (frames it owned return to its budget); its
+    /// demand-zero ranges stay, so the next touch gets a zero page. With `save` != 0 (one
+    /// page) its contents are copied there first, in the same call. How a pager evicts.
     MemDiscard = 45,
     /// `mem_referenced(addr) -> 0 | 1`: whether a space mapping the caller's page at `addr`
     /// has touched it since the last ask (clears the bits; the caller's own accesses do not
     /// count). A clock pager's reference bit.
     MemReferenced = 46,
+    /// `mem_install(addr, src)`: makes the caller's absent demand-zero page at `addr`
+    /// present holding the 4 KiB at `src`, in one call (nothing mapping it sees it
+    /// half-filled). How a pager brings a page back.
+    MemInstall = 47,
 }
 
 /// The state of a non-thread object as `obj_get_state` / `obj_set_state` exchange it.
@@ -266,6 +271,7 @@ impl Call {
             44 => Call::RefGet,
             45 => Call::MemDiscard,
             46 => Call::MemReferenced,
+            47 => Call::MemInstall,
             _ => return None,
         })
     }
@@ -420,9 +426,9 @@ mod tests {
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=46 {
+        for n in 0..=47 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(47), None);
+        assert_eq!(Call::from_u64(48), None);
     }
 }

@@ -356,20 +356,70 @@ fn discard_page(pid: Pid, va: u64) {
     }
 }
 
-/// `mem_discard(addr, len)`: drops the caller's pages in the range, first from every space
-/// that maps them through its regions (recursively), then from its own tables; the frames
-/// it owned go back to its budget. Its demand-zero ranges stay: the next touch gets a zero
-/// page, and a mapping's next touch faults again (to the region's keeper). How a pager
-/// evicts a page once it has saved it.
-pub fn discard(addr: u64, len: u64) -> Result<u64, Error> {
+/// `mem_discard(addr, len, save)`: drops the caller's pages in the range, first from every
+/// space that maps them through its regions (recursively), then from its own tables; the
+/// frames it owned go back to its budget. Its demand-zero ranges stay: the next touch gets
+/// a zero page, and a mapping's next touch faults again (to the region's keeper). With
+/// `save` != 0 (and one page) the page's contents are first copied to `save` (zeros if it
+/// was not present), in the same call: how a pager evicts a page without a window in which
+/// a child could still write to it.
+pub fn discard(addr: u64, len: u64, save: u64) -> Result<u64, Error> {
     let end = check_user_range(addr, len)?;
     let me = crate::sched::current_pid()?;
+    if save != 0 {
+        if len != PAGE {
+            return Err(Error::InvalidArgument);
+        }
+        let space = crate::sched::current_space()?;
+        let mut page = alloc::vec![0u8; PAGE as usize];
+        if let Some((frame, _)) = paging::translate_user(space.root, addr) {
+            // SAFETY: a frame of the caller's, through the direct map; 4 KiB.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    crate::mm::phys_to_virt(frame) as *const u8,
+                    page.as_mut_ptr(),
+                    PAGE as usize,
+                )
+            };
+        }
+        space.copy_out(save, &page)?;
+    }
     let mut va = addr;
     while va < end {
         for_each_view(me, va, 0, &mut |pid, at| discard_page(pid, at));
         discard_page(me, va);
         va += PAGE;
     }
+    Ok(0)
+}
+
+/// `mem_install(addr, src)`: makes the caller's page at `addr` (demand-zero memory of its
+/// own, not present) present with the 4 KiB at `src`, in one call: nothing that maps it
+/// can see the page before it is complete. How a pager brings a page back.
+pub fn install(addr: u64, src: u64) -> Result<u64, Error> {
+    check_user_range(addr, PAGE)?;
+    let space = crate::sched::current_space()?;
+    let mut page = alloc::vec![0u8; PAGE as usize];
+    space.copy_in(src, &mut page)?;
+    if paging::translate_user(space.root, addr).is_some() {
+        return Err(Error::InvalidArgument); // present already
+    }
+    if !space.handle_fault(addr) {
+        return Err(if space.budget_exhausted() {
+            Error::NoMemory
+        } else {
+            Error::BadAddress
+        });
+    }
+    let (frame, _) = paging::translate_user(space.root, addr).ok_or(Error::BadAddress)?;
+    // SAFETY: the frame just allocated for the caller's page, through the direct map.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            page.as_ptr(),
+            crate::mm::phys_to_virt(frame) as *mut u8,
+            PAGE as usize,
+        )
+    };
     Ok(0)
 }
 

@@ -34,7 +34,12 @@ pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
     let object = match name {
         // Its own budget: what a space may still use or lend.
         fluke_abi::syscall::SELF_SPACE => ObjRef::Space(sched::current_pid()?),
-        name => sched::current_space()?.caps.check(name, Rights::READ)?.object,
+        name => {
+            sched::current_space()?
+                .caps
+                .check(name, Rights::READ)?
+                .object
+        }
     };
     let k = kernel();
     let words: [u64; WORDS] = match object {

@@ -136,7 +136,8 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::IpcSendReliable => ipc::send_reliable(a0),
         Call::RefCreate => crate::objects::ref_create(a0),
         Call::RefGet => crate::objects::ref_get(a0),
-        Call::MemDiscard => crate::memory::discard(a0, a1),
+        Call::MemDiscard => crate::memory::discard(a0, a1, a2),
+        Call::MemInstall => crate::memory::install(a0, a1),
         Call::MemReferenced => crate::memory::referenced(a0),
     }
 }

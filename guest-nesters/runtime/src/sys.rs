@@ -85,6 +85,16 @@ pub fn mem_discard(addr: u64, len: u64) -> Result<u64, Error> {
     call(Call::MemDiscard, addr, len, 0, 0)
 }
 
+/// Copies our page at `addr` into `save` and drops it (as [`mem_discard`]), in one call.
+pub fn mem_evict(addr: u64, save: &mut [u8; 4096]) -> Result<u64, Error> {
+    call(Call::MemDiscard, addr, 4096, save.as_mut_ptr() as u64, 0)
+}
+
+/// Makes our absent demand-zero page at `addr` present holding `data`, in one call.
+pub fn mem_install(addr: u64, data: &[u8; 4096]) -> Result<u64, Error> {
+    call(Call::MemInstall, addr, data.as_ptr() as u64, 0, 0)
+}
+
 /// Whether a space mapping our page at `addr` touched it since the last ask (clears it).
 pub fn mem_referenced(addr: u64) -> Result<bool, Error> {
     call(Call::MemReferenced, addr, 0, 0, 0).map(|v| v != 0)

@@ -31,6 +31,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         }
         "ckpt-child" => ckpt_child(),
         "procs" => procs(),
+        "pattern" => pattern(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1024)),
         "procs-child" => procs_child(),
         "pager" => pager_parent(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
         "pager-child" => pager_child(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
@@ -1254,12 +1255,18 @@ fn procs() -> i32 {
         proc::wait(long) == Ok(proc::KILLED_STATUS),
     );
     check("a process's exit status", proc::wait(work) == Ok(0));
-    check("a faulting process's status", proc::wait(faulty) == Ok(128 + 14));
+    check(
+        "a faulting process's status",
+        proc::wait(faulty) == Ok(128 + 14),
+    );
     check(
         "a process is waited for once",
         proc::wait(work) == Err(Error::NoSuchChild),
     );
-    check("kill an unknown id", proc::kill(9999) == Err(Error::NoSuchChild));
+    check(
+        "kill an unknown id",
+        proc::kill(9999) == Err(Error::NoSuchChild),
+    );
     // A capability for the child, and a grandchild through the same manager.
     let got = sys::port_set_create().and_then(|set| {
         let port = sys::port_create(set, 3)?;
@@ -1285,4 +1292,54 @@ fn procs_child() -> i32 {
     let word = if grandchild == Ok(0) { 0x600d } else { 0xbad };
     let _ = sys::ipc_send_reliable(0, [word, 0, 0, 0], NO_CAP, &[]);
     7
+}
+
+/// Writes a pattern over every word of `pages` fresh pages, then reads it all back twice
+/// (forwards, then backwards): under a demand pager holding fewer pages, every page has
+/// been evicted and brought back by then. One page in eight is pseudo-random (it does not
+/// compress), the rest are counters.
+fn pattern(pages: u64) -> i32 {
+    const BASE: u64 = 0x3000_0000;
+    fn word(page: u64, w: u64) -> u64 {
+        if page % 8 == 7 {
+            let mut x = (page << 32 | w) ^ 0x9e37_79b9_7f4a_7c15;
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        } else {
+            (page << 20) + w * 3
+        }
+    }
+    if let Err(e) = sys::map_anon(BASE, pages * 4096) {
+        println!("ktest: pattern: map_anon failed: {e:?}");
+        return 1;
+    }
+    let at = |page: u64, w: u64| (BASE + page * 4096 + w * 8) as *mut u64;
+    for p in 0..pages {
+        for w in 0..512 {
+            // SAFETY: inside the demand-zero range just reserved.
+            unsafe { core::ptr::write_volatile(at(p, w), word(p, w)) };
+        }
+    }
+    let mut mismatches = 0u64;
+    let mut check = |p: u64| {
+        for w in 0..512 {
+            // SAFETY: as above.
+            let v = unsafe { core::ptr::read_volatile(at(p, w)) };
+            if v != word(p, w) {
+                if mismatches < 4 {
+                    println!("ktest: pattern: page {p} word {w} holds {v:#x}");
+                }
+                mismatches += 1;
+            }
+        }
+    };
+    (0..pages).for_each(&mut check);
+    (0..pages).rev().for_each(&mut check);
+    println!(
+        "ktest: pattern: {pages} pages ({} KiB) written and read back twice, {mismatches} mismatches",
+        pages * 4
+    );
+    i32::from(mismatches != 0)
 }

@@ -107,15 +107,15 @@ impl Manager {
             ..Spec::default()
         };
         let started = sys::mutex_lock(done).and_then(|_| {
-            self.nester
-                .start_with(name, args, &spec)
-                .and_then(|child| match fluke_nest::watch_exit(&child, self.port, self.next_id) {
+            self.nester.start_with(name, args, &spec).and_then(
+                |child| match fluke_nest::watch_exit(&child, self.port, self.next_id) {
                     Ok(w) => Ok((child, w)),
                     Err(e) => {
                         self.nester.release(&child);
                         Err(e)
                     }
-                })
+                },
+            )
         });
         if let Some(c) = cap {
             let _ = sys::cap_drop(c); // the child has its own copy
@@ -153,7 +153,11 @@ impl Manager {
     }
 
     fn forget(&mut self, id: u64) {
-        if let Some(slot) = self.procs.iter_mut().find(|p| p.is_some_and(|p| p.id == id)) {
+        if let Some(slot) = self
+            .procs
+            .iter_mut()
+            .find(|p| p.is_some_and(|p| p.id == id))
+        {
             if let Some(p) = slot.take() {
                 let _ = sys::destroy(p.done);
             }

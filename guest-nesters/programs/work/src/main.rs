@@ -64,14 +64,15 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
 fn ipc_client(n: u64) -> Option<u64> {
     let set = sys::port_set_create().ok()?;
     let port = sys::port_create(set, 1).ok()?;
-    let server = sys::spawn_with_caps("work", &["ipc-server"], &[set]).ok()?;
+    // Through the process manager if there is one above us (at any depth).
+    let server = fluke_rt::proc::spawn("work", &["ipc-server"], Some(set)).ok()?;
     let mut acc = 0u64;
     for i in 0..n {
         let m = sys::ipc_call(port, [i, 0, 0, 0], NO_CAP).ok()?;
         acc = acc.wrapping_add(m.words[0]);
     }
     sys::ipc_send_reliable(port, [u64::MAX, 0, 0, 0], NO_CAP, &[]).ok()?;
-    (sys::wait(server) == Ok(0)).then_some(acc)
+    (fluke_rt::proc::wait(server) == Ok(0)).then_some(acc)
 }
 
 fn ipc_server() -> i32 {
