@@ -400,6 +400,13 @@ pub mod layout {
     pub const RETURN_PAGE: u64 = 0x0000_7fff_ffff_0000;
     /// Highest address a user mapping may end at.
     pub const USER_MAP_END: u64 = RETURN_PAGE;
+    /// Where programs map their data (`map_anon`): from here up to the nesters' slots
+    /// (fluke-nest) is a space's memory window, which a demand pager above provides.
+    pub const HEAP_BASE: u64 = 0x1000_0000;
+    /// The capability name of the memory service's port (a demand pager above), which
+    /// nesters pass on like the process manager's: a nester asks it for each child's
+    /// memory window, so everything below a pager is paged, at any depth.
+    pub const MEMORY_CAP: u64 = 254;
 }
 
 #[cfg(test)]

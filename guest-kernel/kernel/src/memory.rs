@@ -384,11 +384,13 @@ pub fn discard(addr: u64, len: u64, save: u64) -> Result<u64, Error> {
         }
         space.copy_out(save, &page)?;
     }
+    // Only pages present here can be mapped elsewhere (views map the owner's frames).
+    let root = root_of(me).ok_or(Error::InvalidArgument)?;
     let mut va = addr;
-    while va < end {
-        for_each_view(me, va, 0, &mut |pid, at| discard_page(pid, at));
-        discard_page(me, va);
-        va += PAGE;
+    while let Some(page) = paging::next_present(root, va, end) {
+        for_each_view(me, page, 0, &mut |pid, at| discard_page(pid, at));
+        discard_page(me, page);
+        va = page + PAGE;
     }
     Ok(0)
 }

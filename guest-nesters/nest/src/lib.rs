@@ -8,7 +8,7 @@
 #![no_std]
 
 use fluke_abi::procmgr;
-use fluke_abi::syscall::layout::{STACK_TOP, USER_BASE};
+use fluke_abi::syscall::layout::{HEAP_BASE, MEMORY_CAP, STACK_TOP, USER_BASE};
 use fluke_rt::sys::{self, NO_CAP};
 use fluke_rt::Error;
 
@@ -30,6 +30,10 @@ pub struct Child {
     /// The nester's regions backing the child's program and stack.
     pub program_region: u64,
     pub stack_region: u64,
+    /// The region mapped as the child's memory window (`NO_CAP`: none, its memory is its
+    /// own), and its id at the memory service if we asked one for it.
+    pub window_region: u64,
+    pub window_id: Option<u64>,
     /// Which slot of the nester's memory holds them.
     pub slot: usize,
 }
@@ -91,6 +95,27 @@ pub const SLOT_SIZE: u64 = 0x1000_0000;
 pub const MAX_CHILDREN: usize = 64;
 const WATCHER_STACK: u64 = 16 * 1024;
 
+/// The end of all slots of a nester's children.
+pub const SLOTS_END: u64 = BACKING_BASE + MAX_CHILDREN as u64 * SLOT_SIZE;
+/// A space's memory window, which a demand pager above provides: its heap (`HEAP_BASE`,
+/// where programs map their data) up to the end of the slots where a nester keeps its
+/// children's programs and stacks.
+pub const WINDOW_BASE: u64 = HEAP_BASE;
+pub const WINDOW_END: u64 = SLOTS_END;
+pub const WINDOW_SIZE: u64 = WINDOW_END - WINDOW_BASE;
+
+/// The memory service's protocol (the pager serves it on the port a space holds at
+/// `MEMORY_CAP`). Capabilities short-circuit the hierarchy here too: each nester asks the
+/// pager directly for its child's window, so a page of a process five layers down is
+/// served by the pager alone, and nesters in between only pass the port on.
+pub mod memory {
+    /// Request `[WINDOW]`: reply `[0, id]` with a region (USE, GRANT) to map at
+    /// `WINDOW_BASE` in a new child: its memory window, paged by the server.
+    pub const WINDOW: u64 = 0x3e3_0001;
+    /// Request `[RELEASE, id]`: the child is gone; the window's pages are freed.
+    pub const RELEASE: u64 = 0x3e3_0002;
+}
+
 /// `w0` of the message [`watch_exit`] sends when a child ends: `w1` = the token, `w2` = the
 /// exit status.
 pub const CHILD_EXITED: u64 = 0xe817_0000;
@@ -106,6 +131,9 @@ pub struct Spec<'a> {
     pub maps: &'a [(u64, u64, u64)],
     /// Frames of our budget we keep; the child's space gets the rest (0: half).
     pub keep: u64,
+    /// The child's memory window, if we serve it ourselves (the pager): a region to map at
+    /// `WINDOW_BASE`. Otherwise, if we hold a memory service's port, we ask it for one.
+    pub window: Option<u64>,
 }
 
 impl Default for Spec<'_> {
@@ -114,7 +142,32 @@ impl Default for Spec<'_> {
             caps: &[],
             maps: &[],
             keep: NESTER_KEEP,
+            window: None,
         }
+    }
+}
+
+/// A memory window from the memory service above, if there is one: `(region, id)`.
+fn request_window() -> Result<Option<(u64, u64)>, Error> {
+    let is_port =
+        sys::obj_get_state(MEMORY_CAP).is_ok_and(|s| s[0] == fluke_abi::syscall::objstate::PORT);
+    if !is_port {
+        return Ok(None);
+    }
+    let m = sys::ipc_call(MEMORY_CAP, [memory::WINDOW, 0, 0, 0], NO_CAP)?;
+    if m.words[0] != 0 || m.cap == NO_CAP {
+        return Err(Error::from_i64(m.words[0] as i64).unwrap_or(Error::NoMemory));
+    }
+    Ok(Some((m.cap, m.words[1])))
+}
+
+fn release_window(region: u64, id: Option<u64>) {
+    if region == NO_CAP {
+        return;
+    }
+    let _ = sys::destroy(region);
+    if let Some(id) = id {
+        let _ = sys::ipc_call(MEMORY_CAP, [memory::RELEASE, id, 0, 0], NO_CAP);
     }
 }
 
@@ -213,12 +266,26 @@ impl Nester {
 
         let program_region = sys::region_create(prog, prog_len, NO_CAP)?;
         let stack_region = sys::region_create(stack, CHILD_STACK, NO_CAP)?;
+        let (window_region, window_id) = match spec.window {
+            Some(r) => (r, None),
+            None => match request_window() {
+                Ok(Some((r, id))) => (r, Some(id)),
+                Ok(None) => (NO_CAP, None),
+                Err(e) => {
+                    let _ = sys::destroy(program_region);
+                    let _ = sys::destroy(stack_region);
+                    return Err(e);
+                }
+            },
+        };
         let mut child = Child {
             space: NO_CAP,
             thread: NO_CAP,
             pid: 0,
             program_region,
             stack_region,
+            window_region,
+            window_id,
             slot,
         };
         let built = self.populate(&mut child, entry, sp, spec);
@@ -227,6 +294,9 @@ impl Nester {
                 if cap != NO_CAP {
                     let _ = sys::destroy(cap);
                 }
+            }
+            if spec.window.is_none() {
+                release_window(window_region, window_id);
             }
         }
         built.map(|_| child)
@@ -256,15 +326,16 @@ impl Nester {
         for &(region, addr, flags) in spec.maps {
             sys::mapping_create_flags(space, region, addr, flags)?;
         }
-        if !spec
-            .caps
-            .iter()
-            .any(|&(there, _)| there == procmgr::PORT_NAME)
-        {
-            // Inherited: the nearest process manager above us (none: nothing to pass).
-            match sys::cap_give(space, procmgr::PORT_NAME, procmgr::PORT_NAME, 0b1111) {
-                Ok(_) | Err(Error::BadCap) => {}
-                Err(e) => return Err(e),
+        if child.window_region != NO_CAP {
+            sys::mapping_create_flags(space, child.window_region, WINDOW_BASE, sys::MAP_WRITE)?;
+        }
+        for inherited in [procmgr::PORT_NAME, MEMORY_CAP] {
+            if !spec.caps.iter().any(|&(there, _)| there == inherited) {
+                // The nearest process manager and memory service above us (if any).
+                match sys::cap_give(space, inherited, inherited, 0b1111) {
+                    Ok(_) | Err(Error::BadCap) => {}
+                    Err(e) => return Err(e),
+                }
             }
         }
         for &(there, mine) in spec.caps {
@@ -292,6 +363,9 @@ impl Nester {
     pub fn release(&mut self, child: &Child) {
         for cap in [child.space, child.program_region, child.stack_region] {
             let _ = sys::destroy(cap);
+        }
+        if child.window_id.is_some() {
+            release_window(child.window_region, child.window_id);
         }
         let _ = sys::mem_discard(slot_base(child.slot), SLOT_SIZE);
         self.used &= !(1 << child.slot);

@@ -46,6 +46,18 @@ impl<'a> Clock<'a> {
         false
     }
 
+    /// Forgets `page` if it is resident (its window went away); true if it was.
+    pub fn remove(&mut self, page: u64) -> bool {
+        match self.frames.iter().position(|&f| f == page + 1) {
+            Some(i) => {
+                self.frames[i] = 0;
+                self.count -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Picks and removes the page to evict; `referenced(page)` reports (and clears) its
     /// reference bit.
     pub fn victim(&mut self, mut referenced: impl FnMut(u64) -> bool) -> Option<u64> {
@@ -90,5 +102,7 @@ mod tests {
         let v = clock.victim(|p| bits.remove(&p)).unwrap();
         assert!([10, 11, 13, 14].contains(&v));
         assert_eq!(clock.len(), 3);
+        assert!(clock.remove(14) || v == 14);
+        assert!(!clock.remove(99));
     }
 }

@@ -30,6 +30,7 @@ pub struct Entry(pub u64);
 
 const RESIDENT: u64 = 1 << 63;
 const RAW: u64 = 1 << 62;
+const LOGGED: u64 = 1 << 61;
 
 impl Entry {
     pub const EMPTY: Entry = Entry(0);
@@ -37,6 +38,21 @@ impl Entry {
 
     pub fn resident(self) -> bool {
         self.0 & RESIDENT != 0
+    }
+
+    /// Whether the pager has recorded this page as used (so that it finds it again when
+    /// the window is released); kept across the other states.
+    pub fn logged(self) -> bool {
+        self.0 & LOGGED != 0
+    }
+
+    /// This state, keeping `from`'s logged mark.
+    pub fn keeping_mark(self, from: Entry) -> Entry {
+        Entry(self.0 | from.0 & LOGGED)
+    }
+
+    pub fn with_logged(self) -> Entry {
+        Entry(self.0 | LOGGED)
     }
 
     pub fn stored(blob: Blob, raw: bool) -> Entry {
@@ -66,6 +82,15 @@ mod tests {
         assert!(!Entry::EMPTY.resident());
         assert!(Entry::RESIDENT.resident());
         assert_eq!(Entry::RESIDENT.blob(), None);
+        let marked = Entry::RESIDENT.with_logged();
+        assert!(marked.logged() && marked.resident());
+        assert!(Entry::EMPTY.keeping_mark(marked).logged());
+        assert!(!Entry::EMPTY.keeping_mark(Entry::RESIDENT).logged());
+        let b = Blob { first: 3, len: 100 };
+        assert_eq!(
+            Entry::stored(b, false).keeping_mark(marked).blob(),
+            Some((b, false))
+        );
         for (first, len, raw) in [(0, 19, false), (7, 4096, true), (u32::MAX - 1, 1, false)] {
             let b = Blob { first, len };
             let e = Entry::stored(b, raw);

@@ -1,41 +1,46 @@
 //! `pager [-frames=N] [-store=KIB] [-stats] [>] PROGRAM ARGS...`: the demand-pager nester.
 //!
-//! The child's memory window ([`WINDOW_BASE`], [`WINDOW_END`]: where programs and the
-//! nesters under it allocate memory) is a mapping of a region of ours whose keeper we are.
-//! The pager holds at most `-frames` pages of it at once (default 256 = 1 MiB): a page the
-//! child touches arrives as a fault, is brought in (from the store, or a zero page) with
+//! Every space below the pager, at any depth, has a memory window (fluke-nest's
+//! `WINDOW_BASE..WINDOW_END`: its heap, where programs map their data, and the slots where
+//! a nester keeps its children's programs and stacks) that is a mapping of a region of
+//! ours whose keeper we are: our direct child's we make ourselves, and every nester below
+//! asks us for its child's (the memory service on the port it inherits at `MEMORY_CAP`),
+//! so a process five layers down is paged by us directly.
+//!
+//! The pager holds at most `-frames` pages of all windows at once (default 256 = 1 MiB): a
+//! page touched arrives as a fault, is brought in (from the store, or a zero page) with
 //! `mem_install`, and when every frame is taken the clock picks a page to evict with
-//! `mem_evict` (which unmaps it from the child, and from anything under the child, in the
-//! same call as it copies it out). Evicted pages go to the backing store: our own memory,
-//! compressed (`fluke-pagestore`: runs of words in arithmetic progression, raw if that does
-//! not shrink a page; zero pages take nothing), at most `-store` KiB (default 4096).
-//! A page is never lost: if the store is full the page stays resident and the child is
-//! stopped with a message. Every other kernel call of the child goes straight to the kernel.
+//! `mem_evict` (which unmaps it from every space that maps it in the same call as it
+//! copies it out). Evicted pages go to the backing store: our own memory, compressed
+//! (`fluke-pagestore`: runs of words in arithmetic progression, raw if that does not
+//! shrink a page; zero pages take nothing), at most `-store` KiB (default 4096). A page is
+//! never lost: if the store is full the page stays resident and the child is stopped with
+//! a message. Every other kernel call goes straight to the kernel.
 #![no_std]
 #![no_main]
 
 use fluke_abi::syscall::fault;
-use fluke_nest::{Command, Nester, Spec, CHILD_EXITED, NESTER_KEEP};
+use fluke_abi::syscall::layout::MEMORY_CAP;
+use fluke_nest::{memory, Command, Nester, Spec, CHILD_EXITED, NESTER_KEEP, WINDOW_SIZE};
 use fluke_pagestore::{codec, Clock, Entry, Store, PAGE, SLOT, WORDS};
 use fluke_rt::sys::{self, NO_CAP};
 use fluke_rt::{println, Error};
 
-/// The child's paged window: above its program, below its stack; it holds the memory
-/// programs map (`work memory`) and the slots of any nester under us (fluke-nest's
-/// `BACKING_BASE`, 64 slots of 256 MiB).
-pub const WINDOW_BASE: u64 = 0x1000_0000;
-pub const WINDOW_END: u64 = 0x14_0000_0000;
-const WINDOW_SIZE: u64 = WINDOW_END - WINDOW_BASE;
 const WINDOW_PAGES: u64 = WINDOW_SIZE / PAGE as u64;
+/// The most windows (spaces below us with a memory window) at once.
+const MAX_WINDOWS: usize = 128;
 
 // Our own memory (all demand-zero: only what is used costs frames).
-/// Our copy of the window (the region we export).
-const OWN_WINDOW: u64 = 0x40_0000_0000;
-const STORE_BASE: u64 = 0x60_0000_0000;
-const NEXT_BASE: u64 = 0x68_0000_0000;
-/// One `Entry` per window page.
-const ENTRIES_BASE: u64 = 0x70_0000_0000;
-const CLOCK_BASE: u64 = 0x78_0000_0000;
+/// Our copy of every window, one after another (the regions we export): a page of window
+/// `w` is "global page" `w * WINDOW_PAGES + page`, at `OWN_BASE + global * PAGE`.
+const OWN_BASE: u64 = 0x1000_0000_0000;
+/// One `Entry` per global page.
+const ENTRIES_BASE: u64 = 0x2000_0000_0000;
+/// Per window, the pages it ever used (so that releasing it costs what it used).
+const LOG_BASE: u64 = 0x3000_0000_0000;
+const STORE_BASE: u64 = 0x4000_0000_0000;
+const NEXT_BASE: u64 = 0x4800_0000_0000;
+const CLOCK_BASE: u64 = 0x5000_0000_0000;
 
 const MAX_FRAMES: u64 = 1 << 16;
 const MAX_STORE_KIB: u64 = 1 << 20;
@@ -111,48 +116,57 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
 fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
     let store_bytes = o.store_kib * 1024;
     let slots = store_bytes / SLOT as u64;
-    sys::map_anon(OWN_WINDOW, WINDOW_SIZE)?;
+    let pages = MAX_WINDOWS as u64 * WINDOW_PAGES;
+    sys::map_anon(OWN_BASE, pages * PAGE as u64)?;
+    sys::map_anon(ENTRIES_BASE, pages * 8)?;
+    sys::map_anon(LOG_BASE, (pages * 4).next_multiple_of(PAGE as u64))?;
     if store_bytes > 0 {
         sys::map_anon(STORE_BASE, store_bytes)?;
         sys::map_anon(NEXT_BASE, (slots * 4).next_multiple_of(PAGE as u64))?;
     }
-    sys::map_anon(ENTRIES_BASE, WINDOW_PAGES * 8)?;
     sys::map_anon(CLOCK_BASE, (o.frames * 8).next_multiple_of(PAGE as u64))?;
     // SAFETY: the ranges just reserved, used only through these slices.
-    let (store_mem, next, entries, frames) = unsafe {
+    let (store_mem, next, entries, log, frames) = unsafe {
         (
             core::slice::from_raw_parts_mut(STORE_BASE as *mut u8, store_bytes as usize),
             core::slice::from_raw_parts_mut(NEXT_BASE as *mut u32, slots as usize),
-            core::slice::from_raw_parts_mut(ENTRIES_BASE as *mut Entry, WINDOW_PAGES as usize),
+            core::slice::from_raw_parts_mut(ENTRIES_BASE as *mut Entry, pages as usize),
+            core::slice::from_raw_parts_mut(LOG_BASE as *mut u32, pages as usize),
             core::slice::from_raw_parts_mut(CLOCK_BASE as *mut u64, o.frames as usize),
         )
     };
     let set = sys::port_set_create()?;
-    let port = sys::port_create(set, 1)?;
-    let region = sys::region_create(OWN_WINDOW, WINDOW_SIZE, port)?;
-    // What we keep: the resident frames, the store and its tables, our own needs.
-    let keep = NESTER_KEEP + o.frames + o.frames / 512 + 2 * store_bytes.div_ceil(PAGE as u64) + 64;
-    let maps = [(region, WINDOW_BASE, sys::MAP_WRITE)];
-    let mut nester = Nester::new();
-    let spec = Spec {
-        maps: &maps,
-        keep,
-        ..Spec::default()
-    };
-    let child = nester.start_with(cmd.program, cmd.args(), &spec)?;
-    let watcher = fluke_nest::watch_exit(&child, port, 0)?;
+    let requests = sys::port_create(set, 0)?;
     let mut pager = Pager {
+        set,
         store: Store::new(store_mem, next),
         clock: Clock::new(frames),
         entries,
+        log,
+        windows: [None; MAX_WINDOWS],
         stats: Stats::default(),
     };
+    let (window, first) = pager.new_window()?;
+    // What we keep: the resident frames, the store and its tables, our own needs.
+    let keep = NESTER_KEEP + o.frames + o.frames / 512 + 2 * store_bytes.div_ceil(PAGE as u64) + 64;
+    let mut nester = Nester::new();
+    let caps = [(MEMORY_CAP, requests)];
+    let spec = Spec {
+        caps: &caps,
+        keep,
+        window: Some(window),
+        ..Spec::default()
+    };
+    let child = nester.start_with(cmd.program, cmd.args(), &spec)?;
+    let watcher = fluke_nest::watch_exit(&child, requests, 0)?;
     let mut msg = sys::ipc_wait(set);
     loop {
         let m = msg?;
-        let reply = match m.words[0] {
-            fault::REGION => {
-                if let Err(e) = pager.serve(m.words[1] / PAGE as u64) {
+        let mut cap = NO_CAP;
+        let reply = match (m.badge, m.words[0]) {
+            (b @ 1.., fault::REGION) => {
+                let w = (b - 1) as usize;
+                if let Err(e) = pager.serve(w, m.words[1] / PAGE as u64) {
                     println!("pager: {e}; stopping {}", cmd.program);
                     let _ = sys::destroy(watcher);
                     nester.release(&child);
@@ -160,9 +174,24 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
                 }
                 [0; 4]
             }
-            CHILD_EXITED => {
+            (0, memory::WINDOW) => match pager.new_window() {
+                Ok((region, w)) => {
+                    cap = region;
+                    [0, w as u64, 0, 0]
+                }
+                Err(e) => [e as u64, 0, 0, 0],
+            },
+            (0, memory::RELEASE) => {
+                match usize::try_from(m.words[1]) {
+                    Ok(w) if w != first => pager.release(w),
+                    _ => {}
+                }
+                [0; 4]
+            }
+            (0, CHILD_EXITED) => {
                 let _ = sys::destroy(watcher);
                 nester.release(&child);
+                pager.release(first);
                 if o.stats {
                     pager.report(o);
                 }
@@ -175,29 +204,103 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
                 [Error::InvalidArgument as u64, 0, 0, 0]
             }
         };
-        msg = sys::ipc_reply_wait(set, reply, NO_CAP);
+        msg = sys::ipc_reply_wait(set, reply, cap);
     }
 }
 
+/// A window we serve: our region (exported) and its fault port, and how many pages of it
+/// are in the log.
+#[derive(Clone, Copy)]
+struct Window {
+    region: u64,
+    port: u64,
+    logged: u64,
+}
+
 struct Pager<'a> {
+    set: u64,
     store: Store<'a>,
     clock: Clock<'a>,
     entries: &'a mut [Entry],
+    log: &'a mut [u32],
+    windows: [Option<Window>; MAX_WINDOWS],
     stats: Stats,
 }
 
-fn own_page(page: u64) -> u64 {
-    OWN_WINDOW + page * PAGE as u64
+fn own_page(global: u64) -> u64 {
+    OWN_BASE + global * PAGE as u64
 }
 
 impl Pager<'_> {
-    /// The child touched window page `page`: bring it in.
-    fn serve(&mut self, page: u64) -> Result<(), &'static str> {
-        let Some(&entry) = self.entries.get(page as usize) else {
-            return Ok(()); // not ours to serve; the child faults again and is stopped
+    /// A new window: returns a capability to its region to hand out (USE, GRANT) and its id.
+    fn new_window(&mut self) -> Result<(u64, usize), Error> {
+        let w = self
+            .windows
+            .iter()
+            .position(Option::is_none)
+            .ok_or(Error::Exhausted)?;
+        let port = sys::port_create(self.set, w as u64 + 1)?;
+        let base = own_page(w as u64 * WINDOW_PAGES);
+        let region = match sys::region_create(base, WINDOW_SIZE, port) {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = sys::destroy(port);
+                return Err(e);
+            }
         };
+        let copy = match sys::cap_copy(region, 0b1001) {
+            Ok(c) => c,
+            Err(e) => {
+                let _ = sys::destroy(region);
+                let _ = sys::destroy(port);
+                return Err(e);
+            }
+        };
+        self.windows[w] = Some(Window {
+            region,
+            port,
+            logged: 0,
+        });
+        Ok((copy, w))
+    }
+
+    /// The space behind window `w` is gone: its pages and stored blobs are freed.
+    fn release(&mut self, w: usize) {
+        let Some(win) = self.windows.get_mut(w).and_then(Option::take) else {
+            return;
+        };
+        let _ = sys::destroy(win.region); // unmaps it everywhere
+        let _ = sys::destroy(win.port);
+        let first = w as u64 * WINDOW_PAGES;
+        for i in 0..win.logged {
+            let global = first + u64::from(self.log[(first + i) as usize]);
+            let entry = self.entries[global as usize];
+            if entry.resident() {
+                let _ = sys::mem_discard(own_page(global), PAGE as u64);
+                self.clock.remove(global);
+            } else if let Some((blob, _)) = entry.blob() {
+                self.store.free(blob);
+            }
+            self.entries[global as usize] = Entry::EMPTY;
+        }
+    }
+
+    /// Page `page` of window `w` was touched: bring it in.
+    fn serve(&mut self, w: usize, page: u64) -> Result<(), &'static str> {
+        let Some(win) = self.windows.get_mut(w).and_then(|x| x.as_mut()) else {
+            return Ok(()); // a window released meanwhile: the fault is repeated, and fails
+        };
+        if page >= WINDOW_PAGES {
+            return Ok(());
+        }
+        let global = w as u64 * WINDOW_PAGES + page;
+        let entry = self.entries[global as usize];
         if entry.resident() {
             return Ok(()); // a second thread's fault on a page already brought in
+        }
+        if !entry.logged() {
+            self.log[(w as u64 * WINDOW_PAGES + win.logged) as usize] = page as u32;
+            win.logged += 1;
         }
         self.stats.faults += 1;
         if self.clock.is_full() {
@@ -223,9 +326,9 @@ impl Pager<'_> {
             }
             None => buf.0.fill(0),
         }
-        sys::mem_install(own_page(page), buf.bytes()).map_err(|_| "cannot install a page")?;
-        self.entries[page as usize] = Entry::RESIDENT;
-        self.clock.insert(page);
+        sys::mem_install(own_page(global), buf.bytes()).map_err(|_| "cannot install a page")?;
+        self.entries[global as usize] = Entry::RESIDENT.with_logged();
+        self.clock.insert(global);
         Ok(())
     }
 
@@ -264,7 +367,7 @@ impl Pager<'_> {
         };
         self.stats.stored += 1;
         self.stats.peak_store = self.stats.peak_store.max(self.store.used_bytes());
-        self.entries[victim as usize] = entry;
+        self.entries[victim as usize] = entry.with_logged();
         Ok(())
     }
 

@@ -255,6 +255,27 @@ pub fn map_user(
     Ok(())
 }
 
+/// The first present user page in `[va, end)`, skipping absent tables whole (so that a
+/// sweep over a large, sparsely used range costs what is mapped, not its size).
+pub fn next_present(root: u64, mut va: u64, end: u64) -> Option<u64> {
+    'outer: while va < end && va < 0x0000_8000_0000_0000 {
+        let mut t = root;
+        for shift in [39u32, 30, 21, 12] {
+            // SAFETY: `t` is a page-table frame of this tree.
+            let e = unsafe { *entry_ptr(t, ((va >> shift) & 511) as usize) };
+            if e & PRESENT == 0 || (shift != 12 && e & HUGE != 0) {
+                // Nothing below this entry: go to the next one at this level.
+                let span = 1u64 << shift;
+                va = (va & !(span - 1)).checked_add(span)?;
+                continue 'outer;
+            }
+            t = e & ADDR_MASK;
+        }
+        return Some(va);
+    }
+    None
+}
+
 /// Whether the user page at `virt` was accessed since the last call (its PTE's accessed
 /// bit, which is cleared). The caller flushes nothing: the TLB of another space is flushed
 /// by its next address-space switch, and the current space's entry here.
