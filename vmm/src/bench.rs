@@ -183,14 +183,58 @@ pub const NEST_WORKLOADS: &[(&str, &str)] = &[
     ("compute", "compute,200000"),
 ];
 
-/// Nester stacks the workloads run under: `(label, pass-through nesters)`.
-pub const NEST_STACKS: &[(&str, usize)] = &[
-    ("bare", 0),
-    ("passthru-x1", 1),
-    ("passthru-x2", 2),
-    ("passthru-x4", 4),
-    ("passthru-x8", 8),
+/// Nester stacks the workloads run under: `(label, kind, layers, init prefix)`. Each
+/// nester alone 1, 2, 4 and 8 deep, and a mixed stack of all three 8 deep. The pager
+/// holds 256 frames: the memory workload (500 pages) is the one it interposes on heavily.
+pub const NEST_STACKS: &[(&str, &str, usize, &str)] = &[
+    ("bare", "bare", 0, ""),
+    ("passthru-x1", "passthru", 1, "passthru>"),
+    ("passthru-x2", "passthru", 2, "passthru>passthru>"),
+    (
+        "passthru-x4",
+        "passthru",
+        4,
+        "passthru>passthru>passthru>passthru>",
+    ),
+    (
+        "passthru-x8",
+        "passthru",
+        8,
+        "passthru>passthru>passthru>passthru>passthru>passthru>passthru>passthru>",
+    ),
+    ("procmgr-x1", "procmgr", 1, "procmgr>"),
+    ("procmgr-x2", "procmgr", 2, "procmgr>procmgr>"),
+    (
+        "procmgr-x4",
+        "procmgr",
+        4,
+        "procmgr>procmgr>procmgr>procmgr>",
+    ),
+    (
+        "procmgr-x8",
+        "procmgr",
+        8,
+        "procmgr>procmgr>procmgr>procmgr>procmgr>procmgr>procmgr>procmgr>",
+    ),
+    ("pager-x1", "pager", 1, "pager>"),
+    ("pager-x2", "pager", 2, "pager>pager>"),
+    ("pager-x4", "pager", 4, "pager>pager>pager>pager>"),
+    (
+        "pager-x8",
+        "pager",
+        8,
+        "pager>pager>pager>pager>pager>pager>pager>pager>",
+    ),
+    (
+        "mixed-x8",
+        "mixed",
+        8,
+        "pager>procmgr>passthru>pager>procmgr>passthru>pager>procmgr>",
+    ),
 ];
+
+/// The nester kinds of [`NEST_STACKS`], in plot order.
+const NEST_KINDS: [&str; 4] = ["passthru", "procmgr", "pager", "mixed"];
 
 fn leak(s: String) -> &'static str {
     // A few dozen short strings for the life of this one-shot command.
@@ -202,15 +246,12 @@ pub fn all_benchmarks() -> Vec<Benchmark> {
     let mut all = BENCHMARKS.to_vec();
     for &(workload, work_args) in NEST_WORKLOADS {
         let key = leak(format!("work.{workload}"));
-        for &(label, depth) in NEST_STACKS {
+        for &(label, _, _, prefix) in NEST_STACKS {
             all.push(Benchmark {
                 name: leak(format!("nest.{workload}.{label}")),
                 model: Model::Microkernel,
                 unit: "ns",
-                cmdline: leak(format!(
-                    "fluke.init={}work,{work_args}",
-                    "passthru,".repeat(depth)
-                )),
+                cmdline: leak(format!("fluke.init={prefix}work,{work_args}")),
                 sample: Sample::Guest(key),
             });
         }
@@ -236,7 +277,7 @@ pub fn nest_table(records: &[Record]) -> String {
             let _ = writeln!(s, "|---|---|---|---|---|");
             any = true;
         }
-        for &(label, depth) in NEST_STACKS {
+        for &(label, _, depth, _) in NEST_STACKS {
             let Some(v) = value(&format!("nest.{workload}.{label}")) else {
                 continue;
             };
@@ -256,32 +297,38 @@ pub fn nest_table(records: &[Record]) -> String {
     s
 }
 
-/// An SVG plot of each workload's slowdown against the number of pass-through layers.
+/// An SVG plot of each workload's slowdown against the number of layers, a line per
+/// workload (colour) and nester (dash).
 pub fn nest_plot(records: &[Record]) -> String {
     let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
-    let (w, h, left, bottom, top, right) = (640.0, 400.0, 60.0, 50.0, 30.0, 130.0);
-    let max_depth = NEST_STACKS.iter().map(|&(_, d)| d).max().unwrap_or(1) as f64;
+    let (w, h, left, bottom, top, right) = (760.0, 440.0, 60.0, 50.0, 30.0, 160.0);
+    let max_depth = NEST_STACKS.iter().map(|&(_, _, d, _)| d).max().unwrap_or(1) as f64;
     let mut series = Vec::new();
-    for &(workload, _) in NEST_WORKLOADS {
+    for (wi, &(workload, _)) in NEST_WORKLOADS.iter().enumerate() {
         let Some(bare) = value(&format!("nest.{workload}.bare")).filter(|&b| b > 0.0) else {
             continue;
         };
-        let points: Vec<(f64, f64)> = NEST_STACKS
-            .iter()
-            .filter_map(|&(label, d)| {
-                value(&format!("nest.{workload}.{label}")).map(|v| (d as f64, v / bare))
-            })
-            .collect();
-        series.push((workload, points));
+        for (ki, kind) in NEST_KINDS.iter().enumerate() {
+            let points: Vec<(f64, f64)> = core::iter::once((0.0, 1.0))
+                .chain(NEST_STACKS.iter().filter(|s| s.1 == *kind).filter_map(
+                    |&(label, _, d, _)| {
+                        value(&format!("nest.{workload}.{label}")).map(|v| (d as f64, v / bare))
+                    },
+                ))
+                .collect();
+            if points.len() > 1 {
+                series.push((format!("{workload} {kind}"), wi, ki, points));
+            }
+        }
     }
     let ymax = series
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .flat_map(|(_, _, _, p)| p.iter().map(|&(_, y)| y))
         .fold(1.1_f64, f64::max)
         * 1.05;
     let ymin = series
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|&(_, y)| y))
+        .flat_map(|(_, _, _, p)| p.iter().map(|&(_, y)| y))
         .fold(0.9_f64, f64::min)
         * 0.95;
     let x = |d: f64| left + d / max_depth * (w - left - right);
@@ -295,7 +342,7 @@ pub fn nest_plot(records: &[Record]) -> String {
     let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">slowdown vs pass-through nesting depth</text>"#,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">slowdown vs nesting depth</text>"#,
         w / 2.0
     );
     let (x0, x1, y0, y1) = (x(0.0), x(max_depth), y(ymin), y(ymax));
@@ -303,7 +350,7 @@ pub fn nest_plot(records: &[Record]) -> String {
         svg,
         r#"<line x1="{x0}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/><line x1="{x0}" y1="{y0}" x2="{x0}" y2="{y1}" stroke="black"/>"#
     );
-    for &(_, d) in NEST_STACKS {
+    for d in [0usize, 1, 2, 4, 8] {
         let xd = x(d as f64);
         let _ = writeln!(
             svg,
@@ -331,15 +378,17 @@ pub fn nest_plot(records: &[Record]) -> String {
         svg,
         r#"<line x1="{x0}" y1="{one}" x2="{x1}" y2="{one}" stroke="gray" stroke-dasharray="4 4"/>"#
     );
-    for (i, (name, points)) in series.iter().enumerate() {
-        let color = colors[i % colors.len()];
+    let dashes = ["", "6 3", "2 3", "10 3 2 3"];
+    for (i, (name, wi, ki, points)) in series.iter().enumerate() {
+        let color = colors[wi % colors.len()];
+        let dash = dashes[ki % dashes.len()];
         let path: Vec<String> = points
             .iter()
             .map(|&(d, v)| format!("{:.1},{:.1}", x(d), y(v)))
             .collect();
         let _ = writeln!(
             svg,
-            r#"<polyline fill="none" stroke="{color}" stroke-width="2" points="{}"/>"#,
+            r#"<polyline fill="none" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}" points="{}"/>"#,
             path.join(" ")
         );
         for &(d, v) in points {
@@ -350,7 +399,7 @@ pub fn nest_plot(records: &[Record]) -> String {
                 y(v)
             );
         }
-        let ly = top + 20.0 + i as f64 * 18.0;
+        let ly = top + 12.0 + i as f64 * 16.0;
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{ly}" fill="{color}">{name}</text>"#,
@@ -798,7 +847,24 @@ mod tests {
             .iter()
             .find(|b| b.name == "nest.ipc.passthru-x2")
             .unwrap();
-        assert_eq!(b.cmdline, "fluke.init=passthru,passthru,work,ipc,2000");
+        assert_eq!(b.cmdline, "fluke.init=passthru>passthru>work,ipc,2000");
+        let b = all
+            .iter()
+            .find(|b| b.name == "nest.memory.mixed-x8")
+            .unwrap();
+        assert_eq!(
+            b.cmdline.matches('>').count(),
+            8,
+            "eight layers: {}",
+            b.cmdline
+        );
+        for &(label, kind, depth, prefix) in NEST_STACKS {
+            assert_eq!(prefix.matches('>').count(), depth, "{label}");
+            assert!(
+                kind == "mixed" || prefix.split('>').all(|n| n.is_empty() || n == kind),
+                "{label}"
+            );
+        }
         let mut names: Vec<&str> = all.iter().map(|b| b.name).collect();
         names.sort();
         names.dedup();

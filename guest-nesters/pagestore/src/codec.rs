@@ -153,14 +153,14 @@ mod tests {
         let mut seed = 0x1234_5678_9abc_def1;
         let random: [u64; WORDS] = core::array::from_fn(|_| xorshift(&mut seed));
         assert_eq!(round_trip(&random), None);
-        for trial in 0..2000 {
+        for trial in 0..2000u32 {
             // Random mixtures of runs and noise, of every length.
             let mut page = [0u64; WORDS];
             let mut i = 0;
             while i < WORDS {
                 let r = (xorshift(&mut seed) % 40) as usize + 1;
                 let (first, step) = (xorshift(&mut seed) % 4, xorshift(&mut seed) % 3);
-                let noisy = xorshift(&mut seed) % 3 == 0;
+                let noisy = xorshift(&mut seed).is_multiple_of(3);
                 for k in 0..r.min(WORDS - i) {
                     page[i + k] = if noisy {
                         xorshift(&mut seed)
@@ -170,7 +170,7 @@ mod tests {
                 }
                 i += r;
             }
-            if trial % 7 == 0 {
+            if trial.is_multiple_of(7) {
                 page[WORDS - 1] = xorshift(&mut seed);
             }
             round_trip(&page);

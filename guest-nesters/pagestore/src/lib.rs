@@ -56,7 +56,8 @@ impl Entry {
     }
 
     pub fn stored(blob: Blob, raw: bool) -> Entry {
-        Entry(u64::from(blob.first) + 1 | u64::from(blob.len) << 32 | if raw { RAW } else { 0 })
+        let raw = if raw { RAW } else { 0 };
+        Entry((u64::from(blob.first) + 1) | (u64::from(blob.len) << 32) | raw)
     }
 
     /// The blob holding the page and whether it is raw, if it is stored.
