@@ -209,6 +209,25 @@ fn the_pager_keeps_every_page_across_four_times_its_frames() {
     run.assert_console("256 pages (1024 KiB) written and read back twice, 0 mismatches");
 }
 
+/// The memory service hands out windows and takes them back only from their holders.
+#[test]
+fn pager_windows_are_released_only_by_their_holders() {
+    let run = vmm(
+        &default_image(),
+        &[
+            "--timeout",
+            "60",
+            "--cmdline",
+            "fluke.init=pager,-stats>ktest,memsvc",
+        ],
+    );
+    assert_eq!(run.status, 0, "{run:?}");
+    run.assert_console(
+        "ktest: memsvc: forged releases [Ok(10), Ok(10), Ok(10)], own [Ok(0), Ok(0)]",
+    );
+    run.assert_console("3 windows (3 released)");
+}
+
 /// A store too small for what the child writes: the pager stops the child with a message
 /// instead of dropping a page, and the guest carries on.
 #[test]
@@ -236,4 +255,48 @@ fn a_full_pager_store_stops_the_child_and_loses_nothing() {
     );
     assert_eq!(run.status, 2, "{run:?}");
     run.assert_console("pager: -frames must be 4..=");
+}
+
+/// A stack written in an image's manifest (`init pager ... > procmgr > ...`) boots as the
+/// same stack on the command line does.
+#[test]
+fn a_stack_in_the_image_manifest() {
+    let default = std::fs::read(default_image()).expect("default image");
+    let image = fluke_image::Image::parse(&default).expect("parses");
+    let mut bundle = fluke_image::BundleBuilder::new();
+    for p in image.bundle().programs() {
+        bundle.add_program(p.name, p.data).expect("program");
+    }
+    bundle.manifest(
+        "# a stack\ninit pager -frames=32 -stats > procmgr > passthru > work memory 200\n",
+    );
+    let kernel = std::fs::read(fluke_images::KERNEL_ELF_PATH).expect("kernel");
+    let built = fluke_image::build_image(&kernel, &bundle.build().expect("bundle")).expect("image");
+    let path = std::env::temp_dir().join(format!("fluke-stack-{}.img", std::process::id()));
+    std::fs::write(&path, built).expect("write image");
+    let run = vmm(&path, &["--timeout", "100"]);
+    let bare = vmm(
+        &default_image(),
+        &[
+            "--timeout",
+            "100",
+            "--cmdline",
+            "fluke.init=work,memory,200",
+        ],
+    );
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(
+        work_result(&run, "manifest stack"),
+        work_result(&bare, "bare")
+    );
+    run.assert_console("fluke: started init: pager");
+    // procmgr's and passthru's children each had a window of their own, all given back.
+    run.assert_console("3 windows (3 released)");
+    // Three layers down, the workload's 200 pages went through the 32-frame pager.
+    let (frames, faults, evictions, _) = pager_stats(&run);
+    assert_eq!(frames, 32);
+    assert!(
+        faults >= 200 && evictions >= 168,
+        "{faults} faults, {evictions} evictions"
+    );
 }

@@ -15,7 +15,9 @@
 //! | [`LIST`] | | `w1` = count; data: that many [`ProcInfo`] records |
 //!
 //! Waiting needs no deferred reply: a waiter locks the process's mutex (which the manager
-//! releases when the process ends), then asks for the status.
+//! releases when the process ends), then asks for the status. Each process's port is
+//! badged with its id, so a process (and everything nested below it, which shares its
+//! port) may wait for and kill only the processes it spawned (`NoRights` otherwise).
 
 use crate::syscall::Error;
 

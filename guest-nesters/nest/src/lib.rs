@@ -109,10 +109,11 @@ pub const WINDOW_SIZE: u64 = WINDOW_END - WINDOW_BASE;
 /// pager directly for its child's window, so a page of a process five layers down is
 /// served by the pager alone, and nesters in between only pass the port on.
 pub mod memory {
-    /// Request `[WINDOW]`: reply `[0, id]` with a region (USE, GRANT) to map at
+    /// Request `[WINDOW]`: reply `[0, id]` with a region (USE, READ, GRANT) to map at
     /// `WINDOW_BASE` in a new child: its memory window, paged by the server.
     pub const WINDOW: u64 = 0x3e3_0001;
-    /// Request `[RELEASE, id]`: the child is gone; the window's pages are freed.
+    /// Request `[RELEASE, id]` carrying the window's region capability (proof that the
+    /// asker holds the window): the child is gone; the window's pages are freed.
     pub const RELEASE: u64 = 0x3e3_0002;
 }
 
@@ -165,9 +166,16 @@ fn release_window(region: u64, id: Option<u64>) {
     if region == NO_CAP {
         return;
     }
-    let _ = sys::destroy(region);
-    if let Some(id) = id {
-        let _ = sys::ipc_call(MEMORY_CAP, [memory::RELEASE, id, 0, 0], NO_CAP);
+    match id {
+        // The capability moves with the request (and is dropped by the server).
+        Some(id) => {
+            if sys::ipc_call(MEMORY_CAP, [memory::RELEASE, id, 0, 0], region).is_err() {
+                let _ = sys::cap_drop(region);
+            }
+        }
+        None => {
+            let _ = sys::destroy(region);
+        }
     }
 }
 

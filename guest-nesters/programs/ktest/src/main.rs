@@ -31,6 +31,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         }
         "ckpt-child" => ckpt_child(),
         "procs" => procs(),
+        "memsvc" => memsvc(),
         "pattern" => pattern(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1024)),
         "procs-child" => procs_child(),
         "pager" => pager_parent(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(16)),
@@ -1276,7 +1277,7 @@ fn procs() -> i32 {
         Ok((m.badge, m.words[0], status))
     });
     check(
-        "a child's capability and its own child",
+        "a child's capability, its own child, and no rights over others",
         got == Ok((3, 0x600d, 7)),
     );
     // Left: the manager's first process (us, or a nester between it and us).
@@ -1289,7 +1290,14 @@ fn procs() -> i32 {
 fn procs_child() -> i32 {
     use fluke_rt::proc;
     let grandchild = proc::spawn("hello", &[], None).and_then(proc::wait);
-    let word = if grandchild == Ok(0) { 0x600d } else { 0xbad };
+    // Not ours: the first process (which spawned us).
+    let foreign = proc::kill(1);
+    let word = if grandchild == Ok(0) && foreign == Err(Error::NoRights) {
+        0x600d
+    } else {
+        println!("ktest: procs-child: grandchild {grandchild:?}, kill(1) {foreign:?}");
+        0xbad
+    };
     let _ = sys::ipc_send_reliable(0, [word, 0, 0, 0], NO_CAP, &[]);
     7
 }
@@ -1342,4 +1350,27 @@ fn pattern(pages: u64) -> i32 {
         pages * 4
     );
     i32::from(mismatches != 0)
+}
+
+/// The pager's memory service refuses to release a window to anyone who cannot show the
+/// window's own region: a space cannot take another's memory away.
+fn memsvc() -> i32 {
+    use fluke_abi::syscall::layout::MEMORY_CAP;
+    use fluke_nest::memory::{RELEASE, WINDOW};
+    let window = || sys::ipc_call(MEMORY_CAP, [WINDOW, 0, 0, 0], NO_CAP);
+    let (Ok(a), Ok(b)) = (window(), window()) else {
+        println!("ktest: memsvc: no memory service");
+        return 1;
+    };
+    let release =
+        |id: u64, cap: u64| sys::ipc_call(MEMORY_CAP, [RELEASE, id, 0, 0], cap).map(|m| m.words[0]);
+    let no_rights = Ok(Error::NoRights as u64);
+    let forged = [
+        release(a.words[1], NO_CAP),
+        release(a.words[1], sys::cap_copy(b.cap, 0b1111).unwrap_or(NO_CAP)),
+        release(999, sys::cap_copy(a.cap, 0b1111).unwrap_or(NO_CAP)),
+    ];
+    let own = [release(a.words[1], a.cap), release(b.words[1], b.cap)];
+    println!("ktest: memsvc: forged releases {forged:?}, own {own:?}");
+    i32::from(forged.iter().any(|r| *r != no_rights) || own.iter().any(|r| *r != Ok(0)))
 }

@@ -59,6 +59,8 @@ struct Stats {
     raw_pages: u64,
     stored: u64,
     peak_store: usize,
+    windows: u64,
+    released: u64,
 }
 
 /// A page-aligned page buffer.
@@ -182,11 +184,18 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
                 Err(e) => [e as u64, 0, 0, 0],
             },
             (0, memory::RELEASE) => {
-                match usize::try_from(m.words[1]) {
-                    Ok(w) if w != first => pager.release(w),
-                    _ => {}
+                // Only with the window's own region: a space cannot release another's.
+                let w = usize::try_from(m.words[1]).unwrap_or(usize::MAX);
+                let proof = pager.holds_window(m.cap, w) && w != first;
+                if m.cap != NO_CAP {
+                    let _ = sys::cap_drop(m.cap);
                 }
-                [0; 4]
+                if proof {
+                    pager.release(w);
+                    [0; 4]
+                } else {
+                    [Error::NoRights as u64, 0, 0, 0]
+                }
             }
             (0, CHILD_EXITED) => {
                 let _ = sys::destroy(watcher);
@@ -232,7 +241,8 @@ fn own_page(global: u64) -> u64 {
 }
 
 impl Pager<'_> {
-    /// A new window: returns a capability to its region to hand out (USE, GRANT) and its id.
+    /// A new window: returns a capability to its region to hand out (USE, READ, GRANT) and
+    /// its id.
     fn new_window(&mut self) -> Result<(u64, usize), Error> {
         let w = self
             .windows
@@ -248,7 +258,7 @@ impl Pager<'_> {
                 return Err(e);
             }
         };
-        let copy = match sys::cap_copy(region, 0b1001) {
+        let copy = match sys::cap_copy(region, 0b1011) {
             Ok(c) => c,
             Err(e) => {
                 let _ = sys::destroy(region);
@@ -256,6 +266,7 @@ impl Pager<'_> {
                 return Err(e);
             }
         };
+        self.stats.windows += 1;
         self.windows[w] = Some(Window {
             region,
             port,
@@ -264,11 +275,24 @@ impl Pager<'_> {
         Ok((copy, w))
     }
 
+    /// Whether `cap` (a capability someone sent us) is window `w`'s region.
+    fn holds_window(&self, cap: u64, w: usize) -> bool {
+        let Some(Some(_)) = self.windows.get(w) else {
+            return false;
+        };
+        sys::obj_get_state(cap).is_ok_and(|s| {
+            s[0] == fluke_abi::syscall::objstate::REGION
+                && s[1] == own_page(w as u64 * WINDOW_PAGES)
+                && s[2] == WINDOW_SIZE
+        })
+    }
+
     /// The space behind window `w` is gone: its pages and stored blobs are freed.
     fn release(&mut self, w: usize) {
         let Some(win) = self.windows.get_mut(w).and_then(Option::take) else {
             return;
         };
+        self.stats.released += 1;
         let _ = sys::destroy(win.region); // unmaps it everywhere
         let _ = sys::destroy(win.port);
         let first = w as u64 * WINDOW_PAGES;
@@ -374,14 +398,16 @@ impl Pager<'_> {
     fn report(&self, o: &Options) {
         let s = &self.stats;
         println!(
-            "pager: {} frames, {} faults, {} evictions ({} zero, {} raw), store peak {} KiB of {} KiB",
+            "pager: {} frames, {} faults, {} evictions ({} zero, {} raw), store peak {} KiB of {} KiB, {} windows ({} released)",
             o.frames,
             s.faults,
             s.evictions,
             s.zero_pages,
             s.raw_pages,
             s.peak_store / 1024,
-            o.store_kib
+            o.store_kib,
+            s.windows,
+            s.released
         );
     }
 }

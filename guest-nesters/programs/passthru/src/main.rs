@@ -18,13 +18,17 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
     let program = cmd.program;
     let mut nester = fluke_nest::Nester::new();
     match nester.start(program, cmd.args(), &[]) {
-        Ok(child) => match sys::wait(child.pid) {
-            Ok(status) => status,
-            Err(e) => {
-                println!("passthru: waiting for {program} failed: {e:?}");
-                1
+        Ok(child) => {
+            let status = sys::wait(child.pid);
+            nester.release(&child); // its memory, and its window at a pager above
+            match status {
+                Ok(status) => status,
+                Err(e) => {
+                    println!("passthru: waiting for {program} failed: {e:?}");
+                    1
+                }
             }
-        },
+        }
         Err(e) => {
             println!("passthru: cannot start {program}: {e:?}");
             1

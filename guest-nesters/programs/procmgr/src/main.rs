@@ -6,6 +6,11 @@
 //! library; the manager interposes on nothing else, so every other kernel call a process
 //! makes goes straight to the kernel. Exits with the first process's status once it ends
 //! (ending the others).
+//!
+//! Each process gets its own port to the manager, badged with its id, so the manager knows
+//! who asks: a process (with everything nested below it) may wait for and kill only the
+//! processes it spawned. Exit reports from the manager's own watcher threads come on a
+//! port of their own (badge 0), which no process holds.
 #![no_std]
 #![no_main]
 
@@ -25,6 +30,10 @@ struct Proc {
     watcher: u64,
     /// Held by us while the process runs: waiters block on it.
     done: u64,
+    /// Who spawned it (0: we did, it is the first process).
+    parent: u64,
+    /// Its port to us (badge = its id).
+    port: u64,
     /// `None` while running.
     status: Option<i32>,
 }
@@ -33,8 +42,9 @@ struct Manager {
     nester: Nester,
     procs: [Option<Proc>; MAX_PROCS],
     next_id: u64,
-    /// Where processes send requests and watchers report.
-    port: u64,
+    /// Where our watcher threads report (badge 0).
+    control: u64,
+    set: u64,
 }
 
 #[no_mangle]
@@ -50,7 +60,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         println!("procmgr: cannot create its port set");
         return 1;
     };
-    let Ok(port) = sys::port_create(set, 1) else {
+    let Ok(control) = sys::port_create(set, 0) else {
         println!("procmgr: cannot create its port");
         return 1;
     };
@@ -58,9 +68,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         nester: Nester::new(),
         procs: [None; MAX_PROCS],
         next_id: 1,
-        port,
+        control,
+        set,
     };
-    let first = match m.spawn(cmd.program, cmd.args(), None) {
+    let first = match m.spawn(cmd.program, cmd.args(), None, 0) {
         Ok(id) => id,
         Err(e) => {
             println!("procmgr: cannot start {}: {e:?}", cmd.program);
@@ -91,15 +102,24 @@ impl Manager {
         Ok(fluke_abi::syscall::SPACE_EXACT | give)
     }
 
-    fn spawn(&mut self, name: &str, args: &[&str], cap: Option<u64>) -> Result<u64, Error> {
+    fn spawn(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        cap: Option<u64>,
+        parent: u64,
+    ) -> Result<u64, Error> {
         let index = self
             .procs
             .iter()
             .position(Option::is_none)
             .ok_or(Error::Exhausted)?;
-        let done = sys::mutex_create()?;
-        let given = cap.map(|c| [(0, c), (pm::PORT_NAME, self.port)]);
-        let own = [(pm::PORT_NAME, self.port)];
+        let port = sys::port_create(self.set, self.next_id)?;
+        let done = sys::mutex_create().inspect_err(|_| {
+            let _ = sys::destroy(port);
+        })?;
+        let given = cap.map(|c| [(0, c), (pm::PORT_NAME, port)]);
+        let own = [(pm::PORT_NAME, port)];
         let caps: &[(u64, u64)] = given.as_ref().map_or(&own, |g| &g[..]);
         let spec = Spec {
             caps,
@@ -108,7 +128,7 @@ impl Manager {
         };
         let started = sys::mutex_lock(done).and_then(|_| {
             self.nester.start_with(name, args, &spec).and_then(
-                |child| match fluke_nest::watch_exit(&child, self.port, self.next_id) {
+                |child| match fluke_nest::watch_exit(&child, self.control, self.next_id) {
                     Ok(w) => Ok((child, w)),
                     Err(e) => {
                         self.nester.release(&child);
@@ -122,6 +142,7 @@ impl Manager {
         }
         let (child, watcher) = started.inspect_err(|_| {
             let _ = sys::destroy(done);
+            let _ = sys::destroy(port);
         })?;
         let id = self.next_id;
         self.next_id += 1;
@@ -131,6 +152,8 @@ impl Manager {
             child,
             watcher,
             done,
+            parent,
+            port,
             status: None,
         });
         Ok(id)
@@ -160,12 +183,29 @@ impl Manager {
         {
             if let Some(p) = slot.take() {
                 let _ = sys::destroy(p.done);
+                let _ = sys::destroy(p.port);
             }
         }
     }
 
     /// One request; returns the reply (words, capability, data length in `data`).
-    fn handle(&mut self, msg: &Msg, data: &mut [u8; MAX_DATA]) -> ([u64; 4], u64, usize) {
+    /// Process `id` if `asker` spawned it.
+    fn own_child(&mut self, asker: u64, id: u64) -> Result<&mut Proc, Error> {
+        match self.slot_of(id) {
+            Some(p) if p.parent == asker => Ok(p),
+            Some(_) => Err(Error::NoRights),
+            None => Err(Error::NoSuchChild),
+        }
+    }
+
+    /// One request from process `asker`; returns the reply (words, capability, data
+    /// length in `data`).
+    fn handle(
+        &mut self,
+        asker: u64,
+        msg: &Msg,
+        data: &mut [u8; MAX_DATA],
+    ) -> ([u64; 4], u64, usize) {
         let err = |e: Error| ([pm::reply_code(Err(e)), 0, 0, 0], NO_CAP, 0);
         let (op, id) = (msg.words[0], msg.words[1]);
         match op {
@@ -188,36 +228,36 @@ impl Manager {
                     }
                     return err(Error::InvalidArgument);
                 }
-                match self.spawn(words[0], &words[1..n], cap) {
+                match self.spawn(words[0], &words[1..n], cap, asker) {
                     Ok(id) => ([0, id, 0, 0], NO_CAP, 0),
                     Err(e) => err(e),
                 }
             }
-            pm::WAIT_HANDLE => match self.slot_of(id).map(|p| p.done) {
+            pm::WAIT_HANDLE => match self.own_child(asker, id).map(|p| p.done) {
                 // USE to lock it, GRANT so that it can travel in the reply.
-                Some(done) => match sys::cap_copy(done, 0b1001) {
+                Ok(done) => match sys::cap_copy(done, 0b1001) {
                     Ok(copy) => ([0; 4], copy, 0),
                     Err(e) => err(e),
                 },
-                None => err(Error::NoSuchChild),
+                Err(e) => err(e),
             },
-            pm::STATUS => match self.slot_of(id).map(|p| p.status) {
-                Some(Some(status)) => {
+            pm::STATUS => match self.own_child(asker, id).map(|p| p.status) {
+                Ok(Some(status)) => {
                     if msg.words[2] == pm::REAP {
                         self.forget(id);
                     }
                     ([0, pm::EXITED, status as i64 as u64, 0], NO_CAP, 0)
                 }
-                Some(None) => ([0, pm::RUNNING, 0, 0], NO_CAP, 0),
-                None => err(Error::NoSuchChild),
+                Ok(None) => ([0, pm::RUNNING, 0, 0], NO_CAP, 0),
+                Err(e) => err(e),
             },
-            pm::KILL => match self.slot_of(id).map(|p| p.status) {
-                Some(None) => {
+            pm::KILL => match self.own_child(asker, id).map(|p| p.status) {
+                Ok(None) => {
                     self.ended(id, pm::KILLED_STATUS);
                     ([0; 4], NO_CAP, 0)
                 }
-                Some(Some(_)) => ([0; 4], NO_CAP, 0),
-                None => err(Error::NoSuchChild),
+                Ok(Some(_)) => ([0; 4], NO_CAP, 0),
+                Err(e) => err(e),
             },
             pm::LIST => {
                 let mut n = 0;
@@ -254,7 +294,7 @@ impl Manager {
                     return 1;
                 }
             };
-            let (words, cap, len) = if m.words[0] == CHILD_EXITED {
+            let (words, cap, len) = if m.badge == 0 && m.words[0] == CHILD_EXITED {
                 let (id, status) = (m.words[1], m.words[2] as i64 as i32);
                 self.ended(id, status);
                 if id == first {
@@ -262,7 +302,15 @@ impl Manager {
                 }
                 ([0; 4], NO_CAP, 0) // a reliable send: nobody waits for a reply
             } else {
-                let (w, c, len) = self.handle(&m, &mut inbox);
+                let (w, c, len) = if m.badge == 0 {
+                    (
+                        [pm::reply_code(Err(Error::InvalidArgument)), 0, 0, 0],
+                        NO_CAP,
+                        0,
+                    )
+                } else {
+                    self.handle(m.badge, &m, &mut inbox)
+                };
                 if len > 0 {
                     outbox[..len].copy_from_slice(&inbox[..len]);
                 }
