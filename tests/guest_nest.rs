@@ -195,8 +195,9 @@ fn the_pager_keeps_every_page_across_four_times_its_frames() {
         assert_eq!(frames * 4, pages, "{cmdline}");
         // Each page comes in once written and at least once more read back.
         assert!(faults >= 2 * pages - frames, "{cmdline}: {faults} faults");
+        // The written pages beyond the frames went out, and again while read back.
         assert!(
-            evictions >= faults - frames,
+            evictions >= 2 * (pages - frames),
             "{cmdline}: {evictions} evictions"
         );
         assert!(raw >= pages / 8, "{cmdline}: {raw} raw pages");
