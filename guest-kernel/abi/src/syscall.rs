@@ -94,7 +94,8 @@ pub enum Call {
     /// `mapping_create(space, region, addr, writable) -> name`: makes the region appear at
     /// `addr` in `space` (pages are shared with the region's owner, brought in on fault).
     MappingCreate = 35,
-    /// `space_create(keep) -> name` (child id in `rdx`): an empty child space. Its budget is
+    /// `space_create(keep, name_ptr, name_len in r10) -> name` (child id in `rdx`): an
+    /// empty child space, called `name` in reports (none: "space"). Its budget is
     /// lent from the caller's: everything but `keep` frames, or with `keep` = 0 half of what
     /// the caller has left (at most 32 MiB, as for `spawn`), or with [`SPACE_EXACT`]` | n`
     /// exactly `n` frames.

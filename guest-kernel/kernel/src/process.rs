@@ -99,9 +99,9 @@ fn lend_quota(parent: Option<Pid>, keep: u64) -> Result<u64, Error> {
 
 /// An empty space (no program, no thread) as a child of `parent`: a user-level parent
 /// fills it with mappings, capabilities and threads itself.
-pub fn create_space(parent: Pid, keep: u64) -> Result<Pid, Error> {
+pub fn create_space(parent: Pid, keep: u64, name: &str) -> Result<Pid, Error> {
     let quota = lend_quota(Some(parent), keep)?;
-    let result = Space::new(quota).and_then(|space| insert_process("space", Some(parent), space));
+    let result = Space::new(quota).and_then(|space| insert_process(name, Some(parent), space));
     if result.is_err() {
         repay_parent(Some(parent), quota);
     }

@@ -29,9 +29,24 @@ fn target(name: u64, rights: Rights) -> Result<Pid, Error> {
     }
 }
 
-/// `space_create(keep)`: returns the capability, and in `rdx` the child's id for `wait`.
-pub fn create(keep: u64) -> Result<u64, Error> {
-    let pid = process::create_space(sched::current_pid()?, keep)?;
+/// `space_create(keep, name_ptr, name_len (r10))`: returns the capability, and in `rdx`
+/// the child's id for `wait`. The name (at most 32 bytes; none: "space") is what reports
+/// call it.
+pub fn create(keep: u64, name_ptr: u64, name_len: u64) -> Result<u64, Error> {
+    let mut name = [0u8; 32];
+    let len = usize::try_from(name_len).map_err(|_| Error::InvalidArgument)?;
+    if len > name.len() {
+        return Err(Error::InvalidArgument);
+    }
+    if len > 0 {
+        space_of(sched::current_pid()?)?.copy_in(name_ptr, &mut name[..len])?;
+    }
+    let name = match core::str::from_utf8(&name[..len]) {
+        Ok("") => "space",
+        Ok(n) => n,
+        Err(_) => return Err(Error::InvalidArgument),
+    };
+    let pid = process::create_space(sched::current_pid()?, keep, name)?;
     let cap = crate::thread_calls::grant_to_caller(ObjRef::Space(pid))
         .inspect_err(|_| process::destroy_space(pid))?;
     // SAFETY: single CPU; cur_regs is the calling thread's register block.

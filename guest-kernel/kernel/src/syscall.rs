@@ -127,7 +127,7 @@ fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
         Call::ThreadSetKeeper => thread_calls::set_keeper(a0, a1),
         Call::RegionCreate => crate::memory::region_create(a0, a1, a2),
         Call::MappingCreate => crate::memory::mapping_create(a0, a1, a2, a3),
-        Call::SpaceCreate => crate::space_calls::create(a0),
+        Call::SpaceCreate => crate::space_calls::create(a0, a1, a3),
         Call::CapGive => crate::space_calls::cap_give(a0, a1, a2, a3),
         Call::CapTake => crate::space_calls::cap_take(a0, a1),
         Call::ProgramRead => crate::space_calls::program_read(a0, a1, a2, a3, r.r8),

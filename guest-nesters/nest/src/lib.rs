@@ -296,7 +296,7 @@ impl Nester {
             window_id,
             slot,
         };
-        let built = self.populate(&mut child, entry, sp, spec);
+        let built = self.populate(&mut child, name, entry, sp, spec);
         if built.is_err() {
             for cap in [child.space, program_region, stack_region] {
                 if cap != NO_CAP {
@@ -313,11 +313,12 @@ impl Nester {
     fn populate(
         &mut self,
         child: &mut Child,
+        child_name: &str,
         entry: u64,
         sp: (u64, u64, u64),
         spec: &Spec,
     ) -> Result<(), Error> {
-        let (space, pid) = sys::space_create_keep(spec.keep)?;
+        let (space, pid) = sys::space_create_named(spec.keep, child_name)?;
         (child.space, child.pid) = (space, pid);
         sys::mapping_create_flags(
             space,

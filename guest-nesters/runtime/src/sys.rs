@@ -465,16 +465,21 @@ pub fn space_create() -> Result<u64, Error> {
 /// An empty child space given everything of this program's budget but `keep` frames (or
 /// half of it if `keep` is 0); also returns the child's id (for [`wait`]).
 pub fn space_create_keep(keep: u64) -> Result<(u64, u64), Error> {
+    space_create_named(keep, "")
+}
+
+/// [`space_create_keep`], naming the space for the kernel's reports (a program's name).
+pub fn space_create_named(keep: u64, name: &str) -> Result<(u64, u64), Error> {
     let (ret, pid): (u64, u64);
-    // SAFETY: no memory is passed.
+    // SAFETY: the kernel reads the name from this program's memory.
     unsafe {
         asm!(
             "syscall",
             inlateout("rax") Call::SpaceCreate as u64 => ret,
             in("rdi") keep,
-            in("rsi") 0u64,
+            in("rsi") name.as_ptr() as u64,
             lateout("rdx") pid,
-            in("r10") 0u64,
+            in("r10") name.len() as u64,
             in("r8") 0u64,
             in("r9") 0u64,
             lateout("rcx") _,
