@@ -183,58 +183,42 @@ pub const NEST_WORKLOADS: &[(&str, &str)] = &[
     ("compute", "compute,200000"),
 ];
 
-/// Nester stacks the workloads run under: `(label, kind, layers, init prefix)`. Each
-/// nester alone 1, 2, 4 and 8 deep, and a mixed stack of all three 8 deep. The pager
-/// holds 256 frames: the memory workload (500 pages) is the one it interposes on heavily.
-pub const NEST_STACKS: &[(&str, &str, usize, &str)] = &[
-    ("bare", "bare", 0, ""),
-    ("passthru-x1", "passthru", 1, "passthru>"),
-    ("passthru-x2", "passthru", 2, "passthru>passthru>"),
-    (
-        "passthru-x4",
-        "passthru",
-        4,
-        "passthru>passthru>passthru>passthru>",
-    ),
-    (
-        "passthru-x8",
-        "passthru",
-        8,
-        "passthru>passthru>passthru>passthru>passthru>passthru>passthru>passthru>",
-    ),
-    ("procmgr-x1", "procmgr", 1, "procmgr>"),
-    ("procmgr-x2", "procmgr", 2, "procmgr>procmgr>"),
-    (
-        "procmgr-x4",
-        "procmgr",
-        4,
-        "procmgr>procmgr>procmgr>procmgr>",
-    ),
-    (
-        "procmgr-x8",
-        "procmgr",
-        8,
-        "procmgr>procmgr>procmgr>procmgr>procmgr>procmgr>procmgr>procmgr>",
-    ),
-    ("pager-x1", "pager", 1, "pager>"),
-    ("pager-x2", "pager", 2, "pager>pager>"),
-    ("pager-x4", "pager", 4, "pager>pager>pager>pager>"),
-    (
-        "pager-x8",
-        "pager",
-        8,
-        "pager>pager>pager>pager>pager>pager>pager>pager>",
-    ),
-    (
-        "mixed-x8",
-        "mixed",
-        8,
-        "pager>procmgr>passthru>pager>procmgr>passthru>pager>procmgr>",
-    ),
+/// One stack the workloads run under: `nest.WORKLOAD.LABEL`, a nester `kind`, its number
+/// of layers, and the `fluke.init` prefix that builds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NestStack {
+    pub label: String,
+    pub kind: &'static str,
+    pub depth: usize,
+    pub prefix: String,
+}
+
+/// The nesters measured alone, in plot order ("mixed" is [`MIXED_STACK`]).
+const NEST_KINDS: [&str; 4] = ["passthru", "procmgr", "pager", "mixed"];
+const NEST_DEPTHS: [usize; 4] = [1, 2, 4, 8];
+/// All three nesters stacked eight deep.
+const MIXED_STACK: [&str; 8] = [
+    "pager", "procmgr", "passthru", "pager", "procmgr", "passthru", "pager", "procmgr",
 ];
 
-/// The nester kinds of [`NEST_STACKS`], in plot order.
-const NEST_KINDS: [&str; 4] = ["passthru", "procmgr", "pager", "mixed"];
+/// The stacks: bare; each nester alone 1, 2, 4 and 8 deep; the mixed stack. The pager
+/// holds 256 frames: the memory workload (500 pages) is the one it interposes on heavily.
+pub fn nest_stacks() -> Vec<NestStack> {
+    let stack = |label: String, kind, layers: &[&str]| NestStack {
+        label,
+        kind,
+        depth: layers.len(),
+        prefix: layers.iter().map(|n| format!("{n}>")).collect(),
+    };
+    let mut all = vec![stack("bare".into(), "bare", &[])];
+    for kind in &NEST_KINDS[..3] {
+        for depth in NEST_DEPTHS {
+            all.push(stack(format!("{kind}-x{depth}"), kind, &vec![*kind; depth]));
+        }
+    }
+    all.push(stack("mixed-x8".into(), "mixed", &MIXED_STACK));
+    all
+}
 
 fn leak(s: String) -> &'static str {
     // A few dozen short strings for the life of this one-shot command.
@@ -246,7 +230,7 @@ pub fn all_benchmarks() -> Vec<Benchmark> {
     let mut all = BENCHMARKS.to_vec();
     for &(workload, work_args) in NEST_WORKLOADS {
         let key = leak(format!("work.{workload}"));
-        for &(label, _, _, prefix) in NEST_STACKS {
+        for NestStack { label, prefix, .. } in nest_stacks() {
             all.push(Benchmark {
                 name: leak(format!("nest.{workload}.{label}")),
                 model: Model::Microkernel,
@@ -277,7 +261,7 @@ pub fn nest_table(records: &[Record]) -> String {
             let _ = writeln!(s, "|---|---|---|---|---|");
             any = true;
         }
-        for &(label, _, depth, _) in NEST_STACKS {
+        for NestStack { label, depth, .. } in nest_stacks() {
             let Some(v) = value(&format!("nest.{workload}.{label}")) else {
                 continue;
             };
@@ -302,7 +286,8 @@ pub fn nest_table(records: &[Record]) -> String {
 pub fn nest_plot(records: &[Record]) -> String {
     let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
     let (w, h, left, bottom, top, right) = (760.0, 440.0, 60.0, 50.0, 30.0, 160.0);
-    let max_depth = NEST_STACKS.iter().map(|&(_, _, d, _)| d).max().unwrap_or(1) as f64;
+    let stacks = nest_stacks();
+    let max_depth = stacks.iter().map(|s| s.depth).max().unwrap_or(1) as f64;
     let mut series = Vec::new();
     for (wi, &(workload, _)) in NEST_WORKLOADS.iter().enumerate() {
         let Some(bare) = value(&format!("nest.{workload}.bare")).filter(|&b| b > 0.0) else {
@@ -310,11 +295,10 @@ pub fn nest_plot(records: &[Record]) -> String {
         };
         for (ki, kind) in NEST_KINDS.iter().enumerate() {
             let points: Vec<(f64, f64)> = core::iter::once((0.0, 1.0))
-                .chain(NEST_STACKS.iter().filter(|s| s.1 == *kind).filter_map(
-                    |&(label, _, d, _)| {
-                        value(&format!("nest.{workload}.{label}")).map(|v| (d as f64, v / bare))
-                    },
-                ))
+                .chain(stacks.iter().filter(|s| s.kind == *kind).filter_map(|s| {
+                    value(&format!("nest.{workload}.{}", s.label))
+                        .map(|v| (s.depth as f64, v / bare))
+                }))
                 .collect();
             if points.len() > 1 {
                 series.push((format!("{workload} {kind}"), wi, ki, points));
@@ -842,7 +826,8 @@ mod tests {
     fn nest_benchmarks_cover_every_workload_and_stack() {
         let all = all_benchmarks();
         let nest: Vec<&Benchmark> = all.iter().filter(|b| b.name.starts_with("nest.")).collect();
-        assert_eq!(nest.len(), NEST_WORKLOADS.len() * NEST_STACKS.len());
+        assert_eq!(nest.len(), NEST_WORKLOADS.len() * nest_stacks().len());
+        assert_eq!(nest_stacks().len(), 14);
         let b = all
             .iter()
             .find(|b| b.name == "nest.ipc.passthru-x2")
@@ -858,7 +843,13 @@ mod tests {
             "eight layers: {}",
             b.cmdline
         );
-        for &(label, kind, depth, prefix) in NEST_STACKS {
+        for NestStack {
+            label,
+            kind,
+            depth,
+            prefix,
+        } in nest_stacks()
+        {
             assert_eq!(prefix.matches('>').count(), depth, "{label}");
             assert!(
                 kind == "mixed" || prefix.split('>').all(|n| n.is_empty() || n == kind),

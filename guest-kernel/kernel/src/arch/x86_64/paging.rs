@@ -276,21 +276,30 @@ pub fn next_present(root: u64, mut va: u64, end: u64) -> Option<u64> {
     None
 }
 
-/// Whether the user page at `virt` was accessed since the last call (its PTE's accessed
-/// bit, which is cleared). The caller flushes nothing: the TLB of another space is flushed
-/// by its next address-space switch, and the current space's entry here.
-pub fn take_accessed(root: u64, virt: u64) -> bool {
+/// The leaf entry of a user address in a 4 KiB-page tree, if every table above it is
+/// present (a huge mapping has none).
+fn leaf_entry(root: u64, virt: u64) -> Option<*mut u64> {
     let mut t = root;
     for shift in [39u32, 30, 21] {
         // SAFETY: `t` is a page-table frame of this tree.
         let e = unsafe { *entry_ptr(t, ((virt >> shift) & 511) as usize) };
         if e & PRESENT == 0 || e & HUGE != 0 {
-            return false;
+            return None;
         }
         t = e & ADDR_MASK;
     }
-    let p = entry_ptr(t, ((virt >> 12) & 511) as usize);
-    // SAFETY: as above; the CPU sets A concurrently only on another CPU (there is none).
+    Some(entry_ptr(t, ((virt >> 12) & 511) as usize))
+}
+
+/// Whether the user page at `virt` was accessed since the last call (its PTE's accessed
+/// bit, which is cleared). The caller flushes nothing: the TLB of another space is flushed
+/// by its next address-space switch, and the current space's entry here.
+pub fn take_accessed(root: u64, virt: u64) -> bool {
+    let Some(p) = leaf_entry(root, virt) else {
+        return false;
+    };
+    // SAFETY: a leaf entry of this tree; the CPU sets A concurrently only on another CPU
+    // (there is none).
     unsafe {
         let e = *p;
         if e & PRESENT == 0 || e & ACCESSED == 0 {
@@ -403,17 +412,8 @@ pub fn build_entry_tree(pages: &[(u64, usize)]) -> Result<(usize, u64), MapError
 /// Removes a user mapping and flushes it from the TLB before the frame can be reused
 /// (pvm.md §11 H5). Returns the frame and whether it was owned.
 pub fn unmap_user(root: u64, virt: u64) -> Option<(u64, bool)> {
-    let mut t = root;
-    for shift in [39u32, 30, 21] {
-        // SAFETY: `t` is a page-table frame of this tree.
-        let e = unsafe { *entry_ptr(t, ((virt >> shift) & 511) as usize) };
-        if e & PRESENT == 0 || e & HUGE != 0 {
-            return None;
-        }
-        t = e & ADDR_MASK;
-    }
-    let p = entry_ptr(t, ((virt >> 12) & 511) as usize);
-    // SAFETY: as above.
+    let p = leaf_entry(root, virt)?;
+    // SAFETY: a leaf entry of this tree.
     let e = unsafe { *p };
     if e & PRESENT == 0 {
         return None;
