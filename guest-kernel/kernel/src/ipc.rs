@@ -142,6 +142,7 @@ fn take_cap(from: ThreadId, name: u64) -> Result<Option<ObjCap>, Error> {
 /// Copies `from`'s message registers (words, attached capability) into `to`'s, with
 /// `rax_value` in RAX. If `to` is blocked on its `syscall` instruction, steps it past.
 fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
+    kernel().keeper_fault = None;
     let src = regs_of(from).ok_or(Error::PeerGone)?;
     let (words, cap_name) = ([src.rsi, src.rdx, src.r10, src.r8], src.r9);
     let (data_ptr, data_len) = (src.r12, src.r13);
@@ -155,6 +156,23 @@ fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
             .ok_or(Error::PeerGone)?
             .copy_in(data_ptr, data)?;
     }
+    let dst = regs_of(to).ok_or(Error::PeerGone)?;
+    // The data goes into the receiver's buffer (r14, capacity r15), truncated to fit; r13
+    // says how much was sent, r15 how much arrived. A buffer page only its keeper can
+    // bring back fails the whole transfer (nothing has changed yet): the thread making
+    // the call takes the fault and re-executes it.
+    let fits = data
+        .len()
+        .min(usize::try_from(dst.r15).unwrap_or(usize::MAX));
+    let buffer = dst.r14;
+    let delivered = match space_of(to) {
+        Some(space) if fits > 0 => match space.copy_out(buffer, &data[..fits]) {
+            Ok(()) => fits,
+            Err(e) if kernel().keeper_fault.is_some() => return Err(e),
+            Err(_) => 0,
+        },
+        _ => 0,
+    };
     let cap = take_cap(from, cap_name)?;
     let received = match cap {
         Some(c) => match caps_of(to).map(|t| t.insert(c)) {
@@ -168,17 +186,6 @@ fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
             }
         },
         None => NO_CAP,
-    };
-    let dst = regs_of(to).ok_or(Error::PeerGone)?;
-    // The data goes into the receiver's buffer (r14, capacity r15), truncated to fit; r13
-    // says how much was sent, r15 how much arrived.
-    let fits = data
-        .len()
-        .min(usize::try_from(dst.r15).unwrap_or(usize::MAX));
-    let buffer = dst.r14;
-    let delivered = match space_of(to) {
-        Some(space) if fits > 0 => space.copy_out(buffer, &data[..fits]).map_or(0, |_| fits),
-        _ => 0,
     };
     let dst = regs_of(to).ok_or(Error::PeerGone)?;
     [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
@@ -360,11 +367,11 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
     if replied_to.is_none() {
         prefault_receive_buffer(me)?; // (reply_wait did it before replying)
     }
-    let caller = kernel()
+    while let Some(c) = kernel()
         .port_sets
         .get_mut(set)
-        .and_then(|s| pop_live(&mut s.callers));
-    if let Some(c) = caller {
+        .and_then(|s| pop_live(&mut s.callers))
+    {
         if let Some((badge, words)) = kernel()
             .threads
             .get_mut(c)
@@ -405,7 +412,15 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
                 }
                 return Ok(b);
             }
+            // The caller's data is out with its keeper: it waits for it, then re-sends.
             Err(_) if caller_to_keeper(c) => {}
+            // Our own buffer is: the caller stays first in line while we fetch it.
+            Err(e) if kernel().keeper_fault.is_some() => {
+                if let Some(s) = kernel().port_sets.get_mut(set) {
+                    s.callers.push_front(c);
+                }
+                return Err(e);
+            }
             Err(e) => fail_caller(c, e),
         }
     }

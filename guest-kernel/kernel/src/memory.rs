@@ -34,23 +34,21 @@ pub struct Mapping {
     pub executable: bool,
 }
 
-/// Removes a mapping and unmaps whatever of it is mapped in its target space.
+/// Removes a mapping and unmaps whatever of it is mapped in its target space, and what the
+/// target passed on of those pages through its own regions (their frames are not the
+/// target's, and must not outlive the mapping anywhere).
 pub fn remove_mapping(mid: Id) {
     let k = kernel();
     let Some(m) = k.mappings.remove(mid) else {
         return;
     };
     let size = k.regions.get(m.region).map(|r| r.size).unwrap_or(0);
-    if let Some(root) = k
-        .processes
-        .get(m.target)
-        .and_then(|p| p.space.as_ref())
-        .map(|s| s.root)
-    {
+    if let Some(root) = root_of(m.target) {
         let mut va = m.base;
-        while va < m.base + size {
-            let _ = paging::unmap_user(root, va);
-            va += PAGE;
+        while let Some(page) = paging::next_present(root, va, m.base + size) {
+            for_each_view(m.target, page, 0, &mut |pid, at| discard_page(pid, at));
+            discard_page(m.target, page);
+            va = page + PAGE;
         }
     }
 }
@@ -277,27 +275,24 @@ pub struct KeeperFault {
 
 /// Brings in a page of the space with page-table root `root` for a kernel access (see
 /// [`resolve_fault`]). A page only a keeper can provide is recorded in
-/// `Kernel::keeper_fault` and reported as `BadAddress`.
-pub fn fault_in_for_kernel(root: u64, page: u64, write: bool) -> Result<(), Error> {
+/// `Kernel::keeper_fault` and reported as `BadAddress`. `None`: no process has this space
+/// yet (one being built), so it has no mappings either.
+pub fn fault_in_for_kernel(root: u64, page: u64, write: bool) -> Option<Result<(), Error>> {
     let k = kernel();
-    let pid = k
-        .processes
-        .iter()
-        .find_map(|(pid, p)| {
-            p.space
-                .as_ref()
-                .is_some_and(|s| s.root == root)
-                .then_some(pid)
-        })
-        .ok_or(Error::BadAddress)?;
-    match fault_in(pid, page, write, page, 0) {
+    let pid = k.processes.iter().find_map(|(pid, p)| {
+        p.space
+            .as_ref()
+            .is_some_and(|s| s.root == root)
+            .then_some(pid)
+    })?;
+    Some(match fault_in(pid, page, write, page, 0) {
         Resolution::Mapped => Ok(()),
         Resolution::Keeper(port, words) => {
             kernel().keeper_fault = Some(KeeperFault { pid, port, words });
             Err(Error::BadAddress)
         }
         Resolution::NotMapped => Err(Error::BadAddress),
-    }
+    })
 }
 
 /// Makes `[addr, addr + len)` of the current space present before a call relies on it (a

@@ -221,7 +221,11 @@ impl Space {
             Some(t) => t,
             None => {
                 // As a fault would: the space's mappings, then its demand-zero memory.
-                crate::memory::fault_in_for_kernel(self.root, page, write)?;
+                match crate::memory::fault_in_for_kernel(self.root, page, write) {
+                    Some(r) => r?,
+                    None if self.handle_fault(page) => {}
+                    None => return Err(Error::BadAddress),
+                }
                 paging::translate_user(self.root, page).ok_or(Error::BadAddress)?
             }
         };

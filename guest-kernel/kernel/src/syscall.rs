@@ -46,18 +46,16 @@ extern "C" fn syscall_dispatch() -> ! {
     sched::resume_current()
 }
 
-/// The call failed on a page of the caller's that only a region keeper can provide (a
-/// pager evicted it, say): the thread re-executes the call once the keeper has replied,
-/// exactly as after a fault of its own. Calls copy user memory before they change anything
-/// (or prefault it), so re-executing is safe. Returns if there is no such page (the call
-/// then fails with `BadAddress`) or the keeper's port is gone.
+/// The call failed on a page that only a region keeper can provide (a pager evicted it,
+/// say): the caller's own, or the one its message was to be copied into. The thread
+/// re-executes the call once the keeper has replied, exactly as after a fault of its own.
+/// Calls copy user memory before they change anything (or prefault it), so re-executing
+/// is safe. Returns if there is no such page (the call then fails with `BadAddress`) or
+/// the keeper's port is gone.
 fn fault_to_keeper() {
     let Some(f) = kernel().keeper_fault.take() else {
         return;
     };
-    if Some(f.pid) != current_pid() {
-        return;
-    }
     let r = regs();
     r.rip -= SYSCALL_INSN_LEN;
     r.rcx = r.rip;

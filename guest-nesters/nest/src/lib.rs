@@ -94,6 +94,8 @@ pub const SLOT_SIZE: u64 = 0x1000_0000;
 /// The most children a nester has at once.
 pub const MAX_CHILDREN: usize = 64;
 const WATCHER_STACK: u64 = 16 * 1024;
+/// How much of a program one `program_read` copies.
+const READ_CHUNK: usize = 16 * 1024;
 
 /// The end of all slots of a nester's children.
 pub const SLOTS_END: u64 = BACKING_BASE + MAX_CHILDREN as u64 * SLOT_SIZE;
@@ -109,8 +111,9 @@ pub const WINDOW_SIZE: u64 = WINDOW_END - WINDOW_BASE;
 /// pager directly for its child's window, so a page of a process five layers down is
 /// served by the pager alone, and nesters in between only pass the port on.
 pub mod memory {
-    /// Request `[WINDOW]`: reply `[0, id]` with a region (USE, READ, GRANT) to map at
-    /// `WINDOW_BASE` in a new child: its memory window, paged by the server.
+    /// Request `[WINDOW]` carrying a read-only capability to the new child's space: reply
+    /// `[0, id]` with a region (USE, READ, GRANT) to map at `WINDOW_BASE` in it: its memory
+    /// window, paged by the server (which takes it back when the space is gone).
     pub const WINDOW: u64 = 0x3e3_0001;
     /// Request `[RELEASE, id]` carrying the window's region capability (proof that the
     /// asker holds the window): the child is gone; the window's pages are freed.
@@ -148,14 +151,23 @@ impl Default for Spec<'_> {
     }
 }
 
-/// A memory window from the memory service above, if there is one: `(region, id)`.
-fn request_window() -> Result<Option<(u64, u64)>, Error> {
+/// A memory window for child `space` from the memory service above, if there is one:
+/// `(region, id)`. The service gets a read-only capability to the space, so that it can
+/// take the window back once the space is gone even if nobody tells it.
+fn request_window(space: u64) -> Result<Option<(u64, u64)>, Error> {
     let is_port =
         sys::obj_get_state(MEMORY_CAP).is_ok_and(|s| s[0] == fluke_abi::syscall::objstate::PORT);
     if !is_port {
         return Ok(None);
     }
-    let m = sys::ipc_call(MEMORY_CAP, [memory::WINDOW, 0, 0, 0], NO_CAP)?;
+    let watch = sys::cap_copy(space, 0b1010)?; // READ, GRANT
+    let m = match sys::ipc_call(MEMORY_CAP, [memory::WINDOW, 0, 0, 0], watch) {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = sys::cap_drop(watch);
+            return Err(e);
+        }
+    };
     if m.words[0] != 0 || m.cap == NO_CAP {
         return Err(Error::from_i64(m.words[0] as i64).unwrap_or(Error::NoMemory));
     }
@@ -186,6 +198,8 @@ pub struct Nester {
     reserved: u64,
     /// Slots a child holds.
     used: u64,
+    /// Slots a child has used (their memory is zeroed before the next one sees it).
+    dirty: u64,
 }
 
 impl Default for Nester {
@@ -199,6 +213,7 @@ impl Nester {
         Nester {
             reserved: 0,
             used: 0,
+            dirty: 0,
         }
     }
 
@@ -238,6 +253,7 @@ impl Nester {
         self.build(slot, name, args, spec).inspect_err(|_| {
             self.used &= !(1 << slot);
             let _ = sys::mem_discard(slot_base(slot), SLOT_SIZE);
+            self.dirty |= 1 << slot;
         })
     }
 
@@ -261,39 +277,42 @@ impl Nester {
             return Err(Error::InvalidArgument);
         }
         let prog = slot_base(slot);
+        let stack = slot_base(slot) + SLOT_SIZE - CHILD_STACK;
+        if self.dirty & (1 << slot) != 0 {
+            // A previous child's memory: under a pager a slot's pages are not dropped with
+            // it, so everything the new child can see starts zeroed.
+            // SAFETY: the program and stack parts of this child's slot, ours alone now.
+            unsafe {
+                core::ptr::write_bytes(prog as *mut u8, 0, prog_len as usize);
+                core::ptr::write_bytes(stack as *mut u8, 0, CHILD_STACK as usize);
+            }
+            self.dirty &= !(1 << slot);
+        }
         for s in segs {
             let dst = prog + (s.vaddr - USER_BASE);
             // SAFETY: inside the slot reserved for this child; filesz <= memsz was checked.
             let buf = unsafe { core::slice::from_raw_parts_mut(dst as *mut u8, s.filesz as usize) };
-            if sys::program_read(name, s.offset, buf)? != buf.len() {
-                return Err(Error::InvalidArgument);
+            // A few pages per call: a kernel copy whose pages a pager holds must fit in the
+            // pager's frames to finish.
+            for (i, chunk) in buf.chunks_mut(READ_CHUNK).enumerate() {
+                let at = s.offset + (i * READ_CHUNK) as u64;
+                if sys::program_read(name, at, chunk)? != chunk.len() {
+                    return Err(Error::InvalidArgument);
+                }
             }
         }
-        let stack = slot_base(slot) + SLOT_SIZE - CHILD_STACK;
         let sp = write_args(stack, args)?;
 
         let program_region = sys::region_create(prog, prog_len, NO_CAP)?;
         let stack_region = sys::region_create(stack, CHILD_STACK, NO_CAP)?;
-        let (window_region, window_id) = match spec.window {
-            Some(r) => (r, None),
-            None => match request_window() {
-                Ok(Some((r, id))) => (r, Some(id)),
-                Ok(None) => (NO_CAP, None),
-                Err(e) => {
-                    let _ = sys::destroy(program_region);
-                    let _ = sys::destroy(stack_region);
-                    return Err(e);
-                }
-            },
-        };
         let mut child = Child {
             space: NO_CAP,
             thread: NO_CAP,
             pid: 0,
             program_region,
             stack_region,
-            window_region,
-            window_id,
+            window_region: NO_CAP,
+            window_id: None,
             slot,
         };
         let built = self.populate(&mut child, name, entry, sp, spec);
@@ -303,8 +322,8 @@ impl Nester {
                     let _ = sys::destroy(cap);
                 }
             }
-            if spec.window.is_none() {
-                release_window(window_region, window_id);
+            if child.window_id.is_some() {
+                release_window(child.window_region, child.window_id);
             }
         }
         built.map(|_| child)
@@ -320,6 +339,13 @@ impl Nester {
     ) -> Result<(), Error> {
         let (space, pid) = sys::space_create_named(spec.keep, child_name)?;
         (child.space, child.pid) = (space, pid);
+        (child.window_region, child.window_id) = match spec.window {
+            Some(r) => (r, None),
+            None => match request_window(space)? {
+                Some((r, id)) => (r, Some(id)),
+                None => (NO_CAP, None),
+            },
+        };
         sys::mapping_create_flags(
             space,
             child.program_region,
@@ -378,6 +404,7 @@ impl Nester {
         }
         let _ = sys::mem_discard(slot_base(child.slot), SLOT_SIZE);
         self.used &= !(1 << child.slot);
+        self.dirty |= 1 << child.slot;
     }
 }
 

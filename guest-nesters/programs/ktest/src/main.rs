@@ -1353,24 +1353,56 @@ fn pattern(pages: u64) -> i32 {
 }
 
 /// The pager's memory service refuses to release a window to anyone who cannot show the
-/// window's own region: a space cannot take another's memory away.
+/// window's own region (not even a region of ours over the same addresses): a space cannot
+/// take another's memory away. A window whose space is gone is taken back by itself.
 fn memsvc() -> i32 {
     use fluke_abi::syscall::layout::MEMORY_CAP;
     use fluke_nest::memory::{RELEASE, WINDOW};
-    let window = || sys::ipc_call(MEMORY_CAP, [WINDOW, 0, 0, 0], NO_CAP);
-    let (Ok(a), Ok(b)) = (window(), window()) else {
+    let window = |space: u64| {
+        let watch = sys::cap_copy(space, 0b1010)?;
+        sys::ipc_call(MEMORY_CAP, [WINDOW, 0, 0, 0], watch)
+    };
+    let spaces = [
+        sys::space_create(),
+        sys::space_create(),
+        sys::space_create(),
+    ];
+    let [Ok(sa), Ok(sb), Ok(sc)] = spaces else {
+        println!("ktest: memsvc: cannot create spaces: {spaces:?}");
+        return 1;
+    };
+    let (Ok(a), Ok(b), Ok(c)) = (window(sa), window(sb), window(sc)) else {
         println!("ktest: memsvc: no memory service");
         return 1;
     };
+    let no_space = sys::ipc_call(MEMORY_CAP, [WINDOW, 0, 0, 0], NO_CAP).map(|m| m.words[0]);
     let release =
         |id: u64, cap: u64| sys::ipc_call(MEMORY_CAP, [RELEASE, id, 0, 0], cap).map(|m| m.words[0]);
+    // The pager keeps window w at 0x1000_0000_0000 + w * WINDOW_SIZE of its own space.
+    let lookalike = sys::region_create(
+        0x1000_0000_0000 + a.words[1] * fluke_nest::WINDOW_SIZE,
+        fluke_nest::WINDOW_SIZE,
+        NO_CAP,
+    );
     let no_rights = Ok(Error::NoRights as u64);
     let forged = [
         release(a.words[1], NO_CAP),
         release(a.words[1], sys::cap_copy(b.cap, 0b1111).unwrap_or(NO_CAP)),
         release(999, sys::cap_copy(a.cap, 0b1111).unwrap_or(NO_CAP)),
+        release(a.words[1], lookalike.unwrap_or(NO_CAP)),
     ];
     let own = [release(a.words[1], a.cap), release(b.words[1], b.cap)];
-    println!("ktest: memsvc: forged releases {forged:?}, own {own:?}");
-    i32::from(forged.iter().any(|r| *r != no_rights) || own.iter().any(|r| *r != Ok(0)))
+    // c's space goes away without a word: the next request collects its window.
+    let _ = sys::destroy(sc);
+    let d = sys::space_create().and_then(window);
+    println!(
+        "ktest: memsvc: window without a space {no_space:?}, forged releases {forged:?}, own {own:?}, after a space died {:?}",
+        d.map(|m| m.words[0])
+    );
+    let _ = c;
+    i32::from(
+        no_space != Ok(Error::InvalidArgument as u64)
+            || forged.iter().any(|r| *r != no_rights)
+            || own.iter().any(|r| *r != Ok(0)),
+    )
 }

@@ -43,6 +43,9 @@ const NEXT_BASE: u64 = 0x4800_0000_0000;
 const CLOCK_BASE: u64 = 0x5000_0000_0000;
 
 const MAX_FRAMES: u64 = 1 << 16;
+/// The badge of the port our exit watcher reports on (no other space holds it); requests
+/// come on badge 0, faults on a window's badge (its id + 1).
+const CONTROL: u64 = 1 << 32;
 const MAX_STORE_KIB: u64 = 1 << 20;
 
 struct Options {
@@ -139,6 +142,7 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
     };
     let set = sys::port_set_create()?;
     let requests = sys::port_create(set, 0)?;
+    let control = sys::port_create(set, CONTROL)?;
     let mut pager = Pager {
         set,
         store: Store::new(store_mem, next),
@@ -148,7 +152,7 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
         windows: [None; MAX_WINDOWS],
         stats: Stats::default(),
     };
-    let (window, first) = pager.new_window()?;
+    let (window, first) = pager.new_window(NO_CAP)?;
     // What we keep: the resident frames, the store and its tables, our own needs.
     let keep = NESTER_KEEP + o.frames + o.frames / 512 + 2 * store_bytes.div_ceil(PAGE as u64) + 64;
     let mut nester = Nester::new();
@@ -160,7 +164,7 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
         ..Spec::default()
     };
     let child = nester.start_with(cmd.program, cmd.args(), &spec)?;
-    let watcher = fluke_nest::watch_exit(&child, requests, 0)?;
+    let watcher = fluke_nest::watch_exit(&child, control, 0)?;
     let mut msg = sys::ipc_wait(set);
     loop {
         let m = msg?;
@@ -176,13 +180,29 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
                 }
                 [0; 4]
             }
-            (0, memory::WINDOW) => match pager.new_window() {
-                Ok((region, w)) => {
-                    cap = region;
-                    [0, w as u64, 0, 0]
+            (0, memory::WINDOW) => {
+                // It must name the space the window is for: we take it back when that
+                // space is gone (checked whenever a window is asked for).
+                let is_space = sys::obj_get_state(m.cap)
+                    .is_ok_and(|s| s[0] == fluke_abi::syscall::objstate::SPACE);
+                pager.collect();
+                match is_space.then(|| pager.new_window(m.cap)) {
+                    Some(Ok((region, w))) => {
+                        cap = region;
+                        [0, w as u64, 0, 0]
+                    }
+                    Some(Err(e)) => {
+                        let _ = sys::cap_drop(m.cap);
+                        [e as u64, 0, 0, 0]
+                    }
+                    None => {
+                        if m.cap != NO_CAP {
+                            let _ = sys::cap_drop(m.cap);
+                        }
+                        [Error::InvalidArgument as u64, 0, 0, 0]
+                    }
                 }
-                Err(e) => [e as u64, 0, 0, 0],
-            },
+            }
             (0, memory::RELEASE) => {
                 // Only with the window's own region: a space cannot release another's.
                 let w = usize::try_from(m.words[1]).unwrap_or(usize::MAX);
@@ -197,7 +217,7 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
                     [Error::NoRights as u64, 0, 0, 0]
                 }
             }
-            (0, CHILD_EXITED) => {
+            (CONTROL, CHILD_EXITED) => {
                 let _ = sys::destroy(watcher);
                 nester.release(&child);
                 pager.release(first);
@@ -223,6 +243,9 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
 struct Window {
     region: u64,
     port: u64,
+    /// The space it is for (read-only; `NO_CAP` for our own child's, which we release
+    /// ourselves).
+    space: u64,
     logged: u64,
 }
 
@@ -243,7 +266,7 @@ fn own_page(global: u64) -> u64 {
 impl Pager<'_> {
     /// A new window: returns a capability to its region to hand out (USE, READ, GRANT) and
     /// its id.
-    fn new_window(&mut self) -> Result<(u64, usize), Error> {
+    fn new_window(&mut self, space: u64) -> Result<(u64, usize), Error> {
         let w = self
             .windows
             .iter()
@@ -270,6 +293,7 @@ impl Pager<'_> {
         self.windows[w] = Some(Window {
             region,
             port,
+            space,
             logged: 0,
         });
         Ok((copy, w))
@@ -277,14 +301,32 @@ impl Pager<'_> {
 
     /// Whether `cap` (a capability someone sent us) is window `w`'s region.
     fn holds_window(&self, cap: u64, w: usize) -> bool {
-        let Some(Some(_)) = self.windows.get(w) else {
+        let Some(Some(win)) = self.windows.get(w) else {
             return false;
         };
+        // Its keeper is our port for it (by our name for it): nobody else's region over
+        // the same addresses can pass.
         sys::obj_get_state(cap).is_ok_and(|s| {
             s[0] == fluke_abi::syscall::objstate::REGION
                 && s[1] == own_page(w as u64 * WINDOW_PAGES)
                 && s[2] == WINDOW_SIZE
+                && s[3] == win.port
         })
+    }
+
+    /// Releases the windows whose space is gone (a nester that ended without telling us);
+    /// returns how many.
+    fn collect(&mut self) -> usize {
+        let dead: [bool; MAX_WINDOWS] = core::array::from_fn(|w| {
+            self.windows[w]
+                .is_some_and(|win| win.space != NO_CAP && sys::obj_get_state(win.space).is_err())
+        });
+        let mut n = 0;
+        for (w, _) in dead.iter().enumerate().filter(|(_, &d)| d) {
+            self.release(w);
+            n += 1;
+        }
+        n
     }
 
     /// The space behind window `w` is gone: its pages and stored blobs are freed.
@@ -295,6 +337,9 @@ impl Pager<'_> {
         self.stats.released += 1;
         let _ = sys::destroy(win.region); // unmaps it everywhere
         let _ = sys::destroy(win.port);
+        if win.space != NO_CAP {
+            let _ = sys::cap_drop(win.space);
+        }
         let first = w as u64 * WINDOW_PAGES;
         for i in 0..win.logged {
             let global = first + u64::from(self.log[(first + i) as usize]);
@@ -328,7 +373,15 @@ impl Pager<'_> {
         }
         self.stats.faults += 1;
         if self.clock.is_full() {
-            self.evict()?;
+            match self.evict() {
+                // Windows of spaces gone hold frames and store: take them back, once.
+                Err(_) if self.collect() > 0 => {
+                    if self.clock.is_full() {
+                        self.evict()?;
+                    }
+                }
+                r => r?,
+            }
         }
         // SAFETY: single-threaded use of the pager's page buffers.
         let (buf, code) = unsafe {

@@ -102,7 +102,23 @@ impl Manager {
         Ok(fluke_abi::syscall::SPACE_EXACT | give)
     }
 
+    /// Starts a process; `cap` (ours, moved to us by the asker) goes to it as name 0, and
+    /// is dropped here whatever happens.
     fn spawn(
+        &mut self,
+        name: &str,
+        args: &[&str],
+        cap: Option<u64>,
+        parent: u64,
+    ) -> Result<u64, Error> {
+        let started = self.try_spawn(name, args, cap, parent);
+        if let Some(c) = cap {
+            let _ = sys::cap_drop(c); // the child has its own copy, if it started
+        }
+        started
+    }
+
+    fn try_spawn(
         &mut self,
         name: &str,
         args: &[&str],
@@ -114,6 +130,7 @@ impl Manager {
             .iter()
             .position(Option::is_none)
             .ok_or(Error::Exhausted)?;
+        let keep = self.budget_for_next()?;
         let port = sys::port_create(self.set, self.next_id)?;
         let done = sys::mutex_create().inspect_err(|_| {
             let _ = sys::destroy(port);
@@ -123,7 +140,7 @@ impl Manager {
         let caps: &[(u64, u64)] = given.as_ref().map_or(&own, |g| &g[..]);
         let spec = Spec {
             caps,
-            keep: self.budget_for_next()?,
+            keep,
             ..Spec::default()
         };
         let started = sys::mutex_lock(done).and_then(|_| {
@@ -137,9 +154,6 @@ impl Manager {
                 },
             )
         });
-        if let Some(c) = cap {
-            let _ = sys::cap_drop(c); // the child has its own copy
-        }
         let (child, watcher) = started.inspect_err(|_| {
             let _ = sys::destroy(done);
             let _ = sys::destroy(port);
@@ -217,6 +231,9 @@ impl Manager {
                 let text = core::str::from_utf8(&data[..len]).unwrap_or("");
                 for w in text.split('\0').filter(|w| !w.is_empty()) {
                     if n == words.len() {
+                        if let Some(c) = cap {
+                            let _ = sys::cap_drop(c);
+                        }
                         return err(Error::InvalidArgument);
                     }
                     words[n] = w;
