@@ -128,10 +128,13 @@ fn workloads_give_identical_output_under_every_stack() {
 /// between them (it is reached through the port every nester passes on).
 #[test]
 fn the_process_manager_serves_processes_at_any_depth() {
+    // The last with every process paged through 8 frames: kernel calls that copy several
+    // pages (program loading, IPC data) still make progress.
     for stack in [
         "procmgr>",
         "procmgr>passthru>pager>",
         "passthru>procmgr>procmgr>",
+        "pager,-frames=8>procmgr>",
     ] {
         let cmdline = format!("fluke.init={stack}ktest,procs");
         let run = vmm(
