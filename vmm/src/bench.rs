@@ -316,7 +316,12 @@ pub fn nest_plot(records: &[Record]) -> String {
         .fold(0.9_f64, f64::min)
         * 0.95;
     let x = |d: f64| left + d / max_depth * (w - left - right);
-    let y = |v: f64| top + (ymax - v) / (ymax - ymin) * (h - top - bottom);
+    // A logarithmic axis once one line leaves the others far behind (the pager on the
+    // memory workload), so that the small slowdowns stay readable.
+    let log = ymax / ymin > 2.0;
+    let scale = |v: f64| if log { v.ln() } else { v };
+    let y =
+        |v: f64| top + (scale(ymax) - scale(v)) / (scale(ymax) - scale(ymin)) * (h - top - bottom);
     let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
     let mut svg = String::new();
     let _ = writeln!(
@@ -326,8 +331,9 @@ pub fn nest_plot(records: &[Record]) -> String {
     let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
     let _ = writeln!(
         svg,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">slowdown vs nesting depth</text>"#,
-        w / 2.0
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">slowdown vs nesting depth{}</text>"#,
+        w / 2.0,
+        if log { " (log scale)" } else { "" }
     );
     let (x0, x1, y0, y1) = (x(0.0), x(max_depth), y(ymin), y(ymax));
     let _ = writeln!(
@@ -349,7 +355,8 @@ pub fn nest_plot(records: &[Record]) -> String {
         h - 8.0
     );
     for i in 0..=4 {
-        let v = ymin + (ymax - ymin) * f64::from(i) / 4.0;
+        let at = scale(ymin) + (scale(ymax) - scale(ymin)) * f64::from(i) / 4.0;
+        let v = if log { at.exp() } else { at };
         let _ = writeln!(
             svg,
             r#"<text x="{}" y="{}" text-anchor="end">{v:.2}x</text>"#,
@@ -887,6 +894,14 @@ mod tests {
                 && svg.contains("<polyline")
                 && svg.trim_end().ends_with("</svg>")
         );
+        assert!(!svg.contains("log scale"));
+        let far = [
+            rec("nest.memory.bare", 100.0),
+            rec("nest.memory.pager-x1", 780.0),
+            rec("nest.memory.passthru-x1", 101.0),
+        ];
+        let svg = nest_plot(&far);
+        assert!(svg.contains("(log scale)") && !svg.contains("NaN"), "{svg}");
     }
 
     #[test]
