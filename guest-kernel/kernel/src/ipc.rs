@@ -231,12 +231,13 @@ fn prefault_receive_buffer(me: ThreadId) -> Result<(), Error> {
 /// and re-executes its call after the keeper's reply. False if that is not the case.
 fn caller_to_keeper(c: ThreadId) -> bool {
     let k = kernel();
-    let Some(f) = k.keeper_fault.take() else {
+    let Some(f) = k.keeper_fault else {
         return false;
     };
     if k.threads.get(c).map(|t| t.process) != Some(f.pid) {
-        return false;
+        return false; // not the caller's page (the receiver's, handled by the caller)
     }
+    k.keeper_fault = None;
     let Some((set, badge)) = k.ports.get(f.port).map(|p| (p.set, p.badge)) else {
         return false;
     };
