@@ -115,11 +115,7 @@ pub fn mapping_create(
     let k = kernel();
     let size = k.regions.get(region).ok_or(Error::BadCap)?.size;
     let end = check_user_range(addr, size)?;
-    if k.processes
-        .get(target)
-        .and_then(|p| p.space.as_ref())
-        .is_none()
-    {
+    if root_of(target).is_none() {
         return Err(Error::BadCap);
     }
     let overlaps = k.mappings.iter().any(|(_, m)| {
@@ -180,11 +176,7 @@ fn fault_in(pid: Pid, page: u64, write: bool, addr: u64, depth: u32) -> Resoluti
     if let Some(r) = through_mapping(pid, page, write, addr, depth) {
         return r;
     }
-    let space = kernel()
-        .processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut());
-    if space.is_some_and(|s| s.handle_fault(page)) {
+    if space_of(pid).is_some_and(|s| s.handle_fault(page)) {
         kernel().stats.user_faults_resolved += 1;
         return Resolution::Mapped;
     }
@@ -205,12 +197,16 @@ fn mapping_at(pid: Pid, page: u64) -> Option<(u64, bool, bool, Id)> {
     })
 }
 
-fn root_of(pid: Pid) -> Option<u64> {
+/// The space of process `pid`, if it still has one.
+fn space_of(pid: Pid) -> Option<&'static mut crate::space::Space> {
     kernel()
         .processes
-        .get(pid)
-        .and_then(|p| p.space.as_ref())
-        .map(|s| s.root)
+        .get_mut(pid)
+        .and_then(|p| p.space.as_mut())
+}
+
+fn root_of(pid: Pid) -> Option<u64> {
+    space_of(pid).map(|s| s.root)
 }
 
 /// `None` if no mapping of `pid` covers `page`.
@@ -253,14 +249,12 @@ fn through_mapping(pid: Pid, page: u64, write: bool, addr: u64, depth: u32) -> O
     }
     // The frame stays the owner's (not OWNED here): the owner's teardown unmaps it from
     // every target first (forget_space), and so does `mem_discard`.
-    let target = kernel()
-        .processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut());
-    Some(match target.map(|t| t.map_page(page, frame, perm, false)) {
-        Some(Ok(())) => Resolution::Mapped,
-        _ => Resolution::NotMapped,
-    })
+    Some(
+        match space_of(pid).map(|t| t.map_page(page, frame, perm, false)) {
+            Some(Ok(())) => Resolution::Mapped,
+            _ => Resolution::NotMapped,
+        },
+    )
 }
 
 /// A fault the kernel met while copying from or to a space's memory that only a keeper
@@ -338,11 +332,7 @@ fn for_each_view(pid: Pid, va: u64, depth: u32, f: &mut impl FnMut(Pid, u64)) {
 
 /// Unmaps one page of a space; a frame it owned is freed and returned to its budget.
 fn discard_page(pid: Pid, va: u64) {
-    let Some(space) = kernel()
-        .processes
-        .get_mut(pid)
-        .and_then(|p| p.space.as_mut())
-    else {
+    let Some(space) = space_of(pid) else {
         return;
     };
     if let Some((frame, true)) = paging::unmap_user(space.root, va) {

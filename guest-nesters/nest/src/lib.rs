@@ -155,9 +155,7 @@ impl Default for Spec<'_> {
 /// `(region, id)`. The service gets a read-only capability to the space, so that it can
 /// take the window back once the space is gone even if nobody tells it.
 fn request_window(space: u64) -> Result<Option<(u64, u64)>, Error> {
-    let is_port =
-        sys::obj_get_state(MEMORY_CAP).is_ok_and(|s| s[0] == fluke_abi::syscall::objstate::PORT);
-    if !is_port {
+    if !sys::holds(MEMORY_CAP, fluke_abi::syscall::objstate::PORT) {
         return Ok(None);
     }
     let watch = sys::cap_copy(space, 0b1010)?; // READ, GRANT

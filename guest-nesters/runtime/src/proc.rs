@@ -17,8 +17,7 @@ pub fn managed() -> bool {
         1 => true,
         2 => false,
         _ => {
-            let yes = sys::obj_get_state(procmgr::PORT_NAME)
-                .is_ok_and(|s| s[0] == fluke_abi::syscall::objstate::PORT);
+            let yes = sys::holds(procmgr::PORT_NAME, fluke_abi::syscall::objstate::PORT);
             MANAGED.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
             yes
         }

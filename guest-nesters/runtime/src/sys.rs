@@ -450,6 +450,12 @@ pub fn mapping_create_flags(space: u64, region: u64, addr: u64, flags: u64) -> R
     call(Call::MappingCreate, space, region, addr, flags)
 }
 
+/// Whether capability name `cap` holds an object of kind `kind` (`objstate::PORT`, ...)
+/// that we may read the state of.
+pub fn holds(cap: u64, kind: u64) -> bool {
+    obj_get_state(cap).is_ok_and(|s| s[0] == kind)
+}
+
 /// This program's budget in frames: `(quota, used, available to use or lend)`.
 pub fn own_budget() -> Result<(u64, u64, u64), Error> {
     let s = obj_get_state(fluke_abi::syscall::SELF_SPACE)?;

@@ -80,6 +80,18 @@ impl PageBuf {
 static mut PAGE_BUF: PageBuf = PageBuf([0; WORDS]);
 static mut CODE_BUF: [u8; PAGE] = [0; PAGE];
 
+/// The page buffer and the compressed-page buffer.
+///
+/// # Safety
+/// The pager is single-threaded; the caller must not hold buffers from an earlier call
+/// (`serve` takes them only after `evict`, which takes its own, has returned).
+unsafe fn buffers() -> (&'static mut PageBuf, &'static mut [u8; PAGE]) {
+    (
+        &mut *core::ptr::addr_of_mut!(PAGE_BUF),
+        &mut *core::ptr::addr_of_mut!(CODE_BUF),
+    )
+}
+
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
     let mut o = Options {
@@ -183,8 +195,7 @@ fn run(cmd: &Command, o: &Options) -> Result<i32, Error> {
             (0, memory::WINDOW) => {
                 // It must name the space the window is for: we take it back when that
                 // space is gone (checked whenever a window is asked for).
-                let is_space = sys::obj_get_state(m.cap)
-                    .is_ok_and(|s| s[0] == fluke_abi::syscall::objstate::SPACE);
+                let is_space = sys::holds(m.cap, fluke_abi::syscall::objstate::SPACE);
                 pager.collect();
                 match is_space.then(|| pager.new_window(m.cap)) {
                     Some(Ok((region, w))) => {
@@ -383,13 +394,8 @@ impl Pager<'_> {
                 r => r?,
             }
         }
-        // SAFETY: single-threaded use of the pager's page buffers.
-        let (buf, code) = unsafe {
-            (
-                &mut *core::ptr::addr_of_mut!(PAGE_BUF),
-                &mut *core::ptr::addr_of_mut!(CODE_BUF),
-            )
-        };
+        // SAFETY: evict's buffers are no longer in use.
+        let (buf, code) = unsafe { buffers() };
         match entry.blob() {
             Some((blob, true)) => {
                 self.store.get(blob, buf.bytes()).ok_or("store corrupt")?;
@@ -415,13 +421,8 @@ impl Pager<'_> {
             .clock
             .victim(|q| sys::mem_referenced(own_page(q)).unwrap_or(false))
             .ok_or("no page to evict")?;
-        // SAFETY: as in serve.
-        let (buf, code) = unsafe {
-            (
-                &mut *core::ptr::addr_of_mut!(PAGE_BUF),
-                &mut *core::ptr::addr_of_mut!(CODE_BUF),
-            )
-        };
+        // SAFETY: serve takes its buffers only after this returns.
+        let (buf, code) = unsafe { buffers() };
         sys::mem_evict(own_page(victim), buf.bytes()).map_err(|_| "cannot evict a page")?;
         self.stats.evictions += 1;
         let entry = if buf.0.iter().all(|&w| w == 0) {

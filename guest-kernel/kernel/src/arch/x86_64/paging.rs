@@ -316,20 +316,9 @@ pub fn translate_user(root: u64, virt: u64) -> Option<(u64, u64)> {
     if virt >= 0x0000_8000_0000_0000 {
         return None;
     }
-    let mut t = root;
-    for shift in [39u32, 30, 21, 12] {
-        let idx = ((virt >> shift) & 511) as usize;
-        // SAFETY: `t` is a page-table frame of this tree.
-        let e = unsafe { *entry_ptr(t, idx) };
-        if e & PRESENT == 0 || (shift != 12 && e & HUGE != 0) {
-            return None;
-        }
-        t = e & ADDR_MASK;
-        if shift == 12 {
-            return Some((t, e));
-        }
-    }
-    None
+    // SAFETY: a leaf entry of this tree.
+    let e = unsafe { *leaf_entry(root, virt)? };
+    (e & PRESENT != 0).then_some((e & ADDR_MASK, e))
 }
 
 pub fn pte_writable(bits: u64) -> bool {
