@@ -97,8 +97,12 @@ impl<T> Slab<T> {
             .get_mut(id.index as usize)
             .filter(|s| s.generation == id.generation)?;
         let value = slot.value.take()?;
-        slot.generation = slot.generation.wrapping_add(1);
-        self.free.push(id.index);
+        // A slot whose generation would wrap is retired, never reused: a stale id must not
+        // name a new object however many times the slot has been recycled.
+        if let Some(g) = slot.generation.checked_add(1) {
+            slot.generation = g;
+            self.free.push(id.index);
+        }
         self.len -= 1;
         Some(value)
     }
@@ -125,6 +129,28 @@ impl<T> Slab<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_slot_is_retired_before_its_generation_wraps() {
+        let mut slab = Slab::new(4);
+        let first = slab.insert(1).unwrap();
+        slab.slots[first.index as usize].generation = u32::MAX;
+        let last = Id {
+            index: first.index,
+            generation: u32::MAX,
+        };
+        assert_eq!(slab.remove(last), Some(1));
+        // The next object goes elsewhere; the old id (and the wrapped one) name nothing.
+        let next = slab.insert(2).unwrap();
+        assert_ne!(next.index, first.index);
+        let wrapped = Id {
+            index: first.index,
+            generation: 0,
+        };
+        assert_eq!(slab.get(last), None);
+        assert_eq!(slab.get(wrapped), None);
+        assert_eq!(slab.get(next), Some(&2));
+    }
 
     #[test]
     fn stale_ids_miss_reused_slots() {

@@ -111,3 +111,19 @@ pub fn escalation(rip: u64) -> ! {
     // SAFETY: as above.
     unsafe { sched::schedule() }
 }
+
+/// SYSCALL from 32-bit compatibility mode (entry.S syscall_compat_entry): 32-bit code has no
+/// kernel calls, so the thread takes a general-protection fault (to its keeper, else the
+/// process is killed). Resuming it returns in 64-bit mode at the saved RIP.
+#[no_mangle]
+extern "C" fn compat_syscall_refused() -> ! {
+    let r = regs();
+    to_keeper([fault::EXCEPTION, 13, 0, r.rip]);
+    process::kill_current(
+        13,
+        format_args!("general protection (#GP): SYSCALL from 32-bit compatibility mode refused"),
+        &r,
+    );
+    // SAFETY: entry.S's schedule switches stacks and never returns.
+    unsafe { sched::schedule() }
+}

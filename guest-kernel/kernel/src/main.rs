@@ -98,6 +98,26 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     };
     space::init(root, entry_tree);
     user::init_syscall();
+    let hardened = platform::harden(&detected);
+    if hardened.iter().any(Option::is_some) {
+        kprintln!(
+            "fluke: cpu protections: {}",
+            hardened
+                .iter()
+                .flatten()
+                .copied()
+                .collect::<alloc::vec::Vec<_>>()
+                .join(" ")
+        );
+    }
+    if detected.backend == platform::Backend::Pv {
+        // SAFETY: boot, single CPU.
+        unsafe { arch::percpu::get().pv = 1 };
+    }
+    if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {
+        selftest::enable_floors();
+        kprintln!("fluke: floor benchmark paths on");
+    }
     apic::disable_legacy_pic();
     if let Err(e) = apic::init(detected.x2apic, root) {
         panic!("cannot map the local APIC: {:?}", e);

@@ -149,7 +149,9 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
     let k = kernel();
     match object {
         ObjRef::Port(p) if w(0) == objstate::PORT => {
-            let ObjRef::PortSet(set) = resolve(w(2))? else {
+            // Moving a port into a set needs what creating one there needs: WRITE on the set.
+            let set_cap = sched::current_space()?.caps.check(w(2), Rights::WRITE)?;
+            let ObjRef::PortSet(set) = set_cap.object else {
                 return Err(Error::WrongType);
             };
             if w(1) > i64::MAX as u64 {

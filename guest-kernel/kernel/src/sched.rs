@@ -140,6 +140,29 @@ pub fn make_runnable(tid: ThreadId) {
             }
         }
     }
+    arm_preemption();
+}
+
+/// Puts a thread that is already `Runnable` at the back of the run queue (a new thread, a
+/// resumed one) and makes sure the running thread will be preempted for it.
+pub fn enqueue(tid: ThreadId) {
+    let k = kernel();
+    if !k.runq.contains(&tid) && k.current != Some(tid) {
+        k.runq.push_back(tid);
+    }
+    arm_preemption();
+}
+
+/// A thread that became runnable while another runs must get the CPU within a quantum even
+/// if the running one never enters the kernel again (`spawn(child); loop {}`): arm the
+/// quantum timer unless a timer is already armed. (switch_to arms it too, but only when it
+/// switches; an idle CPU needs nothing: the scheduler picks the thread at once.)
+fn arm_preemption() {
+    let k = kernel();
+    if k.current.is_some() && k.timer_deadline.is_none() && !k.runq.is_empty() {
+        let now = time::now_ns();
+        ensure_timer(now + QUANTUM_NS, now);
+    }
 }
 
 /// Called before an address space is freed: CR3 must not keep pointing at it.
@@ -164,6 +187,7 @@ fn earliest_sleeper() -> Option<u64> {
 
 /// Takes a thread out of every queue it may wait in (run queue, sleepers, IPC).
 pub fn unqueue(tid: ThreadId) {
+    crate::selftest::floor_leave(tid);
     crate::ipc::forget_thread(tid);
     if let Some(t) = kernel().threads.get_mut(tid) {
         t.pending_fault = None;
@@ -204,10 +228,12 @@ fn reap_dead_threads() {
             k.current = None;
         }
         if let Some(t) = k.threads.get_mut(id) {
-            // SAFETY: single CPU; a register block about to be freed must not stay current.
+            // SAFETY: single CPU; a register block or FPU area about to be freed must not
+            // stay current.
             let pc = unsafe { percpu::get() };
             if pc.cur_regs == &mut *t.regs as *mut UserRegs as u64 {
                 pc.cur_regs = 0;
+                pc.cur_fpu = 0;
             }
         }
         k.threads.remove(id);
@@ -219,6 +245,7 @@ fn reap_dead_threads() {
 #[no_mangle]
 extern "C" fn schedule_on_idle_stack() -> ! {
     sync_current_from_percpu();
+    crate::selftest::floor_end_active();
     reap_dead_threads();
     loop {
         // Reading the clock only when someone sleeps keeps the yield path short.
@@ -291,6 +318,7 @@ pub fn block_current(state: ThreadState) -> ! {
     sync_current_from_percpu();
     let k = kernel();
     if let Some(c) = k.current {
+        crate::selftest::floor_leave(c);
         if let Some(t) = k.threads.get_mut(c) {
             t.state = state;
             if let ThreadState::Sleeping(d) = state {
@@ -309,6 +337,7 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
         panic!("scheduled a missing thread");
     };
     let regs: *mut UserRegs = &mut *t.regs;
+    let fpu = t.fpu_ptr();
     let kstack = t.kstack.top();
     let Some(p) = k.processes.get(t.process) else {
         panic!("thread without a process");
@@ -324,7 +353,9 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
     unsafe {
         let pc = percpu::get();
         user::switch_fs_base(pc.cur_regs as *mut UserRegs, &*regs);
+        user::switch_fpu(pc.cur_fpu, fpu);
         pc.cur_regs = regs as u64;
+        pc.cur_fpu = fpu;
         pc.kstack_top = kstack;
         pc.cur_thread = tid.to_u64();
     }
@@ -369,11 +400,14 @@ pub fn timer_interrupt(from_user: bool) {
     k.timer_deadline = None;
     let now = time::now_ns();
     wake_sleepers(now);
-    // The floor pair (platform.switch_floor) switches between its two threads by itself and
-    // is not preempted while active: the measurement must not race with the scheduler.
-    // SAFETY: single CPU.
-    let floor_active = unsafe { percpu::get().floor_active } != 0;
-    if from_user && !floor_active && !kernel().runq.is_empty() {
+    // Preemption holds for the floor pair too (the scheduler then dissolves it), but the
+    // pair's other thread, queued while its partner runs, is no reason to preempt.
+    sync_current_from_percpu();
+    let others_wait = kernel()
+        .runq
+        .iter()
+        .any(|&t| !crate::selftest::in_active_floor_pair(t));
+    if from_user && others_wait {
         kernel().stats.preemptions += 1;
         yield_current();
     }

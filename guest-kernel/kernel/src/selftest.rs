@@ -50,17 +50,34 @@ pub fn bench(name: &str) {
     platform::exit(fluke_abi::status::SUCCESS);
 }
 
+/// Enables the floor paths for this boot (`fluke.floors=on`, passed only by `fluke-vmm bench`).
+pub fn enable_floors() {
+    // SAFETY: boot, single CPU.
+    unsafe { crate::arch::percpu::get().floors_enabled = 1 };
+}
+
 /// `bench(SwitchFloorJoin)`: registers the calling thread as one side of the bare-switch
 /// pair (entry.S floor_switch). The second join activates the pair; the pair's threads then
-/// switch with `syscall(FLOOR_SWITCH)`, which saves nothing but RIP, RFLAGS and RSP.
+/// switch with `syscall(FLOOR_SWITCH)`. Only in a boot with `fluke.floors=on`.
+///
+/// The pair never bypasses the scheduler's rules: it is dissolved whenever the scheduler
+/// runs (a block, a yield, a preemption), when either thread is stopped or ends, and it is
+/// formed only with a partner that is runnable and waits in a kernel call (so SYSRETQ with
+/// its saved RCX and R11 returns it exactly).
 pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     use crate::arch::percpu;
     use crate::sched::{self, kernel};
+    use crate::thread::ThreadState;
     use fluke_abi::syscall::Error;
+    // SAFETY: single CPU.
+    if unsafe { percpu::get().floors_enabled } == 0 {
+        return Err(Error::NoSuchCall);
+    }
     let k = kernel();
     let tid = sched::current().ok_or(Error::InvalidArgument)?;
     let t = k.threads.get_mut(tid).ok_or(Error::InvalidArgument)?;
     let regs = &mut *t.regs as *mut _ as u64;
+    let fpu = t.fpu_ptr();
     let kstack = t.kstack.top();
     let root = k
         .processes
@@ -73,19 +90,27 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     if pc.floor_active == 0 && pc.floor_regs[0] == regs {
         return Ok(0); // already waiting for a partner
     }
-    let side = if pc.floor_regs[0] == 0 || pc.floor_active != 0 {
-        0
-    } else {
-        1
-    };
+    // A partner can be resumed by the floor switch only if it is runnable, not running, and
+    // its registers are those of a kernel call (RCX = RIP, R11 = RFLAGS).
+    let partner_ready = pc.floor_active == 0
+        && pc.floor_regs[0] != 0
+        && k.threads
+            .get(crate::thread::ThreadId::from_u64(pc.floor_thread[0]))
+            .is_some_and(|p| {
+                p.state == ThreadState::Runnable
+                    && p.regs.rcx == p.regs.rip
+                    && p.regs.r11 == p.regs.rflags
+                    && p.regs.rip < fluke_abi::syscall::layout::USER_END
+            });
+    let side = usize::from(partner_ready);
     if side == 0 {
-        pc.floor_active = 0;
-        pc.floor_regs = [0; 2];
+        floor_dissolve();
     }
     pc.floor_regs[side] = regs;
     pc.floor_root[side] = root;
     pc.floor_kstack[side] = kstack;
     pc.floor_thread[side] = tid.to_u64();
+    pc.floor_fpu[side] = fpu;
     if side == 1 {
         pc.floor_cur = 1;
         pc.floor_active = 1;
@@ -93,13 +118,35 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     Ok(side as u64)
 }
 
-/// Dissolves the floor pair if `tid` is in it (the thread is ending).
+/// Ends the floor pair (or a half-formed one) if `tid` is in it.
 pub fn floor_leave(tid: crate::thread::ThreadId) {
     // SAFETY: single CPU.
     let pc = unsafe { crate::arch::percpu::get() };
-    if pc.floor_thread.contains(&tid.to_u64()) && pc.floor_regs != [0; 2] {
-        pc.floor_active = 0;
-        pc.floor_regs = [0; 2];
-        pc.floor_thread = [0; 2];
+    if pc.floor_thread.contains(&tid.to_u64()) {
+        floor_dissolve();
     }
+}
+
+/// Whether `tid` is a member of the active floor pair.
+pub fn in_active_floor_pair(tid: crate::thread::ThreadId) -> bool {
+    // SAFETY: single CPU.
+    let pc = unsafe { crate::arch::percpu::get() };
+    pc.floor_active != 0 && pc.floor_thread.contains(&tid.to_u64())
+}
+
+/// Ends an active floor pair: the scheduler is about to decide who runs.
+pub fn floor_end_active() {
+    // SAFETY: single CPU.
+    if unsafe { crate::arch::percpu::get().floor_active } != 0 {
+        floor_dissolve();
+    }
+}
+
+fn floor_dissolve() {
+    // SAFETY: single CPU.
+    let pc = unsafe { crate::arch::percpu::get() };
+    pc.floor_active = 0;
+    pc.floor_regs = [0; 2];
+    pc.floor_thread = [0; 2];
+    pc.floor_fpu = [0; 2];
 }

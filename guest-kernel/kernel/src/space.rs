@@ -65,10 +65,17 @@ pub struct Space {
     pub caps: fluke_kcore::cap::CapTable<crate::object::ObjRef>,
 }
 
-/// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range below the return page.
+/// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range above page 0 and
+/// below the return page. Page 0 is never mapped: a jump to address 0 from any privilege
+/// level must fault, never run code a program put there.
 pub fn check_user_range(addr: u64, len: u64) -> Result<u64, Error> {
     let end = addr.checked_add(len).ok_or(Error::InvalidArgument)?;
-    if len == 0 || !addr.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || end > USER_MAP_END {
+    if addr < PAGE
+        || len == 0
+        || !addr.is_multiple_of(PAGE)
+        || !len.is_multiple_of(PAGE)
+        || end > USER_MAP_END
+    {
         return Err(Error::InvalidArgument);
     }
     Ok(end)

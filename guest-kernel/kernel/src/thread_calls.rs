@@ -48,13 +48,14 @@ pub fn new_thread(pid: Pid, regs: UserRegs, state: ThreadState) -> Result<Thread
             reply_to: None,
             keeper: None,
             pending_fault: None,
+            fpu: Box::new(crate::arch::user::FpuArea::clean()),
         })
         .ok_or(Error::Exhausted)?;
     if let Some(p) = k.processes.get_mut(pid) {
         p.threads.push(tid);
     }
     if state == ThreadState::Runnable {
-        k.runq.push_back(tid);
+        sched::enqueue(tid);
     }
     Ok(tid)
 }
@@ -104,7 +105,7 @@ pub fn resume(name: u64) -> Result<u64, Error> {
     let t = k.threads.get_mut(tid).ok_or(Error::BadCap)?;
     if t.state == ThreadState::Stopped {
         t.state = ThreadState::Runnable;
-        k.runq.push_back(tid);
+        sched::enqueue(tid);
     }
     Ok(0)
 }
@@ -129,8 +130,7 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
     stopped(tid)?;
     let mut regs = UserRegs::default();
     sched::current_space()?.copy_in(buf, as_bytes_mut(&mut regs))?;
-    // Any values are safe to load: RFLAGS is sanitized and a bad RIP or RSP only faults in
-    // user mode (user::return_to_user).
+    crate::arch::user::sanitize_regs(&mut regs)?;
     *stopped(tid)?.regs = regs;
     Ok(0)
 }

@@ -104,33 +104,35 @@ pub fn bench(op: BenchOp, arg: u64) -> Result<u64, Error> {
     call(Call::Bench, op as u64, arg, 0, 0)
 }
 
-/// The platform floor: SYSCALL straight back to SYSRETQ in the entry code.
+/// The platform floor: SYSCALL straight back to SYSRETQ in the entry code. True if the
+/// floor path ran (it exists only in a boot with `fluke.floors=on`).
 #[inline(always)]
-pub fn floor_syscall() {
+pub fn floor_syscall() -> bool {
+    let ret: u64;
     // SAFETY: the floor call touches no memory; rcx/r11 are clobbered by SYSCALL.
     unsafe {
-        asm!("syscall", inlateout("rax") FLOOR_SYSCALL => _, lateout("rcx") _, lateout("r11") _, options(nostack));
+        asm!("syscall", inlateout("rax") FLOOR_SYSCALL => ret, lateout("rcx") _, lateout("r11") _, options(nostack));
     }
+    ret == 0
 }
 
-/// The bare switch to the other thread of the floor pair. Clobbers every register but RSP.
+/// The bare switch to the other thread of the floor pair: true once the other thread has
+/// switched back; false if there is no active pair with this thread in it (never formed,
+/// or dissolved because the scheduler ran). The kernel saves and restores every register
+/// of both threads.
 #[inline(always)]
-pub fn floor_switch() {
-    // SAFETY: all registers the other thread may change are declared clobbered; RSP and the
-    // stack are preserved by the kernel.
+pub fn floor_switch() -> bool {
+    let ret: u64;
+    // SAFETY: the kernel returns with every register as it was but RAX (the result) and RCX
+    // and R11 (clobbered by SYSCALL); the asm declares them.
     unsafe {
         asm!(
-            "push rbp",
-            "push rbx",
             "syscall",
-            "pop rbx",
-            "pop rbp",
-            inlateout("rax") FLOOR_SWITCH => _,
-            lateout("rcx") _, lateout("rdx") _, lateout("rsi") _, lateout("rdi") _,
-            lateout("r8") _, lateout("r9") _, lateout("r10") _, lateout("r11") _,
-            lateout("r12") _, lateout("r13") _, lateout("r14") _, lateout("r15") _,
+            inlateout("rax") FLOOR_SWITCH => ret,
+            lateout("rcx") _, lateout("r11") _, options(nostack),
         );
     }
+    ret == 0
 }
 
 #[inline(always)]

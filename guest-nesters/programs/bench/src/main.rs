@@ -31,11 +31,16 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             report("guest.null_call", t, n);
         }
         "floor" => {
+            let mut failed = 0u64;
             let t = timed(|| {
                 for _ in 0..n {
-                    sys::floor_syscall();
+                    failed += u64::from(!sys::floor_syscall());
                 }
             });
+            if failed != 0 {
+                println!("bench: the floor call is off (boot with fluke.floors=on)");
+                return 1;
+            }
             report("platform.syscall_floor", t, n);
         }
         "fault" => {
@@ -76,11 +81,17 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 println!("bench: the floor pair did not form");
                 return 1;
             }
+            let mut failed = 0u64;
             let t = timed(|| {
                 for _ in 0..n {
-                    sys::floor_switch();
+                    failed += u64::from(!sys::floor_switch());
                 }
             });
+            if failed != 0 {
+                // The scheduler ran (another thread became runnable) and dissolved the pair.
+                println!("bench: the floor pair dissolved; {failed} switches did not happen");
+                return 1;
+            }
             report("platform.switch_floor", t, n); // per round trip A->B->A (two switches)
         }
         "ipc" | "ipc-send" | "ipc-cap" => return ipc_server(what, n),
@@ -170,9 +181,12 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             )
         }
         "floor-partner" => {
+            // Joins, then waits in a kernel call (a yield) so the pair can resume it there.
             let _ = sys::bench(BenchOp::SwitchFloorJoin, 0);
             loop {
-                sys::floor_switch();
+                if !sys::floor_switch() {
+                    sys::yield_now();
+                }
             }
         }
         _ => {

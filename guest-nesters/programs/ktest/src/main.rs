@@ -12,6 +12,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
     match args.get(0).unwrap_or("") {
         "preempt" => preempt(),
         "faults" => faults(),
+        "hostile" => hostile(),
+        "starve" => starve(),
         "garbage" => garbage(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         "idle" => idle(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
         "ipc" => ipc_server(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
@@ -125,6 +127,118 @@ fn faults() -> i32 {
     bad += u32::from(holder_status != Ok(0) || survivor != Ok(0));
     println!("ktest: faults: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// The holes a hostile program could use (issue 9), each refused.
+fn hostile() -> i32 {
+    let mut bad = 0u32;
+    let mut check = |what: &str, ok: bool, seen: &dyn core::fmt::Debug| {
+        println!(
+            "ktest: hostile: {what}: {seen:?} {}",
+            if ok { "refused" } else { "UNEXPECTED" }
+        );
+        bad += u32::from(!ok);
+    };
+    // Page 0 never maps, alone or as the start of a range.
+    for len in [4096, 8192] {
+        let r = sys::map_anon(0, len);
+        check("map_anon at page 0", r == Err(Error::InvalidArgument), &r);
+    }
+    // SYSCALL from 32-bit compatibility mode: a #GP for the caller, with code at 0 or not.
+    for case in ["compat-syscall", "compat-syscall-zero"] {
+        let s = sys::spawn("victim", &[case]).and_then(sys::wait);
+        check(case, s == Ok(GP), &s);
+    }
+    // Registers set through thread_set_state: a non-canonical FS base or a kernel RIP is
+    // refused; IOPL and NT are dropped, so the child's port I/O still faults.
+    let Ok(child) = sys::spawn_child("victim", &["out-later"], &[]) else {
+        return 1;
+    };
+    sys::sleep_ns(20_000_000);
+    let stopped = sys::thread_stop(child.thread);
+    let Ok(regs) = stopped.and_then(|_| sys::thread_get_state(child.thread)) else {
+        println!("ktest: hostile: cannot stop the child");
+        return 1;
+    };
+    for fs_base in [0x8000_0000_0000_0000u64, 0x0000_8000_0000_0000, u64::MAX] {
+        let r = sys::thread_set_state(
+            child.thread,
+            &fluke_abi::syscall::ThreadRegs { fs_base, ..regs },
+        );
+        check(
+            "non-canonical FS base",
+            r == Err(Error::InvalidArgument),
+            &r,
+        );
+    }
+    let r = sys::thread_set_state(
+        child.thread,
+        &fluke_abi::syscall::ThreadRegs {
+            rip: 0xffff_ffff_8010_0000,
+            ..regs
+        },
+    );
+    check("kernel RIP", r == Err(Error::InvalidArgument), &r);
+    let privileged = regs.rflags | 0x3000 | (1 << 14) | (1 << 16) | (1 << 17);
+    let set = sys::thread_set_state(
+        child.thread,
+        &fluke_abi::syscall::ThreadRegs {
+            rflags: privileged,
+            ..regs
+        },
+    );
+    let got = sys::thread_get_state(child.thread).map(|r| r.rflags);
+    check(
+        "IOPL/NT/RF/VM in RFLAGS",
+        set.is_ok() && got.is_ok_and(|f| f & 0x3_7000 == 0),
+        &got,
+    );
+    let status = sys::thread_resume(child.thread).and_then(|_| sys::wait(child.pid));
+    check("port I/O after set_state", status == Ok(GP), &status);
+    // The x87/SSE registers one process loads are not another's, and survive it running.
+    let setter = sys::spawn("victim", &["fpu-set"]);
+    sys::sleep_ns(50_000_000);
+    let reader = sys::spawn("victim", &["fpu-get"]).and_then(sys::wait);
+    check(
+        "FPU/SSE state seen by the next process",
+        reader == Ok(0),
+        &reader,
+    );
+    let setter = setter.and_then(sys::wait);
+    check(
+        "FPU/SSE state kept across switches",
+        setter == Ok(0),
+        &setter,
+    );
+    // The floor paths exist only in a boot that asks for them (fluke.floors=on).
+    let join = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+    check(
+        "floor join without fluke.floors",
+        join == Err(Error::NoSuchCall),
+        &join,
+    );
+    let floor = sys::floor_syscall();
+    check("floor call without fluke.floors", !floor, &floor);
+    let switch = sys::floor_switch();
+    check("floor switch without fluke.floors", !switch, &switch);
+    println!("ktest: hostile: {bad} unexpected");
+    i32::from(bad != 0)
+}
+
+/// `spawn(child); loop {}`: the child runs although the parent never enters the kernel.
+fn starve() -> i32 {
+    let khz = sys::bench(fluke_abi::syscall::BenchOp::TscKhz, 0).unwrap_or(1_000_000);
+    let Ok(child) = sys::spawn("victim", &["ok"]) else {
+        return 1;
+    };
+    let end = sys::rdtsc() + khz * 500; // 500 ms
+    while sys::rdtsc() < end {
+        core::hint::spin_loop();
+    }
+    println!("ktest: starve: parent spun 500 ms");
+    let status = sys::wait(child);
+    println!("ktest: starve: child exited {status:?}");
+    i32::from(status != Ok(0))
 }
 
 /// `count` kernel calls with bad pointers, huge lengths and unknown numbers, each checked

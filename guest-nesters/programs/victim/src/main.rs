@@ -112,6 +112,55 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     4
                 };
             }
+            "compat-syscall" => compat_syscall(),
+            "compat-syscall-zero" => {
+                // Code at address 0 is what a ring-0 jump through a zero CSTAR would run.
+                if sys::map_anon(0, 4096).is_ok() {
+                    println!("victim: page 0 was mapped");
+                    core::ptr::write_volatile(0 as *mut u8, 0xf4); // hlt
+                    return 3;
+                }
+                compat_syscall()
+            }
+            "out-later" => {
+                // Waits for the parent to stop it and give it IOPL 3, then tries port I/O.
+                sys::sleep_ns(100_000_000);
+                asm!("cli", "out dx, al", in("dx") 0xf4u16, in("al") 0x55u8);
+            }
+            "fpu-set" => {
+                // Secrets in x87 and SSE registers; they must still be there after another
+                // process has run, and no other process may see them.
+                let secret: u64 = 0x5ec2_e75e_c2e7;
+                asm!(
+                    "fninit",
+                    "fild qword ptr [{p}]",
+                    "movq xmm0, {v}",
+                    "movq xmm7, {v}",
+                    p = in(reg) &secret,
+                    v = in(reg) secret,
+                );
+                sys::sleep_ns(300_000_000);
+                let area = fxsave();
+                let x87 = area.0[32..42] != [0; 10];
+                let xmm0 = area.0[160..168] == secret.to_le_bytes();
+                let xmm7 = area.0[160 + 7 * 16..168 + 7 * 16] == secret.to_le_bytes();
+                println!("victim: fpu-set: x87 kept {x87}, xmm0 kept {xmm0}, xmm7 kept {xmm7}");
+                return if x87 && xmm0 && xmm7 { 0 } else { 3 };
+            }
+            "fpu-get" => {
+                let area = fxsave();
+                let dirty_regs = area.0[32..416].iter().filter(|&&b| b != 0).count();
+                let fsw = u16::from_le_bytes([area.0[2], area.0[3]]);
+                let tags = area.0[4];
+                println!(
+                    "victim: fpu-get: {dirty_regs} non-zero register bytes, status word {fsw:#x}, tags {tags:#x}"
+                );
+                return if dirty_regs == 0 && fsw == 0 && tags == 0 {
+                    0
+                } else {
+                    4
+                };
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
@@ -129,4 +178,40 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
     }
     println!("victim: survived {case}");
     1
+}
+
+/// Far-jumps into the 32-bit user code segment (0x23) and executes SYSCALL there: the
+/// kernel must refuse it (a #GP for this process), never enter ring 0 at CSTAR's address.
+/// (A far jump, not a far return: QEMU's TCG reads a far return's stack with supervisor
+/// accesses, which SMAP then refuses, so a far return never reaches compatibility mode
+/// there.)
+///
+/// # Safety
+/// Leaves 64-bit mode; only returns if the kernel lets the 32-bit SYSCALL return, which it
+/// must not.
+unsafe fn compat_syscall() {
+    let mut far_pointer = [0u8; 8]; // m16:32: offset, then selector
+    asm!(
+        "lea {t}, [rip + 2f]",
+        "mov dword ptr [{p}], {t:e}",
+        "mov word ptr [{p} + 4], 0x23",
+        "jmp fword ptr [{p}]",
+        ".code32",
+        "2: .byte 0x0f, 0x05", // syscall, in compatibility mode
+        ".byte 0x0f, 0x0b",    // ud2: the call came back, which it must not
+        ".code64",
+        p = in(reg) far_pointer.as_mut_ptr(),
+        t = out(reg) _,
+    );
+}
+
+#[repr(C, align(16))]
+struct FxArea([u8; 512]);
+
+/// This thread's x87/SSE registers, as FXSAVE writes them.
+fn fxsave() -> FxArea {
+    let mut area = FxArea([0; 512]);
+    // SAFETY: FXSAVE writes 512 bytes to a 16-byte-aligned buffer of that size.
+    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
+    area
 }

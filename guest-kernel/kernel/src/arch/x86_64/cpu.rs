@@ -96,6 +96,14 @@ pub fn read_cr4() -> u64 {
     v
 }
 
+/// # Safety
+/// CR4 changes paging and protection features globally: the caller must have checked that
+/// the CPU offers every bit it sets and that the kernel obeys what they enforce.
+#[inline]
+pub unsafe fn write_cr4(value: u64) {
+    asm!("mov cr4, {}", in(reg) value, options(nostack, preserves_flags));
+}
+
 /// Reads CR2 directly (the native backend; on kvm_pvm it traps, see `platform::fault_address`).
 #[inline]
 pub fn read_cr2() -> u64 {

@@ -28,11 +28,20 @@
 .set PC_FLOOR_KSTACK, 112     /* [2] */
 .set PC_FLOOR_THREAD, 128     /* [2] */
 .set PC_CUR_ROOT,     144
+.set PC_CUR_FPU,      152
+.set PC_FLOOR_FPU,    160     /* [2] */
+.set PC_FLOORS_ON,    176
+.set PC_PV,           184
 /* UserRegs offsets (the push order below) */
 .set UR_END_OF_RSP,   144
 .set UR_RIP,          120
 .set UR_RFLAGS,       128
 .set UR_RSP,          136
+.set UR_RAX,          112
+.set UR_FS_BASE,      144
+/* RFLAGS bits user code may hold (user.rs USER_RFLAGS_MASK), and those always set */
+.set USER_RFLAGS_MASK, 0x240dd5
+.set USER_RFLAGS_SET,  0x202
 .set FLOOR_SYSCALL,   0xf100
 .set FLOOR_SWITCH,    0xf101
 
@@ -105,19 +114,14 @@ trap_common:
  * cleared IF; on kvm_pvm VIF is still 1, so it is cleared first (an IRQ arriving before that
  * is a kernel-mode event on the IST stack and returns here).
  */
-    .p2align 4
-    .globl syscall_entry
-syscall_entry:
-    cmp $FLOOR_SYSCALL, %rax
-    je floor_syscall
-    cmp $FLOOR_SWITCH, %rax
-    je floor_switch
-syscall_normal:
+/* Saves a SYSCALL's user registers into the current thread's UserRegs (filled from its
+   end, by pushing) and moves to the thread's kernel stack. */
+.macro SAVE_SYSCALL_FRAME
     movb $0, PV_PAGE(%rip)          /* VIF = 0 (kvm_pvm); an unused byte natively */
     cld
     mov %rsp, PERCPU+PC_USER_RSP(%rip)
     mov PERCPU+PC_CUR_REGS(%rip), %rsp
-    add $UR_END_OF_RSP, %rsp        /* fill UserRegs from its end, by pushing */
+    add $UR_END_OF_RSP, %rsp
     pushq PERCPU+PC_USER_RSP(%rip)
     push %r11
     push %rcx
@@ -138,28 +142,93 @@ syscall_normal:
     push %r15
     mov PERCPU+PC_KSTACK(%rip), %rsp
     xor %ebp, %ebp
+.endm
+
+    .p2align 4
+    .globl syscall_entry
+syscall_entry:
+    cmp $FLOOR_SYSCALL, %rax
+    je floor_syscall
+    cmp $FLOOR_SWITCH, %rax
+    je floor_switch
+syscall_normal:
+    SAVE_SYSCALL_FRAME
     call syscall_dispatch
     ud2
 
-/* platform.syscall_floor: the bare entry and return, no dispatch. */
+/*
+ * SYSCALL from compatibility mode (CSTAR). 32-bit code has no kernel calls: the call is
+ * refused as a general-protection fault of the thread. Natively the CPU is now in ring 0 on
+ * the user's stack with IF, TF, DF and AC cleared by SFMASK; nothing touches that stack.
+ * (CSTAR was 0 before: the CPU ran whatever a program had mapped at address 0 in ring 0.)
+ */
+    .p2align 4
+    .globl syscall_compat_entry
+syscall_compat_entry:
+    SAVE_SYSCALL_FRAME
+    call compat_syscall_refused
+    ud2
+
+/* platform.syscall_floor: the bare entry and return, no dispatch. RCX and R11 are what
+   SYSCALL wrote (the caller's RIP and RFLAGS), so SYSRETQ returns with nothing changed. */
 floor_syscall:
+    cmpq $0, PERCPU+PC_FLOORS_ON(%rip)
+    je syscall_normal               /* rax still FLOOR_SYSCALL: an unknown call */
     xor %eax, %eax
     sysretq
 
-/* platform.switch_floor: the bare switch between the two threads of the registered pair:
-   saves only RIP, RFLAGS and RSP, switches CR3 and the current-thread pointers, returns.
-   Every other register is clobbered (the benchmark's threads keep their state in memory). */
+/* platform.switch_floor: the bare switch between the two threads of the registered pair.
+   It is a real switch, only without the scheduler: every user register of the thread that
+   leaves is saved (as a kernel call saves them, the call returning 0), the FPU/SSE state
+   and (on kvm_pvm) the FS base are switched, and every register of the thread that comes
+   in is restored, its RFLAGS sanitised. Only a pair member that entered by SYSCALL is ever
+   resumed here (floor_join and the scheduler keep it so), so its RCX and R11 are its RIP
+   and RFLAGS and one SYSRETQ returns it. */
 floor_switch:
     cmpq $0, PERCPU+PC_FLOOR_ACTIVE(%rip)
-    je syscall_normal
+    je syscall_normal               /* rax still FLOOR_SWITCH: an unknown call */
+    mov %rdx, PERCPU+PC_USER_RSP(%rip)  /* scratch, restored below if not a member */
     mov PERCPU+PC_FLOOR_CUR(%rip), %rax
     lea PERCPU(%rip), %rdx
     mov PC_FLOOR_REGS(%rdx,%rax,8), %rdx
     cmp PERCPU+PC_CUR_REGS(%rip), %rdx
-    jne syscall_normal              /* not a member of the pair */
-    mov %rcx, UR_RIP(%rdx)
-    mov %r11, UR_RFLAGS(%rdx)
-    mov %rsp, UR_RSP(%rdx)
+    je 1f
+    mov PERCPU+PC_USER_RSP(%rip), %rdx
+    mov $FLOOR_SWITCH, %eax
+    jmp syscall_normal              /* not a member of the pair: an unknown call */
+1:  mov PERCPU+PC_USER_RSP(%rip), %rdx
+    mov $0, %eax                    /* the call's result, saved with the registers */
+    movb $0, PV_PAGE(%rip)
+    cld
+    mov %rsp, PERCPU+PC_USER_RSP(%rip)
+    mov PERCPU+PC_CUR_REGS(%rip), %rsp
+    add $UR_END_OF_RSP, %rsp
+    pushq PERCPU+PC_USER_RSP(%rip)
+    push %r11
+    push %rcx
+    push %rax
+    push %rbx
+    push %rcx
+    push %rdx
+    push %rsi
+    push %rdi
+    push %rbp
+    push %r8
+    push %r9
+    push %r10
+    push %r11
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    mov PERCPU+PC_CUR_FPU(%rip), %rax
+    fxsave64 (%rax)
+    cmpq $0, PERCPU+PC_PV(%rip)
+    je 2f
+    rdfsbase %rcx
+    mov PERCPU+PC_CUR_REGS(%rip), %rax
+    mov %rcx, UR_FS_BASE(%rax)
+2:  mov PERCPU+PC_FLOOR_CUR(%rip), %rax
     xor $1, %rax
     mov %rax, PERCPU+PC_FLOOR_CUR(%rip)
     lea PERCPU(%rip), %rdx
@@ -170,14 +239,24 @@ floor_switch:
     mov %rcx, PERCPU+PC_KSTACK(%rip)
     mov PC_FLOOR_THREAD(%rdx,%rax,8), %rcx
     mov %rcx, PERCPU+PC_CUR_THREAD(%rip)
+    mov PC_FLOOR_FPU(%rdx,%rax,8), %rcx
+    mov %rcx, PERCPU+PC_CUR_FPU(%rip)
+    fxrstor64 (%rcx)
     mov PC_FLOOR_REGS(%rdx,%rax,8), %rdx
     mov %rdx, PERCPU+PC_CUR_REGS(%rip)
-    mov UR_RIP(%rdx), %rcx
-    mov UR_RFLAGS(%rdx), %r11
-    mov UR_RSP(%rdx), %rsp
-    xor %eax, %eax
-    xor %edx, %edx                  /* no kernel pointer left in a user register */
-    sysretq
+    cmpq $0, PERCPU+PC_PV(%rip)
+    je 3f
+    mov UR_FS_BASE(%rdx), %rcx
+    wrfsbase %rcx
+3:  mov UR_RIP(%rdx), %rcx
+    mov %rcx, PERCPU+PC_RET_RIP(%rip)
+    mov UR_RFLAGS(%rdx), %rcx
+    and $USER_RFLAGS_MASK, %rcx
+    or $USER_RFLAGS_SET, %rcx
+    mov %rcx, PERCPU+PC_RET_RFLAGS(%rip)
+    mov UR_RSP(%rdx), %rcx
+    mov %rcx, PERCPU+PC_RET_RSP(%rip)
+    jmp return_to_user_asm
 
 /*
  * return_to_user: restores the current thread's UserRegs, except that RCX, R11 and RSP come

@@ -30,6 +30,15 @@ pub struct PerCpu {
     /// The address-space root CR3 holds (writes cost ~3.4 µs on kvm_pvm, so they are skipped
     /// when unchanged; the floor switch updates it too).
     pub cur_root: u64,
+    /// The running thread's FPU/SSE save area (`FpuArea`), switched with the thread.
+    pub cur_fpu: u64,
+    /// The floor pair's FPU areas.
+    pub floor_fpu: [u64; 2],
+    /// Non-zero when the boot asked for the floor paths (`fluke.floors=on`).
+    pub floors_enabled: u64,
+    /// Non-zero on kvm_pvm, where user code can change the FS base (the floor switch
+    /// switches it then).
+    pub pv: u64,
 }
 
 const _: () = {
@@ -48,6 +57,10 @@ const _: () = {
     assert!(offset_of!(PerCpu, floor_kstack) == 112);
     assert!(offset_of!(PerCpu, floor_thread) == 128);
     assert!(offset_of!(PerCpu, cur_root) == 144);
+    assert!(offset_of!(PerCpu, cur_fpu) == 152);
+    assert!(offset_of!(PerCpu, floor_fpu) == 160);
+    assert!(offset_of!(PerCpu, floors_enabled) == 176);
+    assert!(offset_of!(PerCpu, pv) == 184);
 };
 
 #[no_mangle]
@@ -67,6 +80,10 @@ pub static mut PERCPU: PerCpu = PerCpu {
     floor_kstack: [0; 2],
     floor_thread: [0; 2],
     cur_root: 0,
+    cur_fpu: 0,
+    floor_fpu: [0; 2],
+    floors_enabled: 0,
+    pv: 0,
 };
 
 /// The per-CPU state.

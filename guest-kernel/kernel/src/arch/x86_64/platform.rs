@@ -87,6 +87,10 @@ pub struct Detection {
     pub backend: Backend,
     /// The CPU offers x2APIC (read now: CPUID is the host's once PV mode is on).
     pub x2apic: bool,
+    /// CPUID leaf 7: SMEP, SMAP, UMIP (used by the native backend only).
+    pub smep: bool,
+    pub smap: bool,
+    pub umip: bool,
 }
 
 /// Probes the platform. Must run in the boot phase: on kvm_pvm, CPUID returns the VMM's
@@ -106,10 +110,18 @@ pub fn detect() -> Detection {
     };
     BACKEND.store(backend as u8, Ordering::Relaxed);
     let x2apic = cpu::cpuid(1, 0).ecx & (1 << 21) != 0;
+    let leaf7 = if cpu::cpuid(0, 0).eax >= 7 {
+        cpu::cpuid(7, 0)
+    } else {
+        cpu::CpuidResult::default()
+    };
     Detection {
         platform,
         backend,
         x2apic,
+        smep: leaf7.ebx & (1 << 7) != 0,
+        smap: leaf7.ebx & (1 << 20) != 0,
+        umip: leaf7.ecx & (1 << 2) != 0,
     }
 }
 
@@ -139,6 +151,45 @@ pub fn enable_pv_mode() {
     // preconditions above hold; this is the protocol of pvm.md §4.1 with flags 0x17.
     unsafe { cpu::wrmsr(MSR_PVM_CONTROL, gpa | PVM_FLAGS) };
     PV_ON.store(1, Ordering::Relaxed);
+}
+
+const CR4_OSFXSR: u64 = 1 << 9;
+const CR4_OSXMMEXCPT: u64 = 1 << 10;
+const CR4_UMIP: u64 = 1 << 11;
+const CR4_SMEP: u64 = 1 << 20;
+const CR4_SMAP: u64 = 1 << 21;
+
+/// Turns on the CPU's protections for the native backend once the kernel runs on its own
+/// page tables (kernel half U=0): SMEP (ring 0 never executes a user page), SMAP (ring 0
+/// never touches user memory: the kernel reaches it only through the direct map), UMIP
+/// (user code cannot read descriptor-table addresses), where the CPU offers them; and
+/// FXSAVE/SSE for user programs (their state is switched with the thread). Returns the names
+/// of what was enabled. On kvm_pvm the kernel runs at hardware CPL 3 on U=1 pages, so SMEP
+/// and SMAP cannot apply there; isolation comes from the page-table pair instead.
+pub fn harden(d: &Detection) -> [Option<&'static str>; 3] {
+    if d.backend != Backend::Native {
+        return [None; 3];
+    }
+    let mut cr4 = cpu::read_cr4() | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    let mut on = [None; 3];
+    for (i, (offered, bit, name)) in [
+        (d.smep, CR4_SMEP, "smep"),
+        (d.smap, CR4_SMAP, "smap"),
+        (d.umip, CR4_UMIP, "umip"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if offered {
+            cr4 |= bit;
+            on[i] = Some(name);
+        }
+    }
+    // SAFETY: every bit is offered by CPUID; the kernel's own page tables are active (kernel
+    // half supervisor-only), the kernel never executes or accesses user-half addresses
+    // (copies go through the direct map), uses no SGDT/SIDT, and switches FXSAVE state.
+    unsafe { cpu::write_cr4(cr4) };
+    on
 }
 
 /// Enables maskable interrupts.

@@ -6,8 +6,7 @@ use fluke_abi::syscall::layout::{RETURN_PAGE, USER_END};
 
 /// A thread's user registers: saved on every entry, restored by [`return_to_user`]. The field
 /// order is the push order of entry.S. It is the ABI's `ThreadRegs`, the whole state a parent
-/// reads and sets (the FPU/SSE state is not switched: user programs are built soft-float, and
-/// CR4.OSFXSR is clear, so SSE instructions fault).
+/// reads and sets. The x87/SSE state is kept beside it, in the thread's [`FpuArea`].
 pub type UserRegs = fluke_abi::syscall::ThreadRegs;
 
 const _: () = {
@@ -27,6 +26,19 @@ pub fn sanitize_rflags(rflags: u64) -> u64 {
     (rflags & USER_RFLAGS_MASK) | RFLAGS_IF | RFLAGS_FIXED1
 }
 
+/// Checks and sanitises registers a user supplies for a thread (`thread_set_state`), on the
+/// way in, so that nothing the kernel later loads from them can fault in kernel mode or give
+/// user code a privilege: RIP and the FS base must be user-half addresses (a non-canonical
+/// FS base makes the kernel's WRFSBASE take a #GP), and RFLAGS keeps only the bits user code
+/// may hold. A bad RSP only faults in user mode.
+pub fn sanitize_regs(regs: &mut UserRegs) -> Result<(), fluke_abi::syscall::Error> {
+    if regs.rip >= USER_END || regs.fs_base >= USER_END {
+        return Err(fluke_abi::syscall::Error::InvalidArgument);
+    }
+    regs.rflags = sanitize_rflags(regs.rflags);
+    Ok(())
+}
+
 /// Length of the SYSCALL instruction, to restart a call (the atomic API: a blocked call is
 /// re-executed when the thread resumes).
 pub const SYSCALL_INSN_LEN: u64 = 2;
@@ -43,6 +55,7 @@ extern "C" {
     static return_stub_end: u8;
     fn return_to_user_asm() -> !;
     fn syscall_entry();
+    fn syscall_compat_entry();
 }
 
 /// The template every space's return page is a copy of.
@@ -66,6 +79,7 @@ pub fn return_stub_range() -> core::ops::Range<u64> {
 pub fn init_syscall() {
     const MSR_STAR: u32 = 0xc000_0081;
     const MSR_LSTAR: u32 = 0xc000_0082;
+    const MSR_CSTAR: u32 = 0xc000_0083;
     const MSR_SFMASK: u32 = 0xc000_0084;
     // SAFETY: these MSRs only define where SYSCALL enters; the entry code is ready.
     unsafe {
@@ -75,6 +89,8 @@ pub fn init_syscall() {
             (u64::from(tables::USER32_CS - 3) << 48) | (u64::from(tables::KERNEL_CS) << 32),
         );
         cpu::wrmsr(MSR_LSTAR, syscall_entry as *const () as u64);
+        // SYSCALL from 32-bit compatibility mode: refused (entry.S syscall_compat_entry).
+        cpu::wrmsr(MSR_CSTAR, syscall_compat_entry as *const () as u64);
         cpu::wrmsr(MSR_SFMASK, 0x4_7700);
     }
 }
@@ -108,6 +124,42 @@ pub fn return_to_user(return_slot: u64) -> ! {
         pc.ret_rflags = regs.rflags;
         pc.ret_rsp = regs.rsp;
         return_to_user_asm()
+    }
+}
+
+/// A thread's x87/SSE state in the FXSAVE layout (XSAVE is not offered on kvm_pvm: pvm.md
+/// §4.3 rule 7; AVX state is not enabled in XCR0, so FXSAVE covers all a program can use).
+#[repr(C, align(16))]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// The state after FNINIT with SSE defaults: control word 0x37f, MXCSR 0x1f80 (all
+    /// exceptions masked), every register zero.
+    pub fn clean() -> FpuArea {
+        let mut a = [0u8; 512];
+        a[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        FpuArea(a)
+    }
+}
+
+/// Saves the x87/SSE registers into the area at `from` (0: the thread that ran is gone) and
+/// loads those at `to`. The kernel itself never touches x87 or SSE (it is built soft-float),
+/// so the registers hold the running thread's state from its return to user mode until the
+/// next switch.
+pub fn switch_fpu(from: u64, to: u64) {
+    if from == to {
+        return;
+    }
+    // SAFETY: `from` (if non-zero) and `to` are the 16-byte-aligned FpuAreas of live threads
+    // (PERCPU.cur_fpu is cleared when its thread is reaped), reached only here and by the
+    // floor switch, never while a Rust reference to them is live. `to` holds either the clean
+    // state or what FXSAVE wrote, so FXRSTOR cannot fault on a reserved MXCSR bit.
+    unsafe {
+        if from != 0 {
+            core::arch::asm!("fxsave64 [{}]", in(reg) from, options(nostack, preserves_flags));
+        }
+        core::arch::asm!("fxrstor64 [{}]", in(reg) to, options(nostack, preserves_flags));
     }
 }
 
