@@ -35,3 +35,11 @@ fn a_spawned_child_runs_while_its_parent_spins_in_user_mode() {
         );
     }
 }
+
+#[test]
+fn a_mappings_charge_comes_back_when_its_target_space_ends() {
+    for (who, run) in both("fluke.init=ktest,mapcharge,50") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: mapcharge: 50 cycles, 0 failed steps");
+    }
+}

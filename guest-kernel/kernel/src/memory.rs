@@ -59,6 +59,8 @@ pub fn remove_region(rid: Id) {
     for mid in k.mappings.ids() {
         if k.mappings.get(mid).is_some_and(|m| m.region == rid) {
             remove_mapping(mid);
+            // Its creator gets the mapping's charge back.
+            crate::object::unregister(ObjRef::Mapping(mid));
         }
     }
     k.regions.remove(rid);
@@ -437,8 +439,10 @@ pub fn forget_space(pid: Pid) {
     }
     for mid in k.mappings.ids() {
         if k.mappings.get(mid).is_some_and(|m| m.target == pid) {
-            // Its page tables go with the space: only the record.
+            // Its page tables go with the space: only the record, and the charge, which
+            // goes back to the mapping's creator (a parent that mapped into a child).
             k.mappings.remove(mid);
+            crate::object::unregister(ObjRef::Mapping(mid));
         }
     }
 }

@@ -14,6 +14,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "hostile" => hostile(),
         "starve" => starve(),
+        "mapcharge" => mapcharge(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(50)),
         "garbage" => garbage(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         "idle" => idle(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
         "ipc" => ipc_server(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1000)),
@@ -223,6 +224,37 @@ fn hostile() -> i32 {
     check("floor switch without fluke.floors", !switch, &switch);
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// A mapping into a child space costs its creator a frame; the frame comes back when the
+/// child ends, however many times that happens.
+fn mapcharge(cycles: u64) -> i32 {
+    const REGION: u64 = 0x3000_0000;
+    let region = sys::map_anon(REGION, 4096).and_then(|_| sys::region_create(REGION, 4096, NO_CAP));
+    let Ok(region) = region else {
+        println!("ktest: mapcharge: no region: {region:?}");
+        return 1;
+    };
+    let before = sys::own_budget();
+    let mut bad = 0u64;
+    for _ in 0..cycles {
+        let Ok(space) = sys::space_create() else {
+            bad += 1;
+            continue;
+        };
+        let mapping = sys::mapping_create(space, region, 0x1000_0000, true);
+        bad += u64::from(mapping.is_err() || sys::destroy(space).is_err());
+        if let Ok(m) = mapping {
+            // The mapping ended with its target: destroying it again finds nothing.
+            bad += u64::from(sys::destroy(m) != Err(Error::BadCap));
+            bad += u64::from(sys::cap_drop(m).is_err());
+        }
+    }
+    let after = sys::own_budget();
+    println!(
+        "ktest: mapcharge: {cycles} cycles, {bad} failed steps, budget {before:?} -> {after:?}"
+    );
+    i32::from(bad != 0 || before != after || before.is_err())
 }
 
 /// `spawn(child); loop {}`: the child runs although the parent never enters the kernel.
