@@ -43,3 +43,19 @@ fn a_mappings_charge_comes_back_when_its_target_space_ends() {
         run.assert_console("ktest: mapcharge: 50 cycles, 0 failed steps");
     }
 }
+
+#[test]
+fn a_64_deep_chain_of_nested_spaces_is_torn_down_with_the_kernel_healthy() {
+    for (who, run) in both("fluke.init=ktest,chain,64") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        let bottom = run.console.find("victim: sleep-forever");
+        let done = run.console.find(
+            "ktest: chain: 64 spaces deep destroyed: Ok(0); kernel alive, new process exited Ok(0)",
+        );
+        assert!(
+            matches!((bottom, done), (Some(b), Some(d)) if b < d),
+            "{who}: the chain was not built to the bottom, or not torn down: {}",
+            run.console
+        );
+    }
+}

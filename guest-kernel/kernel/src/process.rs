@@ -202,7 +202,40 @@ fn build_child(
 /// Ends a process: its threads die, its children are ended too (a parent controls its
 /// children's lifetime), its memory is freed, and its parent's waiting threads wake up.
 /// The first process's status ends the VM.
+///
+/// Iterative, so a chain of nested spaces of any depth is torn down on a bounded kernel
+/// stack: the whole subtree is listed first (breadth first), then ended deepest first, so
+/// every space ends after all of its descendants, as a recursive teardown would order it.
 pub fn exit(pid: Pid, status: i32) {
+    let mut subtree = alloc::vec![pid];
+    let mut i = 0;
+    while i < subtree.len() {
+        if let Some(p) = kernel().processes.get(subtree[i]) {
+            if p.state == ProcessState::Alive {
+                subtree.extend(p.children.iter().copied());
+            }
+        }
+        i += 1;
+    }
+    for &descendant in subtree[1..].iter().rev() {
+        exit_one(descendant, fluke_abi::syscall::KILLED_WITH_PARENT);
+        forget_child(descendant);
+    }
+    exit_one(pid, status);
+}
+
+/// Removes an ended child's record and its name from its parent's list.
+fn forget_child(pid: Pid) {
+    let k = kernel();
+    let parent = k.processes.get(pid).and_then(|p| p.parent);
+    k.processes.remove(pid);
+    if let Some(p) = parent.and_then(|pp| k.processes.get_mut(pp)) {
+        p.children.retain(|&c| c != pid);
+    }
+}
+
+/// Ends one process whose descendants have all ended.
+fn exit_one(pid: Pid, status: i32) {
     let k = kernel();
     let Some(p) = k.processes.get_mut(pid) else {
         return;
@@ -212,15 +245,9 @@ pub fn exit(pid: Pid, status: i32) {
     }
     p.state = ProcessState::Exited(status);
     let threads = core::mem::take(&mut p.threads);
-    let children = core::mem::take(&mut p.children);
     let parent = p.parent;
     for tid in threads {
-        crate::selftest::floor_leave(tid);
         sched::kill_thread(tid);
-    }
-    for child in children {
-        exit(child, fluke_abi::syscall::KILLED_WITH_PARENT);
-        kernel().processes.remove(child);
     }
     if k.init == Some(pid) {
         kprintln!("fluke: init exited with status {status}");

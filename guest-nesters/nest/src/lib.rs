@@ -442,7 +442,7 @@ extern "C" fn watcher(watch: u64) -> ! {
 /// read `pager > procmgr > app`).
 pub struct Command<'a> {
     pub program: &'a str,
-    pub args: [&'a str; 31],
+    pub args: [&'a str; 95],
     pub nargs: usize,
 }
 
@@ -465,7 +465,7 @@ impl<'a> Command<'a> {
         let program = args.get(i).ok_or("no program to run")?;
         let mut cmd = Command {
             program,
-            args: [""; 31],
+            args: [""; 95],
             nargs: 0,
         };
         for a in (i + 1..args.len()).filter_map(|j| args.get(j)) {
@@ -490,7 +490,7 @@ fn write_args(stack: u64, args: &[&str]) -> Result<(u64, u64, u64), Error> {
     let child_base = STACK_TOP - CHILD_STACK;
     let ours = |child_addr: u64| stack + (child_addr - child_base);
     let mut top = STACK_TOP;
-    let mut pairs = [[0u64; 2]; 32];
+    let mut pairs = [[0u64; 2]; 96];
     if args.len() > pairs.len() {
         return Err(Error::InvalidArgument);
     }

@@ -14,6 +14,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "hostile" => hostile(),
         "starve" => starve(),
+        "chain" => chain(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(64)),
         "mapcharge" => mapcharge(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(50)),
         "garbage" => garbage(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
         "idle" => idle(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
@@ -224,6 +225,35 @@ fn hostile() -> i32 {
     check("floor switch without fluke.floors", !switch, &switch);
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// A chain of `depth` nested spaces (pass-through nesters, a sleeping victim at the bottom)
+/// destroyed from the top while every level is alive: the kernel tears it down in one call
+/// and is healthy afterwards.
+fn chain(depth: usize) -> i32 {
+    let mut words = ["passthru"; 96];
+    let nesters = depth.clamp(2, 90) - 1;
+    words[nesters - 1] = "victim";
+    words[nesters] = "sleep-forever";
+    // The first pass-through nester, started as a nester starts its child (so it gets
+    // nearly all of our budget); the rest are its arguments.
+    let mut nester = fluke_nest::Nester::new();
+    let top = match nester.start("passthru", &words[..nesters + 1], &[]) {
+        Ok(top) => top,
+        Err(e) => {
+            println!("ktest: chain: cannot start the chain: {e:?}");
+            return 1;
+        }
+    };
+    // Long enough for every level to start (the console shows the bottom's line before ours).
+    sys::sleep_ns(3_000_000_000);
+    let destroyed = sys::destroy(top.space);
+    let survivor = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+    println!(
+        "ktest: chain: {} spaces deep destroyed: {destroyed:?}; kernel alive, new process exited {survivor:?}",
+        nesters + 1
+    );
+    i32::from(destroyed.is_err() || survivor != Ok(0))
 }
 
 /// A mapping into a child space costs its creator a frame; the frame comes back when the

@@ -122,6 +122,11 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 }
                 compat_syscall()
             }
+            "sleep-forever" => {
+                // The bottom of a deep chain of spaces, alive until the chain is torn down.
+                sys::sleep_ns(60_000_000_000);
+                return 0;
+            }
             "out-later" => {
                 // Waits for the parent to stop it and give it IOPL 3, then tries port I/O.
                 sys::sleep_ns(100_000_000);
