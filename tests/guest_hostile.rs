@@ -59,3 +59,16 @@ fn a_64_deep_chain_of_nested_spaces_is_torn_down_with_the_kernel_healthy() {
         );
     }
 }
+
+/// 10^6 kernel calls on each backend (4 seeds of 250,000) aimed at real capabilities of every
+/// object kind with hostile arguments and register state; `scripts/fuzz.sh` runs longer.
+#[test]
+fn a_million_hostile_calls_with_real_capabilities_leave_the_kernel_healthy() {
+    for (who, run) in both("fluke.init=ktest,capfuzz,1,250000,4") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        for seed in 1..=4 {
+            run.assert_console(&format!("ktest: capfuzz: seed {seed}: 250000 calls"));
+        }
+        run.assert_console("ktest: capfuzz: 4 round(s) of 250000 calls, 0 failed; kernel alive");
+    }
+}

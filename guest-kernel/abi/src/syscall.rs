@@ -412,6 +412,19 @@ pub mod layout {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn every_call_number_round_trips_and_the_next_is_unknown() {
+        let mut n = 0;
+        while let Some(call) = Call::from_u64(n) {
+            assert_eq!(call as u64, n);
+            n += 1;
+        }
+        assert_eq!(n, Call::MemInstall as u64 + 1, "a gap in the call numbers");
+        for unknown in [n, n + 1, 0xf100, 0xf101, u64::MAX, 1 << 32] {
+            assert_eq!(Call::from_u64(unknown), None, "{unknown:#x}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -14,6 +14,15 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "hostile" => hostile(),
         "starve" => starve(),
+        "capfuzz" => capfuzz(
+            args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1),
+            args.get(2).unwrap_or("100000"),
+            args.get(3).and_then(|n| n.parse().ok()).unwrap_or(1),
+        ),
+        "capfuzz-child" => capfuzz_child(
+            args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1),
+            args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100_000),
+        ),
         "chain" => chain(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(64)),
         "mapcharge" => mapcharge(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(50)),
         "garbage" => garbage(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(100_000)),
@@ -225,6 +234,214 @@ fn hostile() -> i32 {
     check("floor switch without fluke.floors", !switch, &switch);
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// Where capfuzz points kernel calls that write memory: never its own stack or code.
+const FUZZ_SCRATCH: u64 = 0x6000_0000;
+const FUZZ_SCRATCH_LEN: u64 = 4 * 4096;
+
+/// The fuzzer's RSP while a call with a hostile RSP is in the kernel.
+static FUZZ_SAVED_RSP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// A kernel call with every argument register chosen by the caller, the IPC data registers
+/// (r12..r15) too, optionally with DF set and RSP pointing anywhere.
+///
+/// # Safety
+/// The kernel may write any memory the arguments name: they must name only the scratch
+/// area or memory the kernel must refuse.
+unsafe fn hostile_call(nr: u64, a: [u64; 6], data: [u64; 4], rsp: u64, df: bool) -> u64 {
+    let ret: u64;
+    core::arch::asm!(
+        "mov qword ptr [rip + {saved}], rsp",
+        "test {df}, {df}",
+        "jz 2f",
+        "std",
+        "2: test {rsp}, {rsp}",
+        "jz 3f",
+        "mov rsp, {rsp}",
+        "3: syscall",
+        "cld",
+        "mov rsp, qword ptr [rip + {saved}]",
+        saved = sym FUZZ_SAVED_RSP,
+        df = in(reg) u64::from(df),
+        rsp = in(reg) rsp,
+        inlateout("rax") nr => ret,
+        inlateout("rdi") a[0] => _,
+        inlateout("rsi") a[1] => _,
+        inlateout("rdx") a[2] => _,
+        inlateout("r10") a[3] => _,
+        inlateout("r8") a[4] => _,
+        inlateout("r9") a[5] => _,
+        inlateout("r12") data[0] => _,
+        inlateout("r13") data[1] => _,
+        inlateout("r14") data[2] => _,
+        inlateout("r15") data[3] => _,
+        lateout("rcx") _,
+        lateout("r11") _,
+    );
+    ret
+}
+
+/// Objects of every kind for the fuzzer to aim at: its own port set, port, region, mutex,
+/// condition and reference; an empty child space with a thread and a mapping in it; and a
+/// child process (a sleeping victim) with its thread and space.
+fn fuzz_objects(names: &mut [u64; 24]) -> usize {
+    let mut n = 0;
+    let mut add = |r: Result<u64, Error>| {
+        if let Ok(c) = r {
+            if n < names.len() {
+                names[n] = c;
+                n += 1;
+            }
+        }
+    };
+    let set = sys::port_set_create();
+    add(set);
+    if let Ok(set) = set {
+        add(sys::port_create(set, 7));
+    }
+    let region = sys::region_create(FUZZ_SCRATCH + FUZZ_SCRATCH_LEN - 4096, 4096, NO_CAP);
+    add(region);
+    add(sys::mutex_create());
+    add(sys::cond_create());
+    let space = sys::space_create_keep(fluke_abi::syscall::SPACE_EXACT | 64).map(|(c, _)| c);
+    add(space);
+    if let Ok(space) = space {
+        add(sys::thread_create(space));
+        if let Ok(region) = region {
+            add(sys::mapping_create(space, region, 0x1000_0000, true));
+        }
+        add(sys::ref_create(space));
+    }
+    if let Ok(child) = sys::spawn_child("victim", &["sleep-forever"], &[]) {
+        add(Ok(child.thread));
+        add(Ok(child.space));
+    }
+    n
+}
+
+/// `rounds` rounds of kernel-call fuzzing (seeds `seed`, `seed + 1`, ...), each in a child
+/// process that makes `count` calls and exits; its exit tears down whatever the calls made.
+/// After every round this process checks the kernel still starts and ends programs.
+fn capfuzz(seed: u64, count: &str, rounds: u64) -> i32 {
+    let mut bad = 0;
+    for round in 0..rounds {
+        let mut num = fluke_rt::NumBuf::new();
+        let status = sys::spawn("ktest", &["capfuzz-child", num.format(seed + round), count])
+            .and_then(sys::wait);
+        let survivor = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+        println!(
+            "ktest: capfuzz: round {round}: fuzzer exited {status:?}; new process exited {survivor:?}"
+        );
+        bad += u32::from(status != Ok(0) || survivor != Ok(0));
+    }
+    println!("ktest: capfuzz: {rounds} round(s) of {count} calls, {bad} failed; kernel alive");
+    i32::from(bad != 0)
+}
+
+/// `count` kernel calls with seed `seed`: every call
+/// number, known or not, with arguments drawn from real capability names, small and huge
+/// numbers and hostile pointers, hostile IPC data registers, DF set and a hostile RSP on some.
+/// Calls that would block this thread forever (waits, locks, exit) are left out; the kernel
+/// must return from every other one, whatever the arguments, and stay healthy.
+fn capfuzz_child(seed: u64, count: u64) -> i32 {
+    use fluke_abi::syscall::{decode, Call};
+    if sys::map_anon(FUZZ_SCRATCH, FUZZ_SCRATCH_LEN).is_err() {
+        println!("ktest: capfuzz: no scratch memory");
+        return 1;
+    }
+    let mut total = 0u64;
+    let mut ok = 0u64;
+    {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut names = [NO_CAP; 24];
+        let nobj = fuzz_objects(&mut names);
+        let pointers = [
+            FUZZ_SCRATCH,
+            FUZZ_SCRATCH + 4096 - 8,
+            FUZZ_SCRATCH + FUZZ_SCRATCH_LEN - 16,
+            FUZZ_SCRATCH + 2 * 4096 - 3,
+            0,
+            8,
+            0x1000,
+            0x5000_0000_0000,
+            0x7fff_ffff_f000, // the return page
+            0x0000_8000_0000_0000,
+            0xffff_8000_0000_0000,
+            0xffff_8880_0010_0000,
+            0xffff_ffff_8010_0000,
+            u64::MAX - 7,
+        ];
+        let mut i = 0u64;
+        while total < count {
+            i += 1;
+            if i % 2000 == 0 {
+                // Fresh objects now and then (the calls destroy and drop them).
+                let _ = fuzz_objects(&mut names);
+            }
+            let r = next();
+            let nr = match r % 64 {
+                n @ 0..=47 => n,
+                n => match n % 4 {
+                    0 => 0xf100 + (r >> 8) % 2, // the floor calls, off in this boot
+                    1 => 48 + (r >> 8) % 1000,
+                    2 => r | 1 << 63,
+                    _ => (r >> 8) as u32 as u64,
+                },
+            };
+            let blocks = matches!(
+                Call::from_u64(nr),
+                Some(
+                    Call::Exit
+                        | Call::Wait
+                        | Call::Sleep
+                        | Call::SleepUntil
+                        | Call::IpcCall
+                        | Call::IpcWait
+                        | Call::IpcReplyWait
+                        | Call::IpcSendReliable
+                        | Call::MutexLock
+                        | Call::CondWait
+                        | Call::CondRewait
+                        | Call::ConsoleWrite
+                )
+            );
+            if blocks {
+                continue;
+            }
+            let mut arg = || {
+                let v = next();
+                match v % 8 {
+                    0 | 1 | 2 if nobj > 0 => names[(v >> 8) as usize % nobj],
+                    3 => pointers[(v >> 8) as usize % pointers.len()],
+                    4 => (v >> 8) % 64,
+                    5 => (v >> 8) % 0x2_0000,
+                    6 => NO_CAP,
+                    _ => v,
+                }
+            };
+            let a = [arg(), arg(), arg(), arg(), arg(), arg()];
+            let data = [arg(), arg(), arg(), arg()];
+            let hostile_rsp = if r % 8 == 3 {
+                pointers[(r >> 16) as usize % pointers.len()] | 1
+            } else {
+                0
+            };
+            // SAFETY: every pointer argument is the scratch area or one the kernel must
+            // refuse (the pool above); this thread's own memory is never named.
+            let ret = unsafe { hostile_call(nr, a, data, hostile_rsp, r % 4 == 1) };
+            total += 1;
+            ok += u64::from(decode(ret).is_ok());
+        }
+    }
+    println!("ktest: capfuzz: seed {seed}: {total} calls ({ok} succeeded)");
+    0
 }
 
 /// A chain of `depth` nested spaces (pass-through nesters, a sleeping victim at the bottom)

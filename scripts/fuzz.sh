@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Long kernel-call fuzzing run on both backends: ROUNDS rounds of CALLS hostile kernel calls
+# aimed at real capabilities (ktest capfuzz), under fluke-vmm (KVM) and QEMU TCG.
+# Usage: scripts/fuzz.sh [SEED] [CALLS] [ROUNDS]   (default: 1 1000000 10, i.e. 10^7 calls)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seed=${1:-1}
+calls=${2:-1000000}
+rounds=${3:-10}
+scripts/setup.sh
+cargo build --release -q -p fluke-vmm
+image=$(mktemp /tmp/fluke-fuzz-XXXXXX.img)
+trap 'rm -f "$image"' EXIT
+target/release/fluke-vmm image default -o "$image" 2>/dev/null ||
+    cp "$(ls -t target/release/build/fluke-images-*/out/default.img | head -1)" "$image"
+cmdline="fluke.init=ktest,capfuzz,$seed,$calls,$rounds"
+echo "fuzz: fluke-vmm ($cmdline)"
+target/release/fluke-vmm run "$image" --timeout 3600 --cmdline "$cmdline" | grep -v '^victim: ' | grep -E 'capfuzz|KERNEL|panic|killed' || true
+echo "fuzz: qemu ($cmdline)"
+set +e
+qemu-system-x86_64 -accel tcg -cpu max -m 128M -nodefaults -display none -no-reboot \
+    -serial stdio -device isa-debug-exit,iobase=0xf4,iosize=0x04 -kernel "$image" \
+    -append "$cmdline" </dev/null | grep -v '^victim: ' | grep -E 'capfuzz|KERNEL|panic|killed'
