@@ -62,9 +62,13 @@ pub enum Call {
     ThreadStop = 20,
     /// `thread_resume(thread)`
     ThreadResume = 21,
-    /// `thread_get_state(thread, &mut ThreadRegs)`: all of a stopped thread's state.
+    /// `thread_get_state(thread, &mut ThreadRegs, part)`: all of a stopped thread's state:
+    /// with `part` = [`STATE_REGS`] (0) its registers, with [`STATE_FPU`] its x87/SSE state
+    /// as the 512-byte FXSAVE image ([`FPU_STATE_BYTES`]).
     ThreadGetState = 22,
-    /// `thread_set_state(thread, &ThreadRegs)`
+    /// `thread_set_state(thread, &ThreadRegs, part)`: the same parts. Registers are checked
+    /// and sanitised on the way in (a kernel RIP or FS base is refused, privileged RFLAGS bits
+    /// dropped), the FPU image's MXCSR is masked to the bits the CPU supports.
     ThreadSetState = 23,
     /// `destroy(cap)`: destroys the object (threads today); other capabilities to it go stale.
     Destroy = 24,
@@ -171,6 +175,13 @@ pub mod fault {
 /// threads); `obj_get_state(SELF_SPACE)`: its own budget. No capability names the caller's
 /// own space otherwise.
 pub const SELF_SPACE: u64 = u64::MAX - 2;
+
+/// `thread_get_state`/`thread_set_state` part: the registers ([`ThreadRegs`]).
+pub const STATE_REGS: u64 = 0;
+/// `thread_get_state`/`thread_set_state` part: the x87/SSE state (FXSAVE layout).
+pub const STATE_FPU: u64 = 1;
+/// Size of the [`STATE_FPU`] image.
+pub const FPU_STATE_BYTES: usize = 512;
 
 /// `space_create(SPACE_EXACT | n)`: lend the child exactly `n` frames.
 pub const SPACE_EXACT: u64 = 1 << 62;

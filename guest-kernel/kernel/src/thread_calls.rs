@@ -118,20 +118,40 @@ fn stopped(tid: ThreadId) -> Result<&'static mut Thread, Error> {
     }
 }
 
-pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
+pub fn get_state(name: u64, buf: u64, part: u64) -> Result<u64, Error> {
     let tid = thread_cap(name, Rights::READ)?;
-    let regs = *stopped(tid)?.regs;
-    sched::current_space()?.copy_out(buf, as_bytes(&regs))?;
+    match part {
+        fluke_abi::syscall::STATE_REGS => {
+            let regs = *stopped(tid)?.regs;
+            sched::current_space()?.copy_out(buf, as_bytes(&regs))?;
+        }
+        fluke_abi::syscall::STATE_FPU => {
+            // A stopped thread is not running, so its registers were saved at the switch.
+            let image = stopped(tid)?.fpu.0;
+            sched::current_space()?.copy_out(buf, &image)?;
+        }
+        _ => return Err(Error::InvalidArgument),
+    }
     Ok(0)
 }
 
-pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
+pub fn set_state(name: u64, buf: u64, part: u64) -> Result<u64, Error> {
     let tid = thread_cap(name, Rights::WRITE)?;
     stopped(tid)?;
-    let mut regs = UserRegs::default();
-    sched::current_space()?.copy_in(buf, as_bytes_mut(&mut regs))?;
-    crate::arch::user::sanitize_regs(&mut regs)?;
-    *stopped(tid)?.regs = regs;
+    match part {
+        fluke_abi::syscall::STATE_REGS => {
+            let mut regs = UserRegs::default();
+            sched::current_space()?.copy_in(buf, as_bytes_mut(&mut regs))?;
+            crate::arch::user::sanitize_regs(&mut regs)?;
+            *stopped(tid)?.regs = regs;
+        }
+        fluke_abi::syscall::STATE_FPU => {
+            let mut image = [0u8; fluke_abi::syscall::FPU_STATE_BYTES];
+            sched::current_space()?.copy_in(buf, &mut image)?;
+            stopped(tid)?.fpu.0 = crate::arch::user::FpuArea::sanitized(image).0;
+        }
+        _ => return Err(Error::InvalidArgument),
+    }
     Ok(0)
 }
 

@@ -375,6 +375,33 @@ pub fn thread_get_state(thread: u64) -> Result<ThreadRegs, Error> {
     Ok(regs)
 }
 
+/// A stopped thread's x87/SSE state (the FXSAVE image).
+pub fn thread_get_fpu(thread: u64) -> Result<[u8; fluke_abi::syscall::FPU_STATE_BYTES], Error> {
+    let mut image = [0u8; fluke_abi::syscall::FPU_STATE_BYTES];
+    call(
+        Call::ThreadGetState,
+        thread,
+        image.as_mut_ptr() as u64,
+        fluke_abi::syscall::STATE_FPU,
+        0,
+    )?;
+    Ok(image)
+}
+
+/// Sets a stopped thread's x87/SSE state (an FXSAVE image; MXCSR is masked by the kernel).
+pub fn thread_set_fpu(
+    thread: u64,
+    image: &[u8; fluke_abi::syscall::FPU_STATE_BYTES],
+) -> Result<u64, Error> {
+    call(
+        Call::ThreadSetState,
+        thread,
+        image.as_ptr() as u64,
+        fluke_abi::syscall::STATE_FPU,
+        0,
+    )
+}
+
 pub fn thread_set_state(thread: u64, regs: &ThreadRegs) -> Result<u64, Error> {
     call(
         Call::ThreadSetState,

@@ -221,6 +221,38 @@ fn hostile() -> i32 {
         setter == Ok(0),
         &setter,
     );
+    // The x87/SSE state is part of a thread's exported state: read from a stopped child,
+    // a hostile image loads without harm (MXCSR masked), and the original written back
+    // lets the child continue with its registers intact.
+    if let Ok(child) = sys::spawn_child("victim", &["fpu-set"], &[]) {
+        sys::sleep_ns(50_000_000);
+        let secret = 0x5ec2_e75e_c2e7u64.to_le_bytes();
+        let saved = sys::thread_stop(child.thread).and_then(|_| sys::thread_get_fpu(child.thread));
+        check(
+            "FPU state exported",
+            saved.is_ok_and(|img| img[160..168] == secret),
+            &saved.map(|img| u64::from_le_bytes(img[160..168].try_into().unwrap_or([0; 8]))),
+        );
+        let hostile = sys::thread_set_fpu(child.thread, &[0xff; 512])
+            .and_then(|_| sys::thread_get_fpu(child.thread))
+            .map(|img| u32::from_le_bytes([img[24], img[25], img[26], img[27]]));
+        check(
+            "hostile FPU image (MXCSR masked)",
+            hostile.is_ok_and(|m| m & !0xffff == 0),
+            &hostile,
+        );
+        let restored = match saved {
+            Ok(img) => sys::thread_set_fpu(child.thread, &img)
+                .and_then(|_| sys::thread_resume(child.thread))
+                .and_then(|_| sys::wait(child.pid)),
+            Err(e) => Err(e),
+        };
+        check(
+            "FPU state set back, child continues",
+            restored == Ok(0),
+            &restored,
+        );
+    }
     // The floor paths exist only in a boot that asks for them (fluke.floors=on).
     let join = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
     check(

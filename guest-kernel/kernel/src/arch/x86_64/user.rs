@@ -141,6 +141,41 @@ impl FpuArea {
         a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
         FpuArea(a)
     }
+
+    /// An FXSAVE image a user supplied, made safe for FXRSTOR: MXCSR keeps only the bits
+    /// the CPU supports (a reserved bit makes FXRSTOR #GP in the kernel), and the
+    /// MXCSR_MASK field, which FXRSTOR ignores, is cleared. Every other field is loaded as
+    /// given: no value of them can fault.
+    pub fn sanitized(mut image: [u8; 512]) -> FpuArea {
+        let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
+        let masked = mxcsr & mxcsr_mask();
+        image[24..28].copy_from_slice(&masked.to_le_bytes());
+        image[28..32].fill(0);
+        FpuArea(image)
+    }
+}
+
+/// The MXCSR bits this CPU supports (FXSAVE's MXCSR_MASK field; 0 there means the
+/// architectural default 0xffbf). Read once, by an FXSAVE into a scratch area.
+fn mxcsr_mask() -> u32 {
+    static MASK: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    let known = MASK.load(core::sync::atomic::Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    let mut scratch = FpuArea([0; 512]);
+    // SAFETY: FXSAVE writes the 512 bytes of a 16-byte-aligned area we own; it changes no
+    // register (the running thread's state stays loaded).
+    unsafe {
+        core::arch::asm!("fxsave64 [{}]", in(reg) scratch.0.as_mut_ptr(), options(nostack, preserves_flags))
+    };
+    let mask =
+        match u32::from_le_bytes([scratch.0[28], scratch.0[29], scratch.0[30], scratch.0[31]]) {
+            0 => 0xffbf,
+            m => m,
+        };
+    MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
+    mask
 }
 
 /// Saves the x87/SSE registers into the area at `from` (0: the thread that ran is gone) and
