@@ -72,3 +72,21 @@ fn a_million_hostile_calls_with_real_capabilities_leave_the_kernel_healthy() {
         run.assert_console("ktest: capfuzz: 4 round(s) of 250000 calls, 0 failed; kernel alive");
     }
 }
+
+#[test]
+fn a_write_below_a_kernel_stack_hits_its_guard_page() {
+    for (who, run) in both("fluke.test=kstack-guard") {
+        assert_eq!(
+            run.status,
+            i32::from(fluke_abi::status::KERNEL_FAULT),
+            "{who}: {run:?}"
+        );
+        run.assert_console("fluke: KERNEL FAULT: page fault (#PF)");
+        run.assert_console("fault address 0xffff898000003ff8");
+        assert!(
+            !run.console.contains("the guard page was writable"),
+            "{who}: {}",
+            run.console
+        );
+    }
+}

@@ -89,6 +89,9 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         Ok(root) => root,
         Err(e) => panic!("cannot build the kernel page tables: {:?}", e),
     };
+    if let Err(e) = mm::kstack::init() {
+        panic!("cannot map the kernel stack area: {:?}", e);
+    }
     let entry_tree = match detected.backend {
         platform::Backend::Pv => match paging::build_entry_tree(&tables::cpu_table_pages()) {
             Ok(t) => Some(t),

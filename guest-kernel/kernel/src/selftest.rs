@@ -12,6 +12,20 @@ pub fn run(name: &str) {
         "spin" => loop {
             core::hint::spin_loop();
         },
+        "kstack-guard" => {
+            // A write just below a thread's kernel stack, as an overflow would make.
+            let Some(stack) = crate::thread::KernelStack::new() else {
+                panic!("no kernel stack");
+            };
+            kprintln!(
+                "fluke: kernel stack {:#x}..{:#x}",
+                stack.bottom(),
+                stack.top()
+            );
+            // SAFETY: none: this deliberately writes the guard page to show it is unmapped.
+            unsafe { core::ptr::write_volatile((stack.bottom() - 8) as *mut u64, 0) };
+            kprintln!("fluke: the guard page was writable");
+        }
         "kernel-fault" => {
             // SAFETY: none: this deliberately reads an unmapped address to exercise the
             // kernel-fault report path.

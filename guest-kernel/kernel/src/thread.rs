@@ -11,8 +11,6 @@ use fluke_kcore::slab::Id;
 
 pub type ThreadId = Id;
 
-const KSTACK_FRAMES: u64 = 4;
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ThreadState {
     Runnable,
@@ -38,26 +36,30 @@ pub enum ThreadState {
     Dead,
 }
 
-/// A kernel stack: 16 KiB of contiguous frames, used while the thread is in the kernel.
+/// A kernel stack: 16 KiB used while the thread is in the kernel, with unmapped guard pages
+/// below it (mm::kstack).
 pub struct KernelStack {
-    base: u64,
+    slot: usize,
 }
 
 impl KernelStack {
     pub fn new() -> Option<KernelStack> {
-        mm::alloc_frames_contiguous(KSTACK_FRAMES, 1).map(|base| KernelStack { base })
+        mm::kstack::alloc().map(|slot| KernelStack { slot })
     }
 
     pub fn top(&self) -> u64 {
-        mm::phys_to_virt(self.base) + KSTACK_FRAMES * 4096
+        mm::kstack::stack_top(self.slot)
+    }
+
+    /// The lowest address of the stack; the page below it is a guard.
+    pub fn bottom(&self) -> u64 {
+        mm::kstack::stack_bottom(self.slot)
     }
 }
 
 impl Drop for KernelStack {
     fn drop(&mut self) {
-        for i in 0..KSTACK_FRAMES {
-            mm::free_frame(self.base + i * 4096);
-        }
+        mm::kstack::free(self.slot);
     }
 }
 

@@ -2,6 +2,7 @@
 //! all RAM, and the kernel's own page tables.
 
 pub mod heap;
+pub mod kstack;
 
 use crate::arch::paging::{self, MapError, Perm};
 use crate::bootinfo::BootInfo;
@@ -102,6 +103,11 @@ pub fn free_frame(frame: u64) {
     if let Some(Err(e)) = with_frames(|a| a.free(frame)) {
         panic!("freeing frame {frame:#x}: {e:?}");
     }
+}
+
+/// The kernel's own page-table root (its upper half is every space's upper half).
+pub fn kernel_root() -> u64 {
+    KERNEL_ROOT.load(Ordering::Relaxed)
 }
 
 pub fn free_frames() -> u64 {

@@ -271,6 +271,7 @@ fn hostile() -> i32 {
 /// Where capfuzz points kernel calls that write memory: never its own stack or code.
 const FUZZ_SCRATCH: u64 = 0x6000_0000;
 const FUZZ_SCRATCH_LEN: u64 = 4 * 4096;
+const USER_END_FOR_FUZZ: u64 = fluke_abi::syscall::layout::USER_END;
 
 /// The fuzzer's RSP while a call with a hostile RSP is in the kernel.
 static FUZZ_SAVED_RSP: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
@@ -458,7 +459,13 @@ fn capfuzz_child(seed: u64, count: u64) -> i32 {
                     _ => v,
                 }
             };
-            let a = [arg(), arg(), arg(), arg(), arg(), arg()];
+            let mut a = [arg(), arg(), arg(), arg(), arg(), arg()];
+            if Call::from_u64(nr) == Some(Call::MemDiscard) && a[0] < USER_END_FOR_FUZZ {
+                // mem_discard of this program's own code or stack is a legitimate request
+                // that would end the fuzzer itself: keep user ranges inside the scratch area.
+                a[0] = FUZZ_SCRATCH + (a[0] % 4) * 4096;
+                a[1] %= FUZZ_SCRATCH_LEN;
+            }
             let data = [arg(), arg(), arg(), arg()];
             let hostile_rsp = if r % 8 == 3 {
                 pointers[(r >> 16) as usize % pointers.len()] | 1
