@@ -12,7 +12,7 @@ fn hostile_register_state_page_zero_compat_syscall_fpu_and_floors_are_refused() 
         assert_eq!(run.status, 0, "{who}: {run:?}");
         run.assert_console("ktest: hostile: 0 unexpected");
         // The compatibility-mode SYSCALL is refused by the kernel's CSTAR entry natively; on
-        // kvm_pvm the far return to the 32-bit segment already faults.
+        // kvm_pvm the far jump to the 32-bit segment already faults.
         if who == "qemu" {
             run.assert_console("SYSCALL from 32-bit compatibility mode refused");
             run.assert_console("fluke: cpu protections: smep smap umip");

@@ -359,10 +359,12 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
         pc.kstack_top = kstack;
         pc.cur_thread = tid.to_u64();
     }
-    // Preemption needs a timer only if another thread waits and none is armed yet.
-    if k.timer_deadline.is_none() && (!k.runq.is_empty() || !k.sleepers.is_empty()) {
+    // Preemption needs a timer if another thread waits; a sleeper's deadline always gets
+    // one (ensure_timer keeps whichever is earlier, so a quantum never delays a wake-up).
+    if !k.runq.is_empty() || !k.sleepers.is_empty() {
         let now = if now == 0 { time::now_ns() } else { now };
-        let quantum = (!k.runq.is_empty()).then_some(now + QUANTUM_NS);
+        let quantum =
+            (!k.runq.is_empty() && k.timer_deadline.is_none()).then_some(now + QUANTUM_NS);
         if let Some(d) = quantum.into_iter().chain(earliest_sleeper()).min() {
             ensure_timer(d, now);
         }

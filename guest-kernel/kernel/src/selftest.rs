@@ -64,6 +64,9 @@ pub fn bench(name: &str) {
     platform::exit(fluke_abi::status::SUCCESS);
 }
 
+/// The floor pair's "no thread" marker (0 is a real id: init's first thread).
+pub const NO_FLOOR_THREAD: u64 = u64::MAX;
+
 /// Enables the floor paths for this boot (`fluke.floors=on`, passed only by `fluke-vmm bench`).
 pub fn enable_floors() {
     // SAFETY: boot, single CPU.
@@ -161,6 +164,6 @@ fn floor_dissolve() {
     let pc = unsafe { crate::arch::percpu::get() };
     pc.floor_active = 0;
     pc.floor_regs = [0; 2];
-    pc.floor_thread = [0; 2];
+    pc.floor_thread = [NO_FLOOR_THREAD; 2];
     pc.floor_fpu = [0; 2];
 }

@@ -64,6 +64,8 @@ trap_stubs:
 
 trap_common:
     cld                             /* pvm.md §11 H4: DF from user survives delivery */
+    pushq $2                        /* and AC: event delivery keeps it, and AC=1 would */
+    popfq                           /* turn SMAP off in the kernel (IF is 0 here already) */
     push %rax
     push %rbx
     push %rcx

@@ -78,7 +78,7 @@ pub static mut PERCPU: PerCpu = PerCpu {
     floor_regs: [0; 2],
     floor_root: [0; 2],
     floor_kstack: [0; 2],
-    floor_thread: [0; 2],
+    floor_thread: [u64::MAX; 2], // selftest::NO_FLOOR_THREAD
     cur_root: 0,
     cur_fpu: 0,
     floor_fpu: [0; 2],

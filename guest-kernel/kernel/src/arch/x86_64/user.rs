@@ -28,11 +28,13 @@ pub fn sanitize_rflags(rflags: u64) -> u64 {
 
 /// Checks and sanitises registers a user supplies for a thread (`thread_set_state`), on the
 /// way in, so that nothing the kernel later loads from them can fault in kernel mode or give
-/// user code a privilege: RIP and the FS base must be user-half addresses (a non-canonical
-/// FS base makes the kernel's WRFSBASE take a #GP), and RFLAGS keeps only the bits user code
-/// may hold. A bad RSP only faults in user mode.
+/// user code a privilege: RIP must be a user-half address, the FS base canonical (a
+/// non-canonical one makes the kernel's WRFSBASE take a #GP; any canonical value is one user
+/// code could set itself on kvm_pvm), and RFLAGS keeps only the bits user code may hold. A
+/// bad RSP only faults in user mode.
 pub fn sanitize_regs(regs: &mut UserRegs) -> Result<(), fluke_abi::syscall::Error> {
-    if regs.rip >= USER_END || regs.fs_base >= USER_END {
+    let canonical = |v: u64| (((v << 16) as i64) >> 16) as u64 == v;
+    if regs.rip >= USER_END || !canonical(regs.fs_base) {
         return Err(fluke_abi::syscall::Error::InvalidArgument);
     }
     regs.rflags = sanitize_rflags(regs.rflags);
