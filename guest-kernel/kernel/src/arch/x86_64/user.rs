@@ -129,8 +129,11 @@ pub fn return_to_user(return_slot: u64) -> ! {
     }
 }
 
-/// A thread's x87/SSE state in the FXSAVE layout (XSAVE is not offered on kvm_pvm: pvm.md
-/// §4.3 rule 7; AVX state is not enabled in XCR0, so FXSAVE covers all a program can use).
+/// A thread's x87/SSE state in the FXSAVE layout. Natively that is all a program can use
+/// (the kernel leaves CR4.OSXSAVE off). On kvm_pvm user code runs on the host's CR4 and XCR0
+/// (0x600e7 seen: AVX, AVX-512 and AMX enabled), so the YMM upper halves, ZMM16-31 and the
+/// opmask registers are NOT switched yet and do leak between threads there: switching them
+/// needs XSAVE with the host's XCR0 (an open part of issue 9).
 #[repr(C, align(16))]
 pub struct FpuArea(pub [u8; 512]);
 
