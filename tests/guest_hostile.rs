@@ -6,6 +6,16 @@ mod support;
 
 use support::*;
 
+/// Both lines are on the console, `first` before `then`.
+fn assert_in_order(who: &str, run: &Run, first: &str, then: &str, what: &str) {
+    let (a, b) = (run.console.find(first), run.console.find(then));
+    assert!(
+        matches!((a, b), (Some(a), Some(b)) if a < b),
+        "{who}: {what}: {}",
+        run.console
+    );
+}
+
 #[test]
 fn hostile_register_state_page_zero_compat_syscall_fpu_and_floors_are_refused() {
     for (who, run) in both("fluke.init=ktest,hostile") {
@@ -26,12 +36,12 @@ fn hostile_register_state_page_zero_compat_syscall_fpu_and_floors_are_refused() 
 fn a_spawned_child_runs_while_its_parent_spins_in_user_mode() {
     for (who, run) in both("fluke.init=ktest,starve") {
         assert_eq!(run.status, 0, "{who}: {run:?}");
-        let child = run.console.find("victim: ok");
-        let spun = run.console.find("ktest: starve: parent spun");
-        assert!(
-            matches!((child, spun), (Some(c), Some(s)) if c < s),
-            "{who}: the child did not run before the parent stopped spinning: {}",
-            run.console
+        assert_in_order(
+            who,
+            &run,
+            "victim: ok",
+            "ktest: starve: parent spun",
+            "the child did not run before the parent stopped spinning",
         );
     }
 }
@@ -48,14 +58,12 @@ fn a_mappings_charge_comes_back_when_its_target_space_ends() {
 fn a_64_deep_chain_of_nested_spaces_is_torn_down_with_the_kernel_healthy() {
     for (who, run) in both("fluke.init=ktest,chain,64") {
         assert_eq!(run.status, 0, "{who}: {run:?}");
-        let bottom = run.console.find("victim: sleep-forever");
-        let done = run.console.find(
+        assert_in_order(
+            who,
+            &run,
+            "victim: sleep-forever",
             "ktest: chain: 64 spaces deep destroyed: Ok(0); kernel alive, new process exited Ok(0)",
-        );
-        assert!(
-            matches!((bottom, done), (Some(b), Some(d)) if b < d),
-            "{who}: the chain was not built to the bottom, or not torn down: {}",
-            run.console
+            "the chain was not built to the bottom, or not torn down",
         );
     }
 }

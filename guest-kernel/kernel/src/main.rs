@@ -113,10 +113,6 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
                 .join(" ")
         );
     }
-    if detected.backend == platform::Backend::Pv {
-        // SAFETY: boot, single CPU.
-        unsafe { arch::percpu::get().pv = 1 };
-    }
     if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {
         selftest::enable_floors();
         kprintln!("fluke: floor benchmark paths on");

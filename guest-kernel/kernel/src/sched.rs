@@ -135,12 +135,9 @@ pub fn make_runnable(tid: ThreadId) {
     if let Some(t) = k.threads.get_mut(tid) {
         if !matches!(t.state, ThreadState::Dead | ThreadState::Stopped) {
             t.state = ThreadState::Runnable;
-            if !k.runq.contains(&tid) && k.current != Some(tid) {
-                k.runq.push_back(tid);
-            }
+            enqueue(tid);
         }
     }
-    arm_preemption();
 }
 
 /// Puts a thread that is already `Runnable` at the back of the run queue (a new thread, a

@@ -200,29 +200,7 @@ floor_switch:
     jmp syscall_normal              /* not a member of the pair: an unknown call */
 1:  mov PERCPU+PC_USER_RSP(%rip), %rdx
     mov $0, %eax                    /* the call's result, saved with the registers */
-    movb $0, PV_PAGE(%rip)
-    cld
-    mov %rsp, PERCPU+PC_USER_RSP(%rip)
-    mov PERCPU+PC_CUR_REGS(%rip), %rsp
-    add $UR_END_OF_RSP, %rsp
-    pushq PERCPU+PC_USER_RSP(%rip)
-    push %r11
-    push %rcx
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    SAVE_SYSCALL_FRAME              /* RAX, RCX, RDX, RSP are free from here on */
     mov PERCPU+PC_CUR_FPU(%rip), %rax
     fxsave64 (%rax)
     cmpq $0, PERCPU+PC_PV(%rip)

@@ -169,11 +169,9 @@ fn mxcsr_mask() -> u32 {
         return known;
     }
     let mut scratch = FpuArea([0; 512]);
-    // SAFETY: FXSAVE writes the 512 bytes of a 16-byte-aligned area we own; it changes no
-    // register (the running thread's state stays loaded).
-    unsafe {
-        core::arch::asm!("fxsave64 [{}]", in(reg) scratch.0.as_mut_ptr(), options(nostack, preserves_flags))
-    };
+    // SAFETY: a 16-byte-aligned area we own; FXSAVE changes no register (the running
+    // thread's state stays loaded).
+    unsafe { fxsave(scratch.0.as_mut_ptr() as u64) };
     let mask =
         match u32::from_le_bytes([scratch.0[28], scratch.0[29], scratch.0[30], scratch.0[31]]) {
             0 => 0xffbf,
@@ -197,10 +195,16 @@ pub fn switch_fpu(from: u64, to: u64) {
     // state or what FXSAVE wrote, so FXRSTOR cannot fault on a reserved MXCSR bit.
     unsafe {
         if from != 0 {
-            core::arch::asm!("fxsave64 [{}]", in(reg) from, options(nostack, preserves_flags));
+            fxsave(from);
         }
         core::arch::asm!("fxrstor64 [{}]", in(reg) to, options(nostack, preserves_flags));
     }
+}
+
+/// # Safety
+/// `area` must be a 16-byte-aligned, writable 512-byte area no Rust reference points into.
+unsafe fn fxsave(area: u64) {
+    core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack, preserves_flags));
 }
 
 /// Switches the user FS base from the thread whose registers are at `from` (0: none) to
