@@ -33,6 +33,28 @@ fn hostile_register_state_page_zero_compat_syscall_fpu_and_floors_are_refused() 
 }
 
 #[test]
+fn vector_state_and_segment_bases_are_switched_exported_and_loaded_safely() {
+    for (who, run) in both("fluke.init=ktest,xstate") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: xstate: 0 unexpected");
+        run.assert_console("victim: seg-read: fs:[0] 0xf5f5f5, gs:[8] 0x656565");
+        if run.console.contains("platform kvm_pvm") {
+            // User code has the host's XCR0 there (AVX at least): the AVX state is switched
+            // and exported, and the GS base user code sets is its own.
+            run.assert_console("fluke: fpu: xsave components");
+            run.assert_console("victim: avx-set: ymm3 kept true, zmm16 kept true, k1 kept true");
+            run.assert_console(
+                "victim: avx-get: non-zero words: ymm upper halves 0, zmm16-31 0, k0-7 0",
+            );
+            run.assert_console("victim: gs base 0x0");
+            run.assert_console("victim: avx-hold: ymm3 upper 0x5e7ba1e 0x5e7ba1e");
+        } else {
+            run.assert_console("ktest: xstate: AVX without OSXSAVE: Ok(134) ok");
+        }
+    }
+}
+
+#[test]
 fn a_spawned_child_runs_while_its_parent_spins_in_user_mode() {
     for (who, run) in both("fluke.init=ktest,starve") {
         assert_eq!(run.status, 0, "{who}: {run:?}");

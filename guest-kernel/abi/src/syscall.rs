@@ -64,11 +64,16 @@ pub enum Call {
     ThreadResume = 21,
     /// `thread_get_state(thread, &mut ThreadRegs, part)`: all of a stopped thread's state:
     /// with `part` = [`STATE_REGS`] (0) its registers, with [`STATE_FPU`] its x87/SSE state
-    /// as the 512-byte FXSAVE image ([`FPU_STATE_BYTES`]).
+    /// as the 512-byte FXSAVE image ([`FPU_STATE_BYTES`]), with [`STATE_XSTATE`] all of its
+    /// floating-point and vector state (AVX and up where the platform gives them to user
+    /// code) as an XSAVE standard-format image into a buffer of [`XSTATE_MAX_BYTES`]; the
+    /// call returns the image's length (0 for the other parts).
     ThreadGetState = 22,
     /// `thread_set_state(thread, &ThreadRegs, part)`: the same parts. Registers are checked
-    /// and sanitised on the way in (a kernel RIP or FS base is refused, privileged RFLAGS bits
-    /// dropped), the FPU image's MXCSR is masked to the bits the CPU supports.
+    /// and sanitised on the way in (a kernel RIP or a non-canonical FS or GS base is refused,
+    /// privileged RFLAGS bits dropped); in an FPU or extended-state image MXCSR is masked to
+    /// the bits the CPU supports and the XSAVE header to the components the kernel switches.
+    /// [`STATE_XSTATE`] reads the length `thread_get_state` returns on this machine.
     ThreadSetState = 23,
     /// `destroy(cap)`: destroys the object (threads today); other capabilities to it go stale.
     Destroy = 24,
@@ -182,6 +187,11 @@ pub const STATE_REGS: u64 = 0;
 pub const STATE_FPU: u64 = 1;
 /// Size of the [`STATE_FPU`] image.
 pub const FPU_STATE_BYTES: usize = 512;
+/// `thread_get_state`/`thread_set_state` part: the whole floating-point and vector state, as
+/// an XSAVE standard-format image (legacy region, header, components at the CPU's offsets).
+pub const STATE_XSTATE: u64 = 2;
+/// The largest [`STATE_XSTATE`] image (the buffer a caller offers).
+pub const XSTATE_MAX_BYTES: usize = 4096;
 
 /// `space_create(SPACE_EXACT | n)`: lend the child exactly `n` frames.
 pub const SPACE_EXACT: u64 = 1 << 62;
@@ -215,6 +225,7 @@ pub struct ThreadRegs {
     pub rflags: u64,
     pub rsp: u64,
     pub fs_base: u64,
+    pub gs_base: u64,
 }
 
 /// The register layout of IPC calls: the kernel-call number in `rax`, the port or port set

@@ -54,6 +54,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     let detected = platform::detect();
     platform::enable_pv_mode();
     // From here on the kernel runs at native speed on every platform.
+    let fpu = crate::arch::fpu::init(platform::pv_mode_on());
     tables::init_idt();
 
     // SAFETY: boot, single CPU: the only reference to the boot info.
@@ -111,6 +112,19 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
                 .copied()
                 .collect::<alloc::vec::Vec<_>>()
                 .join(" ")
+        );
+    }
+    if fpu.xsave_mask != 0 {
+        kprintln!(
+            "fluke: fpu: xsave components {:#x}, {} bytes per thread",
+            fpu.xsave_mask,
+            fpu.area_bytes
+        );
+    }
+    if fpu.unswitched != 0 {
+        kprintln!(
+            "fluke: warning: XCR0 components {:#x} are not switched between threads (their registers may leak)",
+            fpu.unswitched
         );
     }
     if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {

@@ -38,7 +38,8 @@ pub fn owner_cap(object: ObjRef) -> ObjCap {
 /// how many objects a space can make by the memory its parent gave it.
 fn frames_for(object: ObjRef) -> u64 {
     match object {
-        ObjRef::Thread(_) => 5,
+        // Kernel stack (4), registers, and the FPU area (a whole frame with AVX-512).
+        ObjRef::Thread(_) => 6,
         _ => 1,
     }
 }

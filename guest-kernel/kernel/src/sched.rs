@@ -349,8 +349,8 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
     // only happens on the idle stack after it stopped running.
     unsafe {
         let pc = percpu::get();
-        user::switch_fs_base(pc.cur_regs as *mut UserRegs, &*regs);
-        user::switch_fpu(pc.cur_fpu, fpu);
+        user::switch_segment_bases(pc.cur_regs as *mut UserRegs, &*regs);
+        crate::arch::fpu::switch(pc.cur_fpu, fpu);
         pc.cur_regs = regs as u64;
         pc.cur_fpu = fpu;
         pc.kstack_top = kstack;

@@ -4,7 +4,8 @@
 //! left so that re-executing the `syscall` instruction continues the call (the atomic API),
 //! and [`ThreadState`] only says what wakes it.
 
-use crate::arch::user::{FpuArea, UserRegs};
+use crate::arch::fpu::FpuArea;
+use crate::arch::user::UserRegs;
 use crate::mm;
 use alloc::boxed::Box;
 use fluke_kcore::slab::Id;
@@ -76,14 +77,14 @@ pub struct Thread {
     /// A fault message queued for a keeper that was not waiting: `(badge, words)`. Only a
     /// cache: if the thread is stopped it is dropped and the re-executed access faults again.
     pub pending_fault: Option<(u64, [u64; 4])>,
-    /// The x87/SSE state, saved and restored on every switch between threads so no thread
-    /// sees another's registers (boxed: the entry code saves into it by address).
-    pub fpu: Box<FpuArea>,
+    /// The x87/SSE/AVX state, saved and restored on every switch between threads so no
+    /// thread sees another's registers (on the heap: the entry code saves into it by address).
+    pub fpu: FpuArea,
 }
 
 impl Thread {
     /// The FPU area's address, for the switch code (PERCPU.cur_fpu).
     pub fn fpu_ptr(&mut self) -> u64 {
-        &mut *self.fpu as *mut FpuArea as u64
+        self.fpu.as_ptr()
     }
 }

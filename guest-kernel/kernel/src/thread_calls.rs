@@ -48,7 +48,7 @@ pub fn new_thread(pid: Pid, regs: UserRegs, state: ThreadState) -> Result<Thread
             reply_to: None,
             keeper: None,
             pending_fault: None,
-            fpu: Box::new(crate::arch::user::FpuArea::clean()),
+            fpu: crate::arch::fpu::FpuArea::clean(),
         })
         .ok_or(Error::Exhausted)?;
     if let Some(p) = k.processes.get_mut(pid) {
@@ -125,10 +125,16 @@ pub fn get_state(name: u64, buf: u64, part: u64) -> Result<u64, Error> {
             let regs = *stopped(tid)?.regs;
             sched::current_space()?.copy_out(buf, as_bytes(&regs))?;
         }
+        // A stopped thread is not running, so its registers were saved at the switch.
         fluke_abi::syscall::STATE_FPU => {
-            // A stopped thread is not running, so its registers were saved at the switch.
-            let image = stopped(tid)?.fpu.0;
+            let image = stopped(tid)?.fpu.export_legacy();
             sched::current_space()?.copy_out(buf, &image)?;
+        }
+        fluke_abi::syscall::STATE_XSTATE => {
+            let mut image = alloc::vec![0u8; crate::arch::fpu::export_bytes()];
+            let n = stopped(tid)?.fpu.export(&mut image);
+            sched::current_space()?.copy_out(buf, &image[..n])?;
+            return Ok(n as u64);
         }
         _ => return Err(Error::InvalidArgument),
     }
@@ -148,7 +154,12 @@ pub fn set_state(name: u64, buf: u64, part: u64) -> Result<u64, Error> {
         fluke_abi::syscall::STATE_FPU => {
             let mut image = [0u8; fluke_abi::syscall::FPU_STATE_BYTES];
             sched::current_space()?.copy_in(buf, &mut image)?;
-            stopped(tid)?.fpu.0 = crate::arch::user::FpuArea::sanitized(image).0;
+            stopped(tid)?.fpu.import_legacy(&image);
+        }
+        fluke_abi::syscall::STATE_XSTATE => {
+            let mut image = alloc::vec![0u8; crate::arch::fpu::export_bytes()];
+            sched::current_space()?.copy_in(buf, &mut image)?;
+            stopped(tid)?.fpu.import(&image);
         }
         _ => return Err(Error::InvalidArgument),
     }

@@ -402,6 +402,38 @@ pub fn thread_set_fpu(
     )
 }
 
+/// A stopped thread's whole floating-point and vector state, as an XSAVE standard-format
+/// image: the first `n` bytes of the buffer, `n` returned.
+pub fn thread_get_xstate(
+    thread: u64,
+    image: &mut [u8; fluke_abi::syscall::XSTATE_MAX_BYTES],
+) -> Result<usize, Error> {
+    call(
+        Call::ThreadGetState,
+        thread,
+        image.as_mut_ptr() as u64,
+        fluke_abi::syscall::STATE_XSTATE,
+        0,
+    )
+    .map(|n| n as usize)
+}
+
+/// Sets a stopped thread's whole floating-point and vector state from an image in
+/// [`thread_get_xstate`]'s form (the kernel reads as many bytes as that call returns here
+/// and makes the image safe to load).
+pub fn thread_set_xstate(
+    thread: u64,
+    image: &[u8; fluke_abi::syscall::XSTATE_MAX_BYTES],
+) -> Result<u64, Error> {
+    call(
+        Call::ThreadSetState,
+        thread,
+        image.as_ptr() as u64,
+        fluke_abi::syscall::STATE_XSTATE,
+        0,
+    )
+}
+
 pub fn thread_set_state(thread: u64, regs: &ThreadRegs) -> Result<u64, Error> {
     call(
         Call::ThreadSetState,

@@ -14,6 +14,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "hostile" => hostile(),
         "starve" => starve(),
+        "xstate" => xstate(),
         "capfuzz" => capfuzz(
             args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1),
             args.get(2).unwrap_or("100000"),
@@ -186,6 +187,16 @@ fn hostile() -> i32 {
             r == Err(Error::InvalidArgument),
             &r,
         );
+        let gs_base = fs_base;
+        let r = sys::thread_set_state(
+            child.thread,
+            &fluke_abi::syscall::ThreadRegs { gs_base, ..regs },
+        );
+        check(
+            "non-canonical GS base",
+            r == Err(Error::InvalidArgument),
+            &r,
+        );
     }
     let r = sys::thread_set_state(
         child.thread,
@@ -243,7 +254,7 @@ fn hostile() -> i32 {
             .map(|img| u32::from_le_bytes([img[24], img[25], img[26], img[27]]));
         check(
             "hostile FPU image (MXCSR masked)",
-            hostile.is_ok_and(|m| m & !0xffff == 0),
+            hostile.is_ok_and(|m| m != 0xffff_ffff),
             &hostile,
         );
         let restored = match saved {
@@ -271,6 +282,136 @@ fn hostile() -> i32 {
     check("floor switch without fluke.floors", !switch, &switch);
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// The state beside the general registers (issue 9): the FS and GS bases and the vector
+/// registers above SSE (AVX and up, which user code has on kvm_pvm) are switched with the
+/// thread, part of its exported state, and load safely from hostile images.
+fn xstate() -> i32 {
+    use fluke_abi::syscall::{ThreadRegs, XSTATE_MAX_BYTES};
+    const UD: i32 = 128 + 6;
+    let mut bad = 0u32;
+    let mut check = |what: &str, ok: bool, seen: &dyn core::fmt::Debug| {
+        println!(
+            "ktest: xstate: {what}: {seen:?} {}",
+            if ok { "ok" } else { "UNEXPECTED" }
+        );
+        bad += u32::from(!ok);
+    };
+    // Segment bases a parent sets are the child's, on both backends.
+    if let Ok(child) = sys::spawn_child("victim", &["seg-read"], &[]) {
+        sys::sleep_ns(100_000_000);
+        let base = 0x5000_0000;
+        let set = sys::thread_stop(child.thread)
+            .and_then(|_| sys::thread_get_state(child.thread))
+            .and_then(|r| {
+                sys::thread_set_state(
+                    child.thread,
+                    &ThreadRegs {
+                        fs_base: base,
+                        gs_base: base,
+                        ..r
+                    },
+                )
+            });
+        let back = sys::thread_get_state(child.thread).map(|r| (r.fs_base, r.gs_base));
+        let status = sys::thread_resume(child.thread).and_then(|_| sys::wait(child.pid));
+        check(
+            "FS and GS bases set by the parent",
+            set.is_ok() && back == Ok((base, base)) && status == Ok(0),
+            &(back, status),
+        );
+    }
+    // The GS base one process sets (kvm_pvm lets user code) is not another's.
+    let setter = sys::spawn("victim", &["gs-set"]);
+    sys::sleep_ns(100_000_000);
+    let getter = sys::spawn("victim", &["gs-get"]).and_then(sys::wait);
+    let setter = setter.and_then(sys::wait);
+    check(
+        "GS base isolation (setter, reader)",
+        matches!((setter, getter), (Ok(0), Ok(0)) | (Ok(UD), Ok(UD))),
+        &(setter, getter),
+    );
+    let xcr0 = sys::spawn("victim", &["xcr0"]).and_then(sys::wait);
+    match xcr0 {
+        Ok(UD) => {
+            // Natively: no XSAVE state beyond SSE exists for user code to leak.
+            let avx = sys::spawn("victim", &["avx-get"]).and_then(sys::wait);
+            check("AVX without OSXSAVE", avx == Ok(UD), &avx);
+        }
+        Ok(xcr0) if xcr0 & 0x4 != 0 => xstate_avx(&mut check),
+        other => check("XCR0 (x87 | SSE | AVX expected)", false, &other),
+    }
+    println!("ktest: xstate: {bad} unexpected");
+    i32::from(bad != 0)
+}
+
+/// [`xstate`] where user code has AVX (kvm_pvm).
+fn xstate_avx(check: &mut dyn FnMut(&str, bool, &dyn core::fmt::Debug)) {
+    use fluke_abi::syscall::XSTATE_MAX_BYTES;
+    let setter = sys::spawn("victim", &["avx-set"]);
+    sys::sleep_ns(50_000_000);
+    let reader = sys::spawn("victim", &["avx-get"]).and_then(sys::wait);
+    check(
+        "AVX state seen by the next process",
+        reader == Ok(0),
+        &reader,
+    );
+    let setter = setter.and_then(sys::wait);
+    check("AVX state kept across switches", setter == Ok(0), &setter);
+    // Exported with the thread: ymm3's upper half is in the AVX component (standard-format
+    // offset 576), a hostile image loads and runs without harm, and an edited image set
+    // back is what the child sees.
+    let Ok(child) = sys::spawn_child("victim", &["avx-hold"], &[]) else {
+        check("spawn avx-hold", false, &"failed");
+        return;
+    };
+    sys::sleep_ns(100_000_000);
+    let mut image = [0u8; XSTATE_MAX_BYTES];
+    let n = sys::thread_stop(child.thread)
+        .and_then(|_| sys::thread_get_xstate(child.thread, &mut image));
+    const YMM3_HIGH: usize = 576 + 3 * 16;
+    let word =
+        |img: &[u8], at: usize| u64::from_le_bytes(img[at..at + 8].try_into().unwrap_or([0; 8]));
+    check(
+        "ymm3 upper half exported",
+        n.is_ok_and(|n| n >= 832) && word(&image, YMM3_HIGH) == 0x0f1e_57a7_e000_0001,
+        &(n, word(&image, YMM3_HIGH)),
+    );
+    let mut hostile = [0xffu8; XSTATE_MAX_BYTES];
+    let mut header = [0u8; XSTATE_MAX_BYTES];
+    let loaded = sys::thread_set_xstate(child.thread, &hostile)
+        .and_then(|_| sys::thread_get_xstate(child.thread, &mut header));
+    check(
+        "hostile image: header and MXCSR made loadable",
+        loaded.is_ok()
+            && word(&header, 520) == 0
+            && header[528..576].iter().all(|&b| b == 0)
+            && word(&header, 24) & 0xffff_ffff != 0xffff_ffff,
+        &(word(&header, 512), word(&header, 520), word(&header, 24)),
+    );
+    // Run the child on it: the kernel's XRSTOR must not fault (a second shape too: a
+    // compacted-form header and no components).
+    hostile[512..520].fill(0);
+    hostile[527] = 0x80;
+    let ran = sys::thread_resume(child.thread)
+        .map(|_| sys::sleep_ns(20_000_000))
+        .and_then(|_| sys::thread_stop(child.thread))
+        .and_then(|_| sys::thread_set_xstate(child.thread, &hostile))
+        .and_then(|_| sys::thread_resume(child.thread))
+        .map(|_| sys::sleep_ns(20_000_000))
+        .and_then(|_| sys::thread_stop(child.thread));
+    check("child ran on hostile images", ran.is_ok(), &ran);
+    image[YMM3_HIGH..YMM3_HIGH + 8].copy_from_slice(&0x5e7_ba1e_u64.to_le_bytes());
+    image[YMM3_HIGH + 8..YMM3_HIGH + 16].copy_from_slice(&0x5e7_ba1e_u64.to_le_bytes());
+    let status = sys::thread_set_xstate(child.thread, &image)
+        .and_then(|_| sys::thread_resume(child.thread))
+        .and_then(|_| sys::wait(child.pid));
+    check(
+        "edited image set back, child sees it",
+        status == Ok(0),
+        &status,
+    );
 }
 
 /// Where capfuzz points kernel calls that write memory: never its own stack or code.

@@ -132,6 +132,100 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 sys::sleep_ns(100_000_000);
                 asm!("cli", "out dx, al", in("dx") 0xf4u16, in("al") 0x55u8);
             }
+            "xcr0" => {
+                // Natively CR4.OSXSAVE is off and XGETBV is #UD (so is every AVX
+                // instruction); on kvm_pvm it reads the host's XCR0. The low byte is the status.
+                let xcr0 = xcr0();
+                println!("victim: xcr0 {xcr0:#x}");
+                return (xcr0 & 0xff) as i32;
+            }
+            "avx-set" => {
+                // Secrets in the upper half of ymm3 and, with AVX-512, in zmm16 and k1; they
+                // must still be there after other processes have run, and no other process
+                // may see them.
+                let secret: u64 = 0x5ec2_e75e_c2e7;
+                let avx512 = xcr0() & 0xe0 == 0xe0;
+                asm!("vbroadcastsd ymm3, qword ptr [{}]", in(reg) &secret);
+                if avx512 {
+                    asm!(
+                        "vpbroadcastq zmm16, qword ptr [{p}]",
+                        "kmovw k1, word ptr [{p}]",
+                        p = in(reg) &secret,
+                    );
+                }
+                sys::sleep_ns(300_000_000);
+                let v = vector_state(avx512);
+                let ymm = v.ymm_upper[3] == [secret, secret];
+                let zmm = !avx512 || v.zmm_high[0] == [secret; 8];
+                let k = !avx512 || v.k[1] == secret & 0xffff;
+                println!("victim: avx-set: ymm3 kept {ymm}, zmm16 kept {zmm}, k1 kept {k}");
+                return if ymm && zmm && k { 0 } else { 3 };
+            }
+            "avx-get" => {
+                let avx512 = xcr0() & 0xe0 == 0xe0;
+                let v = vector_state(avx512);
+                let dirty = |words: &[u64]| words.iter().filter(|&&w| w != 0).count();
+                let ymm = dirty(v.ymm_upper.as_flattened());
+                let zmm = dirty(v.zmm_high.as_flattened());
+                let k = dirty(&v.k);
+                println!(
+                    "victim: avx-get: non-zero words: ymm upper halves {ymm}, zmm16-31 {zmm}, k0-7 {k} (avx-512 {avx512})"
+                );
+                return if ymm + zmm + k == 0 { 0 } else { 4 };
+            }
+            "avx-hold" => {
+                // ymm3's upper half holds a value the parent reads and replaces while this
+                // thread is stopped (thread_get/set_state STATE_XSTATE).
+                let first: u64 = 0x0f1e_57a7_e000_0001;
+                asm!("vbroadcastsd ymm3, qword ptr [{}]", in(reg) &first);
+                sys::sleep_ns(400_000_000);
+                let v = vector_state(false);
+                println!(
+                    "victim: avx-hold: ymm3 upper {:#x} {:#x}",
+                    v.ymm_upper[3][0], v.ymm_upper[3][1]
+                );
+                return if v.ymm_upper[3] == [0x5e7_ba1e, 0x5e7_ba1e] {
+                    0
+                } else {
+                    5
+                };
+            }
+            "seg-read" => {
+                // The parent sets this thread's FS and GS bases while it is stopped; segment-
+                // relative loads then read through them (natively too, where user code cannot
+                // set them itself).
+                const PAGE: u64 = 0x5000_0000;
+                if sys::map_anon(PAGE, 4096).is_err() {
+                    return 2;
+                }
+                core::ptr::write_volatile(PAGE as *mut u64, 0xf5_f5f5);
+                core::ptr::write_volatile((PAGE + 8) as *mut u64, 0x65_6565);
+                sys::sleep_ns(300_000_000);
+                let (fs, gs): (u64, u64);
+                asm!("mov {}, qword ptr fs:[0]", out(reg) fs);
+                asm!("mov {}, qword ptr gs:[8]", out(reg) gs);
+                println!("victim: seg-read: fs:[0] {fs:#x}, gs:[8] {gs:#x}");
+                return if fs == 0xf5_f5f5 && gs == 0x65_6565 {
+                    0
+                } else {
+                    3
+                };
+            }
+            "gs-set" => {
+                // As fs-set, for the GS base (kept by the host on kvm_pvm, switched through
+                // MSR_KERNEL_GS_BASE).
+                asm!("wrgsbase {}", in(reg) 0x0005_ec2e_6000_u64);
+                sys::sleep_ns(300_000_000);
+                let gs: u64;
+                asm!("rdgsbase {}", out(reg) gs);
+                return if gs == 0x0005_ec2e_6000 { 0 } else { 3 };
+            }
+            "gs-get" => {
+                let gs: u64;
+                asm!("rdgsbase {}", out(reg) gs);
+                println!("victim: gs base {gs:#x}");
+                return if gs == 0 { 0 } else { 4 };
+            }
             "fpu-set" => {
                 // Secrets in x87 and SSE registers; they must still be there after another
                 // process has run, and no other process may see them.
@@ -212,6 +306,57 @@ unsafe fn compat_syscall() {
 
 #[repr(C, align(16))]
 struct FxArea([u8; 512]);
+
+/// XCR0, read with XGETBV (#UD natively, where the kernel leaves OSXSAVE off).
+fn xcr0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: XGETBV only reads; where it is not enabled it faults and the kernel kills us.
+    unsafe {
+        asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi, options(nomem, nostack))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The vector state above SSE: the upper halves of ymm0-15, with AVX-512 zmm16-31 and k0-7.
+#[derive(Default)]
+struct VectorState {
+    ymm_upper: [[u64; 2]; 16],
+    zmm_high: [[u64; 8]; 16],
+    k: [u64; 8],
+}
+
+/// Reads [`VectorState`] without changing a register (AVX must be enabled).
+fn vector_state(avx512: bool) -> VectorState {
+    let mut v = VectorState::default();
+    macro_rules! upper {
+        ($($n:literal),*) => {$(
+            // SAFETY: VEXTRACTF128 stores 16 bytes into our array.
+            unsafe { asm!(concat!("vextractf128 xmmword ptr [{}], ymm", $n, ", 1"),
+                in(reg) v.ymm_upper[$n].as_mut_ptr(), options(nostack)) };
+        )*};
+    }
+    upper!(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    if avx512 {
+        macro_rules! high {
+            ($($i:literal $n:literal),*) => {$(
+                // SAFETY: VMOVDQU64 stores 64 bytes into our array.
+                unsafe { asm!(concat!("vmovdqu64 zmmword ptr [{}], zmm", $n),
+                    in(reg) v.zmm_high[$i].as_mut_ptr(), options(nostack)) };
+            )*};
+        }
+        high!(0 16, 1 17, 2 18, 3 19, 4 20, 5 21, 6 22, 7 23, 8 24, 9 25, 10 26, 11 27, 12 28,
+            13 29, 14 30, 15 31);
+        macro_rules! kreg {
+            ($($n:literal),*) => {$(
+                // SAFETY: KMOVW stores 2 bytes into our u64.
+                unsafe { asm!(concat!("kmovw word ptr [{}], k", $n),
+                    in(reg) &mut v.k[$n] as *mut u64, options(nostack)) };
+            )*};
+        }
+        kreg!(0, 1, 2, 3, 4, 5, 6, 7);
+    }
+    v
+}
 
 /// This thread's x87/SSE registers, as FXSAVE writes them.
 fn fxsave() -> FxArea {

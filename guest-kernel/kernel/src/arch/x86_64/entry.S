@@ -32,6 +32,7 @@
 .set PC_FLOOR_FPU,    160     /* [2] */
 .set PC_FLOORS_ON,    176
 .set PC_PV,           184
+.set PC_XSAVE_MASK,   192
 /* UserRegs offsets (the push order below) */
 .set UR_END_OF_RSP,   144
 .set UR_RIP,          120
@@ -39,6 +40,10 @@
 .set UR_RSP,          136
 .set UR_RAX,          112
 .set UR_FS_BASE,      144
+.set UR_GS_BASE,      152
+.set MSR_FS_BASE,     0xc0000100
+.set MSR_GS_BASE,     0xc0000101
+.set MSR_KERNEL_GS_BASE, 0xc0000102
 /* RFLAGS bits user code may hold (user.rs USER_RFLAGS_MASK), and those always set */
 .set USER_RFLAGS_MASK, 0x240dd5
 .set USER_RFLAGS_SET,  0x202
@@ -179,10 +184,35 @@ floor_syscall:
     xor %eax, %eax
     sysretq
 
+/* Saves the FPU/SSE/AVX registers into the area at RCX (fpu.rs: XSAVE with the switched
+   components on kvm_pvm, FXSAVE natively), and restores them from it. Clobber RAX, RDX. */
+.macro FPU_SAVE
+    mov PERCPU+PC_XSAVE_MASK(%rip), %rax
+    test %rax, %rax
+    jz 91f
+    mov %rax, %rdx
+    shr $32, %rdx
+    xsave64 (%rcx)
+    jmp 92f
+91: fxsave64 (%rcx)
+92:
+.endm
+.macro FPU_RESTORE
+    mov PERCPU+PC_XSAVE_MASK(%rip), %rax
+    test %rax, %rax
+    jz 91f
+    mov %rax, %rdx
+    shr $32, %rdx
+    xrstor64 (%rcx)
+    jmp 92f
+91: fxrstor64 (%rcx)
+92:
+.endm
+
 /* platform.switch_floor: the bare switch between the two threads of the registered pair.
    It is a real switch, only without the scheduler: every user register of the thread that
-   leaves is saved (as a kernel call saves them, the call returning 0), the FPU/SSE state
-   and (on kvm_pvm) the FS base are switched, and every register of the thread that comes
+   leaves is saved (as a kernel call saves them, the call returning 0), the FPU/SSE/AVX
+   state and the FS and GS bases are switched (as sched.rs switch_to does), and every register of the thread that comes
    in is restored, its RFLAGS sanitised. Only a pair member that entered by SYSCALL is ever
    resumed here (floor_join and the scheduler keep it so), so its RCX and R11 are its RIP
    and RFLAGS and one SYSRETQ returns it. */
@@ -200,14 +230,19 @@ floor_switch:
     jmp syscall_normal              /* not a member of the pair: an unknown call */
 1:  mov PERCPU+PC_USER_RSP(%rip), %rdx
     mov $0, %eax                    /* the call's result, saved with the registers */
-    SAVE_SYSCALL_FRAME              /* RAX, RCX, RDX, RSP are free from here on */
-    mov PERCPU+PC_CUR_FPU(%rip), %rax
-    fxsave64 (%rax)
+    SAVE_SYSCALL_FRAME              /* every register is free from here on */
+    mov PERCPU+PC_CUR_FPU(%rip), %rcx
+    FPU_SAVE
+    mov PERCPU+PC_CUR_REGS(%rip), %rsi  /* the leaving thread's registers */
     cmpq $0, PERCPU+PC_PV(%rip)
     je 2f
-    rdfsbase %rcx
-    mov PERCPU+PC_CUR_REGS(%rip), %rax
-    mov %rcx, UR_FS_BASE(%rax)
+    rdfsbase %rax                   /* kvm_pvm: user code may have changed both bases */
+    mov %rax, UR_FS_BASE(%rsi)
+    mov $MSR_KERNEL_GS_BASE, %ecx   /* the user GS base (user.rs switch_segment_bases) */
+    rdmsr
+    shl $32, %rdx
+    or %rdx, %rax
+    mov %rax, UR_GS_BASE(%rsi)
 2:  mov PERCPU+PC_FLOOR_CUR(%rip), %rax
     xor $1, %rax
     mov %rax, PERCPU+PC_FLOOR_CUR(%rip)
@@ -219,15 +254,35 @@ floor_switch:
     mov %rcx, PERCPU+PC_KSTACK(%rip)
     mov PC_FLOOR_THREAD(%rdx,%rax,8), %rcx
     mov %rcx, PERCPU+PC_CUR_THREAD(%rip)
+    mov PC_FLOOR_REGS(%rdx,%rax,8), %rdi  /* the entering thread's registers */
+    mov %rdi, PERCPU+PC_CUR_REGS(%rip)
     mov PC_FLOOR_FPU(%rdx,%rax,8), %rcx
     mov %rcx, PERCPU+PC_CUR_FPU(%rip)
-    fxrstor64 (%rcx)
-    mov PC_FLOOR_REGS(%rdx,%rax,8), %rdx
-    mov %rdx, PERCPU+PC_CUR_REGS(%rip)
+    FPU_RESTORE
+    /* Segment bases: the leaving thread's saved ones are the loaded ones now (read back
+       above on kvm_pvm; natively user code cannot change them), so only a difference is
+       written. kvm_pvm: FS by WRFSBASE, GS by MSR_KERNEL_GS_BASE; natively both by MSR. */
+    mov $MSR_KERNEL_GS_BASE, %ecx
     cmpq $0, PERCPU+PC_PV(%rip)
-    je 3f
-    mov UR_FS_BASE(%rdx), %rcx
-    wrfsbase %rcx
+    je 4f
+    mov UR_FS_BASE(%rdi), %rax
+    wrfsbase %rax
+    jmp 5f
+4:  mov UR_FS_BASE(%rdi), %rax
+    cmp UR_FS_BASE(%rsi), %rax
+    je 6f
+    mov $MSR_FS_BASE, %ecx
+    mov %rax, %rdx
+    shr $32, %rdx
+    wrmsr
+6:  mov $MSR_GS_BASE, %ecx
+5:  mov UR_GS_BASE(%rdi), %rax
+    cmp UR_GS_BASE(%rsi), %rax
+    je 7f
+    mov %rax, %rdx
+    shr $32, %rdx
+    wrmsr
+7:  mov %rdi, %rdx
 3:  mov UR_RIP(%rdx), %rcx
     mov %rcx, PERCPU+PC_RET_RIP(%rip)
     mov UR_RFLAGS(%rdx), %rcx

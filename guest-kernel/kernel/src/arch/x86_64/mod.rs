@@ -3,6 +3,7 @@
 
 pub mod apic;
 pub mod cpu;
+pub mod fpu;
 pub mod paging;
 pub mod percpu;
 pub mod platform;

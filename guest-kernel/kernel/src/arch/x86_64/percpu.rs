@@ -39,6 +39,8 @@ pub struct PerCpu {
     /// Non-zero on kvm_pvm, where user code can change the FS base (the floor switch
     /// switches it then).
     pub pv: u64,
+    /// The XSAVE components switched with a thread (fpu.rs; 0: FXSAVE).
+    pub xsave_mask: u64,
 }
 
 const _: () = {
@@ -61,6 +63,7 @@ const _: () = {
     assert!(offset_of!(PerCpu, floor_fpu) == 160);
     assert!(offset_of!(PerCpu, floors_enabled) == 176);
     assert!(offset_of!(PerCpu, pv) == 184);
+    assert!(offset_of!(PerCpu, xsave_mask) == 192);
 };
 
 #[no_mangle]
@@ -84,6 +87,7 @@ pub static mut PERCPU: PerCpu = PerCpu {
     floor_fpu: [0; 2],
     floors_enabled: 0,
     pv: 0,
+    xsave_mask: 0,
 };
 
 /// The per-CPU state.

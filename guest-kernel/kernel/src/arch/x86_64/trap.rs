@@ -155,6 +155,7 @@ extern "C" fn user_trap(frame: &TrapFrame) -> ! {
             rflags: frame.rflags,
             rsp: frame.rsp,
             fs_base: r.fs_base,
+            gs_base: r.gs_base,
         };
     }
     crate::fault::user_event(frame.vector as u8, frame.error_code)

@@ -6,7 +6,8 @@ use fluke_abi::syscall::layout::{RETURN_PAGE, USER_END};
 
 /// A thread's user registers: saved on every entry, restored by [`return_to_user`]. The field
 /// order is the push order of entry.S. It is the ABI's `ThreadRegs`, the whole state a parent
-/// reads and sets. The x87/SSE state is kept beside it, in the thread's [`FpuArea`].
+/// reads and sets. The x87/SSE/AVX state is kept beside it, in the thread's
+/// [`super::fpu::FpuArea`].
 pub type UserRegs = fluke_abi::syscall::ThreadRegs;
 
 const _: () = {
@@ -14,6 +15,7 @@ const _: () = {
     assert!(offset_of!(UserRegs, rflags) == 128);
     assert!(offset_of!(UserRegs, rsp) == 136);
     assert!(offset_of!(UserRegs, fs_base) == 144);
+    assert!(offset_of!(UserRegs, gs_base) == 152);
 };
 
 /// RFLAGS bits user code may hold: CF PF AF ZF SF TF DF OF AC ID. IF is always set; IOPL,
@@ -28,13 +30,13 @@ pub fn sanitize_rflags(rflags: u64) -> u64 {
 
 /// Checks and sanitises registers a user supplies for a thread (`thread_set_state`), on the
 /// way in, so that nothing the kernel later loads from them can fault in kernel mode or give
-/// user code a privilege: RIP must be a user-half address, the FS base canonical (a
-/// non-canonical one makes the kernel's WRFSBASE take a #GP; any canonical value is one user
-/// code could set itself on kvm_pvm), and RFLAGS keeps only the bits user code may hold. A
-/// bad RSP only faults in user mode.
+/// user code a privilege: RIP must be a user-half address, the FS and GS bases canonical (a
+/// non-canonical one makes the kernel's WRFSBASE or WRMSR take a #GP; any canonical value is
+/// one user code could set itself on kvm_pvm), and RFLAGS keeps only the bits user code may
+/// hold. A bad RSP only faults in user mode.
 pub fn sanitize_regs(regs: &mut UserRegs) -> Result<(), fluke_abi::syscall::Error> {
     let canonical = |v: u64| (((v << 16) as i64) >> 16) as u64 == v;
-    if regs.rip >= USER_END || !canonical(regs.fs_base) {
+    if regs.rip >= USER_END || !canonical(regs.fs_base) || !canonical(regs.gs_base) {
         return Err(fluke_abi::syscall::Error::InvalidArgument);
     }
     regs.rflags = sanitize_rflags(regs.rflags);
@@ -129,99 +131,53 @@ pub fn return_to_user(return_slot: u64) -> ! {
     }
 }
 
-/// A thread's x87/SSE state in the FXSAVE layout. Natively that is all a program can use
-/// (the kernel leaves CR4.OSXSAVE off). On kvm_pvm user code runs on the host's CR4 and XCR0
-/// (0x600e7 seen: AVX, AVX-512 and AMX enabled), so the YMM upper halves, ZMM16-31 and the
-/// opmask registers are NOT switched yet and do leak between threads there: switching them
-/// needs XSAVE with the host's XCR0 (an open part of issue 9).
-#[repr(C, align(16))]
-pub struct FpuArea(pub [u8; 512]);
-
-impl FpuArea {
-    /// The state after FNINIT with SSE defaults: control word 0x37f, MXCSR 0x1f80 (all
-    /// exceptions masked), every register zero.
-    pub fn clean() -> FpuArea {
-        let mut a = [0u8; 512];
-        a[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        a[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        FpuArea(a)
-    }
-
-    /// An FXSAVE image a user supplied, made safe for FXRSTOR: MXCSR keeps only the bits
-    /// the CPU supports (a reserved bit makes FXRSTOR #GP in the kernel), and the
-    /// MXCSR_MASK field, which FXRSTOR ignores, is cleared. Every other field is loaded as
-    /// given: no value of them can fault.
-    pub fn sanitized(mut image: [u8; 512]) -> FpuArea {
-        let mxcsr = u32::from_le_bytes([image[24], image[25], image[26], image[27]]);
-        let masked = mxcsr & mxcsr_mask();
-        image[24..28].copy_from_slice(&masked.to_le_bytes());
-        image[28..32].fill(0);
-        FpuArea(image)
-    }
-}
-
-/// The MXCSR bits this CPU supports (FXSAVE's MXCSR_MASK field; 0 there means the
-/// architectural default 0xffbf). Read once, by an FXSAVE into a scratch area.
-fn mxcsr_mask() -> u32 {
-    static MASK: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
-    let known = MASK.load(core::sync::atomic::Ordering::Relaxed);
-    if known != 0 {
-        return known;
-    }
-    let mut scratch = FpuArea([0; 512]);
-    // SAFETY: a 16-byte-aligned area we own; FXSAVE changes no register (the running
-    // thread's state stays loaded).
-    unsafe { fxsave(scratch.0.as_mut_ptr() as u64) };
-    let mask =
-        match u32::from_le_bytes([scratch.0[28], scratch.0[29], scratch.0[30], scratch.0[31]]) {
-            0 => 0xffbf,
-            m => m,
-        };
-    MASK.store(mask, core::sync::atomic::Ordering::Relaxed);
-    mask
-}
-
-/// Saves the x87/SSE registers into the area at `from` (0: the thread that ran is gone) and
-/// loads those at `to`. The kernel itself never touches x87 or SSE (it is built soft-float),
-/// so the registers hold the running thread's state from its return to user mode until the
-/// next switch.
-pub fn switch_fpu(from: u64, to: u64) {
-    if from == to {
+/// Switches the user FS and GS bases from the thread whose registers are at `from` (null:
+/// the thread that ran is gone) to `to`'s.
+///
+/// On kvm_pvm user code changes them itself (RD/WRFSBASE and RD/WRGSBASE run natively
+/// there: pvm.md §4.3 rule 7), so the leaving thread's are read back first. The FS base is
+/// the hardware one; the user GS base is held by the host while the kernel runs on its own
+/// GS base, and the kernel reaches it as MSR_KERNEL_GS_BASE (probed: a user WRGSBASE value
+/// reads back there, and writing it sets the user's GS base). Those MSR accesses trap
+/// (~3 µs each), so it is written only when it changes.
+///
+/// Natively user code cannot change either (CR4.FSGSBASE is off and the MSRs are
+/// privileged): the loaded bases are always the running thread's saved ones, and only a
+/// difference is written. The kernel itself uses neither FS nor GS.
+pub fn switch_segment_bases(from: *mut UserRegs, to: &UserRegs) {
+    if core::ptr::eq(from, to) {
         return;
     }
-    // SAFETY: `from` (if non-zero) and `to` are the 16-byte-aligned FpuAreas of live threads
-    // (PERCPU.cur_fpu is cleared when its thread is reaped), reached only here and by the
-    // floor switch, never while a Rust reference to them is live. `to` holds either the clean
-    // state or what FXSAVE wrote, so FXRSTOR cannot fault on a reserved MXCSR bit.
+    // SAFETY: `from`, if non-null, is a live thread's register block no Rust reference
+    // points into (it is not `to`); the instructions and MSRs only change the user
+    // segment bases, which the kernel does not use, and every value written is canonical
+    // (`sanitize_regs`, or read back from the CPU).
     unsafe {
-        if from != 0 {
-            fxsave(from);
-        }
-        core::arch::asm!("fxrstor64 [{}]", in(reg) to, options(nostack, preserves_flags));
-    }
-}
-
-/// # Safety
-/// `area` must be a 16-byte-aligned, writable 512-byte area no Rust reference points into.
-unsafe fn fxsave(area: u64) {
-    core::arch::asm!("fxsave64 [{}]", in(reg) area, options(nostack, preserves_flags));
-}
-
-/// Switches the user FS base from the thread whose registers are at `from` (0: none) to
-/// `to`'s. Only on kvm_pvm, where user code can change it (pvm.md §4.3 rule 7); RDFSBASE and
-/// WRFSBASE run natively there. (The user GS base is kept by the host and not switched yet.)
-pub fn switch_fs_base(from: *mut UserRegs, to: &UserRegs) {
-    if super::platform::backend() != super::platform::Backend::Pv || core::ptr::eq(from, to) {
-        return;
-    }
-    // SAFETY: FSGSBASE instructions work in the kvm_pvm kernel (pvm.md §4.3 rule 7); the
-    // kernel itself never uses FS. `from`, if non-null, is a live thread's register block.
-    unsafe {
-        if !from.is_null() {
+        if super::platform::backend() == super::platform::Backend::Pv {
             let fs: u64;
             core::arch::asm!("rdfsbase {}", out(reg) fs, options(nomem, nostack, preserves_flags));
-            (*from).fs_base = fs;
+            let gs = cpu::rdmsr(MSR_KERNEL_GS_BASE);
+            if !from.is_null() {
+                (*from).fs_base = fs;
+                (*from).gs_base = gs;
+            }
+            core::arch::asm!("wrfsbase {}", in(reg) to.fs_base, options(nomem, nostack, preserves_flags));
+            if gs != to.gs_base {
+                cpu::wrmsr(MSR_KERNEL_GS_BASE, to.gs_base);
+            }
+            return;
         }
-        core::arch::asm!("wrfsbase {}", in(reg) to.fs_base, options(nomem, nostack, preserves_flags));
+        // Natively the loaded bases are the leaving thread's (None: it is gone, unknown).
+        let loaded = (!from.is_null()).then(|| ((*from).fs_base, (*from).gs_base));
+        if loaded.map(|l| l.0) != Some(to.fs_base) {
+            cpu::wrmsr(MSR_FS_BASE, to.fs_base);
+        }
+        if loaded.map(|l| l.1) != Some(to.gs_base) {
+            cpu::wrmsr(MSR_GS_BASE, to.gs_base);
+        }
     }
 }
+
+const MSR_FS_BASE: u32 = 0xc000_0100;
+const MSR_GS_BASE: u32 = 0xc000_0101;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;

@@ -1,0 +1,327 @@
+//! A thread's floating-point and vector registers (x87, SSE, and on kvm_pvm AVX and up) and
+//! their switch between threads.
+//!
+//! Natively the kernel leaves CR4.OSXSAVE off, so user code has x87 and SSE only and the
+//! 512-byte FXSAVE image is the whole state. On kvm_pvm user code (and the kernel, which runs
+//! at hardware CPL 3 there) runs on the host's CR4 and XCR0, which enable AVX at least
+//! (XCR0 0x7 seen; 0x600e7 with AVX-512 and AMX on another host build), and the kernel
+//! cannot change XCR0. There the state is switched with XSAVE/XRSTOR over every component
+//! XCR0 enables except AMX (user code takes #UD on AMX instructions on the hosts measured;
+//! a host that enables it gets a boot warning, see [`init`]).
+//!
+//! The kernel itself never touches these registers (it is built soft-float), so they hold
+//! the running thread's state from its return to user mode until the next switch.
+
+use alloc::boxed::Box;
+use alloc::vec;
+use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+/// Bytes of the legacy (FXSAVE) region, and of the legacy region plus the XSAVE header.
+pub const LEGACY_BYTES: usize = 512;
+const HEADER_END: usize = 576;
+/// XSAVE header: XSTATE_BV (which components hold non-initial state) and XCOMP_BV.
+const XSTATE_BV: usize = 512;
+
+const XFEATURE_X87: u64 = 1 << 0;
+const XFEATURE_SSE: u64 = 1 << 1;
+const XFEATURE_AMX: u64 = (1 << 17) | (1 << 18);
+
+/// Where each XSAVE component above SSE lives in the standard (non-compacted) format, for
+/// components CPUID leaf 0xD does not describe: on kvm_pvm CPUID answers from the VMM's
+/// table, which may leave out components the host's XCR0 enables. These are the offsets
+/// every x86-64 CPU with the component uses: AVX, MPX bounds and config, opmask,
+/// ZMM_Hi256, Hi16_ZMM, PT (supervisor, never in XCR0), PKRU.
+const STANDARD_COMPONENTS: [(u32, usize, usize); 7] = [
+    (2, 576, 256),
+    (3, 960, 64),
+    (4, 1024, 64),
+    (5, 1088, 64),
+    (6, 1152, 512),
+    (7, 1664, 1024),
+    (9, 2688, 8),
+];
+
+/// The components switched with XSAVE (0: FXSAVE only), and the size of a thread's area.
+static XSAVE_MASK: AtomicU64 = AtomicU64::new(0);
+static AREA_BYTES: AtomicUsize = AtomicUsize::new(LEGACY_BYTES);
+
+/// What [`init`] found, for the boot log.
+pub struct Layout {
+    pub xsave_mask: u64,
+    pub area_bytes: usize,
+    /// XCR0 components left unswitched (AMX, or a component with no known layout).
+    pub unswitched: u64,
+}
+
+/// Chooses FXSAVE or XSAVE and the area size, once at boot, after PV mode is on and before
+/// the first thread is created. `pv`: on kvm_pvm, where XCR0 is the host's.
+pub fn init(pv: bool) -> Layout {
+    if !pv {
+        return Layout {
+            xsave_mask: 0,
+            area_bytes: LEGACY_BYTES,
+            unswitched: 0,
+        };
+    }
+    let xcr0 = xgetbv0();
+    let mut mask = xcr0 & (XFEATURE_X87 | XFEATURE_SSE);
+    let mut end = HEADER_END;
+    let mut unswitched = xcr0 & XFEATURE_AMX;
+    for bit in 2..64u32 {
+        let feature = 1u64 << bit;
+        if xcr0 & feature == 0 || feature & XFEATURE_AMX != 0 {
+            continue;
+        }
+        let leaf = super::cpu::cpuid(0xd, bit);
+        let known = STANDARD_COMPONENTS
+            .iter()
+            .find(|c| c.0 == bit)
+            .map(|c| (c.1, c.2));
+        let place = match (leaf.eax as usize, leaf.ebx as usize) {
+            (size, offset) if size != 0 && offset >= HEADER_END => Some((offset, size)),
+            _ => known,
+        };
+        match place {
+            Some((offset, size)) => {
+                mask |= feature;
+                end = end.max(offset + size);
+            }
+            None => unswitched |= feature,
+        }
+    }
+    let bytes = end.next_multiple_of(64);
+    XSAVE_MASK.store(mask, Ordering::Relaxed);
+    AREA_BYTES.store(bytes, Ordering::Relaxed);
+    // SAFETY: boot, single CPU; the entry code's floor switch reads it.
+    unsafe { super::percpu::get().xsave_mask = mask };
+    Layout {
+        xsave_mask: mask,
+        area_bytes: bytes,
+        unswitched,
+    }
+}
+
+fn xgetbv0() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: only called on kvm_pvm, where CR4.OSXSAVE is the host's (on: every host kernel
+    // that runs kvm_pvm uses XSAVE), so XGETBV cannot #UD; it changes nothing.
+    unsafe {
+        core::arch::asm!("xgetbv", in("ecx") 0u32, out("eax") lo, out("edx") hi,
+            options(nomem, nostack, preserves_flags));
+    }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// The size of a thread's exported extended state ([`FpuArea::export`]): the XSAVE
+/// standard-format image, at least the legacy region and the header.
+pub fn export_bytes() -> usize {
+    AREA_BYTES.load(Ordering::Relaxed).max(HEADER_END)
+}
+
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Chunk([u8; 64]);
+
+/// A thread's save area: the FXSAVE image natively, the XSAVE standard-format image on
+/// kvm_pvm (64-byte aligned, as XSAVE requires).
+pub struct FpuArea(Box<[Chunk]>);
+
+impl FpuArea {
+    /// The state after FNINIT with SSE defaults: control word 0x37f, MXCSR 0x1f80 (all
+    /// exceptions masked), every register zero (XSTATE_BV 0: every component initial).
+    pub fn clean() -> FpuArea {
+        let chunks = AREA_BYTES.load(Ordering::Relaxed) / 64;
+        let mut area = FpuArea(vec![Chunk([0; 64]); chunks].into_boxed_slice());
+        let bytes = area.bytes_mut();
+        bytes[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        bytes[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        area
+    }
+
+    /// The area's address, for the switch code (PERCPU.cur_fpu).
+    pub fn as_ptr(&mut self) -> u64 {
+        self.0.as_mut_ptr() as u64
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: the chunks are contiguous plain bytes; the slice covers exactly them.
+        unsafe { core::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 64) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as in `bytes`, borrowed mutably through `self`.
+        unsafe { core::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 64) }
+    }
+
+    fn xstate_bv(&self) -> u64 {
+        match XSAVE_MASK.load(Ordering::Relaxed) {
+            0 => XFEATURE_X87 | XFEATURE_SSE,
+            _ => word(self.bytes(), XSTATE_BV),
+        }
+    }
+
+    /// The x87/SSE state as the 512-byte FXSAVE image (`STATE_FPU`), with registers whose
+    /// component is in its initial state shown as initial (XSAVE need not write them).
+    pub fn export_legacy(&self) -> [u8; LEGACY_BYTES] {
+        let mut image = [0u8; LEGACY_BYTES];
+        image.copy_from_slice(&self.bytes()[..LEGACY_BYTES]);
+        let in_use = self.xstate_bv();
+        if in_use & XFEATURE_X87 == 0 {
+            let mxcsr = word(&image, 24);
+            image[0..160].fill(0);
+            image[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+            image[24..32].copy_from_slice(&mxcsr.to_le_bytes());
+        }
+        if in_use & XFEATURE_SSE == 0 {
+            image[160..416].fill(0);
+        }
+        image
+    }
+
+    /// Loads a user-supplied FXSAVE image (`STATE_FPU`), made safe for FXRSTOR/XRSTOR:
+    /// MXCSR keeps only the bits the CPU supports (a reserved bit makes the restore #GP in
+    /// the kernel) and the MXCSR_MASK field, which the restore ignores, is cleared. Every
+    /// other field is loaded as given: no value of them can fault. The extended components
+    /// keep their state.
+    pub fn import_legacy(&mut self, image: &[u8; LEGACY_BYTES]) {
+        let xsave = XSAVE_MASK.load(Ordering::Relaxed) != 0;
+        let bytes = self.bytes_mut();
+        bytes[..LEGACY_BYTES].copy_from_slice(image);
+        sanitize_mxcsr(bytes);
+        if xsave {
+            let bv = word(bytes, XSTATE_BV) | XFEATURE_X87 | XFEATURE_SSE;
+            bytes[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+        }
+    }
+
+    /// The whole state as an XSAVE standard-format image of [`export_bytes`] bytes
+    /// (`STATE_XSTATE`): the legacy region, the header (XSTATE_BV says which components hold
+    /// non-initial state; XCOMP_BV 0) and each component at its CPU-defined offset, zero
+    /// where the component is initial. Natively that is the legacy region and a header with
+    /// XSTATE_BV = x87 | SSE.
+    pub fn export(&self, out: &mut [u8]) -> usize {
+        let n = export_bytes().min(out.len());
+        out[..n].fill(0);
+        let legacy = self.export_legacy();
+        out[..LEGACY_BYTES.min(n)].copy_from_slice(&legacy[..LEGACY_BYTES.min(n)]);
+        let in_use = self.xstate_bv();
+        if n >= HEADER_END {
+            out[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&in_use.to_le_bytes());
+        }
+        if XSAVE_MASK.load(Ordering::Relaxed) != 0 {
+            for &(bit, offset, size) in &component_places() {
+                if in_use & (1 << bit) != 0 && offset + size <= n {
+                    out[offset..offset + size]
+                        .copy_from_slice(&self.bytes()[offset..offset + size]);
+                }
+            }
+        }
+        n
+    }
+
+    /// Loads a user-supplied standard-format image ([`export`]'s form), made safe for
+    /// XRSTOR: MXCSR masked as in [`import_legacy`], XSTATE_BV limited to the components
+    /// switched here, XCOMP_BV and the header's reserved bytes zero (anything else there
+    /// makes XRSTOR #GP). Natively only the legacy region is taken.
+    pub fn import(&mut self, image: &[u8]) {
+        let mask = XSAVE_MASK.load(Ordering::Relaxed);
+        if mask == 0 {
+            let mut legacy = [0u8; LEGACY_BYTES];
+            legacy.copy_from_slice(&image[..LEGACY_BYTES]);
+            self.import_legacy(&legacy);
+            return;
+        }
+        let bytes = self.bytes_mut();
+        let n = bytes.len().min(image.len());
+        bytes[..n].copy_from_slice(&image[..n]);
+        sanitize_mxcsr(bytes);
+        let bv = word(bytes, XSTATE_BV) & mask;
+        bytes[XSTATE_BV..HEADER_END].fill(0);
+        bytes[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&bv.to_le_bytes());
+    }
+}
+
+/// The little-endian word at `at`.
+fn word(bytes: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+/// The switched components above SSE: (bit, offset, size) in the standard format.
+fn component_places() -> alloc::vec::Vec<(u32, usize, usize)> {
+    let mask = XSAVE_MASK.load(Ordering::Relaxed);
+    (2..64u32)
+        .filter(|bit| mask & (1 << bit) != 0)
+        .filter_map(|bit| {
+            let leaf = super::cpu::cpuid(0xd, bit);
+            match (leaf.eax as usize, leaf.ebx as usize) {
+                (size, offset) if size != 0 && offset >= HEADER_END => Some((bit, offset, size)),
+                _ => STANDARD_COMPONENTS
+                    .iter()
+                    .find(|c| c.0 == bit)
+                    .map(|c| (bit, c.1, c.2)),
+            }
+        })
+        .collect()
+}
+
+fn sanitize_mxcsr(bytes: &mut [u8]) {
+    let mxcsr = u32::from_le_bytes([bytes[24], bytes[25], bytes[26], bytes[27]]);
+    bytes[24..28].copy_from_slice(&(mxcsr & mxcsr_mask()).to_le_bytes());
+    bytes[28..32].fill(0);
+}
+
+/// The MXCSR bits this CPU supports (FXSAVE's MXCSR_MASK field; 0 there means the
+/// architectural default 0xffbf). Read once, by an FXSAVE into a scratch area.
+fn mxcsr_mask() -> u32 {
+    static MASK: core::sync::atomic::AtomicU32 = core::sync::atomic::AtomicU32::new(0);
+    let known = MASK.load(Ordering::Relaxed);
+    if known != 0 {
+        return known;
+    }
+    let mut scratch = [Chunk([0; 64]); 8];
+    // SAFETY: a 64-byte-aligned 512-byte area we own; FXSAVE changes no register (the
+    // running thread's state stays loaded).
+    unsafe {
+        core::arch::asm!("fxsave64 [{}]", in(reg) scratch.as_mut_ptr(),
+            options(nostack, preserves_flags));
+    }
+    let field = &scratch[0].0[28..32];
+    let mask = match u32::from_le_bytes([field[0], field[1], field[2], field[3]]) {
+        0 => 0xffbf,
+        m => m,
+    };
+    MASK.store(mask, Ordering::Relaxed);
+    mask
+}
+
+/// Saves the registers into the area at `from` (0: the thread that ran is gone) and loads
+/// those at `to`.
+pub fn switch(from: u64, to: u64) {
+    if from == to {
+        return;
+    }
+    let mask = XSAVE_MASK.load(Ordering::Relaxed);
+    let (lo, hi) = (mask as u32, (mask >> 32) as u32);
+    // SAFETY: `from` (if non-zero) and `to` are the 64-byte-aligned FpuAreas of live threads,
+    // of AREA_BYTES each (PERCPU.cur_fpu is cleared when its thread is reaped), reached only
+    // here and by the floor switch, never while a Rust reference to them is live. `to` holds
+    // the clean state, what the save wrote, or an image sanitised by `import*`, so the
+    // restore cannot fault (MXCSR, XSTATE_BV within XCR0, header reserved bytes zero).
+    unsafe {
+        if mask == 0 {
+            if from != 0 {
+                core::arch::asm!("fxsave64 [{}]", in(reg) from, options(nostack, preserves_flags));
+            }
+            core::arch::asm!("fxrstor64 [{}]", in(reg) to, options(nostack, preserves_flags));
+        } else {
+            if from != 0 {
+                core::arch::asm!("xsave64 [{}]", in(reg) from, in("eax") lo, in("edx") hi,
+                    options(nostack, preserves_flags));
+            }
+            core::arch::asm!("xrstor64 [{}]", in(reg) to, in("eax") lo, in("edx") hi,
+                options(nostack, preserves_flags));
+        }
+    }
+}
