@@ -55,6 +55,23 @@ fn vector_state_and_segment_bases_are_switched_exported_and_loaded_safely() {
 }
 
 #[test]
+fn the_benchmark_floor_pair_keeps_every_rule() {
+    for (who, run) in both("fluke.init=ktest,floors fluke.floors=on") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("ktest: floors: 0 unexpected");
+        run.assert_console("victim: floor-seg: 500 switches, 0 with a wrong FS or GS base");
+        run.assert_console("victim: floor-outsider: switched false");
+        run.assert_console("victim: floor-out: 50 switches, now port I/O");
+        assert!(
+            run.console
+                .contains("(victim) killed: general protection (#GP)"),
+            "{who}: the partner's port I/O was not refused: {}",
+            run.console
+        );
+    }
+}
+
+#[test]
 fn a_spawned_child_runs_while_its_parent_spins_in_user_mode() {
     for (who, run) in both("fluke.init=ktest,starve") {
         assert_eq!(run.status, 0, "{who}: {run:?}");

@@ -328,6 +328,7 @@ pub fn block_current(state: ThreadState) -> ! {
 }
 
 fn switch_to(tid: ThreadId, now: u64) -> ! {
+    crate::selftest::floor_resumed(tid);
     let k = kernel();
     k.current = Some(tid);
     let Some(t) = k.threads.get_mut(tid) else {

@@ -73,14 +73,19 @@ pub fn enable_floors() {
     unsafe { crate::arch::percpu::get().floors_enabled = 1 };
 }
 
-/// `bench(SwitchFloorJoin)`: registers the calling thread as one side of the bare-switch
-/// pair (entry.S floor_switch). The second join activates the pair; the pair's threads then
-/// switch with `syscall(FLOOR_SWITCH)`. Only in a boot with `fluke.floors=on`.
+/// `bench(SwitchFloorJoin)`: makes the calling thread one side of the bare-switch pair
+/// (entry.S floor_switch). Only in a boot with `fluke.floors=on`.
+///
+/// With no thread waiting, the caller becomes side 0 and waits in this call, as in a yield:
+/// it returns 0 when it runs again, by the scheduler (which ends the half-formed pair) or
+/// by its partner's floor switch. A second thread's join finds it waiting and completes the
+/// pair (returns 1, the caller running in it); the two then switch with
+/// `syscall(FLOOR_SWITCH)`. So the thread the floor switch resumes is always one that
+/// entered the kernel by SYSCALL and waits in it (its saved RCX and R11 are its RIP and
+/// RFLAGS and the result is in its RAX): never one interrupted in user mode.
 ///
 /// The pair never bypasses the scheduler's rules: it is dissolved whenever the scheduler
-/// runs (a block, a yield, a preemption), when either thread is stopped or ends, and it is
-/// formed only with a partner that is runnable and waits in a kernel call (so SYSRETQ with
-/// its saved RCX and R11 returns it exactly).
+/// runs (a block, a yield, a preemption), and when either thread is stopped or ends.
 pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     use crate::arch::percpu;
     use crate::sched::{self, kernel};
@@ -104,22 +109,14 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
         .ok_or(Error::InvalidArgument)?;
     // SAFETY: single CPU.
     let pc = unsafe { percpu::get() };
-    if pc.floor_active == 0 && pc.floor_regs[0] == regs {
-        return Ok(0); // already waiting for a partner
-    }
-    // A partner can be resumed by the floor switch only if it is runnable, not running, and
-    // its registers are those of a kernel call (RCX = RIP, R11 = RFLAGS).
-    let partner_ready = pc.floor_active == 0
+    // A waiting side 0 is in its join call and has not run since (`floor_resumed`).
+    let partner_waiting = pc.floor_active == 0
         && pc.floor_regs[0] != 0
+        && pc.floor_thread[0] != tid.to_u64()
         && k.threads
             .get(crate::thread::ThreadId::from_u64(pc.floor_thread[0]))
-            .is_some_and(|p| {
-                p.state == ThreadState::Runnable
-                    && p.regs.rcx == p.regs.rip
-                    && p.regs.r11 == p.regs.rflags
-                    && p.regs.rip < fluke_abi::syscall::layout::USER_END
-            });
-    let side = usize::from(partner_ready);
+            .is_some_and(|p| p.state == ThreadState::Runnable);
+    let side = usize::from(partner_waiting);
     if side == 0 {
         floor_dissolve();
     }
@@ -131,8 +128,23 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     if side == 1 {
         pc.floor_cur = 1;
         pc.floor_active = 1;
+        return Ok(1);
     }
-    Ok(side as u64)
+    // Wait in the call: the result is in place for whichever way it is resumed.
+    if let Some(t) = kernel().threads.get_mut(tid) {
+        t.regs.rax = 0;
+    }
+    sched::yield_current()
+}
+
+/// The scheduler is about to run `tid`: a side 0 still waiting for a partner stops
+/// waiting (it returns from its join), so the half-formed pair ends.
+pub fn floor_resumed(tid: crate::thread::ThreadId) {
+    // SAFETY: single CPU.
+    let pc = unsafe { crate::arch::percpu::get() };
+    if pc.floor_active == 0 && pc.floor_thread[0] == tid.to_u64() {
+        floor_dissolve();
+    }
 }
 
 /// Ends the floor pair (or a half-formed one) if `tid` is in it.

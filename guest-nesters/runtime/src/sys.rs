@@ -118,7 +118,7 @@ pub fn floor_syscall() -> bool {
 
 /// The bare switch to the other thread of the floor pair: true once the other thread has
 /// switched back; false if there is no active pair with this thread in it (never formed,
-/// or dissolved because the scheduler ran). The kernel saves and restores every register
+/// or dissolved because the scheduler ran), or if it ended while this thread waited. The kernel saves and restores every register
 /// of both threads.
 #[inline(always)]
 pub fn floor_switch() -> bool {

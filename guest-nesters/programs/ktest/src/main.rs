@@ -15,6 +15,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "hostile" => hostile(),
         "starve" => starve(),
         "xstate" => xstate(),
+        "floors" => floors(),
         "capfuzz" => capfuzz(
             args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1),
             args.get(2).unwrap_or("100000"),
@@ -269,6 +270,32 @@ fn hostile() -> i32 {
             &restored,
         );
     }
+    // Moving a port into a port set needs WRITE on the set, as creating one in it does.
+    if let (Ok(set), Ok(other)) = (sys::port_set_create(), sys::port_set_create()) {
+        let port = sys::port_create(set, 7);
+        let use_only = sys::cap_copy(other, 0b0001);
+        let moved = match (port, use_only) {
+            (Ok(port), Ok(use_only)) => (
+                sys::obj_set_state(
+                    port,
+                    &[fluke_abi::syscall::objstate::PORT, 7, use_only, 0, 0, 0],
+                ),
+                sys::obj_set_state(
+                    port,
+                    &[fluke_abi::syscall::objstate::PORT, 7, other, 0, 0, 0],
+                ),
+            ),
+            (p, u) => {
+                check("port and USE-only set", false, &(p, u));
+                (Ok(0), Err(Error::InvalidArgument))
+            }
+        };
+        check(
+            "port moved into a set held with USE only (then with WRITE)",
+            moved.0 == Err(Error::NoRights) && moved.1.is_ok(),
+            &moved,
+        );
+    }
     // The floor paths exist only in a boot that asks for them (fluke.floors=on).
     let join = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
     check(
@@ -282,6 +309,205 @@ fn hostile() -> i32 {
     check("floor switch without fluke.floors", !switch, &switch);
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// The benchmark floor pair (`fluke.floors=on`, issue 9) obeys every rule: the switch keeps
+/// each thread's registers, vector state and segment bases; stopping or killing a member,
+/// or another thread becoming runnable, dissolves the pair; a thread outside it cannot use
+/// it; privileged RFLAGS bits set through thread_set_state do not reach user mode by it.
+fn floors() -> i32 {
+    use fluke_abi::syscall::ThreadRegs;
+    const GP: i32 = 128 + 13;
+    let mut bad = 0u32;
+    let mut check = |what: &str, ok: bool, seen: &dyn core::fmt::Debug| {
+        println!(
+            "ktest: floors: {what}: {seen:?} {}",
+            if ok { "ok" } else { "UNEXPECTED" }
+        );
+        bad += u32::from(!ok);
+    };
+    check("floor call on", sys::floor_syscall(), &"");
+    // 1. Every register and the vector state of both threads survive the switch, and the
+    //    partner's FS and GS bases (set by us while it was stopped) are its own.
+    if let Ok(child) = sys::spawn_child("victim", &["floor-seg"], &[]) {
+        sys::sleep_ns(50_000_000);
+        let base = 0x5000_0000;
+        let set = sys::thread_stop(child.thread)
+            .and_then(|_| sys::thread_get_state(child.thread))
+            .and_then(|r| {
+                sys::thread_set_state(
+                    child.thread,
+                    &ThreadRegs {
+                        fs_base: base,
+                        gs_base: base,
+                        ..r
+                    },
+                )
+            })
+            .and_then(|_| sys::thread_resume(child.thread));
+        check("partner's segment bases set", set.is_ok(), &set);
+        sys::sleep_ns(250_000_000); // its sleep restarted: 200 ms
+        let formed = form_floor_pair();
+        let (mut switches, mut changed) = (0u32, 0u32);
+        if formed {
+            for seed in 1..2000u64 {
+                let (switched, wrong) = floor_switch_checked(seed);
+                if !switched {
+                    break;
+                }
+                switches += 1;
+                changed += wrong;
+            }
+        }
+        check(
+            "registers kept across the floor switch (switches, changed)",
+            // Nearly all of the partner's 500 (a few go to forming the pair and its end).
+            formed && switches >= 490 && changed == 0,
+            &(switches, changed),
+        );
+        let status = sys::wait(child.pid);
+        check(
+            "partner ended, pair dissolved",
+            status == Ok(0) && !sys::floor_switch(),
+            &status,
+        );
+    }
+    // 2. Another thread becoming runnable preempts the pair (the timer is armed for it),
+    //    and while no pair is active the floor switch is an unknown call for anyone.
+    if let Ok(partner) = sys::spawn("victim", &["floor-partner"]) {
+        let formed = form_floor_pair();
+        let outsider = sys::spawn("victim", &["floor-outsider"]);
+        let mut switches = 0u32;
+        while switches < 2000 && sys::floor_switch() {
+            switches += 1;
+        }
+        check(
+            "a runnable thread ends the pair (switches before it ran)",
+            formed && switches < 2000,
+            &switches,
+        );
+        let outsider = outsider.and_then(sys::wait);
+        check(
+            "outsider's floor switch refused",
+            outsider == Ok(0),
+            &outsider,
+        );
+        // Let the partner finish its switches.
+        while form_floor_pair() {
+            while sys::floor_switch() {}
+        }
+        let status = sys::wait(partner);
+        check("partner finished", status == Ok(0), &status);
+    }
+    // 3. Stopping a member dissolves the pair; IOPL set while it is stopped is dropped, so
+    //    after switching back in by the floor path its port I/O still faults.
+    if let Ok(child) = sys::spawn_child("victim", &["floor-out"], &[]) {
+        let formed = form_floor_pair();
+        let stopped = sys::thread_stop(child.thread);
+        let dissolved = !sys::floor_switch();
+        check(
+            "stop dissolves the pair",
+            formed && stopped.is_ok() && dissolved,
+            &stopped,
+        );
+        let iopl = sys::thread_get_state(child.thread)
+            .and_then(|r| {
+                sys::thread_set_state(
+                    child.thread,
+                    &ThreadRegs {
+                        rflags: r.rflags | 0x3000,
+                        ..r
+                    },
+                )
+            })
+            .and_then(|_| sys::thread_resume(child.thread));
+        check("IOPL 3 set while stopped", iopl.is_ok(), &iopl);
+        while form_floor_pair() {
+            while sys::floor_switch() {}
+        }
+        let status = sys::wait(child.pid);
+        check(
+            "port I/O after floor switches faults",
+            status == Ok(GP),
+            &status,
+        );
+    }
+    println!("ktest: floors: {bad} unexpected");
+    i32::from(bad != 0)
+}
+
+/// Joins the floor pair (yielding so a partner can complete it) until a floor switch
+/// succeeds; false if no partner completes it within a second (or it has ended).
+fn form_floor_pair() -> bool {
+    let until = sys::time_ns() + 1_000_000_000;
+    while sys::time_ns() < until {
+        if sys::floor_switch() {
+            return true;
+        }
+        // Join: complete the pair (running in it), or wait in the call for a partner.
+        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+    }
+    false
+}
+
+/// One floor switch with twelve general registers and xmm1 holding values derived from
+/// `seed`: whether it switched, and how many of them came back different.
+fn floor_switch_checked(seed: u64) -> (bool, u32) {
+    let mut buf = [0u64; 26];
+    for (i, w) in buf[..13].iter_mut().enumerate() {
+        *w = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ ((i as u64) << 56);
+    }
+    let ret: u64;
+    // SAFETY: the asm saves RBX and RBP itself, keeps the buffer pointer on the stack across
+    // the SYSCALL (which clobbers RCX and R11), and declares every other register it
+    // changes; the kernel touches no memory of ours for this call. xmm1 is not used by this
+    // soft-float program.
+    unsafe {
+        core::arch::asm!(
+            "push rbx",
+            "push rbp",
+            "mov rbx, [rcx]",
+            "mov rbp, [rcx + 8]",
+            "mov rsi, [rcx + 16]",
+            "mov rdi, [rcx + 24]",
+            "mov rdx, [rcx + 32]",
+            "mov r8, [rcx + 40]",
+            "mov r9, [rcx + 48]",
+            "mov r10, [rcx + 56]",
+            "mov r12, [rcx + 64]",
+            "mov r13, [rcx + 72]",
+            "mov r14, [rcx + 80]",
+            "mov r15, [rcx + 88]",
+            "movq xmm1, qword ptr [rcx + 96]",
+            "push rcx",
+            "mov eax, {switch}",
+            "syscall",
+            "pop rcx",
+            "mov [rcx + 104], rbx",
+            "mov [rcx + 112], rbp",
+            "mov [rcx + 120], rsi",
+            "mov [rcx + 128], rdi",
+            "mov [rcx + 136], rdx",
+            "mov [rcx + 144], r8",
+            "mov [rcx + 152], r9",
+            "mov [rcx + 160], r10",
+            "mov [rcx + 168], r12",
+            "mov [rcx + 176], r13",
+            "mov [rcx + 184], r14",
+            "mov [rcx + 192], r15",
+            "movq qword ptr [rcx + 200], xmm1",
+            "pop rbp",
+            "pop rbx",
+            switch = const fluke_abi::syscall::FLOOR_SWITCH,
+            in("rcx") buf.as_mut_ptr(),
+            lateout("rax") ret,
+            out("rsi") _, out("rdi") _, out("rdx") _, out("r8") _, out("r9") _,
+            out("r10") _, out("r11") _, out("r12") _, out("r13") _, out("r14") _,
+            out("r15") _,
+        );
+    }
+    let changed = (0..13).filter(|&i| buf[i] != buf[13 + i]).count() as u32;
+    (ret == 0, changed)
 }
 
 /// The state beside the general registers (issue 9): the FS and GS bases and the vector

@@ -226,6 +226,51 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 println!("victim: gs base {gs:#x}");
                 return if gs == 0 { 0 } else { 4 };
             }
+            "floor-seg" => {
+                // A floor-pair partner whose FS and GS bases the parent sets first (stopped,
+                // before the pair forms); every switch back must find them intact.
+                const PAGE: u64 = 0x5000_0000;
+                if sys::map_anon(PAGE, 4096).is_err() {
+                    return 2;
+                }
+                core::ptr::write_volatile(PAGE as *mut u64, 0xf5_f5f5);
+                core::ptr::write_volatile((PAGE + 8) as *mut u64, 0x65_6565);
+                sys::sleep_ns(200_000_000);
+                let bad = floor_partner(500, || {
+                    let (fs, gs): (u64, u64);
+                    asm!("mov {}, qword ptr fs:[0]", out(reg) fs);
+                    asm!("mov {}, qword ptr gs:[8]", out(reg) gs);
+                    fs != 0xf5_f5f5 || gs != 0x65_6565
+                });
+                println!("victim: floor-seg: 500 switches, {bad} with a wrong FS or GS base");
+                return if bad == 0 { 0 } else { 3 };
+            }
+            "floor-partner" => {
+                floor_partner(2000, || false);
+                println!("victim: floor-partner: 2000 switches");
+                return 0;
+            }
+            "floor-out" => {
+                // A floor-pair partner that, after some switches, tries port I/O: it must
+                // fault even if the parent gave it IOPL 3 through thread_set_state.
+                let mut switches = 0u32;
+                while switches < 50 {
+                    if sys::floor_switch() {
+                        switches += 1;
+                    } else {
+                        // Complete the pair, or wait in the join for the parent.
+                        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+                    }
+                }
+                println!("victim: floor-out: {switches} switches, now port I/O");
+                asm!("cli", "out dx, al", in("dx") 0xf4u16, in("al") 0x55u8);
+            }
+            "floor-outsider" => {
+                // Not in the pair: the floor switch is an unknown call for it.
+                let switched = sys::floor_switch();
+                println!("victim: floor-outsider: switched {switched}");
+                return if switched { 3 } else { 0 };
+            }
             "fpu-set" => {
                 // Secrets in x87 and SSE registers; they must still be there after another
                 // process has run, and no other process may see them.
@@ -306,6 +351,23 @@ unsafe fn compat_syscall() {
 
 #[repr(C, align(16))]
 struct FxArea([u8; 512]);
+
+/// Switches to the floor-pair partner `n` times, joining the pair (and yielding so the
+/// partner can complete it) whenever it is not active; counts the switches after which
+/// `wrong` says something changed.
+fn floor_partner(n: u32, wrong: impl Fn() -> bool) -> u32 {
+    let (mut switches, mut bad) = (0u32, 0u32);
+    while switches < n {
+        if sys::floor_switch() {
+            switches += 1;
+            bad += u32::from(wrong());
+        } else {
+            // Join: complete the pair (running in it), or wait in the call for a partner.
+            let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+        }
+    }
+    bad
+}
 
 /// XCR0, read with XGETBV (#UD natively, where the kernel leaves OSXSAVE off).
 fn xcr0() -> u64 {

@@ -211,9 +211,10 @@ floor_syscall:
 
 /* platform.switch_floor: the bare switch between the two threads of the registered pair.
    It is a real switch, only without the scheduler: every user register of the thread that
-   leaves is saved (as a kernel call saves them, the call returning 0), the FPU/SSE/AVX
-   state and the FS and GS bases are switched (as sched.rs switch_to does), and every register of the thread that comes
-   in is restored, its RFLAGS sanitised. Only a pair member that entered by SYSCALL is ever
+   leaves is saved (as a kernel call saves them: the call returns 0 when the partner
+   switches back, PeerGone if the pair ends first and the scheduler resumes it), the
+   FPU/SSE/AVX state and the FS and GS bases are switched (as sched.rs switch_to does),
+   and every register of the thread that comes in is restored, its RFLAGS sanitised. Only a pair member that entered by SYSCALL is ever
    resumed here (floor_join and the scheduler keep it so), so its RCX and R11 are its RIP
    and RFLAGS and one SYSRETQ returns it. */
 floor_switch:
@@ -229,8 +230,8 @@ floor_switch:
     mov $FLOOR_SWITCH, %eax
     jmp syscall_normal              /* not a member of the pair: an unknown call */
 1:  mov PERCPU+PC_USER_RSP(%rip), %rdx
-    mov $0, %eax                    /* the call's result, saved with the registers */
-    SAVE_SYSCALL_FRAME              /* every register is free from here on */
+    mov $-11, %rax                  /* the result if the scheduler resumes it instead: */
+    SAVE_SYSCALL_FRAME              /* PeerGone (the pair ended); every register is free */
     mov PERCPU+PC_CUR_FPU(%rip), %rcx
     FPU_SAVE
     mov PERCPU+PC_CUR_REGS(%rip), %rsi  /* the leaving thread's registers */
@@ -256,6 +257,7 @@ floor_switch:
     mov %rcx, PERCPU+PC_CUR_THREAD(%rip)
     mov PC_FLOOR_REGS(%rdx,%rax,8), %rdi  /* the entering thread's registers */
     mov %rdi, PERCPU+PC_CUR_REGS(%rip)
+    movq $0, UR_RAX(%rdi)           /* its floor switch or join returns 0 */
     mov PC_FLOOR_FPU(%rdx,%rax,8), %rcx
     mov %rcx, PERCPU+PC_CUR_FPU(%rip)
     FPU_RESTORE
