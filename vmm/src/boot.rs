@@ -61,10 +61,11 @@ pub struct ImageLayout {
 }
 
 /// Executable ranges of the kernel, both as linked (virtual) and as loaded (physical: the
-/// 32-bit boot code runs at physical addresses with paging off).
+/// 32-bit boot code runs at physical addresses with paging off), each with the physical
+/// address it starts at so that the VMM can read the code there.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelText {
-    ranges: Vec<Range<u64>>,
+    ranges: Vec<(Range<u64>, u64)>,
 }
 
 impl KernelText {
@@ -74,8 +75,8 @@ impl KernelText {
         for ph in segments.into_iter().filter(|ph| ph.flags & PF_X != 0) {
             for start in [ph.vaddr, ph.paddr] {
                 let end = start.saturating_add(ph.memsz);
-                let r = start..end;
-                if !r.is_empty() && !ranges.contains(&r) {
+                let r = (start..end, ph.paddr);
+                if !r.0.is_empty() && !ranges.contains(&r) {
                     ranges.push(r);
                 }
             }
@@ -84,11 +85,19 @@ impl KernelText {
     }
 
     pub fn contains(&self, rip: u64) -> bool {
-        self.ranges.iter().any(|r| r.contains(&rip))
+        self.range_of(rip).is_some()
     }
 
-    pub fn ranges(&self) -> &[Range<u64>] {
-        &self.ranges
+    /// The executable range holding `addr`, and the guest-physical address of `addr`.
+    pub fn range_of(&self, addr: u64) -> Option<(Range<u64>, u64)> {
+        self.ranges
+            .iter()
+            .find(|(r, _)| r.contains(&addr))
+            .map(|(r, phys)| (r.clone(), phys + (addr - r.start)))
+    }
+
+    pub fn ranges(&self) -> Vec<Range<u64>> {
+        self.ranges.iter().map(|(r, _)| r.clone()).collect()
     }
 }
 

@@ -18,7 +18,7 @@ use crate::logger::to_stderr;
 use crate::platform;
 use crate::stats::{self, RunStats};
 use crate::stdin;
-use crate::vcpu::{Outcome, RipSource, VcpuRunner};
+use crate::vcpu::{OutRip, Outcome, RipSource, VcpuRunner};
 use crate::vm::{self, Vm};
 use crate::watchdog::{self, Watchdog};
 
@@ -105,7 +105,14 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         let mut runner = VcpuRunner::new(
             vcpu,
             &mut devices,
-            &layout.text,
+            (
+                &layout.text,
+                vm.memory(),
+                match platform {
+                    fluke_abi::Platform::KvmPvm => OutRip::Next,
+                    _ => OutRip::Instruction,
+                },
+            ),
             rip_source,
             watchdog.as_ref(),
         );

@@ -14,6 +14,7 @@
 use std::fmt::Write as _;
 
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::KernelText;
 use crate::devices::{Devices, IoAction};
@@ -57,10 +58,21 @@ enum Exit {
     Crash(String),
 }
 
+/// Where the RIP points at an OUT exit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutRip {
+    /// At the OUT instruction (hardware KVM: it skips the instruction when the exit completes).
+    Instruction,
+    /// Just after it (kvm_pvm, pvm.md §6; an IN exit there still points at the instruction).
+    Next,
+}
+
 pub struct VcpuRunner<'a> {
     vcpu: VcpuFd,
     devices: &'a mut Devices,
     text: &'a KernelText,
+    memory: &'a GuestMemoryMmap,
+    out_rip: OutRip,
     rip_source: RipSource,
     watchdog: Option<&'a Watchdog>,
     io_data: Vec<u8>,
@@ -71,7 +83,7 @@ impl<'a> VcpuRunner<'a> {
     pub fn new(
         mut vcpu: VcpuFd,
         devices: &'a mut Devices,
-        text: &'a KernelText,
+        (text, memory, out_rip): (&'a KernelText, &'a GuestMemoryMmap, OutRip),
         rip_source: RipSource,
         watchdog: Option<&'a Watchdog>,
     ) -> VcpuRunner<'a> {
@@ -82,6 +94,8 @@ impl<'a> VcpuRunner<'a> {
             vcpu,
             devices,
             text,
+            memory,
+            out_rip,
             rip_source,
             watchdog,
             io_data: Vec::with_capacity(16),
@@ -145,7 +159,7 @@ impl<'a> VcpuRunner<'a> {
                 Exit::Interrupted => continue,
                 Exit::IoOut(port) => {
                     self.exits += 1;
-                    if let Some(crash) = self.check_rip("out", port) {
+                    if let Some(crash) = self.check_out_rip(port) {
                         return crash;
                     }
                     match self.devices.io_out(port, &self.io_data) {
@@ -211,6 +225,38 @@ impl<'a> VcpuRunner<'a> {
         }
     }
 
+    /// [`check_rip`](Self::check_rip) for an OUT: where the RIP is past the instruction
+    /// (kvm_pvm), the instruction is found by decoding backwards from it, and the whole of
+    /// it must lie in kernel text.
+    fn check_out_rip(&self, port: u16) -> Option<Outcome> {
+        if self.out_rip == OutRip::Instruction {
+            return self.check_rip("out", port);
+        }
+        let rip = match self.rip() {
+            Ok(rip) => rip,
+            Err(e) => return Some(self.crash(format!("cannot read RIP on port I/O: {e}"))),
+        };
+        let refuse = |why: &str| {
+            Some(self.crash(format!(
+                "port I/O from outside kernel text: out {port:#x} {why} (rip {rip:#x}, after the instruction)"
+            )))
+        };
+        let Some((range, phys_last)) = self.text.range_of(rip.wrapping_sub(1)) else {
+            return refuse("ending outside it");
+        };
+        let n = (rip - range.start).min(MAX_INSN_LEN as u64) as usize;
+        let mut before = [0u8; MAX_INSN_LEN];
+        let from = GuestAddress(phys_last + 1 - n as u64);
+        if self.memory.read_slice(&mut before[..n], from).is_err() {
+            return refuse("whose code cannot be read");
+        }
+        match out_insn_start(&before[..n], port) {
+            Some(len) if (len as u64) < rip - range.start => None,
+            Some(_) => refuse("starting at or before the start of kernel text"),
+            None => refuse("with no OUT instruction ending there"),
+        }
+    }
+
     /// Describes `kvm_run.internal` after KVM_EXIT_INTERNAL_ERROR.
     fn internal_error(&mut self) -> String {
         let run = self.vcpu.get_kvm_run();
@@ -233,6 +279,48 @@ impl<'a> VcpuRunner<'a> {
             hex_u64s(&internal.data[..n])
         )
     }
+}
+
+/// The longest an x86 instruction can be.
+const MAX_INSN_LEN: usize = 15;
+
+/// The length of the OUT (or OUTS) instruction whose last byte is the last of `before` (the
+/// code just below the RIP kvm_pvm reports at an OUT exit), reading it as long as it can be:
+/// every byte before the opcode that could be a prefix is counted as one, so the start it
+/// gives is the lowest the instruction could have. None if no OUT to `port` ends there.
+///
+/// Without prefixes OUT is `EE`/`EF` (port in DX), `E6 ib`/`E7 ib` (port `ib`) and OUTS
+/// `6E`/`6F`; the bytes `E6 EE` end both `out 0xee, al` and, read from the second byte,
+/// `out dx, al`, so both readings are tried and the longer one is taken.
+pub fn out_insn_start(before: &[u8], port: u16) -> Option<usize> {
+    let is_prefix = |b: u8| {
+        matches!(
+            b,
+            0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 | 0x40
+                ..=0x4f
+        )
+    };
+    let n = before.len();
+    // (index of the opcode byte) for each reading.
+    let mut opcodes = Vec::with_capacity(2);
+    if n >= 1 && matches!(before[n - 1], 0xee | 0xef | 0x6e | 0x6f) {
+        opcodes.push(n - 1);
+    }
+    if n >= 2 && matches!(before[n - 2], 0xe6 | 0xe7) && u16::from(before[n - 1]) == port {
+        opcodes.push(n - 2);
+    }
+    opcodes
+        .into_iter()
+        .map(|op| {
+            let prefixes = before[..op]
+                .iter()
+                .rev()
+                .take_while(|&&b| is_prefix(b))
+                .count();
+            n - op + prefixes
+        })
+        .filter(|&len| len <= MAX_INSN_LEN)
+        .max()
 }
 
 /// `[0x2a, 0x01]`
@@ -314,5 +402,42 @@ mod tests {
         assert_eq!(hex_bytes(&[0x2a]), "[0x2a]");
         assert_eq!(hex_bytes(&[1, 0xff]), "[0x01, 0xff]");
         assert_eq!(hex_bytes(&[]), "[]");
+    }
+
+    #[test]
+    fn an_out_is_found_ending_at_the_rip_after_it() {
+        // out %al, (%dx); out %eax, (%dx); out %ax, (%dx)
+        assert_eq!(out_insn_start(&[0x90, 0xee], 0x3f8), Some(1));
+        assert_eq!(out_insn_start(&[0x90, 0xef], 0x3f8), Some(1));
+        assert_eq!(out_insn_start(&[0x90, 0x66, 0xef], 0x3f8), Some(2));
+        // out %al, $0xf4 (the port must be the immediate)
+        assert_eq!(out_insn_start(&[0xb0, 0x07, 0xe6, 0xf4], 0xf4), Some(2));
+        assert_eq!(out_insn_start(&[0x90, 0xe6, 0xf4], 0xf5), None);
+        // rep outsb
+        assert_eq!(out_insn_start(&[0x90, 0xf3, 0x6e], 0x3f8), Some(2));
+        // not an OUT
+        assert_eq!(out_insn_start(&[0x90, 0x90], 0xf4), None);
+        assert_eq!(out_insn_start(&[], 0xf4), None);
+    }
+
+    #[test]
+    fn the_lowest_possible_start_is_taken() {
+        // `e6 ee` is `out %al, $0xee`, or `out %al, (%dx)` from its second byte.
+        assert_eq!(out_insn_start(&[0xe6, 0xee], 0xee), Some(2));
+        // Bytes that could be prefixes count as prefixes (a REX byte before the opcode).
+        assert_eq!(out_insn_start(&[0x48, 0xee], 0x3f8), Some(2));
+        assert_eq!(out_insn_start(&[0x66, 0x66, 0x2e, 0xef], 0x3f8), Some(4));
+    }
+
+    #[test]
+    fn a_start_at_or_before_the_text_start_is_refused_by_the_caller() {
+        // check_out_rip accepts only `len < rip - text.start`: with the bytes read clipped
+        // at the text start, an instruction whose prefixes reach it might begin below it.
+        let text_start = 0x10_0000u64;
+        let rip = text_start + 2;
+        let len = out_insn_start(&[0xe6, 0xf4], 0xf4).unwrap() as u64;
+        assert!(len >= rip - text_start, "must be refused");
+        let rip = text_start + 3;
+        assert!(len < rip - text_start, "must be accepted");
     }
 }

@@ -191,6 +191,45 @@ fn port_io_from_outside_kernel_text_is_refused() {
 }
 
 #[test]
+fn an_out_that_is_the_last_instruction_of_kernel_text_is_accepted() {
+    // On kvm_pvm the RIP at an OUT exit is the address after the instruction, here the end
+    // of the text: the instruction itself is inside it.
+    let code = [mov_al(5), out_imm(0xf4)].concat();
+    let img = write_image("out-last", &image(&code));
+    let o = run(&img, &[]);
+    assert_eq!(o.status.code(), Some(5), "stderr: {}", stderr(&o));
+}
+
+#[test]
+fn an_out_just_below_kernel_text_is_refused() {
+    // The code writes `out %al, $0xf4` into the two bytes below the text and jumps there:
+    // the instruction lies outside the text although, on kvm_pvm, the RIP after it is the
+    // text's first byte.
+    let below = (CODE_PADDR - 2) as u32;
+    let mut code = Vec::new();
+    for (i, b) in [0xe6u8, 0xf4].into_iter().enumerate() {
+        code.extend_from_slice(&[0xc6, 0x05]); // movb $imm8, abs32
+        code.extend_from_slice(&(below + i as u32).to_le_bytes());
+        code.push(b);
+    }
+    code.extend(mov_al(7));
+    code.extend(jmp_abs(below));
+    let img = write_image("out-below", &image(&code));
+    let o = run(&img, &[]);
+    assert_eq!(
+        o.status.code(),
+        Some(VMM_GUEST_CRASH),
+        "stderr: {}",
+        stderr(&o)
+    );
+    assert!(
+        stderr(&o).contains("port I/O from outside kernel text: out 0xf4"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
 fn boot_timer_and_bench_port_are_measured() {
     let code = [
         out_dx(BOOT_TIMER, 1),

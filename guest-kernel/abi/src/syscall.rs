@@ -310,7 +310,9 @@ pub const FLOOR_SWITCH: u64 = 0xf101;
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchOp {
-    /// Registers the caller as one side of the bare switch pair (`FLOOR_SWITCH`).
+    /// Joins the bare switch pair (`FLOOR_SWITCH`): completes it if another thread waits
+    /// (returns 1, the caller running in the pair), else waits in the call for a partner
+    /// (returns 0 when resumed, by the partner's switch or by the scheduler).
     SwitchFloorJoin = 1,
     /// The TSC frequency in kHz, for user-side timing with RDTSC.
     TscKhz = 2,
