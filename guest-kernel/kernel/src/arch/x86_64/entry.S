@@ -270,14 +270,17 @@ floor_switch:
     mov UR_FS_BASE(%rdi), %rax
     wrfsbase %rax
     jmp 5f
-4:  mov UR_FS_BASE(%rdi), %rax
-    cmp UR_FS_BASE(%rsi), %rax
-    je 6f
+4:  mov UR_FS_BASE(%rdi), %rax     /* natively a selector load may have reset them */
     mov $MSR_FS_BASE, %ecx
     mov %rax, %rdx
     shr $32, %rdx
     wrmsr
-6:  mov $MSR_GS_BASE, %ecx
+    mov UR_GS_BASE(%rdi), %rax
+    mov $MSR_GS_BASE, %ecx
+    mov %rax, %rdx
+    shr $32, %rdx
+    wrmsr
+    jmp 7f
 5:  mov UR_GS_BASE(%rdi), %rax
     cmp UR_GS_BASE(%rsi), %rax
     je 7f

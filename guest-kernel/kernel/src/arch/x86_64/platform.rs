@@ -158,6 +158,8 @@ pub fn enable_pv_mode() {
 const CR4_OSFXSR: u64 = 1 << 9;
 const CR4_OSXMMEXCPT: u64 = 1 << 10;
 const CR4_UMIP: u64 = 1 << 11;
+const CR4_FSGSBASE: u64 = 1 << 16;
+const CR4_OSXSAVE: u64 = 1 << 18;
 const CR4_SMEP: u64 = 1 << 20;
 const CR4_SMAP: u64 = 1 << 21;
 
@@ -172,7 +174,9 @@ pub fn harden(d: &Detection) -> [Option<&'static str>; 3] {
     if d.backend != Backend::Native {
         return [None; 3];
     }
-    let mut cr4 = cpu::read_cr4() | CR4_OSFXSR | CR4_OSXMMEXCPT;
+    // OSXSAVE and FSGSBASE stay off whatever the loader left: the FPU switch is FXSAVE
+    // natively (fpu.rs), and user code must not choose its FS/GS bases.
+    let mut cr4 = (cpu::read_cr4() & !(CR4_FSGSBASE | CR4_OSXSAVE)) | CR4_OSFXSR | CR4_OSXMMEXCPT;
     let mut on = [None; 3];
     for (i, (offered, bit, name)) in [
         (d.smep, CR4_SMEP, "smep"),

@@ -143,9 +143,9 @@ pub fn return_to_user(return_slot: u64) -> ! {
 /// builds), a SWAPGS pair around RDGSBASE/WRGSBASE ~40 µs, so it is MSR, and the write is
 /// made only when the base changes.
 ///
-/// Natively user code cannot change either (CR4.FSGSBASE is off and the MSRs are
-/// privileged): the loaded bases are always the running thread's saved ones, and only a
-/// difference is written. The kernel itself uses neither FS nor GS.
+/// Natively user code cannot choose either (CR4.FSGSBASE is off and the MSRs are
+/// privileged), but a selector load into FS or GS resets the base, so both are written on
+/// every switch. The kernel itself uses neither FS nor GS.
 pub fn switch_segment_bases(from: *mut UserRegs, to: &UserRegs) {
     if core::ptr::eq(from, to) {
         return;
@@ -169,14 +169,11 @@ pub fn switch_segment_bases(from: *mut UserRegs, to: &UserRegs) {
             }
             return;
         }
-        // Natively the loaded bases are the leaving thread's (None: it is gone, unknown).
-        let loaded = (!from.is_null()).then(|| ((*from).fs_base, (*from).gs_base));
-        if loaded.map(|l| l.0) != Some(to.fs_base) {
-            cpu::wrmsr(MSR_FS_BASE, to.fs_base);
-        }
-        if loaded.map(|l| l.1) != Some(to.gs_base) {
-            cpu::wrmsr(MSR_GS_BASE, to.gs_base);
-        }
+        // Natively user code cannot set a base to a value of its choice, but loading a
+        // selector into FS or GS resets the base, so what is loaded is not known: write both.
+        let _ = from;
+        cpu::wrmsr(MSR_FS_BASE, to.fs_base);
+        cpu::wrmsr(MSR_GS_BASE, to.gs_base);
     }
 }
 
