@@ -332,18 +332,7 @@ fn floors() -> i32 {
     if let Ok(child) = sys::spawn_child("victim", &["floor-seg"], &[]) {
         sys::sleep_ns(50_000_000);
         let base = 0x5000_0000;
-        let set = sys::thread_stop(child.thread)
-            .and_then(|_| sys::thread_get_state(child.thread))
-            .and_then(|r| {
-                sys::thread_set_state(
-                    child.thread,
-                    &ThreadRegs {
-                        fs_base: base,
-                        gs_base: base,
-                        ..r
-                    },
-                )
-            })
+        let set = stop_and_set_segment_bases(child.thread, base)
             .and_then(|_| sys::thread_resume(child.thread));
         check("partner's segment bases set", set.is_ok(), &set);
         sys::sleep_ns(250_000_000); // its sleep restarted: 200 ms
@@ -434,6 +423,22 @@ fn floors() -> i32 {
     }
     println!("ktest: floors: {bad} unexpected");
     i32::from(bad != 0)
+}
+
+/// Stops `thread` and sets both its FS and GS base to `base`, keeping its other registers.
+fn stop_and_set_segment_bases(thread: u64, base: u64) -> Result<u64, Error> {
+    sys::thread_stop(thread)
+        .and_then(|_| sys::thread_get_state(thread))
+        .and_then(|r| {
+            sys::thread_set_state(
+                thread,
+                &fluke_abi::syscall::ThreadRegs {
+                    fs_base: base,
+                    gs_base: base,
+                    ..r
+                },
+            )
+        })
 }
 
 /// Joins the floor pair (yielding so a partner can complete it) until a floor switch
@@ -528,18 +533,7 @@ fn xstate() -> i32 {
     if let Ok(child) = sys::spawn_child("victim", &["seg-read"], &[]) {
         sys::sleep_ns(100_000_000);
         let base = 0x5000_0000;
-        let set = sys::thread_stop(child.thread)
-            .and_then(|_| sys::thread_get_state(child.thread))
-            .and_then(|r| {
-                sys::thread_set_state(
-                    child.thread,
-                    &ThreadRegs {
-                        fs_base: base,
-                        gs_base: base,
-                        ..r
-                    },
-                )
-            });
+        let set = stop_and_set_segment_bases(child.thread, base);
         let back = sys::thread_get_state(child.thread).map(|r| (r.fs_base, r.gs_base));
         let status = sys::thread_resume(child.thread).and_then(|_| sys::wait(child.pid));
         check(
