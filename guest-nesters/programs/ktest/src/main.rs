@@ -519,7 +519,6 @@ fn floor_switch_checked(seed: u64) -> (bool, u32) {
 /// registers above SSE (AVX and up, which user code has on kvm_pvm) are switched with the
 /// thread, part of its exported state, and load safely from hostile images.
 fn xstate() -> i32 {
-    use fluke_abi::syscall::{ThreadRegs, XSTATE_MAX_BYTES};
     const UD: i32 = 128 + 6;
     let mut bad = 0u32;
     let mut check = |what: &str, ok: bool, seen: &dyn core::fmt::Debug| {
