@@ -361,6 +361,24 @@ fn floors() -> i32 {
             &status,
         );
     }
+    //    Between two partners with the same bases, one reloading FS and GS selectors
+    //    (natively resetting its own bases), the other still gets its bases every switch.
+    let reader = sys::spawn_child("victim", &["floor-seg"], &[]);
+    let reloader = sys::spawn_child("victim", &["floor-seg-reload"], &[]);
+    if let (Ok(reader), Ok(reloader)) = (reader, reloader) {
+        sys::sleep_ns(50_000_000);
+        let base = 0x5000_0000;
+        let set = [reader.thread, reloader.thread].map(|t| {
+            stop_and_set_segment_bases(t, base).and_then(|_| sys::thread_resume(t))
+        });
+        let reader = sys::wait(reader.pid);
+        let reloader = sys::wait(reloader.pid);
+        check(
+            "bases kept beside a partner that reloads FS and GS (reader, reloader)",
+            set.iter().all(Result::is_ok) && reader == Ok(0) && reloader == Ok(0),
+            &(reader, reloader),
+        );
+    }
     // 2. Another thread becoming runnable preempts the pair (the timer is armed for it),
     //    and while no pair is active the floor switch is an unknown call for anyone.
     if let Ok(partner) = sys::spawn("victim", &["floor-partner"]) {
@@ -539,6 +557,24 @@ fn xstate() -> i32 {
             "FS and GS bases set by the parent",
             set.is_ok() && back == Ok((base, base)) && status == Ok(0),
             &(back, status),
+        );
+    }
+    // A selector load resets a thread's own bases natively; a thread with the same saved
+    // bases that runs straight after it must still get them (no "unchanged, skip" write).
+    let spin = sys::spawn_child("victim", &["seg-spin"], &[]);
+    let reload = sys::spawn_child("victim", &["seg-reload"], &[]);
+    if let (Ok(spin), Ok(reload)) = (spin, reload) {
+        sys::sleep_ns(50_000_000);
+        let base = 0x5000_0000;
+        let set = [spin.thread, reload.thread].map(|t| {
+            stop_and_set_segment_bases(t, base).and_then(|_| sys::thread_resume(t))
+        });
+        let reload = sys::wait(reload.pid);
+        let spin = sys::wait(spin.pid);
+        check(
+            "bases kept beside a thread that reloads FS and GS (reader, reloader)",
+            set.iter().all(Result::is_ok) && spin == Ok(0) && reload == Ok(0),
+            &(spin, reload),
         );
     }
     // The GS base one process sets (kvm_pvm lets user code) is not another's.

@@ -194,22 +194,40 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 // The parent sets this thread's FS and GS bases while it is stopped; segment-
                 // relative loads then read through them (natively too, where user code cannot
                 // set them itself).
-                const PAGE: u64 = 0x5000_0000;
-                if sys::map_anon(PAGE, 4096).is_err() {
+                if !map_segment_page() {
                     return 2;
                 }
-                core::ptr::write_volatile(PAGE as *mut u64, 0xf5_f5f5);
-                core::ptr::write_volatile((PAGE + 8) as *mut u64, 0x65_6565);
                 sys::sleep_ns(300_000_000);
-                let (fs, gs): (u64, u64);
-                asm!("mov {}, qword ptr fs:[0]", out(reg) fs);
-                asm!("mov {}, qword ptr gs:[8]", out(reg) gs);
+                let (fs, gs) = read_through_segments();
                 println!("victim: seg-read: fs:[0] {fs:#x}, gs:[8] {gs:#x}");
-                return if fs == 0xf5_f5f5 && gs == 0x65_6565 {
-                    0
-                } else {
-                    3
-                };
+                return if (fs, gs) == SEGMENT_MARKS { 0 } else { 3 };
+            }
+            "seg-spin" => {
+                // Reads through the FS and GS bases the parent set, without blocking, for
+                // 400 ms, while a `seg-reload` process with the same bases resets its own.
+                if !map_segment_page() {
+                    return 2;
+                }
+                sys::sleep_ns(200_000_000);
+                let (until, mut reads, mut wrong) = (sys::time_ns() + 400_000_000, 0u64, 0u64);
+                while sys::time_ns() < until {
+                    reads += 1;
+                    wrong += u64::from(read_through_segments() != SEGMENT_MARKS);
+                }
+                println!("victim: seg-spin: {reads} reads, {wrong} through a wrong base");
+                return if wrong == 0 && reads > 0 { 0 } else { 3 };
+            }
+            "seg-reload" => {
+                // Loads the user data selector into FS and GS (natively that resets both
+                // bases to 0), then yields: a thread with the same saved bases that runs
+                // next must not inherit the reset ones.
+                sys::sleep_ns(200_000_000);
+                for _ in 0..200 {
+                    asm!("mov fs, {0:x}", "mov gs, {0:x}", in(reg) 0x2bu64);
+                    sys::yield_now();
+                }
+                println!("victim: seg-reload: 200 selector loads");
+                return 0;
             }
             "gs-set" => {
                 // As fs-set, for the GS base (kept by the host on kvm_pvm, switched through
@@ -229,21 +247,34 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             "floor-seg" => {
                 // A floor-pair partner whose FS and GS bases the parent sets first (stopped,
                 // before the pair forms); every switch back must find them intact.
-                const PAGE: u64 = 0x5000_0000;
-                if sys::map_anon(PAGE, 4096).is_err() {
+                if !map_segment_page() {
                     return 2;
                 }
-                core::ptr::write_volatile(PAGE as *mut u64, 0xf5_f5f5);
-                core::ptr::write_volatile((PAGE + 8) as *mut u64, 0x65_6565);
                 sys::sleep_ns(200_000_000);
-                let bad = floor_partner(500, || {
-                    let (fs, gs): (u64, u64);
-                    asm!("mov {}, qword ptr fs:[0]", out(reg) fs);
-                    asm!("mov {}, qword ptr gs:[8]", out(reg) gs);
-                    fs != 0xf5_f5f5 || gs != 0x65_6565
-                });
+                let bad = floor_partner(500, || read_through_segments() != SEGMENT_MARKS);
                 println!("victim: floor-seg: 500 switches, {bad} with a wrong FS or GS base");
                 return if bad == 0 { 0 } else { 3 };
+            }
+            "floor-seg-reload" => {
+                // A `floor-seg` process's partner with the same bases: between switches it
+                // loads the user data selector into FS and GS (natively resetting its own
+                // bases), which the floor switch to `floor-seg` must not carry over. It
+                // switches until the pair ends (its partner has made its 500).
+                sys::sleep_ns(200_000_000);
+                let until = sys::time_ns() + 1_000_000_000;
+                while !sys::floor_switch() && sys::time_ns() < until {
+                    let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+                }
+                let mut switches = 0u32;
+                loop {
+                    asm!("mov fs, {0:x}", "mov gs, {0:x}", in(reg) 0x2bu64);
+                    if !sys::floor_switch() {
+                        break;
+                    }
+                    switches += 1;
+                }
+                println!("victim: floor-seg-reload: {switches} switches after selector loads");
+                return if switches >= 400 { 0 } else { 3 };
             }
             "floor-partner" => {
                 floor_partner(2000, || false);
@@ -367,6 +398,36 @@ fn floor_partner(n: u32, wrong: impl Fn() -> bool) -> u32 {
         }
     }
     bad
+}
+
+/// Where the `seg-*` cases' parent points their FS and GS bases (ktest sets both to it).
+const SEGMENT_PAGE: u64 = 0x5000_0000;
+/// What `fs:[0]` and `gs:[8]` read through those bases.
+const SEGMENT_MARKS: (u64, u64) = (0xf5_f5f5, 0x65_6565);
+
+/// Maps [`SEGMENT_PAGE`] and writes [`SEGMENT_MARKS`] into it; false if it cannot be mapped.
+fn map_segment_page() -> bool {
+    if sys::map_anon(SEGMENT_PAGE, 4096).is_err() {
+        return false;
+    }
+    // SAFETY: the page was just mapped writable in our own space.
+    unsafe {
+        core::ptr::write_volatile(SEGMENT_PAGE as *mut u64, SEGMENT_MARKS.0);
+        core::ptr::write_volatile((SEGMENT_PAGE + 8) as *mut u64, SEGMENT_MARKS.1);
+    }
+    true
+}
+
+/// `fs:[0]` and `gs:[8]`. Through a wrong base these fault (nothing is mapped at 0) or
+/// read something else.
+fn read_through_segments() -> (u64, u64) {
+    let (fs, gs): (u64, u64);
+    // SAFETY: loads only; a bad base is the fault under test, and the kernel ends us at it.
+    unsafe {
+        asm!("mov {}, qword ptr fs:[0]", out(reg) fs, options(nostack, readonly));
+        asm!("mov {}, qword ptr gs:[8]", out(reg) gs, options(nostack, readonly));
+    }
+    (fs, gs)
 }
 
 /// XCR0, read with XGETBV (#UD natively, where the kernel leaves OSXSAVE off).
