@@ -381,16 +381,27 @@ fn floors() -> i32 {
     }
     // 2. Another thread becoming runnable preempts the pair (the timer is armed for it),
     //    and while no pair is active the floor switch is an unknown call for anyone.
+    //    The partner never leaves the pair on its own while we switch, so only the
+    //    outsider becoming runnable can end it (the 5 s limit only keeps a broken kernel
+    //    from hanging the test).
+    // The outsider starts and goes to sleep before the pair forms, so it becomes runnable
+    // by a timer interrupt while the pair runs (not by a call that runs the scheduler).
+    let outsider = sys::spawn("victim", &["floor-outsider"]);
+    sys::sleep_ns(20_000_000);
     if let Ok(partner) = sys::spawn("victim", &["floor-partner"]) {
         let formed = form_floor_pair();
-        let outsider = sys::spawn("victim", &["floor-outsider"]);
-        let mut switches = 0u32;
-        while switches < 2000 && sys::floor_switch() {
+        let (mut switches, mut refused) = (0u32, false);
+        let limit = sys::time_ns() + 5_000_000_000;
+        while sys::time_ns() < limit {
+            if !sys::floor_switch() {
+                refused = true;
+                break;
+            }
             switches += 1;
         }
         check(
             "a runnable thread ends the pair (switches before it ran)",
-            formed && switches < 2000,
+            formed && refused && switches > 0,
             &switches,
         );
         let outsider = outsider.and_then(sys::wait);
@@ -399,10 +410,7 @@ fn floors() -> i32 {
             outsider == Ok(0),
             &outsider,
         );
-        // Let the partner finish its switches.
-        while form_floor_pair() {
-            while sys::floor_switch() {}
-        }
+        // It stops 300 ms after its last switch.
         let status = sys::wait(partner);
         check("partner finished", status == Ok(0), &status);
     }

@@ -277,8 +277,19 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 return if switches >= 400 { 0 } else { 3 };
             }
             "floor-partner" => {
-                floor_partner(2000, || false);
-                println!("victim: floor-partner: 2000 switches");
+                // Switches for as long as its parent keeps the pair going, so the pair can
+                // end only by something else (preemption); it stops once no switch has
+                // happened for 300 ms.
+                let (mut switches, mut last) = (0u64, sys::time_ns());
+                while sys::time_ns() - last < 300_000_000 {
+                    if sys::floor_switch() {
+                        switches += 1;
+                        last = sys::time_ns();
+                    } else {
+                        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+                    }
+                }
+                println!("victim: floor-partner: {switches} switches, then none for 300 ms");
                 return 0;
             }
             "floor-out" => {
@@ -297,7 +308,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 asm!("cli", "out dx, al", in("dx") 0xf4u16, in("al") 0x55u8);
             }
             "floor-outsider" => {
-                // Not in the pair: the floor switch is an unknown call for it.
+                // Not in the pair: the floor switch is an unknown call for it. It wakes
+                // from its sleep while its parent's pair is switching.
+                sys::sleep_ns(300_000_000);
                 let switched = sys::floor_switch();
                 println!("victim: floor-outsider: switched {switched}");
                 return if switched { 3 } else { 0 };
