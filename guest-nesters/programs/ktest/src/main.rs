@@ -379,6 +379,19 @@ fn floors() -> i32 {
             &(reader, reloader),
         );
     }
+    //    A partner that enters each switch with RFLAGS.NT set gets it back cleared: the
+    //    floor path sanitises the RFLAGS it resumes as every return to user mode does.
+    if let Ok(child) = sys::spawn_child("victim", &["floor-nt"], &[]) {
+        sys::sleep_ns(250_000_000);
+        let formed = form_floor_pair();
+        while sys::floor_switch() {}
+        let status = sys::wait(child.pid);
+        check(
+            "RFLAGS.NT entered with is not resumed",
+            formed && status == Ok(0),
+            &status,
+        );
+    }
     // 2. Another thread becoming runnable preempts the pair (the timer is armed for it),
     //    and while no pair is active the floor switch is an unknown call for anyone.
     //    The partner never leaves the pair on its own while we switch, so only the

@@ -276,6 +276,24 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 println!("victim: floor-seg-reload: {switches} switches after selector loads");
                 return if switches >= 400 { 0 } else { 3 };
             }
+            "floor-nt" => {
+                // A floor-pair partner that enters every floor switch with RFLAGS.NT set
+                // (POPF sets it at any privilege): the switch back must return with RFLAGS
+                // sanitised as every kernel call's return is, not with the R11 SYSCALL saved.
+                sys::sleep_ns(200_000_000);
+                let (mut switches, mut kept) = (0u32, 0u32);
+                while switches < 300 {
+                    let (switched, nt) = floor_switch_with_nt();
+                    kept += u32::from(nt);
+                    if switched {
+                        switches += 1;
+                    } else {
+                        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+                    }
+                }
+                println!("victim: floor-nt: {switches} switches, {kept} returned with NT set");
+                return if kept == 0 { 0 } else { 3 };
+            }
             "floor-partner" => {
                 // Switches for as long as its parent keeps the pair going, so the pair can
                 // end only by something else (preemption); it stops once no switch has
@@ -411,6 +429,36 @@ fn floor_partner(n: u32, wrong: impl Fn() -> bool) -> u32 {
         }
     }
     bad
+}
+
+/// RFLAGS.NT, which user code may set but the kernel never returns to user mode with.
+const RFLAGS_NT: u64 = 1 << 14;
+
+/// One floor switch entered with RFLAGS.NT set: whether it switched, and whether NT was
+/// still set when the call returned (it is cleared again at once either way).
+fn floor_switch_with_nt() -> (bool, bool) {
+    let (ret, flags): (u64, u64);
+    // SAFETY: the kernel returns with every register as it was but RAX (the result) and RCX
+    // and R11 (clobbered by SYSCALL); the pushes and pops are balanced and NT has no effect
+    // on user code that executes no IRET.
+    unsafe {
+        asm!(
+            "pushfq",
+            "or qword ptr [rsp], {nt}",
+            "popfq",
+            "syscall",
+            "pushfq",
+            "mov {flags}, [rsp]",
+            "and qword ptr [rsp], {keep}",
+            "popfq",
+            nt = const RFLAGS_NT,
+            keep = const !RFLAGS_NT as i32,
+            flags = out(reg) flags,
+            inlateout("rax") fluke_abi::syscall::FLOOR_SWITCH => ret,
+            lateout("rcx") _, lateout("r11") _,
+        );
+    }
+    (ret == 0, flags & RFLAGS_NT != 0)
 }
 
 /// Where the `seg-*` cases' parent points their FS and GS bases (ktest sets both to it).
