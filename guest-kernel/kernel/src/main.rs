@@ -56,6 +56,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     // From here on the kernel runs at native speed on every platform.
     let fpu = crate::arch::fpu::init(platform::pv_mode_on());
     tables::init_idt();
+    user::check_segment_base_access();
 
     // SAFETY: boot, single CPU: the only reference to the boot info.
     let boot = unsafe { BOOT_INFO.get_mut() };
@@ -125,6 +126,17 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         kprintln!(
             "fluke: warning: XCR0 components {:#x} are not switched between threads (their registers may leak)",
             fpu.unswitched
+        );
+    }
+    if fpu.cpuid_disagrees != 0 {
+        kprintln!(
+            "fluke: warning: CPUID leaf 0xD places XSAVE components {:#x} off their architectural offsets; the architectural ones are used",
+            fpu.cpuid_disagrees
+        );
+    }
+    if fpu.pkru {
+        kprintln!(
+            "fluke: warning: the host enables PKRU; whether a thread's PKRU restricts the kernel's own accesses here is unprobed"
         );
     }
     if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {

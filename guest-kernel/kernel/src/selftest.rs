@@ -73,6 +73,10 @@ pub fn enable_floors() {
     unsafe { crate::arch::percpu::get().floors_enabled = 1 };
 }
 
+// entry.S's floor switch leaves ERR_PEER_GONE (-11) as the result of a switch the pair's end
+// interrupts: it must stay what `fluke_abi` decodes as PeerGone.
+const _: () = assert!(fluke_abi::syscall::Error::PeerGone as i64 == 11);
+
 /// `bench(SwitchFloorJoin)`: makes the calling thread one side of the bare-switch pair
 /// (entry.S floor_switch). Only in a boot with `fluke.floors=on`.
 ///

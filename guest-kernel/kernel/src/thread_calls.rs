@@ -131,7 +131,9 @@ pub fn get_state(name: u64, buf: u64, part: u64) -> Result<u64, Error> {
             sched::current_space()?.copy_out(buf, &image)?;
         }
         fluke_abi::syscall::STATE_XSTATE => {
-            let mut image = alloc::vec![0u8; crate::arch::fpu::export_bytes()];
+            // On the kernel stack, not the heap: a call must not fail on (or be able to
+            // exhaust) memory no budget is charged for.
+            let mut image = [0u8; fluke_abi::syscall::XSTATE_MAX_BYTES];
             let n = stopped(tid)?.fpu.export(&mut image);
             sched::current_space()?.copy_out(buf, &image[..n])?;
             return Ok(n as u64);
@@ -157,9 +159,10 @@ pub fn set_state(name: u64, buf: u64, part: u64) -> Result<u64, Error> {
             stopped(tid)?.fpu.import_legacy(&image);
         }
         fluke_abi::syscall::STATE_XSTATE => {
-            let mut image = alloc::vec![0u8; crate::arch::fpu::export_bytes()];
-            sched::current_space()?.copy_in(buf, &mut image)?;
-            stopped(tid)?.fpu.import(&image);
+            let mut image = [0u8; fluke_abi::syscall::XSTATE_MAX_BYTES];
+            let image = &mut image[..crate::arch::fpu::export_bytes()];
+            sched::current_space()?.copy_in(buf, image)?;
+            stopped(tid)?.fpu.import(image);
         }
         _ => return Err(Error::InvalidArgument),
     }

@@ -49,6 +49,8 @@
 .set USER_RFLAGS_SET,  0x202
 .set FLOOR_SYSCALL,   0xf100
 .set FLOOR_SWITCH,    0xf101
+/* A call's result for Error::PeerGone (fluke_abi; asserted in selftest.rs) */
+.set ERR_PEER_GONE,   -11
 
     .section .text
     .p2align 4
@@ -214,9 +216,10 @@ floor_syscall:
    leaves is saved (as a kernel call saves them: the call returns 0 when the partner
    switches back, PeerGone if the pair ends first and the scheduler resumes it), the
    FPU/SSE/AVX state and the FS and GS bases are switched (as sched.rs switch_to does),
-   and every register of the thread that comes in is restored, its RFLAGS sanitised. Only a pair member that entered by SYSCALL is ever
-   resumed here (floor_join and the scheduler keep it so), so its RCX and R11 are its RIP
-   and RFLAGS and one SYSRETQ returns it. */
+   and every register of the thread that comes in is restored, its RFLAGS sanitised.
+   Only a pair member that entered by SYSCALL is ever resumed here (floor_join and the
+   scheduler keep it so), so its RCX and R11 are its RIP and RFLAGS and one SYSRETQ
+   returns it. */
 floor_switch:
     cmpq $0, PERCPU+PC_FLOOR_ACTIVE(%rip)
     je syscall_normal               /* rax still FLOOR_SWITCH: an unknown call */
@@ -230,7 +233,7 @@ floor_switch:
     mov $FLOOR_SWITCH, %eax
     jmp syscall_normal              /* not a member of the pair: an unknown call */
 1:  mov PERCPU+PC_USER_RSP(%rip), %rdx
-    mov $-11, %rax                  /* the result if the scheduler resumes it instead: */
+    mov $ERR_PEER_GONE, %rax        /* the result if the scheduler resumes it instead: */
     SAVE_SYSCALL_FRAME              /* PeerGone (the pair ended); every register is free */
     mov PERCPU+PC_CUR_FPU(%rip), %rcx
     FPU_SAVE
@@ -288,7 +291,7 @@ floor_switch:
     shr $32, %rdx
     wrmsr
 7:  mov %rdi, %rdx
-3:  mov UR_RIP(%rdx), %rcx
+    mov UR_RIP(%rdx), %rcx
     mov %rcx, PERCPU+PC_RET_RIP(%rip)
     mov UR_RFLAGS(%rdx), %rcx
     and $USER_RFLAGS_MASK, %rcx

@@ -14,90 +14,71 @@
 
 use alloc::boxed::Box;
 use alloc::vec;
-use core::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// Bytes of the legacy (FXSAVE) region, and of the legacy region plus the XSAVE header.
-pub const LEGACY_BYTES: usize = 512;
-const HEADER_END: usize = 576;
+use fluke_kcore::xsave::{self, HEADER_END, SSE as XFEATURE_SSE, X87 as XFEATURE_X87};
+pub use fluke_kcore::xsave::LEGACY_BYTES;
+
 /// XSAVE header: XSTATE_BV (which components hold non-initial state) and XCOMP_BV.
 const XSTATE_BV: usize = 512;
 
-const XFEATURE_X87: u64 = 1 << 0;
-const XFEATURE_SSE: u64 = 1 << 1;
-const XFEATURE_AMX: u64 = (1 << 17) | (1 << 18);
-
-/// Where each XSAVE component above SSE lives in the standard (non-compacted) format, for
-/// components CPUID leaf 0xD does not describe: on kvm_pvm CPUID answers from the VMM's
-/// table, which may leave out components the host's XCR0 enables. These are the offsets
-/// every x86-64 CPU with the component uses: AVX, MPX bounds and config, opmask,
-/// ZMM_Hi256, Hi16_ZMM, PT (supervisor, never in XCR0), PKRU.
-const STANDARD_COMPONENTS: [(u32, usize, usize); 7] = [
-    (2, 576, 256),
-    (3, 960, 64),
-    (4, 1024, 64),
-    (5, 1088, 64),
-    (6, 1152, 512),
-    (7, 1664, 1024),
-    (9, 2688, 8),
-];
+/// The largest exported image (`STATE_XSTATE`), and so the largest area switched: one frame,
+/// which the thread's charge includes (`object.rs`).
+const MAX_AREA_BYTES: usize = fluke_abi::syscall::XSTATE_MAX_BYTES;
 
 /// The components switched with XSAVE (0: FXSAVE only), and the size of a thread's area.
 static XSAVE_MASK: AtomicU64 = AtomicU64::new(0);
 static AREA_BYTES: AtomicUsize = AtomicUsize::new(LEGACY_BYTES);
+/// Where each switched component above SSE lives, fixed at boot: `offset << 16 | size`
+/// (both below [`MAX_AREA_BYTES`]), so that exporting needs no CPUID (a VM exit on kvm_pvm).
+static PLACES: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
 
 /// What [`init`] found, for the boot log.
 pub struct Layout {
     pub xsave_mask: u64,
     pub area_bytes: usize,
-    /// XCR0 components left unswitched (AMX, or a component with no known layout).
+    /// XCR0 components left unswitched (AMX, or a component with no known place that fits).
     pub unswitched: u64,
+    /// Components CPUID leaf 0xD places elsewhere than the architectural place used.
+    pub cpuid_disagrees: u64,
+    /// The host's XCR0 enables PKRU: switched like any component, but whether a thread's
+    /// PKRU also governs the kernel's own accesses on kvm_pvm (it runs at hardware CPL 3)
+    /// is unprobed, no host measured enabled it.
+    pub pkru: bool,
 }
 
 /// Chooses FXSAVE or XSAVE and the area size, once at boot, after PV mode is on and before
-/// the first thread is created. `pv`: on kvm_pvm, where XCR0 is the host's.
+/// the first thread is created. `pv`: on kvm_pvm, where XCR0 is the host's. The choice of
+/// places is `fluke_kcore::xsave::plan` (architectural places first, CPUID for the rest).
 pub fn init(pv: bool) -> Layout {
     if !pv {
         return Layout {
             xsave_mask: 0,
             area_bytes: LEGACY_BYTES,
             unswitched: 0,
+            cpuid_disagrees: 0,
+            pkru: false,
         };
     }
-    let xcr0 = xgetbv0();
-    let mut mask = xcr0 & (XFEATURE_X87 | XFEATURE_SSE);
-    let mut end = HEADER_END;
-    let mut unswitched = xcr0 & XFEATURE_AMX;
-    for bit in 2..64u32 {
-        let feature = 1u64 << bit;
-        if xcr0 & feature == 0 || feature & XFEATURE_AMX != 0 {
-            continue;
-        }
+    let plan = xsave::plan(xgetbv0(), MAX_AREA_BYTES, |bit| {
         let leaf = super::cpu::cpuid(0xd, bit);
-        let known = STANDARD_COMPONENTS
-            .iter()
-            .find(|c| c.0 == bit)
-            .map(|c| (c.1, c.2));
-        let place = match (leaf.eax as usize, leaf.ebx as usize) {
-            (size, offset) if size != 0 && offset >= HEADER_END => Some((offset, size)),
-            _ => known,
-        };
-        match place {
-            Some((offset, size)) => {
-                mask |= feature;
-                end = end.max(offset + size);
-            }
-            None => unswitched |= feature,
+        (leaf.eax, leaf.ebx)
+    });
+    for (bit, place) in plan.places.iter().enumerate() {
+        if let Some(p) = place {
+            PLACES[bit].store(((p.offset as u32) << 16) | p.size as u32, Ordering::Relaxed);
         }
     }
-    let bytes = end.next_multiple_of(64);
-    XSAVE_MASK.store(mask, Ordering::Relaxed);
-    AREA_BYTES.store(bytes, Ordering::Relaxed);
+    XSAVE_MASK.store(plan.mask, Ordering::Relaxed);
+    AREA_BYTES.store(plan.area_bytes, Ordering::Relaxed);
     // SAFETY: boot, single CPU; the entry code's floor switch reads it.
-    unsafe { super::percpu::get().xsave_mask = mask };
+    unsafe { super::percpu::get().xsave_mask = plan.mask };
     Layout {
-        xsave_mask: mask,
-        area_bytes: bytes,
-        unswitched,
+        xsave_mask: plan.mask,
+        area_bytes: plan.area_bytes,
+        unswitched: plan.unswitched,
+        cpuid_disagrees: plan.cpuid_disagrees,
+        pkru: plan.mask & xsave::PKRU != 0,
     }
 }
 
@@ -113,9 +94,10 @@ fn xgetbv0() -> u64 {
 }
 
 /// The size of a thread's exported extended state ([`FpuArea::export`]): the XSAVE
-/// standard-format image, at least the legacy region and the header.
+/// standard-format image, at least the legacy region and the header, at most
+/// `XSTATE_MAX_BYTES` ([`init`] switches no component beyond it).
 pub fn export_bytes() -> usize {
-    AREA_BYTES.load(Ordering::Relaxed).max(HEADER_END)
+    AREA_BYTES.load(Ordering::Relaxed).clamp(HEADER_END, MAX_AREA_BYTES)
 }
 
 #[repr(C, align(64))]
@@ -209,7 +191,7 @@ impl FpuArea {
             out[XSTATE_BV..XSTATE_BV + 8].copy_from_slice(&in_use.to_le_bytes());
         }
         if XSAVE_MASK.load(Ordering::Relaxed) != 0 {
-            for &(bit, offset, size) in &component_places() {
+            for (bit, offset, size) in component_places() {
                 if in_use & (1 << bit) != 0 && offset + size <= n {
                     out[offset..offset + size]
                         .copy_from_slice(&self.bytes()[offset..offset + size]);
@@ -249,21 +231,14 @@ fn word(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// The switched components above SSE: (bit, offset, size) in the standard format.
-fn component_places() -> alloc::vec::Vec<(u32, usize, usize)> {
+fn component_places() -> impl Iterator<Item = (u32, usize, usize)> {
     let mask = XSAVE_MASK.load(Ordering::Relaxed);
     (2..64u32)
-        .filter(|bit| mask & (1 << bit) != 0)
-        .filter_map(|bit| {
-            let leaf = super::cpu::cpuid(0xd, bit);
-            match (leaf.eax as usize, leaf.ebx as usize) {
-                (size, offset) if size != 0 && offset >= HEADER_END => Some((bit, offset, size)),
-                _ => STANDARD_COMPONENTS
-                    .iter()
-                    .find(|c| c.0 == bit)
-                    .map(|c| (bit, c.1, c.2)),
-            }
+        .filter(move |bit| mask & (1 << bit) != 0)
+        .map(|bit| {
+            let place = PLACES[bit as usize].load(Ordering::Relaxed);
+            (bit, (place >> 16) as usize, (place & 0xffff) as usize)
         })
-        .collect()
 }
 
 fn sanitize_mxcsr(bytes: &mut [u8]) {

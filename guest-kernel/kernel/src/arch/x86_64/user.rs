@@ -131,6 +131,18 @@ pub fn return_to_user(return_slot: u64) -> ! {
     }
 }
 
+/// On kvm_pvm the user GS base is reached as MSR_KERNEL_GS_BASE ([`switch_segment_bases`]
+/// and entry.S's floor switch), a behaviour of this host's PVM fork probed by us, not an
+/// architectural rule: check at boot (the IDT loaded) that the MSR reads, so a host
+/// without it stops here with the reason instead of at a kernel #GP on the first switch.
+pub fn check_segment_base_access() {
+    if super::platform::backend() == super::platform::Backend::Pv
+        && cpu::rdmsr_safe(MSR_KERNEL_GS_BASE).is_none()
+    {
+        panic!("kvm_pvm: MSR_KERNEL_GS_BASE (the user GS base) is unreadable, so threads' GS bases cannot be switched");
+    }
+}
+
 /// Switches the user FS and GS bases from the thread whose registers are at `from` (null:
 /// the thread that ran is gone) to `to`'s.
 ///
