@@ -9,7 +9,7 @@ use std::process::Stdio;
 use common::asm::*;
 use common::*;
 use fluke_abi::ports::{BENCH, BENCH_BEGIN, BENCH_END, BENCH_TICK, BOOT_TIMER, COM1};
-use fluke_abi::status::{VMM_ERROR, VMM_GUEST_CRASH, VMM_TIMEOUT};
+use fluke_abi::status::{VMM_ERROR, VMM_TIMEOUT};
 
 fn hello_code() -> Vec<u8> {
     [mov_al(b'h'), mov_dx(COM1), vec![OUT_DX_AL], exit(42)].concat()
@@ -97,17 +97,7 @@ fn unknown_port_is_a_crash_with_a_report() {
     let code = [mov_al(0x5a), out_imm(0x80), vec![HLT]].concat();
     let img = write_image("unknown-port", &image(&code));
     let o = run(&img, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(VMM_GUEST_CRASH),
-        "stderr: {}",
-        stderr(&o)
-    );
-    let err = stderr(&o);
-    assert!(
-        err.contains("unexpected port I/O: out 0x80 = [0x5a]"),
-        "{err}"
-    );
+    let err = assert_guest_crash(&o, "unexpected port I/O: out 0x80 = [0x5a]");
     // RIP is after the 2-byte mov and the 2-byte out.
     assert!(err.contains("rip 0x0000000000100004"), "{err}");
     for reg in [
@@ -130,8 +120,7 @@ fn unknown_port_is_a_crash_with_a_report() {
     let code = [mov_dx(0x1234), vec![IN_AL_DX, HLT]].concat();
     let img = write_image("unknown-port-in", &image(&code));
     let o = run(&img, &[]);
-    assert_eq!(o.status.code(), Some(VMM_GUEST_CRASH));
-    assert!(stderr(&o).contains("unexpected port I/O: in 0x1234 (1 byte)"));
+    assert_guest_crash(&o, "unexpected port I/O: in 0x1234 (1 byte)");
 }
 
 #[test]
@@ -140,30 +129,14 @@ fn mmio_is_a_crash() {
     let code = [mov_al(0x5a), vec![0xa2, 0x00, 0x00, 0x00, 0xd0, HLT]].concat();
     let img = write_image("mmio", &image(&code));
     let o = run(&img, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(VMM_GUEST_CRASH),
-        "stderr: {}",
-        stderr(&o)
-    );
-    let err = stderr(&o);
-    assert!(
-        err.contains("unexpected MMIO write: 0xd0000000 = [0x5a]"),
-        "{err}"
-    );
+    assert_guest_crash(&o, "unexpected MMIO write: 0xd0000000 = [0x5a]");
 }
 
 #[test]
 fn triple_fault_is_a_crash() {
     let img = write_image("ud2", &image(&UD2));
     let o = run(&img, &["--timeout", "20"]);
-    assert_eq!(
-        o.status.code(),
-        Some(VMM_GUEST_CRASH),
-        "stderr: {}",
-        stderr(&o)
-    );
-    assert!(stderr(&o).contains("triple fault"), "{}", stderr(&o));
+    assert_guest_crash(&o, "triple fault");
 }
 
 #[test]
@@ -177,17 +150,7 @@ fn port_io_from_outside_kernel_text_is_refused() {
         &image_with_data(&code, Some((&data, 0x1000))),
     );
     let o = run(&img, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(VMM_GUEST_CRASH),
-        "stderr: {}",
-        stderr(&o)
-    );
-    let err = stderr(&o);
-    assert!(
-        err.contains("port I/O from outside kernel text: out 0xf4"),
-        "{err}"
-    );
+    assert_guest_crash(&o, "port I/O from outside kernel text: out 0xf4");
 }
 
 #[test]
@@ -216,17 +179,7 @@ fn an_out_just_below_kernel_text_is_refused() {
     code.extend(jmp_abs(below));
     let img = write_image("out-below", &image(&code));
     let o = run(&img, &[]);
-    assert_eq!(
-        o.status.code(),
-        Some(VMM_GUEST_CRASH),
-        "stderr: {}",
-        stderr(&o)
-    );
-    assert!(
-        stderr(&o).contains("port I/O from outside kernel text: out 0xf4"),
-        "{}",
-        stderr(&o)
-    );
+    assert_guest_crash(&o, "port I/O from outside kernel text: out 0xf4");
 }
 
 #[test]

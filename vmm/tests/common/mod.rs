@@ -276,3 +276,17 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Asserts that the run ended as a guest crash whose report says `reason`; returns the
+/// report (stderr) for further checks.
+#[track_caller]
+pub fn assert_guest_crash(o: &Output, reason: &str) -> String {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(fluke_abi::status::VMM_GUEST_CRASH),
+        "stderr: {err}"
+    );
+    assert!(err.contains(reason), "no {reason:?} in: {err}");
+    err
+}
