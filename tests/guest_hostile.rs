@@ -39,7 +39,10 @@ fn vector_state_and_segment_bases_are_switched_exported_and_loaded_safely() {
         run.assert_console("ktest: xstate: 0 unexpected");
         run.assert_console("victim: seg-read: fs:[0] 0xf5f5f5, gs:[8] 0x656565");
         run.assert_console("victim: seg-reload: 200 selector loads");
-        run.assert_console(" through a wrong base");
+        run.assert_console(" reads, 0 through a wrong base");
+        run.assert_console(
+            "ktest: xstate: bases kept beside a thread that reloads FS and GS (reader, reloader): (Ok(0), Ok(0)) ok",
+        );
         if run.console.contains("platform kvm_pvm") {
             // User code has the host's XCR0 there (AVX at least): the AVX state is switched
             // and exported, and the GS base user code sets is its own.
@@ -62,7 +65,11 @@ fn the_benchmark_floor_pair_keeps_every_rule() {
         assert_eq!(run.status, 0, "{who}: {run:?}");
         run.assert_console("ktest: floors: 0 unexpected");
         run.assert_console("victim: floor-seg: 500 switches, 0 with a wrong FS or GS base");
-        run.assert_console("victim: floor-seg-reload: ");
+        run.assert_console(
+            "ktest: floors: bases kept beside a partner that reloads FS and GS (reader, reloader): (Ok(0), Ok(0)) ok",
+        );
+        run.assert_console("victim: floor-nt: 300 switches, 0 returned with NT set");
+        run.assert_console("ktest: floors: a runnable thread ends the pair");
         run.assert_console("victim: floor-outsider: switched false");
         run.assert_console("victim: floor-out: 50 switches, now port I/O");
         assert!(

@@ -1,12 +1,14 @@
 //! Where a thread's extended (XSAVE) state lives: which of the components the host's XCR0
-//! enables the kernel switches between threads, where each sits in the standard
-//! (non-compacted) format, and how large a thread's save area must be.
+//! enables the kernel switches between threads, and where each sits in the standard
+//! (non-compacted) format the kernel exports.
 //!
-//! Two sources say where a component lives: CPUID leaf 0xD and the architectural places
-//! every x86-64 CPU uses for the components it has. XSAVE writes at the hardware's places,
-//! so those win where known: an area sized from a CPUID answer that places a component too
-//! low would be overrun (on kvm_pvm CPUID answers from the VMM's table, which may also leave
-//! components out). CPUID places only a component with no architectural place here.
+//! CPUID leaf 0xD says where the hardware puts each component, and it is what XSAVE
+//! follows: CPUs differ (AMD Zen 4 has no MPX gap, so its opmask, ZMM and PKRU state sit
+//! lower than Intel's). Where CPUID does not describe an enabled component (on kvm_pvm it
+//! answers from the VMM's table, which may leave some out) the component gets Intel's
+//! offsets as a best guess. Whatever the places, the kernel gives each thread an area of the
+//! full bound on such a CPU ([`Layout::area_bytes`]), so a wrong guess can misplace
+//! exported bytes but never make XSAVE write past the area.
 
 /// Bytes of the legacy (FXSAVE) region, and of the legacy region plus the XSAVE header.
 pub const LEGACY_BYTES: usize = 512;
@@ -30,9 +32,9 @@ const fn at(offset: usize, size: usize) -> Place {
     Place { offset, size }
 }
 
-/// The architectural places of the user components above SSE: AVX, MPX bounds and config,
-/// opmask, ZMM_Hi256, Hi16_ZMM and PKRU.
-pub const ARCHITECTURAL: [(u32, Place); 7] = [
+/// Intel's places for the user components above SSE (AVX, MPX bounds and config, opmask,
+/// ZMM_Hi256, Hi16_ZMM, PKRU): the guess for a component CPUID does not describe.
+pub const INTEL_PLACES: [(u32, Place); 7] = [
     (2, at(576, 256)),
     (3, at(960, 64)),
     (4, at(1024, 64)),
@@ -47,14 +49,19 @@ pub const ARCHITECTURAL: [(u32, Place); 7] = [
 pub struct Layout {
     /// The components switched (x87 and SSE whenever XCR0 has them).
     pub mask: u64,
-    /// Bytes of a thread's save area: every switched component fits, a multiple of 64.
+    /// Bytes of the exported image: every switched component's place ends within it, a
+    /// multiple of 64.
+    pub image_bytes: usize,
+    /// Bytes of a thread's save area: the bound given to [`plan`] as soon as a component
+    /// above SSE is switched (XSAVE writes where the hardware places components, which only
+    /// CPUID knows), else the image.
     pub area_bytes: usize,
     /// Where each switched component above SSE lives, by component number.
     pub places: [Option<Place>; 64],
     /// XCR0 components left unswitched: AMX, and any with no place that fits.
     pub unswitched: u64,
-    /// Components CPUID places elsewhere than their architectural place (which is used).
-    pub cpuid_disagrees: u64,
+    /// Components CPUID did not describe, placed at [`INTEL_PLACES`].
+    pub guessed: u64,
 }
 
 /// Plans the save area for a CPU whose XCR0 is `xcr0`, keeping it within `max_bytes`.
@@ -63,10 +70,11 @@ pub struct Layout {
 pub fn plan(xcr0: u64, max_bytes: usize, mut cpuid: impl FnMut(u32) -> (u32, u32)) -> Layout {
     let mut layout = Layout {
         mask: xcr0 & (X87 | SSE),
+        image_bytes: HEADER_END,
         area_bytes: HEADER_END,
         places: [None; 64],
         unswitched: xcr0 & AMX,
-        cpuid_disagrees: 0,
+        guessed: 0,
     };
     let mut end = HEADER_END;
     for bit in 2..64u32 {
@@ -79,20 +87,28 @@ pub fn plan(xcr0: u64, max_bytes: usize, mut cpuid: impl FnMut(u32) -> (u32, u32
             offset: offset as usize,
             size: size as usize,
         });
-        let architectural = ARCHITECTURAL.iter().find(|c| c.0 == bit).map(|c| c.1);
-        if architectural.is_some() && reported.is_some() && reported != architectural {
-            layout.cpuid_disagrees |= feature;
+        let guess = INTEL_PLACES.iter().find(|c| c.0 == bit).map(|c| c.1);
+        if reported.is_none() && guess.is_some() {
+            layout.guessed |= feature;
         }
-        match architectural.or(reported) {
+        match reported.or(guess) {
             Some(place) if place.offset.saturating_add(place.size) <= max_bytes => {
                 layout.mask |= feature;
                 layout.places[bit as usize] = Some(place);
                 end = end.max(place.offset + place.size);
             }
-            _ => layout.unswitched |= feature,
+            _ => {
+                layout.unswitched |= feature;
+                layout.guessed &= !feature;
+            }
         }
     }
-    layout.area_bytes = end.next_multiple_of(64);
+    layout.image_bytes = end.next_multiple_of(64);
+    layout.area_bytes = if layout.mask & !(X87 | SSE) != 0 {
+        max_bytes.max(layout.image_bytes)
+    } else {
+        layout.image_bytes
+    };
     layout
 }
 
@@ -102,48 +118,91 @@ mod tests {
 
     const MAX: usize = 4096;
 
-    /// CPUID as a CPU with the architectural layout answers it.
-    fn honest(bit: u32) -> (u32, u32) {
-        match ARCHITECTURAL.iter().find(|c| c.0 == bit) {
+    /// CPUID as an Intel CPU answers it.
+    fn intel(bit: u32) -> (u32, u32) {
+        match INTEL_PLACES.iter().find(|c| c.0 == bit) {
             Some((_, p)) => (p.size as u32, p.offset as u32),
             None => (0, 0),
         }
     }
 
+    /// CPUID as AMD Zen 4 answers it: no MPX, so opmask, ZMM and PKRU follow AVX directly.
+    fn zen4(bit: u32) -> (u32, u32) {
+        match bit {
+            2 => (256, 576),
+            5 => (64, 832),
+            6 => (512, 896),
+            7 => (1024, 1408),
+            9 => (8, 2432),
+            _ => (0, 0),
+        }
+    }
+
     #[test]
-    fn avx_host_switches_avx_in_832_bytes() {
-        let l = plan(0x7, MAX, honest);
+    fn avx_host_switches_avx_in_an_832_byte_image() {
+        let l = plan(0x7, MAX, intel);
         assert_eq!(
-            (l.mask, l.area_bytes, l.unswitched, l.cpuid_disagrees),
+            (l.mask, l.image_bytes, l.unswitched, l.guessed),
             (0x7, 832, 0, 0)
         );
-        assert_eq!(l.places[2], Some(at(576, 256)));
+        assert_eq!(
+            l.places[2],
+            Some(Place {
+                offset: 576,
+                size: 256
+            })
+        );
+        assert_eq!(l.area_bytes, MAX);
     }
 
     #[test]
     fn amx_is_never_switched_and_avx512_fits_one_frame() {
-        let l = plan(0x600e7, MAX, honest);
-        assert_eq!((l.mask, l.area_bytes, l.unswitched), (0xe7, 2688, 0x60000));
+        let l = plan(0x600e7, MAX, intel);
+        assert_eq!((l.mask, l.image_bytes, l.unswitched), (0xe7, 2688, 0x60000));
     }
 
     #[test]
-    fn components_cpuid_leaves_out_get_their_architectural_places() {
-        assert_eq!(plan(0x2e7, MAX, |_| (0, 0)), plan(0x2e7, MAX, honest));
-        assert_eq!(plan(0x2e7, MAX, |_| (0, 0)).area_bytes, 2752);
+    fn cpuid_places_components_where_the_cpu_puts_them() {
+        let l = plan(0x2e7, MAX, zen4);
+        assert_eq!((l.mask, l.guessed, l.image_bytes), (0x2e7, 0, 2496));
+        assert_eq!(
+            l.places[5],
+            Some(Place {
+                offset: 832,
+                size: 64
+            })
+        );
+        assert_eq!(
+            l.places[7],
+            Some(Place {
+                offset: 1408,
+                size: 1024
+            })
+        );
+        assert_eq!(
+            l.places[9],
+            Some(Place {
+                offset: 2432,
+                size: 8
+            })
+        );
     }
 
     #[test]
-    fn a_cpuid_answer_placing_a_component_too_low_cannot_shrink_the_area() {
-        // CPUID claims ZMM_Hi256 and Hi16_ZMM sit right after AVX: XSAVE would still write
-        // them at 1152 and 1664, so the area must reach 2688.
-        let lying = |bit| match bit {
-            6 => (512, 832),
-            7 => (64, 1344),
-            b => honest(b),
-        };
-        let l = plan(0xe7, MAX, lying);
-        assert_eq!((l.area_bytes, l.cpuid_disagrees), (2688, 0xc0));
-        assert_eq!(l.places[7], Some(at(1664, 1024)));
+    fn components_cpuid_leaves_out_get_intels_places_in_a_full_size_area() {
+        let l = plan(0x2e7, MAX, |_| (0, 0));
+        assert_eq!(l.places, plan(0x2e7, MAX, intel).places);
+        assert_eq!((l.guessed, l.image_bytes, l.area_bytes), (0x2e4, 2752, MAX));
+        // Some described, some not: only the others are guesses.
+        let l = plan(0x2e7, MAX, |bit| if bit == 9 { (0, 0) } else { zen4(bit) });
+        assert_eq!(l.guessed, 0x200);
+        assert_eq!(
+            l.places[9],
+            Some(Place {
+                offset: 2688,
+                size: 8
+            })
+        );
     }
 
     #[test]
@@ -153,51 +212,67 @@ mod tests {
             if bit == 19 {
                 (128, 960)
             } else {
-                honest(bit)
+                intel(bit)
             }
         });
         assert_eq!((l.mask, l.unswitched), (0x8_0007, 0));
-        assert_eq!(l.places[19], Some(at(960, 128)));
-        assert_eq!(l.area_bytes, 1088);
+        assert_eq!(
+            l.places[19],
+            Some(Place {
+                offset: 960,
+                size: 128
+            })
+        );
+        assert_eq!(l.image_bytes, 1088);
     }
 
     #[test]
-    fn an_unknown_component_without_a_fitting_place_is_left_unswitched() {
+    fn a_component_without_a_fitting_place_is_left_unswitched() {
         let far = plan(0x8_0007, MAX, |bit| {
             if bit == 19 {
                 (512, 4000)
             } else {
-                honest(bit)
+                intel(bit)
             }
         });
         assert_eq!(
-            (far.mask, far.unswitched, far.area_bytes),
+            (far.mask, far.unswitched, far.image_bytes),
             (0x7, 0x8_0000, 832)
         );
         let huge = plan(0x8_0007, MAX, |bit| {
             if bit == 19 {
                 (u32::MAX, u32::MAX)
             } else {
-                honest(bit)
+                intel(bit)
             }
         });
         assert_eq!((huge.mask, huge.unswitched), (0x7, 0x8_0000));
-        let unknown = plan(0x8_0007, MAX, honest);
+        let unknown = plan(0x8_0007, MAX, intel);
         assert_eq!((unknown.mask, unknown.unswitched), (0x7, 0x8_0000));
         // A place inside the legacy region or header is no place.
         let low = plan(0x8_0007, MAX, |bit| {
             if bit == 19 {
                 (64, 512)
             } else {
-                honest(bit)
+                intel(bit)
             }
         });
         assert_eq!(low.unswitched, 0x8_0000);
+        // A known component CPUID places out of bounds is not guessed elsewhere.
+        let out = plan(
+            0x207,
+            MAX,
+            |bit| if bit == 9 { (8, 8000) } else { intel(bit) },
+        );
+        assert_eq!((out.mask, out.unswitched, out.guessed), (0x7, 0x200, 0));
     }
 
     #[test]
-    fn x87_and_sse_only() {
-        let l = plan(0x3, MAX, honest);
-        assert_eq!((l.mask, l.area_bytes, l.unswitched), (0x3, 576, 0));
+    fn x87_and_sse_only_need_no_more_than_the_header() {
+        let l = plan(0x3, MAX, intel);
+        assert_eq!(
+            (l.mask, l.image_bytes, l.area_bytes, l.unswitched),
+            (0x3, 576, 576, 0)
+        );
     }
 }

@@ -117,8 +117,9 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     }
     if fpu.xsave_mask != 0 {
         kprintln!(
-            "fluke: fpu: xsave components {:#x}, {} bytes per thread",
+            "fluke: fpu: xsave components {:#x}, {}-byte image, {}-byte area per thread",
             fpu.xsave_mask,
+            fpu.image_bytes,
             fpu.area_bytes
         );
     }
@@ -128,10 +129,10 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
             fpu.unswitched
         );
     }
-    if fpu.cpuid_disagrees != 0 {
+    if fpu.guessed != 0 {
         kprintln!(
-            "fluke: warning: CPUID leaf 0xD places XSAVE components {:#x} off their architectural offsets; the architectural ones are used",
-            fpu.cpuid_disagrees
+            "fluke: warning: CPUID leaf 0xD does not describe XSAVE components {:#x}: exported at Intel's offsets, which this CPU may not use",
+            fpu.guessed
         );
     }
     if fpu.pkru {

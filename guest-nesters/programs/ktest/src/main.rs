@@ -311,10 +311,6 @@ fn hostile() -> i32 {
     i32::from(bad != 0)
 }
 
-/// The benchmark floor pair (`fluke.floors=on`, issue 9) obeys every rule: the switch keeps
-/// each thread's registers, vector state and segment bases; stopping or killing a member,
-/// or another thread becoming runnable, dissolves the pair; a thread outside it cannot use
-/// it; privileged RFLAGS bits set through thread_set_state do not reach user mode by it.
 /// The MXCSR bits this CPU supports, as FXSAVE reports them (0 there means 0xffbf): an
 /// all-ones MXCSR loaded into a thread must come back as exactly this.
 fn mxcsr_mask() -> u32 {
@@ -333,6 +329,11 @@ fn mxcsr_mask() -> u32 {
     }
 }
 
+/// The benchmark floor pair (`fluke.floors=on`, issue 9) obeys every rule: the switch keeps
+/// each thread's registers, vector state and segment bases; stopping or killing a member,
+/// or another thread becoming runnable, dissolves the pair; a thread outside it cannot use
+/// it; privileged RFLAGS bits set through thread_set_state, and NT a thread enters it with,
+/// do not reach user mode by it.
 fn floors() -> i32 {
     use fluke_abi::syscall::ThreadRegs;
     const GP: i32 = 128 + 13;

@@ -56,6 +56,32 @@ pub fn rdmsr_safe(msr: u32) -> Option<u64> {
     (faulted == 0).then_some((u64::from(hi) << 32) | u64::from(lo))
 }
 
+/// Writes an MSR, returning false if the write raised #GP (caught as in [`rdmsr_safe`]).
+///
+/// # Safety
+/// As [`wrmsr`]: the caller must know what writing `value` there does.
+pub unsafe fn wrmsr_safe(msr: u32, value: u64) -> bool {
+    let faulted: u32;
+    // A faulting WRMSR is redirected to label 3 by the #GP handler via the .extable entry.
+    asm!(
+        "xor {f:e}, {f:e}",
+        "2: wrmsr",
+        "jmp 4f",
+        "3: mov {f:e}, 1",
+        "4:",
+        ".pushsection .extable, \"a\"",
+        ".balign 8",
+        ".quad 2b, 3b",
+        ".popsection",
+        f = out(reg) faulted,
+        in("ecx") msr,
+        in("eax") value as u32,
+        in("edx") (value >> 32) as u32,
+        options(nostack),
+    );
+    faulted == 0
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CpuidResult {
     pub eax: u32,

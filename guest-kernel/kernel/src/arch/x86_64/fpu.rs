@@ -22,13 +22,17 @@ pub use fluke_kcore::xsave::LEGACY_BYTES;
 /// XSAVE header: XSTATE_BV (which components hold non-initial state) and XCOMP_BV.
 const XSTATE_BV: usize = 512;
 
-/// The largest exported image (`STATE_XSTATE`), and so the largest area switched: one frame,
-/// which the thread's charge includes (`object.rs`).
+/// The largest exported image (`STATE_XSTATE`), and the area of a thread that has state
+/// above SSE: one frame, which the thread's charge includes (`object.rs`).
 const MAX_AREA_BYTES: usize = fluke_abi::syscall::XSTATE_MAX_BYTES;
+// PLACES packs an offset and a size below it into 16 bits each.
+const _: () = assert!(MAX_AREA_BYTES <= 0xffff);
 
-/// The components switched with XSAVE (0: FXSAVE only), and the size of a thread's area.
+/// The components switched with XSAVE (0: FXSAVE only), the size of a thread's area and of
+/// its exported image.
 static XSAVE_MASK: AtomicU64 = AtomicU64::new(0);
 static AREA_BYTES: AtomicUsize = AtomicUsize::new(LEGACY_BYTES);
+static IMAGE_BYTES: AtomicUsize = AtomicUsize::new(HEADER_END);
 /// Where each switched component above SSE lives, fixed at boot: `offset << 16 | size`
 /// (both below [`MAX_AREA_BYTES`]), so that exporting needs no CPUID (a VM exit on kvm_pvm).
 static PLACES: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
@@ -37,10 +41,11 @@ static PLACES: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
 pub struct Layout {
     pub xsave_mask: u64,
     pub area_bytes: usize,
-    /// XCR0 components left unswitched (AMX, or a component with no known place that fits).
+    pub image_bytes: usize,
+    /// XCR0 components left unswitched (AMX, or a component with no place that fits).
     pub unswitched: u64,
-    /// Components CPUID leaf 0xD places elsewhere than the architectural place used.
-    pub cpuid_disagrees: u64,
+    /// Components CPUID leaf 0xD does not describe, exported at Intel's offsets.
+    pub guessed: u64,
     /// The host's XCR0 enables PKRU: switched like any component, but whether a thread's
     /// PKRU also governs the kernel's own accesses on kvm_pvm (it runs at hardware CPL 3)
     /// is unprobed, no host measured enabled it.
@@ -49,14 +54,15 @@ pub struct Layout {
 
 /// Chooses FXSAVE or XSAVE and the area size, once at boot, after PV mode is on and before
 /// the first thread is created. `pv`: on kvm_pvm, where XCR0 is the host's. The choice of
-/// places is `fluke_kcore::xsave::plan` (architectural places first, CPUID for the rest).
+/// places is `fluke_kcore::xsave::plan` (CPUID's, Intel's where CPUID is silent).
 pub fn init(pv: bool) -> Layout {
     if !pv {
         return Layout {
             xsave_mask: 0,
             area_bytes: LEGACY_BYTES,
+            image_bytes: HEADER_END,
             unswitched: 0,
-            cpuid_disagrees: 0,
+            guessed: 0,
             pkru: false,
         };
     }
@@ -71,13 +77,15 @@ pub fn init(pv: bool) -> Layout {
     }
     XSAVE_MASK.store(plan.mask, Ordering::Relaxed);
     AREA_BYTES.store(plan.area_bytes, Ordering::Relaxed);
+    IMAGE_BYTES.store(plan.image_bytes, Ordering::Relaxed);
     // SAFETY: boot, single CPU; the entry code's floor switch reads it.
     unsafe { super::percpu::get().xsave_mask = plan.mask };
     Layout {
         xsave_mask: plan.mask,
         area_bytes: plan.area_bytes,
+        image_bytes: plan.image_bytes,
         unswitched: plan.unswitched,
-        cpuid_disagrees: plan.cpuid_disagrees,
+        guessed: plan.guessed,
         pkru: plan.mask & xsave::PKRU != 0,
     }
 }
@@ -95,9 +103,10 @@ fn xgetbv0() -> u64 {
 
 /// The size of a thread's exported extended state ([`FpuArea::export`]): the XSAVE
 /// standard-format image, at least the legacy region and the header, at most
-/// `XSTATE_MAX_BYTES` ([`init`] switches no component beyond it).
+/// `XSTATE_MAX_BYTES` ([`init`] switches no component beyond it). Never more than the area
+/// on kvm_pvm; natively the area is the 512-byte legacy region and the header is made up.
 pub fn export_bytes() -> usize {
-    AREA_BYTES.load(Ordering::Relaxed).clamp(HEADER_END, MAX_AREA_BYTES)
+    IMAGE_BYTES.load(Ordering::Relaxed).clamp(HEADER_END, MAX_AREA_BYTES)
 }
 
 #[repr(C, align(64))]
@@ -178,7 +187,7 @@ impl FpuArea {
 
     /// The whole state as an XSAVE standard-format image of [`export_bytes`] bytes
     /// (`STATE_XSTATE`): the legacy region, the header (XSTATE_BV says which components hold
-    /// non-initial state; XCOMP_BV 0) and each component at its CPU-defined offset, zero
+    /// non-initial state; XCOMP_BV 0) and each component at its place (CPUID's), zero
     /// where the component is initial. Natively that is the legacy region and a header with
     /// XSTATE_BV = x87 | SSE.
     pub fn export(&self, out: &mut [u8]) -> usize {

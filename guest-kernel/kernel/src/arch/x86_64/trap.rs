@@ -77,7 +77,7 @@ extern "C" {
 /// The fixup address registered for a faulting kernel instruction, if any.
 fn fixup_for(rip: u64) -> Option<u64> {
     // SAFETY: the linker script bounds the .extable section with these symbols and every
-    // entry in it is an ExtableEntry emitted by an `asm!` block (cpu::rdmsr_safe).
+    // entry in it is an ExtableEntry emitted by an `asm!` block (cpu::rdmsr_safe, cpu::wrmsr_safe).
     let table = unsafe {
         let start = core::ptr::addr_of!(__extable_start);
         let end = core::ptr::addr_of!(__extable_end);

@@ -133,13 +133,19 @@ pub fn return_to_user(return_slot: u64) -> ! {
 
 /// On kvm_pvm the user GS base is reached as MSR_KERNEL_GS_BASE ([`switch_segment_bases`]
 /// and entry.S's floor switch), a behaviour of this host's PVM fork probed by us, not an
-/// architectural rule: check at boot (the IDT loaded) that the MSR reads, so a host
-/// without it stops here with the reason instead of at a kernel #GP on the first switch.
+/// architectural rule: check at boot (the IDT loaded) that the MSR reads and takes a write,
+/// so a host without it stops here with the reason instead of at a kernel #GP on the first
+/// switch.
 pub fn check_segment_base_access() {
-    if super::platform::backend() == super::platform::Backend::Pv
-        && cpu::rdmsr_safe(MSR_KERNEL_GS_BASE).is_none()
-    {
-        panic!("kvm_pvm: MSR_KERNEL_GS_BASE (the user GS base) is unreadable, so threads' GS bases cannot be switched");
+    if super::platform::backend() != super::platform::Backend::Pv {
+        return;
+    }
+    // SAFETY: writes back the value just read: no thread runs yet, and the kernel does not
+    // use the user GS base.
+    let usable = cpu::rdmsr_safe(MSR_KERNEL_GS_BASE)
+        .is_some_and(|gs| unsafe { cpu::wrmsr_safe(MSR_KERNEL_GS_BASE, gs) });
+    if !usable {
+        panic!("kvm_pvm: MSR_KERNEL_GS_BASE (the user GS base) cannot be read and written, so threads' GS bases cannot be switched");
     }
 }
 
