@@ -12,6 +12,7 @@ pub mod cap;
 pub mod frame;
 pub mod memmap;
 pub mod slab;
+pub mod user_regs;
 pub mod xsave;
 
 pub const PAGE_SIZE: u64 = 4096;

@@ -12,7 +12,7 @@ use fluke_abi::syscall::layout::USER_END;
 
 fn regs() -> UserRegs {
     // SAFETY: user_trap checked cur_regs is the running thread's register block.
-    unsafe { *(percpu::get().cur_regs as *const UserRegs) }
+    unsafe { *(percpu::get().cur_regs.get() as *const UserRegs) }
 }
 
 pub fn user_event(vector: u8, error_code: u64) -> ! {

@@ -277,8 +277,8 @@ fn switch_to_now(next: ThreadId) -> ! {
     }
     k.runq.retain(|&q| q != next);
     k.current = Some(next);
-    // SAFETY: single CPU; the scheduler reads the current thread from PERCPU as well.
-    unsafe { crate::arch::percpu::get().cur_thread = next.to_u64() };
+    // The scheduler reads the current thread from PERCPU as well.
+    crate::arch::percpu::get().cur_thread.set(next.to_u64());
     // SAFETY: entry.S's schedule switches to the idle stack and never returns.
     unsafe { sched::schedule() }
 }

@@ -104,23 +104,18 @@ extern "C" {
 }
 
 pub fn init(kernel_root: u64, idle_stack_top: u64) {
-    // SAFETY: boot, single CPU.
-    unsafe {
-        percpu::get().cur_root = kernel_root;
-        percpu::get().idle_stack_top = idle_stack_top;
-    }
+    percpu::get().cur_root.set(kernel_root);
+    percpu::get().idle_stack_top.set(idle_stack_top);
 }
 
 /// Loads `root` into CR3 unless it is already there.
 fn activate_root(root: u64) {
-    // SAFETY: single CPU; every root maps the kernel half, so the switch is safe anywhere in
-    // the kernel.
-    unsafe {
-        let pc = percpu::get();
-        if pc.cur_root != root {
-            paging::activate(root);
-            pc.cur_root = root;
-        }
+    let pc = percpu::get();
+    if pc.cur_root.get() != root {
+        // SAFETY: every root maps the kernel half, so the switch is safe anywhere in the
+        // kernel.
+        unsafe { paging::activate(root) };
+        pc.cur_root.set(root);
     }
 }
 
@@ -164,8 +159,7 @@ fn arm_preemption() {
 
 /// Called before an address space is freed: CR3 must not keep pointing at it.
 pub fn leave_space(root: u64) {
-    // SAFETY: single CPU.
-    if unsafe { percpu::get().cur_root } == root {
+    if percpu::get().cur_root.get() == root {
         activate_root(space::kernel_root());
     }
 }
@@ -225,12 +219,11 @@ fn reap_dead_threads() {
             k.current = None;
         }
         if let Some(t) = k.threads.get_mut(id) {
-            // SAFETY: single CPU; a register block or FPU area about to be freed must not
-            // stay current.
-            let pc = unsafe { percpu::get() };
-            if pc.cur_regs == &mut *t.regs as *mut UserRegs as u64 {
-                pc.cur_regs = 0;
-                pc.cur_fpu = 0;
+            // A register block or FPU area about to be freed must not stay current.
+            let pc = percpu::get();
+            if pc.cur_regs.get() == &mut *t.regs as *mut UserRegs as u64 {
+                pc.cur_regs.set(0);
+                pc.cur_fpu.set(0);
             }
         }
         k.threads.remove(id);
@@ -281,7 +274,7 @@ pub fn sync_current_from_percpu() {
     let k = kernel();
     let Some(old) = k.current else { return };
     // SAFETY: single CPU.
-    let real = Id::from_u64(unsafe { percpu::get().cur_thread });
+    let real = Id::from_u64(percpu::get().cur_thread.get());
     if real != old {
         k.current = Some(real);
         k.runq.retain(|&t| t != real);
@@ -350,12 +343,12 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
     // only happens on the idle stack after it stopped running.
     unsafe {
         let pc = percpu::get();
-        user::switch_segment_bases(pc.cur_regs as *mut UserRegs, &*regs);
-        crate::arch::fpu::switch(pc.cur_fpu, fpu);
-        pc.cur_regs = regs as u64;
-        pc.cur_fpu = fpu;
-        pc.kstack_top = kstack;
-        pc.cur_thread = tid.to_u64();
+        user::switch_segment_bases(pc.cur_regs.get() as *mut UserRegs, &*regs);
+        crate::arch::fpu::switch(pc.cur_fpu.get(), fpu);
+        pc.cur_regs.set(regs as u64);
+        pc.cur_fpu.set(fpu);
+        pc.kstack_top.set(kstack);
+        pc.cur_thread.set(tid.to_u64());
     }
     // Preemption needs a timer if another thread waits; a sleeper's deadline always gets
     // one (ensure_timer keeps whichever is earlier, so a quantum never delays a wake-up).

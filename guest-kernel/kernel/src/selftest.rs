@@ -69,8 +69,7 @@ pub const NO_FLOOR_THREAD: u64 = u64::MAX;
 
 /// Enables the floor paths for this boot (`fluke.floors=on`, passed only by `fluke-vmm bench`).
 pub fn enable_floors() {
-    // SAFETY: boot, single CPU.
-    unsafe { crate::arch::percpu::get().floors_enabled = 1 };
+    crate::arch::percpu::get().floors_enabled.set(1);
 }
 
 // entry.S's floor switch leaves ERR_PEER_GONE (-11) as the result of a switch the pair's end
@@ -95,8 +94,7 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
     use crate::sched::{self, kernel};
     use crate::thread::ThreadState;
     use fluke_abi::syscall::Error;
-    // SAFETY: single CPU.
-    if unsafe { percpu::get().floors_enabled } == 0 {
+    if percpu::get().floors_enabled.get() == 0 {
         return Err(Error::NoSuchCall);
     }
     let k = kernel();
@@ -111,27 +109,26 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
         .and_then(|p| p.space.as_ref())
         .map(|s| s.root)
         .ok_or(Error::InvalidArgument)?;
-    // SAFETY: single CPU.
-    let pc = unsafe { percpu::get() };
+    let pc = percpu::get();
     // A waiting side 0 is in its join call and has not run since (`floor_resumed`).
-    let partner_waiting = pc.floor_active == 0
-        && pc.floor_regs[0] != 0
-        && pc.floor_thread[0] != tid.to_u64()
+    let partner_waiting = pc.floor_active.get() == 0
+        && pc.floor_regs[0].get() != 0
+        && pc.floor_thread[0].get() != tid.to_u64()
         && k.threads
-            .get(crate::thread::ThreadId::from_u64(pc.floor_thread[0]))
+            .get(crate::thread::ThreadId::from_u64(pc.floor_thread[0].get()))
             .is_some_and(|p| p.state == ThreadState::Runnable);
     let side = usize::from(partner_waiting);
     if side == 0 {
         floor_dissolve();
     }
-    pc.floor_regs[side] = regs;
-    pc.floor_root[side] = root;
-    pc.floor_kstack[side] = kstack;
-    pc.floor_thread[side] = tid.to_u64();
-    pc.floor_fpu[side] = fpu;
+    pc.floor_regs[side].set(regs);
+    pc.floor_root[side].set(root);
+    pc.floor_kstack[side].set(kstack);
+    pc.floor_thread[side].set(tid.to_u64());
+    pc.floor_fpu[side].set(fpu);
     if side == 1 {
-        pc.floor_cur = 1;
-        pc.floor_active = 1;
+        pc.floor_cur.set(1);
+        pc.floor_active.set(1);
         return Ok(1);
     }
     // Wait in the call: the result is in place for whichever way it is resumed.
@@ -144,42 +141,39 @@ pub fn floor_join() -> Result<u64, fluke_abi::syscall::Error> {
 /// The scheduler is about to run `tid`: a side 0 still waiting for a partner stops
 /// waiting (it returns from its join), so the half-formed pair ends.
 pub fn floor_resumed(tid: crate::thread::ThreadId) {
-    // SAFETY: single CPU.
-    let pc = unsafe { crate::arch::percpu::get() };
-    if pc.floor_active == 0 && pc.floor_thread[0] == tid.to_u64() {
+    let pc = crate::arch::percpu::get();
+    if pc.floor_active.get() == 0 && pc.floor_thread[0].get() == tid.to_u64() {
         floor_dissolve();
     }
 }
 
 /// Ends the floor pair (or a half-formed one) if `tid` is in it.
 pub fn floor_leave(tid: crate::thread::ThreadId) {
-    // SAFETY: single CPU.
-    let pc = unsafe { crate::arch::percpu::get() };
-    if pc.floor_thread.contains(&tid.to_u64()) {
+    let pc = crate::arch::percpu::get();
+    if pc.floor_thread.iter().any(|t| t.get() == tid.to_u64()) {
         floor_dissolve();
     }
 }
 
 /// Whether `tid` is a member of the active floor pair.
 pub fn in_active_floor_pair(tid: crate::thread::ThreadId) -> bool {
-    // SAFETY: single CPU.
-    let pc = unsafe { crate::arch::percpu::get() };
-    pc.floor_active != 0 && pc.floor_thread.contains(&tid.to_u64())
+    let pc = crate::arch::percpu::get();
+    pc.floor_active.get() != 0 && pc.floor_thread.iter().any(|t| t.get() == tid.to_u64())
 }
 
 /// Ends an active floor pair: the scheduler is about to decide who runs.
 pub fn floor_end_active() {
-    // SAFETY: single CPU.
-    if unsafe { crate::arch::percpu::get().floor_active } != 0 {
+    if crate::arch::percpu::get().floor_active.get() != 0 {
         floor_dissolve();
     }
 }
 
 fn floor_dissolve() {
-    // SAFETY: single CPU.
-    let pc = unsafe { crate::arch::percpu::get() };
-    pc.floor_active = 0;
-    pc.floor_regs = [0; 2];
-    pc.floor_thread = [NO_FLOOR_THREAD; 2];
-    pc.floor_fpu = [0; 2];
+    let pc = crate::arch::percpu::get();
+    pc.floor_active.set(0);
+    for side in 0..2 {
+        pc.floor_regs[side].set(0);
+        pc.floor_thread[side].set(NO_FLOOR_THREAD);
+        pc.floor_fpu[side].set(0);
+    }
 }

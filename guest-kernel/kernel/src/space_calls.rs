@@ -51,7 +51,7 @@ pub fn create(keep: u64, name_ptr: u64, name_len: u64) -> Result<u64, Error> {
         .inspect_err(|_| process::destroy_space(pid))?;
     // SAFETY: single CPU; cur_regs is the calling thread's register block.
     unsafe {
-        (*(crate::arch::percpu::get().cur_regs as *mut crate::arch::user::UserRegs)).rdx =
+        (*(crate::arch::percpu::get().cur_regs.get() as *mut crate::arch::user::UserRegs)).rdx =
             pid.to_u64()
     };
     Ok(cap)

@@ -20,7 +20,7 @@ use fluke_kcore::slab::Id;
 fn regs() -> &'static mut UserRegs {
     // SAFETY: entry.S saved into the current thread's UserRegs, which lives as long as the
     // thread; single CPU, so no other reference is live.
-    unsafe { &mut *(percpu::get().cur_regs as *mut UserRegs) }
+    unsafe { &mut *(percpu::get().cur_regs.get() as *mut UserRegs) }
 }
 
 fn current_pid() -> Option<Pid> {

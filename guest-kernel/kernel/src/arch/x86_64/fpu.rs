@@ -78,8 +78,8 @@ pub fn init(pv: bool) -> Layout {
     XSAVE_MASK.store(plan.mask, Ordering::Relaxed);
     AREA_BYTES.store(plan.area_bytes, Ordering::Relaxed);
     IMAGE_BYTES.store(plan.image_bytes, Ordering::Relaxed);
-    // SAFETY: boot, single CPU; the entry code's floor switch reads it.
-    unsafe { super::percpu::get().xsave_mask = plan.mask };
+    // The entry code's floor switch reads it.
+    super::percpu::get().xsave_mask.set(plan.mask);
     Layout {
         xsave_mask: plan.mask,
         area_bytes: plan.area_bytes,

@@ -3,44 +3,45 @@
 //! (which costs ~5 µs on kvm_pvm and would load the user's GS base: pvm.md §11).
 
 use core::mem::offset_of;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 #[repr(C)]
 pub struct PerCpu {
     /// The running thread's saved user registers (`UserRegs`).
-    pub cur_regs: u64,
+    pub cur_regs: Word,
     /// Top of the running thread's kernel stack.
-    pub kstack_top: u64,
+    pub kstack_top: Word,
     /// Scratch for the user RSP during SYSCALL entry.
-    pub user_rsp: u64,
+    pub user_rsp: Word,
     /// RCX, R11 and RSP for the next SYSRETQ (see user::return_to_user).
-    pub ret_rip: u64,
-    pub ret_rflags: u64,
-    pub ret_rsp: u64,
+    pub ret_rip: Word,
+    pub ret_rflags: Word,
+    pub ret_rsp: Word,
     /// Top of the stack the scheduler and the idle loop run on.
-    pub idle_stack_top: u64,
+    pub idle_stack_top: Word,
     /// Index of the running thread (sched.rs), kept here so the floor switch can update it.
-    pub cur_thread: u64,
+    pub cur_thread: Word,
     /// The bare-switch benchmark pair (platform.switch_floor), when active.
-    pub floor_active: u64,
-    pub floor_cur: u64,
-    pub floor_regs: [u64; 2],
-    pub floor_root: [u64; 2],
-    pub floor_kstack: [u64; 2],
-    pub floor_thread: [u64; 2],
+    pub floor_active: Word,
+    pub floor_cur: Word,
+    pub floor_regs: [Word; 2],
+    pub floor_root: [Word; 2],
+    pub floor_kstack: [Word; 2],
+    pub floor_thread: [Word; 2],
     /// The address-space root CR3 holds (writes cost ~3.4 µs on kvm_pvm, so they are skipped
     /// when unchanged; the floor switch updates it too).
-    pub cur_root: u64,
+    pub cur_root: Word,
     /// The running thread's FPU/SSE save area (`FpuArea`), switched with the thread.
-    pub cur_fpu: u64,
+    pub cur_fpu: Word,
     /// The floor pair's FPU areas.
-    pub floor_fpu: [u64; 2],
+    pub floor_fpu: [Word; 2],
     /// Non-zero when the boot asked for the floor paths (`fluke.floors=on`).
-    pub floors_enabled: u64,
+    pub floors_enabled: Word,
     /// Non-zero on kvm_pvm, where user code can change the FS base (the floor switch
     /// switches it then).
-    pub pv: u64,
+    pub pv: Word,
     /// The XSAVE components switched with a thread (fpu.rs; 0: FXSAVE).
-    pub xsave_mask: u64,
+    pub xsave_mask: Word,
 }
 
 const _: () = {
@@ -67,34 +68,54 @@ const _: () = {
 };
 
 #[no_mangle]
-pub static mut PERCPU: PerCpu = PerCpu {
-    cur_regs: 0,
-    kstack_top: 0,
-    user_rsp: 0,
-    ret_rip: 0,
-    ret_rflags: 0,
-    ret_rsp: 0,
-    idle_stack_top: 0,
-    cur_thread: 0,
-    floor_active: 0,
-    floor_cur: 0,
-    floor_regs: [0; 2],
-    floor_root: [0; 2],
-    floor_kstack: [0; 2],
-    floor_thread: [u64::MAX; 2], // selftest::NO_FLOOR_THREAD
-    cur_root: 0,
-    cur_fpu: 0,
-    floor_fpu: [0; 2],
-    floors_enabled: 0,
-    pv: 0,
-    xsave_mask: 0,
+pub static PERCPU: PerCpu = PerCpu {
+    cur_regs: Word::new(0),
+    kstack_top: Word::new(0),
+    user_rsp: Word::new(0),
+    ret_rip: Word::new(0),
+    ret_rflags: Word::new(0),
+    ret_rsp: Word::new(0),
+    idle_stack_top: Word::new(0),
+    cur_thread: Word::new(0),
+    floor_active: Word::new(0),
+    floor_cur: Word::new(0),
+    floor_regs: [Word::new(0), Word::new(0)],
+    floor_root: [Word::new(0), Word::new(0)],
+    floor_kstack: [Word::new(0), Word::new(0)],
+    floor_thread: [Word::new(u64::MAX), Word::new(u64::MAX)], // selftest::NO_FLOOR_THREAD
+    cur_root: Word::new(0),
+    cur_fpu: Word::new(0),
+    floor_fpu: [Word::new(0), Word::new(0)],
+    floors_enabled: Word::new(0),
+    pv: Word::new(0),
+    xsave_mask: Word::new(0),
 };
 
-/// The per-CPU state.
-///
-/// # Safety
-/// Single CPU and interrupts off (all kernel code but the idle loop): no concurrent access.
-#[allow(static_mut_refs)]
-pub unsafe fn get() -> &'static mut PerCpu {
-    &mut *core::ptr::addr_of_mut!(PERCPU)
+/// The per-CPU state. Shared, never `&mut`: entry.S reads and writes these words behind
+/// Rust's back (at trap entry, in the floor switch and on the return path), which interior
+/// mutability allows, and no borrow of one can be invalidated by a call.
+pub fn get() -> &'static PerCpu {
+    &PERCPU
+}
+
+/// One word of the per-CPU state, at a fixed offset entry.S uses. Relaxed atomics: one CPU,
+/// and entry.S runs only at kernel entry and exit, between Rust statements, never inside
+/// one.
+#[repr(transparent)]
+pub struct Word(AtomicU64);
+
+impl Word {
+    pub const fn new(value: u64) -> Word {
+        Word(AtomicU64::new(value))
+    }
+
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    #[inline]
+    pub fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed)
+    }
 }

@@ -151,8 +151,8 @@ pub fn enable_pv_mode() {
     // preconditions above hold; this is the protocol of pvm.md §4.1 with flags 0x17.
     unsafe { cpu::wrmsr(MSR_PVM_CONTROL, gpa | PVM_FLAGS) };
     PV_ON.store(1, Ordering::Relaxed);
-    // SAFETY: boot, single CPU. The entry code's floor switch reads it (FS base switching).
-    unsafe { super::percpu::get().pv = 1 };
+    // The entry code's floor switch reads it (FS base switching).
+    super::percpu::get().pv.set(1);
 }
 
 const CR4_OSFXSR: u64 = 1 << 9;

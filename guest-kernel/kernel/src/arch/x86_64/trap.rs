@@ -127,14 +127,14 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
 /// was restoring exactly them, so the return simply starts over (pvm.md §11 H2).
 #[no_mangle]
 extern "C" fn user_trap(frame: &TrapFrame) -> ! {
-    // SAFETY: single CPU, interrupts off; cur_regs is the running thread's register block.
-    let pc = unsafe { percpu::get() };
-    if pc.cur_regs == 0 {
+    let cur_regs = percpu::get().cur_regs.get();
+    if cur_regs == 0 {
         kernel_fault(frame, "event from user mode with no current thread");
     }
     if !user::return_stub_range().contains(&frame.rip) {
-        // SAFETY: as above.
-        let r = unsafe { &mut *(pc.cur_regs as *mut UserRegs) };
+        // SAFETY: single CPU, interrupts off; cur_regs is the running thread's register
+        // block, which no other reference points into during this trap.
+        let r = unsafe { &mut *(cur_regs as *mut UserRegs) };
         *r = UserRegs {
             r15: frame.r15,
             r14: frame.r14,

@@ -18,30 +18,8 @@ const _: () = {
     assert!(offset_of!(UserRegs, gs_base) == 152);
 };
 
-/// RFLAGS bits user code may hold: CF PF AF ZF SF TF DF OF AC ID. IF is always set; IOPL,
-/// NT, RF and VM never are (IOPL 3 would give user code port I/O natively).
-const USER_RFLAGS_MASK: u64 = 0x0024_0dd5;
-const RFLAGS_IF: u64 = 1 << 9;
-const RFLAGS_FIXED1: u64 = 1 << 1;
-
-pub fn sanitize_rflags(rflags: u64) -> u64 {
-    (rflags & USER_RFLAGS_MASK) | RFLAGS_IF | RFLAGS_FIXED1
-}
-
-/// Checks and sanitises registers a user supplies for a thread (`thread_set_state`), on the
-/// way in, so that nothing the kernel later loads from them can fault in kernel mode or give
-/// user code a privilege: RIP must be a user-half address, the FS and GS bases canonical (a
-/// non-canonical one makes the kernel's WRFSBASE or WRMSR take a #GP; any canonical value is
-/// one user code could set itself on kvm_pvm), and RFLAGS keeps only the bits user code may
-/// hold. A bad RSP only faults in user mode.
-pub fn sanitize_regs(regs: &mut UserRegs) -> Result<(), fluke_abi::syscall::Error> {
-    let canonical = |v: u64| (((v << 16) as i64) >> 16) as u64 == v;
-    if regs.rip >= USER_END || !canonical(regs.fs_base) || !canonical(regs.gs_base) {
-        return Err(fluke_abi::syscall::Error::InvalidArgument);
-    }
-    regs.rflags = sanitize_rflags(regs.rflags);
-    Ok(())
-}
+// The checks themselves are pure and host-tested (`fluke_kcore::user_regs`).
+pub use fluke_kcore::user_regs::{sanitize_regs, sanitize_rflags};
 
 /// Length of the SYSCALL instruction, to restart a call (the atomic API: a blocked call is
 /// re-executed when the thread resumes).
@@ -108,25 +86,26 @@ pub fn init_syscall() {
 /// RSP and RIP from the slot. The stub path is also taken for any RIP outside the user half,
 /// so a SYSRETQ never sees a non-canonical RCX (a ring-0 #GP on Intel).
 pub fn return_to_user(return_slot: u64) -> ! {
+    let pc = percpu::get();
     // SAFETY: single CPU, interrupts off; cur_regs points at the current thread's registers,
-    // which stay allocated while it runs.
+    // which stay allocated while it runs and which nothing else references during the
+    // return; the return slot is the current space's return page in the direct map.
     unsafe {
-        let pc = percpu::get();
-        let regs = &mut *(pc.cur_regs as *mut UserRegs);
+        let regs = &mut *(pc.cur_regs.get() as *mut UserRegs);
         regs.rflags = sanitize_rflags(regs.rflags);
         let direct = regs.rcx == regs.rip && regs.r11 == regs.rflags && regs.rip < USER_END;
         if direct {
-            pc.ret_rip = regs.rip;
+            pc.ret_rip.set(regs.rip);
         } else {
             let slot = return_slot as *mut u64;
             slot.add(RETURN_SLOT_RCX).write_volatile(regs.rcx);
             slot.add(RETURN_SLOT_R11).write_volatile(regs.r11);
             slot.add(RETURN_SLOT_RSP).write_volatile(regs.rsp);
             slot.add(RETURN_SLOT_RIP).write_volatile(regs.rip);
-            pc.ret_rip = return_stub_range().start;
+            pc.ret_rip.set(return_stub_range().start);
         }
-        pc.ret_rflags = regs.rflags;
-        pc.ret_rsp = regs.rsp;
+        pc.ret_rflags.set(regs.rflags);
+        pc.ret_rsp.set(regs.rsp);
         return_to_user_asm()
     }
 }
