@@ -311,14 +311,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             "floor-out" => {
                 // A floor-pair partner that, after some switches, tries port I/O: it must
                 // fault even if the parent gave it IOPL 3 through thread_set_state.
-                let mut switches = 0u32;
-                while switches < 50 {
-                    if sys::floor_switch() {
-                        switches += 1;
-                    } else {
-                        // Complete the pair, or wait in the join for the parent.
-                        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
-                    }
+                let (switches, _) = floor_partner(50, || (sys::floor_switch(), false));
+                if switches < 50 {
+                    println!("victim: floor-out: only {switches} switches");
+                    return 4;
                 }
                 println!("victim: floor-out: {switches} switches, now port I/O");
                 asm!("cli", "out dx, al", in("dx") 0xf4u16, in("al") 0x55u8);

@@ -27,6 +27,8 @@ const XSTATE_BV: usize = 512;
 const MAX_AREA_BYTES: usize = fluke_abi::syscall::XSTATE_MAX_BYTES;
 // PLACES packs an offset and a size below it into 16 bits each.
 const _: () = assert!(MAX_AREA_BYTES <= 0xffff);
+// FpuArea::clean allocates the area in 64-byte chunks.
+const _: () = assert!(MAX_AREA_BYTES % 64 == 0);
 
 /// The components switched with XSAVE (0: FXSAVE only), the size of a thread's area and of
 /// its exported image.

@@ -119,10 +119,18 @@ pub fn check_segment_base_access() {
     if super::platform::backend() != super::platform::Backend::Pv {
         return;
     }
-    // SAFETY: writes back the value just read: no thread runs yet, and the kernel does not
-    // use the user GS base.
-    let usable = cpu::rdmsr_safe(MSR_KERNEL_GS_BASE)
-        .is_some_and(|gs| unsafe { cpu::wrmsr_safe(MSR_KERNEL_GS_BASE, gs) });
+    // A different canonical value must read back (a host that drops the write without a
+    // #GP fails too), then the old one is restored.
+    let usable = cpu::rdmsr_safe(MSR_KERNEL_GS_BASE).is_some_and(|gs| {
+        let probe = (gs ^ 0x1000) & 0x7fff_ffff_ffff;
+        // SAFETY: no thread runs yet and the kernel does not use the user GS base; both
+        // values written are canonical.
+        unsafe {
+            cpu::wrmsr_safe(MSR_KERNEL_GS_BASE, probe)
+                && cpu::rdmsr_safe(MSR_KERNEL_GS_BASE) == Some(probe)
+                && cpu::wrmsr_safe(MSR_KERNEL_GS_BASE, gs)
+        }
+    });
     if !usable {
         panic!("kvm_pvm: MSR_KERNEL_GS_BASE (the user GS base) cannot be read and written, so threads' GS bases cannot be switched");
     }
