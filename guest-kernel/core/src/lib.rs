@@ -11,6 +11,7 @@ pub mod budget;
 pub mod cap;
 pub mod frame;
 pub mod memmap;
+pub mod runq;
 pub mod slab;
 pub mod user_regs;
 pub mod xsave;

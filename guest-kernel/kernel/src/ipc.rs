@@ -271,12 +271,17 @@ fn block_restartable(me: ThreadId, state: ThreadState) {
 
 /// Makes `next` the running thread right away (the current one is blocked or queued).
 fn switch_to_now(next: ThreadId) -> ! {
+    hand_off(next, false)
+}
+
+/// Makes `next` the running thread right away; the current one, still runnable, goes to the
+/// back of the run queue if `requeue`.
+fn hand_off(next: ThreadId, requeue: bool) -> ! {
     let k = kernel();
     if let Some(t) = k.threads.get_mut(next) {
         t.state = ThreadState::Runnable;
     }
-    k.runq.retain(|&q| q != next);
-    k.current = Some(next);
+    k.queue.hand_off(next, requeue);
     // The scheduler reads the current thread from PERCPU as well.
     crate::arch::percpu::get().cur_thread.set(next.to_u64());
     // SAFETY: entry.S's schedule switches to the idle stack and never returns.
@@ -356,8 +361,7 @@ pub fn send(port_name: u64) -> Result<u64, Error> {
     if let Some(r) = regs_of(me) {
         r.rax = encode(Ok(1));
     }
-    kernel().runq.push_back(me);
-    switch_to_now(w)
+    hand_off(w, true)
 }
 
 /// `ipc_wait`, and the waiting half of `ipc_reply_wait` (`replied_to`: the client just
@@ -582,6 +586,5 @@ pub fn send_reliable(port_name: u64) -> Result<u64, Error> {
     if let Some(r) = regs_of(me) {
         r.rax = 0;
     }
-    kernel().runq.push_back(me);
-    switch_to_now(w)
+    hand_off(w, true)
 }

@@ -13,7 +13,7 @@ use crate::space;
 use crate::sync::BootCell;
 use crate::thread::{Thread, ThreadId, ThreadState};
 use crate::time;
-use alloc::collections::VecDeque;
+use fluke_kcore::runq::{Arm, RunQueue};
 use fluke_kcore::slab::{Id, Slab};
 
 /// Round-robin time slice: 10 ms keeps the cost of preemption on kvm_pvm (~30 µs per timer
@@ -37,14 +37,11 @@ pub struct Kernel {
     pub references: Slab<Option<crate::object::ObjCap>>,
     /// Which space created each object (its budget pays for it; it dies with it).
     pub creators: alloc::collections::BTreeMap<crate::object::ObjRef, Id>,
-    pub runq: VecDeque<ThreadId>,
-    pub current: Option<ThreadId>,
-    /// Sleeping threads and their deadlines (ns since boot).
-    sleepers: alloc::vec::Vec<(u64, ThreadId)>,
+    /// The running thread, the run queue, the sleepers and the timer's deadline: the
+    /// decisions are `fluke_kcore::runq` (host-tested), the hardware is programmed here.
+    pub queue: RunQueue<ThreadId>,
     /// Threads that ended, reclaimed on the idle stack.
     pub dead: alloc::vec::Vec<ThreadId>,
-    /// When the armed one-shot timer fires (ns since boot), if armed.
-    timer_deadline: Option<u64>,
     pub init: Option<Id>,
     /// A page the current kernel call needs that only a keeper can provide (set by
     /// `memory::fault_in_for_kernel`, taken by the dispatcher).
@@ -72,11 +69,8 @@ static KERNEL: BootCell<Kernel> = BootCell::new(Kernel {
     mappings: Slab::new(MAX_PORTS),
     references: Slab::new(MAX_PORTS),
     creators: alloc::collections::BTreeMap::new(),
-    runq: VecDeque::new(),
-    current: None,
-    sleepers: alloc::vec::Vec::new(),
+    queue: RunQueue::new(QUANTUM_NS),
     dead: alloc::vec::Vec::new(),
-    timer_deadline: None,
     init: None,
     keeper_fault: None,
     stats: Stats {
@@ -121,7 +115,7 @@ fn activate_root(root: u64) {
 
 pub fn current() -> Option<ThreadId> {
     sync_current_from_percpu();
-    kernel().current
+    kernel().queue.current()
 }
 
 /// Makes a thread runnable (at the back of the queue).
@@ -137,23 +131,19 @@ pub fn make_runnable(tid: ThreadId) {
 
 /// Puts a thread that is already `Runnable` at the back of the run queue (a new thread, a
 /// resumed one) and makes sure the running thread will be preempted for it.
+///
+/// A thread that became runnable while another runs must get the CPU within a quantum even
+/// if the running one never enters the kernel again (`spawn(child); loop {}`), so the
+/// quantum timer is armed unless a timer is already armed. (switch_to arms it too, but only
+/// when it switches; an idle CPU needs nothing: the scheduler picks the thread at once.)
 pub fn enqueue(tid: ThreadId) {
-    let k = kernel();
-    if !k.runq.contains(&tid) && k.current != Some(tid) {
-        k.runq.push_back(tid);
-    }
-    arm_preemption();
+    program_timer(kernel().queue.enqueue(tid, time::now_ns));
 }
 
-/// A thread that became runnable while another runs must get the CPU within a quantum even
-/// if the running one never enters the kernel again (`spawn(child); loop {}`): arm the
-/// quantum timer unless a timer is already armed. (switch_to arms it too, but only when it
-/// switches; an idle CPU needs nothing: the scheduler picks the thread at once.)
-fn arm_preemption() {
-    let k = kernel();
-    if k.current.is_some() && k.timer_deadline.is_none() && !k.runq.is_empty() {
-        let now = time::now_ns();
-        ensure_timer(now + QUANTUM_NS, now);
+/// Programs the one-shot timer as the run queue decided.
+fn program_timer(arm: Option<Arm>) {
+    if let Some(Arm { deadline, now }) = arm {
+        apic::arm_oneshot(deadline.saturating_sub(now));
     }
 }
 
@@ -165,15 +155,9 @@ pub fn leave_space(root: u64) {
 }
 
 fn wake_sleepers(now: u64) {
-    let k = kernel();
-    while let Some(i) = k.sleepers.iter().position(|&(d, _)| d <= now) {
-        let (_, tid) = k.sleepers.swap_remove(i);
+    while let Some(tid) = kernel().queue.take_due(now) {
         make_runnable(tid);
     }
-}
-
-fn earliest_sleeper() -> Option<u64> {
-    kernel().sleepers.iter().map(|&(d, _)| d).min()
 }
 
 /// Takes a thread out of every queue it may wait in (run queue, sleepers, IPC).
@@ -184,9 +168,7 @@ pub fn unqueue(tid: ThreadId) {
         t.pending_fault = None;
     }
     crate::mutex::forget_thread(tid);
-    let k = kernel();
-    k.runq.retain(|&q| q != tid);
-    k.sleepers.retain(|&(_, q)| q != tid);
+    kernel().queue.forget(tid);
 }
 
 /// Marks a thread dead and drops it from every queue; it is reclaimed on the idle stack.
@@ -201,22 +183,12 @@ pub fn kill_thread(tid: ThreadId) {
     }
 }
 
-/// Arms the one-shot timer for `deadline` unless it already fires no later.
-fn ensure_timer(deadline: u64, now: u64) {
-    let k = kernel();
-    if k.timer_deadline.is_some_and(|d| d <= deadline) {
-        return;
-    }
-    apic::arm_oneshot(deadline.saturating_sub(now));
-    k.timer_deadline = Some(deadline);
-}
-
 /// Reclaims dead threads (never the one whose stack we could be on: we are on the idle stack).
 fn reap_dead_threads() {
     let k = kernel();
     while let Some(id) = k.dead.pop() {
-        if k.current == Some(id) {
-            k.current = None;
+        if k.queue.current() == Some(id) {
+            k.queue.set_current(None);
         }
         if let Some(t) = k.threads.get_mut(id) {
             // A register block or FPU area about to be freed must not stay current.
@@ -240,14 +212,14 @@ extern "C" fn schedule_on_idle_stack() -> ! {
     loop {
         // Reading the clock only when someone sleeps keeps the yield path short.
         let k = kernel();
-        let now = if k.sleepers.is_empty() {
+        let now = if !k.queue.has_sleepers() {
             0
         } else {
             time::now_ns()
         };
         wake_sleepers(now);
         // The current thread keeps the CPU if it is still runnable and was not preempted.
-        let next = match k.current {
+        let next = match k.queue.current() {
             Some(c)
                 if k.threads
                     .get(c)
@@ -255,14 +227,14 @@ extern "C" fn schedule_on_idle_stack() -> ! {
             {
                 Some(c)
             }
-            _ => k.runq.pop_front(),
+            _ => k.queue.pop_ready(),
         };
         if let Some(tid) = next {
             switch_to(tid, now);
         }
-        k.current = None;
-        if let Some(d) = earliest_sleeper() {
-            ensure_timer(d, time::now_ns());
+        k.queue.set_current(None);
+        if let Some(d) = k.queue.earliest_sleeper() {
+            program_timer(k.queue.ensure_timer(d, time::now_ns()));
         }
         platform::idle();
     }
@@ -272,31 +244,25 @@ extern "C" fn schedule_on_idle_stack() -> ! {
 /// PERCPU's view, keeping each thread either current or queued, never both.
 pub fn sync_current_from_percpu() {
     let k = kernel();
-    let Some(old) = k.current else { return };
-    // SAFETY: single CPU.
     let real = Id::from_u64(percpu::get().cur_thread.get());
-    if real != old {
-        k.current = Some(real);
-        k.runq.retain(|&t| t != real);
-        if k.threads
+    let threads = &k.threads;
+    k.queue.adopt_current(real, |old| {
+        threads
             .get(old)
             .is_some_and(|t| t.state == ThreadState::Runnable)
-        {
-            k.runq.push_back(old);
-        }
-    }
+    });
 }
 
 /// Puts the current thread at the back of the run queue and schedules.
 pub fn yield_current() -> ! {
     sync_current_from_percpu();
     let k = kernel();
-    if let Some(c) = k.current.take() {
+    if let Some(c) = k.queue.take_current() {
         if k.threads
             .get(c)
             .is_some_and(|t| t.state == ThreadState::Runnable)
         {
-            k.runq.push_back(c);
+            k.queue.push_ready(c);
         }
     }
     // SAFETY: entry.S's schedule switches stacks and never returns.
@@ -307,12 +273,12 @@ pub fn yield_current() -> ! {
 pub fn block_current(state: ThreadState) -> ! {
     sync_current_from_percpu();
     let k = kernel();
-    if let Some(c) = k.current {
+    if let Some(c) = k.queue.current() {
         crate::selftest::floor_leave(c);
         if let Some(t) = k.threads.get_mut(c) {
             t.state = state;
             if let ThreadState::Sleeping(d) = state {
-                k.sleepers.push((d, c));
+                k.queue.sleep(c, d);
             }
         }
     }
@@ -323,7 +289,6 @@ pub fn block_current(state: ThreadState) -> ! {
 fn switch_to(tid: ThreadId, now: u64) -> ! {
     crate::selftest::floor_resumed(tid);
     let k = kernel();
-    k.current = Some(tid);
     let Some(t) = k.threads.get_mut(tid) else {
         panic!("scheduled a missing thread");
     };
@@ -351,15 +316,11 @@ fn switch_to(tid: ThreadId, now: u64) -> ! {
         pc.cur_thread.set(tid.to_u64());
     }
     // Preemption needs a timer if another thread waits; a sleeper's deadline always gets
-    // one (ensure_timer keeps whichever is earlier, so a quantum never delays a wake-up).
-    if !k.runq.is_empty() || !k.sleepers.is_empty() {
-        let now = if now == 0 { time::now_ns() } else { now };
-        let quantum =
-            (!k.runq.is_empty() && k.timer_deadline.is_none()).then_some(now + QUANTUM_NS);
-        if let Some(d) = quantum.into_iter().chain(earliest_sleeper()).min() {
-            ensure_timer(d, now);
-        }
-    }
+    // one (whichever is earlier, so a quantum never delays a wake-up). `now` 0: not read.
+    let arm = k
+        .queue
+        .switched_to(tid, || if now == 0 { time::now_ns() } else { now });
+    program_timer(arm);
     user::return_to_user(slot)
 }
 
@@ -390,26 +351,21 @@ pub fn timer_interrupt(from_user: bool) {
     apic::eoi();
     let k = kernel();
     k.stats.timer_irqs += 1;
-    k.timer_deadline = None;
+    k.queue.timer_fired();
     let now = time::now_ns();
     wake_sleepers(now);
     // Preemption holds for the floor pair too (the scheduler then dissolves it), but the
     // pair's other thread, queued while its partner runs, is no reason to preempt.
     sync_current_from_percpu();
     let others_wait = kernel()
-        .runq
-        .iter()
-        .any(|&t| !crate::selftest::in_active_floor_pair(t));
+        .queue
+        .ready()
+        .any(|t| !crate::selftest::in_active_floor_pair(t));
     if from_user && others_wait {
         kernel().stats.preemptions += 1;
         yield_current();
     }
-    if let Some(d) = earliest_sleeper() {
-        ensure_timer(d, now);
-    }
-    if !kernel().runq.is_empty() {
-        ensure_timer(now + QUANTUM_NS, now);
-    }
+    program_timer(kernel().queue.rearm_after_timer(now));
 }
 
 /// The process (space) of the running thread.
