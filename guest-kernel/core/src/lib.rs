@@ -13,6 +13,7 @@ pub mod frame;
 pub mod memmap;
 pub mod runq;
 pub mod slab;
+pub mod sync_objects;
 pub mod user_regs;
 pub mod xsave;
 

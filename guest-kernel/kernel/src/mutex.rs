@@ -7,21 +7,15 @@ use crate::arch::user::SYSCALL_INSN_LEN;
 use crate::object::ObjRef;
 use crate::sched::{self, kernel};
 use crate::thread::{ThreadId, ThreadState};
-use alloc::collections::VecDeque;
-use fluke_abi::syscall::{Call, Error};
+use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;
 use fluke_kcore::slab::Id;
+use fluke_kcore::sync_objects::{self, Lock};
 
-#[derive(Default)]
-pub struct Mutex {
-    pub holder: Option<ThreadId>,
-    waiters: VecDeque<ThreadId>,
-}
-
-#[derive(Default)]
-pub struct Condition {
-    waiters: VecDeque<ThreadId>,
-}
+/// The state machines are `fluke_kcore::sync_objects` (host-tested); this file decodes the
+/// calls and blocks and wakes the threads they decide about.
+pub type Mutex = sync_objects::Mutex<ThreadId>;
+pub type Condition = sync_objects::Condition<ThreadId>;
 
 fn me() -> Result<ThreadId, Error> {
     sched::current().ok_or(Error::InvalidArgument)
@@ -82,28 +76,19 @@ fn block(me: ThreadId, state: ThreadState) -> ! {
 pub fn lock(name: u64) -> Result<u64, Error> {
     let id = mutex_id(name)?;
     let tid = me()?;
-    let m = kernel().mutexes.get_mut(id).ok_or(Error::BadCap)?;
-    match m.holder {
-        None => {
-            m.holder = Some(tid);
-            Ok(0)
-        }
-        Some(h) if h == tid => Err(Error::InvalidArgument), // not recursive
-        Some(_) => {
-            m.waiters.push_back(tid);
-            block(tid, ThreadState::MutexWait(id))
-        }
+    match kernel().mutexes.get_mut(id).ok_or(Error::BadCap)?.lock(tid)? {
+        Lock::Acquired => Ok(0),
+        Lock::Wait => block(tid, ThreadState::MutexWait(id)),
     }
 }
 
 fn release(id: Id, tid: ThreadId) -> Result<(), Error> {
-    let m = kernel().mutexes.get_mut(id).ok_or(Error::BadCap)?;
-    if m.holder != Some(tid) {
-        return Err(Error::InvalidArgument);
-    }
-    m.holder = None;
-    // The first waiter re-executes its lock and gets the mutex unless another thread is faster.
-    if let Some(w) = m.waiters.pop_front() {
+    let first = kernel()
+        .mutexes
+        .get_mut(id)
+        .ok_or(Error::BadCap)?
+        .unlock(tid)?;
+    if let Some(w) = first {
         sched::make_runnable(w);
     }
     Ok(())
@@ -117,7 +102,7 @@ pub fn cond_wait(cond_name: u64, mutex_name: u64) -> Result<u64, Error> {
     let (c, m, tid) = (cond_id(cond_name)?, mutex_id(mutex_name)?, me()?);
     release(m, tid)?;
     if let Some(t) = kernel().threads.get_mut(tid) {
-        t.regs.rax = Call::CondRewait as u64;
+        sync_objects::rewrite_as_rewait(&mut t.regs);
     }
     rewait(c, tid)
 }
@@ -129,12 +114,7 @@ pub fn cond_rewait(cond_name: u64, mutex_name: u64) -> Result<u64, Error> {
 }
 
 fn rewait(c: Id, tid: ThreadId) -> Result<u64, Error> {
-    kernel()
-        .conditions
-        .get_mut(c)
-        .ok_or(Error::BadCap)?
-        .waiters
-        .push_back(tid);
+    kernel().conditions.get_mut(c).ok_or(Error::BadCap)?.wait(tid);
     block(tid, ThreadState::CondWait(c))
 }
 
@@ -143,10 +123,9 @@ fn wake(name: u64, all: bool) -> Result<u64, Error> {
     let c = cond_id(name)?;
     let k = kernel();
     let mut woken = 0;
-    while let Some(w) = k.conditions.get_mut(c).and_then(|c| c.waiters.pop_front()) {
+    while let Some(w) = k.conditions.get_mut(c).and_then(|c| c.take_one()) {
         if let Some(t) = k.threads.get_mut(w) {
-            t.regs.rax = Call::MutexLock as u64;
-            t.regs.rdi = t.regs.rsi; // cond_wait(cond, mutex): the mutex becomes the argument
+            sync_objects::rewrite_as_relock(&mut t.regs);
         }
         sched::make_runnable(w);
         woken += 1;
@@ -170,29 +149,20 @@ pub fn forget_thread(tid: ThreadId) {
     let k = kernel();
     for id in k.mutexes.ids() {
         if let Some(m) = k.mutexes.get_mut(id) {
-            m.waiters.retain(|&t| t != tid);
+            m.forget(tid);
         }
     }
     for id in k.conditions.ids() {
         if let Some(c) = k.conditions.get_mut(id) {
-            c.waiters.retain(|&t| t != tid);
+            c.forget(tid);
         }
     }
 }
 
-impl Mutex {
-    /// Everyone waiting re-executes `mutex_lock` (which fails once the mutex is gone).
-    pub fn release_waiters(&self) {
-        for &t in &self.waiters {
-            sched::make_runnable(t);
-        }
-    }
-}
-
-impl Condition {
-    pub fn release_waiters(&self) {
-        for &t in &self.waiters {
-            sched::make_runnable(t);
-        }
+/// Everyone waiting on a mutex or condition being destroyed or freed re-executes its call
+/// (a lock fails once the mutex is gone).
+pub fn release_waiters(waiters: impl Iterator<Item = ThreadId>) {
+    for t in waiters {
+        sched::make_runnable(t);
     }
 }

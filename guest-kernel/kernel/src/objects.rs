@@ -59,7 +59,7 @@ pub fn get_state(name: u64, buf: u64) -> Result<u64, Error> {
             [objstate::PORT_SET, 0, 0, 0, 0, 0]
         }
         ObjRef::Mutex(m) => {
-            let holder = k.mutexes.get(m).ok_or(Error::BadCap)?.holder;
+            let holder = k.mutexes.get(m).ok_or(Error::BadCap)?.holder();
             let me = sched::current();
             let holder_name = holder.map_or(NO_CAP, |t| {
                 if Some(t) == me {
@@ -172,9 +172,9 @@ pub fn set_state(name: u64, buf: u64) -> Result<u64, Error> {
                 },
             };
             let mutex = k.mutexes.get_mut(m).ok_or(Error::BadCap)?;
-            mutex.holder = holder;
+            mutex.set_holder(holder);
             if holder.is_none() {
-                mutex.release_waiters();
+                crate::mutex::release_waiters(mutex.waiters());
             }
         }
         ObjRef::Region(r) if w(0) == objstate::REGION => {
@@ -219,12 +219,12 @@ fn destroy_object(object: ObjRef) -> Result<(), Error> {
             let set = k.port_sets.remove(s).ok_or(Error::BadCap)?;
             crate::ipc::release_set(&set);
         }
-        ObjRef::Mutex(m) => k.mutexes.remove(m).ok_or(Error::BadCap)?.release_waiters(),
-        ObjRef::Condition(c) => k
-            .conditions
-            .remove(c)
-            .ok_or(Error::BadCap)?
-            .release_waiters(),
+        ObjRef::Mutex(m) => {
+            crate::mutex::release_waiters(k.mutexes.remove(m).ok_or(Error::BadCap)?.waiters())
+        }
+        ObjRef::Condition(c) => {
+            crate::mutex::release_waiters(k.conditions.remove(c).ok_or(Error::BadCap)?.waiters())
+        }
         ObjRef::Region(r) => {
             gone(k.regions.get(r).map(|_| ()))?;
             crate::memory::remove_region(r);
