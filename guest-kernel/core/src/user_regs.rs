@@ -35,6 +35,30 @@ pub fn sanitize_regs(regs: &mut ThreadRegs) -> Result<(), Error> {
     Ok(())
 }
 
+/// Length of the SYSCALL instruction.
+pub const SYSCALL_INSN_LEN: u64 = 2;
+
+/// The atomic API's restart: the thread's call is to be re-executed when it next runs, so
+/// its RIP goes back onto its `syscall` (no kernel state is kept for the pending call), and
+/// RCX follows, as SYSCALL would have set it, so the return can take the direct SYSRETQ
+/// path.
+pub fn restart_call(r: &mut ThreadRegs) {
+    r.rip = r.rip.wrapping_sub(SYSCALL_INSN_LEN);
+    r.rcx = r.rip;
+}
+
+/// A blocked call in restart form completes: RIP past its `syscall` again (the result is
+/// the caller's to set in RAX).
+pub fn complete_call(r: &mut ThreadRegs) {
+    r.rip = r.rip.wrapping_add(SYSCALL_INSN_LEN);
+    r.rcx = r.rip;
+}
+
+/// Whether a thread's registers are those of a call in restart form.
+pub fn in_restart_form(r: &ThreadRegs) -> bool {
+    r.rcx == r.rip && r.rip >= SYSCALL_INSN_LEN
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +124,29 @@ mod tests {
             assert_eq!(sanitize_regs(&mut r), Err(Error::InvalidArgument));
             assert_eq!(r.rflags, bad.rflags, "changed on error");
         }
+    }
+
+    #[test]
+    fn a_call_restarted_then_completed_returns_past_its_syscall() {
+        // As SYSCALL leaves them: RIP after the instruction, RCX the same.
+        let at_entry = ThreadRegs {
+            rip: 0x40_1002,
+            rcx: 0x40_1002,
+            rax: 5,
+            ..ThreadRegs::default()
+        };
+        let mut r = at_entry;
+        restart_call(&mut r);
+        assert_eq!((r.rip, r.rcx, r.rax), (0x40_1000, 0x40_1000, 5));
+        assert!(in_restart_form(&r));
+        complete_call(&mut r);
+        assert_eq!(r, at_entry);
+        let interrupted = ThreadRegs {
+            rip: 0x40_1000,
+            rcx: 7,
+            ..ThreadRegs::default()
+        };
+        assert!(!in_restart_form(&interrupted));
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //! the results and steps RIP past the instruction. A client blocked waiting for a reply
 //! re-sends its call if restarted: calls are idempotent, as in Fluke.
 
-use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
+use crate::arch::user::UserRegs;
+use fluke_kcore::user_regs;
 use crate::object::{ObjCap, ObjRef};
 use crate::sched::{self, kernel};
 use crate::thread::{ThreadId, ThreadState};
@@ -198,8 +199,7 @@ fn transfer(from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
         .get(to)
         .is_some_and(|t| t.state != ThreadState::Runnable);
     if blocked {
-        dst.rip += SYSCALL_INSN_LEN;
-        dst.rcx = dst.rip;
+        user_regs::complete_call(dst);
     }
     Ok(())
 }
@@ -261,8 +261,7 @@ fn caller_to_keeper(c: ThreadId) -> bool {
 /// without the operation having been completed for it.
 fn block_restartable(me: ThreadId, state: ThreadState) {
     if let Some(r) = regs_of(me) {
-        r.rip -= SYSCALL_INSN_LEN;
-        r.rcx = r.rip;
+        user_regs::restart_call(r);
     }
     if let Some(t) = kernel().threads.get_mut(me) {
         t.state = state;
@@ -444,8 +443,7 @@ pub fn wait(set_name: u64, replied_to: Option<ThreadId>) -> Result<u64, Error> {
 fn fail_caller(c: ThreadId, e: Error) {
     if let Some(r) = regs_of(c) {
         r.rax = encode(Err(e));
-        r.rip += SYSCALL_INSN_LEN;
-        r.rcx = r.rip;
+        user_regs::complete_call(r);
     }
     sched::make_runnable(c);
 }
@@ -521,8 +519,7 @@ fn deliver_fault(to: ThreadId, badge: u64, words: [u64; 4]) {
         dst.r15 = 0;
         dst.rax = badge;
         if blocked {
-            dst.rip += SYSCALL_INSN_LEN;
-            dst.rcx = dst.rip;
+            user_regs::complete_call(dst);
         }
     }
 }
@@ -568,8 +565,7 @@ pub fn release_set(set: &PortSet) {
 fn complete(c: ThreadId) {
     if let Some(r) = regs_of(c) {
         r.rax = 0;
-        r.rip += SYSCALL_INSN_LEN;
-        r.rcx = r.rip;
+        user_regs::complete_call(r);
     }
     sched::make_runnable(c);
 }

@@ -3,7 +3,6 @@
 //! progresses (`cond_rewait` once the mutex is released, `mutex_lock` once signalled), so a
 //! thread stopped and re-created at any point carries on correctly.
 
-use crate::arch::user::SYSCALL_INSN_LEN;
 use crate::object::ObjRef;
 use crate::sched::{self, kernel};
 use crate::thread::{ThreadId, ThreadState};
@@ -67,8 +66,7 @@ pub fn cond_create() -> Result<u64, Error> {
 /// Blocks the caller with RIP back on its `syscall` (re-executed when woken or restarted).
 fn block(me: ThreadId, state: ThreadState) -> ! {
     if let Some(t) = kernel().threads.get_mut(me) {
-        t.regs.rip -= SYSCALL_INSN_LEN;
-        t.regs.rcx = t.regs.rip;
+        fluke_kcore::user_regs::restart_call(&mut t.regs);
     }
     sched::block_current(state)
 }

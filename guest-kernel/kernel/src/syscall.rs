@@ -4,7 +4,8 @@
 //! against the caller's own page tables.
 
 use crate::arch::percpu;
-use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
+use crate::arch::user::UserRegs;
+use fluke_kcore::user_regs;
 use crate::console::Console;
 use crate::ipc;
 use crate::mutex;
@@ -57,12 +58,10 @@ fn fault_to_keeper() {
         return;
     };
     let r = regs();
-    r.rip -= SYSCALL_INSN_LEN;
-    r.rcx = r.rip;
+    user_regs::restart_call(r);
     ipc::send_fault(f.port, f.words);
     let r = regs();
-    r.rip += SYSCALL_INSN_LEN;
-    r.rcx = r.rip;
+    user_regs::complete_call(r);
 }
 
 fn dispatch(call: Call, r: &mut UserRegs) -> Result<u64, Error> {
@@ -150,8 +149,7 @@ fn sleep_until(r: &mut UserRegs, deadline: u64) -> Result<u64, Error> {
 /// Blocks the current thread so that, when woken, it re-executes its `syscall` instruction
 /// with the registers it has now: no kernel state is kept for the pending call.
 fn restart_later(r: &mut UserRegs, state: ThreadState) -> ! {
-    r.rip -= SYSCALL_INSN_LEN;
-    r.rcx = r.rip;
+    user_regs::restart_call(r);
     sched::block_current(state)
 }
 

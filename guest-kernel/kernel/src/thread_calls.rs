@@ -2,7 +2,7 @@
 //! user-level parent can do to a child thread what the kernel does: read its entire state,
 //! destroy it, re-create it and let it continue, and the child cannot tell.
 
-use crate::arch::user::{UserRegs, SYSCALL_INSN_LEN};
+use crate::arch::user::UserRegs;
 use crate::object::{owner_cap, ObjRef};
 use crate::process::Pid;
 use crate::sched::{self, kernel};
@@ -218,12 +218,6 @@ fn as_bytes_mut(r: &mut UserRegs) -> &mut [u8] {
             core::mem::size_of::<UserRegs>(),
         )
     }
-}
-
-/// Whether a thread stopped mid-call would re-execute it (for diagnostics).
-#[allow(dead_code)]
-pub fn in_restart_form(r: &UserRegs) -> bool {
-    r.rcx == r.rip && r.rip >= SYSCALL_INSN_LEN
 }
 
 pub fn set_keeper(thread_name: u64, port_name: u64) -> Result<u64, Error> {

@@ -21,9 +21,6 @@ const _: () = {
 // The checks themselves are pure and host-tested (`fluke_kcore::user_regs`).
 pub use fluke_kcore::user_regs::{sanitize_regs, sanitize_rflags};
 
-/// Length of the SYSCALL instruction, to restart a call (the atomic API: a blocked call is
-/// re-executed when the thread resumes).
-pub const SYSCALL_INSN_LEN: u64 = 2;
 
 /// The return page layout (entry.S: return_page_template).
 pub const RETURN_SLOT_RCX: usize = 0;
