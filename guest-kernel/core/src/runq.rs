@@ -73,12 +73,14 @@ impl<T: Copy + Eq> RunQueue<T> {
 
     /// Queues `t` and makes sure the running thread will be preempted for it within a
     /// quantum even if it never enters the kernel again (`spawn(child); loop {}`).
+    #[must_use = "the timer must be programmed as decided"]
     pub fn enqueue(&mut self, t: T, now: impl FnOnce() -> u64) -> Option<Arm> {
         self.push_ready(t);
         self.arm_preemption(now)
     }
 
     /// Arms the quantum if a thread runs, another waits and no timer is armed.
+    #[must_use = "the timer must be programmed as decided"]
     pub fn arm_preemption(&mut self, now: impl FnOnce() -> u64) -> Option<Arm> {
         if self.current.is_some() && self.timer.is_none() && !self.ready.is_empty() {
             let now = now();
@@ -100,10 +102,6 @@ impl<T: Copy + Eq> RunQueue<T> {
     /// The next thread from the front of the queue.
     pub fn pop_ready(&mut self) -> Option<T> {
         self.ready.pop_front()
-    }
-
-    pub fn remove_ready(&mut self, t: T) {
-        self.ready.retain(|&q| q != t);
     }
 
     /// Takes `t` out of the run queue and the sleepers (it stopped or ended).
@@ -128,6 +126,7 @@ impl<T: Copy + Eq> RunQueue<T> {
 
     /// Whether the armed timer (if any) already fires no later than `deadline`; else it
     /// must be (re)armed for it.
+    #[must_use = "the timer must be programmed as decided"]
     pub fn ensure_timer(&mut self, deadline: u64, now: u64) -> Option<Arm> {
         if self.timer.is_some_and(|d| d <= deadline) {
             return None;
@@ -161,6 +160,7 @@ impl<T: Copy + Eq> RunQueue<T> {
 
     /// `t` starts running: it is current, and the timer covers a quantum if another thread
     /// waits and the earliest sleeper's deadline (whichever is earlier).
+    #[must_use = "the timer must be programmed as decided"]
     pub fn switched_to(&mut self, t: T, now: impl FnOnce() -> u64) -> Option<Arm> {
         self.current = Some(t);
         self.ready.retain(|&q| q != t);
@@ -176,6 +176,7 @@ impl<T: Copy + Eq> RunQueue<T> {
 
     /// After a timer interrupt that did not preempt: the timer covers the earliest sleeper
     /// and, while another thread waits, the next quantum.
+    #[must_use = "the timer must be programmed as decided"]
     pub fn rearm_after_timer(&mut self, now: u64) -> Option<Arm> {
         let quantum = (!self.ready.is_empty()).then_some(now + self.quantum);
         let deadline = self.earliest_sleeper().into_iter().chain(quantum).min()?;
@@ -291,9 +292,10 @@ mod tests {
     }
 
     /// A model test: random operations in the kernel's patterns, with the invariants the
-    /// kernel relies on checked after each: no thread is both running and queued or queued
-    /// twice, and whenever one runs while another waits a timer is armed (no starvation),
-    /// no later than the earliest sleeper's deadline once the scheduler has had its say.
+    /// kernel relies on checked after each: no live thread is lost (each is running, queued
+    /// or asleep), none is both running and queued or queued twice, whenever one runs while
+    /// another waits a timer is armed (no starvation), the timer fires no later than the
+    /// earliest sleeper's deadline, and no sleeper stays asleep past a timer that fired.
     #[test]
     fn model_run_queue_and_timer_invariants_hold_under_random_operations() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
@@ -306,6 +308,7 @@ mod tests {
         let mut q = RunQueue::new(Q);
         let mut now = 0u64;
         let mut armed: Option<u64> = None; // what the "hardware" timer was told
+        let mut alive: BTreeSet<u32> = BTreeSet::new(); // started and not killed
         let program = |a: Option<Arm>, armed: &mut Option<u64>| {
             if let Some(a) = a {
                 *armed = Some(a.deadline);
@@ -316,6 +319,7 @@ mod tests {
             let t = (next() % 8) as u32;
             match next() % 8 {
                 0 | 1 => {
+                    alive.insert(t);
                     let a = q.enqueue(t, || now);
                     program(a, &mut armed);
                 }
@@ -353,6 +357,10 @@ mod tests {
                             let a = q.enqueue(w, || now);
                             program(a, &mut armed);
                         }
+                        assert!(
+                            q.earliest_sleeper().is_none_or(|d| d > now),
+                            "a due sleeper left asleep"
+                        );
                         if q.current().is_some() && q.has_ready() {
                             let c = q.take_current().unwrap();
                             q.push_ready(c);
@@ -367,6 +375,7 @@ mod tests {
                 }
                 5 => {
                     // The thread is stopped or killed.
+                    alive.remove(&t);
                     q.forget(t);
                     if q.current() == Some(t) {
                         q.set_current(None);
@@ -382,8 +391,12 @@ mod tests {
                 6 => {
                     // An IPC hand-off to a queued thread; then the scheduler resumes it.
                     let target = q.ready().nth((next() % 4) as usize);
-                    if let (Some(_), Some(n)) = (q.current(), target) {
-                        q.hand_off(n, next() % 2 == 0);
+                    if let (Some(c), Some(n)) = (q.current(), target) {
+                        let requeue = next() % 2 == 0;
+                        if !requeue {
+                            alive.remove(&c); // it blocked (in IPC): in no queue here
+                        }
+                        q.hand_off(n, requeue);
                         let a = q.switched_to(n, || now);
                         program(a, &mut armed);
                     }
@@ -406,6 +419,16 @@ mod tests {
                 if !ready.is_empty() {
                     assert!(armed.is_some(), "{c} runs, {ready:?} wait, no timer");
                 }
+            }
+            let mut seen: BTreeSet<u32> = ready.iter().copied().collect();
+            seen.extend(q.current());
+            seen.extend(q.sleepers.iter().map(|&(_, s)| s));
+            assert!(alive.is_subset(&seen), "lost: {alive:?} vs {seen:?}");
+            if let Some(d) = q.earliest_sleeper() {
+                assert!(
+                    armed.is_some_and(|a| a <= d),
+                    "sleeper due {d}, timer {armed:?}"
+                );
             }
             // The queue's idea of the timer is what was programmed.
             assert_eq!(q.timer(), armed);

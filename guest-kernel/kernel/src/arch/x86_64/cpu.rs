@@ -142,7 +142,8 @@ pub fn read_cr2() -> u64 {
 #[inline]
 pub fn hlt() {
     // SAFETY: HLT waits for the next interrupt; the caller decides whether interrupts are on.
-    unsafe { asm!("hlt", options(nomem, nostack, preserves_flags)) };
+    // Not `nomem`: interrupt handlers that run meanwhile change kernel memory.
+    unsafe { asm!("hlt", options(nostack, preserves_flags)) };
 }
 
 pub const MSR_EFER: u32 = 0xc000_0080;

@@ -99,8 +99,9 @@ pub fn get() -> &'static PerCpu {
 }
 
 /// One word of the per-CPU state, at a fixed offset entry.S uses. Relaxed atomics: one CPU,
-/// and entry.S runs only at kernel entry and exit, between Rust statements, never inside
-/// one.
+/// and entry.S writes these words only on kernel entry (before any Rust runs), in the floor
+/// switch and on the return path (both reached by calls the compiler cannot see through);
+/// the interrupts the idle loop takes write none of them.
 #[repr(transparent)]
 pub struct Word(AtomicU64);
 

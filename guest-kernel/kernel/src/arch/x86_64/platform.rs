@@ -203,7 +203,8 @@ pub fn irq_enable() {
     match backend() {
         Backend::Native => {
             // SAFETY: the kernel is ready for interrupts whenever it calls this.
-            unsafe { core::arch::asm!("sti", options(nomem, nostack)) }
+            // Not `nomem`: from here interrupt handlers may change kernel memory.
+            unsafe { core::arch::asm!("sti", options(nostack)) }
         }
         Backend::Pv => {
             // SAFETY: the host reads the byte; a volatile store keeps it ordered.
@@ -220,7 +221,7 @@ pub fn irq_enable() {
 pub fn irq_disable() {
     match backend() {
         // SAFETY: disabling interrupts is always safe.
-        Backend::Native => unsafe { core::arch::asm!("cli", options(nomem, nostack)) },
+        Backend::Native => unsafe { core::arch::asm!("cli", options(nostack)) },
         // SAFETY: as in irq_enable.
         Backend::Pv => unsafe {
             core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).vif).write_volatile(0)
@@ -242,8 +243,9 @@ pub fn restore_irq_state_for_return(rflags: u64) {
 /// Waits for the next interrupt with interrupts enabled, then disables them again.
 pub fn idle() {
     match backend() {
-        // SAFETY: STI's one-instruction shadow makes STI;HLT atomic.
-        Backend::Native => unsafe { core::arch::asm!("sti; hlt; cli", options(nomem, nostack)) },
+        // SAFETY: STI's one-instruction shadow makes STI;HLT atomic. Not `nomem`: the
+        // interrupt handlers that run while halted change kernel memory.
+        Backend::Native => unsafe { core::arch::asm!("sti; hlt; cli", options(nostack)) },
         Backend::Pv => {
             irq_enable();
             cpu::hlt(); // trapped: sleeps until an IRQ is injectable
