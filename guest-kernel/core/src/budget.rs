@@ -61,6 +61,26 @@ impl Budget {
     }
 }
 
+/// A child's budget by default: half of what its parent has left, at most this many
+/// frames (32 MiB).
+pub const CHILD_QUOTA: u64 = 8192;
+/// No child is started with less than this (its page tables and a few pages).
+pub const MIN_QUOTA: u64 = 16;
+
+/// How much a parent with `available` frames lends a new child, by the `keep` argument of
+/// `space_create`: 0, half of what it has left (at most [`CHILD_QUOTA`]);
+/// `SPACE_EXACT | n`, exactly `n`; else everything but `keep` frames (a nester handing its
+/// one child all it can). `None` if that is less than [`MIN_QUOTA`]; whether the parent
+/// can lend it is [`Budget::lend`]'s to say.
+pub fn child_quota(available: u64, keep: u64) -> Option<u64> {
+    let quota = match keep {
+        0 => (available / 2).min(CHILD_QUOTA),
+        k if k & fluke_abi::syscall::SPACE_EXACT != 0 => k & !fluke_abi::syscall::SPACE_EXACT,
+        keep => available.saturating_sub(keep),
+    };
+    (quota >= MIN_QUOTA).then_some(quota)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,5 +103,19 @@ mod tests {
         assert_eq!(parent.available(), 100);
         child.release(100);
         assert_eq!(child.used(), 0);
+    }
+
+    #[test]
+    fn a_childs_quota_follows_keep() {
+        use fluke_abi::syscall::SPACE_EXACT;
+        assert_eq!(child_quota(1000, 0), Some(500));
+        assert_eq!(child_quota(100_000, 0), Some(CHILD_QUOTA));
+        assert_eq!(child_quota(1000, SPACE_EXACT | 64), Some(64));
+        assert_eq!(child_quota(1000, 100), Some(900));
+        assert_eq!(child_quota(20, 0), None);
+        assert_eq!(child_quota(1000, 990), None);
+        assert_eq!(child_quota(10, u64::MAX & !SPACE_EXACT), None);
+        // Exactly n is asked for even beyond what is available: lend() refuses it.
+        assert_eq!(child_quota(10, SPACE_EXACT | 64), Some(64));
     }
 }

@@ -72,9 +72,8 @@ pub fn spawn(
     result
 }
 
-/// A new child's budget, lent out of the parent's (init gets what the kernel has): with
-/// `keep` = 0 half of what the parent has left (at most CHILD_QUOTA), else everything but
-/// `keep` frames (a nester handing its one child all it can).
+/// A new child's budget, lent out of the parent's (init gets what the kernel has); how much
+/// is `fluke_kcore::budget::child_quota`.
 fn lend_quota(parent: Option<Pid>, keep: u64) -> Result<u64, Error> {
     let Some(pp) = parent else {
         return Ok(crate::mm::free_frames() * 9 / 10);
@@ -85,14 +84,7 @@ fn lend_quota(parent: Option<Pid>, keep: u64) -> Result<u64, Error> {
         .and_then(|p| p.space.as_mut())
         .map(|s| &mut s.budget)
         .ok_or(Error::InvalidArgument)?;
-    let quota = match keep {
-        0 => (budget.available() / 2).min(CHILD_QUOTA),
-        k if k & fluke_abi::syscall::SPACE_EXACT != 0 => k & !fluke_abi::syscall::SPACE_EXACT,
-        keep => budget.available().saturating_sub(keep),
-    };
-    if quota < MIN_QUOTA {
-        return Err(Error::NoMemory);
-    }
+    let quota = fluke_kcore::budget::child_quota(budget.available(), keep).ok_or(Error::NoMemory)?;
     budget.lend(quota).map_err(|_| Error::NoMemory)?;
     Ok(quota)
 }
@@ -137,10 +129,6 @@ fn insert_process(name: &str, parent: Option<Pid>, space: Space) -> Result<Pid, 
     Ok(pid)
 }
 
-/// A child's budget: half of what its parent has left, at most this many frames (32 MiB).
-pub const CHILD_QUOTA: u64 = 8192;
-/// No child is started with less than this (its page tables and a few pages).
-pub const MIN_QUOTA: u64 = 16;
 
 fn repay_parent(parent: Option<Pid>, quota: u64) {
     if let Some(b) = parent
