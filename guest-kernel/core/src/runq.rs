@@ -291,6 +291,15 @@ mod tests {
         assert_eq!((q.current(), q.ready().count()), (Some(1), 0));
     }
 
+    /// What the kernel's scheduler does with nobody running: run the first ready thread,
+    /// or idle with the timer set for the earliest sleeper.
+    fn schedule(q: &mut RunQueue<u32>, now: u64) -> Option<Arm> {
+        match q.pop_ready() {
+            Some(n) => q.switched_to(n, || now),
+            None => q.earliest_sleeper().and_then(|d| q.ensure_timer(d, now)),
+        }
+    }
+
     /// A model test: random operations in the kernel's patterns, with the invariants the
     /// kernel relies on checked after each: no live thread is lost (each is running, queued
     /// or asleep), none is both running and queued or queued twice, whenever one runs while
@@ -329,23 +338,14 @@ mod tests {
                         q.forget(c);
                         q.sleep(c, now + next() % 50);
                     }
-                    if let Some(n) = q.pop_ready() {
-                        let a = q.switched_to(n, || now);
-                        program(a, &mut armed);
-                    } else if let Some(d) = q.earliest_sleeper() {
-                        let a = q.ensure_timer(d, now);
-                        program(a, &mut armed);
-                    }
+                    program(schedule(&mut q, now), &mut armed);
                 }
                 3 => {
                     // A yield.
                     if let Some(c) = q.take_current() {
                         q.push_ready(c);
                     }
-                    if let Some(n) = q.pop_ready() {
-                        let a = q.switched_to(n, || now);
-                        program(a, &mut armed);
-                    }
+                    program(schedule(&mut q, now), &mut armed);
                 }
                 4 => {
                     // The timer fires (if due): sleepers wake, and the running thread is
@@ -379,13 +379,7 @@ mod tests {
                     q.forget(t);
                     if q.current() == Some(t) {
                         q.set_current(None);
-                        if let Some(n) = q.pop_ready() {
-                            let a = q.switched_to(n, || now);
-                            program(a, &mut armed);
-                        } else if let Some(d) = q.earliest_sleeper() {
-                            let a = q.ensure_timer(d, now);
-                            program(a, &mut armed);
-                        }
+                        program(schedule(&mut q, now), &mut armed);
                     }
                 }
                 6 => {
