@@ -14,6 +14,7 @@ pub mod memmap;
 pub mod runq;
 pub mod slab;
 pub mod sync_objects;
+pub mod teardown;
 pub mod user_regs;
 pub mod xsave;
 

@@ -192,20 +192,17 @@ fn build_child(
 /// The first process's status ends the VM.
 ///
 /// Iterative, so a chain of nested spaces of any depth is torn down on a bounded kernel
-/// stack: the whole subtree is listed first (breadth first), then ended deepest first, so
-/// every space ends after all of its descendants, as a recursive teardown would order it.
+/// stack: the whole subtree is listed first, then ended deepest first
+/// (`fluke_kcore::teardown`), so every space ends after all of its descendants.
 pub fn exit(pid: Pid, status: i32) {
-    let mut subtree = alloc::vec![pid];
-    let mut i = 0;
-    while i < subtree.len() {
-        if let Some(p) = kernel().processes.get(subtree[i]) {
-            if p.state == ProcessState::Alive {
-                subtree.extend(p.children.iter().copied());
-            }
-        }
-        i += 1;
-    }
-    for &descendant in subtree[1..].iter().rev() {
+    let processes = &kernel().processes;
+    let order = fluke_kcore::teardown::deepest_first(pid, |p| {
+        processes
+            .get(p)
+            .filter(|p| p.state == ProcessState::Alive)
+            .map(|p| p.children.iter().copied())
+    });
+    for &descendant in &order[..order.len() - 1] {
         exit_one(descendant, fluke_abi::syscall::KILLED_WITH_PARENT);
         forget_child(descendant);
     }
