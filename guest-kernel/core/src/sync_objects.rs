@@ -46,12 +46,14 @@ impl<T: Copy + Eq> Mutex<T> {
         self.holder = holder;
     }
 
-    /// `t` locks: it gets the mutex if free; locking one it holds is an error (not
-    /// recursive) and changes nothing.
+    /// `t` locks: it gets the mutex if free (and stops being a waiter: a woken waiter's
+    /// entry may still be queued after `set_holder(None)` woke them all); locking one it
+    /// holds is an error (not recursive) and changes nothing.
     pub fn lock(&mut self, t: T) -> Result<Lock, Error> {
         match self.holder {
             None => {
                 self.holder = Some(t);
+                self.waiters.retain(|&w| w != t);
                 Ok(Lock::Acquired)
             }
             Some(h) if h == t => Err(Error::InvalidArgument),
@@ -155,6 +157,19 @@ mod tests {
         assert_eq!(m.lock(2), Ok(Lock::Acquired));
         m.forget(3);
         assert_eq!(m.unlock(2), Ok(None));
+    }
+
+    #[test]
+    fn a_waiter_that_wins_the_lock_after_all_were_woken_is_no_longer_queued() {
+        // A parent frees the mutex through obj_set_state, which wakes every waiter but
+        // leaves them queued; the first to re-lock gets it, and its unlock must hand the
+        // mutex to the other waiter, not to itself.
+        let mut m = Mutex::default();
+        assert_eq!(m.lock(1), Ok(Lock::Acquired));
+        assert_eq!((m.lock(2), m.lock(3)), (Ok(Lock::Wait), Ok(Lock::Wait)));
+        m.set_holder(None);
+        assert_eq!(m.lock(2), Ok(Lock::Acquired));
+        assert_eq!(m.unlock(2), Ok(Some(3)));
     }
 
     #[test]
