@@ -28,17 +28,16 @@ pub unsafe fn wrmsr(msr: u32, value: u64) {
          options(nostack, preserves_flags));
 }
 
-/// Reads an MSR, returning `None` if the read raised #GP (caught through the exception
-/// table, see `trap::fixup`). Needs the IDT with the #GP gate loaded.
-pub fn rdmsr_safe(msr: u32) -> Option<u64> {
-    let (lo, hi): (u32, u32);
-    let faulted: u32;
-    // SAFETY: a faulting RDMSR is redirected to label 3 by the #GP handler via the
-    // .extable entry below; a successful one has no side effects.
-    unsafe {
+/// Runs one instruction that may raise #GP (or any exception below 32) in the kernel, and
+/// evaluates to whether it completed: a fault is redirected past it by the exception
+/// handler through an `.extable` entry (`trap::fixup`), the one mechanism every such
+/// instruction uses. Needs the IDT loaded. The operands are the instruction's own.
+macro_rules! catch_fault {
+    ($insn:literal, $($operands:tt)*) => {{
+        let faulted: u32;
         asm!(
             "xor {f:e}, {f:e}",
-            "2: rdmsr",
+            concat!("2: ", $insn),
             "jmp 4f",
             "3: mov {f:e}, 1",
             "4:",
@@ -47,13 +46,23 @@ pub fn rdmsr_safe(msr: u32) -> Option<u64> {
             ".quad 2b, 3b",
             ".popsection",
             f = out(reg) faulted,
-            in("ecx") msr,
-            inout("eax") 0u32 => lo,
-            inout("edx") 0u32 => hi,
-            options(nostack),
+            $($operands)*
         );
-    }
-    (faulted == 0).then_some((u64::from(hi) << 32) | u64::from(lo))
+        faulted == 0
+    }};
+}
+
+/// Reads an MSR, returning `None` if the read raised #GP (caught through the exception
+/// table, see `trap::fixup`). Needs the IDT with the #GP gate loaded.
+pub fn rdmsr_safe(msr: u32) -> Option<u64> {
+    let (lo, hi): (u32, u32);
+    // SAFETY: a faulting RDMSR is skipped (catch_fault); a successful one has no side
+    // effects.
+    let ok = unsafe {
+        catch_fault!("rdmsr", in("ecx") msr, inout("eax") 0u32 => lo,
+            inout("edx") 0u32 => hi, options(nostack))
+    };
+    ok.then_some((u64::from(hi) << 32) | u64::from(lo))
 }
 
 /// Writes an MSR, returning false if the write raised #GP (caught as in [`rdmsr_safe`]).
@@ -61,25 +70,8 @@ pub fn rdmsr_safe(msr: u32) -> Option<u64> {
 /// # Safety
 /// As [`wrmsr`]: the caller must know what writing `value` there does.
 pub unsafe fn wrmsr_safe(msr: u32, value: u64) -> bool {
-    let faulted: u32;
-    // A faulting WRMSR is redirected to label 3 by the #GP handler via the .extable entry.
-    asm!(
-        "xor {f:e}, {f:e}",
-        "2: wrmsr",
-        "jmp 4f",
-        "3: mov {f:e}, 1",
-        "4:",
-        ".pushsection .extable, \"a\"",
-        ".balign 8",
-        ".quad 2b, 3b",
-        ".popsection",
-        f = out(reg) faulted,
-        in("ecx") msr,
-        in("eax") value as u32,
-        in("edx") (value >> 32) as u32,
-        options(nostack),
-    );
-    faulted == 0
+    catch_fault!("wrmsr", in("ecx") msr, in("eax") value as u32,
+        in("edx") (value >> 32) as u32, options(nostack))
 }
 
 #[derive(Clone, Copy, Debug, Default)]
