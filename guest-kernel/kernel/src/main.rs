@@ -115,30 +115,8 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
                 .join(" ")
         );
     }
-    if fpu.xsave_mask != 0 {
-        kprintln!(
-            "fluke: fpu: xsave components {:#x}, {}-byte image, {}-byte area per thread",
-            fpu.xsave_mask,
-            fpu.image_bytes,
-            fpu.area_bytes
-        );
-    }
-    if fpu.unswitched != 0 {
-        kprintln!(
-            "fluke: warning: XCR0 components {:#x} are not switched between threads (their registers may leak)",
-            fpu.unswitched
-        );
-    }
-    if fpu.guessed != 0 {
-        kprintln!(
-            "fluke: warning: CPUID leaf 0xD does not describe XSAVE components {:#x}: exported at Intel's offsets, which this CPU may not use",
-            fpu.guessed
-        );
-    }
-    if fpu.pkru {
-        kprintln!(
-            "fluke: warning: the host enables PKRU; whether a thread's PKRU restricts the kernel's own accesses here is unprobed"
-        );
+    if let Some(xsave) = &fpu {
+        log_xsave_layout(xsave);
     }
     if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {
         selftest::enable_floors();
@@ -238,5 +216,34 @@ pub fn interrupt(vector: u8) {
             apic::eoi();
             kprintln!("fluke: unexpected interrupt vector {vector}");
         }
+    }
+}
+
+/// The boot log's account of what the kernel switches with XSAVE (kvm_pvm only).
+fn log_xsave_layout(x: &fluke_kcore::xsave::Layout) {
+    kprintln!(
+        "fluke: fpu: xsave components {:#x}, {}-byte image, {}-byte area per thread",
+        x.mask,
+        x.image_bytes,
+        x.area_bytes
+    );
+    if x.unswitched != 0 {
+        kprintln!(
+            "fluke: warning: XCR0 components {:#x} are not switched between threads (their registers may leak)",
+            x.unswitched
+        );
+    }
+    if x.guessed != 0 {
+        kprintln!(
+            "fluke: warning: CPUID leaf 0xD does not describe XSAVE components {:#x}: exported at Intel's offsets, which this CPU may not use",
+            x.guessed
+        );
+    }
+    // Switched like any component, but whether a thread's PKRU also governs the kernel's own
+    // accesses on kvm_pvm (it runs at hardware CPL 3) is unprobed: no host measured enables it.
+    if x.mask & fluke_kcore::xsave::PKRU != 0 {
+        kprintln!(
+            "fluke: warning: the host enables PKRU; whether a thread's PKRU restricts the kernel's own accesses here is unprobed"
+        );
     }
 }

@@ -39,34 +39,13 @@ static IMAGE_BYTES: AtomicUsize = AtomicUsize::new(HEADER_END);
 /// (both below [`MAX_AREA_BYTES`]), so that exporting needs no CPUID (a VM exit on kvm_pvm).
 static PLACES: [AtomicU32; 64] = [const { AtomicU32::new(0) }; 64];
 
-/// What [`init`] found, for the boot log.
-pub struct Layout {
-    pub xsave_mask: u64,
-    pub area_bytes: usize,
-    pub image_bytes: usize,
-    /// XCR0 components left unswitched (AMX, or a component with no place that fits).
-    pub unswitched: u64,
-    /// Components CPUID leaf 0xD does not describe, exported at Intel's offsets.
-    pub guessed: u64,
-    /// The host's XCR0 enables PKRU: switched like any component, but whether a thread's
-    /// PKRU also governs the kernel's own accesses on kvm_pvm (it runs at hardware CPL 3)
-    /// is unprobed, no host measured enabled it.
-    pub pkru: bool,
-}
-
 /// Chooses FXSAVE or XSAVE and the area size, once at boot, after PV mode is on and before
 /// the first thread is created. `pv`: on kvm_pvm, where XCR0 is the host's. The choice of
-/// places is `fluke_kcore::xsave::plan` (CPUID's, Intel's where CPUID is silent).
-pub fn init(pv: bool) -> Layout {
+/// places is `fluke_kcore::xsave::plan` (CPUID's, Intel's where CPUID is silent); the plan
+/// is returned for the boot log (`None` natively: FXSAVE of the 512-byte legacy region).
+pub fn init(pv: bool) -> Option<xsave::Layout> {
     if !pv {
-        return Layout {
-            xsave_mask: 0,
-            area_bytes: LEGACY_BYTES,
-            image_bytes: HEADER_END,
-            unswitched: 0,
-            guessed: 0,
-            pkru: false,
-        };
+        return None;
     }
     let plan = xsave::plan(xgetbv0(), MAX_AREA_BYTES, |bit| {
         let leaf = super::cpu::cpuid(0xd, bit);
@@ -82,14 +61,7 @@ pub fn init(pv: bool) -> Layout {
     IMAGE_BYTES.store(plan.image_bytes, Ordering::Relaxed);
     // The entry code's floor switch reads it.
     super::percpu::get().xsave_mask.set(plan.mask);
-    Layout {
-        xsave_mask: plan.mask,
-        area_bytes: plan.area_bytes,
-        image_bytes: plan.image_bytes,
-        unswitched: plan.unswitched,
-        guessed: plan.guessed,
-        pkru: plan.mask & xsave::PKRU != 0,
-    }
+    Some(plan)
 }
 
 fn xgetbv0() -> u64 {
