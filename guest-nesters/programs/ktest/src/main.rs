@@ -382,19 +382,10 @@ fn floors() -> i32 {
     }
     //    Between two partners with the same bases, one reloading FS and GS selectors
     //    (natively resetting its own bases), the other still gets its bases every switch.
-    let reader = sys::spawn_child("victim", &["floor-seg"], &[]);
-    let reloader = sys::spawn_child("victim", &["floor-seg-reload"], &[]);
-    if let (Ok(reader), Ok(reloader)) = (reader, reloader) {
-        sys::sleep_ns(50_000_000);
-        let base = 0x5000_0000;
-        let set = [reader.thread, reloader.thread].map(|t| {
-            stop_and_set_segment_bases(t, base).and_then(|_| sys::thread_resume(t))
-        });
-        let reader = sys::wait(reader.pid);
-        let reloader = sys::wait(reloader.pid);
+    if let Some((set, reader, reloader)) = reader_beside_reloader("floor-seg", "floor-seg-reload") {
         check(
             "bases kept beside a partner that reloads FS and GS (reader, reloader)",
-            set.iter().all(Result::is_ok) && reader == Ok(0) && reloader == Ok(0),
+            set && reader == Ok(0) && reloader == Ok(0),
             &(reader, reloader),
         );
     }
@@ -499,6 +490,29 @@ fn stop_and_set_segment_bases(thread: u64, base: u64) -> Result<u64, Error> {
         })
 }
 
+/// Runs two victims side by side, a reader and a reloader, both with their FS and GS bases
+/// set to 0x5000_0000 (victim's SEGMENT_PAGE) while stopped: whether every stop, set and
+/// resume succeeded, and the two exit statuses; `None` if either cannot be spawned.
+fn reader_beside_reloader(
+    reader: &str,
+    reloader: &str,
+) -> Option<(bool, Result<i32, Error>, Result<i32, Error>)> {
+    let reader = sys::spawn_child("victim", &[reader], &[]);
+    let reloader = sys::spawn_child("victim", &[reloader], &[]);
+    let (Ok(reader), Ok(reloader)) = (reader, reloader) else {
+        return None;
+    };
+    sys::sleep_ns(50_000_000);
+    let set = [reader.thread, reloader.thread].map(|t| {
+        stop_and_set_segment_bases(t, 0x5000_0000).and_then(|_| sys::thread_resume(t))
+    });
+    Some((
+        set.iter().all(Result::is_ok),
+        sys::wait(reader.pid),
+        sys::wait(reloader.pid),
+    ))
+}
+
 /// Joins the floor pair (yielding so a partner can complete it) until a floor switch
 /// succeeds; false if no partner completes it within a second (or it has ended).
 fn form_floor_pair() -> bool {
@@ -601,19 +615,10 @@ fn xstate() -> i32 {
     }
     // A selector load resets a thread's own bases natively; a thread with the same saved
     // bases that runs straight after it must still get them (no "unchanged, skip" write).
-    let spin = sys::spawn_child("victim", &["seg-spin"], &[]);
-    let reload = sys::spawn_child("victim", &["seg-reload"], &[]);
-    if let (Ok(spin), Ok(reload)) = (spin, reload) {
-        sys::sleep_ns(50_000_000);
-        let base = 0x5000_0000;
-        let set = [spin.thread, reload.thread].map(|t| {
-            stop_and_set_segment_bases(t, base).and_then(|_| sys::thread_resume(t))
-        });
-        let reload = sys::wait(reload.pid);
-        let spin = sys::wait(spin.pid);
+    if let Some((set, spin, reload)) = reader_beside_reloader("seg-spin", "seg-reload") {
         check(
             "bases kept beside a thread that reloads FS and GS (reader, reloader)",
-            set.iter().all(Result::is_ok) && spin == Ok(0) && reload == Ok(0),
+            set && spin == Ok(0) && reload == Ok(0),
             &(spin, reload),
         );
     }
