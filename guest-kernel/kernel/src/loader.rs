@@ -1,7 +1,7 @@
 //! Loading a program of the image into an address space.
 
 use crate::arch::paging::UserPerm;
-use crate::space::Space;
+use crate::kernel::space::Space;
 use fluke_abi::syscall::layout::{USER_BASE, USER_MAP_END};
 use fluke_abi::syscall::Error;
 use fluke_image::elf::{Elf, PF_W, PF_X};
@@ -47,7 +47,7 @@ pub fn push_args(space: &mut Space, top: u64, args: &[u8]) -> Result<(u64, u64, 
         return Err(Error::InvalidArgument);
     }
     let strings = (top - args.len() as u64) & !15;
-    space.copy_out(strings, args)?;
+    space.write(strings, args)?;
     let mut pairs: alloc::vec::Vec<u64> = alloc::vec::Vec::new();
     let mut off = 0u64;
     for a in args.split(|&b| b == 0) {
@@ -63,6 +63,6 @@ pub fn push_args(space: &mut Space, top: u64, args: &[u8]) -> Result<(u64, u64, 
     for v in &pairs {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    space.copy_out(argv, &bytes)?;
+    space.write(argv, &bytes)?;
     Ok((argc, argv, argv - 8))
 }

@@ -5,29 +5,21 @@
 
 extern crate alloc;
 
+// The layers, lowest first; each imports only from those above it in this list (see
+// guest-kernel/README.md).
 mod arch;
-mod bootinfo;
-mod console;
-mod fault;
-mod image;
-mod ipc;
-mod loader;
-mod memory;
-mod mm;
-mod mutex;
-mod object;
-mod objects;
-mod panic;
-mod process;
-mod sched;
-mod selftest;
-mod space;
-mod space_calls;
 mod sync;
-mod syscall;
-mod thread;
-mod thread_calls;
+mod console;
+mod panic;
 mod time;
+mod mm;
+mod bootinfo;
+mod image;
+mod kernel;
+mod loader;
+mod objects;
+mod dispatch;
+mod selftest;
 
 use arch::{apic, cpu, paging, platform, tables, user};
 use bootinfo::BootInfo;
@@ -101,7 +93,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         },
         platform::Backend::Native => None,
     };
-    space::init(root, entry_tree);
+    kernel::space::init(root, entry_tree);
     user::init_syscall();
     let hardened = platform::harden(&detected);
     if hardened.iter().any(Option::is_some) {
@@ -119,7 +111,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         log_xsave_layout(xsave);
     }
     if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {
-        selftest::enable_floors();
+        kernel::floor::enable();
         kprintln!("fluke: floor benchmark paths on");
     }
     apic::disable_legacy_pic();
@@ -128,7 +120,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     }
     let tsc_hint = cmdline::get(cmd, cmdline::TSC_KHZ).and_then(|v| v.parse().ok());
     let tsc_khz = time::init(tsc_hint);
-    sched::init(root, boot_stack_top());
+    kernel::sched::init(root, boot_stack_top());
     kprintln!(
         "fluke: memory {} MiB, kernel {} KiB, free {} MiB",
         mem.ram_end >> 20,
@@ -138,7 +130,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     kprintln!(
         "fluke: timer {}APIC one-shot, quantum {} ms, TSC {} kHz",
         if apic::x2apic() { "x2" } else { "x" },
-        sched::QUANTUM_NS / 1_000_000,
+        kernel::sched::QUANTUM_NS / 1_000_000,
         tsc_khz
     );
     let bundle = match bundle.map(image::bundle) {
@@ -157,8 +149,8 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         selftest::bench(name);
     }
     start_init(&bundle, cmdline::get(cmd, cmdline::INIT));
-    // SAFETY: switches to the idle stack (this boot stack) and never returns.
-    unsafe { sched::schedule() }
+    // The boot stack becomes the idle stack: the scheduler runs on it from here.
+    kernel::sched::run(kernel::sched::Leave::Scheduler)
 }
 
 /// Starts the first process: the manifest's init, or `fluke.init=PROGRAM,ARG,...`.
@@ -186,9 +178,13 @@ fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>
             m.init()
         }
     };
-    match process::spawn(name, &args, None, &[]) {
-        Ok(pid) => {
-            sched::kernel().init = Some(pid);
+    let started = kernel::with_kernel(|k| {
+        let pid = objects::space::spawn(k, name, &args, None, &[])?;
+        k.init = Some(pid);
+        Ok::<_, fluke_abi::syscall::Error>(pid)
+    });
+    match started {
+        Ok(_) => {
             kprintln!("fluke: started init: {name}");
         }
         Err(e) => panic!("cannot start init program {name:?}: {}", e.name()),
@@ -204,19 +200,6 @@ fn boot_stack_top() -> u64 {
 
 fn memmap_ram_end(boot: &BootInfo) -> u64 {
     fluke_kcore::memmap::ram_end(boot.memmap(), mm::MAX_PHYS)
-}
-
-/// An external interrupt (vector >= 32) taken in kernel mode (the idle loop, or the window
-/// before a return to user mode).
-pub fn interrupt(vector: u8) {
-    match vector {
-        apic::TIMER_VECTOR => sched::timer_interrupt(false),
-        apic::SPURIOUS_VECTOR => {}
-        _ => {
-            apic::eoi();
-            kprintln!("fluke: unexpected interrupt vector {vector}");
-        }
-    }
 }
 
 /// The boot log's account of what the kernel switches with XSAVE (kvm_pvm only).

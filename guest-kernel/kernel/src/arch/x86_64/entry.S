@@ -91,7 +91,12 @@ trap_common:
     testb $3, 144(%rsp)             /* CS of the interrupted context */
     jnz 1f
     mov %rsp, %rdi
-    call trap_dispatch              /* kernel-mode event: handled and returned from below */
+    call trap_dispatch              /* kernel-mode event (arch): fixups, checks; what it was */
+    mov %rax, %rdi
+    mov %rsp, %rsi
+    call kernel_event               /* the kernel's part (an interrupt): returns here */
+    mov %rsp, %rdi
+    call trap_return_check          /* the frame returns to kernel text, or the VM stops */
     pop %r15
     pop %r14
     pop %r13
@@ -115,7 +120,10 @@ trap_common:
        frame off the IST stack first and leaves by return_to_user. */
     mov %rsp, %rdi
     mov PERCPU+PC_KSTACK(%rip), %rsp
-    call user_trap
+    call user_trap                  /* saves the registers; returns vector, error code */
+    mov %rax, %rdi
+    mov %rdx, %rsi
+    call user_event                 /* dispatch: handles it, leaves by return_to_user */
     ud2
 
 /*
@@ -333,7 +341,7 @@ return_to_user_asm:
     mov PERCPU+PC_RET_RSP(%rip), %rsp
     sysretq
 
-/* Switches to the idle stack and calls the scheduler (sched.rs), which never returns. */
+/* Switches to the idle stack and calls the scheduler (dispatch), which never returns. */
     .globl schedule
 schedule:
     mov PERCPU+PC_IDLE_STACK(%rip), %rsp

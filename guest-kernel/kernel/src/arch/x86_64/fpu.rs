@@ -15,6 +15,7 @@
 use alloc::boxed::Box;
 use alloc::vec;
 use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use core::ptr::NonNull;
 
 use fluke_kcore::xsave::{self, HEADER_END, SSE as XFEATURE_SSE, X87 as XFEATURE_X87};
 pub use fluke_kcore::xsave::LEGACY_BYTES;
@@ -28,7 +29,7 @@ const MAX_AREA_BYTES: usize = fluke_abi::syscall::XSTATE_MAX_BYTES;
 // PLACES packs an offset and a size below it into 16 bits each.
 const _: () = assert!(MAX_AREA_BYTES <= 0xffff);
 // FpuArea::clean allocates the area in 64-byte chunks.
-const _: () = assert!(MAX_AREA_BYTES % 64 == 0);
+const _: () = assert!(MAX_AREA_BYTES.is_multiple_of(64));
 
 /// The components switched with XSAVE (0: FXSAVE only), the size of a thread's area and of
 /// its exported image.
@@ -89,14 +90,32 @@ struct Chunk([u8; 64]);
 
 /// A thread's save area: the FXSAVE image natively, the XSAVE standard-format image on
 /// kvm_pvm (64-byte aligned, as XSAVE requires).
-pub struct FpuArea(Box<[Chunk]>);
+///
+/// Owned through a raw pointer, not a `Box`: the switch code saves into it by address
+/// (PERCPU.cur_fpu) while the thread is not running, and a `Box` would claim unique access
+/// to the contents every time it is moved or used, which those writes would contradict.
+/// Rust reaches the bytes only through `&self`/`&mut self`, never while the switch runs.
+pub struct FpuArea {
+    chunks: NonNull<Chunk>,
+    len: usize,
+}
+
+// SAFETY: the area is owned by its FpuArea alone (as a Box would own it).
+unsafe impl Send for FpuArea {}
 
 impl FpuArea {
     /// The state after FNINIT with SSE defaults: control word 0x37f, MXCSR 0x1f80 (all
     /// exceptions masked), every register zero (XSTATE_BV 0: every component initial).
     pub fn clean() -> FpuArea {
         let chunks = AREA_BYTES.load(Ordering::Relaxed) / 64;
-        let mut area = FpuArea(vec![Chunk([0; 64]); chunks].into_boxed_slice());
+        let boxed = vec![Chunk([0; 64]); chunks].into_boxed_slice();
+        let len = boxed.len();
+        let raw = Box::into_raw(boxed) as *mut Chunk;
+        let mut area = FpuArea {
+            // SAFETY: Box::into_raw never returns null.
+            chunks: unsafe { NonNull::new_unchecked(raw) },
+            len,
+        };
         let bytes = area.bytes_mut();
         bytes[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
         bytes[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
@@ -104,18 +123,19 @@ impl FpuArea {
     }
 
     /// The area's address, for the switch code (PERCPU.cur_fpu).
-    pub fn as_ptr(&mut self) -> u64 {
-        self.0.as_mut_ptr() as u64
+    pub fn addr(&self) -> u64 {
+        self.chunks.as_ptr() as u64
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: the chunks are contiguous plain bytes; the slice covers exactly them.
-        unsafe { core::slice::from_raw_parts(self.0.as_ptr().cast(), self.0.len() * 64) }
+        // SAFETY: `len` contiguous chunks of plain bytes, allocated in `clean` and freed only
+        // in `drop`; the switch code does not run while this borrow of `self` is live.
+        unsafe { core::slice::from_raw_parts(self.chunks.as_ptr().cast(), self.len * 64) }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as in `bytes`, borrowed mutably through `self`.
-        unsafe { core::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast(), self.0.len() * 64) }
+        unsafe { core::slice::from_raw_parts_mut(self.chunks.as_ptr().cast(), self.len * 64) }
     }
 
     fn xstate_bv(&self) -> u64 {
@@ -281,5 +301,18 @@ pub fn switch(from: u64, to: u64) {
             core::arch::asm!("xrstor64 [{}]", in(reg) to, in("eax") lo, in("edx") hi,
                 options(nostack, preserves_flags));
         }
+    }
+}
+
+impl Drop for FpuArea {
+    fn drop(&mut self) {
+        // SAFETY: the slice `clean` leaked, freed once; PERCPU.cur_fpu no longer names it
+        // (the scheduler clears it before a thread is reaped).
+        unsafe {
+            drop(Box::from_raw(core::ptr::slice_from_raw_parts_mut(
+                self.chunks.as_ptr(),
+                self.len,
+            )))
+        };
     }
 }

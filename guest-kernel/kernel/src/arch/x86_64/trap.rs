@@ -94,24 +94,35 @@ fn in_kernel_text(rip: u64) -> bool {
     (start..end).contains(&rip)
 }
 
-/// Kernel-mode events (entry.S sends user-mode ones to [`user_trap`]).
+/// What [`trap_dispatch`] found a kernel-mode event to be, for the layer above
+/// (`dispatch::kernel_event`, which entry.S calls next): handled here, the
+/// privilege-escalation tripwire, or else the external interrupt's vector.
+pub const EVENT_HANDLED: u64 = 0x100;
+pub const EVENT_ESCALATION: u64 = 0x101;
+
+/// Kernel-mode events (entry.S sends user-mode ones to [`user_trap`]): an exception with a
+/// fixup is handled, any other is a kernel fault; what is left is reported to the caller.
 #[no_mangle]
-extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
+extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> u64 {
     if !in_kernel_text(frame.rip) {
         // pvm.md §11 H1 tripwire: a "kernel-mode" frame outside kernel text means user code
-        // runs with kernel privilege. Kill whoever runs and leave by SYSRET.
-        crate::fault::escalation(frame.rip);
+        // runs with kernel privilege. Whoever runs is killed, and the kernel leaves by SYSRET.
+        return EVENT_ESCALATION;
     }
     if frame.vector < 32 {
-        if let Some(fixup) = fixup_for(frame.rip) {
-            frame.rip = fixup;
-        } else {
-            kernel_fault(frame, vector_name(frame.vector));
+        match fixup_for(frame.rip) {
+            Some(fixup) => frame.rip = fixup,
+            None => kernel_fault(frame, vector_name(frame.vector)),
         }
-    } else {
-        crate::interrupt(frame.vector as u8);
+        return EVENT_HANDLED;
     }
-    // pvm.md §11 H1: the only IRETQ returns to kernel mode, to kernel text.
+    frame.vector
+}
+
+/// entry.S, before the kernel's only IRETQ: the frame must return to kernel mode, to
+/// kernel text (pvm.md §11 H1).
+#[no_mangle]
+extern "C" fn trap_return_check(frame: &TrapFrame) {
     if frame.cs != u64::from(tables::KERNEL_CS) || !in_kernel_text(frame.rip) {
         kernel_fault(
             frame,
@@ -121,19 +132,28 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) {
     platform::restore_irq_state_for_return(frame.rflags);
 }
 
+/// What a user-mode event was, for `dispatch::user_event` (entry.S passes it on).
+#[repr(C)]
+pub struct UserEvent {
+    pub vector: u64,
+    pub error_code: u64,
+}
+
 /// An event from user mode, on the IST stack: the registers go to the current thread's
-/// UserRegs, then the kernel continues on the thread's kernel stack (entry.S) and leaves by
-/// `return_to_user`. An event that hit the return stub keeps the saved registers: the stub
-/// was restoring exactly them, so the return simply starts over (pvm.md §11 H2).
+/// UserRegs; entry.S then continues on the thread's kernel stack in
+/// `dispatch::user_event`, which leaves by `return_to_user`. An event that hit the return
+/// stub keeps the saved registers: the stub was restoring exactly them, so the return
+/// simply starts over (pvm.md §11 H2).
 #[no_mangle]
-extern "C" fn user_trap(frame: &TrapFrame) -> ! {
+extern "C" fn user_trap(frame: &TrapFrame) -> UserEvent {
     let cur_regs = percpu::get().cur_regs.get();
     if cur_regs == 0 {
         kernel_fault(frame, "event from user mode with no current thread");
     }
     if !user::return_stub_range().contains(&frame.rip) {
-        // SAFETY: single CPU, interrupts off; cur_regs is the running thread's register
-        // block, which no other reference points into during this trap.
+        // SAFETY: single CPU, interrupts off, no kernel code running on the thread's behalf:
+        // cur_regs is the running thread's register block (thread::RegBlock), which no Rust
+        // reference points into now (the kernel state is not taken during this trap).
         let r = unsafe { &mut *(cur_regs as *mut UserRegs) };
         *r = UserRegs {
             r15: frame.r15,
@@ -158,7 +178,10 @@ extern "C" fn user_trap(frame: &TrapFrame) -> ! {
             gs_base: r.gs_base,
         };
     }
-    crate::fault::user_event(frame.vector as u8, frame.error_code)
+    UserEvent {
+        vector: frame.vector,
+        error_code: frame.error_code,
+    }
 }
 
 /// Reports an unexpected kernel-mode event with the registers and stops the VM.

@@ -8,6 +8,7 @@ use crate::arch::fpu::FpuArea;
 use crate::arch::user::UserRegs;
 use crate::mm;
 use alloc::boxed::Box;
+use core::ptr::NonNull;
 use fluke_kcore::slab::Id;
 
 pub type ThreadId = Id;
@@ -64,9 +65,54 @@ impl Drop for KernelStack {
     }
 }
 
+/// A thread's saved user registers, at a heap address that stays put: the entry code saves
+/// into it and the return path loads from it by address (PERCPU.cur_regs).
+///
+/// Owned through a raw pointer, not a `Box`: a `Box` claims unique access to its contents
+/// whenever it is moved or used, which those accesses by address would contradict. Rust
+/// reaches the registers only through `&self`/`&mut self` (kernel code, with the kernel
+/// state taken), and the entry and return code touch them only outside such borrows.
+pub struct RegBlock(NonNull<UserRegs>);
+
+// SAFETY: the block is owned by its RegBlock alone (as a Box would own it).
+unsafe impl Send for RegBlock {}
+
+impl RegBlock {
+    pub fn new(regs: UserRegs) -> RegBlock {
+        RegBlock(NonNull::from(Box::leak(Box::new(regs))))
+    }
+
+    /// The address the entry code saves into.
+    pub fn addr(&self) -> u64 {
+        self.0.as_ptr() as u64
+    }
+}
+
+impl core::ops::Deref for RegBlock {
+    type Target = UserRegs;
+    fn deref(&self) -> &UserRegs {
+        // SAFETY: allocated in `new`, freed only in `drop`; see the type's invariant.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl core::ops::DerefMut for RegBlock {
+    fn deref_mut(&mut self) -> &mut UserRegs {
+        // SAFETY: as in `deref`, borrowed mutably through `self`.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for RegBlock {
+    fn drop(&mut self) {
+        // SAFETY: the box `new` leaked, freed once; PERCPU.cur_regs no longer names it (the
+        // scheduler clears it before a thread is reaped).
+        unsafe { drop(Box::from_raw(self.0.as_ptr())) };
+    }
+}
+
 pub struct Thread {
-    /// Boxed so its address is stable: the entry code saves into it (PERCPU.cur_regs).
-    pub regs: Box<UserRegs>,
+    pub regs: RegBlock,
     pub kstack: KernelStack,
     pub state: ThreadState,
     pub process: Id,
@@ -83,8 +129,8 @@ pub struct Thread {
 }
 
 impl Thread {
-    /// The FPU area's address, for the switch code (PERCPU.cur_fpu).
-    pub fn fpu_ptr(&mut self) -> u64 {
-        self.fpu.as_ptr()
+    /// Whether the thread can run now.
+    pub fn runnable(&self) -> bool {
+        self.state == ThreadState::Runnable
     }
 }

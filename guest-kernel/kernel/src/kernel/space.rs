@@ -1,7 +1,8 @@
 //! Address spaces: a page-table pair, the user mappings, demand-zero ranges, the return page.
-//! Every access the kernel makes to user memory goes through [`Space::copy_in`] /
-//! [`Space::copy_out`], which translate each page through the space's own tables and touch
-//! the frame through the direct map, so a bad user pointer can only ever yield an error.
+//! Every access the kernel makes to user memory translates each page through the space's
+//! own tables and touches the frame through the direct map (`objects::usermem` for a live
+//! space, whose pages may come through mappings; [`Space::fill`] / [`Space::write`] for one
+//! being built), so a bad user pointer can only ever yield an error.
 
 use crate::arch::paging::{self, MapError, UserPerm};
 use crate::arch::user;
@@ -62,7 +63,7 @@ pub struct Space {
     /// children's spaces.
     pub budget: fluke_kcore::budget::Budget,
     /// The capabilities this space holds: the only objects its threads can name.
-    pub caps: fluke_kcore::cap::CapTable<crate::object::ObjRef>,
+    pub caps: fluke_kcore::cap::CapTable<super::ObjRef>,
 }
 
 /// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range above page 0 and
@@ -93,7 +94,7 @@ impl Space {
             return_page: 0,
             anon: Vec::new(),
             budget: fluke_kcore::budget::Budget::new(quota),
-            caps: fluke_kcore::cap::CapTable::new(crate::object::CAPS_PER_SPACE),
+            caps: fluke_kcore::cap::CapTable::new(super::CAPS_PER_SPACE),
         };
         let page = space.alloc_zeroed()?;
         // SAFETY: a fresh frame, reached through the direct map.
@@ -218,78 +219,35 @@ impl Space {
         true
     }
 
-    /// The frame behind a user page, faulting in demand-zero memory; `write` requires a
-    /// writable mapping.
-    fn user_frame(&mut self, page: u64, write: bool) -> Result<u64, Error> {
+    /// The frame behind a present user page that allows the access (`write`: a writable
+    /// mapping); `None` if the page is not present or is not a user page.
+    pub fn frame_for(&self, page: u64, write: bool) -> Option<Result<u64, Error>> {
         if page >= USER_MAP_END {
-            return Err(Error::BadAddress);
+            return Some(Err(Error::BadAddress));
         }
-        let (frame, bits) = match paging::translate_user(self.root, page) {
-            Some(t) => t,
-            None => {
-                // As a fault would: the space's mappings, then its demand-zero memory.
-                match crate::memory::fault_in_for_kernel(self.root, page, write) {
-                    Some(r) => r?,
-                    None if self.handle_fault(page) => {}
-                    None => return Err(Error::BadAddress),
-                }
-                paging::translate_user(self.root, page).ok_or(Error::BadAddress)?
-            }
-        };
+        let (frame, bits) = paging::translate_user(self.root, page)?;
         if !paging::pte_user(bits) || (write && !paging::pte_writable(bits)) {
-            return Err(Error::BadAddress);
+            return Some(Err(Error::BadAddress));
         }
-        Ok(frame)
+        Some(Ok(frame))
     }
 
-    /// Makes every page of `[addr, addr + len)` present (writable if `write`), as the
-    /// kernel's own accesses would.
-    pub fn prefault(&mut self, addr: u64, len: u64, write: bool) -> Result<(), Error> {
-        self.copy(addr, len as usize, write, |_, _, _| {})
-    }
-
-    /// Copies user memory at `addr` into `buf`.
-    pub fn copy_in(&mut self, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
-        self.copy(addr, buf.len(), false, |frame_va, off, chunk| {
-            // SAFETY: `frame_va` is a user frame of this space, through the direct map.
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    frame_va as *const u8,
-                    buf[off..].as_mut_ptr(),
-                    chunk,
-                )
-            }
-        })
-    }
-
-    /// Writes `data` at `addr` whatever the page permissions (program loading).
+    /// Writes `data` at `addr` whatever the page permissions, into a space that is being
+    /// built (no process has it yet, so it has no mappings: only its own memory and its
+    /// demand-zero ranges). Program loading.
     pub fn fill(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
-        self.copy(addr, data.len(), false, |frame_va, off, chunk| {
-            // SAFETY: as in copy_in; the kernel may write any frame of the space it built.
-            unsafe {
-                core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk)
-            }
-        })
+        self.copy_unattached(addr, data, false)
     }
 
-    /// Copies `data` into user memory at `addr` (which must be writable).
-    pub fn copy_out(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
-        self.copy(addr, data.len(), true, |frame_va, off, chunk| {
-            // SAFETY: as in copy_in.
-            unsafe {
-                core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk)
-            }
-        })
+    /// As [`Space::fill`], but `addr` must be writable (the first thread's arguments).
+    pub fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), Error> {
+        self.copy_unattached(addr, data, true)
     }
 
-    fn copy(
-        &mut self,
-        addr: u64,
-        len: usize,
-        write: bool,
-        mut f: impl FnMut(u64, usize, usize),
-    ) -> Result<(), Error> {
-        let end = addr.checked_add(len as u64).ok_or(Error::BadAddress)?;
+    fn copy_unattached(&mut self, addr: u64, data: &[u8], write: bool) -> Result<(), Error> {
+        let end = addr
+            .checked_add(data.len() as u64)
+            .ok_or(Error::BadAddress)?;
         if end > USER_MAP_END {
             return Err(Error::BadAddress);
         }
@@ -297,12 +255,23 @@ impl Space {
         while va < end {
             let page = va & !(PAGE - 1);
             let chunk = ((page + PAGE).min(end) - va) as usize;
-            let frame = self.user_frame(page, write)?;
-            f(
-                mm::phys_to_virt(frame) + (va - page),
-                (va - addr) as usize,
-                chunk,
-            );
+            let frame = match self.frame_for(page, write) {
+                Some(r) => r?,
+                None if self.handle_fault(page) => self
+                    .frame_for(page, write)
+                    .unwrap_or(Err(Error::BadAddress))?,
+                None => return Err(Error::BadAddress),
+            };
+            let off = (va - addr) as usize;
+            // SAFETY: `frame` is a user frame of this space (translated above), reached
+            // through the direct map; `chunk` bytes stay inside it.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    data[off..].as_ptr(),
+                    (mm::phys_to_virt(frame) + (va - page)) as *mut u8,
+                    chunk,
+                )
+            };
             va += chunk as u64;
         }
         Ok(())
@@ -311,7 +280,7 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
-        crate::sched::leave_space(self.root);
+        super::sched::leave_space(self.root);
         paging::destroy_space(self.root);
     }
 }

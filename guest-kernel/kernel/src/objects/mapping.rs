@@ -1,0 +1,306 @@
+//! Mappings: a Mapping makes a region of one space appear in another. A page of a mapping
+//! is brought in on the first fault: if the owner has the page, the same frame is mapped
+//! into the faulting space; if not, the region's keeper gets a fault message and the
+//! faulting thread waits until the keeper replies, then re-executes the access. Without a
+//! keeper the owner's page is brought in the same way in the owner (its own mappings or
+//! demand-zero memory), so memory passed down a stack of nesters resolves through every
+//! level. A pager evicts with [`discard`], which also unmaps the page from every space it
+//! was mapped into. The graph walks are `fluke_kcore::mapping` (host-tested).
+
+use super::{name_of, register_new, unregister, value, CallResult, Reply};
+use crate::arch::paging::{self, UserPerm};
+use crate::kernel::process::Pid;
+use crate::kernel::space::check_user_range;
+use crate::kernel::{Caller, Kernel, ObjRef};
+use fluke_abi::syscall::objstate::{self, WORDS};
+use fluke_abi::syscall::{fault, Error};
+use fluke_kcore::cap::Rights;
+use fluke_kcore::mapping::{mapping_at, overlaps, views, Mapping, MAX_CHAIN};
+use fluke_kcore::slab::Id;
+
+const PAGE: u64 = 4096;
+
+/// `mapping_create` flags.
+pub const MAP_WRITE: u64 = 1;
+pub const MAP_EXEC: u64 = 2;
+
+/// `mapping_create(space, region, addr, flags)`.
+pub fn create(
+    k: &mut Kernel,
+    c: Caller,
+    space_name: u64,
+    region_name: u64,
+    addr: u64,
+    flags: u64,
+) -> CallResult {
+    if flags & !(MAP_WRITE | MAP_EXEC) != 0 {
+        return Err(Error::InvalidArgument);
+    }
+    let ObjRef::Space(target) = k.lookup(c, space_name, Rights::WRITE)?.object else {
+        return Err(Error::WrongType);
+    };
+    let ObjRef::Region(region) = k.lookup(c, region_name, Rights::USE)?.object else {
+        return Err(Error::WrongType);
+    };
+    let size = k.regions.get(region).ok_or(Error::BadCap)?.size;
+    let end = check_user_range(addr, size)?;
+    if k.space_ref(target).is_none() {
+        return Err(Error::BadCap);
+    }
+    if overlaps(&k.mappings, &k.regions, target, addr, end) {
+        return Err(Error::InvalidArgument);
+    }
+    let id = k
+        .mappings
+        .insert(Mapping {
+            target,
+            base: addr,
+            region,
+            writable: flags & MAP_WRITE != 0,
+            executable: flags & MAP_EXEC != 0,
+        })
+        .ok_or(Error::Exhausted)?;
+    value(register_new(k, c, ObjRef::Mapping(id)).inspect_err(|_| {
+        k.mappings.remove(id);
+    }))
+}
+
+pub fn state(k: &Kernel, c: Caller, m: Id) -> Result<[u64; WORDS], Error> {
+    let mapping = k.mappings.get(m).ok_or(Error::BadCap)?;
+    let flags = u64::from(mapping.writable) | u64::from(mapping.executable) << 1;
+    Ok([
+        objstate::MAPPING,
+        name_of(k, c, ObjRef::Space(mapping.target)),
+        mapping.base,
+        name_of(k, c, ObjRef::Region(mapping.region)),
+        flags,
+        0,
+    ])
+}
+
+pub fn destroy(k: &mut Kernel, m: Id) -> Result<(), Error> {
+    k.mappings.get(m).ok_or(Error::BadCap)?;
+    remove(k, m);
+    Ok(())
+}
+
+/// Removes a mapping and unmaps whatever of it is mapped in its target space, and what the
+/// target passed on of those pages through its own regions (their frames are not the
+/// target's, and must not outlive the mapping anywhere).
+pub fn remove(k: &mut Kernel, mid: Id) {
+    let Some(m) = k.mappings.remove(mid) else {
+        return;
+    };
+    let size = k.regions.get(m.region).map(|r| r.size).unwrap_or(0);
+    if let Some(root) = k.space_ref(m.target).map(|s| s.root) {
+        let mut va = m.base;
+        while let Some(page) = paging::next_present(root, va, m.base + size) {
+            discard_everywhere(k, m.target, page);
+            va = page + PAGE;
+        }
+    }
+}
+
+/// Unmaps page `va` of `pid` from every space that sees it through mappings, then from
+/// `pid` itself.
+fn discard_everywhere(k: &mut Kernel, pid: Pid, va: u64) {
+    for (space, at) in views(&k.mappings, &k.regions, pid, va) {
+        discard_page(k, space, at);
+    }
+    discard_page(k, pid, va);
+}
+
+/// What to do about a page fault at `addr` in space `pid`.
+pub enum Resolution {
+    /// The page is now mapped: resume the thread.
+    Mapped,
+    /// Ask a region's keeper (a port) with this message.
+    Keeper(Id, [u64; 4]),
+    /// Not in any mapping or demand-zero range (or a real protection violation).
+    NotMapped,
+}
+
+/// Brings in the page at `addr` of space `pid` after a fault with `error_code`.
+pub fn resolve_fault(k: &mut Kernel, pid: Pid, addr: u64, error_code: u64) -> Resolution {
+    if error_code & 1 != 0 {
+        return Resolution::NotMapped; // a protection violation, not a missing page
+    }
+    fault_in(k, pid, addr & !(PAGE - 1), error_code & 2 != 0, addr)
+}
+
+/// Brings in `page` of `pid` (not present there). The memory a parent provides comes first:
+/// a mapping covering the page gives the region owner's frame (brought into the owner
+/// first if it has none yet, the same way, unless the region has a keeper: then the keeper
+/// is asked). Only where no mapping lies do the space's own demand-zero ranges apply.
+/// `addr` is the faulting address a keeper is told.
+///
+/// Iterative: the chain of owners is walked down to the first that has the page (or can
+/// make it, or has a keeper), at most [`MAX_CHAIN`] levels, then mapped back up.
+pub fn fault_in(k: &mut Kernel, pid: Pid, page: u64, write: bool, addr: u64) -> Resolution {
+    // Each entry: a space and page that the next entry's owner page provides.
+    let mut chain: alloc::vec::Vec<(Pid, u64, fluke_kcore::mapping::Through)> =
+        alloc::vec::Vec::new();
+    let (mut space, mut at) = (pid, page);
+    loop {
+        if chain.len() as u32 > MAX_CHAIN {
+            return Resolution::NotMapped;
+        }
+        let Some(through) = mapping_at(&k.mappings, &k.regions, space, at) else {
+            // No mapping here: the space's own demand-zero memory, or nothing.
+            if !k.space(space).is_some_and(|s| s.handle_fault(at)) {
+                return Resolution::NotMapped;
+            }
+            k.stats.user_faults_resolved += 1;
+            break;
+        };
+        if write && !through.writable {
+            return Resolution::NotMapped;
+        }
+        let Some(owner_root) = k.space_ref(through.owner).map(|s| s.root) else {
+            return Resolution::NotMapped;
+        };
+        chain.push((space, at, through));
+        if paging::translate_user(owner_root, through.owner_page).is_some() {
+            break;
+        }
+        if let Some(port) = through.keeper {
+            let code = 4 | (u64::from(write) << 1); // user mode, write
+            return Resolution::Keeper(port, [fault::REGION, through.offset, code, addr]);
+        }
+        (space, at) = (through.owner, through.owner_page);
+    }
+    // Map each level from its owner, the deepest first.
+    for &(space, at, through) in chain.iter().rev() {
+        let Some(owner_root) = k.space_ref(through.owner).map(|s| s.root) else {
+            return Resolution::NotMapped;
+        };
+        let Some((frame, bits)) = paging::translate_user(owner_root, through.owner_page) else {
+            return Resolution::NotMapped;
+        };
+        let perm = UserPerm {
+            write: through.writable && paging::pte_writable(bits),
+            exec: through.executable,
+        };
+        if write && !perm.write {
+            return Resolution::NotMapped;
+        }
+        // The frame stays the owner's (not OWNED here): the owner's teardown unmaps it from
+        // every target first (forget_space), and so does `mem_discard`.
+        match k.space(space).map(|s| s.map_page(at, frame, perm, false)) {
+            Some(Ok(())) => {}
+            _ => return Resolution::NotMapped,
+        }
+    }
+    Resolution::Mapped
+}
+
+/// Unmaps one page of a space; a frame it owned is freed and returned to its budget.
+fn discard_page(k: &mut Kernel, pid: Pid, va: u64) {
+    let Some(space) = k.space(pid) else {
+        return;
+    };
+    if let Some((frame, true)) = paging::unmap_user(space.root, va) {
+        crate::mm::free_frame(frame);
+        space.budget.release(1);
+    }
+}
+
+/// `mem_discard(addr, len, save)`: drops the caller's pages in the range, first from every
+/// space that maps them through its regions (recursively), then from its own tables; the
+/// frames it owned go back to its budget. Its demand-zero ranges stay: the next touch gets
+/// a zero page, and a mapping's next touch faults again (to the region's keeper). With
+/// `save` != 0 (and one page) the page's contents are first copied to `save` (zeros if it
+/// was not present), in the same call: how a pager evicts a page without a window in which
+/// a child could still write to it.
+pub fn discard(k: &mut Kernel, c: Caller, addr: u64, len: u64, save: u64) -> CallResult {
+    let end = check_user_range(addr, len)?;
+    let root = k.caller_space(c)?.root;
+    if save != 0 {
+        if len != PAGE {
+            return Err(Error::InvalidArgument);
+        }
+        let mut page = [0u8; PAGE as usize];
+        if let Some((frame, _)) = paging::translate_user(root, addr) {
+            // SAFETY: a frame of the caller's, through the direct map; 4 KiB.
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    crate::mm::phys_to_virt(frame) as *const u8,
+                    page.as_mut_ptr(),
+                    PAGE as usize,
+                )
+            };
+        }
+        super::usermem::copy_out(k, c.pid, save, &page)?;
+    }
+    // Only pages present here can be mapped elsewhere (views map the owner's frames).
+    let mut va = addr;
+    while let Some(page) = paging::next_present(root, va, end) {
+        discard_everywhere(k, c.pid, page);
+        va = page + PAGE;
+    }
+    Ok(Reply::Value(0))
+}
+
+/// `mem_install(addr, src)`: makes the caller's page at `addr` (demand-zero memory of its
+/// own, not present) present with the 4 KiB at `src`, in one call: nothing that maps it
+/// can see the page before it is complete. How a pager brings a page back.
+pub fn install(k: &mut Kernel, c: Caller, addr: u64, src: u64) -> CallResult {
+    check_user_range(addr, PAGE)?;
+    let mut page = [0u8; PAGE as usize];
+    super::usermem::copy_in(k, c.pid, src, &mut page)?;
+    let space = k.caller_space(c)?;
+    if paging::translate_user(space.root, addr).is_some() {
+        return Err(Error::InvalidArgument); // present already
+    }
+    if !space.handle_fault(addr) {
+        return Err(if space.budget_exhausted() {
+            Error::NoMemory
+        } else {
+            Error::BadAddress
+        });
+    }
+    let (frame, _) = paging::translate_user(space.root, addr).ok_or(Error::BadAddress)?;
+    // SAFETY: the frame just allocated for the caller's page, through the direct map.
+    unsafe {
+        core::ptr::copy_nonoverlapping(
+            page.as_ptr(),
+            crate::mm::phys_to_virt(frame) as *mut u8,
+            PAGE as usize,
+        )
+    };
+    Ok(Reply::Value(0))
+}
+
+/// `mem_referenced(addr) -> 0 or 1`: whether any space mapping the caller's page at `addr`
+/// through its regions has touched it since the last ask (the accessed bits of those
+/// views, which are cleared). The caller's own accesses do not count: a pager reading a
+/// page to save it must not make it look used. A clock pager's reference bit.
+pub fn referenced(k: &mut Kernel, c: Caller, addr: u64) -> CallResult {
+    let page = addr & !(PAGE - 1);
+    check_user_range(page, PAGE)?;
+    let mut any = false;
+    for (pid, at) in views(&k.mappings, &k.regions, c.pid, page) {
+        if let Some(root) = k.space_ref(pid).map(|s| s.root) {
+            any |= paging::take_accessed(root, at);
+        }
+    }
+    Ok(Reply::Value(u64::from(any)))
+}
+
+/// A space is going away: unmap its regions from every space that maps them (before its
+/// frames are freed), and drop every mapping into it and every region of it.
+pub fn forget_space(k: &mut Kernel, pid: Pid) {
+    for rid in k.regions.ids() {
+        if k.regions.get(rid).is_some_and(|r| r.owner == pid) {
+            super::region::remove(k, rid);
+        }
+    }
+    for mid in k.mappings.ids() {
+        if k.mappings.get(mid).is_some_and(|m| m.target == pid) {
+            // Its page tables go with the space: only the record, and the charge, which
+            // goes back to the mapping's creator (a parent that mapped into a child).
+            k.mappings.remove(mid);
+            unregister(k, ObjRef::Mapping(mid));
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! Regions: a Region exports a range of its owner's memory, to be mapped into other spaces
+//! (`mapping`); its keeper, if any, gets the faults on pages the owner does not have.
+
+use super::{name_of, register_new, unregister, value, CallResult};
+use crate::kernel::space::check_user_range;
+use crate::kernel::{Caller, Kernel, ObjRef};
+use fluke_abi::syscall::ipc::NO_CAP;
+use fluke_abi::syscall::objstate::{self, WORDS};
+use fluke_abi::syscall::Error;
+use fluke_kcore::cap::Rights;
+use fluke_kcore::mapping::{mappings_of, Region};
+use fluke_kcore::slab::Id;
+
+/// A keeper argument: a port capability of the caller's, or NO_CAP.
+fn keeper_port(k: &mut Kernel, c: Caller, name: u64) -> Result<Option<Id>, Error> {
+    match name {
+        NO_CAP => Ok(None),
+        name => match k.lookup(c, name, Rights::USE)?.object {
+            ObjRef::Port(p) => Ok(Some(p)),
+            _ => Err(Error::WrongType),
+        },
+    }
+}
+
+/// `region_create(addr, size, keeper)`.
+pub fn create(k: &mut Kernel, c: Caller, addr: u64, size: u64, keeper_name: u64) -> CallResult {
+    check_user_range(addr, size)?;
+    let keeper = keeper_port(k, c, keeper_name)?;
+    let id = k
+        .regions
+        .insert(Region {
+            owner: c.pid,
+            base: addr,
+            size,
+            keeper,
+        })
+        .ok_or(Error::Exhausted)?;
+    value(register_new(k, c, ObjRef::Region(id)).inspect_err(|_| {
+        k.regions.remove(id);
+    }))
+}
+
+pub fn state(k: &Kernel, c: Caller, r: Id) -> Result<[u64; WORDS], Error> {
+    let region = k.regions.get(r).ok_or(Error::BadCap)?;
+    let keeper = region
+        .keeper
+        .map_or(NO_CAP, |p| name_of(k, c, ObjRef::Port(p)));
+    Ok([objstate::REGION, region.base, region.size, keeper, 0, 0])
+}
+
+/// Base and size are fixed at creation; the keeper can change.
+pub fn set_state(k: &mut Kernel, c: Caller, r: Id, w: &[u64; WORDS]) -> Result<(), Error> {
+    if w[0] != objstate::REGION {
+        return Err(Error::InvalidArgument);
+    }
+    let keeper = keeper_port(k, c, w[3])?;
+    k.regions.get_mut(r).ok_or(Error::BadCap)?.keeper = keeper;
+    Ok(())
+}
+
+pub fn destroy(k: &mut Kernel, r: Id) -> Result<(), Error> {
+    k.regions.get(r).ok_or(Error::BadCap)?;
+    remove(k, r);
+    Ok(())
+}
+
+/// Removes a region and every mapping of it.
+pub fn remove(k: &mut Kernel, rid: Id) {
+    for mid in mappings_of(&k.mappings, rid) {
+        super::mapping::remove(k, mid);
+        // Its creator gets the mapping's charge back.
+        unregister(k, ObjRef::Mapping(mid));
+    }
+    k.regions.remove(rid);
+}
