@@ -137,6 +137,17 @@ fn inspect_lists_the_default_image() {
     }
 }
 
+/// The kernel state is reached only through `with_kernel`: taking it while it is taken (an
+/// entry nested in another) stops the kernel with a report instead of making a second
+/// `&mut` to the same state.
+#[test]
+fn nested_kernel_state_is_refused() {
+    for (who, run) in both("fluke.test=kernel-reentry") {
+        assert_eq!(run.status, i32::from(KERNEL_PANIC), "{who}: {run:?}");
+        run.assert_console("the kernel state was taken twice");
+    }
+}
+
 /// pvm.md §11 H1: a native IRETQ to user mode keeps kernel privilege on kvm_pvm, so the
 /// kernel returns to user mode only with SYSRETQ and has exactly one IRETQ (to kernel mode).
 #[test]

@@ -1,7 +1,7 @@
 //! Reading the PVH start info. The loader's structures are copied into kernel-owned storage
 //! early, so nothing later depends on where the loader put them.
 
-use crate::mm;
+use crate::mm::physmap;
 use fluke_abi::boot::{HvmMemmapEntry, HvmStartInfo, CMDLINE_MAX, XEN_HVM_START_MAGIC};
 use fluke_kcore::memmap::PhysRange;
 
@@ -102,10 +102,10 @@ impl BootInfo {
 /// Reads a `T` from physical memory through the boot mapping, if it lies in the first GiB.
 fn read_phys<T: Copy>(pa: u64) -> Option<T> {
     let end = pa.checked_add(core::mem::size_of::<T>() as u64)?;
-    if end > mm::BOOT_MAP_LIMIT {
+    if end > physmap::BOOT_MAP_LIMIT {
         return None;
     }
     // SAFETY: the boot page tables map [0, BOOT_MAP_LIMIT) at the kernel base, and T is a
     // plain-old-data type for which any bit pattern is valid.
-    Some(unsafe { core::ptr::read_unaligned(mm::phys_to_virt(pa) as *const T) })
+    Some(unsafe { core::ptr::read_unaligned(physmap::phys_to_virt(pa) as *const T) })
 }

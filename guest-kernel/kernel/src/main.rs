@@ -130,7 +130,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     kprintln!(
         "fluke: timer {}APIC one-shot, quantum {} ms, TSC {} kHz",
         if apic::x2apic() { "x2" } else { "x" },
-        kernel::sched::QUANTUM_NS / 1_000_000,
+        kernel::state::QUANTUM_NS / 1_000_000,
         tsc_khz
     );
     let bundle = match bundle.map(image::bundle) {

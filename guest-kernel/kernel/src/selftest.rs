@@ -9,6 +9,8 @@ pub fn run(name: &str) {
     kprintln!("fluke: self-test {name}");
     match name {
         "panic" => panic!("self-test requested a panic"),
+        // A kernel entry nested in another must stop the kernel, never alias its state.
+        "kernel-reentry" => crate::kernel::with_kernel(|_| crate::kernel::with_kernel(|_| ())),
         "spin" => loop {
             core::hint::spin_loop();
         },

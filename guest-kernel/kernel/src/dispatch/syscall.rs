@@ -66,7 +66,7 @@ fn fault_to_keeper(k: &mut Kernel, c: Caller) -> Option<Next> {
 }
 
 fn dispatch(k: &mut Kernel, c: Caller, call: Call, a: [u64; 6]) -> CallResult {
-    use objects::{cap, condition, mapping, mutex, port, port_set, reference, region, space, thread};
+    use objects::{cap, condition, mapping, memory, mutex, port, port_set, reference, region, space, thread};
     let v = objects::value;
     match call {
         Call::Null => Ok(Reply::Value(0)),
@@ -108,7 +108,7 @@ fn dispatch(k: &mut Kernel, c: Caller, call: Call, a: [u64; 6]) -> CallResult {
         Call::ThreadGetState => thread::get_state(k, c, a[0], a[1], a[2]),
         Call::ThreadSetState => thread::set_state(k, c, a[0], a[1], a[2]),
         Call::ThreadSetKeeper => thread::set_keeper(k, c, a[0], a[1]),
-        Call::Destroy => objects::destroy_call(k, c, a[0]),
+        Call::Destroy => objects::state::destroy_call(k, c, a[0]),
         Call::MutexCreate => mutex::create(k, c),
         Call::MutexLock => mutex::lock(k, c, a[0]),
         Call::MutexUnlock => mutex::unlock(k, c, a[0]),
@@ -123,13 +123,13 @@ fn dispatch(k: &mut Kernel, c: Caller, call: Call, a: [u64; 6]) -> CallResult {
         Call::CapGive => space::cap_give(k, c, a[0], a[1], a[2], a[3]),
         Call::CapTake => space::cap_take(k, c, a[0], a[1]),
         Call::ProgramRead => space::program_read(k, c, [a[0], a[1], a[2], a[3], a[4]]),
-        Call::ObjGetState => objects::get_state(k, c, a[0], a[1]),
-        Call::ObjSetState => objects::set_state(k, c, a[0], a[1]),
+        Call::ObjGetState => objects::state::get_state(k, c, a[0], a[1]),
+        Call::ObjSetState => objects::state::set_state(k, c, a[0], a[1]),
         Call::RefCreate => reference::create(k, c, a[0]),
         Call::RefGet => reference::get(k, c, a[0]),
-        Call::MemDiscard => mapping::discard(k, c, a[0], a[1], a[2]),
-        Call::MemInstall => mapping::install(k, c, a[0], a[1]),
-        Call::MemReferenced => mapping::referenced(k, c, a[0]),
+        Call::MemDiscard => memory::discard(k, c, a[0], a[1], a[2]),
+        Call::MemInstall => memory::install(k, c, a[0], a[1]),
+        Call::MemReferenced => memory::referenced(k, c, a[0]),
     }
 }
 
@@ -139,7 +139,7 @@ fn sleep_until(k: &mut Kernel, c: Caller, deadline: u64) -> CallResult {
     if time::now_ns() >= deadline {
         return Ok(Reply::Value(0));
     }
-    objects::thread::block_in_call(k, c.tid, ThreadState::Sleeping(deadline));
+    sched::block_in_call(k, c.tid, ThreadState::Sleeping(deadline));
     Ok(Reply::Then(Next::Schedule))
 }
 

@@ -9,17 +9,15 @@
 //! Object code never switches: it changes thread states (blocks the caller, makes others
 //! runnable) and returns a [`Next`], which the dispatcher hands to [`leave`].
 
+use super::space::activate_root;
+use super::state::{Caller, Kernel};
 use super::thread::{ThreadId, ThreadState};
-use super::{floor, space, Caller, Kernel};
+use super::floor;
 use crate::arch::user::{self, UserRegs};
-use crate::arch::{apic, paging, percpu};
+use crate::arch::{apic, percpu};
 use crate::time;
 use fluke_kcore::runq::Arm;
 use fluke_kcore::slab::Id;
-
-/// Round-robin time slice: 10 ms keeps the cost of preemption on kvm_pvm (~30 µs per timer
-/// interrupt in user mode) at 0.3% of a CPU-bound thread's time.
-pub const QUANTUM_NS: u64 = 10_000_000;
 
 /// What runs after a kernel call or event, as the code that handled it decided.
 #[must_use]
@@ -64,24 +62,6 @@ pub fn run(leave: Leave) -> ! {
 pub fn init(kernel_root: u64, idle_stack_top: u64) {
     percpu::get().cur_root.set(kernel_root);
     percpu::get().idle_stack_top.set(idle_stack_top);
-}
-
-/// Loads `root` into CR3 unless it is already there.
-fn activate_root(root: u64) {
-    let pc = percpu::get();
-    if pc.cur_root.get() != root {
-        // SAFETY: every root maps the kernel half, so the switch is safe anywhere in the
-        // kernel.
-        unsafe { paging::activate(root) };
-        pc.cur_root.set(root);
-    }
-}
-
-/// Called before an address space is freed: CR3 must not keep pointing at it.
-pub fn leave_space(root: u64) {
-    if percpu::get().cur_root.get() == root {
-        activate_root(space::kernel_root());
-    }
 }
 
 pub fn current(k: &mut Kernel) -> Option<ThreadId> {
@@ -148,6 +128,16 @@ pub fn block(k: &mut Kernel, tid: ThreadId, state: ThreadState) {
             k.queue.sleep(tid, d);
         }
     }
+}
+
+/// Blocks the running thread `tid` with its call in restart form: RIP back on its
+/// `syscall`, re-executed when it is woken or restarted (the caller then returns
+/// [`Next::Schedule`] or hands off).
+pub fn block_in_call(k: &mut Kernel, tid: ThreadId, state: ThreadState) {
+    if let Some(r) = k.regs(tid) {
+        fluke_kcore::user_regs::restart_call(r);
+    }
+    block(k, tid, state);
 }
 
 /// Marks a thread dead, to be reclaimed on the idle stack (it has been taken out of every

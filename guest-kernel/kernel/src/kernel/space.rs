@@ -5,7 +5,7 @@
 //! being built), so a bad user pointer can only ever yield an error.
 
 use crate::arch::paging::{self, MapError, UserPerm};
-use crate::arch::user;
+use crate::arch::{percpu, user};
 use crate::mm;
 use crate::sync::BootCell;
 use alloc::vec::Vec;
@@ -43,6 +43,24 @@ pub fn kernel_root() -> u64 {
     unsafe { TEMPLATE.get().kernel_root }
 }
 
+/// Loads `root` into CR3 unless it is already there.
+pub fn activate_root(root: u64) {
+    let pc = percpu::get();
+    if pc.cur_root.get() != root {
+        // SAFETY: every root maps the kernel half, so the switch is safe anywhere in the
+        // kernel.
+        unsafe { paging::activate(root) };
+        pc.cur_root.set(root);
+    }
+}
+
+/// Called before an address space is freed: CR3 must not keep pointing at it.
+pub fn leave_space(root: u64) {
+    if percpu::get().cur_root.get() == root {
+        activate_root(kernel_root());
+    }
+}
+
 impl From<MapError> for Error {
     fn from(e: MapError) -> Error {
         match e {
@@ -63,7 +81,7 @@ pub struct Space {
     /// children's spaces.
     pub budget: fluke_kcore::budget::Budget,
     /// The capabilities this space holds: the only objects its threads can name.
-    pub caps: fluke_kcore::cap::CapTable<super::ObjRef>,
+    pub caps: fluke_kcore::cap::CapTable<super::objref::ObjRef>,
 }
 
 /// Checks that `[addr, addr + len)` is a non-empty, page-aligned user range above page 0 and
@@ -94,7 +112,7 @@ impl Space {
             return_page: 0,
             anon: Vec::new(),
             budget: fluke_kcore::budget::Budget::new(quota),
-            caps: fluke_kcore::cap::CapTable::new(super::CAPS_PER_SPACE),
+            caps: fluke_kcore::cap::CapTable::new(super::objref::CAPS_PER_SPACE),
         };
         let page = space.alloc_zeroed()?;
         // SAFETY: a fresh frame, reached through the direct map.
@@ -280,7 +298,7 @@ impl Space {
 
 impl Drop for Space {
     fn drop(&mut self) {
-        super::sched::leave_space(self.root);
+        leave_space(self.root);
         paging::destroy_space(self.root);
     }
 }

@@ -2,7 +2,8 @@
 //! 2 KiB carved out of whole frames, and whole contiguous frames for anything larger.
 //! Everything is reached through the direct map, so the heap works in any address space.
 
-use super::{alloc_frame, alloc_frames_contiguous, free_frame, phys_to_virt, virt_to_phys};
+use super::frames::{alloc_frame, alloc_frames_contiguous, free_frame};
+use super::physmap::{phys_to_virt, virt_to_phys};
 use crate::sync::BootCell;
 use core::alloc::{GlobalAlloc, Layout};
 use core::ptr::null_mut;

@@ -56,10 +56,10 @@ fn map_slot(slot: usize) -> Result<(), MapError> {
     let root = super::kernel_root();
     let mut frames = [0u64; STACK_PAGES as usize];
     for i in 0..frames.len() {
-        match super::alloc_frame() {
+        match super::frames::alloc_frame() {
             Some(f) => frames[i] = f,
             None => {
-                frames[..i].iter().for_each(|&f| super::free_frame(f));
+                frames[..i].iter().for_each(|&f| super::frames::free_frame(f));
                 return Err(MapError::OutOfMemory);
             }
         }

@@ -1,6 +1,6 @@
 //! Capability calls on the caller's own table: drop one, copy one with fewer rights.
 
-use super::{CallResult, Reply};
+use super::object::{CallResult, Reply};
 use crate::kernel::{Caller, Kernel, ObjCap};
 use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;

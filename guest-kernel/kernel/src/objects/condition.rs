@@ -3,8 +3,7 @@
 //! point carries on correctly. The state machine is `fluke_kcore::sync_objects`.
 
 use super::mutex::{mutex_id, release};
-use super::thread::block_in_call;
-use super::{register_new, value, wake_all, CallResult, Reply};
+use super::object::{register_new, value, wake_all, CallResult, Reply};
 use crate::kernel::sched::{self, Next};
 use crate::kernel::thread::{ThreadId, ThreadState};
 use crate::kernel::{Caller, Kernel, ObjRef};
@@ -54,7 +53,7 @@ pub fn rewait(k: &mut Kernel, c: Caller, cond_name: u64, mutex_name: u64) -> Cal
 
 fn rewait_on(k: &mut Kernel, cv: Id, tid: ThreadId) -> CallResult {
     k.conditions.get_mut(cv).ok_or(Error::BadCap)?.wait(tid);
-    block_in_call(k, tid, ThreadState::CondWait(cv));
+    sched::block_in_call(k, tid, ThreadState::CondWait(cv));
     Ok(Reply::Then(Next::Schedule))
 }
 

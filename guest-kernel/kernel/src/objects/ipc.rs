@@ -10,8 +10,7 @@
 //! the results and steps RIP past the instruction. A client blocked waiting for a reply
 //! re-sends its call if restarted: calls are idempotent, as in Fluke.
 
-use super::thread::block_in_call;
-use super::{CallResult, Reply};
+use super::object::{CallResult, Reply};
 use crate::kernel::sched::{self, Next};
 use crate::kernel::thread::{Thread, ThreadId, ThreadState};
 use crate::kernel::{Caller, Kernel, ObjCap, ObjRef};
@@ -227,7 +226,7 @@ fn waiting_server_or_queue(k: &mut Kernel, me: ThreadId, set: Id) -> Option<Thre
     if let Some(s) = k.port_sets.get_mut(set) {
         s.push_caller(me);
     }
-    block_in_call(k, me, ThreadState::IpcCallQueued(set));
+    sched::block_in_call(k, me, ThreadState::IpcCallQueued(set));
     None
 }
 
@@ -242,7 +241,7 @@ pub fn call(k: &mut Kernel, c: Caller, port_name: u64) -> CallResult {
     if let Some(t) = k.threads.get_mut(w) {
         t.reply_to = Some(c.tid);
     }
-    block_in_call(k, c.tid, ThreadState::WaitReply(w));
+    sched::block_in_call(k, c.tid, ThreadState::WaitReply(w));
     Ok(Reply::Then(Next::HandOff {
         to: w,
         requeue: false,
@@ -350,7 +349,7 @@ pub fn wait(k: &mut Kernel, c: Caller, set_name: u64, replied_to: Option<ThreadI
     if let Some(s) = k.port_sets.get_mut(set) {
         s.push_server(me);
     }
-    block_in_call(k, me, ThreadState::IpcWait(set));
+    sched::block_in_call(k, me, ThreadState::IpcWait(set));
     Ok(Reply::Then(match replied_to {
         Some(r) => Next::HandOff {
             to: r,

@@ -3,8 +3,7 @@
 //! (host-tested); this file decodes the calls and blocks and wakes the threads it decides
 //! about.
 
-use super::thread::block_in_call;
-use super::{name_of, register_new, value, wake_all, CallResult, Reply};
+use super::object::{name_of, register_new, value, wake_all, CallResult, Reply};
 use crate::kernel::sched::{self, Next};
 use crate::kernel::thread::{ThreadId, ThreadState};
 use crate::kernel::{Caller, Kernel, ObjRef};
@@ -42,7 +41,7 @@ pub fn lock(k: &mut Kernel, c: Caller, name: u64) -> CallResult {
     match k.mutexes.get_mut(id).ok_or(Error::BadCap)?.lock(c.tid)? {
         Lock::Acquired => Ok(Reply::Value(0)),
         Lock::Wait => {
-            block_in_call(k, c.tid, ThreadState::MutexWait(id));
+            sched::block_in_call(k, c.tid, ThreadState::MutexWait(id));
             Ok(Reply::Then(Next::Schedule))
         }
     }

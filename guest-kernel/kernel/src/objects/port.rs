@@ -1,7 +1,7 @@
 //! Ports: an entry point into a port set, with the badge its receivers see. Messages are
 //! `ipc`.
 
-use super::{name_of, register_new, value, CallResult};
+use super::object::{name_of, register_new, value, CallResult};
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::Error;

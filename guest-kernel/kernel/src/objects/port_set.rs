@@ -1,7 +1,7 @@
 //! Port sets: where a server waits for the messages of all its ports. The queues are
 //! `fluke_kcore::ipc::PortSet` (host-tested); messages are `ipc`.
 
-use super::{register_new, value, wake_all, CallResult};
+use super::object::{register_new, value, wake_all, CallResult};
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::Error;

@@ -1,6 +1,6 @@
 //! References: a capability kept as an object, to be handed around and opened later.
 
-use super::{name_of, register_new, value, CallResult, Reply};
+use super::object::{name_of, register_new, value, CallResult, Reply};
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::ipc::NO_CAP;
 use fluke_abi::syscall::objstate::{self, WORDS};

@@ -1,7 +1,8 @@
 //! Regions: a Region exports a range of its owner's memory, to be mapped into other spaces
 //! (`mapping`); its keeper, if any, gets the faults on pages the owner does not have.
 
-use super::{name_of, register_new, unregister, value, CallResult};
+use super::object::{name_of, register_new, unregister, value, CallResult};
+use crate::kernel::process::Pid;
 use crate::kernel::space::check_user_range;
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::ipc::NO_CAP;
@@ -72,4 +73,22 @@ pub fn remove(k: &mut Kernel, rid: Id) {
         unregister(k, ObjRef::Mapping(mid));
     }
     k.regions.remove(rid);
+}
+
+/// A space is going away: unmap its regions from every space that maps them (before its
+/// frames are freed), and drop every mapping into it and every region of it.
+pub fn forget_space(k: &mut Kernel, pid: Pid) {
+    for rid in k.regions.ids() {
+        if k.regions.get(rid).is_some_and(|r| r.owner == pid) {
+            remove(k, rid);
+        }
+    }
+    for mid in k.mappings.ids() {
+        if k.mappings.get(mid).is_some_and(|m| m.target == pid) {
+            // Its page tables go with the space: only the record, and the charge, which
+            // goes back to the mapping's creator (a parent that mapped into a child).
+            k.mappings.remove(mid);
+            unregister(k, ObjRef::Mapping(mid));
+        }
+    }
 }

@@ -2,8 +2,9 @@
 //! user-level parent to fill, giving and taking capabilities, ending a subtree, waiting for
 //! a child, reading programs of the image.
 
-use super::thread::{block_in_call, grant, kill, new_thread, space_cap};
-use super::{usermem, CallResult, Reply};
+use super::thread::{grant, kill, new_thread, space_cap};
+use super::object::{created_by, unregister, CallResult, Reply};
+use super::usermem;
 use crate::arch::paging::UserPerm;
 use crate::arch::user::UserRegs;
 use crate::kernel::process::{Name, Pid, Process, ProcessState};
@@ -304,7 +305,7 @@ pub fn wait_call(k: &mut Kernel, c: Caller, child: u64) -> CallResult {
     match try_wait(k, c.pid, fluke_kcore::slab::Id::from_u64(child))? {
         Some(status) => Ok(Reply::Value(status as i64 as u64)),
         None => {
-            block_in_call(k, c.tid, ThreadState::WaitChild);
+            sched::block_in_call(k, c.tid, ThreadState::WaitChild);
             Ok(Reply::Then(Next::Schedule))
         }
     }
@@ -355,17 +356,17 @@ fn exit_one(k: &mut Kernel, pid: Pid, status: i32) {
     // Free the address space now; the Exited record stays until the parent waits. Other
     // spaces' mappings of its regions go first, so no frame stays mapped once freed.
     // Objects this space created die with it (threads it made in other spaces included).
-    for object in super::created_by(k, pid) {
+    for object in created_by(k, pid) {
         match object {
             ObjRef::Thread(t) => kill(k, t),
             ObjRef::Space(_) => {}
             other => {
-                let _ = super::destroy(k, other);
+                let _ = super::destroy::destroy(k, other);
             }
         }
-        super::unregister(k, object);
+        unregister(k, object);
     }
-    super::mapping::forget_space(k, pid);
+    super::region::forget_space(k, pid);
     if let Some(p) = k.processes.get_mut(pid) {
         let quota = p.space.as_ref().map(|s| s.budget.quota()).unwrap_or(0);
         drop(p.space.take());

@@ -2,7 +2,7 @@
 //! user-level parent can do to a child thread what the kernel does: read its entire state,
 //! destroy it, re-create it and let it continue, and the child cannot tell.
 
-use super::{register_new, value, CallResult, Reply};
+use super::object::{register_new, unregister, value, CallResult, Reply};
 use crate::arch::user::UserRegs;
 use crate::kernel::process::Pid;
 use crate::kernel::sched;
@@ -200,7 +200,7 @@ pub fn destroy(k: &mut Kernel, c: Caller, tid: ThreadId) -> Result<(), Error> {
     }
     let pid = k.pid_of(tid).ok_or(Error::BadCap)?;
     kill(k, tid);
-    super::unregister(k, ObjRef::Thread(tid));
+    unregister(k, ObjRef::Thread(tid));
     if let Some(p) = k.processes.get_mut(pid) {
         p.threads.retain(|&t| t != tid);
     }
@@ -224,16 +224,6 @@ pub fn unqueue(k: &mut Kernel, tid: ThreadId) {
 pub fn kill(k: &mut Kernel, tid: ThreadId) {
     unqueue(k, tid);
     sched::bury(k, tid);
-}
-
-/// Blocks the calling thread `tid` with its call in restart form: RIP back on its
-/// `syscall`, re-executed when it is woken or restarted (the caller then returns
-/// [`sched::Next::Schedule`] or hands off).
-pub fn block_in_call(k: &mut Kernel, tid: ThreadId, state: ThreadState) {
-    if let Some(r) = k.regs(tid) {
-        fluke_kcore::user_regs::restart_call(r);
-    }
-    sched::block(k, tid, state);
 }
 
 fn as_bytes(r: &UserRegs) -> &[u8] {

@@ -4,7 +4,7 @@
 //! timer is programmed only when the scheduler needs it (one-shot, no periodic tick).
 
 use super::{cpu, paging};
-use crate::mm;
+use crate::mm::physmap;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 pub const TIMER_VECTOR: u8 = 0x40;
@@ -79,7 +79,7 @@ pub fn init(x2apic_supported: bool, root: u64) -> Result<(), paging::MapError> {
     }
     X2APIC.store(x2apic_supported, Ordering::Relaxed);
     if !x2apic_supported {
-        let virt = mm::DEVICE_MAP_BASE;
+        let virt = physmap::DEVICE_MAP_BASE;
         paging::map_device(root, virt, XAPIC_PHYS)?;
         XAPIC_VIRT.store(virt, Ordering::Relaxed);
     }

@@ -49,7 +49,7 @@
 .set USER_RFLAGS_SET,  0x202
 .set FLOOR_SYSCALL,   0xf100
 .set FLOOR_SWITCH,    0xf101
-/* A call's result for Error::PeerGone (fluke_abi; asserted in selftest.rs) */
+/* A call's result for Error::PeerGone (fluke_abi; asserted in kernel/floor.rs) */
 .set ERR_PEER_GONE,   -11
 
     .section .text
@@ -223,7 +223,7 @@ floor_syscall:
    It is a real switch, only without the scheduler: every user register of the thread that
    leaves is saved (as a kernel call saves them: the call returns 0 when the partner
    switches back, PeerGone if the pair ends first and the scheduler resumes it), the
-   FPU/SSE/AVX state and the FS and GS bases are switched (as sched.rs switch_to does),
+   FPU/SSE/AVX state and the FS and GS bases are switched (as kernel/sched.rs switch_to does),
    and every register of the thread that comes in is restored, its RFLAGS sanitised.
    Only a pair member that entered by SYSCALL is ever resumed here (floor_join and the
    scheduler keep it so), so its RCX and R11 are its RIP and RFLAGS and one SYSRETQ

@@ -7,7 +7,8 @@
 //! the even page, with U=0 kernel mappings.
 
 use super::{cpu, platform};
-use crate::mm;
+use crate::mm::frames::{alloc_frame, alloc_frames_contiguous, free_frame};
+use crate::mm::physmap::{kernel_virt_to_phys, phys_to_virt};
 use core::sync::atomic::{AtomicBool, Ordering};
 
 pub const PAGE_SIZE: u64 = 4096;
@@ -84,11 +85,11 @@ pub enum MapError {
 }
 
 fn table(phys: u64) -> *mut u64 {
-    mm::phys_to_virt(phys) as *mut u64
+    phys_to_virt(phys) as *mut u64
 }
 
 fn alloc_table() -> Result<u64, MapError> {
-    let frame = mm::alloc_frame().ok_or(MapError::OutOfMemory)?;
+    let frame = alloc_frame().ok_or(MapError::OutOfMemory)?;
     // SAFETY: the frame was just allocated to us and the direct map covers it.
     unsafe { core::ptr::write_bytes(table(frame), 0, 512) };
     Ok(frame)
@@ -96,7 +97,7 @@ fn alloc_table() -> Result<u64, MapError> {
 
 /// Allocates a zeroed root pair and returns the physical address of its even page.
 pub fn new_root_pair() -> Result<u64, MapError> {
-    let pair = mm::alloc_frames_contiguous(2, 2).ok_or(MapError::OutOfMemory)?;
+    let pair = alloc_frames_contiguous(2, 2).ok_or(MapError::OutOfMemory)?;
     // SAFETY: both frames were just allocated to us and the direct map covers them.
     unsafe { core::ptr::write_bytes(table(pair), 0, 1024) };
     Ok(pair)
@@ -342,11 +343,11 @@ pub fn destroy_space(root: u64) {
             let next = e & ADDR_MASK;
             if level == 3 {
                 if e & OWNED != 0 {
-                    mm::free_frame(next);
+                    free_frame(next);
                 }
             } else {
                 free_level(next, level + 1);
-                mm::free_frame(next);
+                free_frame(next);
             }
         }
     }
@@ -355,11 +356,11 @@ pub fn destroy_space(root: u64) {
         let e = unsafe { *entry_ptr(root, idx) };
         if e & PRESENT != 0 {
             free_level(e & ADDR_MASK, 1);
-            mm::free_frame(e & ADDR_MASK);
+            free_frame(e & ADDR_MASK);
         }
     }
-    mm::free_frame(root);
-    mm::free_frame(root + PAGE_SIZE);
+    free_frame(root);
+    free_frame(root + PAGE_SIZE);
 }
 
 /// Builds the tree of the upper-half pages that kvm_pvm reads and writes through the user
@@ -378,7 +379,7 @@ pub fn build_entry_tree(pages: &[(u64, usize)]) -> Result<(usize, u64), MapError
         let mut off = 0;
         while off < len as u64 {
             let v = virt + off;
-            let p = mm::kernel_virt_to_phys(v);
+            let p = kernel_virt_to_phys(v);
             // A walk from the PDPT down, creating PD/PT levels as needed.
             let mut t = pdpt;
             for shift in [30u32, 21] {

@@ -19,7 +19,7 @@ pub struct PerCpu {
     pub ret_rsp: Word,
     /// Top of the stack the scheduler and the idle loop run on.
     pub idle_stack_top: Word,
-    /// Index of the running thread (sched.rs), kept here so the floor switch can update it.
+    /// Index of the running thread (kernel/sched.rs), kept here so the floor switch can update it.
     pub cur_thread: Word,
     /// The bare-switch benchmark pair (platform.switch_floor), when active.
     pub floor_active: Word,
@@ -82,7 +82,7 @@ pub static PERCPU: PerCpu = PerCpu {
     floor_regs: [Word::new(0), Word::new(0)],
     floor_root: [Word::new(0), Word::new(0)],
     floor_kstack: [Word::new(0), Word::new(0)],
-    floor_thread: [Word::new(u64::MAX), Word::new(u64::MAX)], // selftest::NO_FLOOR_THREAD
+    floor_thread: [Word::new(u64::MAX), Word::new(u64::MAX)], // kernel::floor::NO_FLOOR_THREAD
     cur_root: Word::new(0),
     cur_fpu: Word::new(0),
     floor_fpu: [Word::new(0), Word::new(0)],

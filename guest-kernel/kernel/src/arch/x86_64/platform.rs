@@ -146,7 +146,7 @@ pub fn enable_pv_mode() {
     if backend() != Backend::Pv {
         return;
     }
-    let gpa = crate::mm::kernel_virt_to_phys(PV_PAGE.as_ptr() as u64);
+    let gpa = crate::mm::physmap::kernel_virt_to_phys(PV_PAGE.as_ptr() as u64);
     // SAFETY: the PV page is a page-aligned, zeroed kernel page inside guest RAM, and the
     // preconditions above hold; this is the protocol of pvm.md §4.1 with flags 0x17.
     unsafe { cpu::wrmsr(MSR_PVM_CONTROL, gpa | PVM_FLAGS) };

@@ -1,0 +1,25 @@
+//! Destroying the objects other than threads and spaces (those are `thread` and `space`,
+//! which end what they hold too).
+
+use super::object::unregister;
+use super::{condition, mapping, mutex, port, port_set, reference, region};
+use crate::kernel::{Kernel, ObjRef};
+use fluke_abi::syscall::Error;
+
+/// Destroys a port, port set, mutex, condition, region, mapping or reference, and gives
+/// its creator its frames back.
+pub fn destroy(k: &mut Kernel, object: ObjRef) -> Result<(), Error> {
+    match object {
+        ObjRef::Port(p) => port::destroy(k, p)?,
+        ObjRef::PortSet(s) => port_set::destroy(k, s)?,
+        ObjRef::Mutex(m) => mutex::destroy(k, m)?,
+        ObjRef::Condition(cv) => condition::destroy(k, cv)?,
+        ObjRef::Region(r) => region::destroy(k, r)?,
+        ObjRef::Mapping(m) => mapping::destroy(k, m)?,
+        ObjRef::Reference(r) => reference::destroy(k, r)?,
+        ObjRef::Thread(_) | ObjRef::Space(_) => return Err(Error::WrongType),
+    }
+    unregister(k, object);
+    Ok(())
+}
+
