@@ -3,7 +3,10 @@
 //! queues name).
 
 use crate::slab::Id;
+use crate::user_regs::complete_call;
 use alloc::collections::VecDeque;
+use fluke_abi::syscall::ipc::{MAX_DATA, NO_CAP};
+use fluke_abi::syscall::{Error, ThreadRegs};
 
 /// Badges travel in RAX, where values in [-4095, -1] mean errors: a badge is at most this.
 pub const MAX_BADGE: u64 = i64::MAX as u64;
@@ -93,6 +96,76 @@ fn pop_live<T: Copy>(q: &mut VecDeque<T>, live: impl Fn(T) -> bool) -> Option<T>
     None
 }
 
+/// A message as its sender's registers give it: four words (`rsi, rdx, r10, r8`), a
+/// capability name (`r9`, [`NO_CAP`] for none) and data (`r12` pointer, `r13` length, at
+/// most [`MAX_DATA`] bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    pub words: [u64; 4],
+    pub cap: u64,
+    pub data_ptr: u64,
+    pub data_len: usize,
+}
+
+impl Outgoing {
+    pub fn from_regs(r: &ThreadRegs) -> Result<Outgoing, Error> {
+        if r.r13 > MAX_DATA as u64 {
+            return Err(Error::InvalidArgument);
+        }
+        Ok(Outgoing {
+            words: [r.rsi, r.rdx, r.r10, r.r8],
+            cap: r.r9,
+            data_ptr: r.r12,
+            data_len: r.r13 as usize,
+        })
+    }
+}
+
+/// Where a receiver takes data (`r14`) and how much of `sent` bytes fit there (its
+/// capacity is `r15`): the rest is cut off.
+pub fn receive_buffer(r: &ThreadRegs, sent: usize) -> (u64, usize) {
+    (r.r14, sent.min(usize::try_from(r.r15).unwrap_or(usize::MAX)))
+}
+
+/// What a receiver is told of a message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// RAX: the port's badge (a server receiving), or the result (a client's reply).
+    pub rax: u64,
+    pub words: [u64; 4],
+    /// The receiver's name for the capability that came with it, or [`NO_CAP`].
+    pub cap: u64,
+    /// Bytes the sender sent (`r13`) and bytes that arrived in the buffer (`r15`).
+    pub sent: usize,
+    pub delivered: usize,
+}
+
+impl Delivery {
+    /// A kernel-made message (a fault): words only.
+    pub fn fault(badge: u64, words: [u64; 4]) -> Delivery {
+        Delivery {
+            rax: badge,
+            words,
+            cap: NO_CAP,
+            sent: 0,
+            delivered: 0,
+        }
+    }
+
+    /// Writes the message into the receiver's registers; one `blocked` in its receiving
+    /// call (RIP on its `syscall`) is stepped past it, so the call is complete.
+    pub fn write(&self, dst: &mut ThreadRegs, blocked: bool) {
+        [dst.rsi, dst.rdx, dst.r10, dst.r8] = self.words;
+        dst.r9 = self.cap;
+        dst.r13 = self.sent as u64;
+        dst.r15 = self.delivered as u64;
+        dst.rax = self.rax;
+        if blocked {
+            complete_call(dst);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,6 +210,52 @@ mod tests {
         let c = s.pop_caller(|_| true).unwrap();
         s.return_caller(c);
         assert_eq!(s.callers().collect::<Vec<_>>(), [7, 8]);
+    }
+
+    #[test]
+    fn a_message_is_read_from_and_written_to_the_abi_registers() {
+        let src = ThreadRegs {
+            rsi: 1,
+            rdx: 2,
+            r10: 3,
+            r8: 4,
+            r9: 7,
+            r12: 0x5000,
+            r13: 100,
+            ..ThreadRegs::default()
+        };
+        let m = Outgoing::from_regs(&src).unwrap();
+        assert_eq!((m.words, m.cap, m.data_ptr, m.data_len), ([1, 2, 3, 4], 7, 0x5000, 100));
+        let too_long = ThreadRegs {
+            r13: MAX_DATA as u64 + 1,
+            ..src
+        };
+        assert_eq!(Outgoing::from_regs(&too_long), Err(Error::InvalidArgument));
+
+        let mut dst = ThreadRegs {
+            r14: 0x9000,
+            r15: 40,
+            rip: 0x1002,
+            rcx: 0x1002,
+            ..ThreadRegs::default()
+        };
+        assert_eq!(receive_buffer(&dst, 100), (0x9000, 40));
+        assert_eq!(receive_buffer(&dst, 10), (0x9000, 10));
+        let d = Delivery {
+            rax: 0x55,
+            words: m.words,
+            cap: 3,
+            sent: 100,
+            delivered: 40,
+        };
+        d.write(&mut dst, true);
+        assert_eq!([dst.rsi, dst.rdx, dst.r10, dst.r8], [1, 2, 3, 4]);
+        assert_eq!((dst.r9, dst.r13, dst.r15, dst.rax), (3, 100, 40, 0x55));
+        // Blocked on its `syscall` at 0x1002: now past it, where SYSRET returns.
+        assert_eq!((dst.rip, dst.rcx), (0x1004, 0x1004));
+        let before = dst;
+        Delivery::fault(9, [5, 6, 7, 8]).write(&mut dst, false);
+        assert_eq!((dst.rip, dst.r9, dst.r13, dst.r15, dst.rax), (before.rip, NO_CAP, 0, 0, 9));
     }
 
     #[test]

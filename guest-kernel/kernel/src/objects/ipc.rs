@@ -17,6 +17,7 @@ use crate::kernel::{Caller, Kernel, ObjCap, ObjRef};
 use fluke_abi::syscall::ipc::{MAX_DATA, NO_CAP};
 use fluke_abi::syscall::{encode, Call, Error};
 use fluke_kcore::cap::Rights;
+use fluke_kcore::ipc::{receive_buffer, Delivery, Outgoing};
 use fluke_kcore::slab::{Id, Slab};
 use fluke_kcore::user_regs;
 
@@ -88,28 +89,18 @@ fn take_cap(k: &mut Kernel, from: ThreadId, name: u64) -> Result<Option<ObjCap>,
 /// else changes; a page only a keeper has fails the whole transfer with nothing changed.
 fn transfer(k: &mut Kernel, from: ThreadId, to: ThreadId, rax_value: u64) -> Result<(), Error> {
     k.keeper_fault = None;
-    let src = k.regs(from).ok_or(Error::PeerGone)?;
-    let (words, cap_name) = ([src.rsi, src.rdx, src.r10, src.r8], src.r9);
-    let (data_ptr, data_len) = (src.r12, src.r13);
-    if data_len > MAX_DATA as u64 {
-        return Err(Error::InvalidArgument);
-    }
+    let msg = Outgoing::from_regs(k.regs(from).ok_or(Error::PeerGone)?)?;
     let mut data = [0u8; MAX_DATA];
-    let data = &mut data[..data_len as usize];
+    let data = &mut data[..msg.data_len];
     if !data.is_empty() {
         let from_pid = k.pid_of(from).ok_or(Error::PeerGone)?;
         k.space_ref(from_pid).ok_or(Error::PeerGone)?;
-        super::usermem::copy_in(k, from_pid, data_ptr, data)?;
+        super::usermem::copy_in(k, from_pid, msg.data_ptr, data)?;
     }
-    let dst = k.regs(to).ok_or(Error::PeerGone)?;
-    // The data goes into the receiver's buffer (r14, capacity r15), truncated to fit; r13
-    // says how much was sent, r15 how much arrived. A buffer page only its keeper can
-    // bring back fails the whole transfer (nothing has changed yet): the thread making
-    // the call takes the fault and re-executes it.
-    let fits = data
-        .len()
-        .min(usize::try_from(dst.r15).unwrap_or(usize::MAX));
-    let buffer = dst.r14;
+    // The data goes into the receiver's buffer, truncated to fit. A buffer page only its
+    // keeper can bring back fails the whole transfer (nothing has changed yet): the thread
+    // making the call takes the fault and re-executes it.
+    let (buffer, fits) = receive_buffer(k.regs(to).ok_or(Error::PeerGone)?, data.len());
     let to_pid = k.pid_of(to).filter(|&p| k.space_ref(p).is_some());
     let delivered = match to_pid {
         Some(pid) if fits > 0 => match super::usermem::copy_out(k, pid, buffer, &data[..fits]) {
@@ -119,14 +110,15 @@ fn transfer(k: &mut Kernel, from: ThreadId, to: ThreadId, rax_value: u64) -> Res
         },
         _ => 0,
     };
-    let cap = take_cap(k, from, cap_name)?;
+    // Invoke: nothing below fails once the capability is taken.
+    let cap = take_cap(k, from, msg.cap)?;
     let received = match cap {
         Some(cap) => match caps_of(k, to).map(|t| t.insert(cap)) {
             Some(Ok(name)) => u64::from(name),
             _ => {
                 // The receiver's table is full: the capability stays with the sender.
                 if let Some(t) = caps_of(k, from) {
-                    let _ = t.insert_at(cap_name as u32, cap);
+                    let _ = t.insert_at(msg.cap as u32, cap);
                 }
                 NO_CAP
             }
@@ -134,15 +126,14 @@ fn transfer(k: &mut Kernel, from: ThreadId, to: ThreadId, rax_value: u64) -> Res
         None => NO_CAP,
     };
     let blocked = k.threads.get(to).is_some_and(|t| !t.runnable());
-    let dst = k.regs(to).ok_or(Error::PeerGone)?;
-    [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
-    dst.r9 = received;
-    dst.r13 = data.len() as u64;
-    dst.r15 = delivered as u64;
-    dst.rax = rax_value;
-    if blocked {
-        user_regs::complete_call(dst);
-    }
+    let delivery = Delivery {
+        rax: rax_value,
+        words: msg.words,
+        cap: received,
+        sent: data.len(),
+        delivered,
+    };
+    delivery.write(k.regs(to).ok_or(Error::PeerGone)?, blocked);
     Ok(())
 }
 
@@ -432,14 +423,7 @@ pub fn forget_thread(k: &mut Kernel, tid: ThreadId) {
 fn deliver_fault(k: &mut Kernel, to: ThreadId, badge: u64, words: [u64; 4]) {
     let blocked = k.threads.get(to).is_some_and(|t| !t.runnable());
     if let Some(dst) = k.regs(to) {
-        [dst.rsi, dst.rdx, dst.r10, dst.r8] = words;
-        dst.r9 = NO_CAP;
-        dst.r13 = 0;
-        dst.r15 = 0;
-        dst.rax = badge;
-        if blocked {
-            user_regs::complete_call(dst);
-        }
+        Delivery::fault(badge, words).write(dst, blocked);
     }
 }
 
