@@ -18,6 +18,7 @@ pub mod runq;
 pub mod slab;
 pub mod sync_objects;
 pub mod teardown;
+pub mod user_range;
 pub mod user_regs;
 pub mod xsave;
 

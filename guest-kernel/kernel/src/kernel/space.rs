@@ -263,34 +263,23 @@ impl Space {
     }
 
     fn copy_unattached(&mut self, addr: u64, data: &[u8], write: bool) -> Result<(), Error> {
-        let end = addr
-            .checked_add(data.len() as u64)
-            .ok_or(Error::BadAddress)?;
-        if end > USER_MAP_END {
-            return Err(Error::BadAddress);
-        }
-        let mut va = addr;
-        while va < end {
-            let page = va & !(PAGE - 1);
-            let chunk = ((page + PAGE).min(end) - va) as usize;
-            let frame = match self.frame_for(page, write) {
+        for p in fluke_kcore::user_range::pieces(addr, data.len())? {
+            let frame = match self.frame_for(p.page, write) {
                 Some(r) => r?,
-                None if self.handle_fault(page) => self
-                    .frame_for(page, write)
+                None if self.handle_fault(p.page) => self
+                    .frame_for(p.page, write)
                     .unwrap_or(Err(Error::BadAddress))?,
                 None => return Err(Error::BadAddress),
             };
-            let off = (va - addr) as usize;
             // SAFETY: `frame` is a user frame of this space (translated above), reached
-            // through the direct map; `chunk` bytes stay inside it.
+            // through the direct map; the piece stays inside it.
             unsafe {
                 core::ptr::copy_nonoverlapping(
-                    data[off..].as_ptr(),
-                    (mm::phys_to_virt(frame) + (va - page)) as *mut u8,
-                    chunk,
+                    data[p.in_buffer..].as_ptr(),
+                    (mm::phys_to_virt(frame) + p.in_page) as *mut u8,
+                    p.len,
                 )
             };
-            va += chunk as u64;
         }
         Ok(())
     }

@@ -11,10 +11,8 @@ use super::mapping::{self, Resolution};
 use crate::kernel::process::Pid;
 use crate::kernel::{KeeperFault, Kernel};
 use crate::mm;
-use fluke_abi::syscall::layout::USER_MAP_END;
 use fluke_abi::syscall::Error;
 
-const PAGE: u64 = 4096;
 
 /// Copies user memory of `pid` at `addr` into `buf`.
 pub fn copy_in(k: &mut Kernel, pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
@@ -70,21 +68,9 @@ fn copy(
     write: bool,
     mut f: impl FnMut(u64, usize, usize),
 ) -> Result<(), Error> {
-    let end = addr.checked_add(len as u64).ok_or(Error::BadAddress)?;
-    if end > USER_MAP_END {
-        return Err(Error::BadAddress);
-    }
-    let mut va = addr;
-    while va < end {
-        let page = va & !(PAGE - 1);
-        let chunk = ((page + PAGE).min(end) - va) as usize;
-        let frame = user_frame(k, pid, page, write)?;
-        f(
-            mm::phys_to_virt(frame) + (va - page),
-            (va - addr) as usize,
-            chunk,
-        );
-        va += chunk as u64;
+    for p in fluke_kcore::user_range::pieces(addr, len)? {
+        let frame = user_frame(k, pid, p.page, write)?;
+        f(mm::phys_to_virt(frame) + p.in_page, p.in_buffer, p.len);
     }
     Ok(())
 }
