@@ -29,6 +29,9 @@ fn hostile_register_state_page_zero_compat_syscall_fpu_and_floors_are_refused() 
         }
         run.assert_console("victim: fpu-get: 0 non-zero register bytes");
         run.assert_console("victim: fpu-set: x87 kept true, xmm0 kept true, xmm7 kept true");
+        run.assert_console(
+            "victim: floor-nocap: join Err(BadCap), enable Err(BadCap), floor call false, floor switch false",
+        );
     }
 }
 
@@ -61,7 +64,7 @@ fn vector_state_and_segment_bases_are_switched_exported_and_loaded_safely() {
 
 #[test]
 fn the_benchmark_floor_pair_keeps_every_rule() {
-    for (who, run) in both("fluke.init=ktest,floors fluke.floors=on") {
+    for (who, run) in both("fluke.init=ktest,floors") {
         assert_eq!(run.status, 0, "{who}: {run:?}");
         run.assert_console("ktest: floors: 0 unexpected");
         run.assert_console("victim: floor-seg: 500 switches, 0 with a wrong FS or GS base");

@@ -114,7 +114,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         name: "platform.syscall_floor",
         model: Model::Microkernel,
         unit: "ns",
-        cmdline: "fluke.init=bench,floor,20000 fluke.floors=on",
+        cmdline: "fluke.init=bench,floor,20000",
         sample: Sample::Guest("platform.syscall_floor"),
     },
     Benchmark {
@@ -135,7 +135,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         name: "platform.switch_floor",
         model: Model::Microkernel,
         unit: "ns",
-        cmdline: "fluke.init=bench,switch-floor,5000 fluke.floors=on",
+        cmdline: "fluke.init=bench,switch-floor,5000",
         sample: Sample::Guest("platform.switch_floor"),
     },
     Benchmark {

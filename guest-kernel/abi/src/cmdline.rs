@@ -6,9 +6,10 @@
 //! - `fluke.test=NAME` (kernel self-tests used by the integration tests),
 //! - `fluke.bench=NAME` (in-guest benchmarks used by `fluke-vmm bench`),
 //! - `fluke.init=PROGRAM[,ARG...]` (start another program of the image as init),
-//! - `fluke.tsc_khz=N` (the TSC frequency, written by fluke-vmm from KVM_GET_TSC_KHZ),
-//! - `fluke.floors=on` (enables the platform-floor benchmark paths; only `fluke-vmm bench`
-//!   passes it: without it, the floor calls are unknown calls like any other).
+//! - `fluke.tsc_khz=N` (the TSC frequency, written by fluke-vmm from KVM_GET_TSC_KHZ).
+//!
+//! The platform-floor benchmark paths are not a boot option: they sit behind the benchmark
+//! capability that only init receives (`syscall::INIT_BENCH_CAP`).
 
 pub const PLATFORM: &str = "fluke.platform";
 pub const TEST: &str = "fluke.test";
@@ -17,9 +18,6 @@ pub const BENCH: &str = "fluke.bench";
 pub const INIT: &str = "fluke.init";
 /// `fluke.tsc_khz=N`: the TSC frequency, when the VMM knows it.
 pub const TSC_KHZ: &str = "fluke.tsc_khz";
-/// `fluke.floors=on`: the bare floor paths (`FLOOR_SYSCALL`, `FLOOR_SWITCH`,
-/// `bench(SwitchFloorJoin)`) exist only in a boot that asks for them.
-pub const FLOORS: &str = "fluke.floors";
 
 /// The words of an init line: `fluke.init`'s comma-separated words, or the manifest's
 /// `init` words, with `>` also splitting (and kept as a word of its own), so a stack of

@@ -159,6 +159,7 @@ pub mod objstate {
     pub const SPACE: u64 = 7; // [SPACE, budget frames, used frames, available frames]
     pub const THREAD: u64 = 8; // [THREAD] (its state: thread_get_state)
     pub const REFERENCE: u64 = 9; // [REFERENCE, the object it holds]
+    pub const BENCH: u64 = 10; // [BENCH] (the benchmark capability: INIT_BENCH_CAP)
     pub const WORDS: usize = 6;
     /// In a mutex's state: held by the calling thread itself (which has no name for itself).
     pub const SELF_THREAD: u64 = u64::MAX - 1;
@@ -301,21 +302,35 @@ impl Call {
 }
 
 /// Call numbers handled by the entry code itself, without the dispatcher: the platform's
-/// floor, measured by the same kernel in the same run.
+/// floor, measured by the same kernel in the same run. `FLOOR_SYSCALL` is the bare entry
+/// and return, for a thread that has enabled it with `bench(FloorCalls, cap)`; for any
+/// other thread it is an unknown call.
 pub const FLOOR_SYSCALL: u64 = 0xf100;
-/// Bare address-space switch between the two threads registered with `BenchOp::SwitchFloorPair`.
+/// Bare address-space switch between the two threads of the pair `BenchOp::SwitchFloorJoin`
+/// forms; for a thread outside the pair it is an unknown call.
 pub const FLOOR_SWITCH: u64 = 0xf101;
+
+/// The name under which the first process (init) holds the benchmark capability, the only
+/// one the kernel makes: the floor operations of [`Call::Bench`] need it (with USE), and
+/// init may pass it on (with GRANT) like any other capability. It is the table's last name,
+/// so every name a program gets from a create call is the same as without it.
+pub const INIT_BENCH_CAP: u64 = 255;
 
 /// Operations of [`Call::Bench`].
 #[repr(u64)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BenchOp {
-    /// Joins the bare switch pair (`FLOOR_SWITCH`): completes it if another thread waits
-    /// (returns 1, the caller running in the pair), else waits in the call for a partner
-    /// (returns 0 when resumed, by the partner's switch or by the scheduler).
+    /// `bench(SwitchFloorJoin, cap)`, `cap` the benchmark capability: joins the bare switch
+    /// pair (`FLOOR_SWITCH`), and enables `FLOOR_SYSCALL` for the caller as `FloorCalls`
+    /// does. Completes the pair if another thread waits (returns 1, the caller running in
+    /// the pair), else waits in the call for a partner (returns 0 when resumed, by the
+    /// partner's switch or by the scheduler).
     SwitchFloorJoin = 1,
-    /// The TSC frequency in kHz, for user-side timing with RDTSC.
+    /// The TSC frequency in kHz, for user-side timing with RDTSC (needs no capability).
     TscKhz = 2,
+    /// `bench(FloorCalls, cap)`, `cap` the benchmark capability: enables `FLOOR_SYSCALL`
+    /// for the calling thread for the rest of its life.
+    FloorCalls = 3,
 }
 
 /// Error codes, returned negated in `rax`.

@@ -110,10 +110,6 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     if let Some(xsave) = &fpu {
         log_xsave_layout(xsave);
     }
-    if cmdline::get(cmd, cmdline::FLOORS) == Some("on") {
-        kernel::floor::enable();
-        kprintln!("fluke: floor benchmark paths on");
-    }
     apic::disable_legacy_pic();
     if let Err(e) = apic::init(detected.x2apic, root) {
         panic!("cannot map the local APIC: {:?}", e);
@@ -181,6 +177,12 @@ fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>
     let started = kernel::with_kernel(|k| {
         let pid = objects::space::spawn(k, name, &args, None, &[])?;
         k.init = Some(pid);
+        // The benchmark capability, under the table's last name (fluke_abi INIT_BENCH_CAP).
+        let bench = kernel::objref::owner_cap(kernel::ObjRef::Bench);
+        k.space(pid)
+            .ok_or(fluke_abi::syscall::Error::InvalidArgument)?
+            .caps
+            .insert_at(fluke_abi::syscall::INIT_BENCH_CAP as u32, bench)?;
         Ok::<_, fluke_abi::syscall::Error>(pid)
     });
     match started {

@@ -104,8 +104,23 @@ pub fn bench(op: BenchOp, arg: u64) -> Result<u64, Error> {
     call(Call::Bench, op as u64, arg, 0, 0)
 }
 
+/// The benchmark capability's name in init's table: the floor calls need it.
+pub use fluke_abi::syscall::INIT_BENCH_CAP;
+
+/// Opens [`floor_syscall`] to the calling thread; `bench_cap` names the benchmark
+/// capability.
+pub fn enable_floor_calls(bench_cap: u64) -> Result<(), Error> {
+    bench(BenchOp::FloorCalls, bench_cap).map(|_| ())
+}
+
+/// Joins the bare-switch pair ([`floor_switch`]): `Ok(1)` if it completed the pair (the
+/// caller runs in it), `Ok(0)` when resumed after waiting in the call for a partner.
+pub fn floor_join(bench_cap: u64) -> Result<u64, Error> {
+    bench(BenchOp::SwitchFloorJoin, bench_cap)
+}
+
 /// The platform floor: SYSCALL straight back to SYSRETQ in the entry code. True if the
-/// floor path ran (it exists only in a boot with `fluke.floors=on`).
+/// floor path ran (only for a thread that opened it: [`enable_floor_calls`]).
 #[inline(always)]
 pub fn floor_syscall() -> bool {
     let ret: u64;

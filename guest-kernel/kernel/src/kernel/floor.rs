@@ -1,7 +1,7 @@
 //! The bare-switch benchmark pair's state (`platform.switch_floor`, entry.S floor_switch):
 //! two threads that switch to each other without the scheduler while the pair lasts. The
-//! scheduler ends the pair whenever it has to decide who runs. Reached only in a boot with
-//! `fluke.floors=on` (`fluke-vmm bench`), which the default boot does not pass.
+//! scheduler ends the pair whenever it has to decide who runs. Reached only by threads that
+//! presented the benchmark capability (dispatch/bench.rs), which only init receives.
 
 use crate::arch::percpu;
 use super::thread::ThreadId;
@@ -13,13 +13,11 @@ pub const NO_FLOOR_THREAD: u64 = u64::MAX;
 // interrupts: it must stay what `fluke_abi` decodes as PeerGone.
 const _: () = assert!(fluke_abi::syscall::Error::PeerGone as i64 == 11);
 
-/// Enables the floor paths for this boot.
-pub fn enable() {
-    percpu::get().floors_enabled.set(1);
-}
-
-pub fn enabled() -> bool {
-    percpu::get().floors_enabled.get() != 0
+/// Whether entry.S takes the bare floor call for the thread about to run (its
+/// `Thread::floor_calls`): set on every switch, and by the call that enables it. The floor
+/// switch does not change it: both members of a pair have it (joining enables it).
+pub fn allow_calls(allowed: bool) {
+    percpu::get().floors_enabled.set(u64::from(allowed));
 }
 
 /// The scheduler is about to run `tid`: a side 0 still waiting for a partner stops

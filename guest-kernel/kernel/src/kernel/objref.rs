@@ -18,12 +18,16 @@ pub enum ObjRef {
     Region(Id),
     Mapping(Id),
     Reference(Id),
+    /// The benchmark capability (`fluke_abi::syscall::INIT_BENCH_CAP`): no object behind
+    /// it, only the right to the floor operations of `bench`.
+    Bench,
 }
 
 pub type ObjCap = Cap<ObjRef>;
 
 /// Capability-table size of a space.
 pub const CAPS_PER_SPACE: usize = 256;
+const _: () = assert!(fluke_abi::syscall::INIT_BENCH_CAP as usize == CAPS_PER_SPACE - 1);
 
 /// A fresh capability with every right, for the creator of an object.
 pub fn owner_cap(object: ObjRef) -> ObjCap {

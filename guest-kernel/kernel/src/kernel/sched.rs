@@ -254,6 +254,7 @@ fn switch_to(k: &mut Kernel, tid: ThreadId, now: u64) -> u64 {
     };
     let regs: &UserRegs = &t.regs;
     let (regs_addr, fpu, kstack) = (t.regs.addr(), t.fpu.addr(), t.kstack.top());
+    floor::allow_calls(t.floor_calls);
     let Some(space) = k.processes.get(t.process).and_then(|p| p.space.as_ref()) else {
         panic!("running thread of an exited process");
     };

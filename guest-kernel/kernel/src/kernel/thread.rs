@@ -126,6 +126,9 @@ pub struct Thread {
     /// The x87/SSE/AVX state, saved and restored on every switch between threads so no
     /// thread sees another's registers (on the heap: the entry code saves into it by address).
     pub fpu: FpuArea,
+    /// Whether the entry code's bare floor call is open to this thread: set for good by a
+    /// `bench` call that presents the benchmark capability.
+    pub floor_calls: bool,
 }
 
 impl Thread {

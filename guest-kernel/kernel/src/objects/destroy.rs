@@ -17,7 +17,8 @@ pub fn destroy(k: &mut Kernel, object: ObjRef) -> Result<(), Error> {
         ObjRef::Region(r) => region::destroy(k, r)?,
         ObjRef::Mapping(m) => mapping::destroy(k, m)?,
         ObjRef::Reference(r) => reference::destroy(k, r)?,
-        ObjRef::Thread(_) | ObjRef::Space(_) => return Err(Error::WrongType),
+        // The benchmark capability names no object: dropping it is cap_drop.
+        ObjRef::Thread(_) | ObjRef::Space(_) | ObjRef::Bench => return Err(Error::WrongType),
     }
     unregister(k, object);
     Ok(())

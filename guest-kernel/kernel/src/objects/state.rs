@@ -26,6 +26,7 @@ pub fn get_state(k: &mut Kernel, c: Caller, name: u64, buf: u64) -> CallResult {
         ObjRef::Space(p) => space::state(k, p)?,
         ObjRef::Thread(t) => thread::object_state(k, t)?,
         ObjRef::Reference(r) => reference::state(k, c, r)?,
+        ObjRef::Bench => [fluke_abi::syscall::objstate::BENCH, 0, 0, 0, 0, 0],
     };
     let bytes = fluke_kcore::objstate::encode(&words);
     usermem::copy_out(k, c.pid, buf, &bytes)?;
@@ -46,7 +47,7 @@ pub fn set_state(k: &mut Kernel, c: Caller, name: u64, buf: u64) -> CallResult {
         ObjRef::Reference(r) => reference::set_state(k, c, r, &w)?,
         ObjRef::PortSet(_) => port_set::set_state(&w)?,
         ObjRef::Condition(_) => condition::set_state(&w)?,
-        ObjRef::Thread(_) | ObjRef::Space(_) | ObjRef::Mapping(_) => {
+        ObjRef::Thread(_) | ObjRef::Space(_) | ObjRef::Mapping(_) | ObjRef::Bench => {
             return Err(Error::InvalidArgument)
         }
     }

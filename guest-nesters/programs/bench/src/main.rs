@@ -31,6 +31,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             report("guest.null_call", t, n);
         }
         "floor" => {
+            if let Err(e) = sys::enable_floor_calls(sys::INIT_BENCH_CAP) {
+                println!("bench: the floor call needs the benchmark capability (init's): {e:?}");
+                return 1;
+            }
             let mut failed = 0u64;
             let t = timed(|| {
                 for _ in 0..n {
@@ -38,7 +42,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 }
             });
             if failed != 0 {
-                println!("bench: the floor call is off (boot with fluke.floors=on)");
+                println!("bench: {failed} floor calls did not take the floor path");
                 return 1;
             }
             report("platform.syscall_floor", t, n);
@@ -71,14 +75,16 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             sys::yield_now();
         },
         "switch-floor" => {
-            let Ok(_partner) = sys::spawn("bench", &["floor-partner"]) else {
+            // The partner gets the benchmark capability as its name 0.
+            let Ok(_partner) = sys::spawn_with_caps("bench", &["floor-partner"], &[sys::INIT_BENCH_CAP]) else {
                 return 1;
             };
             // The partner runs at our yield and joins first (side 0); our join activates the
             // pair with us running.
             sys::yield_now();
-            if sys::bench(BenchOp::SwitchFloorJoin, 0) != Ok(1) {
-                println!("bench: the floor pair did not form");
+            let joined = sys::floor_join(sys::INIT_BENCH_CAP);
+            if joined != Ok(1) {
+                println!("bench: the floor pair did not form: {joined:?}");
                 return 1;
             }
             let mut failed = 0u64;
@@ -182,7 +188,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         }
         "floor-partner" => {
             // Joins, then waits in a kernel call (a yield) so the pair can resume it there.
-            let _ = sys::bench(BenchOp::SwitchFloorJoin, 0);
+            let _ = sys::floor_join(0); // the capability init passed
             loop {
                 if !sys::floor_switch() {
                     sys::yield_now();

@@ -296,17 +296,33 @@ fn hostile() -> i32 {
             &moved,
         );
     }
-    // The floor paths exist only in a boot that asks for them (fluke.floors=on).
-    let join = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
-    check(
-        "floor join without fluke.floors",
-        join == Err(Error::NoSuchCall),
-        &join,
-    );
+    // The floor paths need the benchmark capability (init's, INIT_BENCH_CAP): a name that
+    // holds nothing, another object, or the capability without USE are refused, and until
+    // a thread has presented it the floor call and floor switch are unknown calls.
     let floor = sys::floor_syscall();
-    check("floor call without fluke.floors", !floor, &floor);
+    check("floor call before it is enabled", !floor, &floor);
     let switch = sys::floor_switch();
-    check("floor switch without fluke.floors", !switch, &switch);
+    check("floor switch outside a pair", !switch, &switch);
+    let empty = sys::floor_join(200);
+    check("floor join naming no capability", empty == Err(Error::BadCap), &empty);
+    let other = sys::port_set_create().and_then(|set| {
+        let r = sys::enable_floor_calls(set);
+        let _ = sys::destroy(set);
+        r
+    });
+    check("floor calls enabled with a port set", other == Err(Error::WrongType), &other);
+    let read_only = sys::cap_copy(sys::INIT_BENCH_CAP, 2).and_then(|copy| {
+        let r = sys::floor_join(copy);
+        let _ = sys::cap_drop(copy);
+        r
+    });
+    check("floor join with the capability without USE", read_only == Err(Error::NoRights), &read_only);
+    let floor = sys::floor_syscall();
+    check("floor call after the refusals", !floor, &floor);
+    let no_cap = sys::spawn("victim", &["floor-nocap"]).and_then(sys::wait);
+    check("a child without the capability", no_cap == Ok(0), &no_cap);
+    let destroyed = sys::destroy(sys::INIT_BENCH_CAP);
+    check("the benchmark capability is no object to destroy", destroyed == Err(Error::WrongType), &destroyed);
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
 }
@@ -329,7 +345,7 @@ fn mxcsr_mask() -> u32 {
     }
 }
 
-/// The benchmark floor pair (`fluke.floors=on`, issue 9) obeys every rule: the switch keeps
+/// The benchmark floor pair (issue 9; behind the benchmark capability, issue 10) obeys every rule: the switch keeps
 /// each thread's registers, vector state and segment bases; stopping or killing a member,
 /// or another thread becoming runnable, dissolves the pair; a thread outside it cannot use
 /// it; privileged RFLAGS bits set through thread_set_state, and NT a thread enters it with,
@@ -345,10 +361,14 @@ fn floors() -> i32 {
         );
         bad += u32::from(!ok);
     };
+    let enabled = sys::enable_floor_calls(sys::INIT_BENCH_CAP);
+    check("floor calls enabled with the benchmark capability", enabled.is_ok(), &enabled);
     check("floor call on", sys::floor_syscall(), &"");
+    // The partners get the benchmark capability as their name 0 (the outsider does not).
+    let cap = [sys::INIT_BENCH_CAP];
     // 1. Every register and the vector state of both threads survive the switch, and the
     //    partner's FS and GS bases (set by us while it was stopped) are its own.
-    if let Ok(child) = sys::spawn_child("victim", &["floor-seg"], &[]) {
+    if let Ok(child) = sys::spawn_child("victim", &["floor-seg"], &cap) {
         sys::sleep_ns(50_000_000);
         let base = 0x5000_0000;
         let set = stop_and_set_segment_bases(child.thread, base)
@@ -382,7 +402,7 @@ fn floors() -> i32 {
     }
     //    Between two partners with the same bases, one reloading FS and GS selectors
     //    (natively resetting its own bases), the other still gets its bases every switch.
-    if let Some((set, reader, reloader)) = reader_beside_reloader("floor-seg", "floor-seg-reload") {
+    if let Some((set, reader, reloader)) = reader_beside_reloader("floor-seg", "floor-seg-reload", &cap) {
         check(
             "bases kept beside a partner that reloads FS and GS (reader, reloader)",
             set && reader == Ok(0) && reloader == Ok(0),
@@ -391,7 +411,7 @@ fn floors() -> i32 {
     }
     //    A partner that enters each switch with RFLAGS.NT set gets it back cleared: the
     //    floor path sanitises the RFLAGS it resumes as every return to user mode does.
-    if let Ok(child) = sys::spawn_child("victim", &["floor-nt"], &[]) {
+    if let Ok(child) = sys::spawn_child("victim", &["floor-nt"], &cap) {
         sys::sleep_ns(250_000_000);
         let formed = form_floor_pair();
         while sys::floor_switch() {}
@@ -411,7 +431,7 @@ fn floors() -> i32 {
     // by a timer interrupt while the pair runs (not by a call that runs the scheduler).
     let outsider = sys::spawn("victim", &["floor-outsider"]);
     sys::sleep_ns(20_000_000);
-    if let Ok(partner) = sys::spawn("victim", &["floor-partner"]) {
+    if let Ok(partner) = sys::spawn_with_caps("victim", &["floor-partner"], &cap) {
         let formed = form_floor_pair();
         let (mut switches, mut refused) = (0u32, false);
         let limit = sys::time_ns() + 5_000_000_000;
@@ -439,7 +459,7 @@ fn floors() -> i32 {
     }
     // 3. Stopping a member dissolves the pair; IOPL set while it is stopped is dropped, so
     //    after switching back in by the floor path its port I/O still faults.
-    if let Ok(child) = sys::spawn_child("victim", &["floor-out"], &[]) {
+    if let Ok(child) = sys::spawn_child("victim", &["floor-out"], &cap) {
         let formed = form_floor_pair();
         let stopped = sys::thread_stop(child.thread);
         let dissolved = !sys::floor_switch();
@@ -492,13 +512,15 @@ fn stop_and_set_segment_bases(thread: u64, base: u64) -> Result<u64, Error> {
 
 /// Runs two victims side by side, a reader and a reloader, both with their FS and GS bases
 /// set to 0x5000_0000 (victim's SEGMENT_PAGE) while stopped: whether every stop, set and
-/// resume succeeded, and the two exit statuses; `None` if either cannot be spawned.
+/// resume succeeded, and the two exit statuses; `None` if either cannot be spawned. Both
+/// get `caps`.
 fn reader_beside_reloader(
     reader: &str,
     reloader: &str,
+    caps: &[u64],
 ) -> Option<(bool, Result<i32, Error>, Result<i32, Error>)> {
-    let reader = sys::spawn_child("victim", &[reader], &[]);
-    let reloader = sys::spawn_child("victim", &[reloader], &[]);
+    let reader = sys::spawn_child("victim", &[reader], caps);
+    let reloader = sys::spawn_child("victim", &[reloader], caps);
     let (Ok(reader), Ok(reloader)) = (reader, reloader) else {
         return None;
     };
@@ -522,7 +544,7 @@ fn form_floor_pair() -> bool {
             return true;
         }
         // Join: complete the pair (running in it), or wait in the call for a partner.
-        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+        let _ = sys::floor_join(sys::INIT_BENCH_CAP);
     }
     false
 }
@@ -615,7 +637,7 @@ fn xstate() -> i32 {
     }
     // A selector load resets a thread's own bases natively; a thread with the same saved
     // bases that runs straight after it must still get them (no "unchanged, skip" write).
-    if let Some((set, spin, reload)) = reader_beside_reloader("seg-spin", "seg-reload") {
+    if let Some((set, spin, reload)) = reader_beside_reloader("seg-spin", "seg-reload", &[]) {
         check(
             "bases kept beside a thread that reloads FS and GS (reader, reloader)",
             set && spin == Ok(0) && reload == Ok(0),
@@ -1013,6 +1035,11 @@ fn garbage(count: u64) -> i32 {
     let mut unexpected = 0u64;
     let valid = [0u8; 16];
     let vp = valid.as_ptr() as u64;
+    // Init's one capability, the benchmark one, goes first: then every name is bad.
+    if let Err(e) = sys::cap_drop(sys::INIT_BENCH_CAP) {
+        println!("ktest: garbage: cannot drop the benchmark capability: {e:?}");
+        return 1;
+    }
     for i in 0..count {
         seed ^= seed << 13;
         seed ^= seed >> 7;

@@ -268,7 +268,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 sys::sleep_ns(200_000_000);
                 let until = sys::time_ns() + 1_000_000_000;
                 while !sys::floor_switch() && sys::time_ns() < until {
-                    let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+                    let _ = sys::floor_join(PASSED_BENCH_CAP);
                 }
                 let mut switches = 0u32;
                 loop {
@@ -302,7 +302,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                         switches += 1;
                         last = sys::time_ns();
                     } else {
-                        let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+                        let _ = sys::floor_join(PASSED_BENCH_CAP);
                     }
                 }
                 println!("victim: floor-partner: {switches} switches, then none for 300 ms");
@@ -318,6 +318,16 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 }
                 println!("victim: floor-out: {switches} switches, now port I/O");
                 asm!("cli", "out dx, al", in("dx") 0xf4u16, in("al") 0x55u8);
+            }
+            "floor-nocap" => {
+                // Spawned without the benchmark capability: every floor path is refused.
+                let join = sys::floor_join(0);
+                let open = sys::enable_floor_calls(0);
+                let (floor, switch) = (sys::floor_syscall(), sys::floor_switch());
+                println!("victim: floor-nocap: join {join:?}, enable {open:?}, floor call {floor}, floor switch {switch}");
+                let refused = join == Err(fluke_abi::syscall::Error::BadCap)
+                    && open == Err(fluke_abi::syscall::Error::BadCap);
+                return if refused && !floor && !switch { 0 } else { 3 };
             }
             "floor-outsider" => {
                 // Not in the pair: the floor switch is an unknown call for it. It wakes
@@ -423,11 +433,14 @@ fn floor_partner(n: u32, mut switch: impl FnMut() -> (bool, bool)) -> (u32, u32)
             last = sys::time_ns();
         } else {
             // Join: complete the pair (running in it), or wait in the call for a partner.
-            let _ = sys::bench(fluke_abi::syscall::BenchOp::SwitchFloorJoin, 0);
+            let _ = sys::floor_join(PASSED_BENCH_CAP);
         }
     }
     (switches, bad)
 }
+
+/// Where a floor-pair partner holds the benchmark capability: its parent passes it first.
+const PASSED_BENCH_CAP: u64 = 0;
 
 /// RFLAGS.NT, which user code may set but the kernel never returns to user mode with.
 const RFLAGS_NT: u64 = 1 << 14;

@@ -35,7 +35,7 @@ pub struct PerCpu {
     pub cur_fpu: Word,
     /// The floor pair's FPU areas.
     pub floor_fpu: [Word; 2],
-    /// Non-zero when the boot asked for the floor paths (`fluke.floors=on`).
+    /// Non-zero when the running thread has the floor call open (kernel::floor::allow_calls).
     pub floors_enabled: Word,
     /// Non-zero on kvm_pvm, where user code can change the FS base (the floor switch
     /// switches it then).
