@@ -169,6 +169,11 @@ impl<O: Copy + PartialEq> CapTable<O> {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// How many more capabilities `insert` can store.
+    pub fn free(&self) -> usize {
+        self.limit - self.len()
+    }
 }
 
 #[cfg(test)]
@@ -226,5 +231,19 @@ mod tests {
         assert_eq!(Rights::ALL.intersect(Rights::USE), Rights::USE);
         assert_eq!(Rights::from_bits(0b1000), Some(Rights::GRANT));
         assert_eq!(Rights::from_bits(0b1_0000), None);
+    }
+
+    #[test]
+    fn free_counts_what_insert_can_still_store() {
+        let mut t = CapTable::new(3);
+        assert_eq!(t.free(), 3);
+        t.insert_at(2, cap(1, Rights::USE)).unwrap();
+        assert_eq!(t.free(), 2);
+        t.insert(cap(2, Rights::USE)).unwrap();
+        t.insert(cap(3, Rights::USE)).unwrap();
+        assert_eq!(t.free(), 0);
+        assert_eq!(t.insert(cap(4, Rights::USE)), Err(CapError::Full));
+        t.remove(0).unwrap();
+        assert_eq!(t.free(), 1);
     }
 }

@@ -43,6 +43,10 @@ pub fn spawn_call(
         let name = u64::from_le_bytes(n.try_into().unwrap_or([0xff; 8]));
         caps.push(k.lookup(c, name, Rights::GRANT)?);
     }
+    // Room for the two names first, so that once the child exists nothing can fail.
+    if want_caps && k.caller_caps(c)?.free() < 2 {
+        return Err(Error::Exhausted);
+    }
     let mut name = [0u8; 32];
     usermem::copy_in(k, c.pid, name_ptr, &mut name[..name_len as usize])?;
     let name =

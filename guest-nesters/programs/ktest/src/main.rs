@@ -321,6 +321,25 @@ fn hostile() -> i32 {
     check("floor call after the refusals", !floor, &floor);
     let no_cap = sys::spawn("victim", &["floor-nocap"]).and_then(sys::wait);
     check("a child without the capability", no_cap == Ok(0), &no_cap);
+    // spawn with SPAWN_WANT_CAPS into a table with one free name fails as a whole: no
+    // child is left running with its budget lent (decode checks the room first).
+    let (mut copies, mut n) = ([0u64; 256], 0);
+    while let Ok(copy) = sys::cap_copy(sys::INIT_BENCH_CAP, 1) {
+        copies[n] = copy;
+        n += 1;
+    }
+    let one_free = n > 0 && sys::cap_drop(copies[n - 1]).is_ok();
+    let before = sys::own_budget();
+    let spawned = sys::spawn_child("victim", &["sleep-forever"], &[]).map(|c| c.pid);
+    let after = sys::own_budget();
+    for &copy in &copies[..n.saturating_sub(1)] {
+        let _ = sys::cap_drop(copy);
+    }
+    check(
+        "spawn wanting two names with one free (result, budget before, after)",
+        one_free && spawned == Err(Error::Exhausted) && before.is_ok() && before == after,
+        &(spawned, before, after),
+    );
     let destroyed = sys::destroy(sys::INIT_BENCH_CAP);
     check("the benchmark capability is no object to destroy", destroyed == Err(Error::WrongType), &destroyed);
     println!("ktest: hostile: {bad} unexpected");
