@@ -61,16 +61,24 @@ pub enum Sample {
     Stats(fn(&RunStats) -> Option<f64>),
     /// A `BENCH <key> <value> ...` line the guest printed.
     Guest(&'static str),
+    /// Something the bench process measured through the run's control API
+    /// ([`drive_api`]); runs of such a benchmark get `--api-sock`.
+    Api(&'static str),
 }
 
 impl Sample {
     pub fn get(&self, s: &RunStats) -> Option<f64> {
         match self {
             Sample::Stats(f) => f(s),
-            Sample::Guest(key) => s.guest.get(*key).copied(),
+            Sample::Guest(key) | Sample::Api(key) => s.guest.get(*key).copied(),
         }
     }
 }
+
+/// The guest of `vm.pause_resume`: a ticker that runs long enough for the cycles.
+const PAUSE_WORKLOAD: &str = "fluke.init=work,ticker,150,10";
+/// Pause/resume cycles per `vm.pause_resume` run (the sample is their median).
+const PAUSE_CYCLES: usize = 20;
 
 /// Every benchmark, in report order. Keep the names stable: they are the records' keys.
 pub const BENCHMARKS: &[Benchmark] = &[
@@ -94,6 +102,13 @@ pub const BENCHMARKS: &[Benchmark] = &[
         unit: "us",
         cmdline: "fluke.bench=exit_roundtrip",
         sample: Sample::Stats(|s| s.exit_roundtrip_us),
+    },
+    Benchmark {
+        name: "vm.pause_resume",
+        model: Model::Vmm,
+        unit: "us",
+        cmdline: PAUSE_WORKLOAD,
+        sample: Sample::Api("vm.pause_resume"),
     },
     Benchmark {
         name: "vmm.rss",
@@ -570,7 +585,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
             if cmdline.is_empty() { "boot" } else { cmdline },
             names.join(", ")
         ));
-        let runs = match sample_runs(&exe, args.image.as_deref(), cmdline, args.samples) {
+        let driven = benches.iter().any(|b| matches!(b.sample, Sample::Api(_)));
+        let runs = match sample_runs(&exe, args.image.as_deref(), cmdline, args.samples, driven) {
             Ok(runs) => runs,
             Err(e) => {
                 failures.extend(names.iter().map(|n| format!("{n}: {e}")));
@@ -666,12 +682,18 @@ fn sample_runs(
     image: Option<&Path>,
     cmdline: &str,
     n: u32,
+    driven: bool,
 ) -> std::result::Result<Vec<RunStats>, String> {
     let mut runs = Vec::new();
     for i in 0..n {
         let stats_path = temp_stats_path(i);
         let console_path = stats_path.with_extension("console");
-        let result = one_run(exe, image, cmdline, &stats_path, &console_path);
+        let sock = driven.then(|| stats_path.with_extension("sock"));
+        let paths = (stats_path.as_path(), console_path.as_path(), sock.as_deref());
+        let result = one_run(exe, image, cmdline, paths);
+        if let Some(sock) = &sock {
+            let _ = std::fs::remove_file(sock);
+        }
         let _ = std::fs::remove_file(&stats_path);
         let _ = std::fs::remove_file(&console_path);
         runs.push(result.map_err(|e| format!("run {}: {e}", i + 1))?);
@@ -683,12 +705,13 @@ fn temp_stats_path(i: u32) -> PathBuf {
     std::env::temp_dir().join(format!("fluke-bench-{}-{i}.json", std::process::id()))
 }
 
+/// One run: `(stats, console, API socket)` paths; with a socket, [`drive_api`] measures
+/// through it while the guest runs.
 fn one_run(
     exe: &Path,
     image: Option<&Path>,
     cmdline: &str,
-    stats_path: &Path,
-    console_path: &Path,
+    (stats_path, console_path, sock): (&Path, &Path, Option<&Path>),
 ) -> std::result::Result<RunStats, String> {
     let mut cmd = Command::new(exe);
     cmd.arg("run");
@@ -705,9 +728,17 @@ fn one_run(
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    let out = cmd
-        .output()
+    if let Some(sock) = sock {
+        let _ = std::fs::remove_file(sock);
+        cmd.arg("--api-sock").arg(sock);
+    }
+    let child = cmd
+        .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    let driven = sock.map(|sock| drive_api(sock, console_path));
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("cannot wait for {}: {e}", exe.display()))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let why = stderr
@@ -726,7 +757,44 @@ fn one_run(
         serde_json::from_str(&json).map_err(|e| format!("unreadable statistics: {e}"))?;
     let console = std::fs::read_to_string(console_path).unwrap_or_default();
     stats.guest = crate::stats::parse_guest_bench(&console);
+    if let Some(driven) = driven {
+        stats.guest.extend(driven?);
+    }
     Ok(stats)
+}
+
+/// What the bench process measures through a run's control API: once the guest has
+/// started ticking, [`PAUSE_CYCLES`] pause/resume cycles, each from the pause request to
+/// the resume's answer (what a user of the API waits for); the median in µs.
+fn drive_api(sock: &Path, console: &Path) -> std::result::Result<Vec<(String, f64)>, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let ticking = || {
+        std::fs::read_to_string(console).is_ok_and(|c| c.contains("work: tick 2 "))
+    };
+    while !(sock.exists() && ticking()) {
+        if std::time::Instant::now() > deadline {
+            return Err("the guest never started ticking under the API".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let patch = |state: &str| {
+        let body = format!("{{\"state\": \"{state}\"}}");
+        match crate::ctl::request(sock, "PATCH", "/vm", Some(&body)) {
+            Ok((204, _)) => Ok(()),
+            Ok((status, body)) => Err(format!("PATCH /vm {state}: {status} {body}")),
+            Err(e) => Err(format!("PATCH /vm {state}: {e}")),
+        }
+    };
+    let mut cycles = Vec::with_capacity(PAUSE_CYCLES);
+    for _ in 0..PAUSE_CYCLES {
+        let start = std::time::Instant::now();
+        patch("Paused")?;
+        patch("Resumed")?;
+        cycles.push(start.elapsed().as_secs_f64() * 1e6);
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let median = median(&cycles).ok_or("no cycles")?;
+    Ok(vec![("vm.pause_resume".to_string(), median)])
 }
 
 const COLUMNS: [&str; 8] = [
@@ -913,6 +981,7 @@ mod tests {
                 "boot.to_kernel",
                 "boot.to_init",
                 "vmm.exit_roundtrip",
+                "vm.pause_resume",
                 "vmm.rss",
                 "guest.null_call",
                 "platform.syscall_floor",

@@ -19,7 +19,7 @@ impl Cli {
     pub fn log_level(&self) -> log::LevelFilter {
         match &self.command {
             Command::Run(a) => a.log_level.into(),
-            Command::Inspect(_) | Command::Bench(_) => log::LevelFilter::Warn,
+            Command::Inspect(_) | Command::Bench(_) | Command::Ctl(_) => log::LevelFilter::Warn,
         }
     }
 }
@@ -33,6 +33,8 @@ pub enum Command {
     Inspect(InspectArgs),
     /// Run the VMM benchmarks and print a table.
     Bench(BenchArgs),
+    /// Talk to a running VM's control API (`run --api-sock PATH`).
+    Ctl(CtlArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -57,9 +59,35 @@ pub struct RunArgs {
     /// Extra kernel command line, appended after what the VMM writes.
     #[arg(long, value_name = "STRING", default_value = "")]
     pub cmdline: String,
+    /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at this path, which must not
+    /// exist yet; it is removed when the VM ends. See `fluke-vmm ctl`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// The instance id the API reports.
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
     /// Write what the run measured as a JSON object to this file (used by `bench`).
     #[arg(long, value_name = "PATH", hide = true)]
     pub stats_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct CtlArgs {
+    /// The VM's API socket (`run --api-sock PATH`).
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: PathBuf,
+    #[command(subcommand)]
+    pub action: CtlAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum CtlAction {
+    /// Print the instance information (`GET /`).
+    Info,
+    /// Pause the VM (`PATCH /vm {"state": "Paused"}`); returns once its vCPU has stopped.
+    Pause,
+    /// Resume a paused VM (`PATCH /vm {"state": "Resumed"}`).
+    Resume,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -147,5 +175,8 @@ mod tests {
         assert!(Cli::try_parse_from(["fluke-vmm", "run", "--log-level", "loud"]).is_err());
         assert!(Cli::try_parse_from(["fluke-vmm", "run", "--memory", "lots"]).is_err());
         assert!(Cli::try_parse_from(["fluke-vmm", "inspect"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "ctl", "pause"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "ctl", "--api-sock", "/s", "nap"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "ctl", "--api-sock", "/s", "pause"]).is_ok());
     }
 }

@@ -87,6 +87,18 @@ pub enum Error {
 
     #[error("{0}")]
     Bench(String),
+
+    #[error("--api-sock {}: the path exists (remove it, or choose another)", path.display())]
+    ApiSocketExists { path: PathBuf },
+
+    #[error("cannot serve the API on {}: {}", path.display(), strerror(source))]
+    ApiSocket { path: PathBuf, source: io::Error },
+
+    #[error("cannot reach the API at {}: {}", path.display(), strerror(source))]
+    ApiConnect { path: PathBuf, source: io::Error },
+
+    #[error("API: {0}")]
+    ApiAnswer(String),
 }
 
 impl Error {

@@ -4,12 +4,16 @@
 //! See `README.md` next to this crate's `Cargo.toml` for the module map, the run loop, the
 //! exit codes and the guest memory layout.
 
+mod api;
 mod bench;
 mod boot;
 mod cli;
+mod control;
+mod ctl;
 mod devices;
 mod error;
 mod inspect;
+mod kick;
 mod logger;
 mod platform;
 mod run;
@@ -40,6 +44,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args, process_start),
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Ctl(args) => ctl::ctl(&args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

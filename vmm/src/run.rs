@@ -3,12 +3,15 @@
 
 use std::borrow::Cow;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Instant;
 
 use fluke_abi::ports::COM1_IRQ;
 use fluke_abi::status::{VMM_GUEST_CRASH, VMM_TIMEOUT};
 
+use crate::api::{ApiServer, InstanceInfo};
 use crate::boot;
+use crate::control::VmControl;
 use crate::cli::RunArgs;
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
@@ -99,6 +102,20 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     };
     log::debug!("reading RIP for port I/O checks from {rip_source:?}");
     let mut watchdog = timeout.map(Watchdog::arm).transpose()?;
+    let control = Arc::new(VmControl::default());
+    let mut api = match &args.api_sock {
+        Some(path) => Some(ApiServer::start(
+            path,
+            InstanceInfo {
+                id: args.id.clone(),
+                platform: platform.name(),
+                vcpus: 1,
+                memory_mib: mem_bytes >> 20,
+            },
+            Arc::clone(&control),
+        )?),
+        None => None,
+    };
 
     let run_start = Instant::now();
     let (outcome, exits) = {
@@ -114,7 +131,11 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
                 },
             ),
             rip_source,
-            watchdog.as_ref(),
+            (
+                watchdog.as_ref(),
+                api.as_ref().map(|_| &*control),
+                vm.fd(),
+            ),
         );
         let outcome = runner.run();
         (outcome, runner.exits())
@@ -123,6 +144,9 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_ram_ranges());
     if let Some(w) = watchdog.as_mut() {
         w.disarm();
+    }
+    if let Some(a) = api.as_mut() {
+        a.stop();
     }
     // Guest output first, then whatever the VMM has to say about it.
     devices.serial.flush();

@@ -13,10 +13,12 @@
 
 use std::fmt::Write as _;
 
-use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
+use kvm_bindings::kvm_clock_data;
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd, VmFd};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::KernelText;
+use crate::control::{PauseHooks, VmControl};
 use crate::devices::{Devices, IoAction};
 use crate::watchdog::Watchdog;
 
@@ -75,6 +77,9 @@ pub struct VcpuRunner<'a> {
     out_rip: OutRip,
     rip_source: RipSource,
     watchdog: Option<&'a Watchdog>,
+    /// Pause and resume requests (the API), if the run takes any.
+    control: Option<&'a VmControl>,
+    vm: &'a VmFd,
     io_data: Vec<u8>,
     exits: u64,
 }
@@ -85,7 +90,7 @@ impl<'a> VcpuRunner<'a> {
         devices: &'a mut Devices,
         (text, memory, out_rip): (&'a KernelText, &'a GuestMemoryMmap, OutRip),
         rip_source: RipSource,
-        watchdog: Option<&'a Watchdog>,
+        (watchdog, control, vm): (Option<&'a Watchdog>, Option<&'a VmControl>, &'a VmFd),
     ) -> VcpuRunner<'a> {
         if rip_source == RipSource::SyncRegs {
             vcpu.set_sync_valid_reg(SyncReg::Register);
@@ -98,6 +103,8 @@ impl<'a> VcpuRunner<'a> {
             out_rip,
             rip_source,
             watchdog,
+            control,
+            vm,
             io_data: Vec::with_capacity(16),
             exits: 0,
         }
@@ -112,13 +119,42 @@ impl<'a> VcpuRunner<'a> {
         self.watchdog.is_some_and(|w| w.expired())
     }
 
-    /// Runs the guest until it exits, crashes or times out.
+    /// Runs the guest until it exits, crashes or times out, pausing where asked. Must be
+    /// called on the thread that kicks are sent to (the watchdog's and the control
+    /// channel's): the calling one.
     pub fn run(&mut self) -> Outcome {
+        // Kicks reach this thread only inside KVM_RUN, so none is lost (crate::kick).
+        if let Err(e) = crate::kick::deliver_only_in_kvm_run(&self.vcpu) {
+            log::warn!("vcpu: KVM_SET_SIGNAL_MASK failed (error {e}); kicks may be late");
+        }
+        if let Some(c) = self.control {
+            c.started();
+        }
+        let outcome = self.run_loop();
+        if let Some(c) = self.control {
+            c.ended();
+        }
+        outcome
+    }
+
+    fn run_loop(&mut self) -> Outcome {
         loop {
             if self.timed_out() {
                 return Outcome::TimedOut {
                     registers: register_report(&self.vcpu),
                 };
+            }
+            if let Some(c) = self.control.filter(|c| c.pending()) {
+                let mut hooks = ClockHold {
+                    vm: self.vm,
+                    watchdog: self.watchdog,
+                    held: None,
+                };
+                if !c.serve(&mut hooks) {
+                    return Outcome::TimedOut {
+                        registers: register_report(&self.vcpu),
+                    };
+                }
             }
             let exit = match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
@@ -156,7 +192,11 @@ impl<'a> VcpuRunner<'a> {
             };
 
             match exit {
-                Exit::Interrupted => continue,
+                Exit::Interrupted => {
+                    // The kick that interrupted it is still pending (blocked here).
+                    crate::kick::take_pending();
+                    continue;
+                }
                 Exit::IoOut(port) => {
                     self.exits += 1;
                     if let Some(crash) = self.check_out_rip(port) {
@@ -278,6 +318,45 @@ impl<'a> VcpuRunner<'a> {
             internal.suberror,
             hex_u64s(&internal.data[..n])
         )
+    }
+}
+
+/// Holds the guest's clock still across a pause: kvmclock, which the fluke kernel keeps
+/// time with under KVM (KVM_GET_CLOCK at the pause, KVM_SET_CLOCK at the resume). Without it
+/// the guest would see the pause as time that passed (its sleepers would all wake at once).
+/// The raw TSC is not held: kvm_pvm has no TSC offsetting (TSC_CONTROL=0, pvm.md §2), so a
+/// program reading RDTSC itself sees the pause there, and for one clock on every platform
+/// it does on hardware KVM too.
+struct ClockHold<'a> {
+    vm: &'a VmFd,
+    watchdog: Option<&'a Watchdog>,
+    held: Option<kvm_clock_data>,
+}
+
+impl PauseHooks for ClockHold<'_> {
+    fn paused(&mut self) {
+        self.held = self
+            .vm
+            .get_clock()
+            .inspect_err(|e| log::warn!("vcpu: KVM_GET_CLOCK failed at pause: {e}"))
+            .ok();
+    }
+
+    fn resumed(&mut self) {
+        let Some(clock) = self.held.take() else {
+            return;
+        };
+        let set = kvm_clock_data {
+            clock: clock.clock,
+            ..Default::default()
+        };
+        if let Err(e) = self.vm.set_clock(&set) {
+            log::warn!("vcpu: KVM_SET_CLOCK failed at resume: {e}");
+        }
+    }
+
+    fn must_stop(&self) -> bool {
+        self.watchdog.is_some_and(|w| w.expired())
     }
 }
 

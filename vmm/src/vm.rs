@@ -99,6 +99,10 @@ impl Vm {
         Ok(Vm { fd, kvm, memory })
     }
 
+    pub fn fd(&self) -> &VmFd {
+        &self.fd
+    }
+
     pub fn memory(&self) -> &GuestMemoryMmap {
         &self.memory
     }

@@ -2,17 +2,16 @@
 //!
 //! On `kvm_pvm` a vCPU can spin inside KVM_RUN forever (pvm.md §9, §11 H3), so setting a
 //! flag is not enough: after the deadline the watchdog sets the flag and then sends a
-//! real-time signal to the vCPU thread every [`KICK_INTERVAL`] until the run loop
-//! acknowledges. The signal makes KVM_RUN return EINTR; the handler does nothing. Repeating
-//! it covers the race where a signal lands while the vCPU thread is in userspace handling an
-//! exit (the run loop checks the flag before each KVM_RUN too).
+//! real-time signal ([`crate::kick`]) to the vCPU thread every [`KICK_INTERVAL`] until the
+//! run loop acknowledges. The signal makes KVM_RUN return EINTR; the handler does nothing.
+//! Repeating it also interrupts a blocking call elsewhere (the unit test's read); the run
+//! loop checks the flag before each KVM_RUN too.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use vmm_sys_util::signal::{register_signal_handler, SIGRTMIN};
 
 use crate::error::{Error, Result};
 
@@ -31,21 +30,6 @@ pub fn timeout_duration(secs: f64) -> Result<Duration> {
             max: MAX_TIMEOUT_SECS,
         })
     }
-}
-
-/// The signal used to kick a vCPU out of KVM_RUN.
-pub fn kick_signal() -> libc::c_int {
-    SIGRTMIN()
-}
-
-extern "C" fn handle_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
-    // Nothing to do: being delivered is what interrupts KVM_RUN.
-}
-
-/// Installs the (no-op) kick signal handler. Without a handler the signal would kill the
-/// process; with SIG_IGN it would not interrupt KVM_RUN.
-pub fn install_kick_handler() -> Result<()> {
-    register_signal_handler(kick_signal(), handle_kick).map_err(|e| Error::Signal(e.errno()))
 }
 
 #[derive(Default)]
@@ -78,7 +62,7 @@ impl Watchdog {
     /// The calling thread must outlive the watchdog: [`Watchdog::disarm`] (or drop) joins the
     /// watchdog thread, so keep the `Watchdog` on the vCPU thread's stack.
     pub fn arm(timeout: Duration) -> Result<Watchdog> {
-        install_kick_handler()?;
+        crate::kick::install_handler().map_err(Error::Signal)?;
         // SAFETY: pthread_self has no preconditions and always succeeds.
         let target = unsafe { libc::pthread_self() };
         let shared = Arc::new(Shared {
@@ -87,11 +71,10 @@ impl Watchdog {
             expired: AtomicBool::new(false),
         });
         let thread_shared = Arc::clone(&shared);
-        let signal = kick_signal();
         let deadline = Instant::now() + timeout;
         let handle = std::thread::Builder::new()
             .name("fluke-watchdog".into())
-            .spawn(move || watch(&thread_shared, deadline, target, signal))
+            .spawn(move || watch(&thread_shared, deadline, target))
             .map_err(|source| Error::HostIo {
                 what: "watchdog thread",
                 source,
@@ -123,7 +106,7 @@ impl Drop for Watchdog {
     }
 }
 
-fn watch(shared: &Shared, deadline: Instant, target: libc::pthread_t, signal: libc::c_int) {
+fn watch(shared: &Shared, deadline: Instant, target: libc::pthread_t) {
     let mut state = shared.lock();
     loop {
         if state.done {
@@ -143,9 +126,8 @@ fn watch(shared: &Shared, deadline: Instant, target: libc::pthread_t, signal: li
     while !state.done {
         // SAFETY: `target` is the vCPU thread, which is still alive: it only returns from
         // the run (and lets the `Watchdog` go, which sets `done` and joins this thread)
-        // after we stop. The signal has a no-op handler installed by `arm`.
-        let rc = unsafe { libc::pthread_kill(target, signal) };
-        if rc != 0 {
+        // after we stop.
+        if let Err(rc) = unsafe { crate::kick::kick(target) } {
             log::warn!("watchdog: pthread_kill failed: {rc}");
         }
         state = match shared.wake.wait_timeout(state, KICK_INTERVAL) {

@@ -29,6 +29,22 @@ pub mod pvm {
     pub const MSR_TSC_KHZ: u32 = 0x4b56_4d13;
 }
 
+/// KVM's paravirtual clock (kvmclock), which the kernel keeps time with where KVM offers it
+/// (hardware KVM and kvm_pvm): the VMM can then hold the guest's clock across a pause
+/// (KVM_GET_CLOCK / KVM_SET_CLOCK), which it cannot do for the raw TSC on kvm_pvm.
+pub mod kvmclock {
+    /// CPUID leaf with KVM's signature `KVMKVMKVM` in EBX, ECX, EDX.
+    pub const CPUID_SIGNATURE: u32 = 0x4000_0000;
+    /// CPUID leaf whose EAX holds KVM's paravirtual features.
+    pub const CPUID_FEATURES: u32 = 0x4000_0001;
+    /// Feature bit: MSR_SYSTEM_TIME_NEW exists.
+    pub const FEATURE_CLOCKSOURCE2: u32 = 1 << 3;
+    /// Feature bit: the clock is the same on every vCPU and never goes backwards.
+    pub const FEATURE_CLOCKSOURCE_STABLE: u32 = 1 << 24;
+    /// Guest-physical address (4-byte aligned) of the 32-byte time structure, bit 0 enable.
+    pub const MSR_SYSTEM_TIME_NEW: u32 = 0x4b56_4d01;
+}
+
 /// Which hypervisor interface the guest kernel runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Platform {

@@ -13,6 +13,7 @@ pub mod frame;
 pub mod ipc;
 pub mod mapping;
 pub mod objstate;
+pub mod pvclock;
 pub mod memmap;
 pub mod runq;
 pub mod slab;

@@ -115,7 +115,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         panic!("cannot map the local APIC: {:?}", e);
     }
     let tsc_hint = cmdline::get(cmd, cmdline::TSC_KHZ).and_then(|v| v.parse().ok());
-    let tsc_khz = time::init(tsc_hint);
+    let tsc_khz = time::init(tsc_hint, detected.kvmclock);
     kernel::sched::init(root, boot_stack_top());
     kprintln!(
         "fluke: memory {} MiB, kernel {} KiB, free {} MiB",
@@ -124,10 +124,11 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         (mm::free_frames() * 4096) >> 20
     );
     kprintln!(
-        "fluke: timer {}APIC one-shot, quantum {} ms, TSC {} kHz",
+        "fluke: timer {}APIC one-shot, quantum {} ms, TSC {} kHz, clock {}",
         if apic::x2apic() { "x2" } else { "x" },
         kernel::state::QUANTUM_NS / 1_000_000,
-        tsc_khz
+        tsc_khz,
+        if time::kvmclock() { "kvmclock" } else { "tsc" }
     );
     let bundle = match bundle.map(image::bundle) {
         Some(Ok(b)) => b,

@@ -5,7 +5,10 @@
 //! - `syscall N`: N small kernel calls (`time`),
 //! - `ipc N`: N call/reply round trips with a server in another space,
 //! - `memory PAGES`: writes a pattern over PAGES fresh pages and reads it all back,
-//! - `compute N`: N rounds of integer mixing, no kernel calls.
+//! - `compute N`: N rounds of integer mixing, no kernel calls,
+//! - `ticker N [MS]`: N steps MS ms apart (default 20), each printing its running checksum
+//!   and the guest's clock (`work: tick I checksum X guest-ms T`): what the VMM's pause,
+//!   resume and snapshot tests watch (the sequence without the clock must not change).
 #![no_std]
 #![no_main]
 
@@ -25,6 +28,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         .max(1);
     if kind == "ipc-server" {
         return ipc_server();
+    }
+    if kind == "ticker" {
+        let period_ms: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
+        return ticker(n, period_ms);
     }
     let khz = sys::bench(BenchOp::TscKhz, 0).unwrap_or(1_000_000);
     let start = sys::rdtsc();
@@ -58,6 +65,21 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "BENCH work.{kind} {:.1} ns {n}",
         ticks as f64 * 1_000_000.0 / khz as f64
     );
+    0
+}
+
+fn ticker(n: u64, period_ms: u64) -> i32 {
+    let start = sys::time_ns();
+    let mut checksum = 0xcbf2_9ce4_8422_2325u64;
+    for i in 0..n {
+        sys::sleep_ns(period_ms * 1_000_000);
+        for b in i.to_le_bytes() {
+            checksum = (checksum ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let guest_ms = (sys::time_ns() - start) / 1_000_000;
+        println!("work: tick {i} checksum {checksum:#018x} guest-ms {guest_ms}");
+    }
+    println!("work: ticker checksum {checksum:#018x}");
     0
 }
 

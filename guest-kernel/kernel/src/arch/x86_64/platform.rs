@@ -87,6 +87,8 @@ pub struct Detection {
     pub backend: Backend,
     /// The CPU offers x2APIC (read now: CPUID is the host's once PV mode is on).
     pub x2apic: bool,
+    /// KVM offers kvmclock, stable (read now, for the same reason).
+    pub kvmclock: bool,
     /// CPUID leaf 7: SMEP, SMAP, UMIP (used by the native backend only).
     pub smep: bool,
     pub smap: bool,
@@ -119,10 +121,21 @@ pub fn detect() -> Detection {
         platform,
         backend,
         x2apic,
+        kvmclock: kvmclock_offered(),
         smep: leaf7.ebx & (1 << 7) != 0,
         smap: leaf7.ebx & (1 << 20) != 0,
         umip: leaf7.ecx & (1 << 2) != 0,
     }
+}
+
+/// Whether KVM's signature leaf is there with a stable kvmclock (kvm_pvm's CPUID shows it
+/// too, before PV mode is on).
+fn kvmclock_offered() -> bool {
+    use fluke_abi::kvmclock::*;
+    let r = cpu::cpuid(CPUID_SIGNATURE, 0);
+    let kvm = hypervisor_signature() == *b"KVMKVMKVM\0\0\0" && r.eax >= CPUID_FEATURES;
+    let want = FEATURE_CLOCKSOURCE2 | FEATURE_CLOCKSOURCE_STABLE;
+    kvm && cpu::cpuid(CPUID_FEATURES, 0).eax & want == want
 }
 
 fn hypervisor_signature() -> [u8; 12] {

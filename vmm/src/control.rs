@@ -1,0 +1,264 @@
+//! The vCPU event channel: what other threads (the API server) ask of the running VM, and
+//! how the vCPU thread hears it. A request sets the wanted state and kicks the vCPU thread
+//! ([`crate::kick`]); the run loop sees `pending` before its next KVM_RUN, pauses there
+//! (saving the guest's clock), and answers by changing the reported state.
+//!
+//! One VM has one vCPU today; the channel names the vCPU thread it kicks, so a second vCPU
+//! would add a thread list here and a barrier in [`VmControl::serve`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// What the VM is doing, as the API reports it (Firecracker's instance states).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmState {
+    /// Built, its vCPU not yet in its run loop.
+    NotStarted,
+    Running,
+    Paused,
+    /// The guest exited, crashed or timed out: nothing more can be asked of it.
+    Ended,
+}
+
+impl VmState {
+    pub fn name(self) -> &'static str {
+        match self {
+            VmState::NotStarted => "Not started",
+            VmState::Running => "Running",
+            VmState::Paused => "Paused",
+            VmState::Ended => "Ended",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("the VM has ended")]
+    Ended,
+    #[error("the vCPU did not answer within {0:?}")]
+    NoAnswer(Duration),
+    #[error("cannot signal the vCPU thread (error {0})")]
+    Kick(i32),
+}
+
+struct Inner {
+    want_paused: bool,
+    state: VmState,
+    /// The vCPU thread, once it runs (kicks go there).
+    vcpu_thread: Option<libc::pthread_t>,
+}
+
+pub struct VmControl {
+    inner: Mutex<Inner>,
+    changed: Condvar,
+    /// Something is asked of the vCPU: the run loop's one check per exit.
+    pending: AtomicBool,
+}
+
+/// How often a request that has not been answered yet kicks again. A kick is not lost (it
+/// stays pending until KVM_RUN), so this only covers a vCPU thread busy in the VMM.
+const REKICK: Duration = Duration::from_millis(20);
+
+/// How long a request waits for the vCPU thread to answer.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the vCPU thread does around a pause.
+pub trait PauseHooks {
+    /// The guest is about to stop (save what must not run on: its clock).
+    fn paused(&mut self);
+    /// The guest is about to run again.
+    fn resumed(&mut self);
+    /// Whether the run must end instead of waiting on (the watchdog's deadline passed).
+    fn must_stop(&self) -> bool;
+}
+
+impl Default for VmControl {
+    fn default() -> Self {
+        VmControl {
+            inner: Mutex::new(Inner {
+                want_paused: false,
+                state: VmState::NotStarted,
+                vcpu_thread: None,
+            }),
+            changed: Condvar::new(),
+            pending: AtomicBool::new(false),
+        }
+    }
+}
+
+impl VmControl {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn state(&self) -> VmState {
+        self.lock().state
+    }
+
+    /// The vCPU thread enters its run loop (called on that thread).
+    pub fn started(&self) {
+        let mut inner = self.lock();
+        // SAFETY: pthread_self has no preconditions.
+        inner.vcpu_thread = Some(unsafe { libc::pthread_self() });
+        if inner.state == VmState::NotStarted {
+            inner.state = VmState::Running;
+        }
+        // A pause asked for before the start is served at the first check.
+        self.pending.store(inner.want_paused, Ordering::Release);
+        self.changed.notify_all();
+    }
+
+    /// The run is over (called on the vCPU thread before it leaves its run loop, so no kick
+    /// is sent to it afterwards).
+    pub fn ended(&self) {
+        let mut inner = self.lock();
+        inner.state = VmState::Ended;
+        inner.vcpu_thread = None;
+        self.changed.notify_all();
+    }
+
+    /// Asks for the VM to be paused and waits until it is (at once if it already is).
+    pub fn pause(&self) -> Result<(), ControlError> {
+        self.request(true)
+    }
+
+    /// Asks for a paused VM to run again and waits until it does.
+    pub fn resume(&self) -> Result<(), ControlError> {
+        self.request(false)
+    }
+
+    fn request(&self, paused: bool) -> Result<(), ControlError> {
+        let wanted = if paused {
+            VmState::Paused
+        } else {
+            VmState::Running
+        };
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let mut inner = self.lock();
+        if inner.state == VmState::Ended {
+            return Err(ControlError::Ended);
+        }
+        inner.want_paused = paused;
+        self.pending.store(true, Ordering::Release);
+        self.changed.notify_all();
+        loop {
+            match inner.state {
+                s if s == wanted => return Ok(()),
+                VmState::Ended => return Err(ControlError::Ended),
+                VmState::NotStarted if paused => return Ok(()), // it starts paused
+                _ => {}
+            }
+            if paused {
+                if let Some(thread) = inner.vcpu_thread {
+                    // SAFETY: the vCPU thread is alive while it is registered: it clears
+                    // `vcpu_thread` under this lock (`ended`) before it leaves its loop.
+                    unsafe { crate::kick::kick(thread) }.map_err(ControlError::Kick)?;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ControlError::NoAnswer(ANSWER_TIMEOUT));
+            }
+            inner = match self.changed.wait_timeout(inner, REKICK.min(deadline - now)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
+    /// The run loop's check, once per exit: true if something is asked.
+    pub fn pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
+    }
+
+    /// Serves what is asked (on the vCPU thread): if a pause is wanted, pauses, waits until
+    /// a resume is wanted and resumes. Returns false if the run must end instead
+    /// ([`PauseHooks::must_stop`]).
+    pub fn serve(&self, hooks: &mut dyn PauseHooks) -> bool {
+        let mut inner = self.lock();
+        self.pending.store(false, Ordering::Release);
+        if !inner.want_paused {
+            return true;
+        }
+        hooks.paused();
+        inner.state = VmState::Paused;
+        self.changed.notify_all();
+        log::debug!("vcpu: paused");
+        while inner.want_paused {
+            if hooks.must_stop() {
+                return false;
+            }
+            inner = match self.changed.wait_timeout(inner, REKICK) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        self.pending.store(false, Ordering::Release);
+        hooks.resumed();
+        inner.state = VmState::Running;
+        self.changed.notify_all();
+        log::debug!("vcpu: resumed");
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    struct Counting {
+        paused: u32,
+        resumed: u32,
+    }
+
+    impl PauseHooks for Counting {
+        fn paused(&mut self) {
+            self.paused += 1;
+        }
+        fn resumed(&mut self) {
+            self.resumed += 1;
+        }
+        fn must_stop(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn pause_and_resume_are_answered_by_the_serving_thread() {
+        crate::kick::install_handler().unwrap();
+        let control = Arc::new(VmControl::default());
+        let c = Arc::clone(&control);
+        let vcpu = std::thread::spawn(move || {
+            c.started();
+            let mut hooks = Counting {
+                paused: 0,
+                resumed: 0,
+            };
+            let mut served = 0;
+            while served < 3 {
+                if c.pending() {
+                    assert!(c.serve(&mut hooks));
+                    served += 1;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            c.ended();
+            (hooks.paused, hooks.resumed)
+        });
+        while control.state() == VmState::NotStarted {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for _ in 0..3 {
+            control.pause().unwrap();
+            assert_eq!(control.state(), VmState::Paused);
+            control.pause().unwrap(); // already paused: at once
+            control.resume().unwrap();
+            assert_eq!(control.state(), VmState::Running);
+        }
+        assert_eq!(vcpu.join().unwrap(), (3, 3));
+        assert_eq!(control.pause(), Err(ControlError::Ended));
+        assert_eq!(control.resume(), Err(ControlError::Ended));
+    }
+}
