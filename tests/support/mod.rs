@@ -2,6 +2,8 @@
 //! kernel's native backend). Nothing is mocked: every helper boots a real VM.
 #![allow(dead_code)]
 
+pub mod api;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

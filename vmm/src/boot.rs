@@ -63,7 +63,7 @@ pub struct ImageLayout {
 /// Executable ranges of the kernel, both as linked (virtual) and as loaded (physical: the
 /// 32-bit boot code runs at physical addresses with paging off), each with the physical
 /// address it starts at so that the VMM can read the code there.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct KernelText {
     ranges: Vec<(Range<u64>, u64)>,
 }
@@ -86,6 +86,14 @@ impl KernelText {
 
     pub fn contains(&self, rip: u64) -> bool {
         self.range_of(rip).is_some()
+    }
+
+    /// Whether this could be an image's text: a few non-empty ranges (a restore checks a
+    /// snapshot's before trusting it for the port I/O check).
+    pub fn is_plausible(&self) -> bool {
+        !self.ranges.is_empty()
+            && self.ranges.len() <= 16
+            && self.ranges.iter().all(|(r, _)| r.start < r.end)
     }
 
     /// The executable range holding `addr`, and the guest-physical address of `addr`.

@@ -19,6 +19,7 @@ impl Cli {
     pub fn log_level(&self) -> log::LevelFilter {
         match &self.command {
             Command::Run(a) => a.log_level.into(),
+            Command::Restore(a) => a.log_level.into(),
             Command::Inspect(_) | Command::Bench(_) | Command::Ctl(_) => log::LevelFilter::Warn,
         }
     }
@@ -29,6 +30,9 @@ pub enum Command {
     /// Boot an image (default: the image built into this binary) and exit with the status
     /// the guest wrote to the debug-exit port.
     Run(RunArgs),
+    /// Continue a VM from a snapshot (`ctl snapshot DIR`, `PUT /snapshot/create`) in this new
+    /// process. Without --resume it waits paused for `PATCH /vm {"state": "Resumed"}`.
+    Restore(RestoreArgs),
     /// Print what an image holds.
     Inspect(InspectArgs),
     /// Run the VMM benchmarks and print a table.
@@ -72,6 +76,43 @@ pub struct RunArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The snapshot directory (DIR/vmstate and DIR/memory).
+    #[arg(required_unless_present_all = ["snapshot", "mem_file"], conflicts_with_all = ["snapshot", "mem_file"])]
+    pub dir: Option<PathBuf>,
+    /// The vmstate file, when the two files are named separately.
+    #[arg(long, value_name = "PATH", requires = "mem_file")]
+    pub snapshot: Option<PathBuf>,
+    /// The memory file, with --snapshot.
+    #[arg(long, value_name = "PATH", requires = "snapshot")]
+    pub mem_file: Option<PathBuf>,
+    /// How guest memory comes back: `copy` reads it all into place before the vCPU runs.
+    #[arg(long, value_enum, default_value_t = MemoryRestore::Copy)]
+    pub memory_restore: MemoryRestore,
+    /// Run at once instead of waiting paused for the API.
+    #[arg(long)]
+    pub resume: bool,
+    /// As for `run`.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
+    pub id: String,
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    #[arg(long, value_name = "SPEC", default_value = "stdio")]
+    pub serial: String,
+    #[arg(long, value_enum, default_value_t = LogLevel::Warn)]
+    pub log_level: LogLevel,
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub stats_json: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MemoryRestore {
+    Copy,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct CtlArgs {
     /// The VM's API socket (`run --api-sock PATH`).
     #[arg(long, value_name = "PATH")]
@@ -88,6 +129,13 @@ pub enum CtlAction {
     Pause,
     /// Resume a paused VM (`PATCH /vm {"state": "Resumed"}`).
     Resume,
+    /// Write a snapshot to DIR/vmstate and DIR/memory (`PUT /snapshot/create`). A running
+    /// VM is paused for it and resumed after; a paused one stays paused.
+    Snapshot {
+        /// The snapshot directory (replaced whole: the previous snapshot there stays intact
+        /// until the new one is complete).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

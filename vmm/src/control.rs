@@ -36,6 +36,10 @@ impl VmState {
 pub enum ControlError {
     #[error("the VM has ended")]
     Ended,
+    #[error("the VM is not paused (PATCH /vm {{\"state\": \"Paused\"}} first)")]
+    NotPaused,
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
     #[error("the vCPU did not answer within {0:?}")]
     NoAnswer(Duration),
     #[error("cannot signal the vCPU thread (error {0})")]
@@ -45,6 +49,9 @@ pub enum ControlError {
 struct Inner {
     want_paused: bool,
     state: VmState,
+    /// A snapshot asked of the paused vCPU, and its answer.
+    snapshot: Option<crate::snapshot::file::Target>,
+    snapshot_done: Option<Result<(), String>>,
     /// The vCPU thread, once it runs (kicks go there).
     vcpu_thread: Option<libc::pthread_t>,
 }
@@ -71,7 +78,12 @@ pub trait PauseHooks {
     fn resumed(&mut self);
     /// Whether the run must end instead of waiting on (the watchdog's deadline passed).
     fn must_stop(&self) -> bool;
+    /// Writes a snapshot of the paused VM.
+    fn snapshot(&mut self, target: &crate::snapshot::file::Target) -> Result<(), String>;
 }
+
+/// How long a snapshot may take before the API gives up waiting (it goes on).
+pub const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Default for VmControl {
     fn default() -> Self {
@@ -79,6 +91,8 @@ impl Default for VmControl {
             inner: Mutex::new(Inner {
                 want_paused: false,
                 state: VmState::NotStarted,
+                snapshot: None,
+                snapshot_done: None,
                 vcpu_thread: None,
             }),
             changed: Condvar::new(),
@@ -94,6 +108,11 @@ impl VmControl {
 
     pub fn state(&self) -> VmState {
         self.lock().state
+    }
+
+    /// Makes the VM wait paused before its first KVM_RUN (a restore without --resume).
+    pub fn start_paused(&self) {
+        self.lock().want_paused = true;
     }
 
     /// The vCPU thread enters its run loop (called on that thread).
@@ -167,6 +186,37 @@ impl VmControl {
         }
     }
 
+    /// Writes a snapshot of the paused VM to `target` (done by the vCPU thread) and waits
+    /// for it.
+    pub fn snapshot(&self, target: crate::snapshot::file::Target) -> Result<(), ControlError> {
+        let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+        let mut inner = self.lock();
+        match inner.state {
+            VmState::Ended => return Err(ControlError::Ended),
+            VmState::Paused => {}
+            _ => return Err(ControlError::NotPaused),
+        }
+        inner.snapshot = Some(target);
+        inner.snapshot_done = None;
+        self.changed.notify_all();
+        loop {
+            if let Some(done) = inner.snapshot_done.take() {
+                return done.map_err(ControlError::Snapshot);
+            }
+            if inner.state == VmState::Ended {
+                return Err(ControlError::Ended);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(ControlError::NoAnswer(SNAPSHOT_TIMEOUT));
+            }
+            inner = match self.changed.wait_timeout(inner, REKICK.min(deadline - now)) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+    }
+
     /// The run loop's check, once per exit: true if something is asked.
     pub fn pending(&self) -> bool {
         self.pending.load(Ordering::Acquire)
@@ -188,6 +238,15 @@ impl VmControl {
         while inner.want_paused {
             if hooks.must_stop() {
                 return false;
+            }
+            if let Some(target) = inner.snapshot.take() {
+                // Written without the lock: a GET / meanwhile still answers.
+                drop(inner);
+                let done = hooks.snapshot(&target);
+                inner = self.lock();
+                inner.snapshot_done = Some(done);
+                self.changed.notify_all();
+                continue;
             }
             inner = match self.changed.wait_timeout(inner, REKICK) {
                 Ok((g, _)) => g,
@@ -222,6 +281,9 @@ mod tests {
         }
         fn must_stop(&self) -> bool {
             false
+        }
+        fn snapshot(&mut self, _: &crate::snapshot::file::Target) -> Result<(), String> {
+            Err("no snapshots here".into())
         }
     }
 

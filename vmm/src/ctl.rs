@@ -17,12 +17,40 @@ const MAX_ANSWER: u64 = 1 << 20;
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
 
 pub fn ctl(args: &CtlArgs) -> Result<u8> {
-    let (method, path, body) = match args.action {
-        CtlAction::Info => ("GET", "/", None),
-        CtlAction::Pause => ("PATCH", "/vm", Some(r#"{"state": "Paused"}"#)),
-        CtlAction::Resume => ("PATCH", "/vm", Some(r#"{"state": "Resumed"}"#)),
-    };
-    let (status, answer) = request(&args.api_sock, method, path, body)?;
+    let sock = &args.api_sock;
+    match &args.action {
+        CtlAction::Info => call(sock, "GET", "/", None),
+        CtlAction::Pause => call(sock, "PATCH", "/vm", Some(PAUSE)),
+        CtlAction::Resume => call(sock, "PATCH", "/vm", Some(RESUME)),
+        CtlAction::Snapshot { dir } => snapshot(sock, dir),
+    }
+}
+
+const PAUSE: &str = r#"{"state": "Paused"}"#;
+const RESUME: &str = r#"{"state": "Resumed"}"#;
+
+/// Pauses a running VM, writes the snapshot, and resumes it (a paused VM stays paused).
+fn snapshot(sock: &Path, dir: &Path) -> Result<u8> {
+    let (_, info) = request(sock, "GET", "/", None)?;
+    let running = serde_json::from_str::<serde_json::Value>(&info)
+        .is_ok_and(|v| v["state"] == "Running");
+    if running {
+        call(sock, "PATCH", "/vm", Some(PAUSE))?;
+    }
+    // The VMM resolves the path in its own working directory: give it an absolute one.
+    let dir = std::path::absolute(dir).map_err(|e| Error::ApiAnswer(format!("{}: {e}", dir.display())))?;
+    let body = serde_json::json!({ "snapshot_dir": dir }).to_string();
+    let made = call(sock, "PUT", "/snapshot/create", Some(&body));
+    if running {
+        call(sock, "PATCH", "/vm", Some(RESUME))?;
+    }
+    made
+}
+
+/// One request; a non-2xx answer is an error with the API's message, a JSON answer is
+/// printed.
+fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Result<u8> {
+    let (status, answer) = request(sock, method, path, body)?;
     if !(200..300).contains(&status) {
         let message = serde_json::from_str::<serde_json::Value>(&answer)
             .ok()

@@ -99,6 +99,9 @@ pub enum Error {
 
     #[error("API: {0}")]
     ApiAnswer(String),
+
+    #[error("{0}")]
+    Snapshot(String),
 }
 
 impl Error {

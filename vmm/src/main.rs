@@ -16,7 +16,9 @@ mod inspect;
 mod kick;
 mod logger;
 mod platform;
+mod restore;
 mod run;
+mod snapshot;
 mod stats;
 mod stdin;
 mod vcpu;
@@ -42,6 +44,7 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Run(args) => run::run(&args, process_start),
+        Command::Restore(args) => restore::restore(&args, process_start),
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Ctl(args) => ctl::ctl(&args),

@@ -21,7 +21,7 @@ use crate::logger::to_stderr;
 use crate::platform;
 use crate::stats::{self, RunStats};
 use crate::stdin;
-use crate::vcpu::{OutRip, Outcome, RipSource, VcpuRunner};
+use crate::vcpu::{MachineInfo, OutRip, Outcome, RipSource, VcpuRunner};
 use crate::vm::{self, Vm};
 use crate::watchdog::{self, Watchdog};
 
@@ -70,8 +70,69 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
     boot::setup_vcpu(&vcpu, layout.pvh_entry)?;
+    let machine = Machine {
+        vm,
+        vcpu,
+        text: layout.text,
+        platform,
+        tsc_khz,
+        serial: None,
+        start_paused: false,
+    };
+    let common = Common {
+        timeout,
+        serial_spec,
+        api_sock: args.api_sock.as_deref(),
+        id: &args.id,
+        stats_json: args.stats_json.as_deref(),
+        boot_timer: args.boot_timer,
+        memory_mib: args.memory,
+    };
+    execute(machine, &common, process_start)
+}
 
-    let (serial, irq) = SerialDevice::new(serial_spec.open()?)?;
+/// A VM ready to run: booted from an image or restored from a snapshot.
+pub struct Machine {
+    pub vm: Vm,
+    pub vcpu: kvm_ioctls::VcpuFd,
+    pub text: boot::KernelText,
+    pub platform: fluke_abi::Platform,
+    pub tsc_khz: Option<u32>,
+    /// The UART's saved state (a restore), else a fresh UART.
+    pub serial: Option<vm_superio::serial::SerialState>,
+    /// Wait paused for `PATCH /vm` before the first KVM_RUN (a restore without --resume).
+    pub start_paused: bool,
+}
+
+/// What `run` and `restore` share on their command lines.
+pub struct Common<'a> {
+    pub timeout: Option<std::time::Duration>,
+    pub serial_spec: SerialSpec,
+    pub api_sock: Option<&'a Path>,
+    pub id: &'a str,
+    pub stats_json: Option<&'a Path>,
+    pub boot_timer: bool,
+    pub memory_mib: u64,
+}
+
+/// Runs a prepared VM to its end and turns the outcome into the exit status.
+pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Result<u8> {
+    let Machine {
+        vm,
+        vcpu,
+        text,
+        platform,
+        tsc_khz,
+        serial: saved_serial,
+        start_paused,
+    } = machine;
+    let serial_spec = common.serial_spec.clone();
+    let timeout = common.timeout;
+
+    let (serial, irq) = match &saved_serial {
+        Some(state) => SerialDevice::with_state(serial_spec.open()?, state)?,
+        None => SerialDevice::new(serial_spec.open()?)?,
+    };
     vm.register_irqfd(&irq, COM1_IRQ)?;
     let _stdin = match serial_spec {
         SerialSpec::Stdio => {
@@ -91,7 +152,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     };
     let mut devices = Devices {
         serial,
-        boot_timer: BootTimer::new(process_start, args.boot_timer),
+        boot_timer: BootTimer::new(process_start, common.boot_timer),
         bench: BenchPort::default(),
     };
 
@@ -103,14 +164,17 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     log::debug!("reading RIP for port I/O checks from {rip_source:?}");
     let mut watchdog = timeout.map(Watchdog::arm).transpose()?;
     let control = Arc::new(VmControl::default());
-    let mut api = match &args.api_sock {
+    if start_paused {
+        control.start_paused();
+    }
+    let mut api = match common.api_sock {
         Some(path) => Some(ApiServer::start(
             path,
             InstanceInfo {
-                id: args.id.clone(),
+                id: common.id.to_string(),
                 platform: platform.name(),
                 vcpus: 1,
-                memory_mib: mem_bytes >> 20,
+                memory_mib: common.memory_mib,
             },
             Arc::clone(&control),
         )?),
@@ -123,7 +187,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
             vcpu,
             &mut devices,
             (
-                &layout.text,
+                &text,
                 vm.memory(),
                 match platform {
                     fluke_abi::Platform::KvmPvm => OutRip::Next,
@@ -136,6 +200,10 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
                 api.as_ref().map(|_| &*control),
                 vm.fd(),
             ),
+            MachineInfo {
+                platform: platform.name(),
+                tsc_khz,
+            },
         );
         let outcome = runner.run();
         (outcome, runner.exits())
@@ -163,7 +231,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
             (status_u8(VMM_GUEST_CRASH), "crash")
         }
         Outcome::TimedOut { registers } => {
-            let secs = args.timeout.unwrap_or_default();
+            let secs = common.timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
             to_stderr(&format!(
                 "fluke-vmm: error: guest did not finish within {secs} s; stopped\n{registers}"
             ));
@@ -172,7 +240,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     };
     log::debug!("{exits} exits to the VMM in {:.3} ms", ms(run_time));
 
-    if let Some(path) = &args.stats_json {
+    if let Some(path) = common.stats_json {
         let bench = devices.bench.result();
         let stats = RunStats {
             platform: platform.name().to_string(),

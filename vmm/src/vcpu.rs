@@ -80,6 +80,8 @@ pub struct VcpuRunner<'a> {
     /// Pause and resume requests (the API), if the run takes any.
     control: Option<&'a VmControl>,
     vm: &'a VmFd,
+    /// What a snapshot records about the machine.
+    about: MachineInfo,
     io_data: Vec<u8>,
     exits: u64,
 }
@@ -91,6 +93,7 @@ impl<'a> VcpuRunner<'a> {
         (text, memory, out_rip): (&'a KernelText, &'a GuestMemoryMmap, OutRip),
         rip_source: RipSource,
         (watchdog, control, vm): (Option<&'a Watchdog>, Option<&'a VmControl>, &'a VmFd),
+        about: MachineInfo,
     ) -> VcpuRunner<'a> {
         if rip_source == RipSource::SyncRegs {
             vcpu.set_sync_valid_reg(SyncReg::Register);
@@ -105,6 +108,7 @@ impl<'a> VcpuRunner<'a> {
             watchdog,
             control,
             vm,
+            about,
             io_data: Vec::with_capacity(16),
             exits: 0,
         }
@@ -145,8 +149,14 @@ impl<'a> VcpuRunner<'a> {
                 };
             }
             if let Some(c) = self.control.filter(|c| c.pending()) {
-                let mut hooks = ClockHold {
+                self.complete_pending_io();
+                let mut hooks = PausedVm {
+                    vcpu: &self.vcpu,
                     vm: self.vm,
+                    memory: self.memory,
+                    devices: &*self.devices,
+                    text: self.text,
+                    about: self.about,
                     watchdog: self.watchdog,
                     held: None,
                 };
@@ -233,6 +243,22 @@ impl<'a> VcpuRunner<'a> {
                 Exit::Crash(reason) => return self.crash(reason),
             }
         }
+    }
+
+    /// Lets KVM finish the instruction of the last exit (a port I/O is completed by the next
+    /// KVM_RUN: on hardware KVM the RIP still points at the IN or OUT) without entering the
+    /// guest: KVM_RUN with `immediate_exit` set. Then the registers a pause hands out (to a
+    /// snapshot) are those of an instruction boundary, and a restored VM does not run the
+    /// OUT again.
+    fn complete_pending_io(&mut self) {
+        self.vcpu.set_kvm_immediate_exit(1);
+        match self.vcpu.run() {
+            Err(e) if matches!(e.errno(), libc::EINTR | libc::EAGAIN) => {}
+            Ok(VcpuExit::Intr) => {}
+            other => log::warn!("vcpu: completing the last exit before a pause: {other:?}"),
+        }
+        self.vcpu.set_kvm_immediate_exit(0);
+        crate::kick::take_pending();
     }
 
     fn crash(&self, reason: String) -> Outcome {
@@ -327,13 +353,28 @@ impl<'a> VcpuRunner<'a> {
 /// The raw TSC is not held: kvm_pvm has no TSC offsetting (TSC_CONTROL=0, pvm.md §2), so a
 /// program reading RDTSC itself sees the pause there, and for one clock on every platform
 /// it does on hardware KVM too.
-struct ClockHold<'a> {
+///
+/// While paused, it also writes snapshots: the state taken from KVM with the clock as held
+/// (not the clock KVM runs on meanwhile), the UART, and guest RAM.
+struct PausedVm<'a> {
+    vcpu: &'a VcpuFd,
     vm: &'a VmFd,
+    memory: &'a GuestMemoryMmap,
+    devices: &'a Devices,
+    text: &'a KernelText,
+    about: MachineInfo,
     watchdog: Option<&'a Watchdog>,
     held: Option<kvm_clock_data>,
 }
 
-impl PauseHooks for ClockHold<'_> {
+/// The machine facts a snapshot records.
+#[derive(Clone, Copy, Debug)]
+pub struct MachineInfo {
+    pub platform: &'static str,
+    pub tsc_khz: Option<u32>,
+}
+
+impl PauseHooks for PausedVm<'_> {
     fn paused(&mut self) {
         self.held = self
             .vm
@@ -357,6 +398,34 @@ impl PauseHooks for ClockHold<'_> {
 
     fn must_stop(&self) -> bool {
         self.watchdog.is_some_and(|w| w.expired())
+    }
+
+    fn snapshot(&mut self, target: &crate::snapshot::file::Target) -> Result<(), String> {
+        let started = std::time::Instant::now();
+        let machine = crate::snapshot::Machine {
+            vm: self.vm,
+            memory: self.memory,
+            platform: self.about.platform,
+            tsc_khz: self.about.tsc_khz,
+            text: self.text,
+            serial: self.devices.serial.state(),
+        };
+        let (mut snap, _) = crate::snapshot::capture(self.vcpu, &machine)?;
+        if let Some(held) = self.held {
+            snap.clock = held;
+        }
+        let vmstate = crate::snapshot::file::encode(&snap)?;
+        let ram = crate::snapshot::ram_slices(self.memory);
+        let pieces: Vec<&[u8]> = ram.iter().map(|(_, b)| *b).collect();
+        crate::snapshot::file::write(target, &vmstate, &pieces)?;
+        log::info!(
+            "snapshot: {} ({} bytes of state, {} MiB of memory) in {:.1} ms",
+            target.vmstate().display(),
+            vmstate.len(),
+            snap.memory_bytes >> 20,
+            started.elapsed().as_secs_f64() * 1e3
+        );
+        Ok(())
     }
 }
 

@@ -27,6 +27,13 @@ pub mod pvm {
     pub const MSR_CONTROL: u32 = 0x4b56_4d10;
     /// TSC frequency in kHz.
     pub const MSR_TSC_KHZ: u32 = 0x4b56_4d13;
+    /// Offset in the kernel's PV page (whose address the host reads in [`MSR_CONTROL`]) of a
+    /// u64 the VMM sets to [`RESTORED`] in a VM it restored from a snapshot, before it sends
+    /// the vCPU an NMI: the host cannot write [`MSR_CONTROL`], so the restored vCPU starts
+    /// in kvm_pvm's default mode, and the kernel's NMI handler (which default mode delivers
+    /// through the IDT as any event) turns PV mode back on and clears it.
+    pub const PV_PAGE_RESTORED: u64 = 16;
+    pub const RESTORED: u64 = 0x5245_5354_4f52_4544; // "RESTORED"
 }
 
 /// KVM's paravirtual clock (kvmclock), which the kernel keeps time with where KVM offers it

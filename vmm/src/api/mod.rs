@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `GET /` | 200 `{"id", "state", "vmm_version", "app_name", "platform", "vcpus", "memory_mib"}` |
 //! | `PATCH /vm {"state": "Paused"}` / `{"state": "Resumed"}` | 204 once the vCPU has paused / runs again |
+//! | `PUT /snapshot/create {"snapshot_dir"}` or `{"snapshot_path", "mem_file_path"}` | 204 once a paused VM's snapshot is written |
 //! | anything else | 404 (unknown path) or 405 (known path, other method), `{"fault_message"}` |
 //!
 //! Errors are `{"fault_message": "..."}` with 400 (bad body), 404, 405, 409 (the VM has
@@ -25,6 +26,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::control::{ControlError, VmControl};
+use crate::snapshot::file::Target;
 use crate::error::{Error, Result};
 use http::{Connection, Request, Response};
 
@@ -191,6 +193,10 @@ pub fn route(request: &Request, info: &InstanceInfo, control: &VmControl) -> Res
             "PATCH" => patch_vm(&request.body, control),
             _ => method_not_allowed("PATCH"),
         },
+        "/snapshot/create" => match method {
+            "PUT" => create_snapshot(&request.body, control),
+            _ => method_not_allowed("PUT"),
+        },
         other => Response::fault(404, format!("unknown path {other:?}")),
     }
 }
@@ -212,6 +218,45 @@ fn instance_info(info: &InstanceInfo, control: &VmControl) -> serde_json::Value 
         "vcpus": info.vcpus,
         "memory_mib": info.memory_mib,
     })
+}
+
+/// `PUT /snapshot/create`'s body: a directory (fluke's form: both files replaced together)
+/// or Firecracker's two paths.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotBody {
+    snapshot_dir: Option<PathBuf>,
+    snapshot_path: Option<PathBuf>,
+    mem_file_path: Option<PathBuf>,
+    /// Firecracker's; only "Full" exists here.
+    snapshot_type: Option<String>,
+}
+
+fn create_snapshot(body: &[u8], control: &VmControl) -> Response {
+    let body: SnapshotBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return Response::fault(400, format!("bad body for PUT /snapshot/create: {e}")),
+    };
+    if body.snapshot_type.as_deref().is_some_and(|t| t != "Full") {
+        return Response::fault(400, "only \"Full\" snapshots exist here");
+    }
+    let target = match (body.snapshot_dir, body.snapshot_path, body.mem_file_path) {
+        (Some(dir), None, None) => Target::Dir(dir),
+        (None, Some(vmstate), Some(memory)) => Target::Files { vmstate, memory },
+        _ => {
+            return Response::fault(
+                400,
+                "give either \"snapshot_dir\" or both \"snapshot_path\" and \"mem_file_path\"",
+            )
+        }
+    };
+    match control.snapshot(target) {
+        Ok(()) => Response::no_content(),
+        Err(ControlError::Ended) => Response::fault(409, "the VM has ended"),
+        Err(e @ ControlError::NotPaused) => Response::fault(400, e.to_string()),
+        Err(e @ ControlError::Snapshot(_)) => Response::fault(500, e.to_string()),
+        Err(e) => Response::fault(500, e.to_string()),
+    }
 }
 
 fn patch_vm(body: &[u8], control: &VmControl) -> Response {
@@ -265,6 +310,12 @@ mod tests {
         assert_eq!(status("DELETE", "/", ""), 405);
         assert_eq!(status("GET", "/vm", ""), 405);
         assert_eq!(status("GET", "/nowhere", ""), 404);
+        assert_eq!(status("GET", "/snapshot/create", ""), 405);
+        for bad in ["{}", "{\"snapshot_path\": \"/a\"}", "{\"snapshot_dir\": \"/d\", \"snapshot_path\": \"/a\", \"mem_file_path\": \"/b\"}", "{\"snapshot_dir\": \"/d\", \"snapshot_type\": \"Diff\"}", "{\"snapshot_dir\": 3}"] {
+            assert_eq!(status("PUT", "/snapshot/create", bad), 400, "{bad}");
+        }
+        // A VM that is not paused is not snapshotted.
+        assert_eq!(status("PUT", "/snapshot/create", "{\"snapshot_dir\": \"/tmp/never\"}"), 400);
         for bad in ["", "{", "[]", "{\"state\": \"Asleep\"}", "{\"state\": \"Paused\", \"x\": 1}"] {
             assert_eq!(status("PATCH", "/vm", bad), 400, "{bad}");
         }

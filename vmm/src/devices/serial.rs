@@ -11,7 +11,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use vm_superio::serial::SerialEvents;
+use vm_superio::serial::{SerialEvents, SerialState};
 use vm_superio::{Serial, Trigger};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
@@ -183,19 +183,26 @@ impl SerialDevice {
     /// Creates the UART and returns it with its interrupt eventfd (to be registered as an
     /// irqfd for `fluke_abi::ports::COM1_IRQ`).
     pub fn new(output: Output) -> Result<(SerialDevice, EventFd)> {
+        Self::with_state(output, &SerialState::default())
+    }
+
+    /// [`new`](Self::new) with the registers and receive FIFO of a saved UART (a restore).
+    pub fn with_state(output: Output, state: &SerialState) -> Result<(SerialDevice, EventFd)> {
         let host_io = |source| Error::HostIo {
             what: "serial port",
             source,
         };
         let irq = EventFd::new(EFD_NONBLOCK).map_err(host_io)?;
         let space = EventFd::new(EFD_NONBLOCK).map_err(host_io)?;
-        let uart = Serial::with_events(
+        let uart = Serial::from_state(
+            state,
             IrqTrigger(irq.try_clone().map_err(host_io)?),
             InputSpace {
                 evt: Some(space.try_clone().map_err(host_io)?),
             },
             Sink::new(output),
-        );
+        )
+        .map_err(|e| Error::Snapshot(format!("the saved serial port cannot be rebuilt: {e:?}")))?;
         Ok((
             SerialDevice {
                 uart: Arc::new(Mutex::new(uart)),
@@ -224,6 +231,11 @@ impl SerialDevice {
         for byte in data.iter_mut() {
             *byte = uart.read(offset);
         }
+    }
+
+    /// The UART's registers and receive FIFO (a snapshot).
+    pub fn state(&self) -> SerialState {
+        lock(&self.uart).state()
     }
 
     /// Writes all pending output.

@@ -18,6 +18,11 @@ pub fn user_event(k: &mut Kernel, vector: u8, error_code: u64) -> Leave {
     let next = match vector {
         apic::TIMER_VECTOR => sched::timer_interrupt(k, true),
         apic::SPURIOUS_VECTOR => Next::Resume,
+        // The VMM's after a restore (platform::nmi); nothing for the thread.
+        2 => {
+            crate::arch::platform::nmi();
+            Next::Resume
+        }
         14 => page_fault(k, error_code),
         0..=31 => exception(k, vector, error_code),
         _ => {

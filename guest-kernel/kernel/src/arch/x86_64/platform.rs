@@ -43,7 +43,8 @@ impl Backend {
     }
 }
 
-/// The kvm_pvm per-vCPU page (pvm.md §4.2). Only the first 16 bytes have a meaning.
+/// The kvm_pvm per-vCPU page (pvm.md §4.2). The host gives the first 16 bytes a meaning;
+/// the VMM the next 8 (`fluke_abi::pvm::PV_PAGE_RESTORED`).
 #[repr(C, align(4096))]
 pub struct PvPage {
     /// Virtual interrupt enable: IRQs are injected only while non-zero.
@@ -53,8 +54,15 @@ pub struct PvPage {
     _pad: [u8; 6],
     /// CR2 of the last page fault.
     cr2: u64,
-    _rest: [u8; 4096 - 16],
+    /// `fluke_abi::pvm::RESTORED` after a restore into a new VMM (PV mode is off).
+    restored: u64,
+    _rest: [u8; 4096 - 24],
 }
+
+const _: () = assert!(core::mem::offset_of!(PvPage, restored) as u64 == fluke_abi::pvm::PV_PAGE_RESTORED);
+
+/// The PV control value written at boot, written again after a restore.
+static PV_CONTROL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 
 /// Exported for entry.S, which sets VIF on the user-mode entry and exit paths.
 #[no_mangle]
@@ -63,7 +71,8 @@ static PV_PAGE: BootCell<PvPage> = BootCell::new(PvPage {
     pending: 0,
     _pad: [0; 6],
     cr2: 0,
-    _rest: [0; 4096 - 16],
+    restored: 0,
+    _rest: [0; 4096 - 24],
 });
 static BACKEND: AtomicU8 = AtomicU8::new(Backend::Native as u8);
 static PV_ON: AtomicU8 = AtomicU8::new(0);
@@ -163,6 +172,7 @@ pub fn enable_pv_mode() {
     // SAFETY: the PV page is a page-aligned, zeroed kernel page inside guest RAM, and the
     // preconditions above hold; this is the protocol of pvm.md §4.1 with flags 0x17.
     unsafe { cpu::wrmsr(MSR_PVM_CONTROL, gpa | PVM_FLAGS) };
+    PV_CONTROL.store(gpa | PVM_FLAGS, Ordering::Relaxed);
     PV_ON.store(1, Ordering::Relaxed);
     // The entry code's floor switch reads it (FS base switching).
     super::percpu::get().pv.set(1);
@@ -244,6 +254,31 @@ pub fn irq_disable() {
 
 /// Sets the interrupt state that an event frame's RFLAGS.IF says to return to (pvm.md §4.3
 /// rule 5: the host clears VIF on delivery and IRETQ does not restore it).
+/// An NMI. The only sender is the VMM, after restoring this VM from a snapshot into a new
+/// process on kvm_pvm: the vCPU then runs in kvm_pvm's default mode (the host cannot write
+/// the PV control MSR), where this handler is entered through the IDT as any event and is
+/// the first guest code to run. It turns PV mode back on, with the value of the boot, and the
+/// event returns as it would have in PV mode. It touches nothing else, so it is safe
+/// whatever it interrupted. Anywhere else (no flag) an NMI does nothing.
+pub fn nmi() {
+    if backend() != Backend::Pv {
+        return;
+    }
+    // SAFETY: the PV page is kernel memory; the flag is written by the VMM only while the
+    // vCPU is stopped, and by this handler, which nothing interrupts (NMIs are blocked).
+    let flag = unsafe { core::ptr::addr_of_mut!((*PV_PAGE.as_ptr()).restored) };
+    // SAFETY: as above.
+    if unsafe { flag.read_volatile() } != fluke_abi::pvm::RESTORED {
+        return;
+    }
+    // SAFETY: as above.
+    unsafe { flag.write_volatile(0) };
+    let control = PV_CONTROL.load(Ordering::Relaxed);
+    // SAFETY: the same write as at boot (enable_pv_mode): the kernel PGD is loaded (the VMM
+    // restores it for a user-mode context, pvm.md §4.3 rule 3) and the PV page is unchanged.
+    unsafe { cpu::wrmsr(MSR_PVM_CONTROL, control) };
+}
+
 pub fn restore_irq_state_for_return(rflags: u64) {
     if backend() == Backend::Pv {
         let vif = u8::from(rflags & (1 << 9) != 0);

@@ -34,6 +34,7 @@ pub struct TrapFrame {
     pub ss: u64,
 }
 
+pub const VEC_NMI: u64 = 2;
 pub const VEC_PAGE_FAULT: u64 = 14;
 
 pub fn vector_name(v: u64) -> &'static str {
@@ -108,6 +109,10 @@ extern "C" fn trap_dispatch(frame: &mut TrapFrame) -> u64 {
         // pvm.md §11 H1 tripwire: a "kernel-mode" frame outside kernel text means user code
         // runs with kernel privilege. Whoever runs is killed, and the kernel leaves by SYSRET.
         return EVENT_ESCALATION;
+    }
+    if frame.vector == VEC_NMI {
+        platform::nmi();
+        return EVENT_HANDLED;
     }
     if frame.vector < 32 {
         match fixup_for(frame.rip) {

@@ -1,0 +1,225 @@
+//! VM snapshots (`ctl snapshot DIR`, `PUT /snapshot/create`) and `fluke-vmm restore`: a
+//! guest paused, snapshotted and killed with its VMM continues in a new process exactly
+//! where it was; corrupt snapshots are refused; a VMM killed while writing one leaves the
+//! previous one whole. On kvm_pvm this also checks the kernel's part: the host cannot write
+//! the PV control MSR, so the restored vCPU starts in default mode and the kernel turns PV
+//! mode back on in its NMI handler (a user-mode context: `spinner`; a kernel one: the idle
+//! `ticker`).
+
+mod support;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::Command;
+
+use fluke_abi::status::VMM_ERROR;
+use support::api::*;
+use support::VMM;
+
+const TICKER: &str = "fluke.init=work,ticker,40,30";
+
+fn ctl(sock: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(VMM)
+        .arg("ctl")
+        .arg("--api-sock")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn ctl_snapshot(sock: &Path, dir: &Path) -> std::process::Output {
+    ctl(sock, &["snapshot", dir.to_str().unwrap()])
+}
+
+/// Starts the ticker, lets it reach tick `at`, pauses it and snapshots it into `dir`.
+/// Returns the paused VM and what it had printed.
+fn snapshot_at(tag: &str, at: u64, dir: &Path) -> (LiveVm, String) {
+    let vm = LiveVm::start(tag, TICKER);
+    vm.wait_for(&format!("work: tick {at} "));
+    pause(&vm.sock);
+    let out = ctl_snapshot(&vm.sock, dir);
+    assert!(out.status.success(), "snapshot: {out:?}");
+    assert_eq!(state(&vm.sock), "Paused", "a paused VM stays paused after ctl snapshot");
+    let printed = vm.console();
+    (vm, printed)
+}
+
+fn restore_args(dir: &Path, extra: &[&str]) -> Vec<OsString> {
+    let mut v: Vec<OsString> = vec!["restore".into(), dir.into()];
+    v.extend(extra.iter().map(OsString::from));
+    v
+}
+
+/// The sequence printed before the snapshot, then by the restored VM: it must be S.
+fn joined(before: &str, after: &str) -> Vec<(u64, String)> {
+    let mut s = sequence(before);
+    s.extend(sequence(after));
+    s
+}
+
+#[test]
+fn a_snapshot_continues_in_a_new_process_exactly_and_the_original_too() {
+    let s = reference(TICKER);
+    assert_eq!(s.len(), 40);
+    let dir = TempDir::new("snap-continue");
+    let snap = dir.0.join("snap");
+    let (vm, before) = snapshot_at("snap-orig", 10, &snap);
+    assert!(snap.join("vmstate").exists() && snap.join("memory").exists());
+    // The original, resumed, finishes as if nothing happened.
+    resume(&vm.sock);
+    let (status, original) = vm.finish();
+    assert_eq!(status, 0, "{original}");
+    assert_eq!(sequence(&original), s);
+    // A new process continues from the snapshot: paused until asked, then exactly S.
+    let restored = LiveVm::start_with("snap-new", &restore_args(&snap, &[]), "", &[]);
+    assert_eq!(state(&restored.sock), "Paused");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(restored.ticks(), 0, "a restore without --resume ran");
+    resume(&restored.sock);
+    let (status, after) = restored.finish();
+    assert_eq!(status, 0, "{after}");
+    assert_eq!(joined(&before, &after), s, "before:\n{before}\nafter:\n{after}");
+    // The guest's clock went on from where it was: no tick gap near the time in between.
+    let t: Vec<u64> = ticks(&after).into_iter().map(|(_, _, ms)| ms).collect();
+    let last_before = ticks(&before).last().unwrap().2;
+    assert!(t[0] - last_before < 300, "a {} ms jump in guest time", t[0] - last_before);
+}
+
+#[test]
+fn a_guest_killed_with_its_vmm_continues_from_its_snapshot() {
+    let s = reference(TICKER);
+    let dir = TempDir::new("snap-kill");
+    let snap = dir.0.join("snap");
+    let (vm, before) = snapshot_at("snap-killed", 15, &snap);
+    let _ = vm.kill();
+    let restored = LiveVm::start_with("snap-killed-new", &restore_args(&snap, &["--resume"]), "", &[]);
+    let (status, after) = restored.finish();
+    assert_eq!(status, 0, "{after}");
+    assert_eq!(joined(&before, &after), s);
+}
+
+#[test]
+fn a_guest_caught_in_user_mode_continues() {
+    // `spinner` never enters the kernel while it spins: the snapshot catches user mode.
+    let dir = TempDir::new("snap-user");
+    let snap = dir.0.join("snap");
+    let vm = LiveVm::start("snap-user-orig", "fluke.init=spinner,s,1500");
+    vm.wait_for("fluke: started init");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    pause(&vm.sock);
+    assert!(ctl_snapshot(&vm.sock, &snap).status.success());
+    let _ = vm.kill();
+    let restored = LiveVm::start_with("snap-user-new", &restore_args(&snap, &["--resume"]), "", &[]);
+    let (status, after) = restored.finish();
+    assert_eq!(status, 0, "{after}");
+    assert!(after.contains("spinner s: done"), "{after}");
+}
+
+#[test]
+fn a_vmm_killed_while_writing_a_snapshot_leaves_the_previous_one_whole() {
+    let s = reference(TICKER);
+    let dir = TempDir::new("snap-crash");
+    let snap = dir.0.join("snap");
+    let (vm, before) = snapshot_at("snap-first", 5, &snap);
+    let _ = vm.kill();
+    for point in ["memory-written", "vmstate-written", "exchanged"] {
+        let vm = LiveVm::start_with(
+            "snap-crashing",
+            &["run".into(), support::default_image().into_os_string()],
+            TICKER,
+            &[("FLUKE_SNAPSHOT_CRASH_AT", point)],
+        );
+        vm.wait_for("work: tick 20 ");
+        pause(&vm.sock);
+        let out = ctl_snapshot(&vm.sock, &snap);
+        assert!(!out.status.success(), "{point}: the VMM did not die writing: {out:?}");
+        let (status, _) = vm.wait();
+        assert_eq!(status, -1, "{point}: not killed by the signal");
+        // Whichever snapshot DIR holds now is whole and runs to S's end.
+        let restored = LiveVm::start_with("snap-after-crash", &restore_args(&snap, &["--resume"]), "", &[]);
+        let (status, after) = restored.finish();
+        assert_eq!(status, 0, "{point}: {after}");
+        let t = sequence(&after);
+        let from = t.first().map(|(i, _)| *i as usize).unwrap();
+        assert_eq!(t, s[from..], "{point}: {after}");
+        if point != "exchanged" {
+            assert_eq!(joined(&before, &after), s, "{point}: not the previous snapshot");
+        }
+    }
+}
+
+#[test]
+fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
+    let dir = TempDir::new("snap-bad");
+    let good = dir.0.join("good");
+    let (vm, _) = snapshot_at("snap-bad-orig", 3, &good);
+    let _ = vm.kill();
+    let vmstate = std::fs::read(good.join("vmstate")).unwrap();
+    let memory_len = std::fs::metadata(good.join("memory")).unwrap().len();
+    let case = |name: &str, vs: &[u8], mem: &dyn Fn(&Path)| {
+        let d = dir.0.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("vmstate"), vs).unwrap();
+        std::fs::copy(good.join("memory"), d.join("memory")).unwrap();
+        mem(&d.join("memory"));
+        let out = Command::new(VMM)
+            .args(["restore", "--resume", "--timeout", "20"])
+            .arg(&d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(VMM_ERROR), "{name}: {out:?}");
+        assert!(err.starts_with("fluke-vmm: error: cannot restore: "), "{name}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+        assert!(out.stdout.is_empty(), "{name}: the guest ran: {out:?}");
+        err.into_owned()
+    };
+    let same = |_: &Path| {};
+    assert!(case("truncated", &vmstate[..vmstate.len() / 2], &same).contains("truncated"));
+    let mut flipped = vmstate.clone();
+    let mid = flipped.len() / 2;
+    flipped[mid] ^= 1;
+    assert!(case("flipped", &flipped, &same).contains("checksum"));
+    let mut version = vmstate.clone();
+    version[8] = 9;
+    assert!(case("version", &version, &same).contains("version 9"));
+    assert!(case("empty", b"", &same).contains("truncated"));
+    let short = |p: &Path| {
+        let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.set_len(memory_len / 2).unwrap();
+    };
+    assert!(case("short-memory", &vmstate, &short).contains("bytes"));
+    let scribbled = |p: &Path| {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+        f.seek(SeekFrom::Start(0x200_000)).unwrap();
+        f.write_all(b"scribbled").unwrap();
+    };
+    assert!(case("torn-pair", &vmstate, &scribbled).contains("does not match"));
+    // A snapshot from the other platform (re-checksummed so only the platform differs).
+    let body = String::from_utf8(vmstate[24..].to_vec()).unwrap();
+    let here = if body.contains("\"platform\":\"kvm_pvm\"") { "kvm_pvm" } else { "kvm" };
+    let other = if here == "kvm" { "kvm_pvm" } else { "kvm" };
+    let body = body.replacen(&format!("\"platform\":\"{here}\""), &format!("\"platform\":\"{other}\""), 1);
+    let mut foreign = vmstate[..24].to_vec();
+    foreign[12..16].copy_from_slice(&crc32(body.as_bytes()).to_le_bytes());
+    foreign[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    foreign.extend_from_slice(body.as_bytes());
+    assert!(case("platform", &foreign, &same).contains(&format!("taken on {other}")));
+    // No such directory.
+    let out = Command::new(VMM).args(["restore", "/nonexistent/snap"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(VMM_ERROR));
+}
+
+/// CRC-32 (IEEE), bitwise: the test's own, not the VMM's.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+        }
+    }
+    !crc
+}

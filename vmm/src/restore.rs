@@ -1,0 +1,102 @@
+//! `fluke-vmm restore`: reads a snapshot, checks it whole before building anything, makes a
+//! new VM of the saved size, fills its memory (`--memory-restore copy`), puts the vCPU, the
+//! interrupt controllers, the clock and the UART back, and runs it as `run` does (paused
+//! until `PATCH /vm`, unless --resume).
+
+use std::time::Instant;
+
+use crate::cli::RestoreArgs;
+use crate::devices::serial::SerialSpec;
+use crate::error::{Error, Result};
+use crate::run::{execute, Common, Machine};
+use crate::snapshot::{self, file};
+use crate::{platform, vm, watchdog};
+
+fn bad(what: impl Into<String>) -> Error {
+    Error::Snapshot(format!("cannot restore: {}", what.into()))
+}
+
+pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
+    let timeout = args.timeout.map(watchdog::timeout_duration).transpose()?;
+    let serial_spec = SerialSpec::parse(&args.serial)?;
+    let target = match (&args.dir, &args.snapshot, &args.mem_file) {
+        (Some(dir), None, None) => file::Target::Dir(dir.clone()),
+        (None, Some(vmstate), Some(memory)) => file::Target::Files {
+            vmstate: vmstate.clone(),
+            memory: memory.clone(),
+        },
+        _ => return Err(bad("give a snapshot directory, or --snapshot and --mem-file")),
+    };
+    let started = Instant::now();
+    let mut snap = file::read_vmstate(&target.vmstate()).map_err(bad)?;
+    let mem_path = target.memory();
+    let mem_len = std::fs::metadata(&mem_path)
+        .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?
+        .len();
+    if mem_len != snap.memory_bytes {
+        return Err(bad(format!(
+            "{} holds {mem_len} bytes, the snapshot's VM has {} of memory",
+            mem_path.display(),
+            snap.memory_bytes
+        )));
+    }
+    let mib = snap.memory_bytes >> 20;
+    if mib << 20 != snap.memory_bytes {
+        return Err(bad(format!("a memory size of {} bytes is not whole MiB", snap.memory_bytes)));
+    }
+    let mem_bytes = vm::memory_bytes(mib)?;
+
+    let kvm = vm::open_kvm()?;
+    let check_kvm = vm::open_kvm()?;
+    let vm = vm::Vm::new(kvm, mem_bytes)?;
+    let vcpu = vm.create_vcpu(0)?;
+    let platform = platform::detect(&vcpu);
+    snapshot::check_fits_host(&snap, &check_kvm, platform.name()).map_err(bad)?;
+    if platform == fluke_abi::Platform::KvmPvm && snap.vcpu.pv_control.is_none() {
+        return Err(bad("a kvm_pvm snapshot without the PV control MSR"));
+    }
+
+    // Memory first, checked against the saved checksum before any state is applied.
+    let mut file = std::fs::File::open(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
+    snapshot::fill_memory(vm.memory(), &mut file)
+        .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
+    if snapshot::memory_crc(vm.memory()) != snap.memory_crc32 {
+        return Err(bad(format!(
+            "{} does not match the vmstate (checksum): the pair is torn or the memory corrupt",
+            mem_path.display()
+        )));
+    }
+    let pv = platform == fluke_abi::Platform::KvmPvm;
+    if pv {
+        snapshot::prepare_pv_restore(&mut snap, vm.memory()).map_err(bad)?;
+    }
+    snapshot::apply(&snap, vm.fd(), &vcpu).map_err(bad)?;
+    if pv {
+        snapshot::ring_pv_doorbell(&vcpu).map_err(bad)?;
+    }
+    log::info!(
+        "restore: {} MiB copied and the state applied in {:.1} ms",
+        mib,
+        started.elapsed().as_secs_f64() * 1e3
+    );
+
+    let machine = Machine {
+        vm,
+        vcpu,
+        text: snap.text.clone(),
+        platform,
+        tsc_khz: snap.tsc_khz,
+        serial: Some(snap.serial.to_state()),
+        start_paused: !args.resume,
+    };
+    let common = Common {
+        timeout,
+        serial_spec,
+        api_sock: args.api_sock.as_deref(),
+        id: &args.id,
+        stats_json: args.stats_json.as_deref(),
+        boot_timer: false,
+        memory_mib: mib,
+    };
+    execute(machine, &common, process_start)
+}

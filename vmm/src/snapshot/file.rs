@@ -1,0 +1,265 @@
+//! The snapshot files: `vmstate` (a versioned, checksummed header and the machine state as
+//! JSON) and `memory` (guest RAM, byte for byte, its CRC-32 in the vmstate), and writing them
+//! so that a VMM killed at any moment leaves the previous snapshot whole.
+//!
+//! `vmstate` layout (little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `FLUKESNP` |
+//! | 8 | 4 | format version ([`VERSION`]) |
+//! | 12 | 4 | CRC-32 (IEEE) of the body |
+//! | 16 | 8 | body length in bytes (at most [`MAX_BODY`]) |
+//! | 24 | n | body: [`super::VmSnapshot`] as JSON |
+//!
+//! A snapshot directory (`ctl snapshot DIR`, `PUT /snapshot/create {"snapshot_dir"}`) is
+//! written as a whole into a sibling temporary directory, each file fsynced, and then swapped
+//! with DIR in one `renameat2(RENAME_EXCHANGE)` (or renamed, if DIR did not exist): DIR is at
+//! every moment the old snapshot or the new one. Two separately named files (Firecracker's
+//! `snapshot_path` and `mem_file_path`) are each replaced atomically (temporary name, fsync,
+//! rename), memory first; the vmstate holds the memory's size and checksum, so a pair torn by
+//! a kill between the two renames is refused at restore rather than run.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::VmSnapshot;
+
+pub const MAGIC: [u8; 8] = *b"FLUKESNP";
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 24;
+/// The largest vmstate body accepted (the real one is tens of KiB).
+pub const MAX_BODY: u64 = 16 << 20;
+
+/// The two files of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `DIR/vmstate` and `DIR/memory`, replaced together.
+    Dir(PathBuf),
+    /// Separately named files, each replaced atomically.
+    Files { vmstate: PathBuf, memory: PathBuf },
+}
+
+impl Target {
+    pub fn vmstate(&self) -> PathBuf {
+        match self {
+            Target::Dir(d) => d.join("vmstate"),
+            Target::Files { vmstate, .. } => vmstate.clone(),
+        }
+    }
+
+    pub fn memory(&self) -> PathBuf {
+        match self {
+            Target::Dir(d) => d.join("memory"),
+            Target::Files { memory, .. } => memory.clone(),
+        }
+    }
+}
+
+/// Encodes a vmstate file.
+pub fn encode(snapshot: &VmSnapshot) -> Result<Vec<u8>, String> {
+    let body = serde_json::to_vec(snapshot).map_err(|e| format!("cannot encode the state: {e}"))?;
+    let mut out = Vec::with_capacity(HEADER_LEN + body.len());
+    out.extend_from_slice(&MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(&body).to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend_from_slice(&body);
+    Ok(out)
+}
+
+/// Decodes a vmstate file, refusing anything that is not exactly what [`encode`] wrote.
+pub fn decode(bytes: &[u8]) -> Result<VmSnapshot, String> {
+    if bytes.len() < HEADER_LEN {
+        return Err(format!("truncated: {} bytes, the header alone is {HEADER_LEN}", bytes.len()));
+    }
+    if bytes[..8] != MAGIC {
+        return Err("not a fluke-vmm snapshot (bad magic)".into());
+    }
+    let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
+    let version = word(8);
+    if version != VERSION {
+        return Err(format!("format version {version}, this fluke-vmm reads version {VERSION}"));
+    }
+    let crc = word(12);
+    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or([0; 8]));
+    if len > MAX_BODY {
+        return Err(format!("state of {len} bytes, more than the {MAX_BODY} allowed"));
+    }
+    let body = &bytes[HEADER_LEN..];
+    if body.len() as u64 != len {
+        return Err(format!("truncated or padded: the header says {len} bytes of state, the file has {}", body.len()));
+    }
+    if crc32fast::hash(body) != crc {
+        return Err("checksum mismatch: the state is corrupt".into());
+    }
+    serde_json::from_slice(body).map_err(|e| format!("unreadable state: {e}"))
+}
+
+/// Reads and decodes a vmstate file.
+pub fn read_vmstate(path: &Path) -> Result<VmSnapshot, String> {
+    let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    Read::by_ref(&mut f)
+        .take(MAX_BODY + HEADER_LEN as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    decode(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A crash point for the tests of atomic writing: with `FLUKE_SNAPSHOT_CRASH_AT=<point>`
+/// in its environment the VMM kills itself (SIGKILL, as `kill -9` would) there.
+fn crash_point(point: &str) {
+    if std::env::var("FLUKE_SNAPSHOT_CRASH_AT").is_ok_and(|p| p == point) {
+        // SAFETY: raise has no memory-safety preconditions; SIGKILL ends the process here.
+        unsafe { libc::raise(libc::SIGKILL) };
+    }
+}
+
+fn io(what: &str, path: &Path, e: std::io::Error) -> String {
+    format!("cannot {what} {}: {e}", path.display())
+}
+
+/// Writes `bytes` (given as pieces, written in turn) to a new file `path` and fsyncs it.
+fn write_synced(path: &Path, pieces: &[&[u8]]) -> Result<(), String> {
+    let mut f = File::create(path).map_err(|e| io("create", path, e))?;
+    for p in pieces {
+        f.write_all(p).map_err(|e| io("write", path, e))?;
+    }
+    f.sync_all().map_err(|e| io("sync", path, e))
+}
+
+fn sync_dir(dir: &Path) -> Result<(), String> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io("sync", dir, e))
+}
+
+fn parent(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
+/// Writes a snapshot: its vmstate bytes and guest memory (given as pieces: the RAM regions).
+pub fn write(target: &Target, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String> {
+    match target {
+        Target::Dir(dir) => write_dir(dir, vmstate, memory),
+        Target::Files { vmstate: vpath, memory: mpath } => {
+            let tmp = |p: &Path| {
+                let mut name = p.as_os_str().to_owned();
+                name.push(format!(".tmp-{}", std::process::id()));
+                PathBuf::from(name)
+            };
+            let (vtmp, mtmp) = (tmp(vpath), tmp(mpath));
+            write_synced(&mtmp, memory)?;
+            crash_point("memory-written");
+            write_synced(&vtmp, &[vmstate])?;
+            crash_point("vmstate-written");
+            std::fs::rename(&mtmp, mpath).map_err(|e| io("rename into place", mpath, e))?;
+            crash_point("memory-renamed");
+            std::fs::rename(&vtmp, vpath).map_err(|e| io("rename into place", vpath, e))?;
+            sync_dir(&parent(mpath))?;
+            sync_dir(&parent(vpath))
+        }
+    }
+}
+
+fn write_dir(dir: &Path, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String> {
+    let name = dir
+        .file_name()
+        .ok_or_else(|| format!("{}: not a directory name", dir.display()))?;
+    let parent = parent(dir);
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = parent.join(tmp_name);
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir(&tmp).map_err(|e| io("create", &tmp, e))?;
+    write_synced(&tmp.join("memory"), memory)?;
+    crash_point("memory-written");
+    write_synced(&tmp.join("vmstate"), &[vmstate])?;
+    sync_dir(&tmp)?;
+    crash_point("vmstate-written");
+    if dir.symlink_metadata().is_ok() {
+        exchange(&tmp, dir)?;
+        crash_point("exchanged");
+        sync_dir(&parent)?;
+        // `tmp` now holds the previous snapshot.
+        std::fs::remove_dir_all(&tmp).map_err(|e| io("remove the previous snapshot", &tmp, e))?;
+    } else {
+        std::fs::rename(&tmp, dir).map_err(|e| io("rename into place", dir, e))?;
+    }
+    sync_dir(&parent)
+}
+
+/// Swaps two paths atomically (renameat2 RENAME_EXCHANGE).
+fn exchange(a: &Path, b: &Path) -> Result<(), String> {
+    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{}: NUL in path", p.display()));
+    let (ca, cb) = (c(a)?, c(b)?);
+    // SAFETY: both are NUL-terminated paths that live across the call; renameat2 only reads them.
+    let rc = unsafe {
+        libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE)
+    };
+    if rc != 0 {
+        return Err(io("swap the new snapshot into", b, std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> VmSnapshot {
+        VmSnapshot::for_tests()
+    }
+
+    #[test]
+    fn a_vmstate_round_trips_and_every_corruption_is_refused() {
+        let bytes = encode(&sample()).unwrap();
+        assert_eq!(encode(&decode(&bytes).unwrap()).unwrap(), bytes);
+        let refused = |b: &[u8]| decode(b).unwrap_err();
+        assert!(refused(&bytes[..10]).contains("truncated"));
+        assert!(refused(&bytes[..bytes.len() - 1]).contains("truncated"));
+        let mut bad = bytes.clone();
+        bad[0] = b'X';
+        assert!(refused(&bad).contains("magic"));
+        let mut bad = bytes.clone();
+        bad[8] = 2;
+        assert!(refused(&bad).contains("version 2"));
+        let mut bad = bytes.clone();
+        let last = bad.len() - 2;
+        bad[last] ^= 0x20;
+        assert!(refused(&bad).contains("checksum"));
+        let mut bad = bytes.clone();
+        bad[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        assert!(refused(&bad).contains("more than"));
+        assert!(refused(b"").contains("truncated"));
+    }
+
+    #[test]
+    fn a_directory_snapshot_replaces_the_old_one_whole() {
+        let base = std::env::temp_dir().join(format!("fluke-snapfile-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&base);
+        std::fs::create_dir_all(&base).unwrap();
+        let dir = base.join("snap");
+        let target = Target::Dir(dir.clone());
+        write(&target, b"one", &[b"mem", b"ory1"]).unwrap();
+        assert_eq!(std::fs::read(dir.join("memory")).unwrap(), b"memory1");
+        write(&target, b"two", &[b"memory2"]).unwrap();
+        assert_eq!(std::fs::read(dir.join("vmstate")).unwrap(), b"two");
+        assert_eq!(std::fs::read(dir.join("memory")).unwrap(), b"memory2");
+        // No temporary left beside it.
+        let names: Vec<_> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(names, ["snap"]);
+        let files = Target::Files { vmstate: base.join("vs"), memory: base.join("mem") };
+        write(&files, b"three", &[b"memory3"]).unwrap();
+        assert_eq!(std::fs::read(base.join("vs")).unwrap(), b"three");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+}

@@ -1,0 +1,440 @@
+//! VM snapshots: everything needed to continue a paused VM in another process
+//! ([`VmSnapshot`]), taken from KVM on the vCPU thread while the VM is paused and put back
+//! into a new VM by `fluke-vmm restore`. The files and their format are [`file`].
+
+pub mod file;
+
+use kvm_bindings::{
+    kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
+    kvm_msr_entry, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave, CpuId, Msrs,
+    KVM_IRQCHIP_IOAPIC, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+};
+use kvm_ioctls::{Kvm, VcpuFd, VmFd};
+use serde::{Deserialize, Serialize};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_superio::serial::SerialState;
+
+use crate::boot::KernelText;
+
+/// kvm_pvm's PV control MSR (pvm.md §4.1): readable by the host, writable only by the guest.
+pub const MSR_PVM_CONTROL: u32 = fluke_abi::pvm::MSR_CONTROL;
+
+/// A paused VM, whole: what the vmstate file holds.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VmSnapshot {
+    /// `kvm_pvm` or `kvm`: a snapshot continues only on the platform it was taken on.
+    pub platform: String,
+    pub memory_bytes: u64,
+    /// CRC-32 of the memory file.
+    pub memory_crc32: u32,
+    pub tsc_khz: Option<u32>,
+    /// The kernel's code, for the run loop's port I/O check (the image is not read again).
+    pub text: KernelText,
+    /// The CPUID the vCPU was given (the origin host's supported table), checked against
+    /// this host's at restore and given to the new vCPU.
+    pub cpuid: Vec<kvm_cpuid_entry2>,
+    pub vcpu: VcpuState,
+    /// PIC master, PIC slave and IOAPIC.
+    pub irqchips: Vec<kvm_irqchip>,
+    pub clock: kvm_clock_data,
+    pub serial: SavedSerial,
+}
+
+/// One vCPU.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct VcpuState {
+    pub regs: kvm_regs,
+    pub sregs: kvm_sregs,
+    pub xsave: kvm_xsave,
+    pub xcrs: kvm_xcrs,
+    pub lapic: kvm_lapic_state,
+    pub msrs: Vec<kvm_msr_entry>,
+    pub events: kvm_vcpu_events,
+    pub mp_state: kvm_mp_state,
+    pub debugregs: kvm_debugregs,
+    /// kvm_pvm: the PV control MSR (the PV page's address and flags), which only the guest
+    /// can write back.
+    pub pv_control: Option<u64>,
+}
+
+/// The UART (vm-superio's `SerialState`, which has no serde).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedSerial {
+    pub registers: [u8; 9],
+    pub in_buffer: Vec<u8>,
+}
+
+impl SavedSerial {
+    pub fn from_state(s: &SerialState) -> SavedSerial {
+        SavedSerial {
+            registers: [
+                s.baud_divisor_low,
+                s.baud_divisor_high,
+                s.interrupt_enable,
+                s.interrupt_identification,
+                s.line_control,
+                s.line_status,
+                s.modem_control,
+                s.modem_status,
+                s.scratch,
+            ],
+            in_buffer: s.in_buffer.clone(),
+        }
+    }
+
+    pub fn to_state(&self) -> SerialState {
+        let r = self.registers;
+        SerialState {
+            baud_divisor_low: r[0],
+            baud_divisor_high: r[1],
+            interrupt_enable: r[2],
+            interrupt_identification: r[3],
+            line_control: r[4],
+            line_status: r[5],
+            modem_control: r[6],
+            modem_status: r[7],
+            scratch: r[8],
+            in_buffer: self.in_buffer.clone(),
+        }
+    }
+}
+
+fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> String {
+    move |e| format!("{op} failed: {e}")
+}
+
+/// The MSRs to save: every one in KVM's index list that reads back on this vCPU.
+fn saved_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<kvm_msr_entry>, String> {
+    let list = kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+    let mut out = Vec::new();
+    for &index in list.as_slice() {
+        if index == MSR_PVM_CONTROL {
+            continue; // kept apart: the host cannot write it
+        }
+        let mut one = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .map_err(|e| format!("MSR list: {e:?}"))?;
+        if let Ok(1) = vcpu.get_msrs(&mut one) {
+            out.push(one.as_slice()[0]);
+        }
+    }
+    Ok(out)
+}
+
+fn read_pv_control(vcpu: &VcpuFd) -> Option<u64> {
+    let mut one = Msrs::from_entries(&[kvm_msr_entry {
+        index: MSR_PVM_CONTROL,
+        ..Default::default()
+    }])
+    .ok()?;
+    match vcpu.get_msrs(&mut one) {
+        Ok(1) => Some(one.as_slice()[0].data),
+        _ => None,
+    }
+}
+
+/// What a capture needs besides the vCPU: the VM, its memory and devices' state.
+pub struct Machine<'a> {
+    pub vm: &'a VmFd,
+    pub memory: &'a GuestMemoryMmap,
+    pub platform: &'static str,
+    pub tsc_khz: Option<u32>,
+    pub text: &'a KernelText,
+    pub serial: SerialState,
+}
+
+/// Takes the state of a paused VM (on the vCPU thread).
+pub fn capture(vcpu: &VcpuFd, m: &Machine) -> Result<(VmSnapshot, u32), String> {
+    let kvm = Kvm::new().map_err(kvm_err("open /dev/kvm"))?;
+    // The XSAVE area must hold all of the vCPU's state (AMX needs KVM_GET_XSAVE2).
+    let xsave_size = kvm.check_extension_int(kvm_ioctls::Cap::Xsave2);
+    if xsave_size > std::mem::size_of::<kvm_xsave>() as i32 {
+        return Err(format!(
+            "this host's XSAVE state is {xsave_size} bytes, more than the {} a snapshot holds",
+            std::mem::size_of::<kvm_xsave>()
+        ));
+    }
+    let xsave = vcpu.get_xsave().map_err(kvm_err("KVM_GET_XSAVE"))?;
+    let vcpu_state = VcpuState {
+        regs: vcpu.get_regs().map_err(kvm_err("KVM_GET_REGS"))?,
+        sregs: vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?,
+        xsave,
+        xcrs: vcpu.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?,
+        lapic: vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?,
+        msrs: saved_msrs(&kvm, vcpu)?,
+        events: vcpu.get_vcpu_events().map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?,
+        mp_state: vcpu.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?,
+        debugregs: vcpu.get_debug_regs().map_err(kvm_err("KVM_GET_DEBUGREGS"))?,
+        pv_control: read_pv_control(vcpu),
+    };
+    let mut irqchips = Vec::new();
+    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        m.vm.get_irqchip(&mut chip).map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        irqchips.push(chip);
+    }
+    // The CPUID the VMM gave the vCPU at boot: KVM's supported table (vm.rs create_vcpu).
+    // (KVM_GET_CPUID2 is no substitute: on kvm_pvm it shows the host's leaves once PV mode
+    // is on, far beyond what a vCPU can be given.)
+    let cpuid = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?
+        .as_slice()
+        .to_vec();
+    let memory_crc32 = memory_crc(m.memory);
+    let snap = VmSnapshot {
+        platform: m.platform.to_string(),
+        memory_bytes: m.memory.iter().map(|r| r.len()).sum(),
+        memory_crc32,
+        tsc_khz: m.tsc_khz,
+        text: m.text.clone(),
+        cpuid,
+        vcpu: vcpu_state,
+        irqchips,
+        clock: m.vm.get_clock().map_err(kvm_err("KVM_GET_CLOCK"))?,
+        serial: SavedSerial::from_state(&m.serial),
+    };
+    Ok((snap, memory_crc32))
+}
+
+/// CRC-32 of guest RAM, region by region in address order.
+pub fn memory_crc(memory: &GuestMemoryMmap) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for (_, bytes) in ram_slices(memory) {
+        h.update(bytes);
+    }
+    h.finalize()
+}
+
+/// Guest RAM as byte slices, in address order.
+pub fn ram_slices(memory: &GuestMemoryMmap) -> Vec<(u64, &[u8])> {
+    memory
+        .iter()
+        .map(|r| {
+            let len = r.len() as usize;
+            let ptr = r.as_ptr();
+            // SAFETY: the region maps `len` bytes at `ptr` for as long as `memory` lives,
+            // which the returned slices cannot outlive. The vCPU is paused (nothing in the
+            // guest writes RAM while a snapshot reads it) and the VMM's devices do not DMA.
+            (r.start_addr().0, unsafe { std::slice::from_raw_parts(ptr, len) })
+        })
+        .collect()
+}
+
+/// Fills guest RAM from `file` (the memory file, read from its start), region by region.
+pub fn fill_memory(memory: &GuestMemoryMmap, file: &mut std::fs::File) -> Result<(), String> {
+    use vm_memory::Bytes;
+    for region in memory.iter() {
+        memory
+            .read_exact_volatile_from(region.start_addr(), file, region.len() as usize)
+            .map_err(|e| format!("reading guest memory: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks a snapshot against this host before anything is built from it.
+pub fn check_fits_host(snap: &VmSnapshot, kvm: &Kvm, platform: &str) -> Result<(), String> {
+    if snap.platform != platform {
+        return Err(format!(
+            "the snapshot was taken on {}, this host is {platform}",
+            snap.platform
+        ));
+    }
+    if !snap.text.is_plausible() {
+        return Err("the snapshot's kernel text ranges are invalid".into());
+    }
+    if snap.irqchips.len() != 3 {
+        return Err(format!("{} interrupt controllers saved, 3 expected", snap.irqchips.len()));
+    }
+    let host = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
+    // Every feature the guest was shown must be one this host offers (leaves 1 and 7: the
+    // instruction set the guest may have chosen its code paths by). Bits KVM derives from
+    // the guest's own state are left out: OSXSAVE (1.ECX.27, from CR4), APIC (1.EDX.9,
+    // from the APIC base MSR), OSPKE (7.ECX.4).
+    const FEATURE_REGS: [(u32, [u32; 3]); 2] = [
+        // (leaf, masks of [EBX, ECX, EDX]); leaf 1's EBX is IDs, not features.
+        (1, [0, !(1 << 27), !(1 << 9)]),
+        (7, [!0, !(1 << 4), !0]),
+    ];
+    for (leaf, masks) in FEATURE_REGS {
+        let saved = snap.cpuid.iter().find(|e| e.function == leaf && e.index == 0);
+        let here = host.as_slice().iter().find(|e| e.function == leaf && e.index == 0);
+        if let (Some(s), Some(h)) = (saved, here) {
+            let regs = [(s.ebx, h.ebx), (s.ecx, h.ecx), (s.edx, h.edx)];
+            for ((name, (saved, host)), mask) in ["EBX", "ECX", "EDX"].iter().zip(regs).zip(masks) {
+                let missing = saved & !host & mask;
+                if missing != 0 {
+                    return Err(format!(
+                        "the snapshot's CPU has features this host lacks (CPUID leaf {leaf:#x} {name} bits {missing:#x})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// kvm_pvm: prepares a restored VM whose vCPU will start in default mode (the host cannot
+/// write the PV control MSR), for the kernel to turn PV mode back on in its NMI handler
+/// (`fluke_abi::pvm::PV_PAGE_RESTORED`): sets the flag in the PV page, runs a user-mode
+/// context on the kernel half of its page-table pair (default mode does not flip CR3 on an
+/// event, and the user half maps no kernel code), and gives a kernel-mode context the
+/// interrupt flag its VIF had (in default mode IF is real). The NMI itself is sent by
+/// [`ring_pv_doorbell`] once the state is applied.
+pub fn prepare_pv_restore(snap: &mut VmSnapshot, memory: &GuestMemoryMmap) -> Result<(), String> {
+    use vm_memory::{Bytes, GuestAddress};
+    let control = snap.vcpu.pv_control.ok_or("no PV control MSR saved")?;
+    let page = control & !0xfff;
+    if page == 0 {
+        return Err("the saved PV control MSR names no PV page".into());
+    }
+    let at = |off: u64| GuestAddress(page + off);
+    memory
+        .write_obj(fluke_abi::pvm::RESTORED, at(fluke_abi::pvm::PV_PAGE_RESTORED))
+        .map_err(|e| format!("the PV page at {page:#x} is not in guest memory: {e}"))?;
+    let vif: u8 = memory.read_obj(at(0)).map_err(|e| format!("PV page: {e}"))?;
+    // Which mode the vCPU was in is told by its RIP, not by the CS KVM reports: for the PV
+    // kernel (which runs at hardware CPL 3) KVM_GET_SREGS gives CS 0x10 at most exits but
+    // 0x33 at some (seen: halted in the idle loop right after an OUT to the console).
+    // Kernel code lives in the upper half only, user code in the lower half only.
+    let v = &mut snap.vcpu;
+    let kernel = v.regs.rip >= KERNEL_HALF;
+    v.sregs.cs = segment(v.sregs.cs, if kernel { (KERNEL_CS, 0) } else { (USER_CS, 3) }, 0xb);
+    v.sregs.ss = segment(v.sregs.ss, if kernel { (KERNEL_DS, 0) } else { (USER_DS, 3) }, 0x3);
+    if kernel {
+        if vif == 0 {
+            v.regs.rflags &= !(1 << 9);
+        } else {
+            v.regs.rflags |= 1 << 9;
+        }
+    } else {
+        v.sregs.cr3 &= !0x1000;
+        v.regs.rflags |= 1 << 9;
+    }
+    Ok(())
+}
+
+/// The upper half of the address space, where the kernel lives (pvm.md §4.3 rule 2).
+const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;
+/// The Linux-layout selectors kvm_pvm requires (pvm.md §3).
+const KERNEL_CS: u16 = 0x10;
+const KERNEL_DS: u16 = 0x18;
+const USER_DS: u16 = 0x2b;
+const USER_CS: u16 = 0x33;
+
+/// A flat long-mode segment with `selector` at privilege `dpl`: code (type 0xb, L) or data
+/// (type 0x3).
+fn segment(mut seg: kvm_bindings::kvm_segment, (selector, dpl): (u16, u8), type_: u8) -> kvm_bindings::kvm_segment {
+    let code = type_ == 0xb;
+    seg.base = 0;
+    seg.limit = 0xffff_ffff;
+    seg.selector = selector;
+    seg.type_ = type_;
+    seg.present = 1;
+    seg.dpl = dpl;
+    seg.s = 1;
+    seg.l = u8::from(code);
+    seg.db = u8::from(!code);
+    seg.g = 1;
+    seg.unusable = 0;
+    seg
+}
+
+/// Sends the NMI [`prepare_pv_restore`] prepared for.
+pub fn ring_pv_doorbell(vcpu: &VcpuFd) -> Result<(), String> {
+    vcpu.nmi().map_err(kvm_err("KVM_NMI"))
+}
+
+/// Puts a snapshot's vCPU and VM state into a freshly created VM (memory already filled).
+pub fn apply(snap: &VmSnapshot, vm: &VmFd, vcpu: &VcpuFd) -> Result<(), String> {
+    let cpuid = CpuId::from_entries(&snap.cpuid).map_err(|e| format!("saved CPUID: {e:?}"))?;
+    vcpu.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
+    for chip in &snap.irqchips {
+        vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
+    }
+    let v = &snap.vcpu;
+    vcpu.set_mp_state(v.mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    vcpu.set_sregs(&v.sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
+    vcpu.set_regs(&v.regs).map_err(kvm_err("KVM_SET_REGS"))?;
+    // SAFETY: the saved area has the size KVM_GET_XSAVE wrote, which capture checked.
+    unsafe { vcpu.set_xsave(&v.xsave) }.map_err(kvm_err("KVM_SET_XSAVE"))?;
+    vcpu.set_xcrs(&v.xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
+    vcpu.set_debug_regs(&v.debugregs).map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
+    vcpu.set_lapic(&v.lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
+    let msrs = Msrs::from_entries(&v.msrs).map_err(|e| format!("saved MSRs: {e:?}"))?;
+    let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+    if set != v.msrs.len() {
+        let failed = v.msrs.get(set).map(|m| m.index).unwrap_or(0);
+        return Err(format!("KVM set {set} of {} saved MSRs (MSR {failed:#x} refused)", v.msrs.len()));
+    }
+    vcpu.set_vcpu_events(&v.events).map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
+    let clock = kvm_clock_data {
+        clock: snap.clock.clock,
+        ..Default::default()
+    };
+    vm.set_clock(&clock).map_err(kvm_err("KVM_SET_CLOCK"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+impl VmSnapshot {
+    pub fn for_tests() -> VmSnapshot {
+        VmSnapshot {
+            platform: "kvm".into(),
+            memory_bytes: 1 << 20,
+            memory_crc32: 7,
+            tsc_khz: Some(2_000_000),
+            text: KernelText::default(),
+            cpuid: vec![kvm_cpuid_entry2::default()],
+            vcpu: VcpuState {
+                regs: kvm_regs {
+                    rip: 0xffff_ffff_8010_0000,
+                    ..Default::default()
+                },
+                sregs: Default::default(),
+                xsave: Default::default(),
+                xcrs: Default::default(),
+                lapic: Default::default(),
+                msrs: vec![kvm_msr_entry {
+                    index: 0x10,
+                    data: 42,
+                    ..Default::default()
+                }],
+                events: Default::default(),
+                mp_state: Default::default(),
+                debugregs: Default::default(),
+                pv_control: Some(0x141417),
+            },
+            irqchips: vec![Default::default(); 3],
+            clock: Default::default(),
+            serial: SavedSerial {
+                registers: [1, 2, 3, 4, 5, 6, 7, 8, 9],
+                in_buffer: vec![b'a'],
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_serial_state_survives_the_mirror() {
+        let s = SavedSerial::for_tests_state();
+        assert_eq!(SavedSerial::from_state(&s.to_state()), s);
+    }
+
+    impl SavedSerial {
+        fn for_tests_state() -> SavedSerial {
+            VmSnapshot::for_tests().serial
+        }
+    }
+}
