@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing fluke-vmm needs beyond a Rust toolchain:
 #   - the x86_64-unknown-none target (RUSTUP_AUTO_INSTALL=0 machines do not add it on their own),
-#   - QEMU (Debian/Ubuntu package qemu-system-x86), which the tests use for the native backend.
+#   - QEMU (Debian/Ubuntu package qemu-system-x86), which the tests use for the native backend,
+#   - libclang (libclang-dev), which the userfaultfd crate's bindings are generated with.
 # Idempotent: does nothing when both are present. Usage: scripts/setup.sh [--no-qemu]
 set -euo pipefail
 
@@ -19,4 +20,17 @@ if [ "$want_qemu" = 1 ] && ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+fi
+
+has_libclang() {
+    compgen -G "/usr/lib/x86_64-linux-gnu/libclang-[0-9]*.so*" >/dev/null ||
+        compgen -G "/usr/lib/x86_64-linux-gnu/libclang.so*" >/dev/null ||
+        compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null
+}
+if ! has_libclang; then
+    echo "setup: installing libclang-dev" >&2
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null
 fi

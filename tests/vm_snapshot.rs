@@ -93,10 +93,14 @@ fn a_guest_killed_with_its_vmm_continues_from_its_snapshot() {
     let snap = dir.0.join("snap");
     let (vm, before) = snapshot_at("snap-killed", 15, &snap);
     let _ = vm.kill();
-    let restored = LiveVm::start_with("snap-killed-new", &restore_args(&snap, &["--resume"]), "", &[]);
-    let (status, after) = restored.finish();
-    assert_eq!(status, 0, "{after}");
-    assert_eq!(joined(&before, &after), s);
+    // With each way of bringing the memory back: read whole, or page by page on demand.
+    for mode in ["copy", "ondemand"] {
+        let args = restore_args(&snap, &["--resume", "--memory-restore", mode]);
+        let restored = LiveVm::start_with("snap-killed-new", &args, "", &[]);
+        let (status, after) = restored.finish();
+        assert_eq!(status, 0, "{mode}: {after}");
+        assert_eq!(joined(&before, &after), s, "{mode}");
+    }
 }
 
 #[test]
@@ -110,10 +114,13 @@ fn a_guest_caught_in_user_mode_continues() {
     pause(&vm.sock);
     assert!(ctl_snapshot(&vm.sock, &snap).status.success());
     let _ = vm.kill();
-    let restored = LiveVm::start_with("snap-user-new", &restore_args(&snap, &["--resume"]), "", &[]);
-    let (status, after) = restored.finish();
-    assert_eq!(status, 0, "{after}");
-    assert!(after.contains("spinner s: done"), "{after}");
+    for mode in ["copy", "ondemand"] {
+        let args = restore_args(&snap, &["--resume", "--memory-restore", mode]);
+        let restored = LiveVm::start_with("snap-user-new", &args, "", &[]);
+        let (status, after) = restored.finish();
+        assert_eq!(status, 0, "{mode}: {after}");
+        assert!(after.contains("spinner s: done"), "{mode}: {after}");
+    }
 }
 
 #[test]
@@ -197,6 +204,15 @@ fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
         f.write_all(b"scribbled").unwrap();
     };
     assert!(case("torn-pair", &vmstate, &scribbled).contains("does not match"));
+    // On demand too: the memory file is checked whole before a page of it is served.
+    let out = Command::new(VMM)
+        .args(["restore", "--resume", "--memory-restore", "ondemand"])
+        .arg(dir.0.join("torn-pair"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(VMM_ERROR), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"), "{out:?}");
+    assert!(out.stdout.is_empty());
     // A snapshot from the other platform (re-checksummed so only the platform differs).
     let body = String::from_utf8(vmstate[24..].to_vec()).unwrap();
     let here = if body.contains("\"platform\":\"kvm_pvm\"") { "kvm_pvm" } else { "kvm" };

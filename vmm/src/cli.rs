@@ -86,7 +86,8 @@ pub struct RestoreArgs {
     /// The memory file, with --snapshot.
     #[arg(long, value_name = "PATH", requires = "snapshot")]
     pub mem_file: Option<PathBuf>,
-    /// How guest memory comes back: `copy` reads it all into place before the vCPU runs.
+    /// How guest memory comes back: `copy` reads it all into place before the vCPU runs;
+    /// `ondemand` maps it through userfaultfd, each page read from the file at first touch.
     #[arg(long, value_enum, default_value_t = MemoryRestore::Copy)]
     pub memory_restore: MemoryRestore,
     /// Run at once instead of waiting paused for the API.
@@ -110,6 +111,7 @@ pub struct RestoreArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MemoryRestore {
     Copy,
+    Ondemand,
 }
 
 #[derive(Debug, Clone, Args)]

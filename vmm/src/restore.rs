@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use crate::cli::RestoreArgs;
+use crate::cli::{MemoryRestore, RestoreArgs};
 use crate::devices::serial::SerialSpec;
 use crate::error::{Error, Result};
 use crate::run::{execute, Common, Machine};
@@ -58,14 +58,31 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
 
     // Memory first, checked against the saved checksum before any state is applied.
     let mut file = std::fs::File::open(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
-    snapshot::fill_memory(vm.memory(), &mut file)
-        .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
-    if snapshot::memory_crc(vm.memory()) != snap.memory_crc32 {
-        return Err(bad(format!(
+    let torn = || {
+        bad(format!(
             "{} does not match the vmstate (checksum): the pair is torn or the memory corrupt",
             mem_path.display()
-        )));
-    }
+        ))
+    };
+    let _pager = match args.memory_restore {
+        MemoryRestore::Copy => {
+            snapshot::fill_memory(vm.memory(), &mut file)
+                .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
+            if snapshot::memory_crc(vm.memory()) != snap.memory_crc32 {
+                return Err(torn());
+            }
+            None
+        }
+        MemoryRestore::Ondemand => {
+            // The file is checked whole (read, not copied) before a page of it is served.
+            if snapshot::file_crc(&mut file).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?
+                != snap.memory_crc32
+            {
+                return Err(torn());
+            }
+            Some(snapshot::ondemand::Pager::start(vm.memory(), file, started).map_err(bad)?)
+        }
+    };
     let pv = platform == fluke_abi::Platform::KvmPvm;
     if pv {
         snapshot::prepare_pv_restore(&mut snap, vm.memory()).map_err(bad)?;
@@ -75,8 +92,12 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         snapshot::ring_pv_doorbell(&vcpu).map_err(bad)?;
     }
     log::info!(
-        "restore: {} MiB copied and the state applied in {:.1} ms",
+        "restore: {} MiB {} and the state applied in {:.1} ms",
         mib,
+        match args.memory_restore {
+            MemoryRestore::Copy => "copied",
+            MemoryRestore::Ondemand => "registered for on-demand paging",
+        },
         started.elapsed().as_secs_f64() * 1e3
     );
 
@@ -98,5 +119,13 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         boot_timer: false,
         memory_mib: mib,
     };
-    execute(machine, &common, process_start)
+    let code = execute(machine, &common, process_start);
+    if let Some(p) = &_pager {
+        log::info!(
+            "restore: {} pages brought in on demand, the last {:.1} ms after the restore began",
+            p.progress.pages.load(std::sync::atomic::Ordering::Relaxed),
+            p.progress.last_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3
+        );
+    }
+    code
 }

@@ -3,6 +3,7 @@
 //! into a new VM by `fluke-vmm restore`. The files and their format are [`file`].
 
 pub mod file;
+pub mod ondemand;
 
 use kvm_bindings::{
     kvm_clock_data, kvm_cpuid_entry2, kvm_debugregs, kvm_irqchip, kvm_lapic_state, kvm_mp_state,
@@ -224,6 +225,23 @@ pub fn ram_slices(memory: &GuestMemoryMmap) -> Vec<(u64, &[u8])> {
             (r.start_addr().0, unsafe { std::slice::from_raw_parts(ptr, len) })
         })
         .collect()
+}
+
+/// CRC-32 of a whole file, read in pieces (the memory file, before on-demand paging).
+pub fn file_crc(file: &mut std::fs::File) -> Result<u32, String> {
+    use std::io::{Read, Seek};
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    file.rewind().map_err(|e| e.to_string())?;
+    loop {
+        let n = file.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    file.rewind().map_err(|e| e.to_string())?;
+    Ok(h.finalize())
 }
 
 /// Fills guest RAM from `file` (the memory file, read from its start), region by region.
