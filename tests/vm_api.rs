@@ -59,7 +59,7 @@ fn fifty_pause_resume_cycles_lose_nothing() {
 
 #[test]
 fn bad_requests_get_errors_and_the_vm_runs_on() {
-    let vm = LiveVm::start("bad", "fluke.init=work,ticker,500,20");
+    let vm = LiveVm::start("bad", "fluke.init=work,ticker,800,20");
     vm.wait_for("work: tick 1 ");
     let sock = vm.sock.clone();
     let fault = |(status, body): (u16, String)| {
@@ -97,7 +97,43 @@ fn bad_requests_get_errors_and_the_vm_runs_on() {
     assert_eq!(state(&sock), "Running");
     let (status, console) = vm.finish();
     assert_eq!(status, 0, "{console}");
-    assert_eq!(ticks(&console).len(), 500, "{console}");
+    assert_eq!(ticks(&console).len(), 800, "{console}");
+}
+
+#[test]
+fn a_client_that_keeps_talking_does_not_keep_the_vmm_alive() {
+    // A keep-alive client asking every 50 ms for 30 s; the guest ends after about 1 s. The
+    // VMM must end with it, not when the client stops.
+    let vm = LiveVm::start("chatty", "fluke.init=work,ticker,30,20");
+    vm.wait_for("work: tick 1 ");
+    let sock = vm.sock.clone();
+    let chatter = std::thread::spawn(move || {
+        let Ok(mut s) = UnixStream::connect(&sock) else {
+            return 0;
+        };
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut answers = 0;
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < until {
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").is_err() {
+                break;
+            }
+            match std::io::Read::read(&mut s, &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => answers += 1,
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        answers
+    });
+    vm.wait_for("work: ticker checksum");
+    let ended = std::time::Instant::now();
+    let (status, console) = vm.finish();
+    let took = ended.elapsed();
+    assert_eq!(status, 0, "{console}");
+    assert!(took < Duration::from_secs(10), "the VMM took {took:?} to end after its guest");
+    assert!(chatter.join().unwrap() > 0, "the client was never answered");
 }
 
 #[test]

@@ -111,6 +111,41 @@ pub const BENCHMARKS: &[Benchmark] = &[
         sample: Sample::Api("vm.pause_resume"),
     },
     Benchmark {
+        name: "vm.snapshot_create",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: PAUSE_WORKLOAD,
+        sample: Sample::Api("vm.snapshot_create"),
+    },
+    Benchmark {
+        name: "vm.snapshot_bytes",
+        model: Model::Vmm,
+        unit: "bytes",
+        cmdline: PAUSE_WORKLOAD,
+        sample: Sample::Api("vm.snapshot_bytes"),
+    },
+    Benchmark {
+        name: "vm.restore_copy",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: PAUSE_WORKLOAD,
+        sample: Sample::Api("vm.restore_copy"),
+    },
+    Benchmark {
+        name: "vm.restore_ondemand",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: PAUSE_WORKLOAD,
+        sample: Sample::Api("vm.restore_ondemand"),
+    },
+    Benchmark {
+        name: "vm.restore_ondemand_full",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: PAUSE_WORKLOAD,
+        sample: Sample::Api("vm.restore_ondemand_full"),
+    },
+    Benchmark {
         name: "vmm.rss",
         model: Model::Vmm,
         unit: "KiB",
@@ -735,10 +770,16 @@ fn one_run(
     let child = cmd
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
-    let driven = sock.map(|sock| drive_api(sock, console_path));
+    let snap_dir = stats_path.with_extension("snap");
+    let driven = sock.map(|sock| drive_api(sock, console_path, &snap_dir));
     let out = child
         .wait_with_output()
         .map_err(|e| format!("cannot wait for {}: {e}", exe.display()))?;
+    let restored = driven
+        .as_ref()
+        .is_some_and(|d| d.is_ok())
+        .then(|| time_restores(exe, &snap_dir, stats_path));
+    let _ = std::fs::remove_dir_all(&snap_dir);
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let why = stderr
@@ -760,13 +801,52 @@ fn one_run(
     if let Some(driven) = driven {
         stats.guest.extend(driven?);
     }
+    if let Some(restored) = restored {
+        stats.guest.extend(restored?);
+    }
     Ok(stats)
+}
+
+/// Restores the snapshot `drive_api` wrote, once with each memory mode: until the vCPU is
+/// ready to run (both), and until the last page the guest touched came in (on demand).
+fn time_restores(exe: &Path, snap: &Path, stats_path: &Path) -> std::result::Result<Vec<(String, f64)>, String> {
+    let mut out = Vec::new();
+    for mode in ["copy", "ondemand"] {
+        let stats = stats_path.with_extension(format!("restore-{mode}.json"));
+        let run = Command::new(exe)
+            .arg("restore")
+            .arg(snap)
+            .args(["--resume", "--serial", "null", "--log-level", "error", "--memory-restore", mode])
+            .args(["--timeout", &RUN_TIMEOUT_SECS.to_string()])
+            .arg("--stats-json")
+            .arg(&stats)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| format!("cannot start a restore: {e}"))?;
+        let json = std::fs::read_to_string(&stats);
+        let _ = std::fs::remove_file(&stats);
+        if !run.status.success() {
+            return Err(format!("restore ({mode}) failed: {}", String::from_utf8_lossy(&run.stderr).trim()));
+        }
+        let s: RunStats = serde_json::from_str(&json.map_err(|e| format!("restore ({mode}): {e}"))?)
+            .map_err(|e| format!("restore ({mode}): {e}"))?;
+        let ready = s.restore_ms.ok_or("a restore did not report its latency")?;
+        out.push((format!("vm.restore_{mode}"), ready));
+        if mode == "ondemand" {
+            let full = s.ondemand_last_ms.ok_or("no on-demand paging figures")?;
+            out.push(("vm.restore_ondemand_full".to_string(), full));
+        }
+    }
+    Ok(out)
 }
 
 /// What the bench process measures through a run's control API: once the guest has
 /// started ticking, [`PAUSE_CYCLES`] pause/resume cycles, each from the pause request to
-/// the resume's answer (what a user of the API waits for); the median in µs.
-fn drive_api(sock: &Path, console: &Path) -> std::result::Result<Vec<(String, f64)>, String> {
+/// the resume's answer (what a user of the API waits for; the median in µs), then one
+/// snapshot of the paused VM into `snap` (ms for `PUT /snapshot/create`, and its bytes).
+fn drive_api(sock: &Path, console: &Path, snap: &Path) -> std::result::Result<Vec<(String, f64)>, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let ticking = || {
         std::fs::read_to_string(console).is_ok_and(|c| c.contains("work: tick 2 "))
@@ -794,7 +874,27 @@ fn drive_api(sock: &Path, console: &Path) -> std::result::Result<Vec<(String, f6
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     let median = median(&cycles).ok_or("no cycles")?;
-    Ok(vec![("vm.pause_resume".to_string(), median)])
+    patch("Paused")?;
+    let _ = std::fs::remove_dir_all(snap);
+    let body = serde_json::json!({ "snapshot_dir": snap }).to_string();
+    let start = std::time::Instant::now();
+    match crate::ctl::request(sock, "PUT", "/snapshot/create", Some(&body)) {
+        Ok((204, _)) => {}
+        Ok((status, body)) => return Err(format!("PUT /snapshot/create: {status} {body}")),
+        Err(e) => return Err(format!("PUT /snapshot/create: {e}")),
+    }
+    let create_ms = start.elapsed().as_secs_f64() * 1e3;
+    patch("Resumed")?;
+    let bytes: u64 = ["vmstate", "memory"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(snap.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    Ok(vec![
+        ("vm.pause_resume".to_string(), median),
+        ("vm.snapshot_create".to_string(), create_ms),
+        ("vm.snapshot_bytes".to_string(), bytes as f64),
+    ])
 }
 
 const COLUMNS: [&str; 8] = [
@@ -982,6 +1082,11 @@ mod tests {
                 "boot.to_init",
                 "vmm.exit_roundtrip",
                 "vm.pause_resume",
+                "vm.snapshot_create",
+                "vm.snapshot_bytes",
+                "vm.restore_copy",
+                "vm.restore_ondemand",
+                "vm.restore_ondemand_full",
                 "vmm.rss",
                 "guest.null_call",
                 "platform.syscall_floor",

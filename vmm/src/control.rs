@@ -158,6 +158,7 @@ impl VmControl {
         if inner.state == VmState::Ended {
             return Err(ControlError::Ended);
         }
+        let before = inner.want_paused;
         inner.want_paused = paused;
         self.pending.store(true, Ordering::Release);
         self.changed.notify_all();
@@ -165,7 +166,6 @@ impl VmControl {
             match inner.state {
                 s if s == wanted => return Ok(()),
                 VmState::Ended => return Err(ControlError::Ended),
-                VmState::NotStarted if paused => return Ok(()), // it starts paused
                 _ => {}
             }
             if paused {
@@ -177,6 +177,9 @@ impl VmControl {
             }
             let now = Instant::now();
             if now >= deadline {
+                // Not answered: the request is withdrawn, so that it does not happen later
+                // behind the back of a client that was told it failed.
+                inner.want_paused = before;
                 return Err(ControlError::NoAnswer(ANSWER_TIMEOUT));
             }
             inner = match self.changed.wait_timeout(inner, REKICK.min(deadline - now)) {

@@ -79,10 +79,13 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Res
     );
     stream.write_all(req.as_bytes()).map_err(connect_err)?;
     let mut raw = Vec::new();
-    stream
-        .take(MAX_ANSWER)
-        .read_to_end(&mut raw)
-        .map_err(connect_err)?;
+    stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(|e| {
+        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+            Error::ApiAnswer(format!("no answer within {} s", ANSWER_WAIT.as_secs()))
+        } else {
+            connect_err(e)
+        }
+    })?;
     parse_answer(&raw)
 }
 

@@ -80,7 +80,7 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
             {
                 return Err(torn());
             }
-            Some(snapshot::ondemand::Pager::start(vm.memory(), file, started).map_err(bad)?)
+            Some(snapshot::ondemand::Pager::start(vm.memory(), file, process_start).map_err(bad)?)
         }
     };
     let pv = platform == fluke_abi::Platform::KvmPvm;
@@ -118,11 +118,15 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         stats_json: args.stats_json.as_deref(),
         boot_timer: false,
         memory_mib: mib,
+        restored: Some((
+            process_start.elapsed(),
+            _pager.as_ref().map(|p| std::sync::Arc::clone(&p.progress)),
+        )),
     };
     let code = execute(machine, &common, process_start);
     if let Some(p) = &_pager {
         log::info!(
-            "restore: {} pages brought in on demand, the last {:.1} ms after the restore began",
+            "restore: {} pages brought in on demand, the last {:.1} ms after the VMM started",
             p.progress.pages.load(std::sync::atomic::Ordering::Relaxed),
             p.progress.last_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3
         );

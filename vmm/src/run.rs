@@ -87,6 +87,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         stats_json: args.stats_json.as_deref(),
         boot_timer: args.boot_timer,
         memory_mib: args.memory,
+        restored: None,
     };
     execute(machine, &common, process_start)
 }
@@ -113,6 +114,9 @@ pub struct Common<'a> {
     pub stats_json: Option<&'a Path>,
     pub boot_timer: bool,
     pub memory_mib: u64,
+    /// A restore: when the VM was ready (since process start), and the on-demand pager's
+    /// progress, for the statistics.
+    pub restored: Option<(std::time::Duration, Option<Arc<crate::snapshot::ondemand::Progress>>)>,
 }
 
 /// Runs a prepared VM to its end and turns the outcome into the exit status.
@@ -254,6 +258,17 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
             vmm_rss_kib,
             exits,
             run_ms: ms(run_time),
+            restore_ms: common.restored.as_ref().map(|(t, _)| ms(*t)),
+            ondemand_pages: common
+                .restored
+                .as_ref()
+                .and_then(|(_, p)| p.as_ref())
+                .map(|p| p.pages.load(std::sync::atomic::Ordering::Relaxed)),
+            ondemand_last_ms: common
+                .restored
+                .as_ref()
+                .and_then(|(_, p)| p.as_ref())
+                .map(|p| p.last_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3),
             guest: Default::default(),
         };
         stats.write(path)?;

@@ -32,6 +32,15 @@ pub struct RunStats {
     pub exits: u64,
     /// ms the vCPU ran (first KVM_RUN to the end of the run loop).
     pub run_ms: f64,
+    /// A restore: ms from VMM process start until the vCPU was ready to run again.
+    #[serde(default)]
+    pub restore_ms: Option<f64>,
+    /// `--memory-restore ondemand`: pages brought in, and ms from process start until the
+    /// last of them came in.
+    #[serde(default)]
+    pub ondemand_pages: Option<u64>,
+    #[serde(default)]
+    pub ondemand_last_ms: Option<f64>,
     /// Measurements the guest printed as `BENCH <name> <value> <unit> ...` lines on its
     /// console (filled in by `bench` from the run's serial output, not by `run`).
     #[serde(default)]

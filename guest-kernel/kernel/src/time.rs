@@ -11,6 +11,10 @@ static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
 /// kvmclock's reading at boot (ns), when it is the time source.
 static BOOT_KVMCLOCK: AtomicU64 = AtomicU64::new(0);
 static USE_KVMCLOCK: AtomicBool = AtomicBool::new(false);
+/// The latest kvmclock time handed out: time never steps back, even where the host does
+/// not set the structure's TSC-stable flag (no master clock), or at a resume whose
+/// KVM_SET_CLOCK lands below the guest's last extrapolated reading.
+static LAST_NS: AtomicU64 = AtomicU64::new(0);
 
 /// KVM's `pvclock_vcpu_time_info`, which the host writes while the guest reads it: only
 /// atomic loads touch it. Words: version (low 32), tsc_timestamp, system_time (ns),
@@ -95,7 +99,8 @@ pub fn tsc_khz() -> u64 {
 /// Nanoseconds since boot.
 pub fn now_ns() -> u64 {
     if kvmclock() {
-        return kvmclock_ns().saturating_sub(BOOT_KVMCLOCK.load(Ordering::Relaxed));
+        let t = kvmclock_ns().saturating_sub(BOOT_KVMCLOCK.load(Ordering::Relaxed));
+        return t.max(LAST_NS.fetch_max(t, Ordering::Relaxed));
     }
     let ticks = cpu::rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed));
     (u128::from(ticks) * 1_000_000 / u128::from(tsc_khz())) as u64

@@ -1,7 +1,9 @@
-//! HTTP/1.1 requests and responses on one API connection, with every size bounded: the
-//! head (request line and headers) is parsed by `httparse` out of at most [`MAX_HEAD`]
-//! bytes, a body may be at most [`MAX_BODY`], and a connection that stops sending is
-//! closed after [`IDLE_LIMIT`]. Nothing a client sends can make the VMM buffer more.
+//! HTTP/1.1 requests and responses on one API connection, with every size and time
+//! bounded: the head (request line and headers) is parsed by `httparse` out of at most
+//! [`MAX_HEAD`] bytes, a body may be at most [`MAX_BODY`], a connection may wait at most
+//! [`IDLE_LIMIT`] for its next request and a request must arrive whole within
+//! [`REQUEST_LIMIT`] of its first byte, however slowly it trickles. Nothing a client sends
+//! can make the VMM buffer more or hold the API longer; a stopping server cuts it short.
 //!
 //! Why not a server crate: Firecracker's `micro_http` is not published on crates.io (and
 //! GitHub is not reachable from our machines), and `tiny_http` reads a header line without
@@ -20,8 +22,12 @@ pub const MAX_BODY: usize = 64 * 1024;
 const MAX_HEADERS: usize = 32;
 /// How long a read waits before the connection's limits are checked again.
 const READ_SLICE: Duration = Duration::from_millis(200);
-/// A connection silent for this long (between requests or inside one) is closed.
+/// A connection with no request for this long is closed.
 pub const IDLE_LIMIT: Duration = Duration::from_secs(5);
+/// A request (head and body) must be complete this long after its first byte.
+pub const REQUEST_LIMIT: Duration = Duration::from_secs(5);
+/// How long a refused request's rest is read and dropped, at most.
+const DRAIN_LIMIT: Duration = Duration::from_secs(2);
 /// After refusing an oversized body, how much of it is read and dropped so the client sees
 /// the answer rather than a reset connection.
 const DISCARD_LIMIT: usize = 16 * 1024 * 1024;
@@ -41,8 +47,10 @@ pub struct Request {
 pub enum ReadError {
     /// The client closed the connection between requests.
     Closed,
-    /// The client sent nothing for [`IDLE_LIMIT`], or the server is stopping.
+    /// No request came within [`IDLE_LIMIT`], or the server is stopping.
     Idle,
+    /// The request did not arrive whole within [`REQUEST_LIMIT`].
+    TooSlow,
     /// Not HTTP/1.x, or cut short.
     Malformed(String),
     HeadTooLarge,
@@ -56,6 +64,10 @@ impl ReadError {
     pub fn answer(&self) -> Option<(u16, String)> {
         match self {
             ReadError::Closed | ReadError::Idle => None,
+            ReadError::TooSlow => Some((
+                408,
+                format!("the request did not arrive whole within {} s", REQUEST_LIMIT.as_secs()),
+            )),
             ReadError::Malformed(why) => Some((400, format!("malformed HTTP request: {why}"))),
             ReadError::HeadTooLarge => Some((
                 431,
@@ -138,23 +150,29 @@ impl Connection {
         })
     }
 
-    /// Reads more bytes into `buf` (at most `room`): Ok(0) at end of stream. Gives up with
-    /// `Idle` once nothing has come for [`IDLE_LIMIT`] or `stopping` says so.
-    fn fill(&mut self, room: usize, stopping: &dyn Fn() -> bool) -> Result<usize, ReadError> {
-        let since = Instant::now();
+    /// Reads more bytes into `buf` (at most `room`): Ok(0) at end of stream. Gives up at
+    /// `deadline` (`expired` says how) or as soon as `stopping` says so.
+    fn fill(
+        &mut self,
+        room: usize,
+        (deadline, expired): (Instant, fn() -> ReadError),
+        stopping: &dyn Fn() -> bool,
+    ) -> Result<usize, ReadError> {
         let mut chunk = [0u8; 4096];
         let want = room.min(chunk.len());
         loop {
+            if stopping() {
+                return Err(ReadError::Idle);
+            }
+            if Instant::now() >= deadline {
+                return Err(expired());
+            }
             match self.stream.read(&mut chunk[..want]) {
                 Ok(n) => {
                     self.buf.extend_from_slice(&chunk[..n]);
                     return Ok(n);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {
-                    if stopping() || since.elapsed() >= IDLE_LIMIT {
-                        return Err(ReadError::Idle);
-                    }
-                }
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
                 Err(e) => return Err(ReadError::Malformed(format!("read failed: {e}"))),
             }
         }
@@ -162,6 +180,15 @@ impl Connection {
 
     /// The next request on this connection.
     pub fn read_request(&mut self, stopping: &dyn Fn() -> bool) -> Result<Request, ReadError> {
+        // Until its first byte the connection is idle; from then on the request has
+        // REQUEST_LIMIT to arrive whole, however it trickles in.
+        let mut deadline = (Instant::now() + IDLE_LIMIT, (|| ReadError::Idle) as fn() -> ReadError);
+        let request_deadline = |d: &mut (Instant, fn() -> ReadError), buf: &[u8]| {
+            if !buf.is_empty() && d.1() == ReadError::Idle {
+                *d = (Instant::now() + REQUEST_LIMIT, || ReadError::TooSlow);
+            }
+        };
+        request_deadline(&mut deadline, &self.buf);
         let head = loop {
             if let Some(head) = parse_head(&self.buf)? {
                 break head;
@@ -170,17 +197,18 @@ impl Connection {
                 return Err(ReadError::HeadTooLarge);
             }
             let room = MAX_HEAD - self.buf.len();
-            if self.fill(room, stopping)? == 0 {
+            if self.fill(room, deadline, stopping)? == 0 {
                 return Err(if self.buf.is_empty() {
                     ReadError::Closed
                 } else {
                     ReadError::Malformed("connection closed inside the request head".into())
                 });
             }
+            request_deadline(&mut deadline, &self.buf);
         };
         let end = head.len + head.body_len as usize; // at most MAX_HEAD + MAX_BODY
         while self.buf.len() < end {
-            if self.fill(end - self.buf.len(), stopping)? == 0 {
+            if self.fill(end - self.buf.len(), deadline, stopping)? == 0 {
                 return Err(ReadError::Malformed("connection closed inside the body".into()));
             }
         }
@@ -201,13 +229,14 @@ impl Connection {
     }
 
     /// Before closing after a refused request: reads and drops what the client is still
-    /// sending (bounded), so it gets to read the answer instead of a reset.
-    pub fn drain(&mut self) {
+    /// sending (at most [`DISCARD_LIMIT`] bytes for [`DRAIN_LIMIT`], less if `stopping`),
+    /// so it gets to read the answer instead of a reset.
+    pub fn drain(&mut self, stopping: &dyn Fn() -> bool) {
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
         let since = Instant::now();
         let mut dropped = 0usize;
         let mut chunk = [0u8; 16 * 1024];
-        while dropped < DISCARD_LIMIT && since.elapsed() < IDLE_LIMIT {
+        while dropped < DISCARD_LIMIT && since.elapsed() < DRAIN_LIMIT && !stopping() {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(n) => dropped += n,
@@ -283,6 +312,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad Request",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
         409 => "Conflict",
         411 => "Length Required",
         413 => "Payload Too Large",
@@ -341,8 +371,31 @@ mod tests {
             let _ = b.write_all(&vec![b'a'; MAX_HEAD * 4]);
         });
         assert_eq!(conn.read_request(&never), Err(ReadError::HeadTooLarge));
-        conn.drain();
+        conn.drain(&never);
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_trickling_request_is_cut_off_and_a_stopping_server_stops_reading() {
+        let (a, mut b) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(a).unwrap();
+        let trickle = std::thread::spawn(move || {
+            // One byte every 100 ms: never silent for long, never done.
+            for _ in 0..((REQUEST_LIMIT.as_millis() / 100) + 20) {
+                if b.write_all(b"G").is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        let never = || false;
+        assert_eq!(conn.read_request(&never), Err(ReadError::TooSlow));
+        drop(conn);
+        trickle.join().unwrap();
+        let (a, _b) = UnixStream::pair().unwrap();
+        let mut conn = Connection::new(a).unwrap();
+        let always = || true;
+        assert_eq!(conn.read_request(&always), Err(ReadError::Idle));
     }
 
     #[test]

@@ -9,8 +9,8 @@
 //! | `PUT /snapshot/create {"snapshot_dir"}` or `{"snapshot_path", "mem_file_path"}` | 204 once a paused VM's snapshot is written |
 //! | anything else | 404 (unknown path) or 405 (known path, other method), `{"fault_message"}` |
 //!
-//! Errors are `{"fault_message": "..."}` with 400 (bad body), 404, 405, 409 (the VM has
-//! ended), 411, 413, 431 or 500. One thread serves the socket, one connection at a time;
+//! Errors are `{"fault_message": "..."}` with 400 (bad body), 404, 405, 408 (too slow),
+//! 409 (the VM has ended), 411, 413, 431 or 500. One thread serves the socket, one connection at a time;
 //! every read is bounded ([`http`]), so no request can disturb the vCPU.
 
 pub mod http;
@@ -143,6 +143,9 @@ fn serve_connection(
     stopping: &dyn Fn() -> bool,
 ) {
     loop {
+        if stopping() {
+            return;
+        }
         match conn.read_request(stopping) {
             Ok(request) => {
                 let response = route(&request, info, control);
@@ -152,7 +155,9 @@ fn serve_connection(
                     request.path,
                     response.status
                 );
-                if conn.respond(&response, request.keep_alive).is_err() || !request.keep_alive {
+                // A stopping server answers, then closes (no more keep-alive).
+                let keep = request.keep_alive && !stopping();
+                if conn.respond(&response, keep).is_err() || !keep {
                     return;
                 }
             }
@@ -160,7 +165,7 @@ fn serve_connection(
                 if let Some((status, message)) = e.answer() {
                     log::debug!("api: refused a request: {status} {message}");
                     let _ = conn.respond(&Response::fault(status, message), false);
-                    conn.drain();
+                    conn.drain(stopping);
                 }
                 return;
             }

@@ -21,7 +21,7 @@ const POLL_SLICE: Duration = Duration::from_millis(50);
 #[derive(Default)]
 pub struct Progress {
     pub pages: AtomicU64,
-    /// When the latest page came in, in µs since the restore started.
+    /// When the latest page came in, in µs since the VMM process started.
     pub last_us: AtomicU64,
 }
 

@@ -1488,6 +1488,9 @@ fn pager_parent(pages: u64) -> i32 {
 fn pager_child(pages: u64) -> i32 {
     let parent = 0;
     let mut good = 0;
+    // The parent maps its region here and becomes our keeper right after the spawn; if it is
+    // preempted in between, a touch now would fault with no keeper. Give it the CPU first.
+    sys::sleep_ns(20_000_000);
     for i in 0..pages {
         let page = CHILD_BASE + i * 4096;
         // SAFETY: the parent mapped its region here; each first touch is served by it.
