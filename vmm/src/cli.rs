@@ -18,8 +18,8 @@ impl Cli {
     /// The log level: `run` has its own `--log-level`; the other commands log warnings.
     pub fn log_level(&self) -> log::LevelFilter {
         match &self.command {
-            Command::Run(a) => a.log_level.into(),
-            Command::Restore(a) => a.log_level.into(),
+            Command::Run(a) => a.vm.log_level.into(),
+            Command::Restore(a) => a.vm.log_level.into(),
             Command::Inspect(_) | Command::Bench(_) | Command::Ctl(_) => log::LevelFilter::Warn,
         }
     }
@@ -48,7 +48,21 @@ pub struct RunArgs {
     /// Guest memory in MiB.
     #[arg(long, value_name = "MiB", default_value_t = 128)]
     pub memory: u64,
-    /// Stop the guest after this many seconds (fractions allowed); exit status 124.
+    /// Log the guest's boot milestones (time since the VMM started) to stderr.
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Extra kernel command line, appended after what the VMM writes.
+    #[arg(long, value_name = "STRING", default_value = "")]
+    pub cmdline: String,
+    #[command(flatten)]
+    pub vm: VmArgs,
+}
+
+/// What `run` and `restore` share: how the VM runs, whatever it starts from.
+#[derive(Debug, Clone, Args)]
+pub struct VmArgs {
+    /// Stop the guest after this many seconds (fractions allowed, paused time included);
+    /// exit status 124.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<f64>,
     /// Where the guest's serial console goes: `stdio`, `file:PATH` or `null`.
@@ -57,12 +71,6 @@ pub struct RunArgs {
     /// How much the VMM logs to stderr.
     #[arg(long, value_enum, default_value_t = LogLevel::Warn)]
     pub log_level: LogLevel,
-    /// Log the guest's boot milestones (time since the VMM started) to stderr.
-    #[arg(long)]
-    pub boot_timer: bool,
-    /// Extra kernel command line, appended after what the VMM writes.
-    #[arg(long, value_name = "STRING", default_value = "")]
-    pub cmdline: String,
     /// Serve the control API (HTTP/1.1, JSON) on a Unix socket at this path, which must not
     /// exist yet; it is removed when the VM ends. See `fluke-vmm ctl`.
     #[arg(long, value_name = "PATH")]
@@ -93,19 +101,8 @@ pub struct RestoreArgs {
     /// Run at once instead of waiting paused for the API.
     #[arg(long)]
     pub resume: bool,
-    /// As for `run`.
-    #[arg(long, value_name = "PATH")]
-    pub api_sock: Option<PathBuf>,
-    #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
-    pub id: String,
-    #[arg(long, value_name = "SECS")]
-    pub timeout: Option<f64>,
-    #[arg(long, value_name = "SPEC", default_value = "stdio")]
-    pub serial: String,
-    #[arg(long, value_enum, default_value_t = LogLevel::Warn)]
-    pub log_level: LogLevel,
-    #[arg(long, value_name = "PATH", hide = true)]
-    pub stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub vm: VmArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -214,9 +211,9 @@ mod tests {
             panic!("not run")
         };
         assert_eq!(a.memory, 128);
-        assert_eq!(a.serial, "stdio");
-        assert_eq!(a.timeout, None);
-        assert_eq!(a.log_level, LogLevel::Warn);
+        assert_eq!(a.vm.serial, "stdio");
+        assert_eq!(a.vm.timeout, None);
+        assert_eq!(a.vm.log_level, LogLevel::Warn);
         assert!(a.image.is_none());
     }
 

@@ -6,19 +6,17 @@
 use std::time::Instant;
 
 use crate::cli::{MemoryRestore, RestoreArgs};
-use crate::devices::serial::SerialSpec;
 use crate::error::{Error, Result};
 use crate::run::{execute, Common, Machine};
 use crate::snapshot::{self, file};
-use crate::{platform, vm, watchdog};
+use crate::{platform, vm};
 
 fn bad(what: impl Into<String>) -> Error {
     Error::Snapshot(format!("cannot restore: {}", what.into()))
 }
 
 pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
-    let timeout = args.timeout.map(watchdog::timeout_duration).transpose()?;
-    let serial_spec = SerialSpec::parse(&args.serial)?;
+    let (timeout, serial_spec) = Common::check(&args.vm)?;
     let target = match (&args.dir, &args.snapshot, &args.mem_file) {
         (Some(dir), None, None) => file::Target::Dir(dir.clone()),
         (None, Some(vmstate), Some(memory)) => file::Target::Files {
@@ -111,17 +109,11 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         start_paused: !args.resume,
     };
     let common = Common {
-        timeout,
-        serial_spec,
-        api_sock: args.api_sock.as_deref(),
-        id: &args.id,
-        stats_json: args.stats_json.as_deref(),
-        boot_timer: false,
-        memory_mib: mib,
         restored: Some((
             process_start.elapsed(),
             _pager.as_ref().map(|p| std::sync::Arc::clone(&p.progress)),
         )),
+        ..Common::new(&args.vm, timeout, serial_spec, mib)
     };
     let code = execute(machine, &common, process_start);
     if let Some(p) = &_pager {

@@ -12,7 +12,7 @@ use fluke_abi::status::{VMM_GUEST_CRASH, VMM_TIMEOUT};
 use crate::api::{ApiServer, InstanceInfo};
 use crate::boot;
 use crate::control::VmControl;
-use crate::cli::RunArgs;
+use crate::cli::{RunArgs, VmArgs};
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
 use crate::devices::Devices;
@@ -49,8 +49,7 @@ pub fn read_image(path: Option<&Path>) -> Result<(Cow<'static, [u8]>, String)> {
 pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     // Everything that can be checked without KVM first.
     let mem_bytes = vm::memory_bytes(args.memory)?;
-    let timeout = args.timeout.map(watchdog::timeout_duration).transpose()?;
-    let serial_spec = SerialSpec::parse(&args.serial)?;
+    let (timeout, serial_spec) = Common::check(&args.vm)?;
     let (bytes, what) = read_image(args.image.as_deref())?;
     let layout = boot::validate(&bytes, &what)?;
     boot::check_memory_fit(layout.phys_end, mem_bytes)?;
@@ -80,14 +79,8 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         start_paused: false,
     };
     let common = Common {
-        timeout,
-        serial_spec,
-        api_sock: args.api_sock.as_deref(),
-        id: &args.id,
-        stats_json: args.stats_json.as_deref(),
         boot_timer: args.boot_timer,
-        memory_mib: args.memory,
-        restored: None,
+        ..Common::new(&args.vm, timeout, serial_spec, args.memory)
     };
     execute(machine, &common, process_start)
 }
@@ -117,6 +110,32 @@ pub struct Common<'a> {
     /// A restore: when the VM was ready (since process start), and the on-demand pager's
     /// progress, for the statistics.
     pub restored: Option<(std::time::Duration, Option<Arc<crate::snapshot::ondemand::Progress>>)>,
+}
+
+impl<'a> Common<'a> {
+    /// The checks of the shared arguments that need no KVM: the timeout and serial spec.
+    pub fn check(vm: &VmArgs) -> Result<(Option<std::time::Duration>, SerialSpec)> {
+        let timeout = vm.timeout.map(watchdog::timeout_duration).transpose()?;
+        Ok((timeout, SerialSpec::parse(&vm.serial)?))
+    }
+
+    pub fn new(
+        vm: &'a VmArgs,
+        timeout: Option<std::time::Duration>,
+        serial_spec: SerialSpec,
+        memory_mib: u64,
+    ) -> Common<'a> {
+        Common {
+            timeout,
+            serial_spec,
+            api_sock: vm.api_sock.as_deref(),
+            id: &vm.id,
+            stats_json: vm.stats_json.as_deref(),
+            boot_timer: false,
+            memory_mib,
+            restored: None,
+        }
+    }
 }
 
 /// Runs a prepared VM to its end and turns the outcome into the exit status.
