@@ -124,6 +124,42 @@ fn corrupt_and_truncated_images_are_refused() {
 }
 
 #[test]
+fn images_that_are_no_regular_file_or_too_large_are_refused_before_reading() {
+    // Issue 13 finding 3: `run /dev/zero` grew without bound, a FIFO with no writer hung
+    // `run` and `inspect`, a huge sparse file was read whole to say "bad magic".
+    let dir = std::env::temp_dir().join(format!("fluke-bigimg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.img");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let sparse = dir.join("sparse.img");
+    std::fs::File::create(&sparse).unwrap().set_len(5 << 30).unwrap();
+    for (path, expect) in [
+        (std::path::PathBuf::from("/dev/zero"), "not a regular file"),
+        (fifo.clone(), "not a regular file"),
+        (sparse.clone(), "larger than"),
+    ] {
+        for cmd in ["run", "inspect"] {
+            let started = std::time::Instant::now();
+            let out = std::process::Command::new(support::VMM)
+                .arg(cmd)
+                .arg(&path)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(VMM_ERROR), "{cmd} {}: {out:?}", path.display());
+            assert!(err.contains(expect), "{cmd} {}: {err}", path.display());
+            assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+            // Refused from its metadata, not after reading it: well within a second.
+            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{cmd} {}", path.display());
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn inspect_lists_the_default_image() {
     let out = std::process::Command::new(VMM)
         .arg("inspect")

@@ -28,9 +28,11 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
     let started = Instant::now();
     let mut snap = file::read_vmstate(&target.vmstate()).map_err(bad)?;
     let mem_path = target.memory();
-    let mem_len = std::fs::metadata(&mem_path)
-        .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?
-        .len();
+    let mem_meta = std::fs::metadata(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
+    if !mem_meta.is_file() {
+        return Err(bad(format!("{}: not a regular file", mem_path.display())));
+    }
+    let mem_len = mem_meta.len();
     if mem_len != snap.memory_bytes {
         return Err(bad(format!(
             "{} holds {mem_len} bytes, the snapshot's VM has {} of memory",

@@ -25,15 +25,48 @@ use crate::vcpu::{MachineInfo, OutRip, Outcome, RipSource, VcpuRunner};
 use crate::vm::{self, Vm};
 use crate::watchdog::{self, Watchdog};
 
+/// The largest image file: one that could fit in the largest guest memory.
+pub const MAX_IMAGE_BYTES: u64 = vm::MAX_MEMORY_MIB << 20;
+
 /// Reads the image at `path`, or the default image built into the binary. Returns the bytes
 /// and how to name the image in messages.
 pub fn read_image(path: Option<&Path>) -> Result<(Cow<'static, [u8]>, String)> {
     match path {
         Some(path) => {
-            let bytes = std::fs::read(path).map_err(|source| Error::ReadImage {
+            let read_err = |source| Error::ReadImage {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            };
+            // Judged by its metadata first: opening a FIFO would wait for a writer, and
+            // reading a device or a huge file would never end or take all memory.
+            let meta = std::fs::metadata(path).map_err(read_err)?;
+            if !meta.is_file() {
+                return Err(Error::InvalidImage {
+                    what: path.display().to_string(),
+                    msg: "not a regular file".into(),
+                });
+            }
+            if meta.len() > MAX_IMAGE_BYTES {
+                return Err(Error::InvalidImage {
+                    what: path.display().to_string(),
+                    msg: format!(
+                        "{} bytes, larger than the {} MiB of guest memory it would have to fit in",
+                        meta.len(),
+                        MAX_IMAGE_BYTES >> 20
+                    ),
+                });
+            }
+            let mut bytes = Vec::with_capacity(meta.len() as usize);
+            let file = std::fs::File::open(path).map_err(read_err)?;
+            // Bounded even if the file grows meanwhile.
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_IMAGE_BYTES + 1), &mut bytes)
+                .map_err(read_err)?;
+            if bytes.len() as u64 > MAX_IMAGE_BYTES {
+                return Err(Error::InvalidImage {
+                    what: path.display().to_string(),
+                    msg: "it grew past the largest image while being read".into(),
+                });
+            }
             Ok((Cow::Owned(bytes), path.display().to_string()))
         }
         None => {

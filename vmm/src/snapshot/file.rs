@@ -101,6 +101,11 @@ pub fn decode(bytes: &[u8]) -> Result<VmSnapshot, String> {
 
 /// Reads and decodes a vmstate file.
 pub fn read_vmstate(path: &Path) -> Result<VmSnapshot, String> {
+    // A FIFO would block the open, a device never end: only regular files are read.
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{}: not a regular file", path.display()));
+    }
     let mut f = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     let mut bytes = Vec::new();
     Read::by_ref(&mut f)
