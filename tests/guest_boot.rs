@@ -160,6 +160,18 @@ fn images_that_are_no_regular_file_or_too_large_are_refused_before_reading() {
 }
 
 #[test]
+fn guest_statuses_that_collide_with_the_vmms_are_reported_and_mapped() {
+    // Issue 13 finding 4: a guest exiting 124, 125 or 126 looked like a timeout, a crash or
+    // a VMM error, with nothing on stderr.
+    for (guest, code, said) in [(122, 122, false), (123, 123, true), (124, 123, true), (125, 123, true), (126, 123, true), (127, 127, false)] {
+        let run = vmm(&default_image(), &["--cmdline", &format!("fluke.init=victim,exit,{guest}")]);
+        assert_eq!(run.status, code, "guest {guest}: {run:?}");
+        let line = format!("fluke-vmm: the guest exited with status {guest}, in the range fluke-vmm reserves (123-126); exiting with 123");
+        assert_eq!(run.stderr.contains(&line), said, "guest {guest}: {}", run.stderr);
+    }
+}
+
+#[test]
 fn inspect_lists_the_default_image() {
     let out = std::process::Command::new(VMM)
         .arg("inspect")

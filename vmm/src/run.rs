@@ -171,6 +171,20 @@ impl<'a> Common<'a> {
     }
 }
 
+/// The process status for a guest's exit status: itself, unless it is one fluke-vmm's own
+/// statuses would make ambiguous (123..=126), which exits with 123 and says so.
+fn guest_exit_code(status: u8) -> u8 {
+    use fluke_abi::status::{GUEST_STATUS_RESERVED, VMM_ERROR};
+    let s = i32::from(status);
+    if (GUEST_STATUS_RESERVED..=VMM_ERROR).contains(&s) {
+        to_stderr(&format!(
+            "fluke-vmm: the guest exited with status {s}, in the range fluke-vmm reserves ({GUEST_STATUS_RESERVED}-{VMM_ERROR}); exiting with {GUEST_STATUS_RESERVED}\n"
+        ));
+        return status_u8(GUEST_STATUS_RESERVED);
+    }
+    status
+}
+
 /// Runs a prepared VM to its end and turns the outcome into the exit status.
 pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Result<u8> {
     let Machine {
@@ -278,7 +292,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     let (code, outcome_name) = match &outcome {
         Outcome::Exited(status) => {
             log::info!("guest exited with status {status}");
-            (*status, "exit")
+            (guest_exit_code(*status), "exit")
         }
         Outcome::Crashed { reason, registers } => {
             to_stderr(&format!(

@@ -183,6 +183,27 @@ fn an_out_just_below_kernel_text_is_refused() {
 }
 
 #[test]
+fn a_guest_cannot_flood_the_vmms_stderr() {
+    // Issue 13 finding 5: unknown boot-timer and bench values each logged a warning, and a
+    // repeated boot mark was printed each time (200,000 lines were seen).
+    let mut code = Vec::new();
+    for _ in 0..2000 {
+        code.extend(out_dx(BOOT_TIMER, 200));
+        code.extend(out_dx(BENCH, 200));
+        code.extend(out_dx(BOOT_TIMER, 1));
+    }
+    code.extend(exit(0));
+    let img = write_image("flood", &image(&code));
+    let o = run(&img, &["--boot-timer", "--timeout", "60"]);
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    let err = stderr(&o);
+    let lines = err.lines().count();
+    assert!(lines <= 30, "{lines} lines on stderr:\n{err}");
+    assert!(err.contains("further such warnings are not shown"), "{err}");
+    assert_eq!(err.matches("boot-timer: kernel entry after").count(), 1, "{err}");
+}
+
+#[test]
 fn boot_timer_and_bench_port_are_measured() {
     let code = [
         out_dx(BOOT_TIMER, 1),

@@ -15,6 +15,9 @@ pub const VMM_TIMEOUT: i32 = 124;
 pub const VMM_GUEST_CRASH: i32 = 125;
 /// fluke-vmm: bad input or a host error before or while running the guest.
 pub const VMM_ERROR: i32 = 126;
+/// fluke-vmm: the guest exited with a status in [`GUEST_STATUS_RESERVED`]..=[`VMM_ERROR`],
+/// which fluke-vmm's own statuses would make ambiguous; stderr names the guest's status.
+pub const GUEST_STATUS_RESERVED: i32 = 123;
 
 /// Maps QEMU's `isa-debug-exit` process exit code back to the status the guest wrote.
 /// Returns `None` for codes QEMU produces itself (0 for a normal shutdown, 1 on error

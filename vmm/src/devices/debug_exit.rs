@@ -11,6 +11,7 @@ pub struct BootTimer {
     print: bool,
     kernel_entry: Option<Duration>,
     init_start: Option<Duration>,
+    warnings: GuestWarnings,
 }
 
 impl BootTimer {
@@ -22,6 +23,7 @@ impl BootTimer {
             print,
             kernel_entry: None,
             init_start: None,
+            warnings: GuestWarnings::default(),
         }
     }
 
@@ -32,13 +34,16 @@ impl BootTimer {
             Some(BootMark::KernelEntry) => (&mut self.kernel_entry, "kernel entry"),
             Some(BootMark::InitStart) => (&mut self.init_start, "init start"),
             None => {
-                log::warn!("boot-timer: unknown boot mark {value}");
+                self.warnings.warn(format_args!("boot-timer: unknown boot mark {value}"));
                 return;
             }
         };
-        if slot.is_none() {
-            *slot = Some(elapsed);
+        // Only the first time of each mark counts, and is printed: a guest repeating one
+        // cannot flood the VMM's stderr.
+        if slot.is_some() {
+            return;
         }
+        *slot = Some(elapsed);
         if self.print {
             crate::logger::to_stderr(&format!("boot-timer: {what} after {:.3} ms\n", ms(elapsed)));
         }
@@ -50,6 +55,28 @@ impl BootTimer {
 
     pub fn init_start(&self) -> Option<Duration> {
         self.init_start
+    }
+}
+
+/// Warnings a guest can cause by what it writes, limited so that it cannot flood the VMM's
+/// stderr: the first [`GuestWarnings::SHOWN`], then one line saying the rest are not shown.
+#[derive(Debug, Default)]
+pub struct GuestWarnings {
+    count: u64,
+}
+
+impl GuestWarnings {
+    pub const SHOWN: u64 = 10;
+
+    pub fn warn(&mut self, message: std::fmt::Arguments) {
+        self.count = self.count.saturating_add(1);
+        match self.count {
+            n if n <= Self::SHOWN => log::warn!("{message}"),
+            n if n == Self::SHOWN + 1 => {
+                log::warn!("{message} (the guest keeps doing this: further such warnings are not shown)")
+            }
+            _ => {}
+        }
     }
 }
 
@@ -82,6 +109,7 @@ pub struct BenchPort {
     begin: Option<Instant>,
     ticks: u64,
     result: Option<BenchResult>,
+    warnings: GuestWarnings,
 }
 
 impl BenchPort {
@@ -103,9 +131,9 @@ impl BenchPort {
                         elapsed: now.saturating_duration_since(begin),
                     })
                 }
-                None => log::warn!("bench: END without BEGIN"),
+                None => self.warnings.warn(format_args!("bench: END without BEGIN")),
             },
-            other => log::warn!("bench: unknown value {other}"),
+            other => self.warnings.warn(format_args!("bench: unknown value {other}")),
         }
     }
 

@@ -19,6 +19,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
     unsafe {
         match case {
             "ok" => return 0,
+            // `exit N`: exits with status N (decimal): the VMM's handling of every status.
+            "exit" => return args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0),
             "null" => {
                 let v = core::ptr::read_volatile(core::ptr::null::<u64>());
                 println!("read {v}");
