@@ -287,7 +287,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         a.stop();
     }
     // Guest output first, then whatever the VMM has to say about it.
-    devices.serial.flush();
+    devices.serial.finish();
 
     let (code, outcome_name) = match &outcome {
         Outcome::Exited(status) => {

@@ -182,6 +182,61 @@ fn an_out_just_below_kernel_text_is_refused() {
     assert_guest_crash(&o, "port I/O from outside kernel text: out 0xf4");
 }
 
+/// A guest that writes 'x' to COM1 forever.
+fn serial_flood_code() -> Vec<u8> {
+    // mov $COM1, %dx; mov $'x', %al; 1: out %al, %dx; jmp 1b
+    [mov_dx(COM1), mov_al(b'x'), vec![OUT_DX_AL, 0xeb, 0xfd]].concat()
+}
+
+#[test]
+fn a_console_that_stops_draining_does_not_stop_the_timeout() {
+    // Issue 13 finding 1: with stdout a pipe nobody reads, the flood filled it and the VMM
+    // hung in a write, deaf to --timeout.
+    let img = write_image("stuck-console", &image(&serial_flood_code()));
+    let started = std::time::Instant::now();
+    let mut child = vmm()
+        .arg("run")
+        .arg(&img)
+        .args(["--memory", "16", "--timeout", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped()) // never read
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = started + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the VMM hung with a stuck console");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(VMM_TIMEOUT), "{err}");
+    assert!(err.contains("guest did not finish within 2 s"), "{err}");
+    assert!(err.contains("serial output: ") && err.contains("bytes dropped"), "{err}");
+}
+
+#[test]
+fn a_serial_fifo_without_a_reader_is_an_error_not_a_hang() {
+    let dir = temp_dir("serial-fifo");
+    let fifo = dir.path().join("console");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path only.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let img = write_image("serial-fifo-img", &image(&hello_code()));
+    let serial = format!("file:{}", fifo.display());
+    let started = std::time::Instant::now();
+    let o = run(&img, &["--serial", &serial, "--timeout", "10"]);
+    assert_eq!(o.status.code(), Some(VMM_ERROR), "stderr: {}", stderr(&o));
+    assert!(stderr(&o).contains("no process has it open for reading"), "{}", stderr(&o));
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+}
+
 #[test]
 fn a_guest_cannot_flood_the_vmms_stderr() {
     // Issue 13 finding 5: unknown boot-timer and bench values each logged a warning, and a

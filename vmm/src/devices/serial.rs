@@ -2,9 +2,14 @@
 //! its output sink (`--serial`).
 //!
 //! The guest writes one byte per exit and vm-superio flushes its writer after every byte, so
-//! the sink buffers and writes through on a newline, when its buffer fills, and whenever
+//! the sink buffers and hands its bytes on at a newline, when its buffer fills, and whenever
 //! [`SerialDevice::flush`] is called (at the end of every run, and every few tens of
 //! milliseconds by the stdin thread so that a prompt without a newline shows up).
+//!
+//! Handing on never blocks: a writer thread ([`Console`]) does the blocking writes to the
+//! terminal, pipe or file from a bounded queue, and what does not fit while the output is
+//! not draining is dropped and counted (as Firecracker does), so a stuck console can stop
+//! neither the vCPU nor `--timeout`, and no lock is held across host I/O.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -45,28 +50,196 @@ impl SerialSpec {
         }
     }
 
-    /// Opens the output side.
+    /// Opens the output side. A FIFO is opened without waiting for a reader: with none it
+    /// is an error, not a hang.
     pub fn open(&self) -> Result<Output> {
         match self {
-            SerialSpec::Stdio => Ok(Output::Stdout),
+            SerialSpec::Stdio => Ok(Output::Console(Console::start(Target::Stdout)?)),
             SerialSpec::Null => Ok(Output::Null),
             SerialSpec::File(path) => {
-                File::create(path)
-                    .map(Output::File)
-                    .map_err(|source| Error::SerialFile {
+                use std::os::unix::fs::OpenOptionsExt;
+                let err = |source: io::Error| match source.raw_os_error() {
+                    Some(libc::ENXIO) => Error::SerialFile {
+                        path: path.clone(),
+                        source: io::Error::other("a FIFO, and no process has it open for reading"),
+                    },
+                    _ => Error::SerialFile {
                         path: path.clone(),
                         source,
-                    })
+                    },
+                };
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(path)
+                    .map_err(err)?;
+                // Writes block again (on the writer thread only).
+                set_blocking(&file).map_err(err)?;
+                Ok(Output::Console(Console::start(Target::File(file))?))
             }
         }
     }
 }
 
-/// Where the sink writes.
+fn set_blocking(f: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: F_GETFL/F_SETFL on a descriptor we own change only its status flags.
+    unsafe {
+        let flags = libc::fcntl(f.as_raw_fd(), libc::F_GETFL);
+        if flags < 0 || libc::fcntl(f.as_raw_fd(), libc::F_SETFL, flags & !libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// Where the sink's bytes go.
 pub enum Output {
+    Console(Console),
+    Null,
+}
+
+/// The blocking end of the serial output: a writer thread and the bounded queue it drains.
+pub struct Console {
+    shared: Arc<ConsoleShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+pub enum Target {
     Stdout,
     File(File),
-    Null,
+}
+
+struct ConsoleQueue {
+    bytes: std::collections::VecDeque<u8>,
+    dropped: u64,
+    /// The writer is in a write (the bytes it took are not out yet).
+    writing: bool,
+    closed: bool,
+}
+
+struct ConsoleShared {
+    queue: Mutex<ConsoleQueue>,
+    changed: std::sync::Condvar,
+}
+
+impl ConsoleShared {
+    fn lock(&self) -> MutexGuard<'_, ConsoleQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Bytes the queue holds while the output does not drain; beyond them output is dropped.
+const CONSOLE_QUEUE: usize = 1 << 20;
+/// How long the end of a run waits for the output to drain.
+pub const DRAIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Console {
+    fn start(target: Target) -> Result<Console> {
+        let shared = Arc::new(ConsoleShared {
+            queue: Mutex::new(ConsoleQueue {
+                bytes: std::collections::VecDeque::new(),
+                dropped: 0,
+                writing: false,
+                closed: false,
+            }),
+            changed: std::sync::Condvar::new(),
+        });
+        let s = Arc::clone(&shared);
+        let thread = std::thread::Builder::new()
+            .name("fluke-console".into())
+            .spawn(move || write_out(&s, target))
+            .map_err(|source| Error::HostIo {
+                what: "console thread",
+                source,
+            })?;
+        Ok(Console {
+            shared,
+            thread: Some(thread),
+        })
+    }
+
+    /// Queues `bytes` without blocking; what does not fit is dropped and counted.
+    fn push(&self, bytes: &[u8]) {
+        let mut q = self.shared.lock();
+        let room = CONSOLE_QUEUE.saturating_sub(q.bytes.len());
+        let (kept, dropped) = bytes.split_at(bytes.len().min(room));
+        q.bytes.extend(kept);
+        q.dropped += dropped.len() as u64;
+        self.shared.changed.notify_all();
+    }
+
+    /// Waits up to `limit` for everything queued to be written; returns the bytes dropped
+    /// and the bytes still not written.
+    pub fn drain(&self, limit: std::time::Duration) -> (u64, usize) {
+        let deadline = std::time::Instant::now() + limit;
+        let mut q = self.shared.lock();
+        while !q.bytes.is_empty() || q.writing {
+            let now = std::time::Instant::now();
+            if now >= deadline {
+                break;
+            }
+            q = match self.shared.changed.wait_timeout(q, deadline - now) {
+                Ok((g, _)) => g,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        (q.dropped, q.bytes.len())
+    }
+}
+
+impl Drop for Console {
+    fn drop(&mut self) {
+        let (_, left) = self.drain(DRAIN_WAIT);
+        self.shared.lock().closed = true;
+        self.shared.changed.notify_all();
+        if left == 0 {
+            if let Some(t) = self.thread.take() {
+                let _ = t.join();
+            }
+        }
+        // Otherwise the writer is stuck in a write: it is left behind (the process ends).
+    }
+}
+
+fn write_out(shared: &ConsoleShared, mut target: Target) {
+    let mut chunk = Vec::new();
+    let mut failed = false;
+    loop {
+        {
+            let mut q = shared.lock();
+            q.writing = false;
+            shared.changed.notify_all();
+            while q.bytes.is_empty() && !q.closed {
+                q = match shared.changed.wait(q) {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+            }
+            if q.bytes.is_empty() {
+                return; // closed and drained
+            }
+            chunk.clear();
+            let n = q.bytes.len().min(64 * 1024);
+            chunk.extend(q.bytes.drain(..n));
+            q.writing = true;
+        }
+        let res = match &mut target {
+            Target::Stdout => {
+                let mut out = io::stdout().lock();
+                out.write_all(&chunk).and_then(|_| out.flush())
+            }
+            Target::File(f) => f.write_all(&chunk),
+        };
+        if let Err(e) = res {
+            if !failed {
+                log::warn!("serial output lost: {e}");
+            }
+            failed = true;
+        }
+    }
 }
 
 /// Flush when this much output is pending even without a newline.
@@ -76,8 +249,6 @@ const SINK_BUFFER: usize = 4096;
 pub struct Sink {
     output: Output,
     pending: Vec<u8>,
-    /// Set after the first write error; later ones are not logged again.
-    failed: bool,
 }
 
 impl Sink {
@@ -85,31 +256,33 @@ impl Sink {
         Sink {
             output,
             pending: Vec::with_capacity(SINK_BUFFER),
-            failed: false,
         }
     }
 
-    /// Writes everything pending to the output.
+    /// Hands everything pending to the writer thread (never blocks).
     pub fn flush_pending(&mut self) -> io::Result<()> {
         if self.pending.is_empty() {
             return Ok(());
         }
-        let res = match &mut self.output {
-            Output::Stdout => {
-                let mut out = io::stdout().lock();
-                out.write_all(&self.pending).and_then(|_| out.flush())
-            }
-            Output::File(f) => f.write_all(&self.pending),
-            Output::Null => Ok(()),
-        };
-        self.pending.clear();
-        if let Err(e) = &res {
-            if !self.failed {
-                log::warn!("serial output lost: {e}");
-            }
-            self.failed = true;
+        if let Output::Console(c) = &self.output {
+            c.push(&self.pending);
         }
-        res
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// At the end of a run: waits (at most [`DRAIN_WAIT`]) for the output to be written, and
+    /// says what could not be.
+    pub fn finish(&mut self) {
+        let _ = self.flush_pending();
+        if let Output::Console(c) = &self.output {
+            let (dropped, left) = c.drain(DRAIN_WAIT);
+            if dropped > 0 || left > 0 {
+                crate::logger::to_stderr(&format!(
+                    "fluke-vmm: warning: serial output: {dropped} bytes dropped and {left} not written (the console was not draining)\n"
+                ));
+            }
+        }
     }
 }
 
@@ -120,7 +293,6 @@ impl Write for Sink {
         }
         self.pending.extend_from_slice(buf);
         if buf.contains(&b'\n') || self.pending.len() >= SINK_BUFFER {
-            // A broken output must not stop the guest: the error is logged once.
             let _ = self.flush_pending();
         }
         Ok(buf.len())
@@ -238,9 +410,9 @@ impl SerialDevice {
         lock(&self.uart).state()
     }
 
-    /// Writes all pending output.
-    pub fn flush(&self) {
-        let _ = lock(&self.uart).writer_mut().flush_pending();
+    /// At the end of a run: the output written, or what was lost reported.
+    pub fn finish(&self) {
+        lock(&self.uart).writer_mut().finish();
     }
 
     /// The UART, for the stdin thread.
@@ -284,8 +456,8 @@ mod tests {
         let spec = SerialSpec::parse(&format!("file:{}", path.display())).unwrap();
         let (dev, _irq) = SerialDevice::new(spec.open().unwrap()).unwrap();
         dev.write(0, b"line one\npartial");
-        assert_eq!(std::fs::read(&path).unwrap(), b"line one\n");
-        dev.flush();
+        // The writer thread writes the full line; the end of the run the partial one too.
+        dev.finish();
         assert_eq!(std::fs::read(&path).unwrap(), b"line one\npartial");
         std::fs::remove_dir_all(&dir).unwrap();
     }
