@@ -12,6 +12,7 @@ mod control;
 mod ctl;
 mod devices;
 mod error;
+mod fuzz;
 mod inspect;
 mod kick;
 mod logger;
