@@ -142,6 +142,30 @@ pub fn validate(bytes: &[u8], what: &str) -> Result<ImageLayout> {
     })
 }
 
+/// What `run` checks before it boots an image, for `inspect`: [`validate`], then a load
+/// into scratch memory as large as the image needs (lazily mapped, so cheap), which is
+/// where linux-loader's own reading of the ELF (its PVH note included) is compared with
+/// fluke-image's.
+pub fn check_loads(bytes: &[u8], what: &str) -> Result<ImageLayout> {
+    let layout = validate(bytes, what)?;
+    let size = layout.phys_end.div_ceil(MIB).max(2) * MIB;
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), size as usize)]).map_err(|e| {
+        Error::GuestMemory {
+            mib: size / MIB,
+            msg: e.to_string(),
+        }
+    })?;
+    let cmdline = build_cmdline(Platform::Kvm, None, "")?;
+    load(&mem, size, bytes, &layout, &cmdline).map_err(|e| match e {
+        Error::UnsupportedImage { msg, .. } => Error::UnsupportedImage {
+            what: what.to_string(),
+            msg,
+        },
+        other => other,
+    })?;
+    Ok(layout)
+}
+
 /// Checks that an image ending at `phys_end` fits into `mem_bytes` of guest RAM.
 pub fn check_memory_fit(phys_end: u64, mem_bytes: u64) -> Result<()> {
     if phys_end <= mem_bytes {

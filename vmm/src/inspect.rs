@@ -25,6 +25,8 @@ pub fn flags_string(flags: u32) -> String {
 
 /// The text `inspect` prints for the image `bytes`, named `what`.
 pub fn describe(bytes: &[u8], what: &str) -> Result<String> {
+    // The same checks as `run` (and the same load): what run refuses, inspect refuses.
+    crate::boot::check_loads(bytes, what)?;
     let image = Image::parse(bytes).map_err(|e| Error::InvalidImage {
         what: what.to_string(),
         msg: e.to_string(),
@@ -64,11 +66,13 @@ pub fn describe(bytes: &[u8], what: &str) -> Result<String> {
             Ok(elf) => format!("entry {:#x}", elf.entry()),
             Err(_) => "not an ELF".to_string(),
         };
-        let _ = writeln!(s, "  {:<16} {:>10} bytes  {entry}", p.name, p.data.len());
+        let name = p.name.escape_debug().to_string();
+        let _ = writeln!(s, "  {:<16} {:>10} bytes  {entry}", name, p.data.len());
     }
     let manifest = bundle.manifest();
-    let _ = writeln!(s, "init:        {}", manifest.init());
-    let args: Vec<&str> = manifest.args().collect();
+    // Names and words come from the image: printed escaped, as in error messages.
+    let _ = writeln!(s, "init:        {}", manifest.init().escape_debug());
+    let args: Vec<String> = manifest.args().map(|a| a.escape_debug().to_string()).collect();
     if args.is_empty() {
         let _ = writeln!(s, "args:        (none)");
     } else {

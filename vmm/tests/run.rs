@@ -404,6 +404,41 @@ fn inspect_prints_the_image() {
 }
 
 #[test]
+fn inspect_refuses_what_run_refuses() {
+    // Issue 13 finding 6: inspect said OK to an image with a segment below 1 MiB, which run
+    // refuses (linux-loader would load it over the VMM's boot structures).
+    let mut low = image_with_data(&exit(0), Some((b"low data", 8)));
+    // Move the data segment below 1 MiB and the bundle to the first page after the code,
+    // where the image format then expects it (ELF64 program headers, little-endian).
+    let word = |b: &[u8], at: usize, n: usize| {
+        b[at..at + n].iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x))
+    };
+    let (phoff, size, count) = (word(&low, 32, 8) as usize, word(&low, 54, 2) as usize, word(&low, 56, 2) as usize);
+    let mut set = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let (mut moved_data, mut moved_bundle) = (false, false);
+    for i in 0..count {
+        let ph = phoff + i * size;
+        let (vaddr, paddr) = (word(&low, ph + 16, 8), word(&low, ph + 24, 8));
+        if paddr == DATA_PADDR {
+            set(&mut low, ph + 24, 0x8_0000);
+            moved_data = true;
+        } else if paddr == DATA_PADDR + 0x1000 {
+            set(&mut low, ph + 24, DATA_PADDR);
+            set(&mut low, ph + 16, vaddr - 0x1000);
+            moved_bundle = true;
+        }
+    }
+    assert!(moved_data && moved_bundle, "unexpected image layout");
+    let img = write_image("inspect-low", &low);
+    let r = run(&img, &[]);
+    let i = vmm().arg("inspect").arg(&img).output().unwrap();
+    assert_eq!(r.status.code(), Some(VMM_ERROR), "run: {}", stderr(&r));
+    assert!(stderr(&r).contains("below 0x100000"), "{}", stderr(&r));
+    assert_eq!(i.status.code(), Some(VMM_ERROR), "inspect said: {}", stdout(&i));
+    assert_eq!(stderr(&i), stderr(&r));
+}
+
+#[test]
 fn bench_writes_records() {
     // Boot marks around a BEGIN, 100 TICKs (a `dec %ecx; jnz` loop), END; then exit 0.
     let code = [
