@@ -104,6 +104,38 @@ fn a_guest_killed_with_its_vmm_continues_from_its_snapshot() {
 }
 
 #[test]
+fn a_restored_vm_is_snapshotted_again_once_it_has_run() {
+    // On kvm_pvm a restored vCPU reads PV control 0x400 until its kernel's NMI handler has
+    // written it again: a snapshot before that is refused with a clear message (it could
+    // never be restored); once the VM has run, its snapshot restores.
+    let s = reference(TICKER);
+    let dir = TempDir::new("snap-twice");
+    let (first, second) = (dir.0.join("first"), dir.0.join("second"));
+    let (vm, before) = snapshot_at("snap-twice-orig", 12, &first);
+    let _ = vm.kill();
+    let restored = LiveVm::start_with("snap-twice-mid", &restore_args(&first, &[]), "", &[]);
+    assert_eq!(state(&restored.sock), "Paused");
+    if support::host_is_kvm_pvm() {
+        let early = ctl_snapshot(&restored.sock, &second);
+        assert!(!early.status.success(), "{early:?}");
+        assert!(String::from_utf8_lossy(&early.stderr).contains("PV mode"), "{early:?}");
+    }
+    resume(&restored.sock);
+    restored.wait_for("work: tick 14 ");
+    pause(&restored.sock);
+    let out = ctl_snapshot(&restored.sock, &second);
+    assert!(out.status.success(), "{out:?}");
+    let middle = restored.kill();
+    let again = LiveVm::start_with("snap-twice-new", &restore_args(&second, &["--resume"]), "", &[]);
+    let (status, after) = again.finish();
+    assert_eq!(status, 0, "{after}");
+    let mut seq = sequence(&before);
+    seq.extend(sequence(&middle));
+    seq.extend(sequence(&after));
+    assert_eq!(seq, s);
+}
+
+#[test]
 fn a_guest_caught_in_user_mode_continues() {
     // `spinner` never enters the kernel while it spins: the snapshot catches user mode.
     let dir = TempDir::new("snap-user");

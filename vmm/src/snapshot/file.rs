@@ -18,7 +18,8 @@
 //! every moment the old snapshot or the new one. Two separately named files (Firecracker's
 //! `snapshot_path` and `mem_file_path`) are each replaced atomically (temporary name, fsync,
 //! rename), memory first; the vmstate holds the memory's size and checksum, so a pair torn by
-//! a kill between the two renames is refused at restore rather than run.
+//! a kill between the two renames is refused at restore rather than run (neither snapshot is
+//! then restorable: the directory form has no such window).
 
 use std::ffi::CString;
 use std::fs::File;

@@ -170,6 +170,11 @@ pub fn capture(vcpu: &VcpuFd, m: &Machine) -> Result<(VmSnapshot, u32), String> 
         debugregs: vcpu.get_debug_regs().map_err(kvm_err("KVM_GET_DEBUGREGS"))?,
         pv_control: read_pv_control(vcpu),
     };
+    // kvm_pvm: a VM restored but not yet back in PV mode (its kernel's NMI handler has not
+    // run: the MSR reads 0x400) is in a state no restore could rebuild.
+    if m.platform == "kvm_pvm" && vcpu_state.pv_control.is_none_or(|c| c & !0xfff == 0) {
+        return Err("the VM has not re-entered kvm_pvm's PV mode since it was restored (resume it for a moment first)".into());
+    }
     let mut irqchips = Vec::new();
     for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
         let mut chip = kvm_irqchip {
@@ -318,12 +323,14 @@ pub fn prepare_pv_restore(snap: &mut VmSnapshot, memory: &GuestMemoryMmap) -> Re
         .write_obj(fluke_abi::pvm::RESTORED, at(fluke_abi::pvm::PV_PAGE_RESTORED))
         .map_err(|e| format!("the PV page at {page:#x} is not in guest memory: {e}"))?;
     let vif: u8 = memory.read_obj(at(0)).map_err(|e| format!("PV page: {e}"))?;
-    // Which mode the vCPU was in is told by its RIP, not by the CS KVM reports: for the PV
-    // kernel (which runs at hardware CPL 3) KVM_GET_SREGS gives CS 0x10 at most exits but
-    // 0x33 at some (seen: halted in the idle loop right after an OUT to the console).
-    // Kernel code lives in the upper half only, user code in the lower half only.
+    // Which mode the vCPU was in is told by its RIP and page table, not by the CS KVM
+    // reports: for the PV kernel (which runs at hardware CPL 3) KVM_GET_SREGS gives CS 0x10
+    // at most exits but 0x33 at some (seen: halted in the idle loop right after an OUT).
+    // Kernel code runs only in the upper half and only on the kernel half of the page-table
+    // pair; a user program that jumped to a kernel address (its fetch fault pending) is
+    // still on the user half, and is a user context.
     let v = &mut snap.vcpu;
-    let kernel = v.regs.rip >= KERNEL_HALF;
+    let kernel = v.regs.rip >= KERNEL_HALF && v.sregs.cr3 & 0x1000 == 0;
     v.sregs.cs = segment(v.sregs.cs, if kernel { (KERNEL_CS, 0) } else { (USER_CS, 3) }, 0xb);
     v.sregs.ss = segment(v.sregs.ss, if kernel { (KERNEL_DS, 0) } else { (USER_DS, 3) }, 0x3);
     if kernel {
@@ -335,9 +342,27 @@ pub fn prepare_pv_restore(snap: &mut VmSnapshot, memory: &GuestMemoryMmap) -> Re
     } else {
         v.sregs.cr3 &= !0x1000;
         v.regs.rflags |= 1 << 9;
+        // At a user-mode exit the host reports the user's GS base live and the kernel's in
+        // MSR_KERNEL_GS_BASE; at a kernel-mode exit, the other way round, which is what the
+        // kernel expects on entry. Default-mode delivery of the first event does not swap,
+        // so the swap is done here.
+        if let Some(kgs) = v.msrs.iter_mut().find(|m| m.index == MSR_KERNEL_GS_BASE) {
+            std::mem::swap(&mut kgs.data, &mut v.sregs.gs.base);
+        }
+    }
+    // A page fault caught on its way in (KVM reflects it, the pause came first) is delivered
+    // after the restore in default mode, which sets the real CR2 but not the PV page's copy
+    // the kernel reads (pvm.md §4.1 flag 0x10): put it there.
+    if v.events.exception.nr == 14 && (v.events.exception.injected != 0 || v.events.exception.pending != 0) {
+        memory
+            .write_obj(v.sregs.cr2, at(8))
+            .map_err(|e| format!("PV page: {e}"))?;
     }
     Ok(())
 }
+
+/// MSR_KERNEL_GS_BASE.
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 
 /// The upper half of the address space, where the kernel lives (pvm.md §4.3 rule 2).
 const KERNEL_HALF: u64 = 0xffff_8000_0000_0000;

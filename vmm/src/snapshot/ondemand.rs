@@ -133,7 +133,7 @@ fn serve(uffd: &Uffd, source: &MmapRegion<()>, spans: &[Span], stop: &AtomicBool
         // SAFETY: `from` + PAGE lies inside the file mapping (the file is exactly as large as
         // guest RAM, the spans tile it) and `at` is a page of a registered region; the copy
         // writes only that page, atomically, as the kernel's UFFDIO_COPY.
-        let copied = unsafe {
+        let copy = || unsafe {
             uffd.copy(
                 source.as_ptr().add(from) as *const libc::c_void,
                 at as *mut libc::c_void,
@@ -141,6 +141,14 @@ fn serve(uffd: &Uffd, source: &MmapRegion<()>, spans: &[Span], stop: &AtomicBool
                 true,
             )
         };
+        // EAGAIN (the address space changing under the copy): try again.
+        let mut copied = copy();
+        for _ in 0..100 {
+            match copied {
+                Err(userfaultfd::Error::PartiallyCopied(_)) => copied = copy(),
+                _ => break,
+            }
+        }
         match copied {
             Ok(_) => {
                 progress.pages.fetch_add(1, Ordering::Relaxed);
