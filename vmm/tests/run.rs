@@ -414,7 +414,7 @@ fn inspect_refuses_what_run_refuses() {
         b[at..at + n].iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x))
     };
     let (phoff, size, count) = (word(&low, 32, 8) as usize, word(&low, 54, 2) as usize, word(&low, 56, 2) as usize);
-    let mut set = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let set = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
     let (mut moved_data, mut moved_bundle) = (false, false);
     for i in 0..count {
         let ph = phoff + i * size;

@@ -117,8 +117,10 @@ fn serve(uffd: &Uffd, source: &MmapRegion<()>, spans: &[Span], stop: &AtomicBool
             Ok(Some(e)) => e,
             Ok(None) => continue,
             Err(e) => {
-                log::error!("uffd: reading an event failed: {e}");
-                return;
+                crate::logger::to_stderr(&format!(
+                    "fluke-vmm: error: userfaultfd failed: {e}; stopping (the guest would wait for its memory forever)\n"
+                ));
+                std::process::exit(fluke_abi::status::VMM_ERROR);
             }
         };
         let Event::Pagefault { addr, .. } = event else {
@@ -160,7 +162,14 @@ fn serve(uffd: &Uffd, source: &MmapRegion<()>, spans: &[Span], stop: &AtomicBool
             Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
                 let _ = uffd.wake(at as *mut libc::c_void, PAGE);
             }
-            Err(e) => log::error!("uffd: copying page {at:#x} failed: {e}"),
+            // The vCPU waits for this page and cannot get it (the memory file changed under
+            // the restore, say): end the VM with a report rather than leave it hanging.
+            Err(e) => {
+                crate::logger::to_stderr(&format!(
+                    "fluke-vmm: error: cannot bring guest page {at:#x} in from the memory file: {e}; stopping\n"
+                ));
+                std::process::exit(fluke_abi::status::VMM_ERROR);
+            }
         }
     }
 }
