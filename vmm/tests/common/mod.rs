@@ -258,15 +258,17 @@ pub fn vmm() -> Command {
     c
 }
 
-/// `fluke-vmm run IMAGE --memory 16 ARGS...`
+/// The `--timeout` a test's run gets unless it gives its own: nothing in CI hangs longer.
+pub const DEFAULT_TIMEOUT_SECS: &str = "60";
+
+/// `fluke-vmm run IMAGE --memory 16 ARGS...` (with `--timeout 60` unless ARGS has one).
 pub fn run(image: &Path, args: &[&str]) -> Output {
-    vmm()
-        .arg("run")
-        .arg(image)
-        .args(["--memory", "16"])
-        .args(args)
-        .output()
-        .expect("spawn fluke-vmm")
+    let mut c = vmm();
+    c.arg("run").arg(image).args(["--memory", "16"]).args(args);
+    if !args.contains(&"--timeout") {
+        c.args(["--timeout", DEFAULT_TIMEOUT_SECS]);
+    }
+    c.output().expect("spawn fluke-vmm")
 }
 
 pub fn stdout(o: &Output) -> String {
