@@ -73,7 +73,7 @@ fn a_snapshot_continues_in_a_new_process_exactly_and_the_original_too() {
     assert_eq!(sequence(&original), s);
     // A new process continues from the snapshot: paused until asked, then exactly S.
     let restored = LiveVm::start_with("snap-new", &restore_args(&snap, &[]), "", &[]);
-    assert_eq!(state(&restored.sock), "Paused");
+    wait_state(&restored.sock, "Paused");
     std::thread::sleep(std::time::Duration::from_millis(200));
     assert_eq!(restored.ticks(), 0, "a restore without --resume ran");
     resume(&restored.sock);
@@ -114,7 +114,7 @@ fn a_restored_vm_is_snapshotted_again_once_it_has_run() {
     let (vm, before) = snapshot_at("snap-twice-orig", 12, &first);
     let _ = vm.kill();
     let restored = LiveVm::start_with("snap-twice-mid", &restore_args(&first, &[]), "", &[]);
-    assert_eq!(state(&restored.sock), "Paused");
+    wait_state(&restored.sock, "Paused");
     if support::host_is_kvm_pvm() {
         let early = ctl_snapshot(&restored.sock, &second);
         assert!(!early.status.success(), "{early:?}");

@@ -203,3 +203,17 @@ pub fn reference(cmdline: &str) -> Vec<(u64, String)> {
     sequence(&run.console)
 }
 
+
+/// Waits (at most 10 s) for the VM to report `want` (a VM just started reports
+/// "Not started" until its vCPU thread enters its run loop).
+pub fn wait_state(sock: &Path, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let now = state(sock);
+        if now == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "state {now:?}, never {want:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
