@@ -134,7 +134,10 @@ fn images_that_are_no_regular_file_or_too_large_are_refused_before_reading() {
     // SAFETY: mkfifo reads the NUL-terminated path only.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let sparse = dir.join("sparse.img");
-    std::fs::File::create(&sparse).unwrap().set_len(5 << 30).unwrap();
+    std::fs::File::create(&sparse)
+        .unwrap()
+        .set_len(5 << 30)
+        .unwrap();
     for (path, expect) in [
         (std::path::PathBuf::from("/dev/zero"), "not a regular file"),
         (fifo.clone(), "not a regular file"),
@@ -149,11 +152,20 @@ fn images_that_are_no_regular_file_or_too_large_are_refused_before_reading() {
                 .output()
                 .unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
-            assert_eq!(out.status.code(), Some(VMM_ERROR), "{cmd} {}: {out:?}", path.display());
+            assert_eq!(
+                out.status.code(),
+                Some(VMM_ERROR),
+                "{cmd} {}: {out:?}",
+                path.display()
+            );
             assert!(err.contains(expect), "{cmd} {}: {err}", path.display());
             assert_eq!(err.trim_end().lines().count(), 1, "{err}");
             // Refused from its metadata, not after reading it: well within a second.
-            assert!(started.elapsed() < std::time::Duration::from_secs(5), "{cmd} {}", path.display());
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(5),
+                "{cmd} {}",
+                path.display()
+            );
         }
     }
     let _ = std::fs::remove_dir_all(&dir);
@@ -163,11 +175,26 @@ fn images_that_are_no_regular_file_or_too_large_are_refused_before_reading() {
 fn guest_statuses_that_collide_with_the_vmms_are_reported_and_mapped() {
     // Issue 13 finding 4: a guest exiting 124, 125 or 126 looked like a timeout, a crash or
     // a VMM error, with nothing on stderr.
-    for (guest, code, said) in [(122, 122, false), (123, 123, true), (124, 123, true), (125, 123, true), (126, 123, true), (127, 127, false)] {
-        let run = vmm(&default_image(), &["--cmdline", &format!("fluke.init=victim,exit,{guest}")]);
+    for (guest, code, said) in [
+        (122, 122, false),
+        (123, 123, true),
+        (124, 123, true),
+        (125, 123, true),
+        (126, 123, true),
+        (127, 127, false),
+    ] {
+        let run = vmm(
+            &default_image(),
+            &["--cmdline", &format!("fluke.init=victim,exit,{guest}")],
+        );
         assert_eq!(run.status, code, "guest {guest}: {run:?}");
         let line = format!("fluke-vmm: the guest exited with status {guest}, in the range fluke-vmm reserves (123-126); exiting with 123");
-        assert_eq!(run.stderr.contains(&line), said, "guest {guest}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.contains(&line),
+            said,
+            "guest {guest}: {}",
+            run.stderr
+        );
     }
 }
 

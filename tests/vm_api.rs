@@ -24,7 +24,12 @@ fn a_paused_guest_prints_nothing_its_clock_holds_and_resume_continues_it() {
     pause(&vm.sock); // pausing a paused VM is not an error
     let at_pause = vm.ticks();
     std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(vm.ticks(), at_pause, "the guest printed while paused:\n{}", vm.console());
+    assert_eq!(
+        vm.ticks(),
+        at_pause,
+        "the guest printed while paused:\n{}",
+        vm.console()
+    );
     resume(&vm.sock);
     assert_eq!(state(&vm.sock), "Running");
     let (status, console) = vm.finish();
@@ -34,7 +39,10 @@ fn a_paused_guest_prints_nothing_its_clock_holds_and_resume_continues_it() {
     assert_eq!(t.len(), 40, "{console}");
     // The guest's clock did not see the 600 ms: no gap between ticks is near it.
     let widest = t.windows(2).map(|w| w[1].2 - w[0].2).max().unwrap();
-    assert!(widest < 300, "a {widest} ms gap in guest time across the pause:\n{console}");
+    assert!(
+        widest < 300,
+        "a {widest} ms gap in guest time across the pause:\n{console}"
+    );
     assert_eq!(sequence(&console), reference(CMD));
 }
 
@@ -68,18 +76,20 @@ fn bad_requests_get_errors_and_the_vm_runs_on() {
         assert!(v["fault_message"].is_string(), "{body}");
         status
     };
-    assert_eq!(fault(exchange(&sock, b"\x00\x01\x02 not http at all\r\n\r\n")), 400);
+    assert_eq!(
+        fault(exchange(&sock, b"\x00\x01\x02 not http at all\r\n\r\n")),
+        400
+    );
     assert_eq!(fault(request(&sock, "PATCH", "/vm", "{\"state\": ")), 400);
-    assert_eq!(fault(request(&sock, "PATCH", "/vm", "{\"state\": \"Frozen\"}")), 400);
+    assert_eq!(
+        fault(request(&sock, "PATCH", "/vm", "{\"state\": \"Frozen\"}")),
+        400
+    );
     assert_eq!(fault(request(&sock, "GET", "/no/such/path", "")), 404);
     assert_eq!(fault(request(&sock, "DELETE", "/vm", "")), 405);
     assert_eq!(fault(request(&sock, "POST", "/", "")), 405);
     let big = vec![b'x'; 10 << 20];
-    let mut raw = format!(
-        "PUT /vm HTTP/1.1\r\nContent-Length: {}\r\n\r\n",
-        big.len()
-    )
-    .into_bytes();
+    let mut raw = format!("PUT /vm HTTP/1.1\r\nContent-Length: {}\r\n\r\n", big.len()).into_bytes();
     raw.extend_from_slice(&big);
     assert_eq!(fault(exchange(&sock, &raw)), 413);
     let mut flood = b"GET / HTTP/1.1\r\nX-Flood: ".to_vec();
@@ -132,7 +142,10 @@ fn a_client_that_keeps_talking_does_not_keep_the_vmm_alive() {
     let (status, console) = vm.finish();
     let took = ended.elapsed();
     assert_eq!(status, 0, "{console}");
-    assert!(took < Duration::from_secs(10), "the VMM took {took:?} to end after its guest");
+    assert!(
+        took < Duration::from_secs(10),
+        "the VMM took {took:?} to end after its guest"
+    );
     assert!(chatter.join().unwrap() > 0, "the client was never answered");
 }
 
@@ -165,7 +178,10 @@ fn ctl_pauses_resumes_and_reports_clear_errors() {
         .output()
         .unwrap();
     assert_eq!(taken.status.code(), Some(VMM_ERROR), "{taken:?}");
-    assert!(String::from_utf8_lossy(&taken.stderr).contains("the path exists"), "{taken:?}");
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("the path exists"),
+        "{taken:?}"
+    );
     let (status, console) = vm.finish();
     assert_eq!(status, 0, "{console}");
     // No VM there any more: one clear line and a failure status.
@@ -175,5 +191,8 @@ fn ctl_pauses_resumes_and_reports_clear_errors() {
         .unwrap();
     assert_eq!(gone.status.code(), Some(VMM_ERROR));
     let err = String::from_utf8_lossy(&gone.stderr);
-    assert!(err.starts_with("fluke-vmm: error: cannot reach the API at /nonexistent/fluke.sock"), "{err}");
+    assert!(
+        err.starts_with("fluke-vmm: error: cannot reach the API at /nonexistent/fluke.sock"),
+        "{err}"
+    );
 }

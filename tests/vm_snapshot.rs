@@ -40,7 +40,11 @@ fn snapshot_at(tag: &str, at: u64, dir: &Path) -> (LiveVm, String) {
     pause(&vm.sock);
     let out = ctl_snapshot(&vm.sock, dir);
     assert!(out.status.success(), "snapshot: {out:?}");
-    assert_eq!(state(&vm.sock), "Paused", "a paused VM stays paused after ctl snapshot");
+    assert_eq!(
+        state(&vm.sock),
+        "Paused",
+        "a paused VM stays paused after ctl snapshot"
+    );
     let printed = vm.console();
     (vm, printed)
 }
@@ -79,11 +83,19 @@ fn a_snapshot_continues_in_a_new_process_exactly_and_the_original_too() {
     resume(&restored.sock);
     let (status, after) = restored.finish();
     assert_eq!(status, 0, "{after}");
-    assert_eq!(joined(&before, &after), s, "before:\n{before}\nafter:\n{after}");
+    assert_eq!(
+        joined(&before, &after),
+        s,
+        "before:\n{before}\nafter:\n{after}"
+    );
     // The guest's clock went on from where it was: no tick gap near the time in between.
     let t: Vec<u64> = ticks(&after).into_iter().map(|(_, _, ms)| ms).collect();
     let last_before = ticks(&before).last().unwrap().2;
-    assert!(t[0] - last_before < 300, "a {} ms jump in guest time", t[0] - last_before);
+    assert!(
+        t[0] - last_before < 300,
+        "a {} ms jump in guest time",
+        t[0] - last_before
+    );
 }
 
 #[test]
@@ -118,7 +130,10 @@ fn a_restored_vm_is_snapshotted_again_once_it_has_run() {
     if support::host_is_kvm_pvm() {
         let early = ctl_snapshot(&restored.sock, &second);
         assert!(!early.status.success(), "{early:?}");
-        assert!(String::from_utf8_lossy(&early.stderr).contains("PV mode"), "{early:?}");
+        assert!(
+            String::from_utf8_lossy(&early.stderr).contains("PV mode"),
+            "{early:?}"
+        );
     }
     resume(&restored.sock);
     restored.wait_for("work: tick 14 ");
@@ -126,7 +141,12 @@ fn a_restored_vm_is_snapshotted_again_once_it_has_run() {
     let out = ctl_snapshot(&restored.sock, &second);
     assert!(out.status.success(), "{out:?}");
     let middle = restored.kill();
-    let again = LiveVm::start_with("snap-twice-new", &restore_args(&second, &["--resume"]), "", &[]);
+    let again = LiveVm::start_with(
+        "snap-twice-new",
+        &restore_args(&second, &["--resume"]),
+        "",
+        &[],
+    );
     let (status, after) = again.finish();
     assert_eq!(status, 0, "{after}");
     let mut seq = sequence(&before);
@@ -172,18 +192,30 @@ fn a_vmm_killed_while_writing_a_snapshot_leaves_the_previous_one_whole() {
         vm.wait_for("work: tick 20 ");
         pause(&vm.sock);
         let out = ctl_snapshot(&vm.sock, &snap);
-        assert!(!out.status.success(), "{point}: the VMM did not die writing: {out:?}");
+        assert!(
+            !out.status.success(),
+            "{point}: the VMM did not die writing: {out:?}"
+        );
         let (status, _) = vm.wait();
         assert_eq!(status, -1, "{point}: not killed by the signal");
         // Whichever snapshot DIR holds now is whole and runs to S's end.
-        let restored = LiveVm::start_with("snap-after-crash", &restore_args(&snap, &["--resume"]), "", &[]);
+        let restored = LiveVm::start_with(
+            "snap-after-crash",
+            &restore_args(&snap, &["--resume"]),
+            "",
+            &[],
+        );
         let (status, after) = restored.finish();
         assert_eq!(status, 0, "{point}: {after}");
         let t = sequence(&after);
         let from = t.first().map(|(i, _)| *i as usize).unwrap();
         assert_eq!(t, s[from..], "{point}: {after}");
         if point != "exchanged" {
-            assert_eq!(joined(&before, &after), s, "{point}: not the previous snapshot");
+            assert_eq!(
+                joined(&before, &after),
+                s,
+                "{point}: not the previous snapshot"
+            );
         }
     }
 }
@@ -209,7 +241,10 @@ fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
             .unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(VMM_ERROR), "{name}: {out:?}");
-        assert!(err.starts_with("fluke-vmm: error: cannot restore: "), "{name}: {err}");
+        assert!(
+            err.starts_with("fluke-vmm: error: cannot restore: "),
+            "{name}: {err}"
+        );
         assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
         assert!(out.stdout.is_empty(), "{name}: the guest ran: {out:?}");
         err.into_owned()
@@ -243,20 +278,34 @@ fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(VMM_ERROR), "{out:?}");
-    assert!(String::from_utf8_lossy(&out.stderr).contains("does not match"), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        "{out:?}"
+    );
     assert!(out.stdout.is_empty());
     // A snapshot from the other platform (re-checksummed so only the platform differs).
     let body = String::from_utf8(vmstate[24..].to_vec()).unwrap();
-    let here = if body.contains("\"platform\":\"kvm_pvm\"") { "kvm_pvm" } else { "kvm" };
+    let here = if body.contains("\"platform\":\"kvm_pvm\"") {
+        "kvm_pvm"
+    } else {
+        "kvm"
+    };
     let other = if here == "kvm" { "kvm_pvm" } else { "kvm" };
-    let body = body.replacen(&format!("\"platform\":\"{here}\""), &format!("\"platform\":\"{other}\""), 1);
+    let body = body.replacen(
+        &format!("\"platform\":\"{here}\""),
+        &format!("\"platform\":\"{other}\""),
+        1,
+    );
     let mut foreign = vmstate[..24].to_vec();
     foreign[12..16].copy_from_slice(&crc32(body.as_bytes()).to_le_bytes());
     foreign[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
     foreign.extend_from_slice(body.as_bytes());
     assert!(case("platform", &foreign, &same).contains(&format!("taken on {other}")));
     // No such directory.
-    let out = Command::new(VMM).args(["restore", "/nonexistent/snap"]).output().unwrap();
+    let out = Command::new(VMM)
+        .args(["restore", "/nonexistent/snap"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(VMM_ERROR));
 }
 
@@ -266,7 +315,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &b in data {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 != 0 { (crc >> 1) ^ 0xedb8_8320 } else { crc >> 1 };
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xedb8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc

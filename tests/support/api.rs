@@ -38,15 +38,27 @@ impl Drop for TempDir {
 
 impl LiveVm {
     pub fn start(tag: &str, cmdline: &str) -> LiveVm {
-        Self::start_with(tag, &["run".into(), default_image().into_os_string()], cmdline, &[])
+        Self::start_with(
+            tag,
+            &["run".into(), default_image().into_os_string()],
+            cmdline,
+            &[],
+        )
     }
 
     /// Starts `fluke-vmm ARGS... --api-sock S [--cmdline CMDLINE]` with extra environment.
-    pub fn start_with(tag: &str, args: &[std::ffi::OsString], cmdline: &str, env: &[(&str, &str)]) -> LiveVm {
+    pub fn start_with(
+        tag: &str,
+        args: &[std::ffi::OsString],
+        cmdline: &str,
+        env: &[(&str, &str)],
+    ) -> LiveVm {
         let dir = TempDir::new(tag);
         let sock = dir.0.join("api.sock");
         let mut cmd = Command::new(VMM);
-        cmd.args(args).args(["--timeout", "90", "--api-sock"]).arg(&sock);
+        cmd.args(args)
+            .args(["--timeout", "90", "--api-sock"])
+            .arg(&sock);
         if !cmdline.is_empty() {
             cmd.args(["--cmdline", cmdline]);
         }
@@ -89,7 +101,11 @@ impl LiveVm {
     pub fn wait_for(&self, needle: &str) {
         let deadline = Instant::now() + Duration::from_secs(60);
         while !self.console().contains(needle) {
-            assert!(Instant::now() < deadline, "never printed {needle:?}:\n{}", self.console());
+            assert!(
+                Instant::now() < deadline,
+                "never printed {needle:?}:\n{}",
+                self.console()
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
     }
@@ -152,7 +168,10 @@ pub fn exchange(sock: &Path, raw: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or_else(|| panic!("no HTTP answer: {text:?}"));
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -165,11 +184,17 @@ pub fn request(sock: &Path, method: &str, path: &str, body: &str) -> (u16, Strin
 }
 
 pub fn pause(sock: &Path) {
-    assert_eq!(request(sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0, 204);
+    assert_eq!(
+        request(sock, "PATCH", "/vm", r#"{"state": "Paused"}"#).0,
+        204
+    );
 }
 
 pub fn resume(sock: &Path) {
-    assert_eq!(request(sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#).0, 204);
+    assert_eq!(
+        request(sock, "PATCH", "/vm", r#"{"state": "Resumed"}"#).0,
+        204
+    );
 }
 
 pub fn state(sock: &Path) -> String {
@@ -185,8 +210,13 @@ pub fn ticks(console: &str) -> Vec<(u64, String, u64)> {
         .lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_whitespace().collect();
-            (w.len() == 7 && w[1] == "tick")
-                .then(|| (w[2].parse().unwrap(), w[4].to_string(), w[6].parse().unwrap()))
+            (w.len() == 7 && w[1] == "tick").then(|| {
+                (
+                    w[2].parse().unwrap(),
+                    w[4].to_string(),
+                    w[6].parse().unwrap(),
+                )
+            })
         })
         .collect()
 }
@@ -202,7 +232,6 @@ pub fn reference(cmdline: &str) -> Vec<(u64, String)> {
     assert_eq!(run.status, 0, "{run:?}");
     sequence(&run.console)
 }
-
 
 /// Waits (at most 10 s) for the VM to report `want` (a VM just started reports
 /// "Not started" until its vCPU thread enters its run loop).

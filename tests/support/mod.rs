@@ -89,7 +89,11 @@ fn wait_with_deadline(
 pub fn vmm(image: &Path, args: &[&str]) -> Run {
     // Unless the test gives its own, a --timeout below the deadline: a hung guest ends
     // with fluke-vmm's report (status 124), not only a kill.
-    let timeout: &[&str] = if args.contains(&"--timeout") { &[] } else { &["--timeout", "100"] };
+    let timeout: &[&str] = if args.contains(&"--timeout") {
+        &[]
+    } else {
+        &["--timeout", "100"]
+    };
     let child = Command::new(VMM)
         .arg("run")
         .arg(image)

@@ -724,7 +724,11 @@ fn sample_runs(
         let stats_path = temp_stats_path(i);
         let console_path = stats_path.with_extension("console");
         let sock = driven.then(|| stats_path.with_extension("sock"));
-        let paths = (stats_path.as_path(), console_path.as_path(), sock.as_deref());
+        let paths = (
+            stats_path.as_path(),
+            console_path.as_path(),
+            sock.as_deref(),
+        );
         let result = one_run(exe, image, cmdline, paths);
         if let Some(sock) = &sock {
             let _ = std::fs::remove_file(sock);
@@ -809,14 +813,26 @@ fn one_run(
 
 /// Restores the snapshot `drive_api` wrote, once with each memory mode: until the vCPU is
 /// ready to run (both), and until the last page the guest touched came in (on demand).
-fn time_restores(exe: &Path, snap: &Path, stats_path: &Path) -> std::result::Result<Vec<(String, f64)>, String> {
+fn time_restores(
+    exe: &Path,
+    snap: &Path,
+    stats_path: &Path,
+) -> std::result::Result<Vec<(String, f64)>, String> {
     let mut out = Vec::new();
     for mode in ["copy", "ondemand"] {
         let stats = stats_path.with_extension(format!("restore-{mode}.json"));
         let run = Command::new(exe)
             .arg("restore")
             .arg(snap)
-            .args(["--resume", "--serial", "null", "--log-level", "error", "--memory-restore", mode])
+            .args([
+                "--resume",
+                "--serial",
+                "null",
+                "--log-level",
+                "error",
+                "--memory-restore",
+                mode,
+            ])
             .args(["--timeout", &RUN_TIMEOUT_SECS.to_string()])
             .arg("--stats-json")
             .arg(&stats)
@@ -828,10 +844,14 @@ fn time_restores(exe: &Path, snap: &Path, stats_path: &Path) -> std::result::Res
         let json = std::fs::read_to_string(&stats);
         let _ = std::fs::remove_file(&stats);
         if !run.status.success() {
-            return Err(format!("restore ({mode}) failed: {}", String::from_utf8_lossy(&run.stderr).trim()));
+            return Err(format!(
+                "restore ({mode}) failed: {}",
+                String::from_utf8_lossy(&run.stderr).trim()
+            ));
         }
-        let s: RunStats = serde_json::from_str(&json.map_err(|e| format!("restore ({mode}): {e}"))?)
-            .map_err(|e| format!("restore ({mode}): {e}"))?;
+        let s: RunStats =
+            serde_json::from_str(&json.map_err(|e| format!("restore ({mode}): {e}"))?)
+                .map_err(|e| format!("restore ({mode}): {e}"))?;
         let ready = s.restore_ms.ok_or("a restore did not report its latency")?;
         out.push((format!("vm.restore_{mode}"), ready));
         if mode == "ondemand" {
@@ -846,11 +866,13 @@ fn time_restores(exe: &Path, snap: &Path, stats_path: &Path) -> std::result::Res
 /// started ticking, [`PAUSE_CYCLES`] pause/resume cycles, each from the pause request to
 /// the resume's answer (what a user of the API waits for; the median in µs), then one
 /// snapshot of the paused VM into `snap` (ms for `PUT /snapshot/create`, and its bytes).
-fn drive_api(sock: &Path, console: &Path, snap: &Path) -> std::result::Result<Vec<(String, f64)>, String> {
+fn drive_api(
+    sock: &Path,
+    console: &Path,
+    snap: &Path,
+) -> std::result::Result<Vec<(String, f64)>, String> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let ticking = || {
-        std::fs::read_to_string(console).is_ok_and(|c| c.contains("work: tick 2 "))
-    };
+    let ticking = || std::fs::read_to_string(console).is_ok_and(|c| c.contains("work: tick 2 "));
     while !(sock.exists() && ticking()) {
         if std::time::Instant::now() > deadline {
             return Err("the guest never started ticking under the API".into());

@@ -32,13 +32,14 @@ const RESUME: &str = r#"{"state": "Resumed"}"#;
 /// Pauses a running VM, writes the snapshot, and resumes it (a paused VM stays paused).
 fn snapshot(sock: &Path, dir: &Path) -> Result<u8> {
     let (_, info) = request(sock, "GET", "/", None)?;
-    let running = serde_json::from_str::<serde_json::Value>(&info)
-        .is_ok_and(|v| v["state"] == "Running");
+    let running =
+        serde_json::from_str::<serde_json::Value>(&info).is_ok_and(|v| v["state"] == "Running");
     if running {
         call(sock, "PATCH", "/vm", Some(PAUSE))?;
     }
     // The VMM resolves the path in its own working directory: give it an absolute one.
-    let dir = std::path::absolute(dir).map_err(|e| Error::ApiAnswer(format!("{}: {e}", dir.display())))?;
+    let dir = std::path::absolute(dir)
+        .map_err(|e| Error::ApiAnswer(format!("{}: {e}", dir.display())))?;
     let body = serde_json::json!({ "snapshot_dir": dir }).to_string();
     let made = call(sock, "PUT", "/snapshot/create", Some(&body));
     if running {
@@ -59,7 +60,10 @@ fn call(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Result<u8>
         return Err(Error::ApiAnswer(format!("{status}: {message}")));
     }
     if let Ok(v) = serde_json::from_str::<serde_json::Value>(&answer) {
-        to_stdout(&format!("{}\n", serde_json::to_string_pretty(&v).unwrap_or(answer)));
+        to_stdout(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&v).unwrap_or(answer)
+        ));
     }
     Ok(0)
 }
@@ -71,7 +75,9 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Res
         source,
     };
     let mut stream = UnixStream::connect(sock).map_err(connect_err)?;
-    stream.set_read_timeout(Some(ANSWER_WAIT)).map_err(connect_err)?;
+    stream
+        .set_read_timeout(Some(ANSWER_WAIT))
+        .map_err(connect_err)?;
     let body = body.unwrap_or("");
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
@@ -80,7 +86,10 @@ pub fn request(sock: &Path, method: &str, path: &str, body: Option<&str>) -> Res
     stream.write_all(req.as_bytes()).map_err(connect_err)?;
     let mut raw = Vec::new();
     stream.take(MAX_ANSWER).read_to_end(&mut raw).map_err(|e| {
-        if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
             Error::ApiAnswer(format!("no answer within {} s", ANSWER_WAIT.as_secs()))
         } else {
             connect_err(e)

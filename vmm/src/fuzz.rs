@@ -32,7 +32,18 @@ impl Rng {
     }
 }
 
-const INTERESTING: [u64; 10] = [0, 1, 0x7f, 0x80, 0xff, 0xffff, 0x7fff_ffff, 0xffff_ffff, u64::MAX, 1 << 40];
+const INTERESTING: [u64; 10] = [
+    0,
+    1,
+    0x7f,
+    0x80,
+    0xff,
+    0xffff,
+    0x7fff_ffff,
+    0xffff_ffff,
+    u64::MAX,
+    1 << 40,
+];
 
 /// One mutant of `seed` (with `other` for splices), at most `max` bytes.
 fn mutate(rng: &mut Rng, seed: &[u8], other: &[u8], max: usize) -> Vec<u8> {
@@ -96,7 +107,9 @@ fn base_seed() -> u64 {
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz-corpus").join(target);
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz-corpus")
+        .join(target);
     let mut seeds: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("seed corpus {}: {e}", dir.display()))
         .map(|e| std::fs::read(e.unwrap().path()).unwrap())
@@ -120,7 +133,10 @@ fn run(name: &str, seeds: &[Vec<u8>], n: usize, max: usize, mut target: impl FnM
         if caught.is_err() {
             let path = std::env::temp_dir().join(format!("fluke-fuzz-{name}-{i}.bin"));
             let _ = std::fs::write(&path, &input);
-            panic!("{name}: input {i} panicked the parser (saved to {})", path.display());
+            panic!(
+                "{name}: input {i} panicked the parser (saved to {})",
+                path.display()
+            );
         }
     }
 }
@@ -148,15 +164,26 @@ fn fuzz_image_and_bundle_parsing() {
 
 #[test]
 fn fuzz_kernel_command_line_parsing() {
-    run("cmdline", &corpus("cmdline"), iterations(100_000), 4096, |b| {
-        let text = String::from_utf8_lossy(b);
-        for key in ["fluke.init", "fluke.platform", "fluke.test", "fluke.tsc_khz"] {
-            if let Some(v) = fluke_abi::cmdline::get(&text, key) {
-                let _ = fluke_abi::cmdline::init_words(v).count();
+    run(
+        "cmdline",
+        &corpus("cmdline"),
+        iterations(100_000),
+        4096,
+        |b| {
+            let text = String::from_utf8_lossy(b);
+            for key in [
+                "fluke.init",
+                "fluke.platform",
+                "fluke.test",
+                "fluke.tsc_khz",
+            ] {
+                if let Some(v) = fluke_abi::cmdline::get(&text, key) {
+                    let _ = fluke_abi::cmdline::init_words(v).count();
+                }
             }
-        }
-        let _ = fluke_abi::cmdline::init_words(&text).count();
-    });
+            let _ = fluke_abi::cmdline::init_words(&text).count();
+        },
+    );
 }
 
 #[test]
@@ -188,16 +215,22 @@ fn fuzz_api_request_parsing_and_routing() {
         vcpus: 1,
         memory_mib: 128,
     };
-    run("http", &corpus("http"), iterations(20_000), 64 * 1024, |b| {
-        let (a, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
-        w.write_all(b).unwrap();
-        drop(w); // end of stream: the reader never waits
-        let mut conn = Connection::new(a).unwrap();
-        let never = || false;
-        while let Ok(req) = conn.read_request(&never) {
-            let _ = crate::api::route(&req, &info, &control);
-        }
-    });
+    run(
+        "http",
+        &corpus("http"),
+        iterations(20_000),
+        64 * 1024,
+        |b| {
+            let (a, mut w) = std::os::unix::net::UnixStream::pair().unwrap();
+            w.write_all(b).unwrap();
+            drop(w); // end of stream: the reader never waits
+            let mut conn = Connection::new(a).unwrap();
+            let never = || false;
+            while let Ok(req) = conn.read_request(&never) {
+                let _ = crate::api::route(&req, &info, &control);
+            }
+        },
+    );
 }
 
 #[test]

@@ -72,7 +72,10 @@ pub fn describe(bytes: &[u8], what: &str) -> Result<String> {
     let manifest = bundle.manifest();
     // Names and words come from the image: printed escaped, as in error messages.
     let _ = writeln!(s, "init:        {}", manifest.init().escape_debug());
-    let args: Vec<String> = manifest.args().map(|a| a.escape_debug().to_string()).collect();
+    let args: Vec<String> = manifest
+        .args()
+        .map(|a| a.escape_debug().to_string())
+        .collect();
     if args.is_empty() {
         let _ = writeln!(s, "args:        (none)");
     } else {

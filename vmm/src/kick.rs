@@ -99,16 +99,19 @@ fn set_kvm_signal_mask(vcpu: &VcpuFd, set: &libc::sigset_t) -> Result<(), i32> {
     // The first 64 bits of glibc's sigset_t are the kernel's (signal n is bit n - 1).
     // SAFETY: sigset_t is at least 8 bytes of plain data.
     let bytes = unsafe {
-        std::slice::from_raw_parts((set as *const libc::sigset_t).cast::<u8>(), KERNEL_SIGSET_BYTES)
+        std::slice::from_raw_parts(
+            (set as *const libc::sigset_t).cast::<u8>(),
+            KERNEL_SIGSET_BYTES,
+        )
     };
     mask.sigset.copy_from_slice(bytes);
     // SAFETY: KVM_SET_SIGNAL_MASK reads a kvm_signal_mask header and `len` bytes after it,
     // all inside `mask`; it changes no memory of ours.
-    let rc = unsafe {
-        vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_SET_SIGNAL_MASK(), &mask)
-    };
+    let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(vcpu, KVM_SET_SIGNAL_MASK(), &mask) };
     if rc < 0 {
-        return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL));
+        return Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL));
     }
     Ok(())
 }
@@ -136,7 +139,10 @@ mod tests {
             install_handler().unwrap();
             let set = kick_set();
             // SAFETY: blocks the signal on this test thread only.
-            assert_eq!(unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) }, 0);
+            assert_eq!(
+                unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) },
+                0
+            );
             // SAFETY: this thread is alive.
             unsafe { kick(libc::pthread_self()) }.unwrap();
             let pending = || {

@@ -23,12 +23,17 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
             vmstate: vmstate.clone(),
             memory: memory.clone(),
         },
-        _ => return Err(bad("give a snapshot directory, or --snapshot and --mem-file")),
+        _ => {
+            return Err(bad(
+                "give a snapshot directory, or --snapshot and --mem-file",
+            ))
+        }
     };
     let started = Instant::now();
     let mut snap = file::read_vmstate(&target.vmstate()).map_err(bad)?;
     let mem_path = target.memory();
-    let mem_meta = std::fs::metadata(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
+    let mem_meta =
+        std::fs::metadata(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
     if !mem_meta.is_file() {
         return Err(bad(format!("{}: not a regular file", mem_path.display())));
     }
@@ -42,7 +47,10 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
     }
     let mib = snap.memory_bytes >> 20;
     if mib << 20 != snap.memory_bytes {
-        return Err(bad(format!("a memory size of {} bytes is not whole MiB", snap.memory_bytes)));
+        return Err(bad(format!(
+            "a memory size of {} bytes is not whole MiB",
+            snap.memory_bytes
+        )));
     }
     let mem_bytes = vm::memory_bytes(mib)?;
 
@@ -57,7 +65,8 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
     }
 
     // Memory first, checked against the saved checksum before any state is applied.
-    let mut file = std::fs::File::open(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
+    let mut file =
+        std::fs::File::open(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
     let torn = || {
         bad(format!(
             "{} does not match the vmstate (checksum): the pair is torn or the memory corrupt",
@@ -75,7 +84,8 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         }
         MemoryRestore::Ondemand => {
             // The file is checked whole (read, not copied) before a page of it is served.
-            if snapshot::file_crc(&mut file).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?
+            if snapshot::file_crc(&mut file)
+                .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?
                 != snap.memory_crc32
             {
                 return Err(torn());
@@ -122,7 +132,10 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         log::info!(
             "restore: {} pages brought in on demand, the last {:.1} ms after the VMM started",
             p.progress.pages.load(std::sync::atomic::Ordering::Relaxed),
-            p.progress.last_us.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e3
+            p.progress
+                .last_us
+                .load(std::sync::atomic::Ordering::Relaxed) as f64
+                / 1e3
         );
     }
     code

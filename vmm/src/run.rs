@@ -11,8 +11,8 @@ use fluke_abi::status::{VMM_GUEST_CRASH, VMM_TIMEOUT};
 
 use crate::api::{ApiServer, InstanceInfo};
 use crate::boot;
-use crate::control::VmControl;
 use crate::cli::{RunArgs, VmArgs};
+use crate::control::VmControl;
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
 use crate::devices::Devices;
@@ -59,8 +59,11 @@ pub fn read_image(path: Option<&Path>) -> Result<(Cow<'static, [u8]>, String)> {
             let mut bytes = Vec::with_capacity(meta.len() as usize);
             let file = std::fs::File::open(path).map_err(read_err)?;
             // Bounded even if the file grows meanwhile.
-            std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_IMAGE_BYTES + 1), &mut bytes)
-                .map_err(read_err)?;
+            std::io::Read::read_to_end(
+                &mut std::io::Read::take(file, MAX_IMAGE_BYTES + 1),
+                &mut bytes,
+            )
+            .map_err(read_err)?;
             if bytes.len() as u64 > MAX_IMAGE_BYTES {
                 return Err(Error::InvalidImage {
                     what: path.display().to_string(),
@@ -142,7 +145,10 @@ pub struct Common<'a> {
     pub memory_mib: u64,
     /// A restore: when the VM was ready (since process start), and the on-demand pager's
     /// progress, for the statistics.
-    pub restored: Option<(std::time::Duration, Option<Arc<crate::snapshot::ondemand::Progress>>)>,
+    pub restored: Option<(
+        std::time::Duration,
+        Option<Arc<crate::snapshot::ondemand::Progress>>,
+    )>,
 }
 
 impl<'a> Common<'a> {
@@ -265,11 +271,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
                 },
             ),
             rip_source,
-            (
-                watchdog.as_ref(),
-                api.as_ref().map(|_| &*control),
-                vm.fd(),
-            ),
+            (watchdog.as_ref(), api.as_ref().map(|_| &*control), vm.fd()),
             MachineInfo {
                 platform: platform.name(),
                 tsc_khz,

@@ -12,7 +12,6 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-
 use crate::error::{Error, Result};
 
 /// How often the vCPU thread is signalled after the deadline.

@@ -218,7 +218,10 @@ fn a_console_that_stops_draining_does_not_stop_the_timeout() {
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
     assert_eq!(status.code(), Some(VMM_TIMEOUT), "{err}");
     assert!(err.contains("guest did not finish within 2 s"), "{err}");
-    assert!(err.contains("serial output: ") && err.contains("bytes dropped"), "{err}");
+    assert!(
+        err.contains("serial output: ") && err.contains("bytes dropped"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -233,7 +236,11 @@ fn a_serial_fifo_without_a_reader_is_an_error_not_a_hang() {
     let started = std::time::Instant::now();
     let o = run(&img, &["--serial", &serial, "--timeout", "10"]);
     assert_eq!(o.status.code(), Some(VMM_ERROR), "stderr: {}", stderr(&o));
-    assert!(stderr(&o).contains("no process has it open for reading"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("no process has it open for reading"),
+        "{}",
+        stderr(&o)
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
 }
 
@@ -255,7 +262,11 @@ fn a_guest_cannot_flood_the_vmms_stderr() {
     let lines = err.lines().count();
     assert!(lines <= 30, "{lines} lines on stderr:\n{err}");
     assert!(err.contains("further such warnings are not shown"), "{err}");
-    assert_eq!(err.matches("boot-timer: kernel entry after").count(), 1, "{err}");
+    assert_eq!(
+        err.matches("boot-timer: kernel entry after").count(),
+        1,
+        "{err}"
+    );
 }
 
 #[test]
@@ -411,9 +422,16 @@ fn inspect_refuses_what_run_refuses() {
     // Move the data segment below 1 MiB and the bundle to the first page after the code,
     // where the image format then expects it (ELF64 program headers, little-endian).
     let word = |b: &[u8], at: usize, n: usize| {
-        b[at..at + n].iter().rev().fold(0u64, |a, &x| (a << 8) | u64::from(x))
+        b[at..at + n]
+            .iter()
+            .rev()
+            .fold(0u64, |a, &x| (a << 8) | u64::from(x))
     };
-    let (phoff, size, count) = (word(&low, 32, 8) as usize, word(&low, 54, 2) as usize, word(&low, 56, 2) as usize);
+    let (phoff, size, count) = (
+        word(&low, 32, 8) as usize,
+        word(&low, 54, 2) as usize,
+        word(&low, 56, 2) as usize,
+    );
     let set = |b: &mut Vec<u8>, at: usize, v: u64| b[at..at + 8].copy_from_slice(&v.to_le_bytes());
     let (mut moved_data, mut moved_bundle) = (false, false);
     for i in 0..count {
@@ -434,7 +452,12 @@ fn inspect_refuses_what_run_refuses() {
     let i = vmm().arg("inspect").arg(&img).output().unwrap();
     assert_eq!(r.status.code(), Some(VMM_ERROR), "run: {}", stderr(&r));
     assert!(stderr(&r).contains("below 0x100000"), "{}", stderr(&r));
-    assert_eq!(i.status.code(), Some(VMM_ERROR), "inspect said: {}", stdout(&i));
+    assert_eq!(
+        i.status.code(),
+        Some(VMM_ERROR),
+        "inspect said: {}",
+        stdout(&i)
+    );
     assert_eq!(stderr(&i), stderr(&r));
 }
 

@@ -124,7 +124,10 @@ impl Outgoing {
 /// Where a receiver takes data (`r14`) and how much of `sent` bytes fit there (its
 /// capacity is `r15`): the rest is cut off.
 pub fn receive_buffer(r: &ThreadRegs, sent: usize) -> (u64, usize) {
-    (r.r14, sent.min(usize::try_from(r.r15).unwrap_or(usize::MAX)))
+    (
+        r.r14,
+        sent.min(usize::try_from(r.r15).unwrap_or(usize::MAX)),
+    )
 }
 
 /// What a receiver is told of a message.
@@ -225,7 +228,10 @@ mod tests {
             ..ThreadRegs::default()
         };
         let m = Outgoing::from_regs(&src).unwrap();
-        assert_eq!((m.words, m.cap, m.data_ptr, m.data_len), ([1, 2, 3, 4], 7, 0x5000, 100));
+        assert_eq!(
+            (m.words, m.cap, m.data_ptr, m.data_len),
+            ([1, 2, 3, 4], 7, 0x5000, 100)
+        );
         let too_long = ThreadRegs {
             r13: MAX_DATA as u64 + 1,
             ..src
@@ -255,7 +261,10 @@ mod tests {
         assert_eq!((dst.rip, dst.rcx), (0x1004, 0x1004));
         let before = dst;
         Delivery::fault(9, [5, 6, 7, 8]).write(&mut dst, false);
-        assert_eq!((dst.rip, dst.r9, dst.r13, dst.r15, dst.rax), (before.rip, NO_CAP, 0, 0, 9));
+        assert_eq!(
+            (dst.rip, dst.r9, dst.r13, dst.r15, dst.rax),
+            (before.rip, NO_CAP, 0, 0, 9)
+        );
     }
 
     #[test]

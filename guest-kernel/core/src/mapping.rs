@@ -196,7 +196,10 @@ mod tests {
         let r = w.region(a, 0x10 * P, 4 * P);
         let m = w.map(b, 0x100 * P, r);
         let t = mapping_at(&w.mappings, &w.regions, b, 0x102 * P).unwrap();
-        assert_eq!((t.mapping, t.owner, t.owner_page, t.offset), (m, a, 0x12 * P, 2 * P));
+        assert_eq!(
+            (t.mapping, t.owner, t.owner_page, t.offset),
+            (m, a, 0x12 * P, 2 * P)
+        );
         assert_eq!(mapping_at(&w.mappings, &w.regions, b, 0x104 * P), None);
         assert_eq!(mapping_at(&w.mappings, &w.regions, b, 0xff * P), None);
         assert_eq!(mapping_at(&w.mappings, &w.regions, a, 0x102 * P), None);
@@ -215,7 +218,10 @@ mod tests {
             views(&w.mappings, &w.regions, a, 0x11 * P),
             [(b, 0x101 * P), (c, 0x201 * P)]
         );
-        assert_eq!(views(&w.mappings, &w.regions, b, 0x103 * P), [(c, 0x203 * P)]);
+        assert_eq!(
+            views(&w.mappings, &w.regions, b, 0x103 * P),
+            [(c, 0x203 * P)]
+        );
         assert!(views(&w.mappings, &w.regions, c, 0x201 * P).is_empty());
         assert!(views(&w.mappings, &w.regions, a, 0x14 * P).is_empty());
     }
@@ -242,6 +248,9 @@ mod tests {
         assert!(!overlaps(&w.mappings, &w.regions, b, 0x12 * P, 0x13 * P));
         assert!(!overlaps(&w.mappings, &w.regions, c, 0x10 * P, 0x12 * P));
         assert_eq!(mappings_of(&w.mappings, r).len(), 1);
-        assert_eq!(pages(0x10 * P, 2 * P).collect::<Vec<_>>(), [0x10 * P, 0x11 * P]);
+        assert_eq!(
+            pages(0x10 * P, 2 * P).collect::<Vec<_>>(),
+            [0x10 * P, 0x11 * P]
+        );
     }
 }

@@ -52,10 +52,42 @@ mod tests {
     fn a_range_is_cut_at_page_boundaries() {
         let p: Vec<Piece> = pieces(0x1ff0, 0x2020).unwrap().collect();
         assert_eq!(p.len(), 4);
-        assert_eq!(p[0], Piece { page: 0x1000, in_page: 0xff0, in_buffer: 0, len: 0x10 });
-        assert_eq!(p[1], Piece { page: 0x2000, in_page: 0, in_buffer: 0x10, len: 0x1000 });
-        assert_eq!(p[2], Piece { page: 0x3000, in_page: 0, in_buffer: 0x1010, len: 0x1000 });
-        assert_eq!(p[3], Piece { page: 0x4000, in_page: 0, in_buffer: 0x2010, len: 0x10 });
+        assert_eq!(
+            p[0],
+            Piece {
+                page: 0x1000,
+                in_page: 0xff0,
+                in_buffer: 0,
+                len: 0x10
+            }
+        );
+        assert_eq!(
+            p[1],
+            Piece {
+                page: 0x2000,
+                in_page: 0,
+                in_buffer: 0x10,
+                len: 0x1000
+            }
+        );
+        assert_eq!(
+            p[2],
+            Piece {
+                page: 0x3000,
+                in_page: 0,
+                in_buffer: 0x1010,
+                len: 0x1000
+            }
+        );
+        assert_eq!(
+            p[3],
+            Piece {
+                page: 0x4000,
+                in_page: 0,
+                in_buffer: 0x2010,
+                len: 0x10
+            }
+        );
         assert_eq!(p.iter().map(|p| p.len).sum::<usize>(), 0x2020);
         assert_eq!(pieces(0x5000, 0).unwrap().count(), 0);
     }

@@ -171,9 +171,9 @@ fn paths(src: &str, module: &str) -> Vec<Vec<String>> {
     let mut i = 0;
     while i < s.len() {
         let boundary = i == 0 || !(is_ident(s[i - 1]) || s[i - 1] == b':' || s[i - 1] == b'$');
-        let head = ["crate", "super", "self"]
-            .into_iter()
-            .find(|h| boundary && s[i..].starts_with(h.as_bytes()) && s[i + h.len()..].starts_with(b"::"));
+        let head = ["crate", "super", "self"].into_iter().find(|h| {
+            boundary && s[i..].starts_with(h.as_bytes()) && s[i + h.len()..].starts_with(b"::")
+        });
         let Some(head) = head else {
             i += 1;
             continue;
@@ -217,7 +217,10 @@ impl Crate {
             let src = strip(&std::fs::read_to_string(&f).expect("read source"));
             for line in src.lines() {
                 let t = line.trim();
-                if let Some(rest) = t.strip_prefix("pub use ").and_then(|r| r.strip_suffix("::*;")) {
+                if let Some(rest) = t
+                    .strip_prefix("pub use ")
+                    .and_then(|r| r.strip_suffix("::*;"))
+                {
                     if is_ident_str(rest) {
                         let child = if name.is_empty() {
                             rest.to_string()
@@ -317,7 +320,8 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
             match state.get(m.as_str()).copied().unwrap_or(0) {
                 1 => {
                     let from = stack.iter().position(|s| *s == m).unwrap_or(0);
-                    let mut cycle: Vec<String> = stack[from..].iter().map(|s| s.to_string()).collect();
+                    let mut cycle: Vec<String> =
+                        stack[from..].iter().map(|s| s.to_string()).collect();
                     cycle.push(m.clone());
                     return Some(cycle);
                 }
@@ -377,12 +381,22 @@ fn a_cycle_is_found() {
 #[test]
 fn kernel_modules_import_without_a_cycle() {
     let krate = Crate::load();
-    assert!(krate.modules.len() > 30, "found only {:?}", krate.modules.keys());
+    assert!(
+        krate.modules.len() > 30,
+        "found only {:?}",
+        krate.modules.keys()
+    );
     let edges = krate.edges();
     let references: usize = edges.values().map(BTreeSet::len).sum();
-    assert!(references > 50, "the parser found only {references} references");
+    assert!(
+        references > 50,
+        "the parser found only {references} references"
+    );
     if let Some(cycle) = find_cycle(&edges) {
-        panic!("import cycle in guest-kernel/kernel/src: {}", cycle.join(" -> "));
+        panic!(
+            "import cycle in guest-kernel/kernel/src: {}",
+            cycle.join(" -> ")
+        );
     }
 }
 

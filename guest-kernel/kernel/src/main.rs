@@ -8,18 +8,18 @@ extern crate alloc;
 // The layers, lowest first; each imports only from those above it in this list (see
 // guest-kernel/README.md).
 mod arch;
-mod sync;
-mod console;
-mod panic;
-mod time;
-mod mm;
 mod bootinfo;
+mod console;
+mod dispatch;
 mod image;
 mod kernel;
 mod loader;
+mod mm;
 mod objects;
-mod dispatch;
+mod panic;
 mod selftest;
+mod sync;
+mod time;
 
 use arch::{apic, cpu, paging, platform, tables, user};
 use bootinfo::BootInfo;

@@ -66,7 +66,10 @@ impl ReadError {
             ReadError::Closed | ReadError::Idle => None,
             ReadError::TooSlow => Some((
                 408,
-                format!("the request did not arrive whole within {} s", REQUEST_LIMIT.as_secs()),
+                format!(
+                    "the request did not arrive whole within {} s",
+                    REQUEST_LIMIT.as_secs()
+                ),
             )),
             ReadError::Malformed(why) => Some((400, format!("malformed HTTP request: {why}"))),
             ReadError::HeadTooLarge => Some((
@@ -172,7 +175,13 @@ impl Connection {
                     self.buf.extend_from_slice(&chunk[..n]);
                     return Ok(n);
                 }
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => return Err(ReadError::Malformed(format!("read failed: {e}"))),
             }
         }
@@ -182,7 +191,10 @@ impl Connection {
     pub fn read_request(&mut self, stopping: &dyn Fn() -> bool) -> Result<Request, ReadError> {
         // Until its first byte the connection is idle; from then on the request has
         // REQUEST_LIMIT to arrive whole, however it trickles in.
-        let mut deadline = (Instant::now() + IDLE_LIMIT, (|| ReadError::Idle) as fn() -> ReadError);
+        let mut deadline = (
+            Instant::now() + IDLE_LIMIT,
+            (|| ReadError::Idle) as fn() -> ReadError,
+        );
         let request_deadline = |d: &mut (Instant, fn() -> ReadError), buf: &[u8]| {
             if !buf.is_empty() && d.1() == ReadError::Idle {
                 *d = (Instant::now() + REQUEST_LIMIT, || ReadError::TooSlow);
@@ -209,7 +221,9 @@ impl Connection {
         let end = head.len + head.body_len as usize; // at most MAX_HEAD + MAX_BODY
         while self.buf.len() < end {
             if self.fill(end - self.buf.len(), deadline, stopping)? == 0 {
-                return Err(ReadError::Malformed("connection closed inside the body".into()));
+                return Err(ReadError::Malformed(
+                    "connection closed inside the body".into(),
+                ));
             }
         }
         let body = self.buf[head.len..end].to_vec();
@@ -240,7 +254,13 @@ impl Connection {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return,
                 Ok(n) => dropped += n,
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(_) => return,
             }
         }
@@ -274,7 +294,10 @@ impl Response {
 
     /// An error in Firecracker's shape: `{"fault_message": ...}`.
     pub fn fault(status: u16, message: impl Into<String>) -> Response {
-        Response::json(status, serde_json::json!({ "fault_message": message.into() }))
+        Response::json(
+            status,
+            serde_json::json!({ "fault_message": message.into() }),
+        )
     }
 
     pub fn to_bytes(&self, keep_alive: bool) -> Vec<u8> {
@@ -336,11 +359,16 @@ mod tests {
         let h = head(b"PATCH /vm?x=1 HTTP/1.1\r\nHost: localhost\r\nContent-Length: 20\r\n\r\n")
             .unwrap()
             .unwrap();
-        assert_eq!((h.method.as_str(), h.path.as_str(), h.body_len), ("PATCH", "/vm", 20));
+        assert_eq!(
+            (h.method.as_str(), h.path.as_str(), h.body_len),
+            ("PATCH", "/vm", 20)
+        );
         assert!(h.keep_alive);
         let h = head(b"GET / HTTP/1.0\r\n\r\n").unwrap().unwrap();
         assert!(!h.keep_alive);
-        let h = head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n").unwrap().unwrap();
+        let h = head(b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert!(!h.keep_alive);
         assert!(head(b"GET / HTTP/1.1\r\nHost: x").unwrap().is_none());
     }
@@ -349,11 +377,23 @@ mod tests {
     fn bad_heads_are_refused_with_the_right_answer() {
         let answer = |b: &[u8]| head(b).err().and_then(|e| e.answer()).map(|(s, _)| s);
         assert_eq!(answer(b"\x00\x01garbage\r\n\r\n"), Some(400));
-        assert_eq!(answer(b"GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n"), Some(400));
-        assert_eq!(answer(b"PUT / HTTP/1.1\r\nContent-Length: 10485760\r\n\r\n"), Some(413));
-        assert_eq!(answer(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"), Some(411));
+        assert_eq!(
+            answer(b"GET / HTTP/1.1\r\nContent-Length: lots\r\n\r\n"),
+            Some(400)
+        );
+        assert_eq!(
+            answer(b"PUT / HTTP/1.1\r\nContent-Length: 10485760\r\n\r\n"),
+            Some(413)
+        );
+        assert_eq!(
+            answer(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Some(411)
+        );
         let many: String = (0..40).map(|i| format!("X-{i}: y\r\n")).collect();
-        assert_eq!(answer(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()), Some(400));
+        assert_eq!(
+            answer(format!("GET / HTTP/1.1\r\n{many}\r\n").as_bytes()),
+            Some(400)
+        );
     }
 
     #[test]
@@ -365,7 +405,10 @@ mod tests {
         let never = || false;
         assert_eq!(conn.read_request(&never).unwrap().path, "/");
         let second = conn.read_request(&never).unwrap();
-        assert_eq!((second.method.as_str(), second.body.as_slice()), ("PATCH", &b"{}"[..]));
+        assert_eq!(
+            (second.method.as_str(), second.body.as_slice()),
+            ("PATCH", &b"{}"[..])
+        );
         let writer = std::thread::spawn(move || {
             let _ = b.write_all(b"GET / HTTP/1.1\r\nX: ");
             let _ = b.write_all(&vec![b'a'; MAX_HEAD * 4]);
@@ -402,7 +445,10 @@ mod tests {
     fn responses_carry_length_type_and_allow() {
         let r = Response::fault(405, "no").to_bytes(false);
         let text = String::from_utf8(r).unwrap();
-        assert!(text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{text}");
+        assert!(
+            text.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"),
+            "{text}"
+        );
         assert!(text.contains("Content-Type: application/json\r\n"));
         assert!(text.contains("Connection: close\r\n"));
         assert!(text.ends_with("{\"fault_message\":\"no\"}"));

@@ -26,8 +26,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::control::{ControlError, VmControl};
-use crate::snapshot::file::Target;
 use crate::error::{Error, Result};
+use crate::snapshot::file::Target;
 use http::{Connection, Request, Response};
 
 /// What `GET /` reports that does not change during the run.
@@ -268,10 +268,11 @@ fn patch_vm(body: &[u8], control: &VmControl) -> Response {
     let wanted: VmStateBody = match serde_json::from_slice(body) {
         Ok(b) => b,
         Err(e) => {
+            const EXPECTED: &str = r#"{"state": "Paused" or "Resumed"}"#;
             return Response::fault(
                 400,
-                format!("bad body for PATCH /vm (expected {{\"state\": \"Paused\" or \"Resumed\"}}): {e}"),
-            )
+                format!("bad body for PATCH /vm (expected {EXPECTED}): {e}"),
+            );
         }
     };
     let done = match wanted.state {
@@ -316,12 +317,31 @@ mod tests {
         assert_eq!(status("GET", "/vm", ""), 405);
         assert_eq!(status("GET", "/nowhere", ""), 404);
         assert_eq!(status("GET", "/snapshot/create", ""), 405);
-        for bad in ["{}", "{\"snapshot_path\": \"/a\"}", "{\"snapshot_dir\": \"/d\", \"snapshot_path\": \"/a\", \"mem_file_path\": \"/b\"}", "{\"snapshot_dir\": \"/d\", \"snapshot_type\": \"Diff\"}", "{\"snapshot_dir\": 3}"] {
+        for bad in [
+            "{}",
+            "{\"snapshot_path\": \"/a\"}",
+            "{\"snapshot_dir\": \"/d\", \"snapshot_path\": \"/a\", \"mem_file_path\": \"/b\"}",
+            "{\"snapshot_dir\": \"/d\", \"snapshot_type\": \"Diff\"}",
+            "{\"snapshot_dir\": 3}",
+        ] {
             assert_eq!(status("PUT", "/snapshot/create", bad), 400, "{bad}");
         }
         // A VM that is not paused is not snapshotted.
-        assert_eq!(status("PUT", "/snapshot/create", "{\"snapshot_dir\": \"/tmp/never\"}"), 400);
-        for bad in ["", "{", "[]", "{\"state\": \"Asleep\"}", "{\"state\": \"Paused\", \"x\": 1}"] {
+        assert_eq!(
+            status(
+                "PUT",
+                "/snapshot/create",
+                "{\"snapshot_dir\": \"/tmp/never\"}"
+            ),
+            400
+        );
+        for bad in [
+            "",
+            "{",
+            "[]",
+            "{\"state\": \"Asleep\"}",
+            "{\"state\": \"Paused\", \"x\": 1}",
+        ] {
             assert_eq!(status("PATCH", "/vm", bad), 400, "{bad}");
         }
         let r = route(&request("GET", "/", ""), &info(), &control);

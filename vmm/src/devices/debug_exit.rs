@@ -34,7 +34,8 @@ impl BootTimer {
             Some(BootMark::KernelEntry) => (&mut self.kernel_entry, "kernel entry"),
             Some(BootMark::InitStart) => (&mut self.init_start, "init start"),
             None => {
-                self.warnings.warn(format_args!("boot-timer: unknown boot mark {value}"));
+                self.warnings
+                    .warn(format_args!("boot-timer: unknown boot mark {value}"));
                 return;
             }
         };
@@ -73,7 +74,9 @@ impl GuestWarnings {
         match self.count {
             n if n <= Self::SHOWN => log::warn!("{message}"),
             n if n == Self::SHOWN + 1 => {
-                log::warn!("{message} (the guest keeps doing this: further such warnings are not shown)")
+                log::warn!(
+                    "{message} (the guest keeps doing this: further such warnings are not shown)"
+                )
             }
             _ => {}
         }
@@ -133,7 +136,9 @@ impl BenchPort {
                 }
                 None => self.warnings.warn(format_args!("bench: END without BEGIN")),
             },
-            other => self.warnings.warn(format_args!("bench: unknown value {other}")),
+            other => self
+                .warnings
+                .warn(format_args!("bench: unknown value {other}")),
         }
     }
 

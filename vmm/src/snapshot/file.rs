@@ -75,7 +75,10 @@ pub fn encode(snapshot: &VmSnapshot) -> Result<Vec<u8>, String> {
 /// Decodes a vmstate file, refusing anything that is not exactly what [`encode`] wrote.
 pub fn decode(bytes: &[u8]) -> Result<VmSnapshot, String> {
     if bytes.len() < HEADER_LEN {
-        return Err(format!("truncated: {} bytes, the header alone is {HEADER_LEN}", bytes.len()));
+        return Err(format!(
+            "truncated: {} bytes, the header alone is {HEADER_LEN}",
+            bytes.len()
+        ));
     }
     if bytes[..8] != MAGIC {
         return Err("not a fluke-vmm snapshot (bad magic)".into());
@@ -83,16 +86,23 @@ pub fn decode(bytes: &[u8]) -> Result<VmSnapshot, String> {
     let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or([0; 4]));
     let version = word(8);
     if version != VERSION {
-        return Err(format!("format version {version}, this fluke-vmm reads version {VERSION}"));
+        return Err(format!(
+            "format version {version}, this fluke-vmm reads version {VERSION}"
+        ));
     }
     let crc = word(12);
     let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or([0; 8]));
     if len > MAX_BODY {
-        return Err(format!("state of {len} bytes, more than the {MAX_BODY} allowed"));
+        return Err(format!(
+            "state of {len} bytes, more than the {MAX_BODY} allowed"
+        ));
     }
     let body = &bytes[HEADER_LEN..];
     if body.len() as u64 != len {
-        return Err(format!("truncated or padded: the header says {len} bytes of state, the file has {}", body.len()));
+        return Err(format!(
+            "truncated or padded: the header says {len} bytes of state, the file has {}",
+            body.len()
+        ));
     }
     if crc32fast::hash(body) != crc {
         return Err("checksum mismatch: the state is corrupt".into());
@@ -103,7 +113,8 @@ pub fn decode(bytes: &[u8]) -> Result<VmSnapshot, String> {
 /// Reads and decodes a vmstate file.
 pub fn read_vmstate(path: &Path) -> Result<VmSnapshot, String> {
     // A FIFO would block the open, a device never end: only regular files are read.
-    let meta = std::fs::metadata(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
     if !meta.is_file() {
         return Err(format!("{}: not a regular file", path.display()));
     }
@@ -155,7 +166,10 @@ fn parent(path: &Path) -> PathBuf {
 pub fn write(target: &Target, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String> {
     match target {
         Target::Dir(dir) => write_dir(dir, vmstate, memory),
-        Target::Files { vmstate: vpath, memory: mpath } => {
+        Target::Files {
+            vmstate: vpath,
+            memory: mpath,
+        } => {
             let tmp = |p: &Path| {
                 let mut name = p.as_os_str().to_owned();
                 name.push(format!(".tmp-{}", std::process::id()));
@@ -205,14 +219,26 @@ fn write_dir(dir: &Path, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String>
 
 /// Swaps two paths atomically (renameat2 RENAME_EXCHANGE).
 fn exchange(a: &Path, b: &Path) -> Result<(), String> {
-    let c = |p: &Path| CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{}: NUL in path", p.display()));
+    let c = |p: &Path| {
+        CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{}: NUL in path", p.display()))
+    };
     let (ca, cb) = (c(a)?, c(b)?);
     // SAFETY: both are NUL-terminated paths that live across the call; renameat2 only reads them.
     let rc = unsafe {
-        libc::renameat2(libc::AT_FDCWD, ca.as_ptr(), libc::AT_FDCWD, cb.as_ptr(), libc::RENAME_EXCHANGE)
+        libc::renameat2(
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
     };
     if rc != 0 {
-        return Err(io("swap the new snapshot into", b, std::io::Error::last_os_error()));
+        return Err(io(
+            "swap the new snapshot into",
+            b,
+            std::io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -261,9 +287,15 @@ mod tests {
         assert_eq!(std::fs::read(dir.join("vmstate")).unwrap(), b"two");
         assert_eq!(std::fs::read(dir.join("memory")).unwrap(), b"memory2");
         // No temporary left beside it.
-        let names: Vec<_> = std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let names: Vec<_> = std::fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         assert_eq!(names, ["snap"]);
-        let files = Target::Files { vmstate: base.join("vs"), memory: base.join("mem") };
+        let files = Target::Files {
+            vmstate: base.join("vs"),
+            memory: base.join("mem"),
+        };
         write(&files, b"three", &[b"memory3"]).unwrap();
         assert_eq!(std::fs::read(base.join("vs")).unwrap(), b"three");
         let _ = std::fs::remove_dir_all(&base);

@@ -106,7 +106,9 @@ fn kvm_err(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> String {
 
 /// The MSRs to save: every one in KVM's index list that reads back on this vCPU.
 fn saved_msrs(kvm: &Kvm, vcpu: &VcpuFd) -> Result<Vec<kvm_msr_entry>, String> {
-    let list = kvm.get_msr_index_list().map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
+    let list = kvm
+        .get_msr_index_list()
+        .map_err(kvm_err("KVM_GET_MSR_INDEX_LIST"))?;
     let mut out = Vec::new();
     for &index in list.as_slice() {
         if index == MSR_PVM_CONTROL {
@@ -165,9 +167,13 @@ pub fn capture(vcpu: &VcpuFd, m: &Machine) -> Result<(VmSnapshot, u32), String> 
         xcrs: vcpu.get_xcrs().map_err(kvm_err("KVM_GET_XCRS"))?,
         lapic: vcpu.get_lapic().map_err(kvm_err("KVM_GET_LAPIC"))?,
         msrs: saved_msrs(&kvm, vcpu)?,
-        events: vcpu.get_vcpu_events().map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?,
+        events: vcpu
+            .get_vcpu_events()
+            .map_err(kvm_err("KVM_GET_VCPU_EVENTS"))?,
         mp_state: vcpu.get_mp_state().map_err(kvm_err("KVM_GET_MP_STATE"))?,
-        debugregs: vcpu.get_debug_regs().map_err(kvm_err("KVM_GET_DEBUGREGS"))?,
+        debugregs: vcpu
+            .get_debug_regs()
+            .map_err(kvm_err("KVM_GET_DEBUGREGS"))?,
         pv_control: read_pv_control(vcpu),
     };
     // kvm_pvm: a VM restored but not yet back in PV mode (its kernel's NMI handler has not
@@ -176,12 +182,17 @@ pub fn capture(vcpu: &VcpuFd, m: &Machine) -> Result<(VmSnapshot, u32), String> 
         return Err("the VM has not re-entered kvm_pvm's PV mode since it was restored (resume it for a moment first)".into());
     }
     let mut irqchips = Vec::new();
-    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE, KVM_IRQCHIP_IOAPIC] {
+    for chip_id in [
+        KVM_IRQCHIP_PIC_MASTER,
+        KVM_IRQCHIP_PIC_SLAVE,
+        KVM_IRQCHIP_IOAPIC,
+    ] {
         let mut chip = kvm_irqchip {
             chip_id,
             ..Default::default()
         };
-        m.vm.get_irqchip(&mut chip).map_err(kvm_err("KVM_GET_IRQCHIP"))?;
+        m.vm.get_irqchip(&mut chip)
+            .map_err(kvm_err("KVM_GET_IRQCHIP"))?;
         irqchips.push(chip);
     }
     // The CPUID the VMM gave the vCPU at boot: KVM's supported table (vm.rs create_vcpu).
@@ -227,7 +238,9 @@ pub fn ram_slices(memory: &GuestMemoryMmap) -> Vec<(u64, &[u8])> {
             // SAFETY: the region maps `len` bytes at `ptr` for as long as `memory` lives,
             // which the returned slices cannot outlive. The vCPU is paused (nothing in the
             // guest writes RAM while a snapshot reads it) and the VMM's devices do not DMA.
-            (r.start_addr().0, unsafe { std::slice::from_raw_parts(ptr, len) })
+            (r.start_addr().0, unsafe {
+                std::slice::from_raw_parts(ptr, len)
+            })
         })
         .collect()
 }
@@ -272,7 +285,10 @@ pub fn check_fits_host(snap: &VmSnapshot, kvm: &Kvm, platform: &str) -> Result<(
         return Err("the snapshot's kernel text ranges are invalid".into());
     }
     if snap.irqchips.len() != 3 {
-        return Err(format!("{} interrupt controllers saved, 3 expected", snap.irqchips.len()));
+        return Err(format!(
+            "{} interrupt controllers saved, 3 expected",
+            snap.irqchips.len()
+        ));
     }
     let host = kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
@@ -287,8 +303,14 @@ pub fn check_fits_host(snap: &VmSnapshot, kvm: &Kvm, platform: &str) -> Result<(
         (7, [!0, !(1 << 4), !0]),
     ];
     for (leaf, masks) in FEATURE_REGS {
-        let saved = snap.cpuid.iter().find(|e| e.function == leaf && e.index == 0);
-        let here = host.as_slice().iter().find(|e| e.function == leaf && e.index == 0);
+        let saved = snap
+            .cpuid
+            .iter()
+            .find(|e| e.function == leaf && e.index == 0);
+        let here = host
+            .as_slice()
+            .iter()
+            .find(|e| e.function == leaf && e.index == 0);
         if let (Some(s), Some(h)) = (saved, here) {
             let regs = [(s.ebx, h.ebx), (s.ecx, h.ecx), (s.edx, h.edx)];
             for ((name, (saved, host)), mask) in ["EBX", "ECX", "EDX"].iter().zip(regs).zip(masks) {
@@ -320,9 +342,14 @@ pub fn prepare_pv_restore(snap: &mut VmSnapshot, memory: &GuestMemoryMmap) -> Re
     }
     let at = |off: u64| GuestAddress(page + off);
     memory
-        .write_obj(fluke_abi::pvm::RESTORED, at(fluke_abi::pvm::PV_PAGE_RESTORED))
+        .write_obj(
+            fluke_abi::pvm::RESTORED,
+            at(fluke_abi::pvm::PV_PAGE_RESTORED),
+        )
         .map_err(|e| format!("the PV page at {page:#x} is not in guest memory: {e}"))?;
-    let vif: u8 = memory.read_obj(at(0)).map_err(|e| format!("PV page: {e}"))?;
+    let vif: u8 = memory
+        .read_obj(at(0))
+        .map_err(|e| format!("PV page: {e}"))?;
     // Which mode the vCPU was in is told by its RIP and page table, not by the CS KVM
     // reports: for the PV kernel (which runs at hardware CPL 3) KVM_GET_SREGS gives CS 0x10
     // at most exits but 0x33 at some (seen: halted in the idle loop right after an OUT).
@@ -331,8 +358,16 @@ pub fn prepare_pv_restore(snap: &mut VmSnapshot, memory: &GuestMemoryMmap) -> Re
     // still on the user half, and is a user context.
     let v = &mut snap.vcpu;
     let kernel = v.regs.rip >= KERNEL_HALF && v.sregs.cr3 & 0x1000 == 0;
-    v.sregs.cs = segment(v.sregs.cs, if kernel { (KERNEL_CS, 0) } else { (USER_CS, 3) }, 0xb);
-    v.sregs.ss = segment(v.sregs.ss, if kernel { (KERNEL_DS, 0) } else { (USER_DS, 3) }, 0x3);
+    v.sregs.cs = segment(
+        v.sregs.cs,
+        if kernel { (KERNEL_CS, 0) } else { (USER_CS, 3) },
+        0xb,
+    );
+    v.sregs.ss = segment(
+        v.sregs.ss,
+        if kernel { (KERNEL_DS, 0) } else { (USER_DS, 3) },
+        0x3,
+    );
     if kernel {
         if vif == 0 {
             v.regs.rflags &= !(1 << 9);
@@ -353,7 +388,9 @@ pub fn prepare_pv_restore(snap: &mut VmSnapshot, memory: &GuestMemoryMmap) -> Re
     // A page fault caught on its way in (KVM reflects it, the pause came first) is delivered
     // after the restore in default mode, which sets the real CR2 but not the PV page's copy
     // the kernel reads (pvm.md §4.1 flag 0x10): put it there.
-    if v.events.exception.nr == 14 && (v.events.exception.injected != 0 || v.events.exception.pending != 0) {
+    if v.events.exception.nr == 14
+        && (v.events.exception.injected != 0 || v.events.exception.pending != 0)
+    {
         memory
             .write_obj(v.sregs.cr2, at(8))
             .map_err(|e| format!("PV page: {e}"))?;
@@ -374,7 +411,11 @@ const USER_CS: u16 = 0x33;
 
 /// A flat long-mode segment with `selector` at privilege `dpl`: code (type 0xb, L) or data
 /// (type 0x3).
-fn segment(mut seg: kvm_bindings::kvm_segment, (selector, dpl): (u16, u8), type_: u8) -> kvm_bindings::kvm_segment {
+fn segment(
+    mut seg: kvm_bindings::kvm_segment,
+    (selector, dpl): (u16, u8),
+    type_: u8,
+) -> kvm_bindings::kvm_segment {
     let code = type_ == 0xb;
     seg.base = 0;
     seg.limit = 0xffff_ffff;
@@ -403,21 +444,27 @@ pub fn apply(snap: &VmSnapshot, vm: &VmFd, vcpu: &VcpuFd) -> Result<(), String> 
         vm.set_irqchip(chip).map_err(kvm_err("KVM_SET_IRQCHIP"))?;
     }
     let v = &snap.vcpu;
-    vcpu.set_mp_state(v.mp_state).map_err(kvm_err("KVM_SET_MP_STATE"))?;
+    vcpu.set_mp_state(v.mp_state)
+        .map_err(kvm_err("KVM_SET_MP_STATE"))?;
     vcpu.set_sregs(&v.sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
     vcpu.set_regs(&v.regs).map_err(kvm_err("KVM_SET_REGS"))?;
     // SAFETY: the saved area has the size KVM_GET_XSAVE wrote, which capture checked.
     unsafe { vcpu.set_xsave(&v.xsave) }.map_err(kvm_err("KVM_SET_XSAVE"))?;
     vcpu.set_xcrs(&v.xcrs).map_err(kvm_err("KVM_SET_XCRS"))?;
-    vcpu.set_debug_regs(&v.debugregs).map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
+    vcpu.set_debug_regs(&v.debugregs)
+        .map_err(kvm_err("KVM_SET_DEBUGREGS"))?;
     vcpu.set_lapic(&v.lapic).map_err(kvm_err("KVM_SET_LAPIC"))?;
     let msrs = Msrs::from_entries(&v.msrs).map_err(|e| format!("saved MSRs: {e:?}"))?;
     let set = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
     if set != v.msrs.len() {
         let failed = v.msrs.get(set).map(|m| m.index).unwrap_or(0);
-        return Err(format!("KVM set {set} of {} saved MSRs (MSR {failed:#x} refused)", v.msrs.len()));
+        return Err(format!(
+            "KVM set {set} of {} saved MSRs (MSR {failed:#x} refused)",
+            v.msrs.len()
+        ));
     }
-    vcpu.set_vcpu_events(&v.events).map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
+    vcpu.set_vcpu_events(&v.events)
+        .map_err(kvm_err("KVM_SET_VCPU_EVENTS"))?;
     let clock = kvm_clock_data {
         clock: snap.clock.clock,
         ..Default::default()

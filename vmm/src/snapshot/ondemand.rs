@@ -43,7 +43,11 @@ struct Span {
 impl Pager {
     /// Registers guest RAM and starts serving it from `file` (already checked: its size is
     /// the RAM's).
-    pub fn start(memory: &GuestMemoryMmap, file: std::fs::File, started: Instant) -> Result<Pager, String> {
+    pub fn start(
+        memory: &GuestMemoryMmap,
+        file: std::fs::File,
+        started: Instant,
+    ) -> Result<Pager, String> {
         let len: usize = memory.iter().map(|r| r.len() as usize).sum();
         let source = MmapRegion::<()>::build(
             Some(vm_memory::FileOffset::new(file, 0)),
@@ -101,7 +105,14 @@ impl Drop for Pager {
     }
 }
 
-fn serve(uffd: &Uffd, source: &MmapRegion<()>, spans: &[Span], stop: &AtomicBool, progress: &Progress, started: Instant) {
+fn serve(
+    uffd: &Uffd,
+    source: &MmapRegion<()>,
+    spans: &[Span],
+    stop: &AtomicBool,
+    progress: &Progress,
+    started: Instant,
+) {
     while !stop.load(Ordering::Acquire) {
         let mut fd = libc::pollfd {
             fd: uffd.as_raw_fd(),
@@ -127,7 +138,10 @@ fn serve(uffd: &Uffd, source: &MmapRegion<()>, spans: &[Span], stop: &AtomicBool
             continue;
         };
         let at = addr as usize & !(PAGE - 1);
-        let Some(span) = spans.iter().find(|s| (s.host..s.host + s.len).contains(&at)) else {
+        let Some(span) = spans
+            .iter()
+            .find(|s| (s.host..s.host + s.len).contains(&at))
+        else {
             log::error!("uffd: a fault at {at:#x}, outside guest memory");
             continue;
         };

@@ -45,8 +45,11 @@ fn exception(k: &mut Kernel, vector: u8, error_code: u64) -> Next {
     let Some((tid, r)) = faulting(k) else {
         return Next::Schedule;
     };
-    if let Some(next) = to_keeper(k, tid, [fault::EXCEPTION, u64::from(vector), error_code, r.rip])
-    {
+    if let Some(next) = to_keeper(
+        k,
+        tid,
+        [fault::EXCEPTION, u64::from(vector), error_code, r.rip],
+    ) {
         return next;
     }
     space::kill_process_of(
@@ -96,9 +99,7 @@ fn page_fault(k: &mut Kernel, error_code: u64) -> Next {
     } else {
         "not mapped"
     };
-    let exhausted = k
-        .thread_space(tid)
-        .is_some_and(|s| s.budget_exhausted());
+    let exhausted = k.thread_space(tid).is_some_and(|s| s.budget_exhausted());
     let region = if addr >= USER_END {
         ", kernel address"
     } else if exhausted {

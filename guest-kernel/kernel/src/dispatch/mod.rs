@@ -22,7 +22,9 @@ extern "C" fn syscall_dispatch() -> ! {
 /// entry.S, after `arch::trap::user_trap` saved the registers: an event from user mode.
 #[no_mangle]
 extern "C" fn user_event(vector: u64, error_code: u64) -> ! {
-    sched::run(with_kernel(|k| fault::user_event(k, vector as u8, error_code)))
+    sched::run(with_kernel(|k| {
+        fault::user_event(k, vector as u8, error_code)
+    }))
 }
 
 /// entry.S (CSTAR): SYSCALL from 32-bit compatibility mode.

@@ -23,7 +23,12 @@ pub fn handle(k: &mut Kernel) -> Leave {
         return sched::leave(k, Next::Schedule);
     };
     let result = match Call::from_u64(args.rax) {
-        Some(call) => dispatch(k, c, call, [args.rdi, args.rsi, args.rdx, args.r10, args.r8, args.r9]),
+        Some(call) => dispatch(
+            k,
+            c,
+            call,
+            [args.rdi, args.rsi, args.rdx, args.r10, args.r8, args.r9],
+        ),
         None => Err(Error::NoSuchCall),
     };
     let next = match result {
@@ -66,7 +71,9 @@ fn fault_to_keeper(k: &mut Kernel, c: Caller) -> Option<Next> {
 }
 
 fn dispatch(k: &mut Kernel, c: Caller, call: Call, a: [u64; 6]) -> CallResult {
-    use objects::{cap, condition, mapping, memory, mutex, port, port_set, reference, region, space, thread};
+    use objects::{
+        cap, condition, mapping, memory, mutex, port, port_set, reference, region, space, thread,
+    };
     let v = objects::value;
     match call {
         Call::Null => Ok(Reply::Value(0)),

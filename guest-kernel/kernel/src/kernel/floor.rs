@@ -3,8 +3,8 @@
 //! scheduler ends the pair whenever it has to decide who runs. Reached only by threads that
 //! presented the benchmark capability (dispatch/bench.rs), which only init receives.
 
-use crate::arch::percpu;
 use super::thread::ThreadId;
+use crate::arch::percpu;
 
 /// The floor pair's "no thread" marker (0 is a real id: init's first thread).
 pub const NO_FLOOR_THREAD: u64 = u64::MAX;

@@ -36,4 +36,3 @@ pub fn owner_cap(object: ObjRef) -> ObjCap {
         rights: Rights::ALL,
     }
 }
-

@@ -9,10 +9,10 @@
 //! Object code never switches: it changes thread states (blocks the caller, makes others
 //! runnable) and returns a [`Next`], which the dispatcher hands to [`leave`].
 
+use super::floor;
 use super::space::activate_root;
 use super::state::{Caller, Kernel};
 use super::thread::{ThreadId, ThreadState};
-use super::floor;
 use crate::arch::user::{self, UserRegs};
 use crate::arch::{apic, percpu};
 use crate::time;

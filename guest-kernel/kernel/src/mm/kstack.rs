@@ -59,7 +59,9 @@ fn map_slot(slot: usize) -> Result<(), MapError> {
         match super::frames::alloc_frame() {
             Some(f) => frames[i] = f,
             None => {
-                frames[..i].iter().for_each(|&f| super::frames::free_frame(f));
+                frames[..i]
+                    .iter()
+                    .for_each(|&f| super::frames::free_frame(f));
                 return Err(MapError::OutOfMemory);
             }
         }

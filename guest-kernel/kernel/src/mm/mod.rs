@@ -58,7 +58,6 @@ pub fn kernel_root() -> u64 {
     KERNEL_ROOT.load(Ordering::Relaxed)
 }
 
-
 /// Builds the kernel's page tables and switches to them: the kernel image at its link
 /// address with per-section permissions, `extra` ranges (the bundle) read-only at the kernel
 /// base, and all RAM at [`PHYS_MAP_BASE`].

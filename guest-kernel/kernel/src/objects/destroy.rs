@@ -23,4 +23,3 @@ pub fn destroy(k: &mut Kernel, object: ObjRef) -> Result<(), Error> {
     unregister(k, object);
     Ok(())
 }
-

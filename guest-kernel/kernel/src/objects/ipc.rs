@@ -44,10 +44,7 @@ fn pop_caller(k: &mut Kernel, set: Id) -> Option<ThreadId> {
 }
 
 /// The capability table of a thread's space.
-fn caps_of(
-    k: &mut Kernel,
-    tid: ThreadId,
-) -> Option<&mut fluke_kcore::cap::CapTable<ObjRef>> {
+fn caps_of(k: &mut Kernel, tid: ThreadId) -> Option<&mut fluke_kcore::cap::CapTable<ObjRef>> {
     k.thread_space(tid).map(|s| &mut s.caps)
 }
 
@@ -307,8 +304,7 @@ pub fn wait(k: &mut Kernel, c: Caller, set_name: u64, replied_to: Option<ThreadI
         };
         match badge.and_then(|b| transfer(k, caller, me, b).map(|_| b)) {
             Ok(b)
-                if k
-                    .threads
+                if k.threads
                     .get(caller)
                     .is_some_and(|t| t.regs.rax == Call::IpcSendReliable as u64) =>
             {

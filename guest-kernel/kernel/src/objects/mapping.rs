@@ -204,4 +204,3 @@ fn discard_page(k: &mut Kernel, pid: Pid, va: u64) {
         space.budget.release(1);
     }
 }
-

@@ -92,4 +92,3 @@ pub fn referenced(k: &mut Kernel, c: Caller, addr: u64) -> CallResult {
     }
     Ok(Reply::Value(u64::from(any)))
 }
-

@@ -25,10 +25,7 @@ pub fn mutex_id(k: &mut Kernel, c: Caller, name: u64) -> Result<Id, Error> {
 
 /// `mutex_create()`.
 pub fn create(k: &mut Kernel, c: Caller) -> CallResult {
-    let id = k
-        .mutexes
-        .insert(Mutex::default())
-        .ok_or(Error::Exhausted)?;
+    let id = k.mutexes.insert(Mutex::default()).ok_or(Error::Exhausted)?;
     value(register_new(k, c, ObjRef::Mutex(id)).inspect_err(|_| {
         k.mutexes.remove(id);
     }))

@@ -23,7 +23,10 @@ pub fn create(k: &mut Kernel, c: Caller, set_name: u64, badge: u64) -> CallResul
         return Err(Error::InvalidArgument);
     }
     let set = writable_set(k, c, set_name)?;
-    let id = k.ports.insert(Port { set, badge }).ok_or(Error::Exhausted)?;
+    let id = k
+        .ports
+        .insert(Port { set, badge })
+        .ok_or(Error::Exhausted)?;
     value(register_new(k, c, ObjRef::Port(id)).inspect_err(|_| {
         k.ports.remove(id);
     }))

@@ -2,8 +2,8 @@
 //! user-level parent to fill, giving and taking capabilities, ending a subtree, waiting for
 //! a child, reading programs of the image.
 
-use super::thread::{grant, kill, new_thread, space_cap};
 use super::object::{created_by, unregister, CallResult, Reply};
+use super::thread::{grant, kill, new_thread, space_cap};
 use super::usermem;
 use crate::arch::paging::UserPerm;
 use crate::arch::user::UserRegs;
@@ -55,7 +55,10 @@ pub fn spawn_call(
     usermem::copy_in(k, c.pid, args_ptr, &mut args)?;
     let pid = spawn(k, name, &args, Some(c.pid), &caps)?;
     if want_caps {
-        let main_thread = k.processes.get(pid).and_then(|p| p.threads.first().copied());
+        let main_thread = k
+            .processes
+            .get(pid)
+            .and_then(|p| p.threads.first().copied());
         let thread = main_thread.ok_or(Error::InvalidArgument)?;
         let thread_cap = grant(k, c, ObjRef::Thread(thread))?;
         let space_cap = grant(k, c, ObjRef::Space(pid))?;
@@ -236,7 +239,10 @@ pub fn cap_give(
         object: cap.object,
         rights: cap.rights.intersect(rights),
     };
-    k.space(pid).ok_or(Error::BadCap)?.caps.insert_at(name_there, copy)?;
+    k.space(pid)
+        .ok_or(Error::BadCap)?
+        .caps
+        .insert_at(name_there, copy)?;
     Ok(Reply::Value(0))
 }
 
@@ -250,7 +256,11 @@ pub fn cap_take(k: &mut Kernel, c: Caller, space_name: u64, name_there: u64) -> 
 
 /// `program_read(name, offset, buf, len)`: bytes of a program of the image, so a
 /// user-level parent can load a child itself.
-pub fn program_read(k: &mut Kernel, c: Caller, [name_ptr, name_len, offset, buf, len]: [u64; 5]) -> CallResult {
+pub fn program_read(
+    k: &mut Kernel,
+    c: Caller,
+    [name_ptr, name_len, offset, buf, len]: [u64; 5],
+) -> CallResult {
     if name_len == 0 || name_len > 32 || len > 1 << 20 {
         return Err(Error::InvalidArgument);
     }

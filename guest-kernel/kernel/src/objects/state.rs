@@ -2,7 +2,9 @@
 //! module encodes, decodes and destroys its own.
 
 use super::object::{CallResult, Reply};
-use super::{condition, destroy, mapping, mutex, port, port_set, reference, region, space, thread, usermem};
+use super::{
+    condition, destroy, mapping, mutex, port, port_set, reference, region, space, thread, usermem,
+};
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::WORDS;
 use fluke_abi::syscall::Error;
@@ -66,4 +68,3 @@ pub fn destroy_call(k: &mut Kernel, c: Caller, name: u64) -> CallResult {
     k.caller_caps(c)?.remove(name)?;
     Ok(Reply::Value(0))
 }
-

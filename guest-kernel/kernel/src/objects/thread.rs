@@ -16,8 +16,7 @@ use fluke_kcore::cap::Rights;
 fn thread_cap(k: &mut Kernel, c: Caller, name: u64, rights: Rights) -> Result<ThreadId, Error> {
     match k.lookup(c, name, rights)?.object {
         ObjRef::Thread(t)
-            if k
-                .threads
+            if k.threads
                 .get(t)
                 .is_some_and(|t| t.state != ThreadState::Dead) =>
         {

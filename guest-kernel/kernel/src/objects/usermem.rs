@@ -13,7 +13,6 @@ use crate::kernel::{KeeperFault, Kernel};
 use crate::mm;
 use fluke_abi::syscall::Error;
 
-
 /// Copies user memory of `pid` at `addr` into `buf`.
 pub fn copy_in(k: &mut Kernel, pid: Pid, addr: u64, buf: &mut [u8]) -> Result<(), Error> {
     copy(k, pid, addr, buf.len(), false, |frame_va, off, chunk| {
@@ -29,9 +28,7 @@ pub fn copy_in(k: &mut Kernel, pid: Pid, addr: u64, buf: &mut [u8]) -> Result<()
 pub fn copy_out(k: &mut Kernel, pid: Pid, addr: u64, data: &[u8]) -> Result<(), Error> {
     copy(k, pid, addr, data.len(), true, |frame_va, off, chunk| {
         // SAFETY: as in copy_in, in the other direction.
-        unsafe {
-            core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk)
-        }
+        unsafe { core::ptr::copy_nonoverlapping(data[off..].as_ptr(), frame_va as *mut u8, chunk) }
     })
 }
 

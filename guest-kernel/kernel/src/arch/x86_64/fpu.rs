@@ -14,11 +14,11 @@
 
 use alloc::boxed::Box;
 use alloc::vec;
-use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use fluke_kcore::xsave::{self, HEADER_END, SSE as XFEATURE_SSE, X87 as XFEATURE_X87};
 pub use fluke_kcore::xsave::LEGACY_BYTES;
+use fluke_kcore::xsave::{self, HEADER_END, SSE as XFEATURE_SSE, X87 as XFEATURE_X87};
 
 /// XSAVE header: XSTATE_BV (which components hold non-initial state) and XCOMP_BV.
 const XSTATE_BV: usize = 512;
@@ -81,7 +81,9 @@ fn xgetbv0() -> u64 {
 /// `XSTATE_MAX_BYTES` ([`init`] switches no component beyond it). Never more than the area
 /// on kvm_pvm; natively the area is the 512-byte legacy region and the header is made up.
 pub fn export_bytes() -> usize {
-    IMAGE_BYTES.load(Ordering::Relaxed).clamp(HEADER_END, MAX_AREA_BYTES)
+    IMAGE_BYTES
+        .load(Ordering::Relaxed)
+        .clamp(HEADER_END, MAX_AREA_BYTES)
 }
 
 #[repr(C, align(64))]

@@ -59,7 +59,8 @@ pub struct PvPage {
     _rest: [u8; 4096 - 24],
 }
 
-const _: () = assert!(core::mem::offset_of!(PvPage, restored) as u64 == fluke_abi::pvm::PV_PAGE_RESTORED);
+const _: () =
+    assert!(core::mem::offset_of!(PvPage, restored) as u64 == fluke_abi::pvm::PV_PAGE_RESTORED);
 
 /// The PV control value written at boot, written again after a restore.
 static PV_CONTROL: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);

@@ -21,7 +21,6 @@ const _: () = {
 // The checks themselves are pure and host-tested (`fluke_kcore::user_regs`).
 pub use fluke_kcore::user_regs::{sanitize_regs, sanitize_rflags};
 
-
 /// The return page layout (entry.S: return_page_template).
 pub const RETURN_SLOT_RCX: usize = 0;
 pub const RETURN_SLOT_R11: usize = 1;
