@@ -229,10 +229,7 @@ fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
     let vmstate = std::fs::read(good.join("vmstate")).unwrap();
     let memory_len = std::fs::metadata(good.join("memory")).unwrap().len();
     let case = |name: &str, vs: &[u8], mem: &dyn Fn(&Path)| {
-        let d = dir.0.join(name);
-        std::fs::create_dir_all(&d).unwrap();
-        std::fs::write(d.join("vmstate"), vs).unwrap();
-        std::fs::copy(good.join("memory"), d.join("memory")).unwrap();
+        let d = case_dir(&dir.0, name, vs, &good);
         mem(&d.join("memory"));
         let out = Command::new(VMM)
             .args(["restore", "--resume", "--timeout", "20"])
@@ -264,25 +261,66 @@ fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
         f.set_len(memory_len / 2).unwrap();
     };
     assert!(case("short-memory", &vmstate, &short).contains("bytes"));
-    let scribbled = |p: &Path| {
-        use std::io::{Seek, SeekFrom, Write};
-        let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
-        f.seek(SeekFrom::Start(0x200_000)).unwrap();
-        f.write_all(b"scribbled").unwrap();
+    let scribble_at = |offset: u64| {
+        move |p: &Path| {
+            use std::io::{Seek, SeekFrom, Write};
+            let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+            f.seek(SeekFrom::Start(offset)).unwrap();
+            f.write_all(b"scribbled").unwrap();
+        }
     };
-    assert!(case("torn-pair", &vmstate, &scribbled).contains("does not match"));
-    // On demand too: the memory file is checked whole before a page of it is served.
-    let out = Command::new(VMM)
-        .args(["restore", "--resume", "--memory-restore", "ondemand"])
-        .arg(dir.0.join("torn-pair"))
-        .output()
-        .unwrap();
+    let corrupt = case("corrupt-memory", &vmstate, &scribble_at(0x200_000));
+    assert!(
+        corrupt.contains("0x200000..0x300000 do not match the vmstate (checksum)"),
+        "{corrupt}"
+    );
+    // A torn pair: the vmstate of one snapshot, the memory file of the next.
+    let (vm, _) = snapshot_at("snap-bad-next", 3, &dir.0.join("next"));
+    let _ = vm.kill();
+    let next_memory = dir.0.join("next").join("memory");
+    let torn = case("torn-pair", &vmstate, &|p: &Path| {
+        std::fs::copy(&next_memory, p).unwrap();
+    });
+    assert!(
+        torn.contains("does not match the vmstate") && torn.contains("torn"),
+        "{torn}"
+    );
+    let on_demand = |name: &str| {
+        Command::new(VMM)
+            .args(["restore", "--resume", "--memory-restore", "ondemand"])
+            .args(["--timeout", "20", "--serial", "null"])
+            .arg(dir.0.join(name))
+            .output()
+            .unwrap()
+    };
+    // On demand, a torn pair is refused before anything runs too (by the trailer).
+    let out = on_demand("torn-pair");
     assert_eq!(out.status.code(), Some(VMM_ERROR), "{out:?}");
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("does not match"),
+        String::from_utf8_lossy(&out.stderr).contains("torn"),
         "{out:?}"
     );
-    assert!(out.stdout.is_empty());
+    // A corrupt chunk, on demand, stops the VM before the guest sees a byte of it: where the
+    // guest touches it first, and where it never does (the handler's background check), with
+    // one line each.
+    let untouched = case_dir(&dir.0, "corrupt-untouched", &vmstate, &good);
+    let ram = memory_len - 32; // the memory file ends in a 32-byte trailer
+    scribble_at(ram - 0x100_000 + 64)(&untouched.join("memory"));
+    let last = format!("{:#x}..{:#x}", ram - 0x100_000, ram);
+    for (name, range) in [
+        ("corrupt-memory", "0x200000..0x300000"),
+        ("corrupt-untouched", last.as_str()),
+    ] {
+        let out = on_demand(name);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(VMM_ERROR), "{name}: {out:?}");
+        assert!(
+            err.starts_with("fluke-vmm: error: cannot restore: ")
+                && err.contains(&format!("{range} do not match the vmstate (checksum)")),
+            "{name}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{name}: {err}");
+    }
     // A snapshot from the other platform (re-checksummed so only the platform differs).
     let body = String::from_utf8(vmstate[24..].to_vec()).unwrap();
     let here = if body.contains("\"platform\":\"kvm_pvm\"") {
@@ -291,22 +329,49 @@ fn corrupt_or_mismatched_snapshots_are_refused_with_one_line() {
         "kvm"
     };
     let other = if here == "kvm" { "kvm_pvm" } else { "kvm" };
-    let body = body.replacen(
+    let recoded = |from: &str, to: &str| {
+        assert!(body.contains(from), "{from} not in the vmstate");
+        let body = body.replacen(from, to, 1);
+        let mut out = vmstate[..24].to_vec();
+        out[12..16].copy_from_slice(&crc32(body.as_bytes()).to_le_bytes());
+        out[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
+        out.extend_from_slice(body.as_bytes());
+        out
+    };
+    let foreign = recoded(
         &format!("\"platform\":\"{here}\""),
         &format!("\"platform\":\"{other}\""),
-        1,
     );
-    let mut foreign = vmstate[..24].to_vec();
-    foreign[12..16].copy_from_slice(&crc32(body.as_bytes()).to_le_bytes());
-    foreign[16..24].copy_from_slice(&(body.len() as u64).to_le_bytes());
-    foreign.extend_from_slice(body.as_bytes());
     assert!(case("platform", &foreign, &same).contains(&format!("taken on {other}")));
+    // A TSC 20% faster than this host's: kvm_pvm cannot scale the PV guest's raw TSC.
+    let khz: u64 = body
+        .split("\"tsc_khz\":")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("tsc_khz in the vmstate");
+    let faster = recoded(
+        &format!("\"tsc_khz\":{khz}"),
+        &format!("\"tsc_khz\":{}", khz * 6 / 5),
+    );
+    if here == "kvm_pvm" {
+        assert!(case("tsc", &faster, &same).contains("cannot scale it"));
+    }
     // No such directory.
     let out = Command::new(VMM)
         .args(["restore", "/nonexistent/snap"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(VMM_ERROR));
+}
+
+/// `base/name` holding `vmstate` and a copy of `good`'s memory file.
+fn case_dir(base: &Path, name: &str, vmstate: &[u8], good: &Path) -> std::path::PathBuf {
+    let d = base.join(name);
+    std::fs::create_dir_all(&d).unwrap();
+    std::fs::write(d.join("vmstate"), vmstate).unwrap();
+    std::fs::copy(good.join("memory"), d.join("memory")).unwrap();
+    d
 }
 
 /// CRC-32 (IEEE), bitwise: the test's own, not the VMM's.

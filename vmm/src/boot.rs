@@ -93,7 +93,10 @@ impl KernelText {
     pub fn is_plausible(&self) -> bool {
         !self.ranges.is_empty()
             && self.ranges.len() <= 16
-            && self.ranges.iter().all(|(r, _)| r.start < r.end)
+            && self
+                .ranges
+                .iter()
+                .all(|(r, phys)| r.start < r.end && phys.checked_add(r.end - r.start).is_some())
     }
 
     /// The executable range holding `addr`, and the guest-physical address of `addr`.
@@ -101,7 +104,7 @@ impl KernelText {
         self.ranges
             .iter()
             .find(|(r, _)| r.contains(&addr))
-            .map(|(r, phys)| (r.clone(), phys + (addr - r.start)))
+            .and_then(|(r, phys)| Some((r.clone(), phys.checked_add(addr - r.start)?)))
     }
 
     pub fn ranges(&self) -> Vec<Range<u64>> {
@@ -436,6 +439,22 @@ mod tests {
         // Identity-mapped segments appear once.
         let id = KernelText::from_segments([ph(PF_X, 0x10_0000, 0x10_0000, 0x10)]);
         assert_eq!(id.ranges().len(), 1);
+    }
+
+    #[test]
+    fn a_crafted_text_whose_physical_end_wraps_is_implausible_and_never_overflows() {
+        // What a hostile snapshot's vmstate could hold (it is deserialised, not built from
+        // an ELF): a range whose physical address plus length passes 2^64.
+        let text = KernelText {
+            ranges: vec![(0x1000..0x3000, u64::MAX - 0x10)],
+        };
+        assert!(!text.is_plausible());
+        assert_eq!(text.range_of(0x2fff), None); // no panic in debug, no wrap in release
+        assert!(text.range_of(0x1000).is_some()); // phys + 0 still fits
+        let good = KernelText {
+            ranges: vec![(0x1000..0x3000, 0x10_0000)],
+        };
+        assert!(good.is_plausible());
     }
 
     #[test]

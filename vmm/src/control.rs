@@ -40,6 +40,8 @@ pub enum ControlError {
     NotPaused,
     #[error("snapshot failed: {0}")]
     Snapshot(String),
+    #[error("a snapshot is already being written")]
+    SnapshotBusy,
     #[error("the vCPU did not answer within {0:?}")]
     NoAnswer(Duration),
     #[error("cannot signal the vCPU thread (error {0})")]
@@ -49,9 +51,13 @@ pub enum ControlError {
 struct Inner {
     want_paused: bool,
     state: VmState,
-    /// A snapshot asked of the paused vCPU, and its answer.
-    snapshot: Option<crate::snapshot::file::Target>,
-    snapshot_done: Option<Result<(), String>>,
+    /// A snapshot asked of the paused vCPU (with its request's number), the one being
+    /// written, and the latest answer: a request takes only the answer to its own number,
+    /// so one that gave up waiting cannot hand its result to the next.
+    snapshot: Option<(u64, crate::snapshot::file::Target)>,
+    snapshot_writing: Option<u64>,
+    snapshot_done: Option<(u64, Result<(), String>)>,
+    next_snapshot: u64,
     /// The vCPU thread, once it runs (kicks go there).
     vcpu_thread: Option<libc::pthread_t>,
 }
@@ -92,7 +98,9 @@ impl Default for VmControl {
                 want_paused: false,
                 state: VmState::NotStarted,
                 snapshot: None,
+                snapshot_writing: None,
                 snapshot_done: None,
+                next_snapshot: 1,
                 vcpu_thread: None,
             }),
             changed: Condvar::new(),
@@ -190,20 +198,33 @@ impl VmControl {
     }
 
     /// Writes a snapshot of the paused VM to `target` (done by the vCPU thread) and waits
-    /// for it.
+    /// for it, at most [`SNAPSHOT_TIMEOUT`].
     pub fn snapshot(&self, target: crate::snapshot::file::Target) -> Result<(), ControlError> {
-        let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+        self.snapshot_within(target, SNAPSHOT_TIMEOUT)
+    }
+
+    fn snapshot_within(
+        &self,
+        target: crate::snapshot::file::Target,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
+        let deadline = Instant::now() + timeout;
         let mut inner = self.lock();
         match inner.state {
             VmState::Ended => return Err(ControlError::Ended),
             VmState::Paused => {}
             _ => return Err(ControlError::NotPaused),
         }
-        inner.snapshot = Some(target);
-        inner.snapshot_done = None;
+        if inner.snapshot.is_some() || inner.snapshot_writing.is_some() {
+            return Err(ControlError::SnapshotBusy);
+        }
+        let id = inner.next_snapshot;
+        inner.next_snapshot += 1;
+        inner.snapshot = Some((id, target));
         self.changed.notify_all();
         loop {
-            if let Some(done) = inner.snapshot_done.take() {
+            if inner.snapshot_done.as_ref().is_some_and(|(i, _)| *i == id) {
+                let (_, done) = inner.snapshot_done.take().expect("just matched");
                 return done.map_err(ControlError::Snapshot);
             }
             if inner.state == VmState::Ended {
@@ -211,7 +232,12 @@ impl VmControl {
             }
             let now = Instant::now();
             if now >= deadline {
-                return Err(ControlError::NoAnswer(SNAPSHOT_TIMEOUT));
+                // Not begun: withdrawn, as an unanswered pause is. Begun: it goes on, and
+                // its answer is dropped.
+                if inner.snapshot.as_ref().is_some_and(|(i, _)| *i == id) {
+                    inner.snapshot = None;
+                }
+                return Err(ControlError::NoAnswer(timeout));
             }
             inner = match self.changed.wait_timeout(inner, REKICK.min(deadline - now)) {
                 Ok((g, _)) => g,
@@ -242,12 +268,14 @@ impl VmControl {
             if hooks.must_stop() {
                 return false;
             }
-            if let Some(target) = inner.snapshot.take() {
+            if let Some((id, target)) = inner.snapshot.take() {
+                inner.snapshot_writing = Some(id);
                 // Written without the lock: a GET / meanwhile still answers.
                 drop(inner);
                 let done = hooks.snapshot(&target);
                 inner = self.lock();
-                inner.snapshot_done = Some(done);
+                inner.snapshot_writing = None;
+                inner.snapshot_done = Some((id, done));
                 self.changed.notify_all();
                 continue;
             }
@@ -325,5 +353,61 @@ mod tests {
         assert_eq!(vcpu.join().unwrap(), (3, 3));
         assert_eq!(control.pause(), Err(ControlError::Ended));
         assert_eq!(control.resume(), Err(ControlError::Ended));
+    }
+
+    /// Snapshots that take 300 ms each and fail with the name of their target.
+    struct Slow;
+
+    impl PauseHooks for Slow {
+        fn paused(&mut self) {}
+        fn resumed(&mut self) {}
+        fn must_stop(&self) -> bool {
+            false
+        }
+        fn snapshot(&mut self, target: &crate::snapshot::file::Target) -> Result<(), String> {
+            std::thread::sleep(Duration::from_millis(300));
+            Err(target.vmstate().display().to_string())
+        }
+    }
+
+    #[test]
+    fn a_snapshot_request_gets_its_own_answer_never_an_abandoned_one() {
+        use crate::snapshot::file::Target;
+        crate::kick::install_handler().unwrap();
+        let control = Arc::new(VmControl::default());
+        let c = Arc::clone(&control);
+        let vcpu = std::thread::spawn(move || {
+            c.started();
+            while !c.pending() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            assert!(c.serve(&mut Slow));
+            c.ended();
+        });
+        while control.state() == VmState::NotStarted {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        control.pause().unwrap();
+        let dir = |n: &str| Target::Dir(std::path::PathBuf::from(n));
+        // A gives up while its snapshot is being written...
+        assert_eq!(
+            control.snapshot_within(dir("a"), Duration::from_millis(50)),
+            Err(ControlError::NoAnswer(Duration::from_millis(50)))
+        );
+        // ...B, asked meanwhile, is refused rather than answered with A's result...
+        assert_eq!(control.snapshot(dir("b")), Err(ControlError::SnapshotBusy));
+        std::thread::sleep(Duration::from_millis(400));
+        // ...and C, once A is done, gets the answer to C.
+        assert_eq!(
+            control.snapshot(dir("c")),
+            Err(ControlError::Snapshot("c/vmstate".into()))
+        );
+        // (The serving thread ends as soon as it has resumed: either answer is right.)
+        let resumed = control.resume();
+        assert!(
+            matches!(resumed, Ok(()) | Err(ControlError::Ended)),
+            "{resumed:?}"
+        );
+        vcpu.join().unwrap();
     }
 }

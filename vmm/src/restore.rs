@@ -38,11 +38,12 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         return Err(bad(format!("{}: not a regular file", mem_path.display())));
     }
     let mem_len = mem_meta.len();
-    if mem_len != snap.memory_bytes {
+    if mem_len != snap.memory_bytes.saturating_add(file::TRAILER_LEN) {
         return Err(bad(format!(
-            "{} holds {mem_len} bytes, the snapshot's VM has {} of memory",
+            "{} holds {mem_len} bytes, the snapshot's VM has {} of memory (and the file a {}-byte trailer)",
             mem_path.display(),
-            snap.memory_bytes
+            snap.memory_bytes,
+            file::TRAILER_LEN
         )));
     }
     let mib = snap.memory_bytes >> 20;
@@ -54,44 +55,42 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
     }
     let mem_bytes = vm::memory_bytes(mib)?;
 
-    let kvm = vm::open_kvm()?;
-    let check_kvm = vm::open_kvm()?;
-    let vm = vm::Vm::new(kvm, mem_bytes)?;
+    let vm = vm::Vm::new(vm::open_kvm()?, mem_bytes)?;
     let vcpu = vm.create_vcpu(0)?;
     let platform = platform::detect(&vcpu);
-    snapshot::check_fits_host(&snap, &check_kvm, platform.name()).map_err(bad)?;
+    snapshot::check_fits_host(&snap, vm.kvm(), platform.name()).map_err(bad)?;
+    snapshot::match_tsc(&snap, &vcpu).map_err(bad)?;
     if platform == fluke_abi::Platform::KvmPvm && snap.vcpu.pv_control.is_none() {
         return Err(bad("a kvm_pvm snapshot without the PV control MSR"));
     }
 
-    // Memory first, checked against the saved checksum before any state is applied.
-    let mut file =
-        std::fs::File::open(&mem_path).map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
-    let torn = || {
-        bad(format!(
-            "{} does not match the vmstate (checksum): the pair is torn or the memory corrupt",
-            mem_path.display()
-        ))
-    };
+    // Memory next: a file from another snapshot is refused by its trailer before a byte
+    // is used; every chunk is checked against its checksum before the guest sees it (as it
+    // is copied, or before its first page is served on demand).
+    let mem_err = |e: String| bad(format!("{}: {e}", mem_path.display()));
+    let mut file = std::fs::File::open(&mem_path).map_err(|e| mem_err(e.to_string()))?;
+    let trailer = file::MemoryTrailer::read(&file, snap.memory_bytes).map_err(mem_err)?;
+    if trailer.memory_id != snap.memory_id || trailer.memory_bytes != snap.memory_bytes {
+        return Err(mem_err(format!(
+            "does not match the vmstate (it is memory {:016x} of {} bytes, the vmstate's is {:016x} of {}): the pair is torn",
+            trailer.memory_id, trailer.memory_bytes, snap.memory_id, snap.memory_bytes
+        )));
+    }
     let _pager = match args.memory_restore {
         MemoryRestore::Copy => {
-            snapshot::fill_memory(vm.memory(), &mut file)
-                .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?;
-            if snapshot::memory_crc(vm.memory()) != snap.memory_crc32 {
-                return Err(torn());
-            }
+            snapshot::fill_memory(vm.memory(), &mut file, &snap.memory_chunk_crc32)
+                .map_err(mem_err)?;
             None
         }
-        MemoryRestore::Ondemand => {
-            // The file is checked whole (read, not copied) before a page of it is served.
-            if snapshot::file_crc(&mut file)
-                .map_err(|e| bad(format!("{}: {e}", mem_path.display())))?
-                != snap.memory_crc32
-            {
-                return Err(torn());
-            }
-            Some(snapshot::ondemand::Pager::start(vm.memory(), file, process_start).map_err(bad)?)
-        }
+        MemoryRestore::Ondemand => Some(
+            snapshot::ondemand::Pager::start(
+                vm.memory(),
+                file,
+                snap.memory_chunk_crc32.clone(),
+                process_start,
+            )
+            .map_err(bad)?,
+        ),
     };
     let pv = platform == fluke_abi::Platform::KvmPvm;
     if pv {

@@ -410,13 +410,19 @@ impl PauseHooks for PausedVm<'_> {
             text: self.text,
             serial: self.devices.serial.state(),
         };
-        let (mut snap, _) = crate::snapshot::capture(self.vcpu, &machine)?;
+        let mut snap = crate::snapshot::capture(self.vcpu, &machine)?;
         if let Some(held) = self.held {
             snap.clock = held;
         }
         let vmstate = crate::snapshot::file::encode(&snap)?;
         let ram = crate::snapshot::ram_slices(self.memory);
-        let pieces: Vec<&[u8]> = ram.iter().map(|(_, b)| *b).collect();
+        let trailer = crate::snapshot::file::MemoryTrailer {
+            memory_id: snap.memory_id,
+            memory_bytes: snap.memory_bytes,
+        }
+        .encode();
+        let mut pieces: Vec<&[u8]> = ram.iter().map(|(_, b)| *b).collect();
+        pieces.push(&trailer);
         crate::snapshot::file::write(target, &vmstate, &pieces)?;
         log::info!(
             "snapshot: {} ({} bytes of state, {} MiB of memory) in {:.1} ms",

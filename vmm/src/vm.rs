@@ -107,6 +107,10 @@ impl Vm {
         &self.memory
     }
 
+    pub fn kvm(&self) -> &Kvm {
+        &self.kvm
+    }
+
     /// Host virtual address ranges `(start, len)` of guest RAM (for RSS accounting).
     pub fn host_ram_ranges(&self) -> Vec<(u64, u64)> {
         self.memory

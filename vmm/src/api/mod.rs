@@ -259,6 +259,7 @@ fn create_snapshot(body: &[u8], control: &VmControl) -> Response {
         Ok(()) => Response::no_content(),
         Err(ControlError::Ended) => Response::fault(409, "the VM has ended"),
         Err(e @ ControlError::NotPaused) => Response::fault(400, e.to_string()),
+        Err(e @ ControlError::SnapshotBusy) => Response::fault(409, e.to_string()),
         Err(e @ ControlError::Snapshot(_)) => Response::fault(500, e.to_string()),
         Err(e) => Response::fault(500, e.to_string()),
     }

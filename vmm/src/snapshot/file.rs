@@ -1,6 +1,7 @@
 //! The snapshot files: `vmstate` (a versioned, checksummed header and the machine state as
-//! JSON) and `memory` (guest RAM, byte for byte, its CRC-32 in the vmstate), and writing them
-//! so that a VMM killed at any moment leaves the previous snapshot whole.
+//! JSON) and `memory` (guest RAM byte for byte, then a 32-byte [`MemoryTrailer`]; the CRC-32
+//! of each 1 MiB chunk is in the vmstate), and writing them so that a VMM killed at any
+//! moment leaves the previous snapshot whole.
 //!
 //! `vmstate` layout (little-endian):
 //!
@@ -11,6 +12,16 @@
 //! | 12 | 4 | CRC-32 (IEEE) of the body |
 //! | 16 | 8 | body length in bytes (at most [`MAX_BODY`]) |
 //! | 24 | n | body: [`super::VmSnapshot`] as JSON |
+//!
+//! `memory` trailer, after the RAM's `memory_bytes` (little-endian):
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `FLUKEMEM` |
+//! | 8 | 4 | trailer version (1) |
+//! | 12 | 4 | zero |
+//! | 16 | 8 | the snapshot's random `memory_id`, also in the vmstate |
+//! | 24 | 8 | `memory_bytes`, also in the vmstate |
 //!
 //! A snapshot directory (`ctl snapshot DIR`, `PUT /snapshot/create {"snapshot_dir"}`) is
 //! written as a whole into a sibling temporary directory, each file fsynced, and then swapped
@@ -30,10 +41,59 @@ use std::path::{Path, PathBuf};
 use super::VmSnapshot;
 
 pub const MAGIC: [u8; 8] = *b"FLUKESNP";
-pub const VERSION: u32 = 1;
+/// 2: memory checksummed per chunk, the memory file's trailer; 1 (a whole-file CRC) is
+/// not read.
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 24;
 /// The largest vmstate body accepted (the real one is tens of KiB).
 pub const MAX_BODY: u64 = 16 << 20;
+
+/// The end of the memory file: which snapshot its RAM belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryTrailer {
+    pub memory_id: u64,
+    pub memory_bytes: u64,
+}
+
+pub const MEMORY_MAGIC: [u8; 8] = *b"FLUKEMEM";
+pub const TRAILER_LEN: u64 = 32;
+
+impl MemoryTrailer {
+    pub fn encode(&self) -> [u8; TRAILER_LEN as usize] {
+        let mut out = [0u8; TRAILER_LEN as usize];
+        out[..8].copy_from_slice(&MEMORY_MAGIC);
+        out[8..12].copy_from_slice(&1u32.to_le_bytes());
+        out[16..24].copy_from_slice(&self.memory_id.to_le_bytes());
+        out[24..32].copy_from_slice(&self.memory_bytes.to_le_bytes());
+        out
+    }
+
+    pub fn decode(b: &[u8; TRAILER_LEN as usize]) -> Result<MemoryTrailer, String> {
+        if b[..8] != MEMORY_MAGIC {
+            return Err("no fluke-vmm memory trailer at its end".into());
+        }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version != 1 || b[12..16] != [0; 4] {
+            return Err(format!(
+                "memory trailer version {version}, this fluke-vmm reads 1"
+            ));
+        }
+        let word = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+        Ok(MemoryTrailer {
+            memory_id: word(16),
+            memory_bytes: word(24),
+        })
+    }
+
+    /// Reads the trailer of a memory file said to hold `memory_bytes` of RAM.
+    pub fn read(file: &File, memory_bytes: u64) -> Result<MemoryTrailer, String> {
+        use std::os::unix::fs::FileExt;
+        let mut b = [0u8; TRAILER_LEN as usize];
+        file.read_exact_at(&mut b, memory_bytes)
+            .map_err(|e| format!("cannot read its trailer: {e}"))?;
+        MemoryTrailer::decode(&b)
+    }
+}
 
 /// The two files of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,6 +236,8 @@ pub fn write(target: &Target, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), St
                 PathBuf::from(name)
             };
             let (vtmp, mtmp) = (tmp(vpath), tmp(mpath));
+            remove_stale_temporaries(vpath);
+            remove_stale_temporaries(mpath);
             write_synced(&mtmp, memory)?;
             crash_point("memory-written");
             write_synced(&vtmp, &[vmstate])?;
@@ -198,6 +260,11 @@ fn write_dir(dir: &Path, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String>
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = parent.join(tmp_name);
+    remove_stale_temporaries(&parent.join({
+        let mut hidden = std::ffi::OsString::from(".");
+        hidden.push(name);
+        hidden
+    }));
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| io("create", &tmp, e))?;
     write_synced(&tmp.join("memory"), memory)?;
@@ -215,6 +282,49 @@ fn write_dir(dir: &Path, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String>
         std::fs::rename(&tmp, dir).map_err(|e| io("rename into place", dir, e))?;
     }
     sync_dir(&parent)
+}
+
+/// Removes what VMMs killed while writing `path` left beside it: `<path>.tmp-<pid>` files
+/// or directories whose process is gone (a live one may be writing its own).
+fn remove_stale_temporaries(path: &Path) {
+    let (Some(name), dir) = (path.file_name(), parent(path)) else {
+        return;
+    };
+    let mut prefix = name.as_bytes().to_vec();
+    prefix.extend_from_slice(b".tmp-");
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name
+            .as_bytes()
+            .strip_prefix(prefix.as_slice())
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .and_then(|p| p.parse::<libc::pid_t>().ok())
+            .filter(|&p| p > 0)
+        else {
+            continue;
+        };
+        // SAFETY: kill with signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let stale = entry.path();
+            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                std::fs::remove_dir_all(&stale)
+            } else {
+                std::fs::remove_file(&stale)
+            };
+            match removed {
+                Ok(()) => log::info!(
+                    "snapshot: removed {}, left by a VMM that died writing it",
+                    stale.display()
+                ),
+                Err(e) => log::warn!("snapshot: cannot remove {}: {e}", stale.display()),
+            }
+        }
+    }
 }
 
 /// Swaps two paths atomically (renameat2 RENAME_EXCHANGE).
@@ -262,8 +372,8 @@ mod tests {
         bad[0] = b'X';
         assert!(refused(&bad).contains("magic"));
         let mut bad = bytes.clone();
-        bad[8] = 2;
-        assert!(refused(&bad).contains("version 2"));
+        bad[8] = 1;
+        assert!(refused(&bad).contains("version 1"));
         let mut bad = bytes.clone();
         let last = bad.len() - 2;
         bad[last] ^= 0x20;
@@ -272,6 +382,26 @@ mod tests {
         bad[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         assert!(refused(&bad).contains("more than"));
         assert!(refused(b"").contains("truncated"));
+    }
+
+    #[test]
+    fn a_memory_trailer_round_trips_and_is_refused_when_foreign() {
+        let t = MemoryTrailer {
+            memory_id: 0xfeed_f00d,
+            memory_bytes: 128 << 20,
+        };
+        let b = t.encode();
+        assert_eq!(MemoryTrailer::decode(&b), Ok(t));
+        let mut bad = b;
+        bad[0] = 0;
+        assert!(MemoryTrailer::decode(&bad)
+            .unwrap_err()
+            .contains("no fluke-vmm"));
+        let mut bad = b;
+        bad[8] = 2;
+        assert!(MemoryTrailer::decode(&bad)
+            .unwrap_err()
+            .contains("version 2"));
     }
 
     #[test]
@@ -298,6 +428,30 @@ mod tests {
         };
         write(&files, b"three", &[b"memory3"]).unwrap();
         assert_eq!(std::fs::read(base.join("vs")).unwrap(), b"three");
+        // What a VMM killed mid-write left (its process gone) is removed by the next write;
+        // a live process's temporaries and unrelated names are not.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let live = std::os::unix::process::parent_id(); // alive: it waits for this test
+        std::fs::create_dir(base.join(format!(".snap.tmp-{dead}"))).unwrap();
+        std::fs::write(base.join(format!("vs.tmp-{dead}")), b"x").unwrap();
+        std::fs::write(base.join(format!("mem.tmp-{dead}")), b"x").unwrap();
+        std::fs::write(base.join(format!("vs.tmp-{live}")), b"x").unwrap();
+        std::fs::write(base.join("vs.tmp-notapid"), b"x").unwrap();
+        write(&target, b"four", &[b"memory4"]).unwrap();
+        write(&files, b"five", &[b"memory5"]).unwrap();
+        let mut names: Vec<_> = std::fs::read_dir(&base)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        let mut expected = ["mem", "snap", "vs", "vs.tmp-notapid"]
+            .map(String::from)
+            .to_vec();
+        expected.push(format!("vs.tmp-{live}"));
+        expected.sort();
+        assert_eq!(names, expected);
         let _ = std::fs::remove_dir_all(&base);
     }
 }

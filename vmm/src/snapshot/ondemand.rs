@@ -1,8 +1,14 @@
 //! `restore --memory-restore ondemand`: guest RAM is registered with userfaultfd and left
-//! empty; each page comes in from the memory file at its first touch, by the guest (through
+//! empty; memory comes in from the memory file at its first touch, by the guest (through
 //! KVM) or by the VMM, served by one handler thread (as Firecracker's UFFD backend and Cloud
-//! Hypervisor's `memory_restore_mode=ondemand` do). The memory file is mapped read-only as
-//! the source of the copies.
+//! Hypervisor's `memory_restore_mode=ondemand` do).
+//!
+//! The unit brought in is the 1 MiB chunk the vmstate has a checksum for: at the first
+//! fault in a chunk the handler reads the chunk from the file, checks it, and copies that
+//! same buffer into place (UFFDIO_COPY), so no byte reaches the guest unchecked, whatever
+//! happens to the file meanwhile. When no fault is waiting, the handler reads and checks the
+//! chunks not yet touched, so a corrupt memory file stops the VM within moments of the
+//! restore even where the guest never looks (without making those chunks resident).
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -11,7 +17,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use userfaultfd::{Event, Uffd, UffdBuilder};
-use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, MmapRegion};
+use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 const PAGE: usize = 4096;
 /// How often the handler, waiting for a fault, looks at the stop flag.
@@ -40,22 +46,36 @@ struct Span {
     file_offset: usize,
 }
 
+/// What the handler knows of each chunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Untouched,
+    /// Read and found whole by the background pass, not resident.
+    Checked,
+    /// Copied into guest memory.
+    Resident,
+}
+
+/// The handler's state: the file, the chunks' checksums and what has been done with each.
+struct Served {
+    file: std::fs::File,
+    spans: Vec<Span>,
+    expected: Vec<u32>,
+    chunks: Vec<Chunk>,
+    /// The next chunk the background pass looks at.
+    next_check: usize,
+    buf: Vec<u8>,
+}
+
 impl Pager {
-    /// Registers guest RAM and starts serving it from `file` (already checked: its size is
-    /// the RAM's).
+    /// Registers guest RAM and starts serving it from `file` (already checked: it holds the
+    /// RAM and the right trailer), each chunk checked against `expected`.
     pub fn start(
         memory: &GuestMemoryMmap,
         file: std::fs::File,
+        expected: Vec<u32>,
         started: Instant,
     ) -> Result<Pager, String> {
-        let len: usize = memory.iter().map(|r| r.len() as usize).sum();
-        let source = MmapRegion::<()>::build(
-            Some(vm_memory::FileOffset::new(file, 0)),
-            len,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_NORESERVE,
-        )
-        .map_err(|e| format!("cannot map the memory file: {e}"))?;
         let uffd = UffdBuilder::new()
             .close_on_exec(true)
             .non_blocking(true)
@@ -77,12 +97,26 @@ impl Pager {
             });
             offset += rlen;
         }
+        if super::chunk_count(offset as u64) != expected.len() {
+            return Err(format!(
+                "{} chunk checksums for {offset} bytes of memory",
+                expected.len()
+            ));
+        }
+        let served = Served {
+            file,
+            spans,
+            chunks: vec![Chunk::Untouched; expected.len()],
+            expected,
+            next_check: 0,
+            buf: vec![0u8; super::MEMORY_CHUNK],
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let thread = std::thread::Builder::new()
             .name("fluke-uffd".into())
-            .spawn(move || serve(&uffd, &source, &spans, &s, &p, started))
+            .spawn(move || serve(&uffd, served, &s, &p, started))
             .map_err(|e| format!("cannot start the userfaultfd thread: {e}"))?;
         Ok(Pager {
             stop,
@@ -105,85 +139,157 @@ impl Drop for Pager {
     }
 }
 
+/// Ends the VMM from the handler thread: a vCPU waiting for memory it cannot have must not
+/// wait forever, and corrupt memory must not run.
+fn fatal(msg: &str) -> ! {
+    crate::logger::to_stderr(&format!("fluke-vmm: error: {msg}; stopping\n"));
+    std::process::exit(fluke_abi::status::VMM_ERROR);
+}
+
+impl Served {
+    fn chunk_range(&self, chunk: usize) -> std::ops::Range<usize> {
+        let total: usize = self.spans.iter().map(|s| s.len).sum();
+        let from = chunk * super::MEMORY_CHUNK;
+        from..(from + super::MEMORY_CHUNK).min(total)
+    }
+
+    /// Reads chunk `chunk` into `buf` and checks it.
+    fn read_checked(&mut self, chunk: usize) -> Result<usize, String> {
+        use std::os::unix::fs::FileExt;
+        let range = self.chunk_range(chunk);
+        let n = range.len();
+        self.file
+            .read_exact_at(&mut self.buf[..n], range.start as u64)
+            .map_err(|e| format!("cannot restore: cannot read the memory file: {e}"))?;
+        if crc32fast::hash(&self.buf[..n]) != self.expected[chunk] {
+            return Err(format!(
+                "cannot restore: the memory file: {}",
+                super::corrupt_chunk(chunk)
+            ));
+        }
+        Ok(n)
+    }
+
+    /// Brings chunk `chunk` in: read, checked, copied into guest memory from that buffer.
+    fn bring_in(&mut self, uffd: &Uffd, chunk: usize) -> Result<(), String> {
+        let n = self.read_checked(chunk)?;
+        let start = self.chunk_range(chunk).start;
+        for span in &self.spans {
+            // The part of this chunk that lies in this span.
+            let lo = start.max(span.file_offset);
+            let hi = (start + n).min(span.file_offset + span.len);
+            let mut at = lo;
+            while at < hi {
+                let dst = span.host + (at - span.file_offset);
+                // SAFETY: `buf[at - start..hi - start]` is initialised memory of ours that
+                // lives across the call; `dst..+len` is inside a registered region and the
+                // kernel writes only there, atomically installing pages not yet present.
+                let copied = unsafe {
+                    uffd.copy(
+                        self.buf.as_ptr().add(at - start) as *const libc::c_void,
+                        dst as *mut libc::c_void,
+                        hi - at,
+                        true,
+                    )
+                };
+                match copied {
+                    Ok(len) => at += len.max(PAGE),
+                    // Interrupted part-way (the address space changing): go on from there.
+                    Err(userfaultfd::Error::PartiallyCopied(len)) => at += len,
+                    // A page there already present: cannot happen while whole chunks come in
+                    // together; step over it rather than fail the guest.
+                    Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
+                        at += PAGE
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "cannot bring guest memory at {dst:#x} in from the memory file: {e}"
+                        ))
+                    }
+                }
+            }
+        }
+        self.chunks[chunk] = Chunk::Resident;
+        Ok(())
+    }
+
+    /// The background pass: checks the next chunk not yet looked at. False once all are.
+    fn check_one(&mut self) -> Result<bool, String> {
+        while self.next_check < self.chunks.len() {
+            let c = self.next_check;
+            self.next_check += 1;
+            if self.chunks[c] == Chunk::Untouched {
+                self.read_checked(c)?;
+                self.chunks[c] = Chunk::Checked;
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The chunk holding host address `at`, if it is guest RAM.
+    fn chunk_of(&self, at: usize) -> Option<usize> {
+        let span = self
+            .spans
+            .iter()
+            .find(|s| (s.host..s.host + s.len).contains(&at))?;
+        Some((span.file_offset + (at - span.host)) / super::MEMORY_CHUNK)
+    }
+}
+
 fn serve(
     uffd: &Uffd,
-    source: &MmapRegion<()>,
-    spans: &[Span],
+    mut served: Served,
     stop: &AtomicBool,
     progress: &Progress,
     started: Instant,
 ) {
+    let mut checking = true;
     while !stop.load(Ordering::Acquire) {
         let mut fd = libc::pollfd {
             fd: uffd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
+        // While chunks remain unchecked, an idle moment goes to checking one.
+        let wait = if checking {
+            0
+        } else {
+            POLL_SLICE.as_millis() as libc::c_int
+        };
         // SAFETY: polls one valid pollfd; it changes only `revents`.
-        let ready = unsafe { libc::poll(&mut fd, 1, POLL_SLICE.as_millis() as libc::c_int) };
+        let ready = unsafe { libc::poll(&mut fd, 1, wait) };
         if ready <= 0 {
+            if checking {
+                checking = served.check_one().unwrap_or_else(|e| fatal(&e));
+            }
             continue;
         }
         let event = match uffd.read_event() {
             Ok(Some(e)) => e,
             Ok(None) => continue,
-            Err(e) => {
-                crate::logger::to_stderr(&format!(
-                    "fluke-vmm: error: userfaultfd failed: {e}; stopping (the guest would wait for its memory forever)\n"
-                ));
-                std::process::exit(fluke_abi::status::VMM_ERROR);
-            }
+            Err(e) => fatal(&format!(
+                "userfaultfd failed: {e} (the guest would wait for its memory forever)"
+            )),
         };
         let Event::Pagefault { addr, .. } = event else {
             continue;
         };
         let at = addr as usize & !(PAGE - 1);
-        let Some(span) = spans
-            .iter()
-            .find(|s| (s.host..s.host + s.len).contains(&at))
-        else {
+        let Some(chunk) = served.chunk_of(at) else {
             log::error!("uffd: a fault at {at:#x}, outside guest memory");
             continue;
         };
-        let from = span.file_offset + (at - span.host);
-        // SAFETY: `from` + PAGE lies inside the file mapping (the file is exactly as large as
-        // guest RAM, the spans tile it) and `at` is a page of a registered region; the copy
-        // writes only that page, atomically, as the kernel's UFFDIO_COPY.
-        let copy = || unsafe {
-            uffd.copy(
-                source.as_ptr().add(from) as *const libc::c_void,
-                at as *mut libc::c_void,
-                PAGE,
-                true,
-            )
-        };
-        // EAGAIN (the address space changing under the copy): try again.
-        let mut copied = copy();
-        for _ in 0..100 {
-            match copied {
-                Err(userfaultfd::Error::PartiallyCopied(_)) => copied = copy(),
-                _ => break,
-            }
+        if served.chunks[chunk] == Chunk::Resident {
+            // A fault that raced the copy of its chunk: the page is there, wake its waiter.
+            let _ = uffd.wake(at as *mut libc::c_void, PAGE);
+            continue;
         }
-        match copied {
-            Ok(_) => {
-                progress.pages.fetch_add(1, Ordering::Relaxed);
-                progress
-                    .last_us
-                    .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-            }
-            // Another fault on the same page was served first: wake whoever waits.
-            Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
-                let _ = uffd.wake(at as *mut libc::c_void, PAGE);
-            }
-            // The vCPU waits for this page and cannot get it (the memory file changed under
-            // the restore, say): end the VM with a report rather than leave it hanging.
-            Err(e) => {
-                crate::logger::to_stderr(&format!(
-                    "fluke-vmm: error: cannot bring guest page {at:#x} in from the memory file: {e}; stopping\n"
-                ));
-                std::process::exit(fluke_abi::status::VMM_ERROR);
-            }
-        }
+        served.bring_in(uffd, chunk).unwrap_or_else(|e| fatal(&e));
+        let n = served.chunk_range(chunk).len() / PAGE;
+        progress.pages.fetch_add(n as u64, Ordering::Relaxed);
+        progress
+            .last_us
+            .store(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
 }
