@@ -202,6 +202,10 @@ pub fn route(request: &Request, info: &InstanceInfo, control: &VmControl) -> Res
             "PUT" => create_snapshot(&request.body, control),
             _ => method_not_allowed("PUT"),
         },
+        "/actions" => match method {
+            "PUT" => action(&request.body),
+            _ => method_not_allowed("PUT"),
+        },
         other => Response::fault(404, format!("unknown path {other:?}")),
     }
 }
@@ -263,6 +267,34 @@ fn create_snapshot(body: &[u8], control: &VmControl) -> Response {
         Err(e @ ControlError::Snapshot(_)) => Response::fault(500, e.to_string()),
         Err(e) => Response::fault(500, e.to_string()),
     }
+}
+
+/// `PUT /actions`'s body (Firecracker's).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: String,
+}
+
+/// Firecracker's actions, each answered with why it does not apply to this VMM (none has a
+/// counterpart here yet), so that a client written for Firecracker learns what to do.
+fn action(body: &[u8]) -> Response {
+    let body: ActionBody = match serde_json::from_slice(body) {
+        Ok(b) => b,
+        Err(e) => return Response::fault(400, format!("bad body for PUT /actions: {e}")),
+    };
+    let why = match body.action_type.as_str() {
+        "InstanceStart" => "the VM starts with `fluke-vmm run`; a restored one waits for PATCH /vm {\"state\": \"Resumed\"}",
+        "SendCtrlAltDel" => "the VM has no i8042 keyboard controller to send it to",
+        "FlushMetrics" => "fluke-vmm keeps no metrics file (`--stats-json` writes the run's statistics at its end)",
+        other => {
+            return Response::fault(
+                400,
+                format!("unknown action_type {other:?} (Firecracker's are InstanceStart, SendCtrlAltDel, FlushMetrics)"),
+            )
+        }
+    };
+    Response::fault(400, format!("{}: {why}", body.action_type))
 }
 
 fn patch_vm(body: &[u8], control: &VmControl) -> Response {
@@ -345,6 +377,14 @@ mod tests {
         ] {
             assert_eq!(status("PATCH", "/vm", bad), 400, "{bad}");
         }
+        for action in ["InstanceStart", "SendCtrlAltDel", "FlushMetrics", "Reboot"] {
+            let body = format!("{{\"action_type\": \"{action}\"}}");
+            let r = route(&request("PUT", "/actions", &body), &info(), &control);
+            assert_eq!(r.status, 400, "{action}");
+            assert!(r.body.unwrap()["fault_message"].as_str().unwrap().contains(action));
+        }
+        assert_eq!(status("PUT", "/actions", "{}"), 400);
+        assert_eq!(status("GET", "/actions", ""), 405);
         let r = route(&request("GET", "/", ""), &info(), &control);
         let body = r.body.unwrap();
         assert_eq!(body["state"], "Not started");
