@@ -381,7 +381,10 @@ mod tests {
             let body = format!("{{\"action_type\": \"{action}\"}}");
             let r = route(&request("PUT", "/actions", &body), &info(), &control);
             assert_eq!(r.status, 400, "{action}");
-            assert!(r.body.unwrap()["fault_message"].as_str().unwrap().contains(action));
+            assert!(r.body.unwrap()["fault_message"]
+                .as_str()
+                .unwrap()
+                .contains(action));
         }
         assert_eq!(status("PUT", "/actions", "{}"), 400);
         assert_eq!(status("GET", "/actions", ""), 405);
