@@ -75,6 +75,15 @@ pub struct VmArgs {
     /// exist yet; it is removed when the VM ends. See `fluke-vmm ctl`.
     #[arg(long, value_name = "PATH")]
     pub api_sock: Option<PathBuf>,
+    /// Serve a gdb stub for the guest kernel on `unix:PATH` (the path must not exist yet; it
+    /// is removed when the VM ends) or `tcp:127.0.0.1:PORT` (loopback only). gdb:
+    /// `target remote PATH` or `target remote 127.0.0.1:PORT`. See vmm/README.md.
+    #[arg(long, value_name = "SPEC")]
+    pub gdb: Option<String>,
+    /// With --gdb: wait before the guest's first instruction until gdb attaches and lets it
+    /// run (continue, step or detach).
+    #[arg(long, requires = "gdb")]
+    pub gdb_wait: bool,
     /// The instance id the API reports.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     pub id: String,
@@ -225,5 +234,10 @@ mod tests {
         assert!(Cli::try_parse_from(["fluke-vmm", "ctl", "pause"]).is_err());
         assert!(Cli::try_parse_from(["fluke-vmm", "ctl", "--api-sock", "/s", "nap"]).is_err());
         assert!(Cli::try_parse_from(["fluke-vmm", "ctl", "--api-sock", "/s", "pause"]).is_ok());
+        // --gdb-wait needs --gdb.
+        assert!(Cli::try_parse_from(["fluke-vmm", "run", "--gdb-wait"]).is_err());
+        assert!(
+            Cli::try_parse_from(["fluke-vmm", "run", "--gdb", "unix:/g", "--gdb-wait"]).is_ok()
+        );
     }
 }

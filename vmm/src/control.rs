@@ -197,6 +197,20 @@ impl VmControl {
         }
     }
 
+    /// Kicks the vCPU thread out of KVM_RUN, for a requester with its own flag that the
+    /// run loop reads before every KVM_RUN (the gdb stub's stop). Before the vCPU thread
+    /// runs and after it has ended there is no one to kick, and the flag is enough.
+    pub fn kick_vcpu(&self) {
+        let inner = self.lock();
+        if let Some(thread) = inner.vcpu_thread {
+            // SAFETY: the vCPU thread is alive while it is registered: it clears
+            // `vcpu_thread` under this lock (`ended`) before it leaves its loop.
+            if let Err(e) = unsafe { crate::kick::kick(thread) } {
+                log::warn!("cannot kick the vCPU thread (error {e})");
+            }
+        }
+    }
+
     /// Writes a snapshot of the paused VM to `target` (done by the vCPU thread) and waits
     /// for it, at most [`SNAPSHOT_TIMEOUT`].
     pub fn snapshot(&self, target: crate::snapshot::file::Target) -> Result<(), ControlError> {

@@ -102,6 +102,15 @@ pub enum Error {
 
     #[error("{0}")]
     Snapshot(String),
+
+    #[error("invalid --gdb {spec:?}: {reason} (expected unix:PATH or tcp:127.0.0.1:PORT)")]
+    InvalidGdbSpec { spec: String, reason: String },
+
+    #[error("--gdb unix:{}: the path exists (remove it, or choose another)", path.display())]
+    GdbSocketExists { path: PathBuf },
+
+    #[error("cannot listen for gdb on {spec}: {}", strerror(source))]
+    GdbListen { spec: String, source: io::Error },
 }
 
 impl Error {

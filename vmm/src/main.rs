@@ -13,6 +13,7 @@ mod ctl;
 mod devices;
 mod error;
 mod fuzz;
+mod gdb;
 mod inspect;
 mod kick;
 mod logger;

@@ -143,6 +143,9 @@ pub struct Common<'a> {
     pub stats_json: Option<&'a Path>,
     pub boot_timer: bool,
     pub memory_mib: u64,
+    /// `--gdb` (checked by [`Common::check`]) and `--gdb-wait`.
+    pub gdb: Option<crate::gdb::conn::GdbSpec>,
+    pub gdb_wait: bool,
     /// A restore: when the VM was ready (since process start), and the on-demand pager's
     /// progress, for the statistics.
     pub restored: Option<(
@@ -155,6 +158,9 @@ impl<'a> Common<'a> {
     /// The checks of the shared arguments that need no KVM: the timeout and serial spec.
     pub fn check(vm: &VmArgs) -> Result<(Option<std::time::Duration>, SerialSpec)> {
         let timeout = vm.timeout.map(watchdog::timeout_duration).transpose()?;
+        if let Some(spec) = &vm.gdb {
+            crate::gdb::conn::GdbSpec::parse(spec)?;
+        }
         Ok((timeout, SerialSpec::parse(&vm.serial)?))
     }
 
@@ -172,6 +178,12 @@ impl<'a> Common<'a> {
             stats_json: vm.stats_json.as_deref(),
             boot_timer: false,
             memory_mib,
+            // Checked by `check` already.
+            gdb: vm
+                .gdb
+                .as_deref()
+                .and_then(|s| crate::gdb::conn::GdbSpec::parse(s).ok()),
+            gdb_wait: vm.gdb_wait,
             restored: None,
         }
     }
@@ -257,6 +269,19 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         None => None,
     };
 
+    let mut gdb = match &common.gdb {
+        Some(spec) => Some(crate::gdb::start(
+            spec,
+            common.gdb_wait,
+            &control,
+            &vm,
+            platform,
+            &text,
+        )?),
+        None => None,
+    };
+    let wants_control = api.is_some() || gdb.is_some();
+
     let run_start = Instant::now();
     let (outcome, exits) = {
         let mut runner = VcpuRunner::new(
@@ -271,12 +296,19 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
                 },
             ),
             rip_source,
-            (watchdog.as_ref(), api.as_ref().map(|_| &*control), vm.fd()),
+            (
+                watchdog.as_ref(),
+                wants_control.then_some(&*control),
+                vm.fd(),
+            ),
             MachineInfo {
                 platform: platform.name(),
                 tsc_khz,
             },
         );
+        if let Some((_, debuggee)) = gdb.as_mut() {
+            runner.attach_debugger(debuggee);
+        }
         let outcome = runner.run();
         (outcome, runner.exits())
     };
@@ -287,6 +319,9 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     }
     if let Some(a) = api.as_mut() {
         a.stop();
+    }
+    if let Some((server, _)) = gdb.as_mut() {
+        server.stop();
     }
     // Guest output first, then whatever the VMM has to say about it.
     devices.serial.finish();

@@ -54,6 +54,8 @@ enum Exit {
     },
     /// KVM_RUN returned EINTR/EAGAIN or KVM_EXIT_INTR (the watchdog's kick).
     Interrupted,
+    /// KVM_EXIT_DEBUG while gdb is attached (a breakpoint, a step, or the guest's own #BP/#DB).
+    Debug(kvm_bindings::kvm_debug_exit_arch),
     /// KVM_EXIT_INTERNAL_ERROR; the sub-error is read from `kvm_run` afterwards.
     InternalError,
     /// Anything else: the run ends with this reason.
@@ -84,6 +86,8 @@ pub struct VcpuRunner<'a> {
     about: MachineInfo,
     io_data: Vec<u8>,
     exits: u64,
+    /// The gdb stub's vCPU half (`--gdb`).
+    debugger: Option<&'a mut crate::gdb::debuggee::Debuggee>,
 }
 
 impl<'a> VcpuRunner<'a> {
@@ -111,7 +115,13 @@ impl<'a> VcpuRunner<'a> {
             about,
             io_data: Vec::with_capacity(16),
             exits: 0,
+            debugger: None,
         }
+    }
+
+    /// Lets gdb stop and inspect this vCPU (`--gdb`).
+    pub fn attach_debugger(&mut self, debugger: &'a mut crate::gdb::debuggee::Debuggee) {
+        self.debugger = Some(debugger);
     }
 
     /// Exits handled so far.
@@ -137,6 +147,12 @@ impl<'a> VcpuRunner<'a> {
         let outcome = self.run_loop();
         if let Some(c) = self.control {
             c.ended();
+        }
+        if let Some(d) = self.debugger.as_deref() {
+            d.vm_ended(match outcome {
+                Outcome::Exited(status) => Some(status),
+                _ => None,
+            });
         }
         outcome
     }
@@ -166,6 +182,12 @@ impl<'a> VcpuRunner<'a> {
                     };
                 }
             }
+            if self.debugger.as_deref().is_some_and(|d| d.stop_wanted()) {
+                self.complete_pending_io();
+                if let Some(outcome) = self.debug_stop(crate::gdb::link::StopReason::Requested) {
+                    return outcome;
+                }
+            }
             let exit = match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     self.io_data.clear();
@@ -178,6 +200,7 @@ impl<'a> VcpuRunner<'a> {
                     handled: self.devices.io_in(port, data),
                 },
                 Ok(VcpuExit::Intr) => Exit::Interrupted,
+                Ok(VcpuExit::Debug(arch)) if self.debugger.is_some() => Exit::Debug(arch),
                 Ok(VcpuExit::Shutdown) => Exit::Crash("guest shut down: triple fault".into()),
                 Ok(VcpuExit::FailEntry(reason, cpu)) => Exit::Crash(format!(
                     "KVM could not enter the guest: hardware entry failure reason {reason:#x} (cpu {cpu})"
@@ -207,8 +230,23 @@ impl<'a> VcpuRunner<'a> {
                     crate::kick::take_pending();
                     continue;
                 }
+                Exit::Debug(arch) => {
+                    let stop = self
+                        .debugger
+                        .as_deref_mut()
+                        .and_then(|d| d.debug_exit(&self.vcpu, &arch));
+                    if let Some(outcome) = stop.and_then(|reason| self.debug_stop(reason)) {
+                        return outcome;
+                    }
+                }
                 Exit::IoOut(port) => {
                     self.exits += 1;
+                    if let Some(outcome) = self.breakpoint_out(port) {
+                        match outcome {
+                            Some(o) => return o,
+                            None => continue,
+                        }
+                    }
                     if let Some(crash) = self.check_out_rip(port) {
                         return crash;
                     }
@@ -243,6 +281,45 @@ impl<'a> VcpuRunner<'a> {
                 Exit::Crash(reason) => return self.crash(reason),
             }
         }
+    }
+
+    /// Serves gdb while stopped for `reason`; an outcome if the run must end instead (the
+    /// watchdog's deadline passed while gdb held the vCPU).
+    fn debug_stop(&mut self, reason: crate::gdb::link::StopReason) -> Option<Outcome> {
+        let watchdog = self.watchdog;
+        let must_stop = || watchdog.is_some_and(|w| w.expired());
+        let d = self.debugger.as_deref_mut()?;
+        // The guest's clock is held while gdb holds it, as across an API pause.
+        let held = self.vm.get_clock().ok();
+        let resumed = d.serve_stop(&self.vcpu, self.memory, reason, &must_stop);
+        if let Some(clock) = held {
+            let set = kvm_clock_data {
+                clock: clock.clock,
+                ..Default::default()
+            };
+            if let Err(e) = self.vm.set_clock(&set) {
+                log::warn!("vcpu: KVM_SET_CLOCK after a gdb stop failed: {e}");
+            }
+        }
+        (!resumed).then(|| Outcome::TimedOut {
+            registers: register_report(&self.vcpu),
+        })
+    }
+
+    /// An OUT to the gdb stub's breakpoint port from one of its breakpoints (kvm_pvm):
+    /// Some(the run's outcome, or None to run on) if it was one; None for any other OUT,
+    /// which is handled as usual.
+    fn breakpoint_out(&mut self, port: u16) -> Option<Option<Outcome>> {
+        if port != fluke_abi::ports::GDB_BREAKPOINT || self.debugger.is_none() {
+            return None;
+        }
+        // KVM completes the OUT first: RIP is then just after it on every platform.
+        self.complete_pending_io();
+        let reason = self
+            .debugger
+            .as_deref_mut()?
+            .breakpoint_out(&self.vcpu, self.memory)?;
+        Some(self.debug_stop(reason))
     }
 
     /// Lets KVM finish the instruction of the last exit (a port I/O is completed by the next

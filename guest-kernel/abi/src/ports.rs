@@ -12,6 +12,11 @@ pub const COM1_IRQ: u32 = 4;
 /// as one byte. fluke-vmm exits with the value; QEMU exits with `(value << 1) | 1`.
 pub const DEBUG_EXIT: u16 = 0xf4;
 
+/// Reserved for fluke-vmm's gdb stub, never used by the guest: on kvm_pvm a breakpoint is
+/// `out %al, $GDB_BREAKPOINT` patched into kernel code (vmm/README.md, "gdb stub"). An 8-bit
+/// port, so that the instruction is two bytes.
+pub const GDB_BREAKPOINT: u16 = 0xf5;
+
 /// Firecracker-style boot timer: the guest writes a [`BootMark`] byte; fluke-vmm logs the time
 /// since its process started. Unassigned on QEMU, where the write is ignored.
 pub const BOOT_TIMER: u16 = 0x440;
