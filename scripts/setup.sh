@@ -2,8 +2,9 @@
 # Installs what building and testing fluke-vmm needs beyond a Rust toolchain:
 #   - the x86_64-unknown-none target (RUSTUP_AUTO_INSTALL=0 machines do not add it on their own),
 #   - QEMU (Debian/Ubuntu package qemu-system-x86), which the tests use for the native backend,
-#   - libclang (libclang-dev), which the userfaultfd crate's bindings are generated with.
-# Idempotent: does nothing when both are present. Usage: scripts/setup.sh [--no-qemu]
+#   - libclang (libclang-dev), which the userfaultfd crate's bindings are generated with,
+#   - gdb (Debian package gdb), which tests/vm_gdb.rs drives against the VMM's gdb stub.
+# Idempotent: does nothing when all are present. Usage: scripts/setup.sh [--no-qemu]
 set -euo pipefail
 
 want_qemu=1
@@ -33,4 +34,12 @@ if ! has_libclang; then
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null
+fi
+
+if ! command -v gdb >/dev/null 2>&1; then
+    echo "setup: installing gdb" >&2
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends gdb >/dev/null
 fi

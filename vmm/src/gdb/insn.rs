@@ -244,11 +244,11 @@ mod tests {
     fn leaving_the_kernels_flow_is_refused() {
         let r = regs();
         for code in [
-            &[0x0f, 0x05][..],                // syscall
-            &[0x48, 0x0f, 0x07][..],          // sysretq
-            &[0x48, 0xcf][..],                // iretq
-            &[0xcc][..],                      // int3
-            &[0x0f, 0x0b][..],                // ud2
+            &[0x0f, 0x05][..],       // syscall
+            &[0x48, 0x0f, 0x07][..], // sysretq
+            &[0x48, 0xcf][..],       // iretq
+            &[0xcc][..],             // int3
+            &[0x0f, 0x0b][..],       // ud2
         ] {
             assert!(
                 matches!(

@@ -193,8 +193,9 @@ fn serve(listener: &Listener, link: &Link, stop: &AtomicBool) {
             }
         };
         log::info!("gdb: a client connected");
+        let mut touched = false;
         let end = match GdbConnection::new(stream) {
-            Ok(conn) => session(conn, link, &stopping),
+            Ok(conn) => session(conn, link, &stopping, &mut touched),
             Err(e) => SessionEnd::Client(format!("cannot set up the connection: {e}")),
         };
         match &end {
@@ -203,7 +204,9 @@ fn serve(listener: &Listener, link: &Link, stop: &AtomicBool) {
             SessionEnd::Client(why) => log::warn!("gdb: session ended: {why}"),
             SessionEnd::Stopping => {}
         }
-        if !ended {
+        // A session that never stopped the vCPU left nothing to undo, unless the vCPU
+        // waits from the start (`--gdb-wait`): then it is released too.
+        if !ended && (touched || link.vcpu_stopped()) {
             release(link, &stopping);
         }
     }
@@ -295,12 +298,21 @@ fn stop_for_gdb(reason: StopReason) -> SingleThreadStopReason<u64> {
     }
 }
 
-fn session(conn: GdbConnection, link: &Link, stopping: &dyn Fn() -> bool) -> SessionEnd {
-    if !stop_vcpu(link, stopping) {
-        return SessionEnd::VmEnded;
-    }
+/// One client's session. The vCPU is stopped only once gdb asks for something of it
+/// (registers, memory, a breakpoint), so a client that never speaks gdb's protocol ends
+/// without the guest having paused. `touched` says whether it was stopped.
+fn session(
+    conn: GdbConnection,
+    link: &Link,
+    stopping: &dyn Fn() -> bool,
+    touched: &mut bool,
+) -> SessionEnd {
     let fd = conn.raw_fd();
-    let mut target = ProxyTarget { link };
+    let mut target = ProxyTarget {
+        link,
+        stopping,
+        touched,
+    };
     let mut buffer = vec![0u8; PACKET_BUFFER];
     let stub = match GdbStubBuilder::new(conn)
         .with_packet_buffer(&mut buffer)
@@ -328,7 +340,17 @@ fn session(conn: GdbConnection, link: &Link, stopping: &dyn Fn() -> bool) -> Ses
         machine = match machine {
             GdbStubStateMachine::Idle(mut gdb) => {
                 if input.is_empty() {
-                    if !poll_readable(&[fd], SLICE)[0] {
+                    let ready = poll_readable(&[fd, link.event_fd().as_raw_fd()], SLICE);
+                    if ready[1] {
+                        // The run's end (the vCPU is not stopped before gdb asks); a stop
+                        // here is `--gdb-wait`'s, this session's starting point.
+                        while let Some(e) = link.take_event() {
+                            if matches!(e, Event::Ended(_)) {
+                                return SessionEnd::VmEnded;
+                            }
+                        }
+                    }
+                    if !ready[0] {
                         machine = gdb.into();
                         continue;
                     }
@@ -422,9 +444,12 @@ fn end_on<E: std::fmt::Debug, C: std::fmt::Debug>(
     ))
 }
 
-/// gdbstub's target: every operation is a request to the stopped vCPU.
+/// gdbstub's target: every operation is a request to the stopped vCPU (stopped at the
+/// first one).
 struct ProxyTarget<'a> {
     link: &'a Link,
+    stopping: &'a dyn Fn() -> bool,
+    touched: &'a mut bool,
 }
 
 /// The one fatal error: the run ended while gdb was asking something.
@@ -432,7 +457,14 @@ struct ProxyTarget<'a> {
 pub struct VmEnded;
 
 impl ProxyTarget<'_> {
-    fn call(&self, request: Request) -> std::result::Result<Reply, TargetError<VmEnded>> {
+    fn call(&mut self, request: Request) -> std::result::Result<Reply, TargetError<VmEnded>> {
+        if !self.link.vcpu_stopped() {
+            *self.touched = true;
+            if !stop_vcpu(self.link, self.stopping) {
+                return Err(TargetError::Fatal(VmEnded));
+            }
+        }
+        *self.touched = true;
         match self.link.call(request) {
             Ok(reply) => Ok(reply),
             Err(RequestError::Ended) => Err(TargetError::Fatal(VmEnded)),
@@ -441,7 +473,7 @@ impl ProxyTarget<'_> {
         }
     }
 
-    fn breakpoint(&self, request: Request) -> TargetResult<bool, Self> {
+    fn breakpoint(&mut self, request: Request) -> TargetResult<bool, Self> {
         match self.call(request) {
             Ok(_) => Ok(true),
             Err(TargetError::Fatal(e)) => Err(TargetError::Fatal(e)),
@@ -449,9 +481,9 @@ impl ProxyTarget<'_> {
         }
     }
 
-    fn resume(&self, mode: ResumeMode) -> std::result::Result<(), VmEnded> {
-        match self.link.call(Request::Resume(mode)) {
-            Err(RequestError::Ended) => Err(VmEnded),
+    fn resume(&mut self, mode: ResumeMode) -> std::result::Result<(), VmEnded> {
+        match self.call(Request::Resume(mode)) {
+            Err(TargetError::Fatal(e)) => Err(e),
             _ => Ok(()),
         }
     }
