@@ -306,11 +306,16 @@ impl<'a> VcpuRunner<'a> {
         })
     }
 
-    /// An OUT to the gdb stub's breakpoint port from one of its breakpoints (kvm_pvm):
+    /// An OUT from one of the gdb stub's breakpoints (kvm_pvm; checked before any device
+    /// sees the OUT, as a step's 1-byte breakpoint may use any port DX holds):
     /// Some(the run's outcome, or None to run on) if it was one; None for any other OUT,
     /// which is handled as usual.
     fn breakpoint_out(&mut self, port: u16) -> Option<Option<Outcome>> {
-        if port != fluke_abi::ports::GDB_BREAKPOINT || self.debugger.is_none() {
+        if !self
+            .debugger
+            .as_deref()
+            .is_some_and(|d| d.is_breakpoint_port(port))
+        {
             return None;
         }
         // KVM completes the OUT first: RIP is then just after it on every platform.
@@ -318,7 +323,7 @@ impl<'a> VcpuRunner<'a> {
         let reason = self
             .debugger
             .as_deref_mut()?
-            .breakpoint_out(&self.vcpu, self.memory)?;
+            .breakpoint_out(&self.vcpu, self.memory, port)?;
         Some(self.debug_stop(reason))
     }
 

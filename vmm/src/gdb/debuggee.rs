@@ -13,6 +13,10 @@
 //!   `out %al, $BREAKPOINT_PORT` over the first two bytes of an instruction of at least two
 //!   (an OUT exits to the VMM in either kvm_pvm mode and changes no register), and a step is
 //!   such breakpoints at every address the instruction can continue at ([`super::insn`]).
+//!   Where that address holds a 1-byte instruction (`push`, `pop`, `ret`, ...), the step's
+//!   breakpoint is the 1-byte `out %al,(%dx)`, if the stepped instruction leaves RDX alone
+//!   and DX is not a port KVM serves in the kernel (which would swallow the OUT): the exit's
+//!   port is then known in advance.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -37,6 +41,10 @@ use crate::boot::KernelText;
 /// `fluke_abi::ports`, never used by the guest.
 pub const BREAKPOINT_PORT: u8 = fluke_abi::ports::GDB_BREAKPOINT as u8;
 const OUT_IMM8_AL: u8 = 0xe6;
+const OUT_DX_AL: u8 = 0xee;
+/// Ports KVM's in-kernel irqchip serves (the PICs and their ELCR; the VM has no PIT): an
+/// `out %al,(%dx)` to one of them would not reach the VMM.
+const IN_KERNEL_PORTS: [u16; 6] = [0x20, 0x21, 0xa0, 0xa1, 0x4d0, 0x4d1];
 const INT3: u8 = 0xcc;
 /// x86's longest instruction.
 const MAX_INSN: usize = 15;
@@ -59,6 +67,8 @@ pub enum Mechanism {
 #[derive(Clone, Debug)]
 struct Patch {
     addr: u64,
+    /// The port its OUT reaches the VMM on.
+    port: u16,
     /// The guest-physical address of each byte (a patch may straddle a page).
     gpas: Vec<u64>,
     original: Vec<u8>,
@@ -201,16 +211,20 @@ impl Debuggee {
         }
     }
 
-    /// An OUT to [`BREAKPOINT_PORT`], already completed by KVM (RIP just after it, on either
-    /// platform): the stop it means if it is one of ours, with RIP moved back onto the
-    /// breakpoint; None if the guest wrote to that port itself.
+    /// An OUT to `port` ([`Self::is_breakpoint_port`]), already completed by KVM (RIP just
+    /// after it, on either platform): the stop it means if it came from one of the stub's
+    /// patches, with RIP moved back onto it; None if the guest's own code wrote the port.
     pub fn breakpoint_out(
         &mut self,
         vcpu: &VcpuFd,
         memory: &GuestMemoryMmap,
+        port: u16,
     ) -> Option<StopReason> {
         let mut regs = vcpu.get_regs().ok()?;
-        let addr = regs.rip.wrapping_sub(2);
+        // The patch that ends at RIP and exits on `port`.
+        let ends_here =
+            |p: &Patch| p.port == port && p.addr.wrapping_add(p.written.len() as u64) == regs.rip;
+        let addr = self.all_patches().find(|p| ends_here(p)).map(|p| p.addr)?;
         let at_step = self.step_patches.iter().any(|p| p.addr == addr);
         let at_break = self
             .breakpoints
@@ -229,6 +243,11 @@ impl Debuggee {
             Some(BreakpointKind::Hardware) => StopReason::HardwareBreakpoint,
             None => StopReason::StepDone,
         })
+    }
+
+    /// Whether an OUT to `port` may be one of the stub's breakpoints.
+    pub fn is_breakpoint_port(&self, port: u16) -> bool {
+        port == u16::from(BREAKPOINT_PORT) || self.step_patches.iter().any(|p| p.port == port)
     }
 
     fn is_int3_at(&self, addr: u64) -> bool {
@@ -423,13 +442,15 @@ impl Debuggee {
         Ok(())
     }
 
-    /// Writes `bytes` over the code at `addr`, keeping what was there.
+    /// Writes `bytes` (an OUT to `port`, or int3) over the code at `addr`, keeping what was
+    /// there.
     fn patch(
         &self,
         at: &Stopped,
         regs: &PagingRegs,
         addr: u64,
         bytes: &[u8],
+        port: u16,
     ) -> Result<Patch, String> {
         let mut gpas = Vec::with_capacity(bytes.len());
         let mut original = Vec::with_capacity(bytes.len());
@@ -449,6 +470,7 @@ impl Debuggee {
         }
         Ok(Patch {
             addr,
+            port,
             gpas,
             original,
             written: bytes.to_vec(),
@@ -479,8 +501,10 @@ impl Debuggee {
         }
     }
 
-    /// A kvm_pvm breakpoint: `out %al, $BREAKPOINT_PORT` over an instruction of 2+ bytes.
-    fn patch_out(&self, at: &Stopped, addr: u64) -> Result<Patch, String> {
+    /// A kvm_pvm breakpoint at `addr`: `out %al, $BREAKPOINT_PORT` over an instruction of
+    /// 2+ bytes; for a 1-byte one, `out %al,(%dx)` if `dx` (the port DX will hold when the
+    /// guest gets there, known for a step) is given and reaches the VMM.
+    fn patch_out(&self, at: &Stopped, addr: u64, dx: Option<u16>) -> Result<Patch, String> {
         if addr >> 63 == 0 {
             return Err(format!(
                 "{addr:#x} is a user address: on kvm_pvm the stub can stop only in kernel code (an OUT from user mode is a #GP in the guest)"
@@ -494,12 +518,21 @@ impl Debuggee {
                 err.map(|e| format!(" ({e})")).unwrap_or_default()
             )
         })?;
-        if len < 2 {
-            return Err(format!(
-                "the instruction at {addr:#x} is 1 byte long; a kvm_pvm breakpoint is a 2-byte OUT and would overwrite the next instruction (put it on another instruction)"
-            ));
+        if len >= 2 {
+            let port = u16::from(BREAKPOINT_PORT);
+            return self.patch(at, &regs, addr, &[OUT_IMM8_AL, BREAKPOINT_PORT], port);
         }
-        self.patch(at, &regs, addr, &[OUT_IMM8_AL, BREAKPOINT_PORT])
+        match dx {
+            Some(port) if !IN_KERNEL_PORTS.contains(&port) => {
+                self.patch(at, &regs, addr, &[OUT_DX_AL], port)
+            }
+            Some(port) => Err(format!(
+                "the instruction at {addr:#x} is 1 byte long and DX ({port:#x}) is a port KVM serves itself, so no 1-byte breakpoint can stop there"
+            )),
+            None => Err(format!(
+                "the instruction at {addr:#x} is 1 byte long; a kvm_pvm breakpoint is a 2-byte OUT and would overwrite the next instruction (put it on another instruction)"
+            )),
+        }
     }
 
     fn add_breakpoint(
@@ -520,7 +553,7 @@ impl Debuggee {
         let patch = match (self.mechanism, kind) {
             (Mechanism::GuestDebug { .. }, BreakpointKind::Software) => {
                 let (regs, _) = self.paging(at)?;
-                Some(self.patch(at, &regs, addr, &[INT3])?)
+                Some(self.patch(at, &regs, addr, &[INT3], 0)?)
             }
             (Mechanism::GuestDebug { .. }, BreakpointKind::Hardware) => {
                 let slot = self
@@ -536,7 +569,7 @@ impl Debuggee {
                     log::warn!("gdb: kvm_pvm: debug registers do not fire in PV mode; hardware breakpoints are patched into the code like software ones");
                     self.hw_fallback_said = true;
                 }
-                Some(self.patch_out(at, addr)?)
+                Some(self.patch_out(at, addr, None)?)
             }
         };
         self.breakpoints.insert(addr, Breakpoint { kind, patch });
@@ -639,6 +672,11 @@ impl Debuggee {
             b.try_into().ok().map(u64::from_le_bytes)
         };
         let targets = insn::successors(&code, &regs, &read_u64).map_err(|e| e.to_string())?;
+        // DX as the guest will reach the next instruction, if this one leaves it alone.
+        let dx = match insn::may_write_rdx(&code, regs.rip) {
+            Some(false) => Some(regs.rdx as u16),
+            _ => None,
+        };
         for target in targets {
             if self.breakpoints.contains_key(&target)
                 || self.step_patches.iter().any(|p| p.addr == target)
@@ -646,7 +684,7 @@ impl Debuggee {
                 continue;
             }
             let p = self
-                .patch_out(at, target)
+                .patch_out(at, target, dx)
                 .map_err(|e| format!("the next instruction: {e}"))?;
             self.step_patches.push(p);
         }
@@ -875,6 +913,7 @@ mod tests {
                 kind: BreakpointKind::Software,
                 patch: Some(Patch {
                     addr: 0x1000,
+                    port: 0,
                     gpas: vec![0x1000],
                     original: vec![0x55],
                     written: vec![INT3],
@@ -903,6 +942,7 @@ mod tests {
         let mut d = debuggee(Mechanism::PatchedOut);
         d.step_patches.push(Patch {
             addr: 0x2001,
+            port: u16::from(BREAKPOINT_PORT),
             gpas: vec![0x2001, 0x2002],
             original: vec![0x48, 0x89],
             written: vec![OUT_IMM8_AL, BREAKPOINT_PORT],

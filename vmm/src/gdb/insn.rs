@@ -7,7 +7,10 @@
 //! two bytes long (never into the next instruction, which a jump could enter), and a
 //! single step is such breakpoints put at every address the instruction can continue at.
 
-use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind, Register};
+use iced_x86::{
+    Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, Mnemonic, OpAccess,
+    OpKind, Register,
+};
 use kvm_bindings::kvm_regs;
 
 /// Why an instruction cannot be stepped over by breakpoints at its successors.
@@ -35,6 +38,21 @@ fn decode(code: &[u8], bitness: u32, ip: u64) -> Option<Instruction> {
 /// mode), or None if it does not decode (or `code` ends inside it).
 pub fn length(code: &[u8], bitness: u32, ip: u64) -> Option<usize> {
     decode(code, bitness, ip).map(|i| i.len())
+}
+
+/// Whether the 64-bit instruction at the start of `code` may change (any part of) RDX,
+/// implicitly included (MUL, DIV, CQO, RDTSC, CPUID ...). None if it does not decode.
+pub fn may_write_rdx(code: &[u8], ip: u64) -> Option<bool> {
+    let insn = decode(code, 64, ip)?;
+    let mut factory = InstructionInfoFactory::new();
+    let info = factory.info(&insn);
+    Some(info.used_registers().iter().any(|u| {
+        u.register().full_register() == Register::RDX
+            && !matches!(
+                u.access(),
+                OpAccess::Read | OpAccess::CondRead | OpAccess::None
+            )
+    }))
 }
 
 /// Every address the instruction at `regs.rip` (its bytes: `code`, 64-bit) can continue at
@@ -179,6 +197,19 @@ mod tests {
         assert_eq!(length(&[0x48, 0x89, 0xe5], 64, RIP), Some(3)); // mov %rsp,%rbp
         assert_eq!(length(&[0x48, 0x89], 64, RIP), None); // cut short
         assert_eq!(length(&[0x89, 0xd8, 0x90], 32, 0x10_0000), Some(2)); // mov %ebx,%eax
+    }
+
+    #[test]
+    fn writes_to_rdx_are_seen_explicit_or_implicit() {
+        assert_eq!(may_write_rdx(&[0x48, 0x89, 0xe5], RIP), Some(false)); // mov %rsp,%rbp
+        assert_eq!(may_write_rdx(&[0x48, 0x89, 0xd0], RIP), Some(false)); // mov %rdx,%rax
+        assert_eq!(may_write_rdx(&[0x89, 0xc2], RIP), Some(true)); // mov %eax,%edx
+        assert_eq!(may_write_rdx(&[0x5a], RIP), Some(true)); // pop %rdx
+        assert_eq!(may_write_rdx(&[0x48, 0x99], RIP), Some(true)); // cqo
+        assert_eq!(may_write_rdx(&[0x0f, 0x31], RIP), Some(true)); // rdtsc
+        assert_eq!(may_write_rdx(&[0x48, 0xf7, 0xf1], RIP), Some(true)); // div %rcx
+        assert_eq!(may_write_rdx(&[0xe8, 0, 1, 0, 0], RIP), Some(false)); // call
+        assert_eq!(may_write_rdx(&[0x0f], RIP), None);
     }
 
     #[test]

@@ -189,6 +189,10 @@ impl Link {
         self.lock().vcpu_stopped
     }
 
+    pub fn has_ended(&self) -> bool {
+        self.lock().ended
+    }
+
     /// Has the stopped vCPU do `request` and waits for its answer.
     pub fn call(&self, request: Request) -> Answer {
         let mut state = self.lock();

@@ -198,6 +198,13 @@ fn serve(listener: &Listener, link: &Link, stop: &AtomicBool) {
             Ok(conn) => session(conn, link, &stopping, &mut touched),
             Err(e) => SessionEnd::Client(format!("cannot set up the connection: {e}")),
         };
+        // A request the stopped vCPU could not answer in time is not the run's end.
+        let end = match end {
+            SessionEnd::VmEnded if !link.has_ended() => {
+                SessionEnd::Client("the vCPU could not be stopped".into())
+            }
+            other => other,
+        };
         match &end {
             SessionEnd::VmEnded => ended = true,
             SessionEnd::Detached => log::info!("gdb: the client detached"),
@@ -254,7 +261,9 @@ fn stop_vcpu(link: &Link, stopping: &dyn Fn() -> bool) -> bool {
             None => {}
         }
     }
-    log::warn!("gdb: the vCPU did not stop within {STOP_TIMEOUT:?}");
+    log::warn!(
+        "gdb: the vCPU did not stop within {STOP_TIMEOUT:?} (is the VM paused through the API?)"
+    );
     false
 }
 
@@ -423,7 +432,9 @@ fn session(
                 }
             }
             GdbStubStateMachine::Disconnected(gdb) => {
-                log::debug!("gdb: disconnected: {:?}", gdb.get_reason());
+                if let gdbstub::stub::DisconnectReason::Kill = gdb.get_reason() {
+                    log::warn!("gdb: kill is a detach here: the guest runs on to its own end");
+                }
                 return SessionEnd::Detached;
             }
         };
@@ -461,7 +472,11 @@ impl ProxyTarget<'_> {
         if !self.link.vcpu_stopped() {
             *self.touched = true;
             if !stop_vcpu(self.link, self.stopping) {
-                return Err(TargetError::Fatal(VmEnded));
+                if self.link.has_ended() || (self.stopping)() {
+                    return Err(TargetError::Fatal(VmEnded));
+                }
+                // Held elsewhere (paused through the API): gdb sees this operation fail.
+                return Err(TargetError::Errno(libc::EBUSY as u8));
             }
         }
         *self.touched = true;
