@@ -60,6 +60,10 @@ fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
 
 impl GdbVm {
     fn start(tag: &str, wait: bool, cmdline: &str) -> GdbVm {
+        Self::start_with(tag, wait, cmdline, &[])
+    }
+
+    fn start_with(tag: &str, wait: bool, cmdline: &str, env: &[(&str, &str)]) -> GdbVm {
         let dir = TempDir::new(&format!("gdb-{tag}"));
         let sock = dir.0.join("gdb.sock");
         let mut cmd = Command::new(VMM);
@@ -74,6 +78,7 @@ impl GdbVm {
         if !cmdline.is_empty() {
             cmd.args(["--cmdline", cmdline]);
         }
+        cmd.envs(env.iter().copied());
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -329,6 +334,52 @@ fn garbage_and_clients_gone_mid_packet_leave_the_guest_running_to_its_end() {
         console.contains("work: tick 159 ") && console.contains("work: ticker checksum"),
         "the ticker did not run to its end:\n{console}"
     );
+}
+
+#[test]
+fn kvm_guest_debug_hardware_breakpoint_and_single_step_at_the_entry() {
+    // KVM_GUESTDBG_USE_HW_BP and SINGLESTEP, the hardware-KVM mechanism, at the guest's
+    // 32-bit entry; on kvm_pvm (forced there: it is not the default) they work only there,
+    // in its default mode, before the kernel turns PV mode on (vmm/README.md).
+    let env: &[(&str, &str)] = if support::host_is_kvm_pvm() {
+        &[("FLUKE_GDB_USE_GUEST_DEBUG", "1")]
+    } else {
+        &[]
+    };
+    let mut vm = GdbVm::start_with("guest-debug", true, "", env);
+    // The entry's third instruction (the first two are 1 and 1 bytes long: probed).
+    let output = run_gdb(&[
+        format!("target remote {}", vm.sock.display()),
+        "info registers rip".into(),
+        "hbreak *0x100002".into(),
+        "continue".into(),
+        "info registers rip".into(),
+        "delete".into(),
+        "stepi".into(),
+        "info registers rip".into(),
+        "stepi".into(),
+        "info registers rip".into(),
+        "detach".into(),
+    ]);
+    let context = || format!("gdb:\n{output}\nfluke-vmm stderr:\n{}", vm.stderr());
+    let rips: Vec<u64> = (0..4).map(|i| register(&output, "rip", i).0).collect();
+    assert_eq!(rips[0], 0x10_0000, "not at the entry; {}", context());
+    assert_eq!(rips[1], 0x10_0002, "the hardware breakpoint; {}", context());
+    assert!(
+        rips[2] > rips[1] && rips[3] > rips[2] && rips[3] - rips[1] <= 30,
+        "two steps from {:#x}: {:#x}, {:#x}; {}",
+        rips[1],
+        rips[2],
+        rips[3],
+        context()
+    );
+    assert!(
+        output.contains("Hardware assisted breakpoint 1"),
+        "{}",
+        context()
+    );
+    assert!(!output.contains("Program received signal"), "{}", context());
+    vm.assert_finished_normally("after the entry's breakpoint and steps");
 }
 
 /// A packet as gdb frames it.

@@ -116,8 +116,12 @@ pub fn start(
             source,
         })?,
     );
+    // A test hook: KVM_SET_GUEST_DEBUG on kvm_pvm too, whose debug registers and trap flag
+    // work in its default mode (the 32-bit entry `--gdb-wait` stops at), so that the
+    // hardware-KVM mechanism is exercised on this platform as far as it goes.
+    let force_guest_debug = std::env::var_os("FLUKE_GDB_USE_GUEST_DEBUG").is_some();
     let mechanism = match platform {
-        fluke_abi::Platform::KvmPvm => debuggee::Mechanism::PatchedOut,
+        fluke_abi::Platform::KvmPvm if !force_guest_debug => debuggee::Mechanism::PatchedOut,
         _ => {
             // KVM_CAP_SET_GUEST_DEBUG2 lists the KVM_GUESTDBG_* flags KVM takes (5.16+).
             let raw = vm
