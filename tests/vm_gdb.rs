@@ -156,8 +156,9 @@ impl Drop for GdbVm {
     }
 }
 
-/// Runs gdb in batch mode with `commands` (each an `-ex`) against the kernel's symbols;
-/// its output (stdout and stderr together, as a person would see them).
+/// Runs gdb in batch mode with `commands` (each an `-ex`); what it printed on stdout, then
+/// its stderr (kept apart: gdb's warnings about missing source files would otherwise cut
+/// into the lines checked).
 fn run_gdb(commands: &[String]) -> String {
     let mut cmd = Command::new(gdb_binary());
     cmd.args(["-batch", "-nx"]);
@@ -172,13 +173,16 @@ fn run_gdb(commands: &[String]) -> String {
         .expect("start gdb");
     let mut child = child;
     let out = Arc::new(Mutex::new(String::new()));
+    let err = Arc::new(Mutex::new(String::new()));
     collect(child.stdout.take().unwrap(), Arc::clone(&out));
-    collect(child.stderr.take().unwrap(), Arc::clone(&out));
+    collect(child.stderr.take().unwrap(), Arc::clone(&err));
     let start = Instant::now();
     loop {
         if child.try_wait().unwrap().is_some() {
             std::thread::sleep(Duration::from_millis(100));
-            return out.lock().unwrap().clone();
+            let out = out.lock().unwrap().clone();
+            let err = err.lock().unwrap().clone();
+            return format!("{out}\n(gdb's stderr:)\n{err}");
         }
         if start.elapsed() > Duration::from_secs(60) {
             let _ = child.kill();
@@ -192,17 +196,20 @@ fn run_gdb(commands: &[String]) -> String {
     }
 }
 
-/// The value gdb printed for `info registers NAME`: `NAME  0x...  ...`.
+/// The value gdb printed for the `nth` `info registers NAME`: `NAME  0x...  ...`, which may
+/// follow the start of a line whose rest went to stderr (a step's "no source file" note).
 fn register(gdb_output: &str, name: &str, nth: usize) -> (u64, String) {
-    let line = gdb_output
+    let found = gdb_output
         .lines()
-        .filter(|l| l.split_whitespace().next() == Some(name))
-        .nth(nth)
-        .unwrap_or_else(|| panic!("gdb printed no {name} (#{nth}):\n{gdb_output}"));
-    let hex = line.split_whitespace().nth(1).unwrap_or("");
-    let value = u64::from_str_radix(hex.trim_start_matches("0x"), 16)
-        .unwrap_or_else(|_| panic!("bad {name} line {line:?}"));
-    (value, line.to_string())
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            let at = words.iter().position(|w| *w == name)?;
+            let hex = words.get(at + 1)?.strip_prefix("0x")?;
+            let value = u64::from_str_radix(hex, 16).ok()?;
+            Some((value, words[at..].join(" ")))
+        })
+        .nth(nth);
+    found.unwrap_or_else(|| panic!("gdb printed no {name} (#{nth}):\n{gdb_output}"))
 }
 
 #[test]

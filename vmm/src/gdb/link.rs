@@ -147,10 +147,28 @@ impl Link {
         &self.event_fd
     }
 
-    /// Asks the vCPU to stop; [`Event::Stopped`] says when it has.
+    /// Asks the vCPU to stop; [`Event::Stopped`] says when it has. Nothing is asked of a
+    /// vCPU already stopped (decided under the lock the vCPU stops under, so a request
+    /// racing a breakpoint does not become a second, spurious stop after the resume).
     pub fn request_stop(&self) {
-        self.stop_wanted.store(true, Ordering::Release);
+        {
+            let state = self.lock();
+            if state.vcpu_stopped || state.ended {
+                return;
+            }
+            self.stop_wanted.store(true, Ordering::Release);
+        }
         self.control.kick_vcpu();
+    }
+
+    /// Takes back a stop request that was not answered: true if the vCPU has stopped all
+    /// the same (then the stop stands), false if it will not stop for it later.
+    pub fn withdraw_stop(&self) -> bool {
+        let state = self.lock();
+        if !state.vcpu_stopped {
+            self.stop_wanted.store(false, Ordering::Release);
+        }
+        state.vcpu_stopped
     }
 
     /// The oldest event not yet taken.

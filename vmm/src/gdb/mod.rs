@@ -179,7 +179,12 @@ fn poll_readable(fds: &[i32], limit: Duration) -> Vec<bool> {
 fn serve(listener: &Listener, link: &Link, stop: &AtomicBool) {
     let stopping = || stop.load(Ordering::Acquire);
     let mut ended = false;
+    // A session's breakpoints not yet removed (its release could not stop the vCPU).
+    let mut unreleased = false;
     while !stopping() && !ended {
+        if unreleased {
+            unreleased = !release(link, &stopping);
+        }
         let stream = match listener.accept() {
             Ok(Some(s)) => s,
             Ok(None) => {
@@ -218,7 +223,7 @@ fn serve(listener: &Listener, link: &Link, stop: &AtomicBool) {
         // A session that never stopped the vCPU left nothing to undo, unless the vCPU
         // waits from the start (`--gdb-wait`): then it is released too.
         if !ended && (touched || link.vcpu_stopped()) {
-            release(link, &stopping);
+            unreleased = !release(link, &stopping);
         }
     }
 }
@@ -233,14 +238,18 @@ enum SessionEnd {
     Stopping,
 }
 
-/// After a session: breakpoints out, guest debugging off, the guest running.
-fn release(link: &Link, stopping: &dyn Fn() -> bool) {
+/// After a session: breakpoints out, guest debugging off, the guest running. False if
+/// the vCPU could not be stopped for it (paused through the API): to be tried again.
+fn release(link: &Link, stopping: &dyn Fn() -> bool) -> bool {
     if !stop_vcpu(link, stopping) {
-        return;
+        return link.has_ended();
     }
     match link.call(Request::Detach) {
-        Ok(_) | Err(RequestError::Ended) => {}
-        Err(e) => log::warn!("gdb: releasing the guest: {e}"),
+        Ok(_) | Err(RequestError::Ended) => true,
+        Err(e) => {
+            log::warn!("gdb: releasing the guest: {e}");
+            false
+        }
     }
 }
 
@@ -265,9 +274,16 @@ fn stop_vcpu(link: &Link, stopping: &dyn Fn() -> bool) -> bool {
             None => {}
         }
     }
-    log::warn!(
-        "gdb: the vCPU did not stop within {STOP_TIMEOUT:?} (is the VM paused through the API?)"
-    );
+    // Not answered (the VM is paused through the API, or the VMM is stopping): the request
+    // is withdrawn, so that the vCPU does not stop for it later with no one to serve it.
+    if link.withdraw_stop() {
+        return true;
+    }
+    if !stopping() {
+        log::warn!(
+            "gdb: the vCPU did not stop within {STOP_TIMEOUT:?} (is the VM paused through the API?)"
+        );
+    }
     false
 }
 
