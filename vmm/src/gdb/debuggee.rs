@@ -182,7 +182,7 @@ impl Debuggee {
                     return Some(StopReason::SoftwareBreakpoint);
                 }
                 if self.is_int3_at(regs.rip.wrapping_sub(1)) {
-                    regs.rip -= 1;
+                    regs.rip = regs.rip.wrapping_sub(1);
                     self.set_regs_or_warn(vcpu, &regs);
                     return Some(StopReason::SoftwareBreakpoint);
                 }
@@ -431,7 +431,7 @@ impl Debuggee {
             for i in 0..n {
                 if !under_patch[done + i] {
                     at.memory
-                        .write_obj(data[done + i], GuestAddress(gpa + i as u64))
+                        .write_obj(data[done + i], GuestAddress(gpa.wrapping_add(i as u64)))
                         .map_err(|_| {
                             format!("{gva:#x} translates to {gpa:#x}, outside guest memory")
                         })?;
