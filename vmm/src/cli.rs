@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Extra kernel command line, appended after what the VMM writes.
     #[arg(long, value_name = "STRING", default_value = "")]
     pub cmdline: String,
+    /// Keep at most this much guest RAM resident on the host: pages come in on first touch
+    /// and the oldest are evicted to a temporary file (userfaultfd; see the README).
+    #[arg(long, value_name = "MiB")]
+    pub memory_resident: Option<u64>,
     #[command(flatten)]
     pub vm: VmArgs,
 }

@@ -102,6 +102,10 @@ pub enum Error {
 
     #[error("{0}")]
     Snapshot(String),
+    #[error("cannot page guest memory from the host: {0}")]
+    HostPaging(String),
+    #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]
+    ResidentSize { min: u64, max: u64, got: u64 },
 }
 
 impl Error {

@@ -16,6 +16,7 @@ mod fuzz;
 mod inspect;
 mod kick;
 mod logger;
+mod paging;
 mod platform;
 mod restore;
 mod run;
