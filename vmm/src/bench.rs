@@ -111,6 +111,15 @@ pub const BENCHMARKS: &[Benchmark] = &[
         vmm_args: &[],
         sample: Sample::Stats(|s| s.exit_roundtrip_us),
     },
+    // The same with no seccomp filters: each exit is a KVM_RUN through the vCPU's filter.
+    Benchmark {
+        name: "vmm.exit_roundtrip_seccomp_off",
+        model: Model::Vmm,
+        unit: "us",
+        cmdline: "fluke.bench=exit_roundtrip",
+        vmm_args: &["--seccomp", "off"],
+        sample: Sample::Stats(|s| s.exit_roundtrip_us),
+    },
     Benchmark {
         name: "vm.pause_resume",
         model: Model::Vmm,
@@ -520,10 +529,19 @@ pub fn nest_plot(records: &[Record]) -> String {
     svg
 }
 
-/// A benchmark of the host alone, measured in this process: `(name, unit, one sample)`.
-pub type HostBenchmark = (&'static str, &'static str, fn() -> f64);
+/// A benchmark measured in this process, no guest: `(name, model, unit, one sample)`.
+pub type HostBenchmark = (&'static str, Model, &'static str, fn() -> f64);
 
-pub const HOST_BENCHMARKS: &[HostBenchmark] = &[("host.getppid", "ns", getppid_ns)];
+pub const HOST_BENCHMARKS: &[HostBenchmark] = &[
+    ("host.getppid", Model::Host, "ns", getppid_ns),
+    // What the vCPU thread's seccomp filter adds to each system call it lets through.
+    (
+        "vmm.seccomp_overhead",
+        Model::Vmm,
+        "ns",
+        crate::seccomp::overhead_ns,
+    ),
+];
 
 /// A ratio reported under the table: `numerator / (factor * denominator)` against a target.
 pub struct Ratio {
@@ -571,11 +589,18 @@ fn getppid_ns() -> f64 {
 }
 
 /// `platform` is the one the guest runs measured on: the host record is its baseline.
-fn host_record(name: &str, unit: &str, f: fn() -> f64, n: u32, platform: &str) -> Record {
+fn host_record(
+    name: &str,
+    model: Model,
+    unit: &str,
+    f: fn() -> f64,
+    n: u32,
+    platform: &str,
+) -> Record {
     let samples: Vec<f64> = (0..n).map(|_| f()).collect();
     Record {
         name: name.to_string(),
-        model: Model::Host,
+        model,
         platform: platform.to_string(),
         value: median(&samples).unwrap_or(0.0),
         unit: unit.to_string(),
@@ -714,8 +739,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         .first()
         .map(|r| r.platform.clone())
         .unwrap_or_else(|| "kvm".into());
-    for &(name, unit, f) in HOST_BENCHMARKS.iter().filter(|(n, _, _)| args.selects(n)) {
-        records.push(host_record(name, unit, f, args.samples, &platform));
+    for &(name, model, unit, f) in HOST_BENCHMARKS.iter().filter(|b| args.selects(b.0)) {
+        records.push(host_record(name, model, unit, f, args.samples, &platform));
     }
     to_stdout(&table(&records));
     for line in ratios(&records) {
@@ -1187,6 +1212,7 @@ mod tests {
                 "boot.to_kernel",
                 "boot.to_init",
                 "vmm.exit_roundtrip",
+                "vmm.exit_roundtrip_seccomp_off",
                 "vm.pause_resume",
                 "vm.snapshot_create",
                 "vm.snapshot_bytes",

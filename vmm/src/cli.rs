@@ -82,6 +82,10 @@ pub struct VmArgs {
     /// The instance id the API reports.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     pub id: String,
+    /// Confine each VMM thread to the system calls it needs: `on` stops the VMM at any
+    /// other call with a report, `log` lets it through and has the kernel log it.
+    #[arg(long, value_enum, default_value_t = crate::seccomp::SeccompMode::On)]
+    pub seccomp: crate::seccomp::SeccompMode,
     /// Write what the run measured as a JSON object to this file (used by `bench`).
     #[arg(long, value_name = "PATH", hide = true)]
     pub stats_json: Option<PathBuf>,

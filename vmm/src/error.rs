@@ -102,6 +102,8 @@ pub enum Error {
 
     #[error("{0}")]
     Snapshot(String),
+    #[error("{0}")]
+    Seccomp(String),
     #[error("cannot page guest memory from the host: {0}")]
     HostPaging(String),
     #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]

@@ -463,6 +463,7 @@ impl Pages {
 }
 
 fn serve(uffd: &Uffd, mut pages: Pages, stop: &AtomicBool) {
+    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::HostPager);
     let len = pages.state.len() * PAGE;
     while !stop.load(Ordering::Acquire) {
         let mut fd = libc::pollfd {

@@ -290,6 +290,9 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
                 tsc_khz,
             },
         );
+        // Everything set up, every helper thread started: from here the vCPU thread keeps
+        // to its seccomp list.
+        crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu).map_err(Error::Seccomp)?;
         let outcome = runner.run();
         (outcome, runner.exits())
     };

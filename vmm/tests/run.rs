@@ -484,7 +484,12 @@ fn bench_writes_records() {
         .arg("bench")
         .arg("--image")
         .arg(&img)
-        .args(["--samples", "3", "--only", "boot.,vmm."])
+        .args([
+            "--samples",
+            "3",
+            "--only",
+            "boot.,vmm.exit_roundtrip,vmm.rss",
+        ])
         .args(["--json", json.to_str().unwrap()])
         .args(["--markdown", md.to_str().unwrap()])
         .output()
@@ -506,6 +511,7 @@ fn bench_writes_records() {
             "boot.to_kernel",
             "boot.to_init",
             "vmm.exit_roundtrip",
+            "vmm.exit_roundtrip_seccomp_off",
             "vmm.rss"
         ]
     );
