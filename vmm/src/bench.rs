@@ -50,6 +50,8 @@ pub struct Benchmark {
     pub unit: &'static str,
     /// Extra kernel command line of the runs this benchmark reads.
     pub cmdline: &'static str,
+    /// Extra `fluke-vmm run` options of those runs (e.g. `--memory-resident`).
+    pub vmm_args: &'static [&'static str],
     /// One sample from one run; `None` if the run did not measure it.
     pub sample: Sample,
 }
@@ -75,6 +77,9 @@ impl Sample {
     }
 }
 
+/// The guest of `vmm.uffd_fault` and `guest.page_touch`: 16,384 pages written, then read.
+const PAGE_TOUCH_WORKLOAD: &str = "fluke.init=bench,touch,16384";
+
 /// The guest of `vm.pause_resume`: a ticker that runs long enough for the cycles.
 const PAUSE_WORKLOAD: &str = "fluke.init=work,ticker,150,10";
 /// Pause/resume cycles per `vm.pause_resume` run (the sample is their median).
@@ -87,6 +92,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: "",
+        vmm_args: &[],
         sample: Sample::Stats(|s| s.boot_to_kernel_ms),
     },
     Benchmark {
@@ -94,6 +100,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: "",
+        vmm_args: &[],
         sample: Sample::Stats(|s| s.boot_to_init_ms),
     },
     Benchmark {
@@ -101,6 +108,16 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "us",
         cmdline: "fluke.bench=exit_roundtrip",
+        vmm_args: &[],
+        sample: Sample::Stats(|s| s.exit_roundtrip_us),
+    },
+    // The same with no seccomp filters: each exit is a KVM_RUN through the vCPU's filter.
+    Benchmark {
+        name: "vmm.exit_roundtrip_seccomp_off",
+        model: Model::Vmm,
+        unit: "us",
+        cmdline: "fluke.bench=exit_roundtrip",
+        vmm_args: &["--seccomp", "off"],
         sample: Sample::Stats(|s| s.exit_roundtrip_us),
     },
     Benchmark {
@@ -108,6 +125,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "us",
         cmdline: PAUSE_WORKLOAD,
+        vmm_args: &[],
         sample: Sample::Api("vm.pause_resume"),
     },
     Benchmark {
@@ -115,6 +133,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: PAUSE_WORKLOAD,
+        vmm_args: &[],
         sample: Sample::Api("vm.snapshot_create"),
     },
     Benchmark {
@@ -122,6 +141,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "bytes",
         cmdline: PAUSE_WORKLOAD,
+        vmm_args: &[],
         sample: Sample::Api("vm.snapshot_bytes"),
     },
     Benchmark {
@@ -129,6 +149,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: PAUSE_WORKLOAD,
+        vmm_args: &[],
         sample: Sample::Api("vm.restore_copy"),
     },
     Benchmark {
@@ -136,6 +157,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: PAUSE_WORKLOAD,
+        vmm_args: &[],
         sample: Sample::Api("vm.restore_ondemand"),
     },
     Benchmark {
@@ -143,6 +165,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "ms",
         cmdline: PAUSE_WORKLOAD,
+        vmm_args: &[],
         sample: Sample::Api("vm.restore_ondemand_full"),
     },
     Benchmark {
@@ -150,6 +173,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Vmm,
         unit: "KiB",
         cmdline: "",
+        vmm_args: &[],
         sample: Sample::Stats(|s| s.vmm_rss_kib.map(|k| k as f64)),
     },
     // In-guest measurements: the `bench` program of the image runs as init and prints them.
@@ -158,6 +182,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,null,20000",
+        vmm_args: &[],
         sample: Sample::Guest("guest.null_call"),
     },
     Benchmark {
@@ -165,6 +190,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,floor,20000",
+        vmm_args: &[],
         sample: Sample::Guest("platform.syscall_floor"),
     },
     Benchmark {
@@ -172,6 +198,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,fault,2000",
+        vmm_args: &[],
         sample: Sample::Guest("guest.user_fault"),
     },
     Benchmark {
@@ -179,6 +206,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,switch,5000",
+        vmm_args: &[],
         sample: Sample::Guest("guest.space_switch"),
     },
     Benchmark {
@@ -186,6 +214,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,switch-floor,5000",
+        vmm_args: &[],
         sample: Sample::Guest("platform.switch_floor"),
     },
     Benchmark {
@@ -193,6 +222,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,ipc,5000",
+        vmm_args: &[],
         sample: Sample::Guest("ipc.call_reply"),
     },
     Benchmark {
@@ -200,6 +230,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,ipc-send,5000",
+        vmm_args: &[],
         sample: Sample::Guest("ipc.send"),
     },
     Benchmark {
@@ -207,13 +238,34 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,keeper,1000",
+        vmm_args: &[],
         sample: Sample::Guest("keeper.fault"),
+    },
+    // The VMM model's pager: one page the host brings back from its store at a guest read
+    // (`bench touch`: 64 MiB written, read back with 16 MiB resident), and the same reads
+    // with all of it resident, in the same run of the table.
+    Benchmark {
+        name: "vmm.uffd_fault",
+        model: Model::Vmm,
+        unit: "ns",
+        cmdline: PAGE_TOUCH_WORKLOAD,
+        vmm_args: &["--memory", "256", "--memory-resident", "16"],
+        sample: Sample::Guest("guest.page_touch"),
+    },
+    Benchmark {
+        name: "guest.page_touch",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: PAGE_TOUCH_WORKLOAD,
+        vmm_args: &["--memory", "256"],
+        sample: Sample::Guest("guest.page_touch"),
     },
     Benchmark {
         name: "thread.state_roundtrip",
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,state,5000",
+        vmm_args: &[],
         sample: Sample::Guest("thread.state_roundtrip"),
     },
     Benchmark {
@@ -221,6 +273,7 @@ pub const BENCHMARKS: &[Benchmark] = &[
         model: Model::Microkernel,
         unit: "ns",
         cmdline: "fluke.init=bench,ipc-cap,5000",
+        vmm_args: &[],
         sample: Sample::Guest("ipc.cap_transfer"),
     },
 ];
@@ -286,10 +339,26 @@ pub fn all_benchmarks() -> Vec<Benchmark> {
                 model: Model::Microkernel,
                 unit: "ns",
                 cmdline: leak(format!("fluke.init={prefix}work,{work_args}")),
+                vmm_args: &[],
                 sample: Sample::Guest(key),
             });
         }
     }
+    // The memory workload with no nester, guest RAM paged by the VMM instead: 2 MiB
+    // resident (the least it allows) for the kernel, the program and its 500 pages.
+    let (_, memory_args) = NEST_WORKLOADS
+        .iter()
+        .find(|(w, _)| *w == "memory")
+        .copied()
+        .unwrap_or(("memory", "memory,500"));
+    all.push(Benchmark {
+        name: "nest.memory.vmm-paged",
+        model: Model::Vmm,
+        unit: "ns",
+        cmdline: leak(format!("fluke.init=work,{memory_args}")),
+        vmm_args: &["--memory-resident", "2"],
+        sample: Sample::Guest("work.memory"),
+    });
     all
 }
 
@@ -325,6 +394,15 @@ pub fn nest_table(records: &[Record]) -> String {
                 s,
                 "| {workload} | {label} | {:.2} | {slowdown:.3}x | {per_layer} |",
                 v / 1e6
+            );
+        }
+        // The VMM model's counterpart, where there is one (no nester: the VMM pages).
+        if let Some(v) = value(&format!("nest.{workload}.vmm-paged")) {
+            let _ = writeln!(
+                s,
+                "| {workload} | vmm-paged (VMM model) | {:.2} | {:.3}x | - |",
+                v / 1e6,
+                v / bare
             );
         }
     }
@@ -451,10 +529,19 @@ pub fn nest_plot(records: &[Record]) -> String {
     svg
 }
 
-/// A benchmark of the host alone, measured in this process: `(name, unit, one sample)`.
-pub type HostBenchmark = (&'static str, &'static str, fn() -> f64);
+/// A benchmark measured in this process, no guest: `(name, model, unit, one sample)`.
+pub type HostBenchmark = (&'static str, Model, &'static str, fn() -> f64);
 
-pub const HOST_BENCHMARKS: &[HostBenchmark] = &[("host.getppid", "ns", getppid_ns)];
+pub const HOST_BENCHMARKS: &[HostBenchmark] = &[
+    ("host.getppid", Model::Host, "ns", getppid_ns),
+    // What the vCPU thread's seccomp filter adds to each system call it lets through.
+    (
+        "vmm.seccomp_overhead",
+        Model::Vmm,
+        "ns",
+        crate::seccomp::overhead_ns,
+    ),
+];
 
 /// A ratio reported under the table: `numerator / (factor * denominator)` against a target.
 pub struct Ratio {
@@ -502,11 +589,18 @@ fn getppid_ns() -> f64 {
 }
 
 /// `platform` is the one the guest runs measured on: the host record is its baseline.
-fn host_record(name: &str, unit: &str, f: fn() -> f64, n: u32, platform: &str) -> Record {
+fn host_record(
+    name: &str,
+    model: Model,
+    unit: &str,
+    f: fn() -> f64,
+    n: u32,
+    platform: &str,
+) -> Record {
     let samples: Vec<f64> = (0..n).map(|_| f()).collect();
     Record {
         name: name.to_string(),
-        model: Model::Host,
+        model,
         platform: platform.to_string(),
         value: median(&samples).unwrap_or(0.0),
         unit: unit.to_string(),
@@ -599,29 +693,32 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 
     let mut records = Vec::new();
     let mut failures = Vec::new();
-    // Each distinct command line once, in the order of BENCHMARKS.
-    let mut seen: Vec<&str> = Vec::new();
+    // Each distinct command line (with its VMM options) once, in the order of BENCHMARKS.
+    let mut seen: Vec<(&str, &[&str])> = Vec::new();
     let all = all_benchmarks();
     let selected: Vec<&Benchmark> = all.iter().filter(|b| args.selects(b.name)).collect();
-    for cmdline in selected.iter().map(|b| b.cmdline) {
-        if seen.contains(&cmdline) {
+    for spec in selected.iter().map(|b| (b.cmdline, b.vmm_args)) {
+        if seen.contains(&spec) {
             continue;
         }
-        seen.push(cmdline);
+        seen.push(spec);
+        let (cmdline, vmm_args) = spec;
         let benches: Vec<&Benchmark> = selected
             .iter()
             .copied()
-            .filter(|b| b.cmdline == cmdline)
+            .filter(|b| (b.cmdline, b.vmm_args) == spec)
             .collect();
         let names: Vec<&str> = benches.iter().map(|b| b.name).collect();
         to_stderr(&format!(
-            "fluke-vmm: bench: {} x {} ({})\n",
+            "fluke-vmm: bench: {} x {}{}{} ({})\n",
             args.samples,
             if cmdline.is_empty() { "boot" } else { cmdline },
+            if vmm_args.is_empty() { "" } else { " " },
+            vmm_args.join(" "),
             names.join(", ")
         ));
         let driven = benches.iter().any(|b| matches!(b.sample, Sample::Api(_)));
-        let runs = match sample_runs(&exe, args.image.as_deref(), cmdline, args.samples, driven) {
+        let runs = match sample_runs(&exe, args.image.as_deref(), spec, args.samples, driven) {
             Ok(runs) => runs,
             Err(e) => {
                 failures.extend(names.iter().map(|n| format!("{n}: {e}")));
@@ -642,8 +739,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         .first()
         .map(|r| r.platform.clone())
         .unwrap_or_else(|| "kvm".into());
-    for &(name, unit, f) in HOST_BENCHMARKS.iter().filter(|(n, _, _)| args.selects(n)) {
-        records.push(host_record(name, unit, f, args.samples, &platform));
+    for &(name, model, unit, f) in HOST_BENCHMARKS.iter().filter(|b| args.selects(b.0)) {
+        records.push(host_record(name, model, unit, f, args.samples, &platform));
     }
     to_stdout(&table(&records));
     for line in ratios(&records) {
@@ -711,11 +808,12 @@ fn record(b: &Benchmark, runs: &[RunStats]) -> std::result::Result<Record, Strin
     })
 }
 
-/// Boots the guest `n` times with `cmdline` and returns what each run measured.
+/// Boots the guest `n` times with `(cmdline, vmm_args)` and returns what each run
+/// measured.
 fn sample_runs(
     exe: &Path,
     image: Option<&Path>,
-    cmdline: &str,
+    spec: (&str, &[&str]),
     n: u32,
     driven: bool,
 ) -> std::result::Result<Vec<RunStats>, String> {
@@ -729,7 +827,7 @@ fn sample_runs(
             console_path.as_path(),
             sock.as_deref(),
         );
-        let result = one_run(exe, image, cmdline, paths);
+        let result = one_run(exe, image, spec, paths);
         if let Some(sock) = &sock {
             let _ = std::fs::remove_file(sock);
         }
@@ -749,7 +847,7 @@ fn temp_stats_path(i: u32) -> PathBuf {
 fn one_run(
     exe: &Path,
     image: Option<&Path>,
-    cmdline: &str,
+    (cmdline, vmm_args): (&str, &[&str]),
     (stats_path, console_path, sock): (&Path, &Path, Option<&Path>),
 ) -> std::result::Result<RunStats, String> {
     let mut cmd = Command::new(exe);
@@ -757,6 +855,7 @@ fn one_run(
     if let Some(image) = image {
         cmd.arg(image);
     }
+    cmd.args(vmm_args);
     let serial = format!("file:{}", console_path.display());
     cmd.args(["--serial", &serial, "--log-level", "error", "--timeout"])
         .arg(RUN_TIMEOUT_SECS.to_string())
@@ -1022,8 +1121,18 @@ mod tests {
     #[test]
     fn nest_benchmarks_cover_every_workload_and_stack() {
         let all = all_benchmarks();
-        let nest: Vec<&Benchmark> = all.iter().filter(|b| b.name.starts_with("nest.")).collect();
+        let nest: Vec<&Benchmark> = all
+            .iter()
+            .filter(|b| b.name.starts_with("nest.") && b.model == Model::Microkernel)
+            .collect();
         assert_eq!(nest.len(), NEST_WORKLOADS.len() * nest_stacks().len());
+        // The VMM model's counterpart of the pager: the same workload, no nester.
+        let paged = all
+            .iter()
+            .find(|b| b.name == "nest.memory.vmm-paged")
+            .unwrap();
+        assert_eq!(paged.cmdline, "fluke.init=work,memory,500");
+        assert_eq!(paged.vmm_args, ["--memory-resident", "2"]);
         assert_eq!(nest_stacks().len(), 14);
         let b = all
             .iter()
@@ -1103,6 +1212,7 @@ mod tests {
                 "boot.to_kernel",
                 "boot.to_init",
                 "vmm.exit_roundtrip",
+                "vmm.exit_roundtrip_seccomp_off",
                 "vm.pause_resume",
                 "vm.snapshot_create",
                 "vm.snapshot_bytes",
@@ -1118,6 +1228,8 @@ mod tests {
                 "ipc.call_reply",
                 "ipc.send",
                 "keeper.fault",
+                "vmm.uffd_fault",
+                "guest.page_touch",
                 "thread.state_roundtrip",
                 "ipc.cap_transfer"
             ]

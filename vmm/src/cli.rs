@@ -54,6 +54,10 @@ pub struct RunArgs {
     /// Extra kernel command line, appended after what the VMM writes.
     #[arg(long, value_name = "STRING", default_value = "")]
     pub cmdline: String,
+    /// Keep at most this much guest RAM resident on the host: pages come in on first touch
+    /// and the oldest are evicted to a temporary file (userfaultfd; see the README).
+    #[arg(long, value_name = "MiB")]
+    pub memory_resident: Option<u64>,
     #[command(flatten)]
     pub vm: VmArgs,
 }
@@ -87,6 +91,10 @@ pub struct VmArgs {
     /// The instance id the API reports.
     #[arg(long, value_name = "ID", default_value = "anonymous-instance")]
     pub id: String,
+    /// Confine each VMM thread to the system calls it needs: `on` stops the VMM at any
+    /// other call with a report, `log` lets it through and has the kernel log it.
+    #[arg(long, value_enum, default_value_t = crate::seccomp::SeccompMode::On)]
+    pub seccomp: crate::seccomp::SeccompMode,
     /// Write what the run measured as a JSON object to this file (used by `bench`).
     #[arg(long, value_name = "PATH", hide = true)]
     pub stats_json: Option<PathBuf>,

@@ -111,6 +111,13 @@ pub enum Error {
 
     #[error("cannot listen for gdb on {spec}: {}", strerror(source))]
     GdbListen { spec: String, source: io::Error },
+
+    #[error("{0}")]
+    Seccomp(String),
+    #[error("cannot page guest memory from the host: {0}")]
+    HostPaging(String),
+    #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]
+    ResidentSize { min: u64, max: u64, got: u64 },
 }
 
 impl Error {

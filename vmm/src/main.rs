@@ -17,9 +17,11 @@ mod gdb;
 mod inspect;
 mod kick;
 mod logger;
+mod paging;
 mod platform;
 mod restore;
 mod run;
+mod seccomp;
 mod snapshot;
 mod stats;
 mod stdin;
@@ -44,6 +46,17 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logger::init(cli.log_level());
 
+    let seccomp_mode = match &cli.command {
+        Command::Run(a) => Some(a.vm.seccomp),
+        Command::Restore(a) => Some(a.vm.seccomp),
+        _ => None,
+    };
+    if let Some(mode) = seccomp_mode {
+        if let Err(e) = seccomp::init(mode) {
+            report_error(&Error::Seccomp(e));
+            return ExitCode::from(fluke_abi::status::VMM_ERROR as u8);
+        }
+    }
     let result = match cli.command {
         Command::Run(args) => run::run(&args, process_start),
         Command::Restore(args) => restore::restore(&args, process_start),

@@ -89,13 +89,23 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     let (bytes, what) = read_image(args.image.as_deref())?;
     let layout = boot::validate(&bytes, &what)?;
     boot::check_memory_fit(layout.phys_end, mem_bytes)?;
+    if let Some(got) = args.memory_resident {
+        let min = crate::paging::MIN_RESIDENT_MIB;
+        if !(min..=args.memory).contains(&got) {
+            return Err(Error::ResidentSize {
+                min,
+                max: args.memory,
+                got,
+            });
+        }
+    }
     log::debug!(
         "kernel text (port I/O allowed from): {:x?}",
         layout.text.ranges()
     );
 
     let kvm = vm::open_kvm()?;
-    let vm = Vm::new(kvm, mem_bytes)?;
+    let mut vm = Vm::new(kvm, mem_bytes)?;
     let vcpu = vm.create_vcpu(0)?;
     let platform = platform::detect(&vcpu);
     log::info!("platform: {}", platform::describe(platform));
@@ -105,6 +115,9 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
     boot::setup_vcpu(&vcpu, layout.pvh_entry)?;
+    if let Some(mib) = args.memory_resident {
+        vm.start_host_paging(mib << 20)?;
+    }
     let machine = Machine {
         vm,
         vcpu,
@@ -206,7 +219,7 @@ fn guest_exit_code(status: u8) -> u8 {
 /// Runs a prepared VM to its end and turns the outcome into the exit status.
 pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Result<u8> {
     let Machine {
-        vm,
+        mut vm,
         vcpu,
         text,
         platform,
@@ -309,11 +322,16 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         if let Some((_, debuggee)) = gdb.as_mut() {
             runner.attach_debugger(debuggee);
         }
+        // Everything set up, every helper thread started: from here the vCPU thread keeps
+        // to its seccomp list.
+        crate::seccomp::confine(crate::seccomp::ThreadKind::Vcpu).map_err(Error::Seccomp)?;
         let outcome = runner.run();
         (outcome, runner.exits())
     };
     let run_time = run_start.elapsed();
     let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_ram_ranges());
+    let peak_rss_kib = stats::peak_rss_kib();
+    let paging = vm.stop_host_paging();
     if let Some(w) = watchdog.as_mut() {
         w.disarm();
     }
@@ -359,6 +377,8 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
             bench_elapsed_us: bench.map(|b| b.elapsed.as_secs_f64() * 1e6),
             exit_roundtrip_us: bench.map(|b| b.roundtrip_us()),
             vmm_rss_kib,
+            peak_rss_kib,
+            paging,
             exits,
             run_ms: ms(run_time),
             restore_ms: common.restored.as_ref().map(|(t, _)| ms(*t)),

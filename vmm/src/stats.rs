@@ -28,6 +28,12 @@ pub struct RunStats {
     pub exit_roundtrip_us: Option<f64>,
     /// KiB of VMM resident memory beyond guest RAM, at guest exit.
     pub vmm_rss_kib: Option<u64>,
+    /// KiB of the VMM process's peak resident memory, guest RAM included (VmHWM).
+    #[serde(default)]
+    pub peak_rss_kib: Option<u64>,
+    /// `run --memory-resident`: what host paging did.
+    #[serde(default)]
+    pub paging: Option<crate::paging::PagingSummary>,
     /// Exits to the VMM handled by the run loop.
     pub exits: u64,
     /// ms the vCPU ran (first KVM_RUN to the end of the run loop).
@@ -45,6 +51,20 @@ pub struct RunStats {
     /// console (filled in by `bench` from the run's serial output, not by `run`).
     #[serde(default)]
     pub guest: std::collections::BTreeMap<String, f64>,
+}
+
+/// The process's peak resident memory (VmHWM), KiB.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_kib(&status, "VmHWM:")
+}
+
+fn status_kib(status: &str, field: &str) -> Option<u64> {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
 }
 
 /// The `BENCH <name> <value> ...` lines of a guest's console output.
@@ -74,11 +94,7 @@ impl RunStats {
 
 /// `VmRSS` of this process in KiB, from `/proc/self/status`.
 fn vm_rss_kib(status: &str) -> Option<u64> {
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
+    status_kib(status, "VmRSS:")
 }
 
 /// Sum of the `Rss` of the mappings in `/proc/self/smaps` that start inside one of the

@@ -168,6 +168,7 @@ pub fn start(uart: Arc<Mutex<Uart>>, space: EventFd) -> Result<StdinThread> {
     let handle = std::thread::Builder::new()
         .name("fluke-stdin".into())
         .spawn(move || {
+            crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Stdin);
             while !stop_thread.load(Ordering::Relaxed) {
                 if let Err(e) = manager.run_with_timeout(FLUSH_INTERVAL_MS) {
                     log::warn!("stdin event loop: {e}");

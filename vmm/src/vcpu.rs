@@ -102,6 +102,12 @@ impl<'a> VcpuRunner<'a> {
         if rip_source == RipSource::SyncRegs {
             vcpu.set_sync_valid_reg(SyncReg::Register);
         }
+        // Kicks reach this thread (the calling one, which runs the vCPU) only inside
+        // KVM_RUN, so none is lost (crate::kick). Set up here, before the thread confines
+        // itself to its seccomp list.
+        if let Err(e) = crate::kick::deliver_only_in_kvm_run(&vcpu) {
+            log::warn!("vcpu: KVM_SET_SIGNAL_MASK failed (error {e}); kicks may be late");
+        }
         VcpuRunner {
             vcpu,
             devices,
@@ -135,12 +141,8 @@ impl<'a> VcpuRunner<'a> {
 
     /// Runs the guest until it exits, crashes or times out, pausing where asked. Must be
     /// called on the thread that kicks are sent to (the watchdog's and the control
-    /// channel's): the calling one.
+    /// channel's), which made this runner.
     pub fn run(&mut self) -> Outcome {
-        // Kicks reach this thread only inside KVM_RUN, so none is lost (crate::kick).
-        if let Err(e) = crate::kick::deliver_only_in_kvm_run(&self.vcpu) {
-            log::warn!("vcpu: KVM_SET_SIGNAL_MASK failed (error {e}); kicks may be late");
-        }
         if let Some(c) = self.control {
             c.started();
         }

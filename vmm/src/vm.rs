@@ -41,9 +41,11 @@ pub fn open_kvm() -> Result<Kvm> {
     })
 }
 
-/// A VM with its memory and irqchip. Field order matters: the VM fd is dropped before the
-/// memory mapping it points at.
+/// A VM with its memory and irqchip. Field order matters: the host pager (whose thread
+/// touches guest RAM) stops first, and the VM fd is dropped before the memory mapping it
+/// points at.
 pub struct Vm {
+    pager: Option<crate::paging::HostPager>,
     fd: VmFd,
     kvm: Kvm,
     memory: GuestMemoryMmap,
@@ -96,7 +98,12 @@ impl Vm {
         }
         fd.create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
-        Ok(Vm { fd, kvm, memory })
+        Ok(Vm {
+            pager: None,
+            fd,
+            kvm,
+            memory,
+        })
     }
 
     pub fn fd(&self) -> &VmFd {
@@ -109,6 +116,23 @@ impl Vm {
 
     pub fn kvm(&self) -> &Kvm {
         &self.kvm
+    }
+
+    /// Pages guest RAM on demand from here on, `cap_bytes` of it resident at most
+    /// ([`crate::paging`]).
+    pub fn start_host_paging(&mut self, cap_bytes: u64) -> Result<()> {
+        let pager =
+            crate::paging::HostPager::start(&self.memory, cap_bytes).map_err(Error::HostPaging)?;
+        self.pager = Some(pager);
+        Ok(())
+    }
+
+    /// Stops host paging (every page stays where it is) and says what it did.
+    pub fn stop_host_paging(&mut self) -> Option<crate::paging::PagingSummary> {
+        let mut pager = self.pager.take()?;
+        let summary = pager.summary();
+        pager.stop();
+        Some(summary)
     }
 
     /// Host virtual address ranges `(start, len)` of guest RAM (for RSS accounting).

@@ -106,6 +106,7 @@ impl Drop for Watchdog {
 }
 
 fn watch(shared: &Shared, deadline: Instant, target: libc::pthread_t) {
+    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Watchdog);
     let mut state = shared.lock();
     loop {
         if state.done {

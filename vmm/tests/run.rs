@@ -9,7 +9,8 @@ use std::process::Stdio;
 use common::asm::*;
 use common::*;
 use fluke_abi::ports::{BENCH, BENCH_BEGIN, BENCH_END, BENCH_TICK, BOOT_TIMER, COM1};
-use fluke_abi::status::{VMM_ERROR, VMM_TIMEOUT};
+use fluke_abi::status::{VMM_ERROR, VMM_GUEST_CRASH, VMM_TIMEOUT};
+use std::process::Output;
 
 fn hello_code() -> Vec<u8> {
     [mov_al(b'h'), mov_dx(COM1), vec![OUT_DX_AL], exit(42)].concat()
@@ -484,7 +485,12 @@ fn bench_writes_records() {
         .arg("bench")
         .arg("--image")
         .arg(&img)
-        .args(["--samples", "3", "--only", "boot.,vmm."])
+        .args([
+            "--samples",
+            "3",
+            "--only",
+            "boot.,vmm.exit_roundtrip,vmm.rss",
+        ])
         .args(["--json", json.to_str().unwrap()])
         .args(["--markdown", md.to_str().unwrap()])
         .output()
@@ -506,6 +512,7 @@ fn bench_writes_records() {
             "boot.to_kernel",
             "boot.to_init",
             "vmm.exit_roundtrip",
+            "vmm.exit_roundtrip_seccomp_off",
             "vmm.rss"
         ]
     );
@@ -534,4 +541,152 @@ fn bench_writes_records() {
         "{}",
         stderr(&o)
     );
+}
+
+/// How a hostile guest's run may end: its own exit (the VMM or KVM handled what it did) or
+/// a crash report naming what it did; never a hang, another status, or a VMM failure.
+#[track_caller]
+fn ends_cleanly(o: &Output, case: &str, crash_says: &str) -> &'static str {
+    let err = stderr(o);
+    match o.status.code() {
+        Some(0) => "exit",
+        Some(VMM_GUEST_CRASH) => {
+            assert!(
+                err.contains(crash_says),
+                "{case}: no {crash_says:?} in: {err}"
+            );
+            assert!(
+                err.contains("rip 0x") && err.contains("cr3"),
+                "{case}: no registers: {err}"
+            );
+            "crash"
+        }
+        other => panic!("{case}: status {other:?}: {err}"),
+    }
+}
+
+#[test]
+fn a_corpus_of_hostile_guests_each_ends_with_its_exit_or_a_report_within_the_timeout() {
+    // Issue 13, "a hostile-guest corpus": every kind of thing a guest can do to the VMM,
+    // each in a VM of its own, ends one of the two ways above (or, for a guest that never
+    // stops, with the timeout's report) within its --timeout; the VMM never hangs or fails.
+    let dir = temp_dir("hostile-corpus");
+    let boot = |name: &str, code: &[u8], timeout: &str| {
+        let path = dir.path().join(format!("{name}.img"));
+        std::fs::write(&path, image(code)).unwrap();
+        let started = std::time::Instant::now();
+        let o = run(&path, &["--timeout", timeout]);
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "{name}: took {:?}",
+            started.elapsed()
+        );
+        o
+    };
+    let (mut exits, mut crashes) = (0, 0);
+    let mut tally = |how: &str| match how {
+        "exit" => exits += 1,
+        _ => crashes += 1,
+    };
+    // Ports: one byte out, one byte in, a word out and a dword out, on a sample of the
+    // whole port space (every 0x400th port and the ones anything might answer: the PIC,
+    // PIT, i8042, CMOS, POST, COM2-4, PCI configuration, ours), then exit 0.
+    let mut ports: Vec<u16> = (0..64).map(|i| i * 0x400 + 0x1f).collect();
+    ports.extend([
+        0x20,
+        0x21,
+        0x40,
+        0x43,
+        0x60,
+        0x64,
+        0x70,
+        0x71,
+        0x80,
+        0x92,
+        0xa0,
+        0xa1,
+        0x2f8,
+        0x3e8,
+        0x2e8,
+        0x3f8 + 7,
+        0xcf8,
+        0xcfc,
+        0xf5,
+        0xf6,
+        0xf7,
+        0xffff,
+    ]);
+    for port in ports {
+        let out_b = [out_dx(port, 0xa5), exit(0)].concat();
+        let in_b = [mov_dx(port), vec![IN_AL_DX], exit(0)].concat();
+        // mov $0x1234, %ax; out %ax, (%dx)  /  mov $0x12345678, %eax; out %eax, (%dx)
+        let out_w = [
+            mov_dx(port),
+            vec![0x66, 0xb8, 0x34, 0x12, 0x66, 0xef],
+            exit(0),
+        ]
+        .concat();
+        let out_l = [
+            mov_dx(port),
+            vec![0xb8, 0x78, 0x56, 0x34, 0x12, 0xef],
+            exit(0),
+        ]
+        .concat();
+        for (what, code) in [
+            ("outb", out_b),
+            ("inb", in_b),
+            ("outw", out_w),
+            ("outl", out_l),
+        ] {
+            let case = format!("{what} {port:#x}");
+            let o = boot(&format!("port-{what}-{port:x}"), &code, "10");
+            tally(ends_cleanly(&o, &case, &format!("{port:#x}")));
+        }
+    }
+    // MMIO: a byte written, a byte read, just above RAM (16 MiB), far above it, at the
+    // IOAPIC and LAPIC (KVM's), at the top of the 32-bit space; then exit 0.
+    for addr in [
+        0x0100_0000u32,
+        0x4000_0000,
+        0xd000_0000,
+        0xfec0_0000,
+        0xfee0_0000,
+        0xffff_fff0,
+    ] {
+        let [a, b, c, d] = addr.to_le_bytes();
+        let write = [mov_al(0x5a), vec![0xa2, a, b, c, d], exit(0)].concat();
+        let read = [vec![0xa0, a, b, c, d], exit(0)].concat();
+        for (what, code) in [("write", write), ("read", read)] {
+            let case = format!("MMIO {what} {addr:#x}");
+            let o = boot(&format!("mmio-{what}-{addr:x}"), &code, "10");
+            tally(ends_cleanly(&o, &case, &format!("{addr:#x}")));
+        }
+    }
+    assert!(exits > 0 && crashes > 0, "{exits} exits, {crashes} crashes");
+    // Guests that never stop: spinning and halted with interrupts off, and a flood of the
+    // VMM's own ports; each gets the timeout's report (124) on time.
+    let never_stop: [(&str, Vec<u8>); 4] = [
+        ("cli-spin", [vec![0xfa], SPIN.to_vec()].concat()),
+        ("cli-hlt", vec![0xfa, HLT, 0xeb, 0xfd]),
+        // mov $BOOT_TIMER, %dx; 1: inc %al; out %al, (%dx); jmp 1b
+        (
+            "boot-timer-flood",
+            [mov_dx(BOOT_TIMER), vec![0xfe, 0xc0, OUT_DX_AL, 0xeb, 0xfb]].concat(),
+        ),
+        (
+            "bench-port-flood",
+            [mov_dx(BENCH), vec![0xfe, 0xc0, OUT_DX_AL, 0xeb, 0xfb]].concat(),
+        ),
+    ];
+    for (name, code) in never_stop {
+        let o = boot(name, &code, "1");
+        let err = stderr(&o);
+        assert_eq!(o.status.code(), Some(VMM_TIMEOUT), "{name}: {err}");
+        assert!(
+            err.contains("guest did not finish within 1 s"),
+            "{name}: {err}"
+        );
+        assert!(err.lines().count() < 40, "{name}: stderr flooded: {err}");
+    }
+    // A triple fault and a serial flood into a stuck console are their own tests above.
 }

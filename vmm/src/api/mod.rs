@@ -99,6 +99,7 @@ impl Drop for ApiServer {
 }
 
 fn serve(listener: &UnixListener, info: &InstanceInfo, control: &VmControl, stop: &AtomicBool) {
+    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Api);
     let stopping = || stop.load(Ordering::Acquire);
     while !stopping() {
         let stream = match listener.accept() {

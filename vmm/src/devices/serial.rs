@@ -205,6 +205,7 @@ impl Drop for Console {
 }
 
 fn write_out(shared: &ConsoleShared, mut target: Target) {
+    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Console);
     let mut chunk = Vec::new();
     let mut failed = false;
     loop {

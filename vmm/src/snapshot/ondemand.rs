@@ -244,6 +244,7 @@ fn serve(
     progress: &Progress,
     started: Instant,
 ) {
+    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::RestorePager);
     let mut checking = true;
     while !stop.load(Ordering::Acquire) {
         let mut fd = libc::pollfd {

@@ -59,6 +59,31 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             });
             report("guest.user_fault", t, n);
         }
+        "touch" => {
+            // N pages written, then one word of each read back, timed: with the VMM paging
+            // guest RAM (`run --memory-resident` below N pages) each read is a page the host
+            // brings back from its store (`vmm.uffd_fault`); without, a read of memory.
+            if sys::map_anon(FAULT_BASE, n * 4096).is_err() {
+                return 1;
+            }
+            for i in 0..n {
+                // SAFETY: inside the demand-zero range just reserved.
+                unsafe { core::ptr::write_volatile((FAULT_BASE + i * 4096) as *mut u64, i) };
+            }
+            let mut wrong = 0u64;
+            let t = timed(|| {
+                for i in 0..n {
+                    // SAFETY: as above.
+                    let v = unsafe { core::ptr::read_volatile((FAULT_BASE + i * 4096) as *const u64) };
+                    wrong += u64::from(v != i);
+                }
+            });
+            if wrong != 0 {
+                println!("bench: touch: {wrong} pages read back wrong");
+                return 1;
+            }
+            report("guest.page_touch", t, n);
+        }
         "switch" => {
             let Ok(_partner) = sys::spawn("bench", &["yielder"]) else {
                 return 1;
