@@ -16,6 +16,7 @@ mod fuzz;
 mod gdb;
 mod inspect;
 mod kick;
+mod listen;
 mod logger;
 mod paging;
 mod platform;

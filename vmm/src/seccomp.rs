@@ -38,6 +38,7 @@ pub enum ThreadKind {
     Console,
     HostPager,
     RestorePager,
+    Gdb,
 }
 
 impl ThreadKind {
@@ -50,10 +51,11 @@ impl ThreadKind {
             ThreadKind::Console => "console",
             ThreadKind::HostPager => "host pager",
             ThreadKind::RestorePager => "restore pager",
+            ThreadKind::Gdb => "gdb",
         }
     }
 
-    const ALL: [ThreadKind; 7] = [
+    const ALL: [ThreadKind; 8] = [
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Watchdog,
@@ -61,6 +63,7 @@ impl ThreadKind {
         ThreadKind::Console,
         ThreadKind::HostPager,
         ThreadKind::RestorePager,
+        ThreadKind::Gdb,
     ];
 }
 
@@ -268,6 +271,23 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_pread64]);
             ioctl_types.push(UFFD_IOCTLS);
         }
+        // The gdb stub's connection (the protocol; the vCPU thread does the KVM part).
+        ThreadKind::Gdb => {
+            ioctl_types.push(FIONBIO);
+            calls.extend_from_slice(&[
+                libc::SYS_accept4,
+                libc::SYS_poll,
+                libc::SYS_ppoll,
+                libc::SYS_recvfrom,
+                libc::SYS_sendto,
+                libc::SYS_setsockopt,
+                libc::SYS_getsockopt,
+                libc::SYS_shutdown,
+                libc::SYS_tgkill,
+                libc::SYS_unlinkat,
+                libc::SYS_unlink,
+            ])
+        }
     }
     calls.sort_unstable();
     calls.dedup();
@@ -450,7 +470,7 @@ mod tests {
             assert!(!calls.contains(&libc::SYS_execve), "{kind:?}");
             let expected: &[Ioctl] = match kind {
                 ThreadKind::Vcpu => &[KVM_IOCTLS],
-                ThreadKind::Api => &[FIONBIO],
+                ThreadKind::Api | ThreadKind::Gdb => &[FIONBIO],
                 ThreadKind::HostPager | ThreadKind::RestorePager => &[UFFD_IOCTLS],
                 _ => &[],
             };

@@ -57,7 +57,7 @@ impl ApiServer {
                 path: path.to_path_buf(),
             });
         }
-        let listener = UnixListener::bind(path).map_err(|source| Error::ApiSocket {
+        let listener = crate::listen::bind_listening(path).map_err(|source| Error::ApiSocket {
             path: path.to_path_buf(),
             source,
         })?;

@@ -75,7 +75,7 @@ impl Listener {
                 if path.symlink_metadata().is_ok() {
                     return Err(Error::GdbSocketExists { path: path.clone() });
                 }
-                Listener::Unix(UnixListener::bind(path).map_err(listen_err)?)
+                Listener::Unix(crate::listen::bind_listening(path).map_err(listen_err)?)
             }
             GdbSpec::Tcp(addr) => Listener::Tcp(TcpListener::bind(addr).map_err(listen_err)?),
         };

@@ -177,6 +177,7 @@ fn poll_readable(fds: &[i32], limit: Duration) -> Vec<bool> {
 }
 
 fn serve(listener: &Listener, link: &Link, stop: &AtomicBool) {
+    crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::Gdb);
     let stopping = || stop.load(Ordering::Acquire);
     let mut ended = false;
     // A session's breakpoints not yet removed (its release could not stop the vCPU).
