@@ -454,3 +454,70 @@ fn a_memory_file_cut_short_under_an_on_demand_restore_ends_it_with_a_report() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+#[test]
+fn a_chunk_changed_after_its_background_check_is_caught_when_the_guest_touches_it() {
+    // On demand, no byte reaches the guest unchecked, whatever happens to the file: with
+    // every chunk checked in the background while the restored VM waits paused, the file
+    // is then scribbled over in every chunk; the first chunk the resumed guest touches is
+    // read again, fails its checksum, and the VMM ends with one line.
+    use std::io::{BufRead, Seek, SeekFrom, Write};
+    let dir = TempDir::new("snap-late");
+    let snap = dir.0.join("snap");
+    let (vm, _) = snapshot_at("snap-late-orig", 3, &snap);
+    let _ = vm.kill();
+    let sock = dir.0.join("api.sock");
+    let mut child = Command::new(VMM)
+        .arg("restore")
+        .arg(&snap)
+        .args(["--memory-restore", "ondemand", "--timeout", "30"])
+        .args(["--log-level", "info", "--serial", "null", "--api-sock"])
+        .arg(&sock)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "ended early:\n{seen}"
+        );
+        seen.push_str(&line);
+        if line.contains("every chunk of the memory file checked") {
+            break;
+        }
+    }
+    let memory = snap.join("memory");
+    let ram = std::fs::metadata(&memory).unwrap().len() - 32;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&memory)
+        .unwrap();
+    for chunk in 0..ram >> 20 {
+        f.seek(SeekFrom::Start((chunk << 20) + 100)).unwrap();
+        f.write_all(b"changed after its check").unwrap();
+    }
+    drop(f);
+    wait_state(&sock, "Paused");
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
+        let body = r#"{"state": "Resumed"}"#;
+        let _ = write!(
+            s,
+            "PATCH /vm HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    }
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    let errors: Vec<&str> = rest.lines().filter(|l| l.contains("error:")).collect();
+    assert_eq!(status.code(), Some(VMM_ERROR), "{seen}{rest}");
+    assert_eq!(errors.len(), 1, "{rest}");
+    assert!(
+        errors[0].contains("cannot restore: the memory file: its bytes")
+            && errors[0].contains("do not match the vmstate (checksum)"),
+        "{rest}"
+    );
+}

@@ -128,6 +128,15 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
     };
     let code = execute(machine, &common, process_start);
     if let Some(p) = &_pager {
+        let unchecked = p
+            .progress
+            .unchecked
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if unchecked > 0 {
+            log::warn!(
+                "restore: the guest's run ended before {unchecked} chunks of the memory file (never used) were checked"
+            );
+        }
         log::info!(
             "restore: {} pages brought in on demand, the last {:.1} ms after the VMM started",
             p.progress.pages.load(std::sync::atomic::Ordering::Relaxed),

@@ -328,6 +328,11 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         let outcome = runner.run();
         (outcome, runner.exits())
     };
+    if let Some((_, Some(progress))) = &common.restored {
+        progress
+            .guest_ended
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
     let run_time = run_start.elapsed();
     let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_ram_ranges());
     let peak_rss_kib = stats::peak_rss_kib();

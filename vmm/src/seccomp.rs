@@ -97,14 +97,23 @@ pub fn confine(kind: ThreadKind) -> Result<(), String> {
         SeccompMode::On => SeccompAction::Trap,
         SeccompMode::Log => SeccompAction::Log,
     };
-    let program = filter(kind, action)?;
+    let program = filter(kind, action.clone())?;
     CONFINED_AS.with(|c| c.set(kind as u8));
     seccompiler::apply_filter(&program).map_err(|e| {
         format!(
-            "cannot install the {} thread's seccomp filter: {e}",
+            "cannot install the {} thread's seccomp filter: {e} (where seccomp is not available, --seccomp off)",
             kind.name()
         )
     })?;
+    log::debug!(
+        "seccomp: the {} thread keeps to its list ({})",
+        kind.name(),
+        if action == SeccompAction::Log {
+            "log"
+        } else {
+            "on"
+        }
+    );
     probe_if_asked(kind);
     Ok(())
 }
@@ -191,7 +200,6 @@ const FILES: &[i64] = &[
     libc::SYS_pwrite64,
     libc::SYS_ftruncate,
     libc::SYS_getrandom,
-    libc::SYS_kill,
     libc::SYS_mincore,
     libc::SYS_readlinkat,
 ];
@@ -230,12 +238,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
         ThreadKind::Vcpu => {
             calls.extend_from_slice(FILES);
             // Kicks and the watchdog's signal reach this thread; it joins the others.
-            calls.extend_from_slice(&[
-                libc::SYS_tgkill,
-                libc::SYS_poll,
-                libc::SYS_ppoll,
-                libc::SYS_rt_sigtimedwait,
-            ]);
+            calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_rt_sigtimedwait]);
             ioctl_types.push(KVM_IOCTLS);
         }
         ThreadKind::Api => {
@@ -248,13 +251,11 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
                 libc::SYS_sendto,
                 libc::SYS_fcntl,
                 libc::SYS_shutdown,
-                libc::SYS_tgkill,
-                libc::SYS_unlinkat,
                 libc::SYS_setsockopt,
                 libc::SYS_getsockopt,
             ])
         }
-        ThreadKind::Watchdog => calls.push(libc::SYS_tgkill),
+        ThreadKind::Watchdog => {}
         ThreadKind::Stdin => calls.extend_from_slice(&[
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
@@ -283,9 +284,6 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
                 libc::SYS_setsockopt,
                 libc::SYS_getsockopt,
                 libc::SYS_shutdown,
-                libc::SYS_tgkill,
-                libc::SYS_unlinkat,
-                libc::SYS_unlink,
             ])
         }
     }
@@ -305,6 +303,20 @@ fn filter(kind: ThreadKind, mismatch: SeccompAction) -> Result<BpfProgram, Strin
             .map(Ioctl::rule)
             .collect::<Result<Vec<_>, _>>()?;
         rules.insert(libc::SYS_ioctl, by_type);
+    }
+    let arg_is = |index: u8, value: u64| {
+        SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, value)
+            .and_then(|c| SeccompRule::new(vec![c]))
+            .map_err(|e| e.to_string())
+    };
+    // Signals only within this process: the kicks, the watchdog's, abort()'s own.
+    rules.insert(
+        libc::SYS_tgkill,
+        vec![arg_is(0, u64::from(std::process::id()))?],
+    );
+    if kind == ThreadKind::Vcpu {
+        // Whether a process lives (kill with signal 0: a snapshot's stale temporaries).
+        rules.insert(libc::SYS_kill, vec![arg_is(1, 0)?]);
     }
     SeccompFilter::new(
         rules,
@@ -467,6 +479,8 @@ mod tests {
                 "{kind:?}: ioctl only by type"
             );
             assert!(!calls.contains(&libc::SYS_socket), "{kind:?}");
+            // Signals are allowed only by their arguments (filter()), never outright.
+            assert!(!calls.contains(&libc::SYS_tgkill) && !calls.contains(&libc::SYS_kill));
             assert!(!calls.contains(&libc::SYS_execve), "{kind:?}");
             let expected: &[Ioctl] = match kind {
                 ThreadKind::Vcpu => &[KVM_IOCTLS],
@@ -492,6 +506,14 @@ mod tests {
                 assert_eq!(*libc::__errno_location(), 1);
                 // An ioctl of any kind is refused here (the watchdog has none).
                 assert_eq!(libc::ioctl(0, libc::FIONREAD, &mut 0i32), -1);
+                // A signal to this process may be sent (signal 0: nothing happens), one to
+                // another process may not.
+                let me = libc::getpid();
+                assert_eq!(
+                    libc::syscall(libc::SYS_tgkill, me, libc::syscall(libc::SYS_gettid), 0),
+                    0
+                );
+                assert_eq!(libc::syscall(libc::SYS_tgkill, 1, 1, 0), -1);
             }
         })
         .join()

@@ -127,7 +127,9 @@ impl Vm {
         Ok(())
     }
 
-    /// Stops host paging (every page stays where it is) and says what it did.
+    /// Stops host paging and says what it did. Only at the end of the run: once the
+    /// userfaultfd is gone, a page that was evicted reads as zeros (its contents stay in
+    /// the store, which goes too).
     pub fn stop_host_paging(&mut self) -> Option<crate::paging::PagingSummary> {
         let mut pager = self.pager.take()?;
         let summary = pager.summary();

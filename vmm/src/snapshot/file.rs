@@ -236,8 +236,8 @@ pub fn write(target: &Target, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), St
                 PathBuf::from(name)
             };
             let (vtmp, mtmp) = (tmp(vpath), tmp(mpath));
-            remove_stale_temporaries(vpath);
-            remove_stale_temporaries(mpath);
+            remove_stale_temporaries(vpath, Leftover::Vmstate);
+            remove_stale_temporaries(mpath, Leftover::Memory);
             write_synced(&mtmp, memory)?;
             crash_point("memory-written");
             write_synced(&vtmp, &[vmstate])?;
@@ -260,11 +260,14 @@ fn write_dir(dir: &Path, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String>
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = parent.join(tmp_name);
-    remove_stale_temporaries(&parent.join({
-        let mut hidden = std::ffi::OsString::from(".");
-        hidden.push(name);
-        hidden
-    }));
+    remove_stale_temporaries(
+        &parent.join({
+            let mut hidden = std::ffi::OsString::from(".");
+            hidden.push(name);
+            hidden
+        }),
+        Leftover::Dir,
+    );
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir(&tmp).map_err(|e| io("create", &tmp, e))?;
     write_synced(&tmp.join("memory"), memory)?;
@@ -284,9 +287,65 @@ fn write_dir(dir: &Path, vmstate: &[u8], memory: &[&[u8]]) -> Result<(), String>
     sync_dir(&parent)
 }
 
-/// Removes what VMMs killed while writing `path` left beside it: `<path>.tmp-<pid>` files
-/// or directories whose process is gone (a live one may be writing its own).
-fn remove_stale_temporaries(path: &Path) {
+/// What a temporary left beside a snapshot path would be.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Leftover {
+    /// `.DIR.tmp-<pid>`: a directory of `vmstate` and `memory` at most.
+    Dir,
+    /// `VMSTATE.tmp-<pid>`: a file starting with the vmstate magic.
+    Vmstate,
+    /// `MEMORY.tmp-<pid>`: a file ending in a memory trailer.
+    Memory,
+}
+
+/// Whether `path` is, by its content, a temporary a VMM of ours wrote.
+fn is_our_leftover(path: &Path, kind: Leftover) -> bool {
+    use std::os::unix::fs::FileExt;
+    let Ok(meta) = path.symlink_metadata() else {
+        return false;
+    };
+    let starts_with_magic = |p: &Path| {
+        let mut head = [0u8; 8];
+        File::open(p)
+            .and_then(|f| {
+                let n = f.read_at(&mut head, 0)?;
+                Ok(head[..n] == MAGIC[..n])
+            })
+            .unwrap_or(false)
+    };
+    match kind {
+        Leftover::Dir => {
+            meta.is_dir()
+                && std::fs::read_dir(path).is_ok_and(|entries| {
+                    entries.flatten().all(|e| {
+                        let name = e.file_name();
+                        let file = e.file_type().is_ok_and(|t| t.is_file());
+                        file && (name == "memory"
+                            || (name == "vmstate" && starts_with_magic(&e.path())))
+                    })
+                })
+        }
+        Leftover::Vmstate => meta.is_file() && starts_with_magic(path),
+        Leftover::Memory => {
+            meta.is_file()
+                && meta.len() >= TRAILER_LEN
+                && File::open(path).is_ok_and(|f| {
+                    let mut t = [0u8; TRAILER_LEN as usize];
+                    f.read_exact_at(&mut t, meta.len() - TRAILER_LEN).is_ok()
+                        && MemoryTrailer::decode(&t)
+                            .is_ok_and(|t| t.memory_bytes == meta.len() - TRAILER_LEN)
+                })
+        }
+    }
+}
+
+/// Removes what VMMs killed while writing `path` left beside it: `<path>.tmp-<pid>`
+/// whose process is gone (a live one may be writing its own) and whose content shows it
+/// is one (a name alone proves nothing: `backup.tmp-2024` could be anyone's). A memory
+/// temporary cut short before its trailer cannot be told apart and is left. The pid is
+/// judged in this pid namespace: VMMs of other hosts or containers writing the same
+/// directory are not told apart.
+fn remove_stale_temporaries(path: &Path, kind: Leftover) {
     let (Some(name), dir) = (path.file_name(), parent(path)) else {
         return;
     };
@@ -309,20 +368,20 @@ fn remove_stale_temporaries(path: &Path) {
         // SAFETY: kill with signal 0 only asks whether the process exists.
         let gone = unsafe { libc::kill(pid, 0) } != 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if gone {
-            let stale = entry.path();
-            let removed = if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                std::fs::remove_dir_all(&stale)
-            } else {
-                std::fs::remove_file(&stale)
-            };
-            match removed {
-                Ok(()) => log::info!(
-                    "snapshot: removed {}, left by a VMM that died writing it",
-                    stale.display()
-                ),
-                Err(e) => log::warn!("snapshot: cannot remove {}: {e}", stale.display()),
-            }
+        let stale = entry.path();
+        if !gone || !is_our_leftover(&stale, kind) {
+            continue;
+        }
+        let removed = match kind {
+            Leftover::Dir => std::fs::remove_dir_all(&stale),
+            Leftover::Vmstate | Leftover::Memory => std::fs::remove_file(&stale),
+        };
+        match removed {
+            Ok(()) => log::info!(
+                "snapshot: removed {}, left by a VMM that died writing it",
+                stale.display()
+            ),
+            Err(e) => log::warn!("snapshot: cannot remove {}: {e}", stale.display()),
         }
     }
 }
@@ -429,16 +488,40 @@ mod tests {
         write(&files, b"three", &[b"memory3"]).unwrap();
         assert_eq!(std::fs::read(base.join("vs")).unwrap(), b"three");
         // What a VMM killed mid-write left (its process gone) is removed by the next write;
-        // a live process's temporaries and unrelated names are not.
+        // a live process's temporaries, unrelated names, and anything whose content does
+        // not show it is a snapshot's are not.
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let dead = child.id();
         child.wait().unwrap();
         let live = std::os::unix::process::parent_id(); // alive: it waits for this test
-        std::fs::create_dir(base.join(format!(".snap.tmp-{dead}"))).unwrap();
-        std::fs::write(base.join(format!("vs.tmp-{dead}")), b"x").unwrap();
-        std::fs::write(base.join(format!("mem.tmp-{dead}")), b"x").unwrap();
+        let left_dir = base.join(format!(".snap.tmp-{dead}"));
+        std::fs::create_dir(&left_dir).unwrap();
+        std::fs::write(left_dir.join("vmstate"), &MAGIC[..5]).unwrap(); // cut short
+        std::fs::write(left_dir.join("memory"), b"ram").unwrap();
+        std::fs::write(
+            base.join(format!("vs.tmp-{dead}")),
+            encode(&sample()).unwrap(),
+        )
+        .unwrap();
+        let mut mem = vec![7u8; 4096];
+        mem.extend_from_slice(
+            &MemoryTrailer {
+                memory_id: 1,
+                memory_bytes: 4096,
+            }
+            .encode(),
+        );
+        std::fs::write(base.join(format!("mem.tmp-{dead}")), &mem).unwrap();
         std::fs::write(base.join(format!("vs.tmp-{live}")), b"x").unwrap();
         std::fs::write(base.join("vs.tmp-notapid"), b"x").unwrap();
+        // Not ours, though named like ours: someone's directory and files.
+        let theirs = base.join(format!("vs.tmp-{}", dead + 1));
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("thesis.txt"), b"precious").unwrap();
+        std::fs::write(base.join(format!("mem.tmp-{}", dead + 2)), b"raw bytes").unwrap();
+        let their_dir = base.join(format!(".snap.tmp-{}", dead + 3));
+        std::fs::create_dir(&their_dir).unwrap();
+        std::fs::write(their_dir.join("notes"), b"mine").unwrap();
         write(&target, b"four", &[b"memory4"]).unwrap();
         write(&files, b"five", &[b"memory5"]).unwrap();
         let mut names: Vec<_> = std::fs::read_dir(&base)
@@ -450,6 +533,9 @@ mod tests {
             .map(String::from)
             .to_vec();
         expected.push(format!("vs.tmp-{live}"));
+        expected.push(format!("vs.tmp-{}", dead + 1));
+        expected.push(format!("mem.tmp-{}", dead + 2));
+        expected.push(format!(".snap.tmp-{}", dead + 3));
         expected.sort();
         assert_eq!(names, expected);
         let _ = std::fs::remove_dir_all(&base);

@@ -20,8 +20,13 @@ use userfaultfd::{Event, Uffd, UffdBuilder};
 use vm_memory::{GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 const PAGE: usize = 4096;
+/// Copies that make no progress (EAGAIN with nothing copied) before the handler gives up.
+const MAX_COPY_RETRIES: u32 = 1000;
 /// How often the handler, waiting for a fault, looks at the stop flag.
 const POLL_SLICE: Duration = Duration::from_millis(50);
+/// How long no fault must come before the background check reads another chunk, so that
+/// it does not stand between the guest and its pages.
+const IDLE_BEFORE_CHECK: Duration = Duration::from_millis(2);
 
 /// What the handler did, for `--log-level info` and the benchmarks.
 #[derive(Default)]
@@ -29,6 +34,11 @@ pub struct Progress {
     pub pages: AtomicU64,
     /// When the latest page came in, in µs since the VMM process started.
     pub last_us: AtomicU64,
+    /// Chunks not yet checked (neither brought in nor checked in the background).
+    pub unchecked: AtomicU64,
+    /// Set when the guest's run is over: from then the handler checks nothing more and
+    /// ends nothing (a corrupt chunk no one used must not turn a finished run into 126).
+    pub guest_ended: AtomicBool,
 }
 
 /// The running handler; stopping (or dropping) it joins the thread.
@@ -113,10 +123,22 @@ impl Pager {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let progress = Arc::new(Progress::default());
+        progress
+            .unchecked
+            .store(served.chunks.len() as u64, Ordering::Relaxed);
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
         let thread = std::thread::Builder::new()
             .name("fluke-uffd".into())
-            .spawn(move || serve(&uffd, served, &s, &p, started))
+            .spawn(move || {
+                // A panic here would drop the userfaultfd, and the kernel would fill every
+                // page not yet served with zeros: end the VMM instead.
+                let served_ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    serve(&uffd, served, &s, &p, started)
+                }));
+                if served_ok.is_err() {
+                    fatal("the userfaultfd thread panicked");
+                }
+            })
             .map_err(|e| format!("cannot start the userfaultfd thread: {e}"))?;
         Ok(Pager {
             stop,
@@ -141,7 +163,7 @@ impl Drop for Pager {
 
 /// Ends the VMM from the handler thread: a vCPU waiting for memory it cannot have must not
 /// wait forever, and corrupt memory must not run.
-fn fatal(msg: &str) -> ! {
+pub(crate) fn fatal(msg: &str) -> ! {
     crate::logger::to_stderr(&format!("fluke-vmm: error: {msg}; stopping\n"));
     std::process::exit(fluke_abi::status::VMM_ERROR);
 }
@@ -179,6 +201,7 @@ impl Served {
             let lo = start.max(span.file_offset);
             let hi = (start + n).min(span.file_offset + span.len);
             let mut at = lo;
+            let mut retries = 0;
             while at < hi {
                 let dst = span.host + (at - span.file_offset);
                 // SAFETY: `buf[at - start..hi - start]` is initialised memory of ours that
@@ -193,9 +216,22 @@ impl Served {
                     )
                 };
                 match copied {
-                    Ok(len) => at += len.max(PAGE),
+                    Ok(len) if len > 0 && len <= hi - at => at += len,
                     // Interrupted part-way (the address space changing): go on from there.
-                    Err(userfaultfd::Error::PartiallyCopied(len)) => at += len,
+                    Err(userfaultfd::Error::PartiallyCopied(len)) if len > 0 && len <= hi - at => {
+                        at += len
+                    }
+                    // Nothing copied, or a count out of range (the crate passes the kernel's
+                    // negative error through as a huge one): try the same range again,
+                    // a bounded number of times.
+                    Ok(_) | Err(userfaultfd::Error::PartiallyCopied(_)) => {
+                        retries += 1;
+                        if retries > MAX_COPY_RETRIES {
+                            return Err(format!(
+                                "cannot bring guest memory at {dst:#x} in from the memory file: the copy makes no progress"
+                            ));
+                        }
+                    }
                     // A page there already present: cannot happen while whole chunks come in
                     // together; step over it rather than fail the guest.
                     Err(userfaultfd::Error::CopyFailed(e)) if e as i32 == libc::EEXIST => {
@@ -246,23 +282,41 @@ fn serve(
 ) {
     crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::RestorePager);
     let mut checking = true;
+    let unchecked = |served: &Served| {
+        served
+            .chunks
+            .iter()
+            .filter(|c| **c == Chunk::Untouched)
+            .count() as u64
+    };
     while !stop.load(Ordering::Acquire) {
         let mut fd = libc::pollfd {
             fd: uffd.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        // While chunks remain unchecked, an idle moment goes to checking one.
-        let wait = if checking {
-            0
+        let ended = progress.guest_ended.load(Ordering::Acquire);
+        // While chunks remain unchecked (and the guest runs), an idle moment goes to
+        // checking one.
+        let wait = if checking && !ended {
+            IDLE_BEFORE_CHECK
         } else {
-            POLL_SLICE.as_millis() as libc::c_int
+            POLL_SLICE
         };
         // SAFETY: polls one valid pollfd; it changes only `revents`.
-        let ready = unsafe { libc::poll(&mut fd, 1, wait) };
+        let ready = unsafe { libc::poll(&mut fd, 1, wait.as_millis() as libc::c_int) };
         if ready <= 0 {
-            if checking {
+            if checking && !ended {
                 checking = served.check_one().unwrap_or_else(|e| fatal(&e));
+                progress
+                    .unchecked
+                    .store(unchecked(&served), Ordering::Relaxed);
+                if !checking {
+                    log::info!(
+                        "restore: every chunk of the memory file checked, {:.1} ms after the VMM started",
+                        started.elapsed().as_secs_f64() * 1e3
+                    );
+                }
             }
             continue;
         }
@@ -287,6 +341,9 @@ fn serve(
             continue;
         }
         served.bring_in(uffd, chunk).unwrap_or_else(|e| fatal(&e));
+        progress
+            .unchecked
+            .store(unchecked(&served), Ordering::Relaxed);
         let n = served.chunk_range(chunk).len() / PAGE;
         progress.pages.fetch_add(n as u64, Ordering::Relaxed);
         progress
