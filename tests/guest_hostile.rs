@@ -126,6 +126,29 @@ fn a_64_deep_chain_of_nested_spaces_is_torn_down_with_the_kernel_healthy() {
     }
 }
 
+/// Finding F1 (issue 13): one page seen 2^depth times. The victim maps a region of its own
+/// page twice into its own space, makes the two views a region, maps that twice, and so on,
+/// 24 levels; then `mem_referenced`, `mem_discard` and destroying the first region walk the
+/// page's views. Before the bound the walk ran the kernel heap out at the first of them (a
+/// kernel panic: "memory allocation of 67108864 bytes failed"). Now the tenth level is
+/// refused (MAX_VIEWS = 1024; nine levels make 1022 views), every walk finishes and leaves
+/// no view of the discarded page, and the next process runs.
+#[test]
+fn a_page_whose_views_double_at_every_level_is_refused_at_the_bound() {
+    for (who, run) in both("fluke.init=ktest,fanout,24") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console(
+            "victim: fanout: 9 levels of doubling (1022 views of one page), then Some((10, TooManyViews))",
+        );
+        run.assert_console(
+            "victim: fanout: 0 views read wrong; referenced Ok(true), discarded Ok(0), 0 stale views, first region destroyed Ok(0)",
+        );
+        run.assert_console(
+            "ktest: fanout: capability given Ok(0); victim exited Ok(0); a new process exited Ok(0)",
+        );
+    }
+}
+
 /// 10^6 kernel calls on each backend (4 seeds of 250,000) aimed at real capabilities of every
 /// object kind with hostile arguments and register state; `scripts/fuzz.sh` runs longer.
 #[test]

@@ -14,6 +14,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "hostile" => hostile(),
         "starve" => starve(),
+        "fanout" => fanout(args.get(1).unwrap_or("24")),
         "xstate" => xstate(),
         "floors" => floors(),
         "capfuzz" => capfuzz(
@@ -1028,6 +1029,21 @@ fn mapcharge(cycles: u64) -> i32 {
         "ktest: mapcharge: {cycles} cycles, {bad} failed steps, budget {before:?} -> {after:?}"
     );
     i32::from(bad != 0 || before != after || before.is_err())
+}
+
+/// Finding F1: a child multiplies the views of one of its pages (victim `fanout`), given a
+/// capability to its own space to map into; the kernel refuses it at its bound and stays
+/// healthy: a new process runs after it.
+fn fanout(depth: &str) -> i32 {
+    let Ok(child) = sys::spawn_child("victim", &["fanout", depth], &[]) else {
+        println!("ktest: fanout: cannot start the victim");
+        return 1;
+    };
+    let given = sys::cap_give(child.space, 0, child.space, 0b1111);
+    let status = sys::wait(child.pid);
+    let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+    println!("ktest: fanout: capability given {given:?}; victim exited {status:?}; a new process exited {after:?}");
+    i32::from(given.is_err() || status != Ok(0) || after != Ok(0))
 }
 
 /// `spawn(child); loop {}`: the child runs although the parent never enters the kernel.

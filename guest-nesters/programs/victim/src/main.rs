@@ -373,6 +373,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     4
                 };
             }
+            "fanout" => {
+                let depth = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(24);
+                return fanout(depth);
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
@@ -415,6 +419,104 @@ unsafe fn compat_syscall() {
         p = in(reg) far_pointer.as_mut_ptr(),
         t = out(reg) _,
     );
+}
+
+/// Where the `fanout` case's parent puts a capability to our own space.
+const OWN_SPACE: u64 = 0;
+/// The page whose views `fanout` multiplies, and where level `d` of them lies
+/// (`FANOUT_LEVELS * d`, 2^d pages).
+const FANOUT_TOP: u64 = 0x8_0000_0000;
+const FANOUT_LEVELS: u64 = 0x10_0000_0000;
+const FANOUT_MARK: u64 = 0xfa2_0u64 << 20;
+
+/// Finding F1: one page seen 2^depth times. Our own page is a region, mapped twice into our
+/// own space; the two views are made a region, mapped twice; and so on, `depth` levels (the
+/// views of one page double at each). The kernel must refuse a level once the page's views
+/// would pass its bound; then every walk over them (`mem_referenced`, `mem_discard`,
+/// destroying the first region) must finish, and leave no view of the discarded page.
+fn fanout(depth: u64) -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    // The parent gives us our own space's capability after the spawn.
+    let mut waited = 0;
+    while !sys::holds(OWN_SPACE, fluke_abi::syscall::objstate::SPACE) {
+        waited += 1;
+        if waited > 100_000 {
+            println!("victim: fanout: no capability to our own space");
+            return 2;
+        }
+        sys::yield_now();
+    }
+    if sys::map_anon(FANOUT_TOP, 4096).is_err() {
+        return 2;
+    }
+    // SAFETY: our own page, just mapped.
+    unsafe { core::ptr::write_volatile(FANOUT_TOP as *mut u64, FANOUT_MARK) };
+    let Ok(first) = sys::region_create(FANOUT_TOP, 4096, NO_CAP) else {
+        return 2;
+    };
+    let (mut region, mut size, mut levels, mut refused) = (first, 4096u64, 0u64, None);
+    for d in 1..=depth {
+        let base = FANOUT_LEVELS * d;
+        let made = sys::mapping_create(OWN_SPACE, region, base, true)
+            .and_then(|_| sys::mapping_create(OWN_SPACE, region, base + size, true));
+        if let Err(e) = made {
+            refused = Some((d, e));
+            break;
+        }
+        levels = d;
+        size *= 2;
+        match sys::region_create(base, size, NO_CAP) {
+            Ok(r) => region = r,
+            Err(e) => {
+                println!("victim: fanout: region of level {d}: {e:?}");
+                return 2;
+            }
+        }
+    }
+    let views = (2u64 << levels) - 2;
+    println!(
+        "victim: fanout: {levels} levels of doubling ({views} views of one page), then {refused:?}"
+    );
+    // Bring in the views (all of them when they are few, else the ends of each level): each
+    // reads our page.
+    let all = views <= 4096;
+    let touched = |f: &mut dyn FnMut(u64)| {
+        for d in 1..=levels {
+            let (base, pages) = (FANOUT_LEVELS * d, 1u64 << d);
+            if all {
+                (0..pages).for_each(|i| f(base + i * 4096));
+            } else {
+                f(base);
+                f(base + (pages - 1) * 4096);
+            }
+        }
+    };
+    let mut wrong = 0u64;
+    // SAFETY: views of our own page, mapped by the mappings above.
+    touched(&mut |va| {
+        wrong += u64::from(unsafe { core::ptr::read_volatile(va as *const u64) } != FANOUT_MARK)
+    });
+    let referenced = sys::mem_referenced(FANOUT_TOP);
+    let discarded = sys::mem_discard(FANOUT_TOP, 4096);
+    // The page is gone from every view: each brings in the page anew, a zero page. A view
+    // left behind would still show the old frame (freed: a stale view).
+    let mut stale = 0u64;
+    // SAFETY: as above.
+    touched(&mut |va| {
+        stale += u64::from(unsafe { core::ptr::read_volatile(va as *const u64) } != 0)
+    });
+    let destroyed = sys::destroy(first);
+    println!(
+        "victim: fanout: {wrong} views read wrong; referenced {referenced:?}, discarded {discarded:?}, {stale} stale views, first region destroyed {destroyed:?}"
+    );
+    i32::from(
+        refused.is_none()
+            || wrong != 0
+            || stale != 0
+            || referenced != Ok(true)
+            || discarded.is_err()
+            || destroyed.is_err(),
+    )
 }
 
 #[repr(C, align(16))]
