@@ -96,6 +96,9 @@ pub enum Call {
     /// `cond_rewait(cond, mutex)`: what `cond_wait` becomes after releasing the mutex.
     CondRewait = 32,
     /// `thread_set_keeper(thread, port)`: the thread's exception keeper; `NO_CAP` clears it.
+    /// Besides the CPU's faults, the keeper gets a stack fault (vector 12, error code 0) for
+    /// a thread about to return to user mode with a non-canonical RSP, which the kernel never
+    /// does (a kernel call made with one is not made, and re-executes once RSP is fixed).
     ThreadSetKeeper = 33,
     /// `region_create(addr, size, keeper_port) -> name`: exports `[addr, addr + size)` of the
     /// caller's memory; faults on its pages not yet present go to the keeper (or `NO_CAP`).
