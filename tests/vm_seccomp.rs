@@ -13,7 +13,13 @@ use support::{default_image, VMM};
 /// Boots the default image (the ticker, so every thread is busy) with the API on, the
 /// probe in `thread`, and `extra` options; returns the status and stderr.
 fn probed(thread: &str, extra: &[&str]) -> (i32, String) {
-    let dir = std::env::temp_dir().join(format!("fluke-seccomp-{}-{thread}", std::process::id()));
+    // One directory per call: the tests run in parallel, and two of them probe "api".
+    static CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "fluke-seccomp-{}-{call}-{thread}",
+        std::process::id()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let sock = dir.join("api.sock");
     let _ = std::fs::remove_file(&sock);
