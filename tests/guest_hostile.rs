@@ -126,6 +126,75 @@ fn a_64_deep_chain_of_nested_spaces_is_torn_down_with_the_kernel_healthy() {
     }
 }
 
+/// Finding F1 (issue 13): one page seen 2^depth times. The victim maps a region of its own
+/// page twice into its own space, makes the two views a region, maps that twice, and so on,
+/// 24 levels; then `mem_referenced`, `mem_discard` and destroying the first region walk the
+/// page's views. Before the bound the walk ran the kernel heap out at the first of them (a
+/// kernel panic: "memory allocation of 67108864 bytes failed"). Now the tenth level is
+/// refused (MAX_VIEWS = 1024; nine levels make 1022 views), every walk finishes and leaves
+/// no view of the discarded page, and the next process runs.
+#[test]
+fn a_page_whose_views_double_at_every_level_is_refused_at_the_bound() {
+    for (who, run) in both("fluke.init=ktest,fanout,24") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console(
+            "victim: fanout: 9 levels of doubling (1022 views of one page), then Some((10, TooManyViews))",
+        );
+        run.assert_console(
+            "victim: fanout: 0 views read wrong; referenced Ok(true), discarded Ok(0), 0 stale views, first region destroyed Ok(0)",
+        );
+        run.assert_console(
+            "ktest: fanout: capability given Ok(0); victim exited Ok(0); a new process exited Ok(0)",
+        );
+    }
+}
+
+/// The wake-ups the ticker called `name` counted (victim `ticks`).
+fn ticks(who: &str, run: &Run, name: &str) -> u64 {
+    let prefix = format!("victim: ticks {name}: ");
+    run.console
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{who}: no count from ticker {name}: {}", run.console))
+}
+
+/// Hole 7 (issue 13): a program looping with a non-canonical stack pointer. On kvm_pvm the
+/// host emulates such user code (~1 µs an instruction) and holds the guest's interrupts off
+/// for as long as one emulated instruction takes: beside a `rep stosb` over 16 MiB a ticker
+/// (1-ms sleeps) got ~100 wake-ups in 500 ms where it gets ~458 alone, with or without a
+/// keeper of the loop's own that resumes it at every fault. Now the kernel never returns to
+/// user mode with such an RSP: the thread takes a stack fault at its first kernel entry
+/// (killed without a keeper, status 128 + 12; with one, it goes on faulting without running),
+/// and the ticker keeps its wake-ups. The bound is a generous ratio, not a time.
+#[test]
+fn a_loop_with_a_non_canonical_stack_pointer_costs_only_its_own_time() {
+    for (mode, stopped) in [
+        ("rsp-rep", "victim still running false, status Ok(140)"),
+        ("rsp-rep-keeper", "victim still running true"),
+    ] {
+        for (who, run) in both(&format!("fluke.init=ktest,rsp-hog,{mode},500")) {
+            assert_eq!(run.status, 0, "{who} {mode}: {run:?}");
+            let (bare, beside) = (ticks(who, &run, "bare"), ticks(who, &run, "beside"));
+            assert!(
+                beside * 2 >= bare,
+                "{who} {mode}: a ticker beside the loop woke {beside} times, alone {bare}: {}",
+                run.console
+            );
+            run.assert_console(&format!(
+                "ktest: rsp-hog: {mode}: tickers Ok(0) Ok(0); {stopped}"
+            ));
+            run.assert_console("a new process exited Ok(0)");
+            if mode == "rsp-rep" {
+                run.assert_console(
+                    "killed: stack fault (#SS): non-canonical stack pointer 0x8000000000000000",
+                );
+            }
+        }
+    }
+}
+
 /// 10^6 kernel calls on each backend (4 seeds of 250,000) aimed at real capabilities of every
 /// object kind with hostile arguments and register state; `scripts/fuzz.sh` runs longer.
 #[test]

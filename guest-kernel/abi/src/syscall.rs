@@ -96,12 +96,20 @@ pub enum Call {
     /// `cond_rewait(cond, mutex)`: what `cond_wait` becomes after releasing the mutex.
     CondRewait = 32,
     /// `thread_set_keeper(thread, port)`: the thread's exception keeper; `NO_CAP` clears it.
+    /// Besides the CPU's faults, the keeper gets a stack fault (vector 12, error code 0) for
+    /// a thread about to return to user mode with a non-canonical RSP, which the kernel never
+    /// does (a kernel call made with one is not made, and re-executes once RSP is fixed).
     ThreadSetKeeper = 33,
     /// `region_create(addr, size, keeper_port) -> name`: exports `[addr, addr + size)` of the
     /// caller's memory; faults on its pages not yet present go to the keeper (or `NO_CAP`).
     RegionCreate = 34,
     /// `mapping_create(space, region, addr, writable) -> name`: makes the region appear at
     /// `addr` in `space` (pages are shared with the region's owner, brought in on fault).
+    /// Errors: `InvalidArgument` (bad flags, or the range overlaps a mapping of `space`),
+    /// `BadAddress`, `TooManyViews` (a page would have more than [`MAX_VIEWS`] views, counting
+    /// every chain of mappings it is passed down, or would be mapped into itself: the bound
+    /// that keeps `mem_discard`, `mem_referenced` and unmapping bounded), `Exhausted`,
+    /// `NoMemory`, and the capability errors.
     MappingCreate = 35,
     /// `space_create(keep, name_ptr, name_len in r10) -> name` (child id in `rdx`): an
     /// empty child space, called `name` in reports (none: "space"). Its budget is
@@ -196,6 +204,13 @@ pub const XSTATE_MAX_BYTES: usize = 4096;
 
 /// `space_create(SPACE_EXACT | n)`: lend the child exactly `n` frames.
 pub const SPACE_EXACT: u64 = 1 << 62;
+
+/// How many views one page can have at most: places it appears in other spaces (or its own)
+/// through chains of mappings, each region passing on what is mapped into it. A
+/// `mapping_create` that would pass it fails with [`Error::TooManyViews`]. The kernel's
+/// count is conservative: a region mapped into a range counts every view of every region of
+/// the target overlapping that range (`fluke_kcore::mapping`).
+pub const MAX_VIEWS: u32 = 1024;
 
 /// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
 /// also receive capabilities to the child's space (`r10`) and main thread (`rdx`).
@@ -359,6 +374,10 @@ pub enum Error {
     NoRights = 10,
     /// The other side of an IPC went away.
     PeerGone = 11,
+    /// `mapping_create`: a page of the region would be seen through more than [`MAX_VIEWS`]
+    /// chains of mappings, or through itself (the region mapped into memory it provides).
+    /// Nothing was changed.
+    TooManyViews = 12,
 }
 
 impl Error {
@@ -375,6 +394,7 @@ impl Error {
             9 => Error::WrongType,
             10 => Error::NoRights,
             11 => Error::PeerGone,
+            12 => Error::TooManyViews,
             _ => return None,
         })
     }
@@ -392,6 +412,7 @@ impl Error {
             Error::WrongType => "wrong object type",
             Error::NoRights => "missing rights",
             Error::PeerGone => "peer gone",
+            Error::TooManyViews => "too many views of a page",
         }
     }
 }
@@ -480,6 +501,7 @@ mod tests {
             Error::WrongType,
             Error::NoRights,
             Error::PeerGone,
+            Error::TooManyViews,
         ] {
             assert_eq!(decode(encode(Err(e))), Err(e));
             assert_eq!(Error::from_i64(e as i64), Some(e));

@@ -16,21 +16,32 @@ use crate::kernel::with_kernel;
 /// entry.S, after SAVE_SYSCALL_FRAME: a kernel call of the current thread.
 #[no_mangle]
 extern "C" fn syscall_dispatch() -> ! {
-    sched::run(with_kernel(syscall::handle))
+    sched::run(with_kernel(|k| {
+        let leave = if fault::stack_unusable(k) {
+            fault::call_with_unusable_stack(k)
+        } else {
+            syscall::handle(k)
+        };
+        fault::checked_leave(k, leave)
+    }))
 }
 
 /// entry.S, after `arch::trap::user_trap` saved the registers: an event from user mode.
 #[no_mangle]
 extern "C" fn user_event(vector: u64, error_code: u64) -> ! {
     sched::run(with_kernel(|k| {
-        fault::user_event(k, vector as u8, error_code)
+        let leave = fault::user_event(k, vector as u8, error_code);
+        fault::checked_leave(k, leave)
     }))
 }
 
 /// entry.S (CSTAR): SYSCALL from 32-bit compatibility mode.
 #[no_mangle]
 extern "C" fn compat_syscall_refused() -> ! {
-    sched::run(with_kernel(fault::compat_syscall_refused))
+    sched::run(with_kernel(|k| {
+        let leave = fault::compat_syscall_refused(k);
+        fault::checked_leave(k, leave)
+    }))
 }
 
 /// entry.S, after `arch::trap::trap_dispatch`: what remains of a kernel-mode event (the
@@ -63,12 +74,14 @@ fn interrupt(vector: u8) {
 
 /// entry.S's `schedule`, on the idle stack: picks the next runnable thread and returns to
 /// user mode in it, idling (HLT with interrupts on, the kernel state put down) while there
-/// is none.
+/// is none. Every return to user mode goes through [`fault::checked_leave`] or
+/// [`fault::pick`] (no thread returns with a non-canonical stack pointer), except the
+/// benchmark floor paths of entry.S, which check it themselves.
 #[no_mangle]
 extern "C" fn schedule_on_idle_stack() -> ! {
     with_kernel(sched::enter_scheduler);
     loop {
-        match with_kernel(sched::pick) {
+        match with_kernel(fault::pick) {
             Some(slot) => user::return_to_user(slot),
             None => platform::idle(),
         }

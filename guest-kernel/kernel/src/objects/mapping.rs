@@ -15,7 +15,9 @@ use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::{fault, Error};
 use fluke_kcore::cap::Rights;
-use fluke_kcore::mapping::{mapping_at, overlaps, views, Mapping, MAX_CHAIN};
+use fluke_kcore::mapping::{
+    apply_views, forget_views, mapping_at, overlaps, plan_views, views, Mapping, MAX_CHAIN,
+};
 use fluke_kcore::slab::Id;
 
 const PAGE: u64 = 4096;
@@ -24,7 +26,9 @@ const PAGE: u64 = 4096;
 pub const MAP_WRITE: u64 = 1;
 pub const MAP_EXEC: u64 = 2;
 
-/// `mapping_create(space, region, addr, flags)`.
+/// `mapping_create(space, region, addr, flags)`. Refused with `TooManyViews`, nothing
+/// changed, if a page would then be seen through more than `MAX_VIEWS` chains of mappings
+/// (or through itself): `fluke_kcore::mapping`.
 pub fn create(
     k: &mut Kernel,
     c: Caller,
@@ -50,19 +54,21 @@ pub fn create(
     if overlaps(&k.mappings, &k.regions, target, addr, end) {
         return Err(Error::InvalidArgument);
     }
-    let id = k
-        .mappings
-        .insert(Mapping {
-            target,
-            base: addr,
-            region,
-            writable: flags & MAP_WRITE != 0,
-            executable: flags & MAP_EXEC != 0,
-        })
-        .ok_or(Error::Exhausted)?;
-    value(register_new(k, c, ObjRef::Mapping(id)).inspect_err(|_| {
+    let mapping = Mapping {
+        target,
+        base: addr,
+        region,
+        writable: flags & MAP_WRITE != 0,
+        executable: flags & MAP_EXEC != 0,
+    };
+    let plan = plan_views(&k.mappings, &k.regions, &mapping).map_err(|_| Error::TooManyViews)?;
+    let id = k.mappings.insert(mapping).ok_or(Error::Exhausted)?;
+    let name = register_new(k, c, ObjRef::Mapping(id)).inspect_err(|_| {
         k.mappings.remove(id);
-    }))
+    })?;
+    // The mapping is made: its views count from now on.
+    apply_views(&mut k.regions, plan);
+    value(Ok(name))
 }
 
 pub fn state(k: &Kernel, c: Caller, m: Id) -> Result<[u64; WORDS], Error> {
@@ -88,6 +94,7 @@ pub fn destroy(k: &mut Kernel, m: Id) -> Result<(), Error> {
 /// target passed on of those pages through its own regions (their frames are not the
 /// target's, and must not outlive the mapping anywhere).
 pub fn remove(k: &mut Kernel, mid: Id) {
+    forget_views(&k.mappings, &mut k.regions, mid);
     let Some(m) = k.mappings.remove(mid) else {
         return;
     };

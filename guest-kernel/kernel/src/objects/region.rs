@@ -9,7 +9,7 @@ use fluke_abi::syscall::ipc::NO_CAP;
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;
-use fluke_kcore::mapping::{mappings_of, Region};
+use fluke_kcore::mapping::{forget_views, mappings_of, Region};
 use fluke_kcore::slab::Id;
 
 /// A keeper argument: a port capability of the caller's, or NO_CAP.
@@ -34,6 +34,7 @@ pub fn create(k: &mut Kernel, c: Caller, addr: u64, size: u64, keeper_name: u64)
             base: addr,
             size,
             keeper,
+            views: 0,
         })
         .ok_or(Error::Exhausted)?;
     value(register_new(k, c, ObjRef::Region(id)).inspect_err(|_| {
@@ -65,7 +66,8 @@ pub fn destroy(k: &mut Kernel, r: Id) -> Result<(), Error> {
     Ok(())
 }
 
-/// Removes a region and every mapping of it.
+/// Removes a region and every mapping of it (each takes its views with it, so the region
+/// goes with none).
 pub fn remove(k: &mut Kernel, rid: Id) {
     for mid in mappings_of(&k.mappings, rid) {
         super::mapping::remove(k, mid);
@@ -85,8 +87,10 @@ pub fn forget_space(k: &mut Kernel, pid: Pid) {
     }
     for mid in k.mappings.ids() {
         if k.mappings.get(mid).is_some_and(|m| m.target == pid) {
-            // Its page tables go with the space: only the record, and the charge, which
-            // goes back to the mapping's creator (a parent that mapped into a child).
+            // Its page tables go with the space: only the record, its views (upstream of
+            // it), and the charge, which goes back to the mapping's creator (a parent that
+            // mapped into a child).
+            forget_views(&k.mappings, &mut k.regions, mid);
             k.mappings.remove(mid);
             unregister(k, ObjRef::Mapping(mid));
         }

@@ -14,6 +14,12 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "faults" => faults(),
         "hostile" => hostile(),
         "starve" => starve(),
+        "fanout" => fanout(args.get(1).unwrap_or("24")),
+        "rsp-hog" => rsp_hog(
+            args.get(1).unwrap_or("rsp-rep"),
+            args.get(2).unwrap_or("500"),
+            args.get(3).unwrap_or("8000000000000000"),
+        ),
         "xstate" => xstate(),
         "floors" => floors(),
         "capfuzz" => capfuzz(
@@ -954,10 +960,11 @@ fn capfuzz_child(seed: u64, count: u64) -> i32 {
                 a[1] %= FUZZ_SCRATCH_LEN;
             }
             let data = [arg(), arg(), arg(), arg()];
-            let hostile_rsp = if r % 8 == 3 {
-                pointers[(r >> 16) as usize % pointers.len()] | 1
-            } else {
-                0
+            // A non-canonical RSP is left out: the kernel stops a thread holding one with a
+            // stack fault at its next entry (hole 7 of issue 13; `ktest rsp-hog`).
+            let hostile_rsp = match pointers[(r >> 16) as usize % pointers.len()] | 1 {
+                p if r % 8 == 3 && ((p as i64) << 16) >> 16 == p as i64 => p,
+                _ => 0,
             };
             // SAFETY: every pointer argument is the scratch area or one the kernel must
             // refuse (the pool above); this thread's own memory is never named.
@@ -1028,6 +1035,49 @@ fn mapcharge(cycles: u64) -> i32 {
         "ktest: mapcharge: {cycles} cycles, {bad} failed steps, budget {before:?} -> {after:?}"
     );
     i32::from(bad != 0 || before != after || before.is_err())
+}
+
+/// Finding F1: a child multiplies the views of one of its pages (victim `fanout`), given a
+/// capability to its own space to map into; the kernel refuses it at its bound and stays
+/// healthy: a new process runs after it.
+fn fanout(depth: &str) -> i32 {
+    let Ok(child) = sys::spawn_child("victim", &["fanout", depth], &[]) else {
+        println!("ktest: fanout: cannot start the victim");
+        return 1;
+    };
+    let given = sys::cap_give(child.space, 0, child.space, 0b1111);
+    let status = sys::wait(child.pid);
+    let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+    println!("ktest: fanout: capability given {given:?}; victim exited {status:?}; a new process exited {after:?}");
+    i32::from(given.is_err() || status != Ok(0) || after != Ok(0))
+}
+
+/// Hole 7 (issue 13): a program looping with a non-canonical stack pointer (victim
+/// `rsp-rep`, `rsp-rep-keeper`, `rsp-spin`, `rsp-syscall`, with RSP = `rsp`) must cost its
+/// own time, not the machine's. A ticker (victim `ticks`: 1-ms sleeps) runs `ms` alone,
+/// then `ms` beside the hostile loop; the test compares how many wake-ups each got (their
+/// console lines). Then the loop is ended (if it still runs) and a new process runs.
+fn rsp_hog(mode: &str, ms: &str, rsp: &str) -> i32 {
+    let bare = sys::spawn("victim", &["ticks", "bare", ms]).and_then(sys::wait);
+    let hog = sys::spawn_child("victim", &[mode, rsp, "1000000000000", "16"], &[]);
+    let Ok(hog) = hog else {
+        println!("ktest: rsp-hog: cannot start the victim: {hog:?}");
+        return 1;
+    };
+    // Let it reach its loop.
+    sys::sleep_ns(50_000_000);
+    let beside = sys::spawn("victim", &["ticks", "beside", ms]).and_then(sys::wait);
+    // Still running (its thread still there), or stopped by the kernel already.
+    let running = sys::obj_get_state(hog.thread).is_ok();
+    if running {
+        let _ = sys::destroy(hog.space);
+    }
+    let status = sys::wait(hog.pid);
+    let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+    println!(
+        "ktest: rsp-hog: {mode}: tickers {bare:?} {beside:?}; victim still running {running}, status {status:?}; a new process exited {after:?}"
+    );
+    i32::from(bare != Ok(0) || beside != Ok(0) || after != Ok(0))
 }
 
 /// `spawn(child); loop {}`: the child runs although the parent never enters the kernel.

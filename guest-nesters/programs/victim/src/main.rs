@@ -5,6 +5,7 @@
 
 use core::arch::asm;
 use fluke_rt::{println, sys};
+use sys::ThreadRegs;
 
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
@@ -373,6 +374,36 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     4
                 };
             }
+            "rsp-spin" | "rsp-syscall" | "rsp-rep" | "rsp-rep-keeper" => {
+                // `CASE RSP [N [MIB]]` (hole 7 of issue 13): a loop run with RSP = RSP
+                // (hex; 0: the real stack), the stack pointer restored after each
+                // iteration: N user-mode iterations (`rsp-spin`) or N null kernel calls
+                // (`rsp-syscall`), timed; or, forever, `rep stosb` over MIB MiB (`rsp-rep`),
+                // the same with a keeper of our own that puts the thread back at its loop
+                // whenever it faults (`rsp-rep-keeper`: the fault is the loop).
+                let n: u64 = args
+                    .get(2)
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1_000_000);
+                let mib: u64 = args.get(3).and_then(|n| n.parse().ok()).unwrap_or(16);
+                return match case {
+                    "rsp-spin" => rsp_spin(addr, n),
+                    "rsp-syscall" => rsp_syscall(addr, n),
+                    "rsp-rep" => rsp_rep(addr, mib, false),
+                    _ => rsp_rep(addr, mib, true),
+                };
+            }
+            "ticks" => {
+                // `ticks NAME MS`: sleeps of 1 ms for MS ms; how many fit is this
+                // process's share of the machine's wake-ups.
+                let name = args.get(1).unwrap_or("ticker");
+                let ms: u64 = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(500);
+                return ticks(name, ms);
+            }
+            "fanout" => {
+                let depth = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(24);
+                return fanout(depth);
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
@@ -415,6 +446,274 @@ unsafe fn compat_syscall() {
         p = in(reg) far_pointer.as_mut_ptr(),
         t = out(reg) _,
     );
+}
+
+/// `n` null kernel calls, each made with RSP = `rsp` (0: left alone) and the real stack
+/// pointer restored after it; prints the time per call.
+fn rsp_syscall(rsp: u64, n: u64) -> i32 {
+    let khz = sys::bench(fluke_abi::syscall::BenchOp::TscKhz, 0).unwrap_or(1_000_000);
+    let start = sys::rdtsc();
+    for _ in 0..n {
+        // SAFETY: RSP is saved in R12 (the kernel returns every register but RAX, RCX and
+        // R11 unchanged) and restored before anything uses the stack; nothing between the
+        // two moves touches memory.
+        unsafe {
+            asm!(
+                "mov r12, rsp",
+                "test r13, r13",
+                "jz 2f",
+                "mov rsp, r13",
+                "2: syscall",
+                "mov rsp, r12",
+                in("r13") rsp,
+                out("r12") _,
+                inlateout("rax") 0u64 => _,
+                lateout("rcx") _, lateout("r11") _,
+            );
+        }
+    }
+    let ticks = sys::rdtsc() - start;
+    let ns = ticks * 1_000_000 / khz.max(1);
+    println!(
+        "victim: rsp-syscall: {n} calls with rsp {rsp:#x} in {} ms, {} ns each",
+        ns / 1_000_000,
+        ns / n.max(1)
+    );
+    0
+}
+
+/// A user-mode loop of `n` iterations run with RSP = `rsp` (0: left alone).
+fn rsp_spin(rsp: u64, n: u64) -> i32 {
+    let khz = sys::bench(fluke_abi::syscall::BenchOp::TscKhz, 0).unwrap_or(1_000_000);
+    let start = sys::rdtsc();
+    // SAFETY: RSP is saved in R12 and restored before anything uses the stack.
+    unsafe {
+        asm!(
+            "mov r12, rsp",
+            "test r13, r13",
+            "jz 2f",
+            "mov rsp, r13",
+            "2: dec rcx",
+            "jnz 2b",
+            "mov rsp, r12",
+            in("r13") rsp,
+            out("r12") _,
+            inout("rcx") n.max(1) => _,
+        );
+    }
+    let ticks = sys::rdtsc() - start;
+    let ns = ticks * 1_000_000 / khz.max(1);
+    println!(
+        "victim: rsp-spin: {n} iterations with rsp {rsp:#x} in {} ms, {} ps each",
+        ns / 1_000_000,
+        ns * 1000 / n.max(1)
+    );
+    0
+}
+
+/// Where `rsp-rep` fills.
+const REP_BUF: u64 = 0x2_0000_0000;
+
+/// `rep stosb` over `mib` MiB at [`REP_BUF`] with RSP = `rsp`, forever. With `keeper`, the
+/// loop runs in a second thread whose exception keeper is this one: each fault (the `push`
+/// after the fill, through the non-canonical RSP) is answered by putting the thread back at
+/// the fill, RSP unchanged, so the thread faults and is resumed without end.
+fn rsp_rep(rsp: u64, mib: u64, keeper: bool) -> i32 {
+    let len = mib << 20;
+    if sys::map_anon(REP_BUF, len).is_err() {
+        return 2;
+    }
+    // SAFETY: our own memory, just mapped; every page present before the loop.
+    unsafe { core::ptr::write_bytes(REP_BUF as *mut u8, 1, len as usize) };
+    let regs = [rsp, len, REP_BUF];
+    if !keeper {
+        // SAFETY: the loop only writes the buffer and never returns; the stack it pushes to
+        // is ours (RSP 0) or a non-canonical one, where the push faults.
+        unsafe { victim_rep_loop(regs.as_ptr() as u64) }
+    }
+    match rep_keeper(&regs) {
+        Ok(never) => match never {},
+        Err(e) => {
+            println!("victim: rsp-rep-keeper: {e:?}");
+            2
+        }
+    }
+}
+
+/// The keeper of `rsp-rep-keeper`'s looping thread: answers every fault by resuming the
+/// thread at the fill with its registers otherwise as they were.
+fn rep_keeper(regs: &[u64; 3]) -> Result<core::convert::Infallible, fluke_abi::syscall::Error> {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    const STACK: u64 = 0x3_0000_0000;
+    sys::map_anon(STACK, 16 * 4096)?;
+    let set = sys::port_set_create()?;
+    let port = sys::port_create(set, 1)?;
+    let entry: extern "C" fn(u64) -> ! = victim_rep_loop_entry;
+    let worker = fluke_rt::thread::start(entry, regs.as_ptr() as u64, STACK + 16 * 4096)?;
+    sys::thread_set_keeper(worker, port)?;
+    println!("victim: rsp-rep-keeper: keeping the loop");
+    let again = core::ptr::addr_of!(victim_rep_again) as u64;
+    let mut msg = sys::ipc_wait(set);
+    loop {
+        if msg.is_ok() {
+            let _ = sys::thread_stop(worker)
+                .and_then(|_| sys::thread_get_state(worker))
+                .and_then(|r| sys::thread_set_state(worker, &ThreadRegs { rip: again, ..r }))
+                .and_then(|_| sys::thread_resume(worker));
+        }
+        msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
+    }
+}
+
+extern "C" fn victim_rep_loop_entry(arg: u64) -> ! {
+    // SAFETY: as in rsp_rep; `arg` points at the keeper's `regs`, which outlive the loop
+    // (the keeper never returns).
+    unsafe { victim_rep_loop(arg) }
+}
+
+extern "C" {
+    /// `[rsp, len, buf]` at `arg`: loads RSP, then fills `len` bytes at `buf` and pushes
+    /// (a stack fault through a non-canonical RSP), again and again.
+    fn victim_rep_loop(arg: u64) -> !;
+    /// Where the loop fills again: the keeper resumes the thread here.
+    static victim_rep_again: u8;
+}
+
+core::arch::global_asm!(
+    ".pushsection .text.victim_rep_loop, \"ax\"",
+    ".global victim_rep_loop",
+    ".global victim_rep_again",
+    "victim_rep_loop:",
+    "mov r13, [rdi]",
+    "mov r14, [rdi + 8]",
+    "mov r15, [rdi + 16]",
+    "test r13, r13",
+    "jz 1f",
+    "mov rsp, r13",
+    "1:",
+    "victim_rep_again:",
+    "mov rcx, r14",
+    "mov rdi, r15",
+    "mov al, 7",
+    "rep stosb",
+    "push rax",
+    "pop rax",
+    "jmp victim_rep_again",
+    ".popsection",
+);
+
+/// `ticks NAME MS`: 1-ms sleeps until MS ms have passed; prints how many.
+fn ticks(name: &str, ms: u64) -> i32 {
+    let (start, mut worst, mut n) = (sys::time_ns(), 0u64, 0u64);
+    while sys::time_ns() - start < ms * 1_000_000 {
+        let t = sys::time_ns();
+        sys::sleep_ns(1_000_000);
+        worst = worst.max(sys::time_ns() - t);
+        n += 1;
+    }
+    println!(
+        "victim: ticks {name}: {n} sleeps of 1 ms in {ms} ms, the longest {} us",
+        worst / 1000
+    );
+    0
+}
+
+/// Where the `fanout` case's parent puts a capability to our own space.
+const OWN_SPACE: u64 = 0;
+/// The page whose views `fanout` multiplies, and where level `d` of them lies
+/// (`FANOUT_LEVELS * d`, 2^d pages).
+const FANOUT_TOP: u64 = 0x8_0000_0000;
+const FANOUT_LEVELS: u64 = 0x10_0000_0000;
+const FANOUT_MARK: u64 = 0xfa2_0u64 << 20;
+
+/// Finding F1: one page seen 2^depth times. Our own page is a region, mapped twice into our
+/// own space; the two views are made a region, mapped twice; and so on, `depth` levels (the
+/// views of one page double at each). The kernel must refuse a level once the page's views
+/// would pass its bound; then every walk over them (`mem_referenced`, `mem_discard`,
+/// destroying the first region) must finish, and leave no view of the discarded page.
+fn fanout(depth: u64) -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    // The parent gives us our own space's capability after the spawn.
+    let mut waited = 0;
+    while !sys::holds(OWN_SPACE, fluke_abi::syscall::objstate::SPACE) {
+        waited += 1;
+        if waited > 100_000 {
+            println!("victim: fanout: no capability to our own space");
+            return 2;
+        }
+        sys::yield_now();
+    }
+    if sys::map_anon(FANOUT_TOP, 4096).is_err() {
+        return 2;
+    }
+    // SAFETY: our own page, just mapped.
+    unsafe { core::ptr::write_volatile(FANOUT_TOP as *mut u64, FANOUT_MARK) };
+    let Ok(first) = sys::region_create(FANOUT_TOP, 4096, NO_CAP) else {
+        return 2;
+    };
+    let (mut region, mut size, mut levels, mut refused) = (first, 4096u64, 0u64, None);
+    for d in 1..=depth {
+        let base = FANOUT_LEVELS * d;
+        let made = sys::mapping_create(OWN_SPACE, region, base, true)
+            .and_then(|_| sys::mapping_create(OWN_SPACE, region, base + size, true));
+        if let Err(e) = made {
+            refused = Some((d, e));
+            break;
+        }
+        levels = d;
+        size *= 2;
+        match sys::region_create(base, size, NO_CAP) {
+            Ok(r) => region = r,
+            Err(e) => {
+                println!("victim: fanout: region of level {d}: {e:?}");
+                return 2;
+            }
+        }
+    }
+    let views = (2u64 << levels) - 2;
+    println!(
+        "victim: fanout: {levels} levels of doubling ({views} views of one page), then {refused:?}"
+    );
+    // Bring in the views (all of them when they are few, else the ends of each level): each
+    // reads our page.
+    let all = views <= 4096;
+    let touched = |f: &mut dyn FnMut(u64)| {
+        for d in 1..=levels {
+            let (base, pages) = (FANOUT_LEVELS * d, 1u64 << d);
+            if all {
+                (0..pages).for_each(|i| f(base + i * 4096));
+            } else {
+                f(base);
+                f(base + (pages - 1) * 4096);
+            }
+        }
+    };
+    let mut wrong = 0u64;
+    // SAFETY: views of our own page, mapped by the mappings above.
+    touched(&mut |va| {
+        wrong += u64::from(unsafe { core::ptr::read_volatile(va as *const u64) } != FANOUT_MARK)
+    });
+    let referenced = sys::mem_referenced(FANOUT_TOP);
+    let discarded = sys::mem_discard(FANOUT_TOP, 4096);
+    // The page is gone from every view: each brings in the page anew, a zero page. A view
+    // left behind would still show the old frame (freed: a stale view).
+    let mut stale = 0u64;
+    // SAFETY: as above.
+    touched(&mut |va| {
+        stale += u64::from(unsafe { core::ptr::read_volatile(va as *const u64) } != 0)
+    });
+    let destroyed = sys::destroy(first);
+    println!(
+        "victim: fanout: {wrong} views read wrong; referenced {referenced:?}, discarded {discarded:?}, {stale} stale views, first region destroyed {destroyed:?}"
+    );
+    i32::from(
+        refused.is_none()
+            || wrong != 0
+            || stale != 0
+            || referenced != Ok(true)
+            || discarded.is_err()
+            || destroyed.is_err(),
+    )
 }
 
 #[repr(C, align(16))]

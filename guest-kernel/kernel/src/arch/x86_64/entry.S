@@ -186,13 +186,33 @@ syscall_compat_entry:
     call compat_syscall_refused
     ud2
 
+/* Jumps to \bad unless RSP is canonical (bits 63..47 all equal). Clobbers RAX. The floor
+   paths return to user mode without the dispatcher, which makes a thread with a
+   non-canonical RSP take a stack fault instead (dispatch/fault.rs: kvm_pvm emulates such
+   user code, with the guest's interrupts held off), so they check it themselves: such a
+   caller goes the normal way, where the call is refused as that fault. */
+.macro RSP_CANONICAL_OR bad
+    mov %rsp, %rax
+    sar $47, %rax                   /* 0 or -1 if canonical */
+    add $1, %rax                    /* 1 or 0 */
+    cmp $1, %rax
+    ja \bad
+.endm
+
 /* platform.syscall_floor: the bare entry and return, no dispatch. RCX and R11 are what
    SYSCALL wrote (the caller's RIP and RFLAGS), so SYSRETQ returns with nothing changed. */
 floor_syscall:
     cmpq $0, PERCPU+PC_FLOORS_ON(%rip)
     je syscall_normal               /* rax still FLOOR_SYSCALL: an unknown call */
+    RSP_CANONICAL_OR floor_syscall_bad_rsp
     xor %eax, %eax
     sysretq
+floor_syscall_bad_rsp:
+    mov $FLOOR_SYSCALL, %eax
+    jmp syscall_normal
+floor_switch_bad_rsp:
+    mov $FLOOR_SWITCH, %eax
+    jmp syscall_normal
 
 /* Saves the FPU/SSE/AVX registers into the area at RCX (fpu.rs: XSAVE with the switched
    components on kvm_pvm, FXSAVE natively), and restores them from it. Clobber RAX, RDX. */
@@ -231,6 +251,9 @@ floor_syscall:
 floor_switch:
     cmpq $0, PERCPU+PC_FLOOR_ACTIVE(%rip)
     je syscall_normal               /* rax still FLOOR_SWITCH: an unknown call */
+    /* The partner coming in entered by SYSCALL too (here, or its join through the
+       dispatcher), so its saved RSP was checked the same way. */
+    RSP_CANONICAL_OR floor_switch_bad_rsp
     mov %rdx, PERCPU+PC_USER_RSP(%rip)  /* scratch, restored below if not a member */
     mov PERCPU+PC_FLOOR_CUR(%rip), %rax
     lea PERCPU(%rip), %rdx
