@@ -397,27 +397,20 @@ fn crc32(data: &[u8]) -> u32 {
     !crc
 }
 
-#[test]
-fn a_memory_file_cut_short_under_an_on_demand_restore_ends_it_with_a_report() {
-    // The file passes every check at restore and is truncated while the VM waits paused:
-    // the first chunk the resumed guest touches cannot be read, and the VMM ends with one
-    // line instead of leaving the vCPU waiting for its memory.
-    use std::io::Write;
-    let dir = TempDir::new("snap-cut");
-    let snap = dir.0.join("snap");
-    let (vm, _) = snapshot_at("snap-cut-orig", 3, &snap);
-    let _ = vm.kill();
-    let sock = dir.0.join("api.sock");
+/// `restore SNAP --memory-restore ondemand --api-sock DIR/api.sock EXTRA...`, waiting paused,
+/// its stderr piped; returns once the socket exists.
+fn restore_paused_on_demand(
+    snap: &Path,
+    dir: &Path,
+    extra: &[&str],
+) -> (std::process::Child, std::path::PathBuf) {
+    let sock = dir.join("api.sock");
     let child = Command::new(VMM)
         .arg("restore")
-        .arg(&snap)
-        .args([
-            "--memory-restore",
-            "ondemand",
-            "--timeout",
-            "30",
-            "--api-sock",
-        ])
+        .arg(snap)
+        .args(["--memory-restore", "ondemand", "--timeout", "30"])
+        .args(extra)
+        .arg("--api-sock")
         .arg(&sock)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -428,16 +421,14 @@ fn a_memory_file_cut_short_under_an_on_demand_restore_ends_it_with_a_report() {
         assert!(std::time::Instant::now() < deadline, "no API socket");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    wait_state(&sock, "Paused");
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(snap.join("memory"))
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    // Resumed, unless the handler's background check already met the cut (then the VMM
-    // has ended); the answer may not come.
-    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
+    (child, sock)
+}
+
+/// Asks for a resume without waiting for the answer (the VMM may end first), unless the
+/// VMM has ended already.
+fn resume_unanswered(sock: &Path) {
+    use std::io::Write;
+    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(sock) {
         let body = r#"{"state": "Resumed"}"#;
         let _ = write!(
             s,
@@ -445,6 +436,27 @@ fn a_memory_file_cut_short_under_an_on_demand_restore_ends_it_with_a_report() {
             body.len()
         );
     }
+}
+
+#[test]
+fn a_memory_file_cut_short_under_an_on_demand_restore_ends_it_with_a_report() {
+    // The file passes every check at restore and is truncated while the VM waits paused:
+    // the first chunk the resumed guest touches cannot be read, and the VMM ends with one
+    // line instead of leaving the vCPU waiting for its memory.
+    let dir = TempDir::new("snap-cut");
+    let snap = dir.0.join("snap");
+    let (vm, _) = snapshot_at("snap-cut-orig", 3, &snap);
+    let _ = vm.kill();
+    let (child, sock) = restore_paused_on_demand(&snap, &dir.0, &[]);
+    wait_state(&sock, "Paused");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(snap.join("memory"))
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    // Unless the handler's background check already met the cut (the VMM has ended).
+    resume_unanswered(&sock);
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(VMM_ERROR), "{err}");
@@ -466,16 +478,8 @@ fn a_chunk_changed_after_its_background_check_is_caught_when_the_guest_touches_i
     let snap = dir.0.join("snap");
     let (vm, _) = snapshot_at("snap-late-orig", 3, &snap);
     let _ = vm.kill();
-    let sock = dir.0.join("api.sock");
-    let mut child = Command::new(VMM)
-        .arg("restore")
-        .arg(&snap)
-        .args(["--memory-restore", "ondemand", "--timeout", "30"])
-        .args(["--log-level", "info", "--serial", "null", "--api-sock"])
-        .arg(&sock)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, sock) =
+        restore_paused_on_demand(&snap, &dir.0, &["--log-level", "info", "--serial", "null"]);
     let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
     let mut seen = String::new();
     loop {
@@ -501,14 +505,7 @@ fn a_chunk_changed_after_its_background_check_is_caught_when_the_guest_touches_i
     }
     drop(f);
     wait_state(&sock, "Paused");
-    if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
-        let body = r#"{"state": "Resumed"}"#;
-        let _ = write!(
-            s,
-            "PATCH /vm HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-    }
+    resume_unanswered(&sock);
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
     let status = child.wait().unwrap();

@@ -123,6 +123,24 @@ fn fatal(msg: &str) -> ! {
 /// ramfs's statfs type (linux/magic.h; not in the libc crate).
 const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
 
+/// Starts a thread that serves userfaultfd faults. If it panicked, dropping the
+/// userfaultfd would let the kernel fill every page not yet served with zeros: it ends the
+/// VMM through `fatal` instead.
+pub(crate) fn spawn_fault_server(
+    name: &str,
+    fatal: fn(&str) -> !,
+    serve: impl FnOnce() + Send + 'static,
+) -> std::io::Result<JoinHandle<()>> {
+    let name = name.to_string();
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)).is_err() {
+                fatal(&format!("the {name} thread panicked"));
+            }
+        })
+}
+
 /// An unnamed temporary file in the temporary directory, for evicted pages.
 fn open_store() -> Result<std::fs::File, String> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -216,18 +234,7 @@ impl HostPager {
             .store(state.resident as u64, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        let thread = std::thread::Builder::new()
-            .name("fluke-pager".into())
-            .spawn(move || {
-                // A panic would drop the userfaultfd, and every evicted page would read as
-                // zeros: end the VMM instead.
-                let served = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve(&uffd, state, &s)
-                }));
-                if served.is_err() {
-                    fatal("the paging thread panicked");
-                }
-            })
+        let thread = spawn_fault_server("fluke-pager", fatal, move || serve(&uffd, state, &s))
             .map_err(|e| format!("cannot start the paging thread: {e}"))?;
         Ok(HostPager {
             stop,

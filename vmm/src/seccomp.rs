@@ -204,6 +204,18 @@ const FILES: &[i64] = &[
     libc::SYS_readlinkat,
 ];
 
+/// A thread serving a listening socket: accept, wait, read, write, time-outs, close.
+const SOCKET_SERVER: &[i64] = &[
+    libc::SYS_accept4,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+    libc::SYS_recvfrom,
+    libc::SYS_sendto,
+    libc::SYS_shutdown,
+    libc::SYS_setsockopt,
+    libc::SYS_getsockopt,
+];
+
 /// Which `ioctl`s a thread may make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Ioctl {
@@ -241,19 +253,10 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_ppoll, libc::SYS_rt_sigtimedwait]);
             ioctl_types.push(KVM_IOCTLS);
         }
-        ThreadKind::Api => {
+        // The API's and the gdb stub's connections (the stub's KVM part is the vCPU's).
+        ThreadKind::Api | ThreadKind::Gdb => {
             ioctl_types.push(FIONBIO);
-            calls.extend_from_slice(&[
-                libc::SYS_accept4,
-                libc::SYS_poll,
-                libc::SYS_ppoll,
-                libc::SYS_recvfrom,
-                libc::SYS_sendto,
-                libc::SYS_fcntl,
-                libc::SYS_shutdown,
-                libc::SYS_setsockopt,
-                libc::SYS_getsockopt,
-            ])
+            calls.extend_from_slice(SOCKET_SERVER);
         }
         ThreadKind::Watchdog => {}
         ThreadKind::Stdin => calls.extend_from_slice(&[
@@ -271,20 +274,6 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
         ThreadKind::RestorePager => {
             calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_pread64]);
             ioctl_types.push(UFFD_IOCTLS);
-        }
-        // The gdb stub's connection (the protocol; the vCPU thread does the KVM part).
-        ThreadKind::Gdb => {
-            ioctl_types.push(FIONBIO);
-            calls.extend_from_slice(&[
-                libc::SYS_accept4,
-                libc::SYS_poll,
-                libc::SYS_ppoll,
-                libc::SYS_recvfrom,
-                libc::SYS_sendto,
-                libc::SYS_setsockopt,
-                libc::SYS_getsockopt,
-                libc::SYS_shutdown,
-            ])
         }
     }
     calls.sort_unstable();

@@ -127,19 +127,10 @@ impl Pager {
             .unchecked
             .store(served.chunks.len() as u64, Ordering::Relaxed);
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
-        let thread = std::thread::Builder::new()
-            .name("fluke-uffd".into())
-            .spawn(move || {
-                // A panic here would drop the userfaultfd, and the kernel would fill every
-                // page not yet served with zeros: end the VMM instead.
-                let served_ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    serve(&uffd, served, &s, &p, started)
-                }));
-                if served_ok.is_err() {
-                    fatal("the userfaultfd thread panicked");
-                }
-            })
-            .map_err(|e| format!("cannot start the userfaultfd thread: {e}"))?;
+        let thread = crate::paging::spawn_fault_server("fluke-uffd", fatal, move || {
+            serve(&uffd, served, &s, &p, started)
+        })
+        .map_err(|e| format!("cannot start the userfaultfd thread: {e}"))?;
         Ok(Pager {
             stop,
             thread: Some(thread),
