@@ -106,3 +106,21 @@ fn the_host_pager_keeps_to_its_list_and_is_stopped_outside_it() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_confined_thread_that_panics_says_so_instead_of_tripping_its_filter() {
+    // With RUST_BACKTRACE set, the default panic hook reads the executable and /proc for
+    // the backtrace, outside a confined thread's list: the panic ended as a seccomp report.
+    let out = Command::new(VMM)
+        .arg("run")
+        .arg(default_image())
+        .args(["--timeout", "60", "--serial", "null"])
+        .env("FLUKE_SECCOMP_PROBE", "panic:watchdog")
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("a VMM thread panicked"), "{stderr}");
+    assert!(stderr.contains("seccomp probe"), "{stderr}");
+    assert!(!stderr.contains("outside its seccomp filter"), "{stderr}");
+}

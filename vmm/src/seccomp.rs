@@ -75,6 +75,19 @@ pub fn init(mode: SeccompMode) -> Result<(), String> {
     let _ = MODE.set(mode);
     if mode == SeccompMode::On {
         install_sigsys_handler()?;
+        // A panic's backtrace (RUST_BACKTRACE) reads the executable and /proc, which a
+        // confined thread may not: it would end as a seccomp report instead of the panic's
+        // own message. Confined threads print the message alone.
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if CONFINED_AS.with(|c| c.get()) != 0 {
+                crate::logger::to_stderr(&format!(
+                    "fluke-vmm: a VMM thread panicked (no backtrace under seccomp): {info}\n"
+                ));
+            } else {
+                default_hook(info);
+            }
+        }));
     }
     Ok(())
 }
@@ -131,6 +144,12 @@ pub fn confine_or_exit(kind: ThreadKind) {
 /// `FLUKE_SECCOMP_PROBE=<thread name>` in the environment, that thread makes a call outside
 /// its list (`socket(AF_INET)`, which no VMM thread needs) right after confining itself.
 fn probe_if_asked(kind: ThreadKind) {
+    // `panic:<thread>`: that thread panics instead (what a panic prints under seccomp).
+    if std::env::var("FLUKE_SECCOMP_PROBE")
+        .is_ok_and(|t| t.strip_prefix("panic:") == Some(kind.name()))
+    {
+        panic!("seccomp probe");
+    }
     if std::env::var("FLUKE_SECCOMP_PROBE").is_ok_and(|t| t == kind.name()) {
         // SAFETY: socket has no memory-safety preconditions; the fd, if any, is closed.
         let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
