@@ -117,6 +117,7 @@ fn a_confined_thread_that_panics_says_so_instead_of_tripping_its_filter() {
         .args(["--timeout", "60", "--serial", "null"])
         .env("FLUKE_SECCOMP_PROBE", "panic:watchdog")
         .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::null())
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -129,13 +129,17 @@ const RAMFS_MAGIC: libc::c_long = 0x8584_58f6;
 pub(crate) fn spawn_fault_server(
     name: &str,
     fatal: fn(&str) -> !,
-    serve: impl FnOnce() + Send + 'static,
+    uffd: Uffd,
+    serve: impl FnOnce(&Uffd) + Send + 'static,
 ) -> std::io::Result<JoinHandle<()>> {
     let name = name.to_string();
     std::thread::Builder::new()
         .name(name.clone())
         .spawn(move || {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(serve)).is_err() {
+            // The userfaultfd belongs to this frame, not to what unwinds: it stays open
+            // (the faulting vCPU waiting) until `fatal` has ended the process.
+            let uffd = uffd;
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| serve(&uffd))).is_err() {
                 fatal(&format!("the {name} thread panicked"));
             }
         })
@@ -234,8 +238,10 @@ impl HostPager {
             .store(state.resident as u64, Ordering::Relaxed);
         let stop = Arc::new(AtomicBool::new(false));
         let s = Arc::clone(&stop);
-        let thread = spawn_fault_server("fluke-pager", fatal, move || serve(&uffd, state, &s))
-            .map_err(|e| format!("cannot start the paging thread: {e}"))?;
+        let thread = spawn_fault_server("fluke-pager", fatal, uffd, move |uffd| {
+            serve(uffd, state, &s)
+        })
+        .map_err(|e| format!("cannot start the paging thread: {e}"))?;
         Ok(HostPager {
             stop,
             thread: Some(thread),

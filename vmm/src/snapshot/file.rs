@@ -307,35 +307,37 @@ fn is_our_leftover(path: &Path, kind: Leftover) -> bool {
     let starts_with_magic = |p: &Path| {
         let mut head = [0u8; 8];
         File::open(p)
-            .and_then(|f| {
-                let n = f.read_at(&mut head, 0)?;
-                Ok(head[..n] == MAGIC[..n])
+            .and_then(|f| f.read_exact_at(&mut head, 0))
+            .is_ok_and(|()| head == MAGIC)
+    };
+    let ends_in_trailer = |p: &Path, len: u64| {
+        len >= TRAILER_LEN
+            && File::open(p).is_ok_and(|f| {
+                let mut t = [0u8; TRAILER_LEN as usize];
+                f.read_exact_at(&mut t, len - TRAILER_LEN).is_ok()
+                    && MemoryTrailer::decode(&t).is_ok_and(|t| t.memory_bytes == len - TRAILER_LEN)
             })
-            .unwrap_or(false)
     };
     match kind {
+        // Nothing but `vmstate` and `memory`, and at least one of them recognisable.
         Leftover::Dir => {
-            meta.is_dir()
-                && std::fs::read_dir(path).is_ok_and(|entries| {
-                    entries.flatten().all(|e| {
-                        let name = e.file_name();
-                        let file = e.file_type().is_ok_and(|t| t.is_file());
-                        file && (name == "memory"
-                            || (name == "vmstate" && starts_with_magic(&e.path())))
-                    })
-                })
+            let Ok(entries) = std::fs::read_dir(path) else {
+                return false;
+            };
+            let (mut recognised, mut foreign) = (false, false);
+            for e in entries.flatten() {
+                let (name, p) = (e.file_name(), e.path());
+                let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+                match (name.to_str(), e.file_type().is_ok_and(|t| t.is_file())) {
+                    (Some("vmstate"), true) => recognised |= starts_with_magic(&p),
+                    (Some("memory"), true) => recognised |= ends_in_trailer(&p, len),
+                    _ => foreign = true,
+                }
+            }
+            meta.is_dir() && recognised && !foreign
         }
         Leftover::Vmstate => meta.is_file() && starts_with_magic(path),
-        Leftover::Memory => {
-            meta.is_file()
-                && meta.len() >= TRAILER_LEN
-                && File::open(path).is_ok_and(|f| {
-                    let mut t = [0u8; TRAILER_LEN as usize];
-                    f.read_exact_at(&mut t, meta.len() - TRAILER_LEN).is_ok()
-                        && MemoryTrailer::decode(&t)
-                            .is_ok_and(|t| t.memory_bytes == meta.len() - TRAILER_LEN)
-                })
-        }
+        Leftover::Memory => meta.is_file() && ends_in_trailer(path, meta.len()),
     }
 }
 
@@ -496,7 +498,7 @@ mod tests {
         let live = std::os::unix::process::parent_id(); // alive: it waits for this test
         let left_dir = base.join(format!(".snap.tmp-{dead}"));
         std::fs::create_dir(&left_dir).unwrap();
-        std::fs::write(left_dir.join("vmstate"), &MAGIC[..5]).unwrap(); // cut short
+        std::fs::write(left_dir.join("vmstate"), MAGIC).unwrap(); // cut short after its magic
         std::fs::write(left_dir.join("memory"), b"ram").unwrap();
         std::fs::write(
             base.join(format!("vs.tmp-{dead}")),
@@ -514,6 +516,11 @@ mod tests {
         std::fs::write(base.join(format!("mem.tmp-{dead}")), &mem).unwrap();
         std::fs::write(base.join(format!("vs.tmp-{live}")), b"x").unwrap();
         std::fs::write(base.join("vs.tmp-notapid"), b"x").unwrap();
+        // Empty ones, or a directory holding only an unrecognisable memory file: kept.
+        std::fs::write(base.join(format!("vs.tmp-{}", dead + 4)), b"").unwrap();
+        let bare_dir = base.join(format!(".snap.tmp-{}", dead + 5));
+        std::fs::create_dir(&bare_dir).unwrap();
+        std::fs::write(bare_dir.join("memory"), b"raw").unwrap();
         // Not ours, though named like ours: someone's directory and files.
         let theirs = base.join(format!("vs.tmp-{}", dead + 1));
         std::fs::create_dir(&theirs).unwrap();
@@ -536,6 +543,8 @@ mod tests {
         expected.push(format!("vs.tmp-{}", dead + 1));
         expected.push(format!("mem.tmp-{}", dead + 2));
         expected.push(format!(".snap.tmp-{}", dead + 3));
+        expected.push(format!("vs.tmp-{}", dead + 4));
+        expected.push(format!(".snap.tmp-{}", dead + 5));
         expected.sort();
         assert_eq!(names, expected);
         let _ = std::fs::remove_dir_all(&base);

@@ -127,8 +127,8 @@ impl Pager {
             .unchecked
             .store(served.chunks.len() as u64, Ordering::Relaxed);
         let (s, p) = (Arc::clone(&stop), Arc::clone(&progress));
-        let thread = crate::paging::spawn_fault_server("fluke-uffd", fatal, move || {
-            serve(&uffd, served, &s, &p, started)
+        let thread = crate::paging::spawn_fault_server("fluke-uffd", fatal, uffd, move |uffd| {
+            serve(uffd, served, &s, &p, started)
         })
         .map_err(|e| format!("cannot start the userfaultfd thread: {e}"))?;
         Ok(Pager {
@@ -296,9 +296,15 @@ fn serve(
         };
         // SAFETY: polls one valid pollfd; it changes only `revents`.
         let ready = unsafe { libc::poll(&mut fd, 1, wait.as_millis() as libc::c_int) };
+        // The guest may have ended during the wait: a chunk no one used then ends nothing.
+        let ended = progress.guest_ended.load(Ordering::Acquire);
         if ready <= 0 {
             if checking && !ended {
-                checking = served.check_one().unwrap_or_else(|e| fatal(&e));
+                checking = match served.check_one() {
+                    Ok(more) => more,
+                    Err(_) if progress.guest_ended.load(Ordering::Acquire) => false,
+                    Err(e) => fatal(&e),
+                };
                 progress
                     .unchecked
                     .store(unchecked(&served), Ordering::Relaxed);
