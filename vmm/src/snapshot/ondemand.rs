@@ -74,6 +74,8 @@ struct Served {
     chunks: Vec<Chunk>,
     /// The next chunk the background pass looks at.
     next_check: usize,
+    /// How many chunks are still `Untouched` (kept, not counted, on the fault path).
+    untouched: usize,
     buf: Vec<u8>,
 }
 
@@ -113,12 +115,14 @@ impl Pager {
                 expected.len()
             ));
         }
+        let chunk_total = expected.len();
         let served = Served {
             file,
             spans,
-            chunks: vec![Chunk::Untouched; expected.len()],
+            chunks: vec![Chunk::Untouched; chunk_total],
             expected,
             next_check: 0,
+            untouched: chunk_total,
             buf: vec![0u8; super::MEMORY_CHUNK],
         };
         let stop = Arc::new(AtomicBool::new(false));
@@ -236,6 +240,9 @@ impl Served {
                 }
             }
         }
+        if self.chunks[chunk] == Chunk::Untouched {
+            self.untouched -= 1;
+        }
         self.chunks[chunk] = Chunk::Resident;
         Ok(())
     }
@@ -248,6 +255,7 @@ impl Served {
             if self.chunks[c] == Chunk::Untouched {
                 self.read_checked(c)?;
                 self.chunks[c] = Chunk::Checked;
+                self.untouched -= 1;
                 return Ok(true);
             }
         }
@@ -273,13 +281,6 @@ fn serve(
 ) {
     crate::seccomp::confine_or_exit(crate::seccomp::ThreadKind::RestorePager);
     let mut checking = true;
-    let unchecked = |served: &Served| {
-        served
-            .chunks
-            .iter()
-            .filter(|c| **c == Chunk::Untouched)
-            .count() as u64
-    };
     while !stop.load(Ordering::Acquire) {
         let mut fd = libc::pollfd {
             fd: uffd.as_raw_fd(),
@@ -307,7 +308,7 @@ fn serve(
                 };
                 progress
                     .unchecked
-                    .store(unchecked(&served), Ordering::Relaxed);
+                    .store(served.untouched as u64, Ordering::Relaxed);
                 if !checking {
                     log::info!(
                         "restore: every chunk of the memory file checked, {:.1} ms after the VMM started",
@@ -340,7 +341,7 @@ fn serve(
         served.bring_in(uffd, chunk).unwrap_or_else(|e| fatal(&e));
         progress
             .unchecked
-            .store(unchecked(&served), Ordering::Relaxed);
+            .store(served.untouched as u64, Ordering::Relaxed);
         let n = served.chunk_range(chunk).len() / PAGE;
         progress.pages.fetch_add(n as u64, Ordering::Relaxed);
         progress
