@@ -377,7 +377,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     4
                 };
             }
-            "rsp-spin" | "rsp-syscall" | "rsp-rep" | "rsp-rep-keeper" | "rsp-rep-fixkeeper" => {
+            "rsp-spin" | "rsp-syscall" | "rsp-rep" | "rsp-rep-keeper" | "rsp-rep-fixkeeper"
+            | "rsp-rep-self" => {
                 // `CASE RSP [N [MIB]]` (hole 7 of issue 13): a loop run with RSP = RSP
                 // (hex; 0: the real stack), the stack pointer restored after each
                 // iteration: N user-mode iterations (`rsp-spin`) or N null kernel calls
@@ -385,7 +386,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 // the same with a keeper of our own that puts the thread back at its loop
                 // whenever it faults (`rsp-rep-keeper`: the fault is the loop), or that
                 // repairs RSP and puts it back before the load of the bad one
-                // (`rsp-rep-fixkeeper`: each round trip one more stretch of emulated code).
+                // (`rsp-rep-fixkeeper`: each round trip one more stretch of emulated code);
+                // or putting the good RSP back itself after each fill (`rsp-rep-self`: no
+                // stack access through the bad one).
                 let n: u64 = args
                     .get(2)
                     .and_then(|n| n.parse().ok())
@@ -396,6 +399,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     "rsp-syscall" => rsp_syscall(addr, n),
                     "rsp-rep" => rsp_rep(addr, mib, None),
                     "rsp-rep-keeper" => rsp_rep(addr, mib, Some(Repair::No)),
+                    "rsp-rep-self" => rsp_rep_self(addr, mib),
                     _ => rsp_rep(addr, mib, Some(Repair::Rsp)),
                 };
             }
@@ -556,6 +560,20 @@ fn rsp_rep(rsp: u64, mib: u64, keeper: Option<Repair>) -> i32 {
     }
 }
 
+/// `rep stosb` over `mib` MiB at [`REP_BUF`] with RSP = `rsp`, forever, the good RSP put
+/// back after each fill (so the thread could enter the kernel with either).
+fn rsp_rep_self(rsp: u64, mib: u64) -> i32 {
+    let len = mib << 20;
+    if sys::map_anon(REP_BUF, len).is_err() {
+        return 2;
+    }
+    // SAFETY: our own memory, just mapped; every page present before the loop.
+    unsafe { core::ptr::write_bytes(REP_BUF as *mut u8, 1, len as usize) };
+    let regs = [rsp, len, REP_BUF];
+    // SAFETY: the loop only writes the buffer and never returns; it touches no stack.
+    unsafe { victim_rep_self_loop(regs.as_ptr() as u64) }
+}
+
 /// The keeper of the looping thread: answers every fault as `repair` says.
 fn rep_keeper(
     regs: &[u64; 3],
@@ -605,6 +623,9 @@ extern "C" {
     fn victim_rep_loop(arg: u64) -> !;
     /// Where the loop fills again: the keeper resumes the thread here.
     static victim_rep_again: u8;
+    /// `[rsp, len, buf]` at `arg`: loads RSP, fills, puts the good RSP back, again and
+    /// again.
+    fn victim_rep_self_loop(arg: u64) -> !;
 }
 
 core::arch::global_asm!(
@@ -627,6 +648,22 @@ core::arch::global_asm!(
     "push rax",
     "pop rax",
     "jmp victim_rep_again",
+    ".popsection",
+    ".pushsection .text.victim_rep_self_loop, \"ax\"",
+    ".global victim_rep_self_loop",
+    "victim_rep_self_loop:",
+    "mov r12, rsp",
+    "mov r13, [rdi]",
+    "mov r14, [rdi + 8]",
+    "mov r15, [rdi + 16]",
+    "2:",
+    "mov rsp, r13",
+    "mov rcx, r14",
+    "mov rdi, r15",
+    "mov al, 7",
+    "rep stosb",
+    "mov rsp, r12",
+    "jmp 2b",
     ".popsection",
 );
 
