@@ -118,6 +118,15 @@ pub fn validate(bytes: &[u8], what: &str) -> Result<ImageLayout> {
         what: what.to_string(),
         msg: e.to_string(),
     })?;
+    // Every program's data too (~0.1 ms a MB here): the kernel checks a program only when
+    // it first loads it, and a corrupt one should be refused before the boot.
+    image
+        .bundle()
+        .verify_programs()
+        .map_err(|e| Error::InvalidImage {
+            what: what.to_string(),
+            msg: e.to_string(),
+        })?;
     let unsupported = |msg: String| Error::UnsupportedImage {
         what: what.to_string(),
         msg,

@@ -2,7 +2,10 @@
 
 use crate::{kprintln, mm};
 use fluke_abi::boot::KERNEL_VIRT_BASE;
-use fluke_image::bundle::{peek_total_size, Bundle, BundleError, BUNDLE_HEADER_SIZE};
+use core::sync::atomic::{AtomicU8, Ordering};
+use fluke_image::bundle::{
+    peek_total_size, Bundle, BundleError, Program, BUNDLE_HEADER_SIZE, MAX_PROGRAMS,
+};
 use fluke_image::image::bundle_paddr;
 use fluke_kcore::memmap::PhysRange;
 
@@ -24,8 +27,9 @@ pub fn locate_bundle(kernel_end: u64, ram_end: u64) -> Option<PhysRange> {
     (end <= ram_end.min(mm::BOOT_MAP_LIMIT)).then_some(PhysRange { start, end })
 }
 
-/// Parses and verifies (checksum included) the bundle, which the kernel maps read-only at
-/// its physical address plus the kernel base.
+/// Parses and verifies (its metadata checksum included; each program's data is checked when
+/// it is first used, by [`program`]) the bundle, which the kernel maps read-only at its
+/// physical address plus the kernel base.
 pub fn bundle(r: PhysRange) -> Result<Bundle<'static>, BundleError> {
     // SAFETY: `r` was checked to be RAM by locate_bundle, is reserved from the allocator and
     // is mapped read-only at the kernel base for the kernel's lifetime.
@@ -49,6 +53,35 @@ pub fn set_loaded_bundle(b: Bundle<'static>) {
 pub fn loaded_bundle() -> Option<Bundle<'static>> {
     // SAFETY: written once at boot, then only read.
     unsafe { *LOADED.get() }
+}
+
+/// What is known of each program's data: unchecked, good, or corrupt.
+const UNCHECKED: u8 = 0;
+const GOOD: u8 = 1;
+const CORRUPT: u8 = 2;
+static CHECKED: [AtomicU8; MAX_PROGRAMS] = [const { AtomicU8::new(UNCHECKED) }; MAX_PROGRAMS];
+
+/// Program `name` of the loaded bundle, its data checked against its checksum the first time
+/// it is used, so a boot reads only the programs it runs. A corrupt program is reported once
+/// and is as good as absent (`NoSuchProgram` to whoever asks).
+pub fn program(name: &str) -> Option<Program<'static>> {
+    let p = loaded_bundle()?.program(name)?;
+    let state = CHECKED.get(p.index)?;
+    match state.load(Ordering::Relaxed) {
+        GOOD => Some(p),
+        CORRUPT => None,
+        _ => match p.verify() {
+            Ok(()) => {
+                state.store(GOOD, Ordering::Relaxed);
+                Some(p)
+            }
+            Err(e) => {
+                state.store(CORRUPT, Ordering::Relaxed);
+                kprintln!("fluke: {e}");
+                None
+            }
+        },
+    }
 }
 
 pub fn describe(b: &Bundle<'_>) {

@@ -8,7 +8,7 @@
 //! | 8      | 4    | `version`         | 2 ([`BUNDLE_VERSION`])                            |
 //! | 12     | 4    | `header_size`     | 64 ([`BUNDLE_HEADER_SIZE`])                       |
 //! | 16     | 8    | `total_size`      | bytes in the bundle, header included              |
-//! | 24     | 8    | `checksum`        | [`checksum`] of bytes `[64, total_size)`          |
+//! | 24     | 8    | `checksum`        | of the metadata: see below                        |
 //! | 32     | 4    | `program_count`   | 1..=[`MAX_PROGRAMS`]                              |
 //! | 36     | 4    | `table_offset`    | offset of the program table                       |
 //! | 40     | 4    | `manifest_offset` | offset of the manifest text                       |
@@ -16,13 +16,21 @@
 //! | 48     | 16   | reserved          | zero                                              |
 //!
 //! The program table has `program_count` entries of 32 bytes: `name_offset: u32`,
-//! `name_size: u32`, `data_offset: u64`, `data_size: u64`, `reserved: u64` (zero). Names
+//! `name_size: u32`, `data_offset: u64`, `data_size: u64`, `data_checksum: u64`. Names
 //! are 1..=32 bytes of `[a-z0-9_-]` and unique; program data starts at 4096-aligned
 //! offsets so the kernel can map ELF pages straight out of the bundle. The header, the
 //! table, every name, every program's data and the manifest are pairwise disjoint (empty
 //! ranges excepted) and lie inside `total_size`.
 //!
 //! The manifest is UTF-8 text; see [`Manifest`].
+//!
+//! Checksums ([`checksum`], xxHash64): the header's covers the metadata, the program table,
+//! every name in table order and the manifest (the header's own fields are checked for
+//! consistency instead, as in version 1), and is
+//! checked by [`Bundle::parse`]; each entry's `data_checksum` covers that program's data
+//! and is checked only when the program is used ([`Program::verify`]; the kernel does it
+//! when it first loads a program, `fluke-vmm inspect` for every one), so a boot touches
+//! only the programs it runs, however large the image.
 
 use crate::bytes::{range, u32_at, u64_at};
 use crate::short::ShortStr;
@@ -30,9 +38,9 @@ use core::fmt;
 
 /// The first 8 bytes of every bundle.
 pub const BUNDLE_MAGIC: [u8; 8] = *b"FLUKEBND";
-/// The bundle format version this crate reads and writes. Version 1 had an FNV-1a
-/// checksum, a byte at a time: 10 ms for an 8 MB bundle, at every boot, in the VMM and
-/// again in the kernel.
+/// The bundle format version this crate reads and writes. Version 1 had one FNV-1a
+/// checksum over everything, a byte at a time: 10 ms for an 8 MB bundle at every boot, in
+/// the VMM and again in the kernel, where it also touched every page of every program.
 pub const BUNDLE_VERSION: u32 = 2;
 /// Size of the bundle header.
 pub const BUNDLE_HEADER_SIZE: usize = 64;
@@ -61,9 +69,34 @@ pub fn peek_total_size(header: &[u8]) -> Option<u64> {
     Some(u64::from_le_bytes(header.get(16..24)?.try_into().ok()?))
 }
 
-/// The bundle checksum: xxHash64 with seed 0.
+/// The bundle's checksum function: xxHash64 with seed 0.
 pub fn checksum(data: &[u8]) -> u64 {
     twox_hash::XxHash64::oneshot(0, data)
+}
+
+/// The header's checksum of bundle `data` (the module documentation), if the table, the
+/// names and the manifest the header points to lie inside `data`.
+pub fn metadata_checksum(data: &[u8]) -> Option<u64> {
+    use core::hash::Hasher;
+    let count = u32_at(data, 32)? as usize;
+    let table = u64::from(u32_at(data, 36)?);
+    let manifest = range(
+        data,
+        u64::from(u32_at(data, 40)?),
+        u64::from(u32_at(data, 44)?),
+    )?;
+    let mut h = twox_hash::XxHash64::with_seed(0);
+    h.write(range(
+        data,
+        table,
+        (count.min(MAX_PROGRAMS) * PROGRAM_ENTRY_SIZE) as u64,
+    )?);
+    for index in 0..count.min(MAX_PROGRAMS) {
+        let e = read_entry(data, table as usize, index)?;
+        h.write(range(data, e.name_offset, e.name_size)?);
+    }
+    h.write(manifest);
+    Some(h.finish())
 }
 
 /// Why a program name is invalid.
@@ -365,7 +398,7 @@ pub enum BundleError {
         /// The value found.
         total: u64,
     },
-    /// The contents do not match the header's checksum.
+    /// The metadata do not match the header's checksum.
     ChecksumMismatch {
         /// The checksum in the header.
         expected: u64,
@@ -404,10 +437,16 @@ pub enum BundleError {
         /// The offset.
         offset: u64,
     },
-    /// A program table entry's reserved field is not zero.
-    EntryReservedNotZero {
+    /// A program's data do not match its entry's checksum.
+    ProgramChecksumMismatch {
         /// Program index.
         index: usize,
+        /// Its name.
+        name: ShortStr,
+        /// The checksum in its entry.
+        expected: u64,
+        /// The checksum of its data.
+        actual: u64,
     },
     /// An invalid program name.
     BadName {
@@ -458,7 +497,7 @@ impl fmt::Display for BundleError {
             }
             BundleError::ChecksumMismatch { expected, actual } => write!(
                 f,
-                "bundle checksum mismatch (corrupt image): header says {expected:#018x}, contents hash to {actual:#018x}"
+                "bundle checksum mismatch (corrupt image): header says {expected:#018x}, the metadata hash to {actual:#018x}"
             ),
             BundleError::NoPrograms => f.write_str("bundle contains no programs"),
             BundleError::TooManyPrograms { count } => {
@@ -473,9 +512,10 @@ impl fmt::Display for BundleError {
                 f,
                 "bundle data of program {index} starts at offset {offset:#x}, which is not {DATA_ALIGN}-byte aligned"
             ),
-            BundleError::EntryReservedNotZero { index } => {
-                write!(f, "bundle program table entry {index} has non-zero reserved bytes")
-            }
+            BundleError::ProgramChecksumMismatch { index, name, expected, actual } => write!(
+                f,
+                "bundle program {index} `{name}` is corrupt: its entry says checksum {expected:#018x}, its data hash to {actual:#018x}"
+            ),
             BundleError::BadName { index, name, error } => {
                 write!(f, "bundle program {index} has an invalid name `{name}`: {error}")
             }
@@ -517,6 +557,27 @@ pub struct Program<'a> {
     pub data: &'a [u8],
     /// Offset of `data` from the start of the bundle (a multiple of 4096).
     pub offset: u64,
+    /// Its index in the program table.
+    pub index: usize,
+    /// The checksum its entry gives for `data` ([`Program::verify`]).
+    pub checksum: u64,
+}
+
+impl Program<'_> {
+    /// Checks the program's data against its entry's checksum: before it is used.
+    pub fn verify(&self) -> Result<(), BundleError> {
+        let actual = checksum(self.data);
+        if actual == self.checksum {
+            Ok(())
+        } else {
+            Err(BundleError::ProgramChecksumMismatch {
+                index: self.index,
+                name: ShortStr::new(self.name.as_bytes()),
+                expected: self.checksum,
+                actual,
+            })
+        }
+    }
 }
 
 #[derive(Clone, Copy)]
@@ -525,7 +586,7 @@ struct Entry {
     name_size: u64,
     data_offset: u64,
     data_size: u64,
-    reserved: u64,
+    data_checksum: u64,
 }
 
 fn read_entry(data: &[u8], table: usize, index: usize) -> Option<Entry> {
@@ -535,7 +596,7 @@ fn read_entry(data: &[u8], table: usize, index: usize) -> Option<Entry> {
         name_size: u64::from(u32_at(data, at.checked_add(4)?)?),
         data_offset: u64_at(data, at.checked_add(8)?)?,
         data_size: u64_at(data, at.checked_add(16)?)?,
-        reserved: u64_at(data, at.checked_add(24)?)?,
+        data_checksum: u64_at(data, at.checked_add(24)?)?,
     })
 }
 
@@ -594,11 +655,6 @@ impl<'a> Bundle<'a> {
             len,
         };
         let data = range(data, 0, total).ok_or(truncated)?;
-        let expected = u64_at(header, 24).unwrap_or(0);
-        let actual = checksum(data.get(HDR..).unwrap_or(&[]));
-        if expected != actual {
-            return Err(BundleError::ChecksumMismatch { expected, actual });
-        }
 
         let count = u32_at(header, 32).unwrap_or(0) as usize;
         if count == 0 {
@@ -628,11 +684,16 @@ impl<'a> Bundle<'a> {
                 size: table_size,
                 total,
             })?;
-            if e.reserved != 0 {
-                return Err(BundleError::EntryReservedNotZero { index });
-            }
             check_in_bounds(Region::Name(index), e.name_offset, e.name_size, total)?;
             check_in_bounds(Region::Data(index), e.data_offset, e.data_size, total)?;
+        }
+        for index in 0..count {
+            let e = read_entry(data, table, index).ok_or(BundleError::OutOfBounds {
+                region: Region::Table,
+                offset: table_offset,
+                size: table_size,
+                total,
+            })?;
             if !e.data_offset.is_multiple_of(DATA_ALIGN) {
                 return Err(BundleError::UnalignedData {
                     index,
@@ -700,6 +761,14 @@ impl<'a> Bundle<'a> {
             }
         }
 
+        // The layout is consistent; are the metadata what was written? (Program data are
+        // checked when used.)
+        let expected = u64_at(header, 24).unwrap_or(0);
+        let actual = metadata_checksum(data).unwrap_or(!expected);
+        if expected != actual {
+            return Err(BundleError::ChecksumMismatch { expected, actual });
+        }
+
         let text = range(data, manifest_offset, manifest_size).unwrap_or(&[]);
         let text = core::str::from_utf8(text).map_err(|e| BundleError::ManifestNotUtf8 {
             valid_up_to: e.valid_up_to(),
@@ -729,9 +798,14 @@ impl<'a> Bundle<'a> {
         self.data
     }
 
-    /// The checksum stored in (and verified against) the header.
+    /// The metadata checksum stored in (and verified against) the header.
     pub fn checksum(&self) -> u64 {
         u64_at(self.data, 24).unwrap_or(0)
+    }
+
+    /// Checks every program's data ([`Program::verify`]).
+    pub fn verify_programs(&self) -> Result<(), BundleError> {
+        self.programs().try_for_each(|p| p.verify())
     }
 
     /// Number of programs.
@@ -751,6 +825,8 @@ impl<'a> Bundle<'a> {
             name,
             data,
             offset: e.data_offset,
+            index,
+            checksum: e.data_checksum,
         })
     }
 
@@ -895,13 +971,14 @@ mod builder {
                 put(&mut out, at + 4, &(name.len() as u32).to_le_bytes())?;
                 put(&mut out, at + 8, &data_offset.to_le_bytes())?;
                 put(&mut out, at + 16, &data_size.to_le_bytes())?;
+                put(&mut out, at + 24, &checksum(data).to_le_bytes())?;
                 put(&mut out, name_offset, name.as_bytes())?;
                 put(&mut out, data_offset, data)?;
             }
             put(&mut out, manifest_offset, self.manifest.as_bytes())?;
-            let checksum = checksum(out.get(HDR..).unwrap_or(&[]));
-            put(&mut out, 24, &checksum.to_le_bytes())?;
-            Bundle::parse(&out)?;
+            let sum = metadata_checksum(&out).ok_or(BundleError::TooLarge)?;
+            put(&mut out, 24, &sum.to_le_bytes())?;
+            Bundle::parse(&out)?.verify_programs()?;
             Ok(out)
         }
     }
@@ -929,11 +1006,23 @@ mod tests {
             .unwrap()
     }
 
-    /// Recomputes the checksum after a test edits the payload.
+    /// Recomputes the checksums after a test edits the payload: each program's (where its
+    /// entry is in bounds), then the metadata's.
     fn reseal(b: &mut [u8]) {
-        let total = u64::from_le_bytes(b[16..24].try_into().unwrap()) as usize;
-        let sum = checksum(&b[64..total]);
-        patch_u64(b, 24, sum);
+        let count = (u32::from_le_bytes(b[32..36].try_into().unwrap()) as usize).min(MAX_PROGRAMS);
+        let table = u32::from_le_bytes(b[36..40].try_into().unwrap()) as usize;
+        for index in 0..count {
+            let Some(e) = read_entry(b, table, index) else {
+                continue;
+            };
+            if let Some(data) = range(b, e.data_offset, e.data_size) {
+                let sum = checksum(data);
+                patch_u64(b, table + index * PROGRAM_ENTRY_SIZE + 24, sum);
+            }
+        }
+        if let Some(sum) = metadata_checksum(b) {
+            patch_u64(b, 24, sum);
+        }
     }
 
     fn err(b: &[u8]) -> BundleError {
@@ -960,7 +1049,7 @@ mod tests {
         assert_eq!(bundle.as_bytes(), &b[..]);
         assert_eq!(bundle.program_count(), 2);
         assert_eq!(&b[..8], b"FLUKEBND");
-        assert_eq!(bundle.checksum(), checksum(&b[64..]));
+        assert_eq!(Some(bundle.checksum()), metadata_checksum(&b));
         let progs: Vec<_> = bundle.programs().collect();
         assert_eq!(progs.len(), 2);
         assert_eq!(progs[0].name, "shell");
@@ -1213,21 +1302,58 @@ mod tests {
     }
 
     #[test]
-    fn checksum_covers_every_payload_byte() {
+    fn checksums_cover_every_byte_but_the_padding() {
         let good = sample();
+        let bundle = Bundle::parse(&good).unwrap();
+        let data: Vec<(usize, core::ops::Range<usize>)> = bundle
+            .programs()
+            .map(|p| (p.index, p.offset as usize..p.offset as usize + p.data.len()))
+            .collect();
+        // The table, the names and the manifest: the sample's builder lays them out back to
+        // back after the header.
+        let metadata_end = 64
+            + 32 * bundle.program_count()
+            + bundle.programs().map(|p| p.name.len()).sum::<usize>()
+            + bundle.manifest().text().len();
+        let (mut in_metadata, mut in_data, mut padding) = (0, 0, 0);
         for pos in 64..good.len() {
             let mut b = good.clone();
             b[pos] ^= 0x80;
-            assert!(
-                matches!(err(&b), BundleError::ChecksumMismatch { .. }),
-                "flip at {pos}"
-            );
+            if pos < metadata_end {
+                in_metadata += 1;
+                // A flip in an offset or a size may be caught as out of bounds first.
+                assert!(Bundle::parse(&b).is_err(), "flip at {pos}");
+            } else if let Some((index, _)) = data.iter().find(|(_, r)| r.contains(&pos)) {
+                in_data += 1;
+                // The boot does not read it; using the program does.
+                let parsed = Bundle::parse(&b).unwrap();
+                let p = parsed.program_at(*index).unwrap();
+                assert!(
+                    matches!(p.verify(), Err(BundleError::ProgramChecksumMismatch { index: i, .. }) if i == *index),
+                    "flip at {pos}"
+                );
+                assert!(parsed.verify_programs().is_err());
+                assert!(parsed.program_at(1 - index).unwrap().verify().is_ok());
+            } else {
+                padding += 1;
+                // Alignment padding: read by nothing.
+                Bundle::parse(&b).unwrap().verify_programs().unwrap();
+            }
         }
+        assert!(in_metadata > 100 && in_data > 5000 && padding > 0);
         let mut b = good.clone();
-        b[5000] ^= 1;
+        b[metadata_end - 1] ^= 1;
         assert!(err(&b)
             .to_string()
             .starts_with("bundle checksum mismatch (corrupt image)"));
+        let mut b = good.clone();
+        b[data[1].1.start + 10] ^= 1;
+        let e = Bundle::parse(&b).unwrap().verify_programs().unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("bundle program 1 `hello-world_2` is corrupt"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -1312,11 +1438,10 @@ mod tests {
                 other: Region::Header
             }
         );
-        // Reserved entry bytes.
+        // A program's data checksum is metadata: changed alone, the header's catches it.
         let mut b = good.clone();
-        b[entry_at(1) + 24] = 1;
-        reseal(&mut b);
-        assert_eq!(err(&b), BundleError::EntryReservedNotZero { index: 1 });
+        b[entry_at(1) + 24] ^= 1;
+        assert!(matches!(err(&b), BundleError::ChecksumMismatch { .. }));
     }
 
     #[test]
@@ -1600,7 +1725,12 @@ mod tests {
                 index: 0,
                 offset: 3,
             },
-            BundleError::EntryReservedNotZero { index: 0 },
+            BundleError::ProgramChecksumMismatch {
+                index: 0,
+                name: ShortStr::new(b"x"),
+                expected: 1,
+                actual: 2,
+            },
             BundleError::BadName {
                 index: 0,
                 name: ShortStr::new(b"A\n"),

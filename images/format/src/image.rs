@@ -438,7 +438,7 @@ mod builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::{checksum, BundleBuilder};
+    use crate::bundle::{metadata_checksum, BundleBuilder};
     use crate::elf::{PF_R, PF_W, PHDR_SIZE, PT_LOAD, PT_NOTE};
     use crate::testutil::{
         kernel_elf, kernel_with_notes, mutate, note_bytes, patch_u64, phdr_offset, pvh_note,
@@ -784,32 +784,49 @@ mod tests {
     }
 
     #[test]
-    fn byte_flips_never_panic_and_payload_flips_fail_the_checksum() {
+    fn byte_flips_never_panic_and_payload_flips_fail_the_checksums() {
         let img = sample_image();
         let image = Image::parse(&img).unwrap();
         let bs = image.bundle_segment();
-        let payload = (bs.offset + 64) as usize..(bs.offset + bs.filesz) as usize;
+        let bundle = image.bundle();
+        let at = |off: u64| (bs.offset + off) as usize;
+        let programs: Vec<core::ops::Range<usize>> = bundle
+            .programs()
+            .map(|p| at(p.offset)..at(p.offset) + p.data.len())
+            .collect();
+        // Table, names and manifest: back to back after the bundle header.
+        let metadata_len = 32 * bundle.program_count()
+            + bundle.programs().map(|p| p.name.len()).sum::<usize>()
+            + bundle.manifest().text().len();
+        let metadata = at(64)..at(64) + metadata_len;
         let mut caught = 0;
         for pos in 0..img.len() {
             for mask in [0x01u8, 0x80] {
                 let mut b = img.clone();
                 b[pos] ^= mask;
                 let r = Image::parse(&b);
-                if payload.contains(&pos) {
+                if programs.iter().any(|p| p.contains(&pos)) {
+                    // Parsing does not read program data; using the program checks it.
+                    let verified = r.as_ref().map(|i| i.bundle().verify_programs());
                     assert!(
                         matches!(
-                            r,
-                            Err(ImageError::Bundle(BundleError::ChecksumMismatch { .. }))
+                            verified,
+                            Ok(Err(BundleError::ProgramChecksumMismatch { .. }))
                         ),
                         "flip {mask:#x} at {pos}: {r:?}"
                     );
                     caught += 1;
+                } else if metadata.contains(&pos) {
+                    assert!(r.is_err(), "flip {mask:#x} at {pos}");
+                    caught += 1;
                 }
             }
         }
-        assert_eq!(caught, 2 * payload.len());
+        let covered = metadata.len() + programs.iter().map(|p| p.len()).sum::<usize>();
+        assert!(covered > 1000);
+        assert_eq!(caught, 2 * covered);
         let mut b = img.clone();
-        b[payload.start + 10] ^= 4;
+        b[metadata.end - 1] ^= 4;
         assert!(err(&b)
             .to_string()
             .starts_with("bundle checksum mismatch (corrupt image)"));
@@ -827,8 +844,9 @@ mod tests {
             // Every other mutant gets its bundle checksum repaired so that mutations get past
             // the checksum into the structural checks.
             if i.is_multiple_of(2) && m.len() >= bend {
-                let sum = checksum(&m[bstart + 64..bend]);
-                patch_u64(&mut m, bstart + 24, sum);
+                if let Some(sum) = metadata_checksum(&m[bstart..bend]) {
+                    patch_u64(&mut m, bstart + 24, sum);
+                }
             }
             if let Ok(image) = Image::parse(&m) {
                 parsed += 1;

@@ -80,8 +80,7 @@ pub fn spawn(
     parent: Option<Pid>,
     caps: &[ObjCap],
 ) -> Result<Pid, Error> {
-    let bundle = image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
-    let program = bundle.program(name).ok_or(Error::NoSuchProgram)?;
+    let program = image::program(name).ok_or(Error::NoSuchProgram)?;
     let quota = lend_quota(k, parent, 0)?;
     let result = build_child(k, name, program.data, args, parent, caps, quota);
     if result.is_err() {
@@ -268,8 +267,7 @@ pub fn program_read(
     usermem::copy_in(k, c.pid, name_ptr, &mut name[..name_len as usize])?;
     let name =
         core::str::from_utf8(&name[..name_len as usize]).map_err(|_| Error::InvalidArgument)?;
-    let bundle = crate::image::loaded_bundle().ok_or(Error::NoSuchProgram)?;
-    let data = bundle.program(name).ok_or(Error::NoSuchProgram)?.data;
+    let data = crate::image::program(name).ok_or(Error::NoSuchProgram)?.data;
     let start = usize::try_from(offset)
         .unwrap_or(usize::MAX)
         .min(data.len());
