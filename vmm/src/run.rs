@@ -28,6 +28,34 @@ use crate::watchdog::{self, Watchdog};
 /// The largest image file: one that could fit in the largest guest memory.
 pub const MAX_IMAGE_BYTES: u64 = vm::MAX_MEMORY_MIB << 20;
 
+/// Gives back the memory an image's bytes hold once the guest has its copy: a file's bytes
+/// are freed; the pages of the image built into the binary that reading it brought in are
+/// dropped from this process (they stay in the page cache and would come back from the
+/// binary on a later read).
+fn release_image(bytes: Cow<'static, [u8]>) {
+    let Cow::Borrowed(embedded) = bytes else {
+        return;
+    };
+    let page = 4096;
+    let start = (embedded.as_ptr() as usize).next_multiple_of(page);
+    let end = (embedded.as_ptr() as usize + embedded.len()) / page * page;
+    if end <= start {
+        return;
+    }
+    // SAFETY: [start, end) lies inside the binary's read-only, file-backed mapping of the
+    // image (a `&'static [u8]` that nothing writes). MADV_DONTNEED on a private file mapping
+    // only unmaps the pages: a later read faults the same bytes back in from the file, which
+    // cannot change while it runs (writing an executable being run fails with ETXTBSY), so
+    // every reference to the slice keeps seeing the same contents.
+    let r = unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+    if r != 0 {
+        log::debug!(
+            "cannot release the built-in image's pages: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
 /// Reads the image at `path`, or the default image built into the binary. Returns the bytes
 /// and how to name the image in messages.
 pub fn read_image(path: Option<&Path>) -> Result<(Cow<'static, [u8]>, String)> {
@@ -114,6 +142,8 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     let cmdline = boot::build_cmdline(platform, tsc_khz, &args.cmdline)?;
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
+    // The guest has its copy: ours would only weigh on the VMM's resident memory.
+    release_image(bytes);
     boot::setup_vcpu(&vcpu, layout.pvh_entry)?;
     if let Some(mib) = args.memory_resident {
         vm.start_host_paging(mib << 20)?;
