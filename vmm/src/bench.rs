@@ -742,6 +742,22 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     for &(name, model, unit, f) in HOST_BENCHMARKS.iter().filter(|b| args.selects(b.0)) {
         records.push(host_record(name, model, unit, f, args.samples, &platform));
     }
+    if args.selects(IMAGE_BYTES) {
+        records.push(Record {
+            name: IMAGE_BYTES.into(),
+            model: Model::Vmm,
+            platform: platform.clone(),
+            value: bytes.len() as f64,
+            unit: "bytes".into(),
+            samples: vec![bytes.len() as f64],
+        });
+    }
+    if args.selects(BOOT_TO_INIT_QEMU) {
+        match qemu_record(args, &bytes) {
+            Ok(r) => records.push(r),
+            Err(e) => failures.push(format!("{BOOT_TO_INIT_QEMU}: {e}")),
+        }
+    }
     to_stdout(&table(&records));
     for line in ratios(&records) {
         to_stdout(&format!("{line}\n"));
@@ -777,6 +793,39 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
             selected.len()
         )))
     }
+}
+
+/// The size of the image benchmarked (the built-in one unless `--image`).
+const IMAGE_BYTES: &str = "image.bytes";
+/// The same image's boot under QEMU (TCG), from its process start to init ([`crate::qemu_boot`]).
+const BOOT_TO_INIT_QEMU: &str = "boot.to_init_qemu";
+
+/// `boot.to_init_qemu` over `args.samples` boots of the image (the built-in one is written
+/// to a temporary file for QEMU).
+fn qemu_record(args: &BenchArgs, bytes: &[u8]) -> std::result::Result<Record, String> {
+    let temp = std::env::temp_dir().join(format!("fluke-bench-{}.img", std::process::id()));
+    let image = match &args.image {
+        Some(path) => path.clone(),
+        None => {
+            std::fs::write(&temp, bytes)
+                .map_err(|e| format!("cannot write {}: {e}", temp.display()))?;
+            temp.clone()
+        }
+    };
+    let timeout = std::time::Duration::from_secs(u64::from(RUN_TIMEOUT_SECS));
+    let samples: std::result::Result<Vec<f64>, String> = (0..args.samples)
+        .map(|_| crate::qemu_boot::to_init_ms(&image, timeout))
+        .collect();
+    let _ = std::fs::remove_file(&temp);
+    let samples = samples?;
+    Ok(Record {
+        name: BOOT_TO_INIT_QEMU.into(),
+        model: Model::Vmm,
+        platform: "qemu".into(),
+        value: median(&samples).unwrap_or(0.0),
+        unit: "ms".into(),
+        samples,
+    })
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {

@@ -20,6 +20,7 @@ mod listen;
 mod logger;
 mod paging;
 mod platform;
+mod qemu_boot;
 mod restore;
 mod run;
 mod seccomp;
