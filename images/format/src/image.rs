@@ -25,6 +25,16 @@ use crate::elf::{Elf, ElfError, ProgramHeader, PF_X};
 use core::fmt;
 use fluke_abi::boot::KERNEL_VIRT_BASE;
 
+/// The debug information of an image lives beside it, in a directory named after the image
+/// file with this suffix (`default.img` -> `default.img.debug`): the kernel's and each
+/// program's unstripped ELF, whose loaded segments are the image's. The image itself holds
+/// only segments (see [`crate::elf::strip_to_segments`]).
+pub const DEBUG_DIR_SUFFIX: &str = ".debug";
+/// The kernel's unstripped ELF, in the debug directory.
+pub const DEBUG_KERNEL_FILE: &str = "kernel.elf";
+/// The subdirectory of the debug directory holding `NAME.elf` for each program `NAME`.
+pub const DEBUG_PROGRAMS_DIR: &str = "programs";
+
 /// Page size used by the image layout rules.
 pub const PAGE_SIZE: u64 = 4096;
 
