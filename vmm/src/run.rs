@@ -127,8 +127,16 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         serial: None,
         start_paused: false,
     };
+    let debug_dir = match &args.image {
+        Some(path) => crate::debuginfo::sidecar_dir(path),
+        None => std::path::PathBuf::from(fluke_images::DEFAULT_DEBUG_DIR),
+    };
     let common = Common {
         boot_timer: args.boot_timer,
+        debug: Some(crate::debuginfo::DebugInfo {
+            dir: debug_dir,
+            image: &bytes,
+        }),
         ..Common::new(&args.vm, timeout, serial_spec, args.memory)
     };
     execute(machine, &common, process_start)
@@ -165,6 +173,9 @@ pub struct Common<'a> {
         std::time::Duration,
         Option<Arc<crate::snapshot::ondemand::Progress>>,
     )>,
+    /// The booted image and its debug directory, to name functions in fault reports
+    /// (`None` for a restore, which has no image).
+    pub debug: Option<crate::debuginfo::DebugInfo<'a>>,
 }
 
 impl<'a> Common<'a> {
@@ -198,6 +209,7 @@ impl<'a> Common<'a> {
                 .and_then(|s| crate::gdb::conn::GdbSpec::parse(s).ok()),
             gdb_wait: vm.gdb_wait,
             restored: None,
+            debug: None,
         }
     }
 }
@@ -348,6 +360,11 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     }
     // Guest output first, then whatever the VMM has to say about it.
     devices.serial.finish();
+    if let Some(debug) = &common.debug {
+        // After the run: debug information is read only if the guest reported a fault.
+        let (reports, dropped) = devices.serial.take_fault_reports();
+        to_stderr(&debug.describe(&reports, dropped));
+    }
 
     let (code, outcome_name) = match &outcome {
         Outcome::Exited(status) => {
