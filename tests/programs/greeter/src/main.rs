@@ -7,7 +7,10 @@ use fluke_rt::println;
 
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
-    println!("greeter: hello from outside the default image ({} argument(s))", args.len());
+    println!(
+        "greeter: hello from outside the default image ({} argument(s))",
+        args.len()
+    );
     for a in args.iter() {
         println!("greeter: arg {a}");
     }
