@@ -289,6 +289,26 @@ fn fault_reports_name_the_function_and_line() {
 }
 
 #[test]
+fn a_guest_stopped_in_the_kernel_is_named_after_the_vmms_report() {
+    let run = vmm(
+        &default_image(),
+        &["--timeout", "1", "--cmdline", "fluke.test=spin"],
+    );
+    assert_eq!(run.status, fluke_abi::status::VMM_TIMEOUT, "{run:?}");
+    let report = run
+        .stderr
+        .split_once("did not finish within 1 s")
+        .map(|(_, after)| after)
+        .unwrap_or("");
+    assert!(
+        report.contains("fluke-vmm: guest stopped in the kernel at 0xffffffff8")
+            && report.contains("fluke_kernel::selftest::run at "),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
 fn missing_or_stale_debug_information_leaves_the_addresses() {
     let dir = TempDir::new("image-nodebug");
     // No debug directory: nothing is added to the report.

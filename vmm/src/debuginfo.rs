@@ -64,6 +64,8 @@ pub enum FaultSubject {
     Kernel,
     /// `fluke: process PID (NAME) killed: ...`; the name is the guest's word for it.
     Program { pid: u64, name: String },
+    /// The VMM stopped the guest (a crash or a timeout) while it ran kernel code.
+    KernelStopped,
 }
 
 /// One fault report: who faulted, at which instruction.
@@ -171,6 +173,21 @@ fn parse_hex(s: &str) -> Option<u64> {
     u64::from_str_radix(s.strip_prefix("0x")?, 16).ok()
 }
 
+/// The report for the `rip` in a register dump of the VMM's (`  rip 0x...` in
+/// [`crate::vcpu::register_report`]), if it is in the kernel's half of the address space:
+/// a user address could be any program's.
+pub fn kernel_stop(registers: &str) -> Option<FaultReport> {
+    let rip = registers
+        .lines()
+        .find_map(|l| l.trim_start().strip_prefix("rip "))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(parse_hex)?;
+    (rip >= fluke_abi::boot::KERNEL_VIRT_BASE).then_some(FaultReport {
+        subject: FaultSubject::KernelStopped,
+        rip,
+    })
+}
+
 /// The image a run booted and where its debug directory is expected.
 pub struct DebugInfo<'a> {
     pub dir: PathBuf,
@@ -200,6 +217,10 @@ impl DebugInfo<'_> {
         for report in reports {
             let (what, file) = match &report.subject {
                 FaultSubject::Kernel => ("kernel fault".to_string(), Ok(kernel_file(&self.dir))),
+                FaultSubject::KernelStopped => (
+                    "guest stopped in the kernel".to_string(),
+                    Ok(kernel_file(&self.dir)),
+                ),
                 FaultSubject::Program { pid, name } => (
                     format!("fault in {} (process {pid})", name.escape_debug()),
                     fluke_image::bundle::validate_program_name(name.as_bytes())
@@ -240,7 +261,7 @@ impl DebugInfo<'_> {
         let debug = Elf::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
         let image = Image::parse(self.image).map_err(|e| format!("the image: {e}"))?;
         let matches = match subject {
-            FaultSubject::Kernel => same_segments(
+            FaultSubject::Kernel | FaultSubject::KernelStopped => same_segments(
                 (image.elf(), image.kernel_segments()),
                 (debug, debug.load_segments()),
             ),
@@ -386,6 +407,20 @@ mod tests {
         assert!(scan(console).is_empty());
         let long = format!("fluke: {}\n", "x".repeat(10_000));
         assert!(scan(&long).is_empty());
+    }
+
+    #[test]
+    fn a_vmm_register_dump_in_kernel_code_is_a_report() {
+        let dump = "  rip 0xffffffff80101234  rsp 0x0  rflags 0x2\n  rax 0x0\n";
+        assert_eq!(
+            kernel_stop(dump),
+            Some(FaultReport {
+                subject: FaultSubject::KernelStopped,
+                rip: 0xffff_ffff_8010_1234
+            })
+        );
+        assert_eq!(kernel_stop("  rip 0x0000000000401000  rsp 0x0\n"), None);
+        assert_eq!(kernel_stop("  (KVM_GET_REGS failed: EIO)\n"), None);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::api::{ApiServer, InstanceInfo};
 use crate::boot;
 use crate::cli::{RunArgs, VmArgs};
 use crate::control::VmControl;
+use crate::debuginfo;
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
 use crate::devices::Devices;
@@ -361,10 +362,15 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     // Guest output first, then whatever the VMM has to say about it.
     devices.serial.finish();
     if let Some(debug) = &common.debug {
-        // After the run: debug information is read only if the guest reported a fault.
+        // After the run: debug information is read only if the guest reported a fault, or
+        // the VMM stopped it in the kernel (named after the VMM's own report, below).
         let (reports, dropped) = devices.serial.take_fault_reports();
         to_stderr(&debug.describe(&reports, dropped));
     }
+    let name_stop = |registers: &str| match (&common.debug, debuginfo::kernel_stop(registers)) {
+        (Some(debug), Some(report)) => debug.describe(&[report], 0),
+        _ => String::new(),
+    };
 
     let (code, outcome_name) = match &outcome {
         Outcome::Exited(status) => {
@@ -373,14 +379,16 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         }
         Outcome::Crashed { reason, registers } => {
             to_stderr(&format!(
-                "fluke-vmm: error: guest crashed: {reason}\n{registers}"
+                "fluke-vmm: error: guest crashed: {reason}\n{registers}{}",
+                name_stop(registers)
             ));
             (status_u8(VMM_GUEST_CRASH), "crash")
         }
         Outcome::TimedOut { registers } => {
             let secs = common.timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
             to_stderr(&format!(
-                "fluke-vmm: error: guest did not finish within {secs} s; stopped\n{registers}"
+                "fluke-vmm: error: guest did not finish within {secs} s; stopped\n{registers}{}",
+                name_stop(registers)
             ));
             (status_u8(VMM_TIMEOUT), "timeout")
         }
