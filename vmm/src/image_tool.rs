@@ -55,6 +55,8 @@ pub enum ImageToolError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot pack the programs: {0}")]
+    Bundle(String),
     #[error("the built image does not pass the checks of `run`: {0}")]
     Check(String),
 }
@@ -214,11 +216,14 @@ fn check_init_stack(stack: &str, names: &[&str]) -> std::result::Result<(), Imag
 fn build(args: &ImageBuildArgs) -> Result<String> {
     let programs = read_programs(&args.programs)?;
     let names: Vec<&str> = programs.iter().map(|p| p.name.as_str()).collect();
-    let stack = args.init.clone().unwrap_or_else(|| names[0].to_string());
+    // clap requires one --program; without any, the empty stack is refused below.
+    let stack = match &args.init {
+        Some(stack) => stack.clone(),
+        None => names.first().map(|n| n.to_string()).unwrap_or_default(),
+    };
     check_init_stack(&stack, &names)?;
 
     // The kernel, and where its debug information comes from.
-    let default_image;
     let (kernel, kernel_debug): (Vec<u8>, Option<PathBuf>) = match &args.kernel {
         Some(path) => {
             let kernel = read_input("kernel", path)?;
@@ -230,8 +235,8 @@ fn build(args: &ImageBuildArgs) -> Result<String> {
             (kernel, Some(path.clone()))
         }
         None => {
-            default_image = fluke_images::default_image();
-            let image = Image::parse(default_image).map_err(|_| ImageToolError::NoDefaultKernel)?;
+            let image = Image::parse(fluke_images::default_image())
+                .map_err(|_| ImageToolError::NoDefaultKernel)?;
             let debug = Some(PathBuf::from(fluke_images::KERNEL_ELF_PATH)).filter(|p| p.is_file());
             (image.kernel_elf(), debug)
         }
@@ -247,10 +252,7 @@ fn build(args: &ImageBuildArgs) -> Result<String> {
         })?;
         bundle
             .add_program(&p.name, &stripped)
-            .map_err(|e| ImageToolError::ProgramName {
-                name: p.name.clone(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| ImageToolError::Bundle(e.to_string()))?;
     }
     bundle.manifest(&format!(
         "# written by fluke-vmm image build\ninit {stack}\n"
@@ -274,23 +276,22 @@ fn build(args: &ImageBuildArgs) -> Result<String> {
         .iter()
         .map(|p| (program_file(Path::new(""), &p.name), p.elf.clone()))
         .collect();
-    let mut notes = String::new();
+    // The kernel's debug information, if it is known to be this kernel's; a note otherwise.
     match kernel_debug.map(|p| (std::fs::read(&p), p)) {
-        Some((Ok(bytes), path)) if kernel_matches(&image, &bytes) => {
+        Some((Ok(bytes), _)) if kernel_matches(&image, &bytes) => {
             debug_files.push((kernel_file(Path::new("")), bytes));
-            let _ = path;
         }
-        Some((_, path)) => notes.push_str(&format!(
+        Some((_, path)) => crate::logger::to_stderr(&format!(
             "fluke-vmm: note: no kernel debug information ({} is not the kernel's ELF)\n",
             path.display()
         )),
-        None => notes.push_str(
+        None => crate::logger::to_stderr(
             "fluke-vmm: note: no kernel debug information (the built-in kernel's ELF is not on this machine)\n",
         ),
     }
     let debug_dir = write_debug_dir(&args.output, &debug_files)?;
     Ok(format!(
-        "{notes}wrote {shown} ({} bytes, {} program(s), init {stack}); debug information in {}\n",
+        "wrote {shown} ({} bytes, {} program(s), init {stack}); debug information in {}\n",
         image.len(),
         programs.len(),
         debug_dir.display()
@@ -331,17 +332,15 @@ fn write_default(args: &ImageDefaultArgs) -> Result<String> {
             }
         }
     }
-    let note = if missing > 0 {
-        format!(
-            "fluke-vmm: note: {missing} debug file(s) not found in {} (it is left by the build of this binary)\n",
+    if missing > 0 {
+        crate::logger::to_stderr(&format!(
+            "fluke-vmm: note: {missing} debug file(s) not found in {} (the build of this binary leaves them there)\n",
             source.display()
-        )
-    } else {
-        String::new()
-    };
+        ));
+    }
     let debug_dir = write_debug_dir(&args.output, &files)?;
     Ok(format!(
-        "{note}wrote {shown} ({} bytes); debug information in {}\n",
+        "wrote {shown} ({} bytes); debug information in {}\n",
         image.len(),
         debug_dir.display()
     ))
