@@ -330,6 +330,18 @@ fn missing_or_stale_debug_information_leaves_the_addresses() {
         "{}",
         run.stderr
     );
+    // A FIFO where the debug file should be: refused by its metadata, not waited on.
+    std::fs::remove_file(programs.join("victim.elf")).unwrap();
+    let fifo = std::ffi::CString::new(s(&programs.join("victim.elf"))).unwrap();
+    // SAFETY: mkfifo reads a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let run = vmm(&image, &["--cmdline", "fluke.init=victim,null"]);
+    assert!(
+        run.stderr.contains("victim.elf: not a regular file"),
+        "{}",
+        run.stderr
+    );
+    std::fs::remove_file(programs.join("victim.elf")).unwrap();
     // Garbage in the debug file: one line, no panic.
     std::fs::write(programs.join("victim.elf"), b"\x7fELF garbage").unwrap();
     let run = vmm(&image, &["--cmdline", "fluke.init=victim,null"]);

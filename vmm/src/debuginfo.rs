@@ -38,19 +38,13 @@ pub fn program_file(dir: &Path, name: &str) -> PathBuf {
 /// Whether two executables load the same bytes at the same places: their `PT_LOAD`
 /// segments agree in addresses, sizes, flags and file bytes, in order. Offsets and
 /// alignments may differ (an image moves the kernel's).
-pub fn same_segments<'a, 'b>(
+pub fn same_segments<'a>(
     a: (Elf<'a>, impl Iterator<Item = fluke_image::ProgramHeader>),
-    b: (Elf<'b>, impl Iterator<Item = fluke_image::ProgramHeader>),
+    b: (Elf<'a>, impl Iterator<Item = fluke_image::ProgramHeader>),
 ) -> bool {
-    let key = |elf: Elf<'_>, ph: fluke_image::ProgramHeader| {
-        (
-            ph.vaddr,
-            ph.paddr,
-            ph.filesz,
-            ph.memsz,
-            ph.flags,
-            fluke_image::bundle::fnv1a64(elf.segment_data(&ph)),
-        )
+    let key = |elf: Elf<'a>, ph: fluke_image::ProgramHeader| {
+        let data = elf.segment_data(&ph);
+        (ph.vaddr, ph.paddr, ph.filesz, ph.memsz, ph.flags, data)
     };
     let (ea, sa) = a;
     let (eb, sb) = b;
@@ -194,6 +188,8 @@ pub struct DebugInfo<'a> {
     pub image: &'a [u8],
 }
 
+/// The largest debug ELF read.
+const MAX_DEBUG_FILE: u64 = 1 << 30;
 /// The most inlined frames printed for one address.
 const MAX_FRAMES: usize = 8;
 
@@ -256,8 +252,16 @@ impl DebugInfo<'_> {
     /// loads for it.
     fn load(&self, subject: &FaultSubject, file: &Path) -> Result<Symbols, String> {
         let shown = file.display();
-        let bytes =
-            std::fs::read(file).map_err(|e| format!("{shown}: {}", crate::error::strerror(&e)))?;
+        let io = |e: std::io::Error| format!("{shown}: {}", crate::error::strerror(&e));
+        // Judged by its metadata first: a FIFO or device there would block or never end.
+        let meta = std::fs::metadata(file).map_err(io)?;
+        if !meta.is_file() || meta.len() > MAX_DEBUG_FILE {
+            return Err(format!(
+                "{shown}: not a regular file of at most {} MiB",
+                MAX_DEBUG_FILE >> 20
+            ));
+        }
+        let bytes = std::fs::read(file).map_err(io)?;
         let debug = Elf::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
         let image = Image::parse(self.image).map_err(|e| format!("the image: {e}"))?;
         let matches = match subject {
