@@ -239,3 +239,47 @@ fn kernel_has_exactly_one_iretq() {
     let sysrets = text.lines().filter(|l| l.contains("sysretq")).count();
     assert!(sysrets >= 1);
 }
+
+/// Issue 14: the kernel prints through fluke-vmm's paravirtual console (one exit per line,
+/// `fluke.console=pv`, which fluke-vmm puts on the command line) instead of one exit per
+/// byte to the UART, with the same console text either way, in the same order with what
+/// programs write; QEMU, which has no such port, gets the UART (the other tests).
+#[test]
+fn the_paravirtual_console_prints_the_same_text_with_far_fewer_exits() {
+    let dir = std::env::temp_dir().join(format!("fluke-pvcon-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let run_with = |console: &str| {
+        let stats = dir.join(format!("{console}.json"));
+        let cmdline = format!("fluke.console={console} fluke.init=ktest,garbage,2000");
+        let run = vmm(
+            &default_image(),
+            &[
+                "--cmdline",
+                &cmdline,
+                "--stats-json",
+                stats.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(run.status, 0, "{console}: {run:?}");
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        (run.console, json["exits"].as_u64().unwrap())
+    };
+    let (pv_text, pv_exits) = run_with("pv");
+    let (uart_text, uart_exits) = run_with("uart");
+    let _ = std::fs::remove_dir_all(&dir);
+    // The command lines differ only in the console's name, which the kernel does not print.
+    assert_eq!(pv_text, uart_text);
+    assert!(pv_text.contains("ktest: garbage: 2000 calls, 0 unexpected results; kernel alive"));
+    // Every byte was an exit on the UART; a line is one on the PV console.
+    assert!(
+        uart_exits as usize >= uart_text.len(),
+        "{uart_exits} exits for {} bytes",
+        uart_text.len()
+    );
+    let lines = pv_text.lines().count() as u64;
+    assert!(
+        pv_exits <= lines + 20,
+        "{pv_exits} exits for {lines} lines (the UART took {uart_exits})"
+    );
+}

@@ -14,7 +14,7 @@ use fluke_abi::boot::{
     CMDLINE_GPA, CMDLINE_MAX, E820_RAM, EBDA_START, KERNEL_PHYS_LOAD, MEMMAP_GPA, MODLIST_GPA,
     START_INFO_GPA, XEN_HVM_START_MAGIC,
 };
-use fluke_abi::cmdline::{PLATFORM, TSC_KHZ};
+use fluke_abi::cmdline::{CONSOLE, PLATFORM, TSC_KHZ};
 use fluke_abi::Platform;
 use fluke_image::elf::{Elf, ProgramHeader, PF_X};
 use fluke_image::image::Image;
@@ -183,7 +183,8 @@ pub fn check_memory_fit(phys_end: u64, mem_bytes: u64) -> Result<()> {
 
 /// The kernel command line: what the VMM passes, then the user's `--cmdline`.
 pub fn build_cmdline(platform: Platform, tsc_khz: Option<u32>, extra: &str) -> Result<String> {
-    let mut cmdline = format!("{PLATFORM}={}", platform.name());
+    // Our paravirtual console first: a user's `fluke.console=uart` after it wins.
+    let mut cmdline = format!("{PLATFORM}={} {CONSOLE}=pv", platform.name());
     if let Some(khz) = tsc_khz {
         cmdline.push_str(&format!(" {TSC_KHZ}={khz}"));
     }
@@ -381,14 +382,17 @@ mod tests {
     fn cmdline_starts_with_platform_and_appends_user_text() {
         assert_eq!(
             build_cmdline(Platform::KvmPvm, None, "").unwrap(),
-            "fluke.platform=kvm_pvm"
+            "fluke.platform=kvm_pvm fluke.console=pv"
         );
         assert_eq!(
             build_cmdline(Platform::Kvm, None, "  fluke.bench=exit_roundtrip ").unwrap(),
-            "fluke.platform=kvm fluke.bench=exit_roundtrip"
+            "fluke.platform=kvm fluke.console=pv fluke.bench=exit_roundtrip"
         );
         let c = build_cmdline(Platform::Kvm, Some(2_500_000), "a=b").unwrap();
         assert_eq!(fluke_abi::cmdline::get(&c, PLATFORM), Some("kvm"));
+        // The user's choice of console comes after ours, and the last word wins.
+        let uart = build_cmdline(Platform::Kvm, None, "fluke.console=uart").unwrap();
+        assert_eq!(fluke_abi::cmdline::get(&uart, CONSOLE), Some("uart"));
         assert_eq!(fluke_abi::cmdline::get(&c, TSC_KHZ), Some("2500000"));
         assert!(matches!(
             build_cmdline(Platform::Kvm, None, "x\0y"),
@@ -399,7 +403,7 @@ mod tests {
             build_cmdline(Platform::Kvm, None, &long),
             Err(Error::CmdlineTooLong { .. })
         ));
-        let fits = "x".repeat(CMDLINE_MAX - 1 - "fluke.platform=kvm ".len());
+        let fits = "x".repeat(CMDLINE_MAX - 1 - "fluke.platform=kvm fluke.console=pv ".len());
         assert!(build_cmdline(Platform::Kvm, None, &fits).is_ok());
     }
 

@@ -19,7 +19,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::KernelText;
 use crate::control::{PauseHooks, VmControl};
-use crate::devices::{Devices, IoAction};
+use crate::devices::{pv_console, Devices, IoAction};
 use crate::watchdog::Watchdog;
 
 /// How a run ended.
@@ -85,6 +85,8 @@ pub struct VcpuRunner<'a> {
     /// What a snapshot records about the machine.
     about: MachineInfo,
     io_data: Vec<u8>,
+    /// The last paravirtual console record's bytes (kept: no allocation per line).
+    console_record: Vec<u8>,
     exits: u64,
     /// The gdb stub's vCPU half (`--gdb`).
     debugger: Option<&'a mut crate::gdb::debuggee::Debuggee>,
@@ -120,6 +122,7 @@ impl<'a> VcpuRunner<'a> {
             vm,
             about,
             io_data: Vec::with_capacity(16),
+            console_record: Vec::with_capacity(fluke_abi::ports::pv_console::MAX_LEN),
             exits: 0,
             debugger: None,
         }
@@ -251,6 +254,14 @@ impl<'a> VcpuRunner<'a> {
                     }
                     if let Some(crash) = self.check_out_rip(port) {
                         return crash;
+                    }
+                    if port == fluke_abi::ports::CONSOLE_PV {
+                        let record = &mut self.console_record;
+                        match pv_console::read_record(self.memory, &self.io_data, record) {
+                            Ok(()) => self.devices.serial.write_console(record),
+                            Err(reason) => return self.crash(reason),
+                        }
+                        continue;
                     }
                     match self.devices.io_out(port, &self.io_data) {
                         IoAction::Continue => {}

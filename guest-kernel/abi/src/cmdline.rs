@@ -6,7 +6,9 @@
 //! - `fluke.test=NAME` (kernel self-tests used by the integration tests),
 //! - `fluke.bench=NAME` (in-guest benchmarks used by `fluke-vmm bench`),
 //! - `fluke.init=PROGRAM[,ARG...]` (start another program of the image as init),
-//! - `fluke.tsc_khz=N` (the TSC frequency, written by fluke-vmm from KVM_GET_TSC_KHZ).
+//! - `fluke.tsc_khz=N` (the TSC frequency, written by fluke-vmm from KVM_GET_TSC_KHZ),
+//! - `fluke.console=pv|uart` (written `pv` by fluke-vmm, which has the paravirtual console
+//!   port `ports::CONSOLE_PV`; without it, or with `uart`, the kernel prints to COM1).
 //!
 //! The platform-floor benchmark paths are not a boot option: they sit behind the benchmark
 //! capability that only init receives (`syscall::INIT_BENCH_CAP`).
@@ -18,6 +20,8 @@ pub const BENCH: &str = "fluke.bench";
 pub const INIT: &str = "fluke.init";
 /// `fluke.tsc_khz=N`: the TSC frequency, when the VMM knows it.
 pub const TSC_KHZ: &str = "fluke.tsc_khz";
+/// `fluke.console=pv|uart`: which console the kernel prints to.
+pub const CONSOLE: &str = "fluke.console";
 
 /// The words of an init line: `fluke.init`'s comma-separated words, or the manifest's
 /// `init` words, with `>` also splitting (and kept as a word of its own), so a stack of

@@ -28,6 +28,21 @@ pub const BENCH_BEGIN: u8 = 1;
 pub const BENCH_END: u8 = 2;
 pub const BENCH_TICK: u8 = 0;
 
+/// fluke-vmm's paravirtual console: the guest writes (one 32-bit OUT) the guest-physical
+/// address, below 4 GiB and 8-aligned, of a [`pv_console`] record, and the VMM copies its
+/// bytes to the same sink as the UART's: one exit per line or buffer instead of one per
+/// byte. The kernel uses it only when fluke-vmm's command line says so
+/// ([`crate::cmdline::CONSOLE`]); QEMU has no device here.
+pub const CONSOLE_PV: u16 = 0x442;
+
+/// The record the guest hands to [`CONSOLE_PV`].
+pub mod pv_console {
+    /// `len: u32` little-endian, then 4 reserved bytes, then `len` bytes of output.
+    pub const HEADER: usize = 8;
+    /// The most bytes one record carries (a record fits a 4 KiB page).
+    pub const MAX_LEN: usize = 4096 - HEADER;
+}
+
 /// Boot milestones written to [`BOOT_TIMER`].
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

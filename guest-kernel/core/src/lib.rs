@@ -17,6 +17,7 @@ pub mod objstate;
 pub mod pvclock;
 pub mod runq;
 pub mod slab;
+pub mod stall;
 pub mod sync_objects;
 pub mod teardown;
 pub mod user_range;

@@ -53,6 +53,9 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     // SAFETY: boot, single CPU: the only reference to the boot info.
     let boot = unsafe { BOOT_INFO.get_mut() };
     let boot_ok = boot.read(start_info_pa);
+    if boot_ok.is_ok() {
+        console::init(boot.cmdline());
+    }
     kprintln!("fluke: Fluke microkernel {}", env!("CARGO_PKG_VERSION"));
     kprintln!(
         "fluke: platform {}, backend {}, pv-mode {}",

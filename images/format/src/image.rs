@@ -492,7 +492,7 @@ mod builder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bundle::{fnv1a64, BundleBuilder};
+    use crate::bundle::{checksum, BundleBuilder};
     use crate::elf::{PF_R, PF_W, PHDR_SIZE, PT_LOAD, PT_NOTE};
     use crate::testutil::{
         kernel_elf, kernel_with_notes, mutate, note_bytes, patch_u64, phdr_offset, pvh_note,
@@ -910,7 +910,7 @@ mod tests {
             // Every other mutant gets its bundle checksum repaired so that mutations get past
             // the checksum into the structural checks.
             if i.is_multiple_of(2) && m.len() >= bend {
-                let sum = fnv1a64(&m[bstart + 64..bend]);
+                let sum = checksum(&m[bstart + 64..bend]);
                 patch_u64(&mut m, bstart + 24, sum);
             }
             if let Ok(image) = Image::parse(&m) {

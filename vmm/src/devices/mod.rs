@@ -1,8 +1,10 @@
 //! The guest's devices, all port I/O: the COM1 UART ([`serial`]) and the VMM's own ports
-//! ([`debug_exit`]: exit status, boot timer, benchmark counter). [`Devices`] dispatches a
+//! ([`debug_exit`]: exit status, boot timer, benchmark counter; [`pv_console`], which the
+//! run loop serves itself because it reads guest memory). [`Devices`] dispatches a
 //! port access to the device that owns the port.
 
 pub mod debug_exit;
+pub mod pv_console;
 pub mod serial;
 
 use fluke_abi::ports::{BENCH, BOOT_TIMER, COM1, COM1_LEN, DEBUG_EXIT};

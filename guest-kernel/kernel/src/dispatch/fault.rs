@@ -6,7 +6,7 @@ use crate::arch::trap::{vector_name, VEC_PAGE_FAULT};
 use crate::arch::user::UserRegs;
 use crate::arch::{apic, platform};
 use crate::kernel::sched::{self, Leave, Next};
-use crate::kernel::thread::ThreadId;
+use crate::kernel::thread::{ThreadId, ThreadState};
 use crate::kernel::Kernel;
 use crate::objects::mapping::{self, Resolution};
 use crate::objects::{ipc, space};
@@ -16,6 +16,7 @@ use fluke_kcore::user_regs;
 
 /// An event from user mode, its registers saved in the current thread's block.
 pub fn user_event(k: &mut Kernel, vector: u8, error_code: u64) -> Leave {
+    charge_emulated_stretch(k);
     let next = match vector {
         apic::TIMER_VECTOR => sched::timer_interrupt(k, true),
         apic::SPURIOUS_VECTOR => Next::Resume,
@@ -170,10 +171,55 @@ fn stack_fault(k: &mut Kernel) -> Next {
     Next::Schedule
 }
 
+/// Every entry from user mode starts here: a thread that comes back with a non-canonical
+/// stack pointer ran emulated since its last return (on kvm_pvm; [`stack_unusable`]), and
+/// that stretch is charged to it ([`fluke_kcore::stall`]), whatever the entry then does
+/// (the push through such an RSP raises its own #SS, an event like any other). So a keeper
+/// that repairs RSP and resumes the thread does not buy it the machine.
+pub fn charge_emulated_stretch(k: &mut Kernel) {
+    if !stack_unusable(k) {
+        return;
+    }
+    let now = crate::time::now_ns();
+    k.stamp_user_returns = true;
+    if let Some(t) = sched::current(k).and_then(|tid| k.threads.get_mut(tid)) {
+        t.stall.charge_stretch(now);
+    }
+}
+
+/// The current thread is about to return to user mode: if it still owes for a stretch of
+/// emulated user code ([`charge_emulated_stretch`]) it sleeps until its hold ends instead (true: the
+/// scheduler chooses); otherwise the return is time-stamped, once stamping is on. Reads the
+/// clock only then, so the common return costs two loads.
+fn held_or_stamped(k: &mut Kernel) -> bool {
+    let stamp = k.stamp_user_returns;
+    let Some(tid) = sched::current(k) else {
+        return false;
+    };
+    let Some(t) = k.threads.get_mut(tid) else {
+        return false;
+    };
+    if !stamp && !t.stall.may_be_held() {
+        return false;
+    }
+    let now = crate::time::now_ns();
+    match t.stall.held_at(now) {
+        Some(until) => {
+            sched::block(k, tid, ThreadState::Sleeping(until));
+            true
+        }
+        None => {
+            t.stall.resumed(now);
+            false
+        }
+    }
+}
+
 /// A kernel call made with a non-canonical stack pointer is not made: the thread takes the
 /// stack fault on its `syscall` instruction (the call in restart form, as a blocked call
 /// is), so a keeper that fixes RSP has it re-executed.
 pub fn call_with_unusable_stack(k: &mut Kernel) -> Leave {
+    charge_emulated_stretch(k);
     if let Some(r) = sched::current(k).and_then(|tid| k.regs(tid)) {
         user_regs::restart_call(r);
     }
@@ -182,35 +228,45 @@ pub fn call_with_unusable_stack(k: &mut Kernel) -> Leave {
 }
 
 /// How every kernel entry from user mode ends: as it decided, unless that returns to user
-/// mode in a thread whose stack pointer is non-canonical; that thread takes the stack fault
-/// instead and the scheduler chooses.
+/// mode in a thread whose stack pointer is non-canonical (that thread takes the stack fault
+/// instead) or that is held for a stretch it ran so ([`held_or_stamped`]); then the scheduler
+/// chooses.
 pub fn checked_leave(k: &mut Kernel, leave: Leave) -> Leave {
-    if !matches!(leave, Leave::User(_)) || !stack_unusable(k) {
+    if !matches!(leave, Leave::User(_)) {
         return leave;
     }
-    let next = stack_fault(k);
-    match sched::leave(k, next) {
-        // The faulting thread does not run again now, whatever `next` said.
-        Leave::User(_) => Leave::Scheduler,
-        other => other,
+    if stack_unusable(k) {
+        let next = stack_fault(k);
+        return match sched::leave(k, next) {
+            // The faulting thread does not run again now, whatever `next` said.
+            Leave::User(_) => Leave::Scheduler,
+            other => other,
+        };
     }
+    if held_or_stamped(k) {
+        return Leave::Scheduler;
+    }
+    leave
 }
 
-/// The scheduler's pick, with the same rule: a thread about to return to user mode with a
+/// The scheduler's pick, with the same rules: a thread about to return to user mode with a
 /// non-canonical stack pointer (its keeper resumed it as it was, or a parent set it) takes
-/// the stack fault instead, and another is picked. Each pass ends the picked thread's run
-/// (it waits for its keeper, or is killed), so the loop ends.
+/// the stack fault instead, and a held one sleeps; another is picked. Each pass ends the
+/// picked thread's run (it waits for its keeper, is killed, or sleeps), so the loop ends.
 pub fn pick(k: &mut Kernel) -> Option<u64> {
     loop {
         let slot = sched::pick(k)?;
-        if !stack_unusable(k) {
+        if stack_unusable(k) {
+            let next = stack_fault(k);
+            // A hand-off to the keeper makes it current; nothing returns to user mode here.
+            let _ = sched::leave(k, next);
+            // Reclaim a killed thread (we are on the idle stack, not on its kernel stack).
+            sched::enter_scheduler(k);
+            continue;
+        }
+        if !held_or_stamped(k) {
             return Some(slot);
         }
-        let next = stack_fault(k);
-        // A hand-off to the keeper makes it current; nothing returns to user mode here.
-        let _ = sched::leave(k, next);
-        // Reclaim a killed thread (we are on the idle stack, not on its kernel stack).
-        sched::enter_scheduler(k);
     }
 }
 
@@ -232,6 +288,7 @@ pub fn escalation(k: &mut Kernel, rip: u64) -> Leave {
 /// kernel calls, so the thread takes a general-protection fault (to its keeper, else the
 /// process is killed). Resuming it returns in 64-bit mode at the saved RIP.
 pub fn compat_syscall_refused(k: &mut Kernel) -> Leave {
+    charge_emulated_stretch(k);
     let next = match faulting(k) {
         Some((tid, r)) => match to_keeper(k, tid, [fault::EXCEPTION, 13, 0, r.rip]) {
             Some(next) => next,

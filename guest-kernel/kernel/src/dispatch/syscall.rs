@@ -4,7 +4,7 @@
 //! leaves as the call said. Every pointer argument goes through `objects::usermem`, which
 //! checks it against the caller's own page tables.
 
-use crate::console::Console;
+use crate::console;
 use crate::kernel::sched::{self, Leave, Next};
 use crate::kernel::thread::ThreadState;
 use crate::kernel::{Caller, Kernel};
@@ -160,10 +160,11 @@ fn console_write(k: &mut Kernel, c: Caller, ptr: u64, len: u64) -> Result<u64, E
     usermem::prefault_for_call(k, c.pid, ptr, len, false)?;
     let mut buf = [0u8; 256];
     let mut done = 0;
+    let mut out = console::Writer::begin();
     while done < len {
         let n = (len - done).min(buf.len() as u64) as usize;
         usermem::copy_in(k, c.pid, ptr + done, &mut buf[..n])?;
-        Console.write_bytes(&buf[..n]);
+        out.write(&buf[..n]);
         done += n as u64;
     }
     Ok(len)

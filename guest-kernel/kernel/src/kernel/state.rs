@@ -42,6 +42,10 @@ pub struct Kernel {
     /// A page the current kernel call needs that only a keeper can provide (set when a copy
     /// to or from user memory meets one, taken by the dispatcher).
     pub keeper_fault: Option<KeeperFault>,
+    /// Whether returns to user mode are time-stamped: from the first stack fault for a
+    /// non-canonical stack pointer on (`dispatch/fault.rs`), so a stretch of emulated user
+    /// code can be charged to its thread.
+    pub stamp_user_returns: bool,
     /// Counters for the boot report and tests.
     pub stats: Stats,
 }
@@ -79,6 +83,7 @@ static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
     dead: alloc::vec::Vec::new(),
     init: None,
     keeper_fault: None,
+    stamp_user_returns: false,
     stats: Stats {
         timer_irqs: 0,
         preemptions: 0,

@@ -129,6 +129,9 @@ pub struct Thread {
     /// Whether the entry code's bare floor call is open to this thread: set for good by a
     /// `bench` call that presents the benchmark capability.
     pub floor_calls: bool,
+    /// What it owes for running user code with a non-canonical stack pointer
+    /// (`dispatch/fault.rs`).
+    pub stall: fluke_kcore::stall::StallAccount,
 }
 
 impl Thread {

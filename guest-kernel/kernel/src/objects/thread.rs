@@ -56,6 +56,7 @@ pub fn new_thread(
             pending_fault: None,
             fpu: crate::arch::fpu::FpuArea::clean(),
             floor_calls: false,
+            stall: Default::default(),
         })
         .ok_or(Error::Exhausted)?;
     if let Some(p) = k.processes.get_mut(pid) {

@@ -3,6 +3,7 @@
 #![no_std]
 #![no_main]
 
+use core::sync::atomic::{AtomicU64, Ordering};
 use fluke_abi::syscall::{Call, Error};
 use fluke_rt::sys::NO_CAP;
 use fluke_rt::{println, sys};
@@ -30,6 +31,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "capfuzz-child" => capfuzz_child(
             args.get(1).and_then(|n| n.parse().ok()).unwrap_or(1),
             args.get(2).and_then(|n| n.parse().ok()).unwrap_or(100_000),
+            args.get(3) == Some("kept"),
         ),
         "chain" => chain(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(64)),
         "mapcharge" => mapcharge(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(50)),
@@ -310,19 +312,31 @@ fn hostile() -> i32 {
     let switch = sys::floor_switch();
     check("floor switch outside a pair", !switch, &switch);
     let empty = sys::floor_join(200);
-    check("floor join naming no capability", empty == Err(Error::BadCap), &empty);
+    check(
+        "floor join naming no capability",
+        empty == Err(Error::BadCap),
+        &empty,
+    );
     let other = sys::port_set_create().and_then(|set| {
         let r = sys::enable_floor_calls(set);
         let _ = sys::destroy(set);
         r
     });
-    check("floor calls enabled with a port set", other == Err(Error::WrongType), &other);
+    check(
+        "floor calls enabled with a port set",
+        other == Err(Error::WrongType),
+        &other,
+    );
     let read_only = sys::cap_copy(sys::INIT_BENCH_CAP, 2).and_then(|copy| {
         let r = sys::floor_join(copy);
         let _ = sys::cap_drop(copy);
         r
     });
-    check("floor join with the capability without USE", read_only == Err(Error::NoRights), &read_only);
+    check(
+        "floor join with the capability without USE",
+        read_only == Err(Error::NoRights),
+        &read_only,
+    );
     let floor = sys::floor_syscall();
     check("floor call after the refusals", !floor, &floor);
     let no_cap = sys::spawn("victim", &["floor-nocap"]).and_then(sys::wait);
@@ -347,7 +361,11 @@ fn hostile() -> i32 {
         &(spawned, before, after),
     );
     let destroyed = sys::destroy(sys::INIT_BENCH_CAP);
-    check("the benchmark capability is no object to destroy", destroyed == Err(Error::WrongType), &destroyed);
+    check(
+        "the benchmark capability is no object to destroy",
+        destroyed == Err(Error::WrongType),
+        &destroyed,
+    );
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
 }
@@ -387,7 +405,11 @@ fn floors() -> i32 {
         bad += u32::from(!ok);
     };
     let enabled = sys::enable_floor_calls(sys::INIT_BENCH_CAP);
-    check("floor calls enabled with the benchmark capability", enabled.is_ok(), &enabled);
+    check(
+        "floor calls enabled with the benchmark capability",
+        enabled.is_ok(),
+        &enabled,
+    );
     check("floor call on", sys::floor_syscall(), &"");
     // The partners get the benchmark capability as their name 0 (the outsider does not).
     let cap = [sys::INIT_BENCH_CAP];
@@ -427,7 +449,9 @@ fn floors() -> i32 {
     }
     //    Between two partners with the same bases, one reloading FS and GS selectors
     //    (natively resetting its own bases), the other still gets its bases every switch.
-    if let Some((set, reader, reloader)) = reader_beside_reloader("floor-seg", "floor-seg-reload", &cap) {
+    if let Some((set, reader, reloader)) =
+        reader_beside_reloader("floor-seg", "floor-seg-reload", &cap)
+    {
         check(
             "bases kept beside a partner that reloads FS and GS (reader, reloader)",
             set && reader == Ok(0) && reloader == Ok(0),
@@ -550,9 +574,8 @@ fn reader_beside_reloader(
         return None;
     };
     sys::sleep_ns(50_000_000);
-    let set = [reader.thread, reloader.thread].map(|t| {
-        stop_and_set_segment_bases(t, 0x5000_0000).and_then(|_| sys::thread_resume(t))
-    });
+    let set = [reader.thread, reloader.thread]
+        .map(|t| stop_and_set_segment_bases(t, 0x5000_0000).and_then(|_| sys::thread_resume(t)));
     Some((
         set.iter().all(Result::is_ok),
         sys::wait(reader.pid),
@@ -849,20 +872,99 @@ fn fuzz_objects(names: &mut [u64; 24]) -> usize {
 /// `rounds` rounds of kernel-call fuzzing (seeds `seed`, `seed + 1`, ...), each in a child
 /// process that makes `count` calls and exits; its exit tears down whatever the calls made.
 /// After every round this process checks the kernel still starts and ends programs.
+///
+/// The fuzzer's thread is kept by a thread of this process ([`rsp_keeper`]), outside the
+/// reach of the fuzzer's own calls: a call made with a non-canonical RSP takes a stack
+/// fault, and the keeper repairs it, as a debugger or checkpointer would, and lets it go on.
 fn capfuzz(seed: u64, count: &str, rounds: u64) -> i32 {
+    let keeper = match start_rsp_keeper() {
+        Ok(port) => port,
+        Err(e) => {
+            println!("ktest: capfuzz: cannot start the keeper: {e:?}");
+            return 1;
+        }
+    };
     let mut bad = 0;
     for round in 0..rounds {
         let mut num = fluke_rt::NumBuf::new();
-        let status = sys::spawn("ktest", &["capfuzz-child", num.format(seed + round), count])
-            .and_then(sys::wait);
+        let args = ["capfuzz-child", num.format(seed + round), count, "kept"];
+        // The child sleeps before its first call with a non-canonical RSP, so this runs
+        // before it needs its keeper.
+        let status = sys::spawn_child("ktest", &args, &[]).and_then(|child| {
+            KEPT_FUZZER.store(child.thread, Ordering::SeqCst);
+            KEPT_SPACE.store(child.space, Ordering::SeqCst);
+            let status =
+                sys::thread_set_keeper(child.thread, keeper).and_then(|_| sys::wait(child.pid));
+            let _ = sys::cap_drop(child.thread);
+            let _ = sys::cap_drop(child.space);
+            status
+        });
         let survivor = sys::spawn("victim", &["ok"]).and_then(sys::wait);
         println!(
             "ktest: capfuzz: round {round}: fuzzer exited {status:?}; new process exited {survivor:?}"
         );
         bad += u32::from(status != Ok(0) || survivor != Ok(0));
     }
-    println!("ktest: capfuzz: {rounds} round(s) of {count} calls, {bad} failed; kernel alive");
+    let repaired = RSP_REPAIRS.load(Ordering::SeqCst);
+    println!(
+        "ktest: capfuzz: {rounds} round(s) of {count} calls, {bad} failed; kernel alive ({repaired} stack faults repaired)"
+    );
     i32::from(bad != 0)
+}
+
+/// The fuzzer thread [`rsp_keeper`] keeps, and its space (capability names in this
+/// process).
+static KEPT_FUZZER: AtomicU64 = AtomicU64::new(NO_CAP);
+static KEPT_SPACE: AtomicU64 = AtomicU64::new(NO_CAP);
+/// How many of its stack faults the keeper repaired.
+static RSP_REPAIRS: AtomicU64 = AtomicU64::new(0);
+/// What a call the keeper repaired returns to the fuzzer (no error code of the kernel's).
+const RSP_REPAIRED: u64 = 0x5353_5353_5353_5353;
+
+/// Starts [`rsp_keeper`]; returns the port the fuzzer's faults go to.
+fn start_rsp_keeper() -> Result<u64, Error> {
+    const STACK: u64 = 0x6_0000_0000;
+    sys::map_anon(STACK, 16 * 4096)?;
+    let set = sys::port_set_create()?;
+    let port = sys::port_create(set, 1)?;
+    fluke_rt::thread::start(rsp_keeper, set, STACK + 16 * 4096)?;
+    Ok(port)
+}
+
+/// Answers each stack fault of the fuzzer (a `syscall` made with a non-canonical RSP,
+/// left in restart form) by moving it past the `syscall` with [`RSP_REPAIRED`] in RAX; its
+/// own code puts RSP back. Any other fault ends the fuzzer (it would have been killed
+/// without a keeper): its space is destroyed and the round fails.
+extern "C" fn rsp_keeper(set: u64) -> ! {
+    let mut msg = sys::ipc_wait(set);
+    loop {
+        if let Ok(m) = msg {
+            let fuzzer = KEPT_FUZZER.load(Ordering::SeqCst);
+            let stack_fault =
+                m.words[0] == fluke_abi::syscall::fault::EXCEPTION && m.words[1] == 12;
+            let repaired = sys::thread_stop(fuzzer).and_then(|_| {
+                if !stack_fault {
+                    println!("ktest: capfuzz: the fuzzer took fault {:?}", m.words);
+                    return Err(Error::InvalidArgument);
+                }
+                let r = sys::thread_get_state(fuzzer)?;
+                let past = sys::ThreadRegs {
+                    rip: r.rip + 2,
+                    rax: RSP_REPAIRED,
+                    rsp: 0x1000,
+                    ..r
+                };
+                sys::thread_set_state(fuzzer, &past)?;
+                sys::thread_resume(fuzzer)
+            });
+            if repaired.is_ok() {
+                RSP_REPAIRS.fetch_add(1, Ordering::SeqCst);
+            } else {
+                let _ = sys::destroy(KEPT_SPACE.load(Ordering::SeqCst));
+            }
+        }
+        msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
+    }
 }
 
 /// `count` kernel calls with seed `seed`: every call
@@ -870,14 +972,19 @@ fn capfuzz(seed: u64, count: &str, rounds: u64) -> i32 {
 /// numbers and hostile pointers, hostile IPC data registers, DF set and a hostile RSP on some.
 /// Calls that would block this thread forever (waits, locks, exit) are left out; the kernel
 /// must return from every other one, whatever the arguments, and stay healthy.
-fn capfuzz_child(seed: u64, count: u64) -> i32 {
+fn capfuzz_child(seed: u64, count: u64, kept: bool) -> i32 {
     use fluke_abi::syscall::{decode, Call};
     if sys::map_anon(FUZZ_SCRATCH, FUZZ_SCRATCH_LEN).is_err() {
         println!("ktest: capfuzz: no scratch memory");
         return 1;
     }
+    if kept {
+        // Our parent sets our keeper while we sleep.
+        sys::sleep_ns(10_000_000);
+    }
     let mut total = 0u64;
     let mut ok = 0u64;
+    let mut repaired = 0u64;
     {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut next = move || {
@@ -960,20 +1067,22 @@ fn capfuzz_child(seed: u64, count: u64) -> i32 {
                 a[1] %= FUZZ_SCRATCH_LEN;
             }
             let data = [arg(), arg(), arg(), arg()];
-            // A non-canonical RSP is left out: the kernel stops a thread holding one with a
-            // stack fault at its next entry (hole 7 of issue 13; `ktest rsp-hog`).
+            // A non-canonical RSP only with a keeper: the kernel stops a thread holding one
+            // with a stack fault at its next entry (hole 7 of issue 13; `ktest rsp-hog`),
+            // and without a keeper its process is killed.
             let hostile_rsp = match pointers[(r >> 16) as usize % pointers.len()] | 1 {
-                p if r % 8 == 3 && ((p as i64) << 16) >> 16 == p as i64 => p,
+                p if r % 8 == 3 && (kept || ((p as i64) << 16) >> 16 == p as i64) => p,
                 _ => 0,
             };
             // SAFETY: every pointer argument is the scratch area or one the kernel must
             // refuse (the pool above); this thread's own memory is never named.
             let ret = unsafe { hostile_call(nr, a, data, hostile_rsp, r % 4 == 1) };
             total += 1;
+            repaired += u64::from(ret == RSP_REPAIRED);
             ok += u64::from(decode(ret).is_ok());
         }
     }
-    println!("ktest: capfuzz: seed {seed}: {total} calls ({ok} succeeded)");
+    println!("ktest: capfuzz: seed {seed}: {total} calls ({ok} succeeded, {repaired} repaired by the keeper)");
     0
 }
 

@@ -256,7 +256,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 sys::sleep_ns(200_000_000);
                 let (switches, bad) = floor_partner(500, || {
                     let switched = sys::floor_switch();
-                    (switched, switched && read_through_segments() != SEGMENT_MARKS)
+                    (
+                        switched,
+                        switched && read_through_segments() != SEGMENT_MARKS,
+                    )
                 });
                 println!(
                     "victim: floor-seg: {switches} switches, {bad} with a wrong FS or GS base"
@@ -374,13 +377,18 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     4
                 };
             }
-            "rsp-spin" | "rsp-syscall" | "rsp-rep" | "rsp-rep-keeper" => {
+            "rsp-spin" | "rsp-syscall" | "rsp-rep" | "rsp-rep-keeper" | "rsp-rep-fixkeeper"
+            | "rsp-rep-self" => {
                 // `CASE RSP [N [MIB]]` (hole 7 of issue 13): a loop run with RSP = RSP
                 // (hex; 0: the real stack), the stack pointer restored after each
                 // iteration: N user-mode iterations (`rsp-spin`) or N null kernel calls
                 // (`rsp-syscall`), timed; or, forever, `rep stosb` over MIB MiB (`rsp-rep`),
                 // the same with a keeper of our own that puts the thread back at its loop
-                // whenever it faults (`rsp-rep-keeper`: the fault is the loop).
+                // whenever it faults (`rsp-rep-keeper`: the fault is the loop), or that
+                // repairs RSP and puts it back before the load of the bad one
+                // (`rsp-rep-fixkeeper`: each round trip one more stretch of emulated code);
+                // or putting the good RSP back itself after each fill (`rsp-rep-self`: no
+                // stack access through the bad one).
                 let n: u64 = args
                     .get(2)
                     .and_then(|n| n.parse().ok())
@@ -389,8 +397,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 return match case {
                     "rsp-spin" => rsp_spin(addr, n),
                     "rsp-syscall" => rsp_syscall(addr, n),
-                    "rsp-rep" => rsp_rep(addr, mib, false),
-                    _ => rsp_rep(addr, mib, true),
+                    "rsp-rep" => rsp_rep(addr, mib, None),
+                    "rsp-rep-keeper" => rsp_rep(addr, mib, Some(Repair::No)),
+                    "rsp-rep-self" => rsp_rep_self(addr, mib),
+                    _ => rsp_rep(addr, mib, Some(Repair::Rsp)),
                 };
             }
             "ticks" => {
@@ -514,11 +524,21 @@ fn rsp_spin(rsp: u64, n: u64) -> i32 {
 /// Where `rsp-rep` fills.
 const REP_BUF: u64 = 0x2_0000_0000;
 
-/// `rep stosb` over `mib` MiB at [`REP_BUF`] with RSP = `rsp`, forever. With `keeper`, the
+/// What the keeper of `rsp-rep-keeper` and `rsp-rep-fixkeeper` does at each fault.
+#[derive(Clone, Copy)]
+enum Repair {
+    /// Puts the thread back at the fill, RSP unchanged.
+    No,
+    /// Sets a good RSP and puts the thread back at the start of the loop, which loads the
+    /// bad one again.
+    Rsp,
+}
+
+/// `rep stosb` over `mib` MiB at [`REP_BUF`] with RSP = `rsp`, forever. With a `keeper`, the
 /// loop runs in a second thread whose exception keeper is this one: each fault (the `push`
-/// after the fill, through the non-canonical RSP) is answered by putting the thread back at
-/// the fill, RSP unchanged, so the thread faults and is resumed without end.
-fn rsp_rep(rsp: u64, mib: u64, keeper: bool) -> i32 {
+/// after the fill, through the non-canonical RSP) is answered as [`Repair`] says, so the
+/// thread faults and is resumed without end.
+fn rsp_rep(rsp: u64, mib: u64, keeper: Option<Repair>) -> i32 {
     let len = mib << 20;
     if sys::map_anon(REP_BUF, len).is_err() {
         return 2;
@@ -526,12 +546,12 @@ fn rsp_rep(rsp: u64, mib: u64, keeper: bool) -> i32 {
     // SAFETY: our own memory, just mapped; every page present before the loop.
     unsafe { core::ptr::write_bytes(REP_BUF as *mut u8, 1, len as usize) };
     let regs = [rsp, len, REP_BUF];
-    if !keeper {
+    let Some(repair) = keeper else {
         // SAFETY: the loop only writes the buffer and never returns; the stack it pushes to
         // is ours (RSP 0) or a non-canonical one, where the push faults.
         unsafe { victim_rep_loop(regs.as_ptr() as u64) }
-    }
-    match rep_keeper(&regs) {
+    };
+    match rep_keeper(&regs, repair) {
         Ok(never) => match never {},
         Err(e) => {
             println!("victim: rsp-rep-keeper: {e:?}");
@@ -540,9 +560,25 @@ fn rsp_rep(rsp: u64, mib: u64, keeper: bool) -> i32 {
     }
 }
 
-/// The keeper of `rsp-rep-keeper`'s looping thread: answers every fault by resuming the
-/// thread at the fill with its registers otherwise as they were.
-fn rep_keeper(regs: &[u64; 3]) -> Result<core::convert::Infallible, fluke_abi::syscall::Error> {
+/// `rep stosb` over `mib` MiB at [`REP_BUF`] with RSP = `rsp`, forever, the good RSP put
+/// back after each fill (so the thread could enter the kernel with either).
+fn rsp_rep_self(rsp: u64, mib: u64) -> i32 {
+    let len = mib << 20;
+    if sys::map_anon(REP_BUF, len).is_err() {
+        return 2;
+    }
+    // SAFETY: our own memory, just mapped; every page present before the loop.
+    unsafe { core::ptr::write_bytes(REP_BUF as *mut u8, 1, len as usize) };
+    let regs = [rsp, len, REP_BUF];
+    // SAFETY: the loop only writes the buffer and never returns; it touches no stack.
+    unsafe { victim_rep_self_loop(regs.as_ptr() as u64) }
+}
+
+/// The keeper of the looping thread: answers every fault as `repair` says.
+fn rep_keeper(
+    regs: &[u64; 3],
+    repair: Repair,
+) -> Result<core::convert::Infallible, fluke_abi::syscall::Error> {
     use fluke_abi::syscall::ipc::NO_CAP;
     const STACK: u64 = 0x3_0000_0000;
     sys::map_anon(STACK, 16 * 4096)?;
@@ -553,12 +589,22 @@ fn rep_keeper(regs: &[u64; 3]) -> Result<core::convert::Infallible, fluke_abi::s
     sys::thread_set_keeper(worker, port)?;
     println!("victim: rsp-rep-keeper: keeping the loop");
     let again = core::ptr::addr_of!(victim_rep_again) as u64;
+    let start = victim_rep_loop as usize as u64;
     let mut msg = sys::ipc_wait(set);
     loop {
         if msg.is_ok() {
+            let put_back = |r: ThreadRegs| match repair {
+                Repair::No => ThreadRegs { rip: again, ..r },
+                Repair::Rsp => ThreadRegs {
+                    rip: start,
+                    rdi: regs.as_ptr() as u64,
+                    rsp: STACK + 15 * 4096,
+                    ..r
+                },
+            };
             let _ = sys::thread_stop(worker)
                 .and_then(|_| sys::thread_get_state(worker))
-                .and_then(|r| sys::thread_set_state(worker, &ThreadRegs { rip: again, ..r }))
+                .and_then(|r| sys::thread_set_state(worker, &put_back(r)))
                 .and_then(|_| sys::thread_resume(worker));
         }
         msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
@@ -577,6 +623,9 @@ extern "C" {
     fn victim_rep_loop(arg: u64) -> !;
     /// Where the loop fills again: the keeper resumes the thread here.
     static victim_rep_again: u8;
+    /// `[rsp, len, buf]` at `arg`: loads RSP, fills, puts the good RSP back, again and
+    /// again.
+    fn victim_rep_self_loop(arg: u64) -> !;
 }
 
 core::arch::global_asm!(
@@ -599,6 +648,22 @@ core::arch::global_asm!(
     "push rax",
     "pop rax",
     "jmp victim_rep_again",
+    ".popsection",
+    ".pushsection .text.victim_rep_self_loop, \"ax\"",
+    ".global victim_rep_self_loop",
+    "victim_rep_self_loop:",
+    "mov r12, rsp",
+    "mov r13, [rdi]",
+    "mov r14, [rdi + 8]",
+    "mov r15, [rdi + 16]",
+    "2:",
+    "mov rsp, r13",
+    "mov rcx, r14",
+    "mov rdi, r15",
+    "mov al, 7",
+    "rep stosb",
+    "mov rsp, r12",
+    "jmp 2b",
     ".popsection",
 );
 

@@ -11,6 +11,16 @@ pub unsafe fn outb(port: u16, value: u8) {
     asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
 }
 
+/// A 32-bit OUT that the compiler keeps after every memory write before it (no `nomem`):
+/// for a device that reads what the value points to during the exit.
+///
+/// # Safety
+/// As for [`outb`]: the port must be one the caller owns.
+#[inline]
+pub unsafe fn out32_after_writes(port: u16, value: u32) {
+    asm!("out dx, eax", in("dx") port, in("eax") value, options(nostack, preserves_flags));
+}
+
 /// # Safety
 /// Reading an MSR the CPU does not implement raises #GP; use [`rdmsr_safe`] for probes.
 #[inline]
