@@ -346,11 +346,21 @@ fn write_default(args: &ImageDefaultArgs) -> Result<String> {
     ))
 }
 
+/// Writes `bytes` to `path` whole or not at all: into a temporary file beside it, renamed
+/// over it once written (a VM booting the old image meanwhile keeps reading the old one).
 fn write_file(path: &Path, bytes: &[u8]) -> std::result::Result<(), ImageToolError> {
-    std::fs::write(path, bytes).map_err(|source| ImageToolError::Write {
+    let err = |source| ImageToolError::Write {
         path: path.to_path_buf(),
         source,
-    })
+    };
+    let mut tmp_name = path.as_os_str().to_os_string();
+    tmp_name.push(format!(".tmp-{}", std::process::id()));
+    let tmp = PathBuf::from(tmp_name);
+    let written = std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(err)
 }
 
 /// Writes `files` (paths relative to it) into `IMAGE.debug/`, first removing the debug
