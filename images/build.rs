@@ -36,12 +36,29 @@ fn main() {
     cargo_build(&root.join("guest-kernel/kernel"), &guest_target);
     let bin_dir = guest_target.join(GUEST_TARGET).join("release");
 
-    let kernel = read(&bin_dir.join("fluke-kernel"));
+    let kernel_elf = bin_dir.join("fluke-kernel");
+    let kernel = read(&kernel_elf);
+    // Programs go into the image stripped to their segments; their unstripped ELFs (and the
+    // kernel's: the image holds only its segments anyway) go to the debug directory beside
+    // the image, for fault reports and gdb.
+    let image_path = out_dir.join("default.img");
+    let debug_dir = sidecar_dir(&image_path);
+    let programs_dir = debug_dir.join(fluke_image::image::DEBUG_PROGRAMS_DIR);
+    if debug_dir.exists() {
+        std::fs::remove_dir_all(&debug_dir)
+            .unwrap_or_else(|e| fail(&format!("{}: {e}", debug_dir.display())));
+    }
+    std::fs::create_dir_all(&programs_dir)
+        .unwrap_or_else(|e| fail(&format!("{}: {e}", programs_dir.display())));
     let mut bundle = fluke_image::bundle::BundleBuilder::new();
     for name in DEFAULT_PROGRAMS {
-        bundle
-            .add_program(name, &read(&bin_dir.join(name)))
+        let elf = read(&bin_dir.join(name));
+        let stripped = fluke_image::elf::strip_to_segments(&elf)
             .unwrap_or_else(|e| fail(&format!("{name}: {e}")));
+        bundle
+            .add_program(name, &stripped)
+            .unwrap_or_else(|e| fail(&format!("{name}: {e}")));
+        write(&programs_dir.join(format!("{name}.elf")), &elf);
     }
     bundle.manifest(DEFAULT_MANIFEST);
     let bundle = bundle
@@ -49,13 +66,23 @@ fn main() {
         .unwrap_or_else(|e| fail(&format!("bundle: {e}")));
     let image = fluke_image::image::build_image(&kernel, &bundle)
         .unwrap_or_else(|e| fail(&format!("image: {e}")));
-    std::fs::write(out_dir.join("default.img"), image)
-        .unwrap_or_else(|e| fail(&format!("write image: {e}")));
-    std::fs::copy(
-        bin_dir.join("fluke-kernel"),
-        out_dir.join("fluke-kernel.elf"),
-    )
-    .unwrap_or_else(|e| fail(&format!("copy kernel: {e}")));
+    write(&image_path, &image);
+    write(
+        &debug_dir.join(fluke_image::image::DEBUG_KERNEL_FILE),
+        &kernel,
+    );
+    let _ = std::fs::remove_file(out_dir.join("fluke-kernel.elf")); // the old location
+}
+
+/// `IMAGE.debug` beside `IMAGE`.
+fn sidecar_dir(image: &Path) -> PathBuf {
+    let mut name = image.as_os_str().to_os_string();
+    name.push(fluke_image::image::DEBUG_DIR_SUFFIX);
+    PathBuf::from(name)
+}
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap_or_else(|e| fail(&format!("write {}: {e}", path.display())));
 }
 
 fn fail(msg: &str) -> ! {

@@ -50,7 +50,7 @@ pub fn expected_vmm_banner() -> &'static str {
     }
 }
 
-fn wait_with_deadline(
+pub fn wait_with_deadline(
     mut child: Child,
     limit: Duration,
 ) -> (std::process::ExitStatus, String, String) {

@@ -20,7 +20,9 @@ impl Cli {
         match &self.command {
             Command::Run(a) => a.vm.log_level.into(),
             Command::Restore(a) => a.vm.log_level.into(),
-            Command::Inspect(_) | Command::Bench(_) | Command::Ctl(_) => log::LevelFilter::Warn,
+            Command::Inspect(_) | Command::Image(_) | Command::Bench(_) | Command::Ctl(_) => {
+                log::LevelFilter::Warn
+            }
         }
     }
 }
@@ -35,6 +37,10 @@ pub enum Command {
     Restore(RestoreArgs),
     /// Print what an image holds.
     Inspect(InspectArgs),
+    /// Write image files: one built from your own programs, or the built-in default image.
+    /// Each is written with its debug directory beside it (IMAGE.debug/: the unstripped
+    /// ELFs, from which `run` names functions in fault reports).
+    Image(ImageArgs),
     /// Run the VMM benchmarks and print a table.
     Bench(BenchArgs),
     /// Talk to a running VM's control API (`run --api-sock PATH`).
@@ -161,6 +167,49 @@ pub struct InspectArgs {
 }
 
 #[derive(Debug, Clone, Args)]
+pub struct ImageArgs {
+    #[command(subcommand)]
+    pub action: ImageAction,
+}
+
+#[derive(Debug, Clone, Subcommand)]
+pub enum ImageAction {
+    /// Build an image from program ELFs (linked against fluke-rt, see
+    /// guest-nesters/README.md) and a kernel (default: the built-in image's kernel). The
+    /// programs are packed stripped of debug information; the ELFs as given go to
+    /// IMAGE.debug/.
+    Build(ImageBuildArgs),
+    /// Write the default image built into this binary (and, where the build left it, its
+    /// debug directory).
+    Default(ImageDefaultArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImageBuildArgs {
+    /// The image file to write (IMAGE.debug/ is written beside it).
+    #[arg(short, long, value_name = "IMAGE")]
+    pub output: PathBuf,
+    /// The kernel ELF; without it, the kernel of the image built into this binary.
+    #[arg(long, value_name = "ELF")]
+    pub kernel: Option<PathBuf>,
+    /// A program of the image: its name in the image ([a-z0-9_-], at most 32 bytes) and
+    /// its ELF file. Repeat for each program.
+    #[arg(long = "program", value_name = "NAME=ELF", required = true)]
+    pub programs: Vec<String>,
+    /// The manifest's init line: the first program and its arguments, or a stack of
+    /// nesters (`pager > procmgr > work memory 1000`). Default: the first --program.
+    #[arg(long, value_name = "STACK")]
+    pub init: Option<String>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ImageDefaultArgs {
+    /// The image file to write (IMAGE.debug/ is written beside it).
+    #[arg(short, long, value_name = "IMAGE")]
+    pub output: PathBuf,
+}
+
+#[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// Also write the records as a JSON array to this file.
     #[arg(long, value_name = "PATH")]
@@ -247,5 +296,38 @@ mod tests {
         assert!(
             Cli::try_parse_from(["fluke-vmm", "run", "--gdb", "unix:/g", "--gdb-wait"]).is_ok()
         );
+        // `image build` needs an output and at least one program.
+        assert!(Cli::try_parse_from(["fluke-vmm", "image"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "image", "build", "-o", "x.img"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "image", "build", "--program", "a=b"]).is_err());
+        assert!(Cli::try_parse_from(["fluke-vmm", "image", "default"]).is_err());
+    }
+
+    #[test]
+    fn image_build_arguments() {
+        let cli = Cli::try_parse_from([
+            "fluke-vmm",
+            "image",
+            "build",
+            "-o",
+            "x.img",
+            "--program",
+            "a=a.elf",
+            "--program",
+            "b=b.elf",
+            "--init",
+            "a > b 1",
+        ])
+        .unwrap();
+        let Command::Image(ImageArgs {
+            action: ImageAction::Build(b),
+        }) = cli.command
+        else {
+            panic!("not image build")
+        };
+        assert_eq!(b.output, PathBuf::from("x.img"));
+        assert_eq!(b.programs, ["a=a.elf", "b=b.elf"]);
+        assert_eq!(b.init.as_deref(), Some("a > b 1"));
+        assert!(b.kernel.is_none());
     }
 }

@@ -116,6 +116,8 @@ pub enum Error {
     Seccomp(String),
     #[error("cannot page guest memory from the host: {0}")]
     HostPaging(String),
+    #[error("{0}")]
+    ImageTool(#[from] crate::image_tool::ImageToolError),
     #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]
     ResidentSize { min: u64, max: u64, got: u64 },
 }

@@ -10,10 +10,12 @@ mod boot;
 mod cli;
 mod control;
 mod ctl;
+mod debuginfo;
 mod devices;
 mod error;
 mod fuzz;
 mod gdb;
+mod image_tool;
 mod inspect;
 mod kick;
 mod listen;
@@ -63,6 +65,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(&args, process_start),
         Command::Restore(args) => restore::restore(&args, process_start),
         Command::Inspect(args) => inspect::inspect(&args),
+        Command::Image(args) => image_tool::image(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Ctl(args) => ctl::ctl(&args),
     };

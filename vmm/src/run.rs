@@ -13,6 +13,7 @@ use crate::api::{ApiServer, InstanceInfo};
 use crate::boot;
 use crate::cli::{RunArgs, VmArgs};
 use crate::control::VmControl;
+use crate::debuginfo;
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
 use crate::devices::Devices;
@@ -157,8 +158,16 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         serial: None,
         start_paused: false,
     };
+    let debug_dir = match &args.image {
+        Some(path) => crate::debuginfo::sidecar_dir(path),
+        None => std::path::PathBuf::from(fluke_images::DEFAULT_DEBUG_DIR),
+    };
     let common = Common {
         boot_timer: args.boot_timer,
+        debug: Some(crate::debuginfo::DebugInfo {
+            dir: debug_dir,
+            image: &bytes,
+        }),
         ..Common::new(&args.vm, timeout, serial_spec, args.memory)
     };
     execute(machine, &common, process_start)
@@ -195,6 +204,9 @@ pub struct Common<'a> {
         std::time::Duration,
         Option<Arc<crate::snapshot::ondemand::Progress>>,
     )>,
+    /// The booted image and its debug directory, to name functions in fault reports
+    /// (`None` for a restore, which has no image).
+    pub debug: Option<crate::debuginfo::DebugInfo<'a>>,
 }
 
 impl<'a> Common<'a> {
@@ -228,6 +240,7 @@ impl<'a> Common<'a> {
                 .and_then(|s| crate::gdb::conn::GdbSpec::parse(s).ok()),
             gdb_wait: vm.gdb_wait,
             restored: None,
+            debug: None,
         }
     }
 }
@@ -378,6 +391,16 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     }
     // Guest output first, then whatever the VMM has to say about it.
     devices.serial.finish();
+    if let Some(debug) = &common.debug {
+        // After the run: debug information is read only if the guest reported a fault, or
+        // the VMM stopped it in the kernel (named after the VMM's own report, below).
+        let (reports, dropped) = devices.serial.take_fault_reports();
+        to_stderr(&debug.describe(&reports, dropped));
+    }
+    let name_stop = |registers: &str| match (&common.debug, debuginfo::kernel_stop(registers)) {
+        (Some(debug), Some(report)) => debug.describe(&[report], 0),
+        _ => String::new(),
+    };
 
     let (code, outcome_name) = match &outcome {
         Outcome::Exited(status) => {
@@ -386,14 +409,16 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         }
         Outcome::Crashed { reason, registers } => {
             to_stderr(&format!(
-                "fluke-vmm: error: guest crashed: {reason}\n{registers}"
+                "fluke-vmm: error: guest crashed: {reason}\n{registers}{}",
+                name_stop(registers)
             ));
             (status_u8(VMM_GUEST_CRASH), "crash")
         }
         Outcome::TimedOut { registers } => {
             let secs = common.timeout.map(|t| t.as_secs_f64()).unwrap_or_default();
             to_stderr(&format!(
-                "fluke-vmm: error: guest did not finish within {secs} s; stopped\n{registers}"
+                "fluke-vmm: error: guest did not finish within {secs} s; stopped\n{registers}{}",
+                name_stop(registers)
             ));
             (status_u8(VMM_TIMEOUT), "timeout")
         }

@@ -445,6 +445,41 @@ impl<'a> Elf<'a> {
     }
 }
 
+/// A copy of the executable `data` with only what loading it needs: the file up to the end
+/// of its ELF header, program header table and every segment's bytes, and no section
+/// headers (`e_shoff`, `e_shnum`, `e_shstrndx` zeroed). Linkers put the non-allocated
+/// sections (debug information, symbol tables) after the segments, so this drops them
+/// while every segment keeps its file offset, bytes and addresses: the kernel loads the
+/// copy exactly as it would the original. The original stays the file debuggers read.
+#[cfg(any(feature = "alloc", test))]
+pub fn strip_to_segments(data: &[u8]) -> Result<alloc::vec::Vec<u8>, ElfError> {
+    let elf = Elf::parse(data)?;
+    let table_end = elf.phoff + elf.phnum * PHDR_SIZE;
+    let file_len = data.len() as u64;
+    let segments_end = elf
+        .program_headers()
+        .filter_map(|ph| ph.offset.checked_add(ph.filesz))
+        // `parse` bounds PT_LOAD and PT_NOTE only; a header of another type that claims
+        // bytes past the file describes none of it.
+        .filter(|&end| end <= file_len)
+        .max()
+        .unwrap_or(0);
+    // segments_end <= file_len, so it fits in usize.
+    let keep = usize::try_from(segments_end)
+        .unwrap_or(data.len())
+        .max(table_end)
+        .max(EHDR_SIZE)
+        .min(data.len());
+    let mut out = alloc::vec::Vec::from(data.get(..keep).unwrap_or(data));
+    // e_shoff (8 bytes at 40), e_shnum (2 at 60), e_shstrndx (2 at 62).
+    for (at, len) in [(40, 8), (60, 2), (62, 2)] {
+        if let Some(field) = out.get_mut(at..at + len) {
+            field.fill(0);
+        }
+    }
+    Ok(out)
+}
+
 #[derive(Clone)]
 struct Notes<'a> {
     elf: Elf<'a>,
@@ -808,6 +843,49 @@ mod tests {
             assert!(
                 Elf::parse(&k[..len]).is_err(),
                 "prefix of {len} bytes parsed"
+            );
+        }
+    }
+
+    #[test]
+    fn strip_keeps_segments_and_drops_what_follows() {
+        let mut elf = ElfSpec::exec(0x40_0000)
+            .seg(Seg::load(PF_R | PF_X, 0x40_0000, vec![0x90; 100], 100))
+            .seg(Seg::load(PF_R | PF_W, 0x40_1000, vec![7; 16], 64))
+            .build();
+        let segments_end = elf.len();
+        // What a linker writes after the segments: debug sections and section headers.
+        elf.extend_from_slice(&[0xdb; 5000]);
+        elf[40..48].copy_from_slice(&(segments_end as u64 + 4000).to_le_bytes());
+        elf[60..62].copy_from_slice(&9u16.to_le_bytes());
+        elf[62..64].copy_from_slice(&8u16.to_le_bytes());
+        let stripped = strip_to_segments(&elf).unwrap();
+        assert_eq!(stripped.len(), segments_end);
+        assert_eq!(&stripped[..40], &elf[..40]);
+        assert!(stripped[40..48].iter().all(|&b| b == 0));
+        assert!(stripped[60..64].iter().all(|&b| b == 0));
+        let (a, b) = (Elf::parse(&elf).unwrap(), Elf::parse(&stripped).unwrap());
+        assert_eq!(a.entry(), b.entry());
+        let segs = |e: &Elf<'_>| {
+            e.load_segments()
+                .map(|ph| (ph, e.segment_data(&ph).to_vec()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(segs(&a), segs(&b));
+        // Stripping again changes nothing.
+        assert_eq!(strip_to_segments(&stripped).unwrap(), stripped);
+    }
+
+    #[test]
+    fn strip_refuses_what_is_not_an_executable() {
+        assert_eq!(strip_to_segments(b"#!/bin/sh\n"), Err(ElfError::BadMagic));
+        let elf = ElfSpec::exec(0x40_0000)
+            .seg(Seg::load(PF_R | PF_X, 0x40_0000, vec![0x90; 100], 100))
+            .build();
+        for len in 0..elf.len() {
+            assert!(
+                strip_to_segments(&elf[..len]).is_err(),
+                "truncated to {len}"
             );
         }
     }

@@ -25,6 +25,16 @@ use crate::elf::{Elf, ElfError, ProgramHeader, PF_X};
 use core::fmt;
 use fluke_abi::boot::KERNEL_VIRT_BASE;
 
+/// The debug information of an image lives beside it, in a directory named after the image
+/// file with this suffix (`default.img` -> `default.img.debug`): the kernel's and each
+/// program's unstripped ELF, whose loaded segments are the image's. The image itself holds
+/// only segments (see [`crate::elf::strip_to_segments`]).
+pub const DEBUG_DIR_SUFFIX: &str = ".debug";
+/// The kernel's unstripped ELF, in the debug directory.
+pub const DEBUG_KERNEL_FILE: &str = "kernel.elf";
+/// The subdirectory of the debug directory holding `NAME.elf` for each program `NAME`.
+pub const DEBUG_PROGRAMS_DIR: &str = "programs";
+
 /// Page size used by the image layout rules.
 pub const PAGE_SIZE: u64 = 4096;
 
@@ -301,6 +311,50 @@ mod builder {
         Ok(())
     }
 
+    impl Image<'_> {
+        /// The kernel as an ELF file of its own, which [`build_image`] takes to put another
+        /// bundle beside the same kernel: this image's file with the bundle's program
+        /// header taken out of the table (its bytes stay in the file, described by nothing).
+        pub fn kernel_elf(&self) -> Vec<u8> {
+            let data = self.elf.data();
+            let mut out = Vec::from(data);
+            let bundle_index = self
+                .elf
+                .program_headers()
+                .enumerate()
+                .filter(|(_, ph)| ph.is_load())
+                .last()
+                .map(|(i, _)| i);
+            let (Some(index), Some(phoff)) = (bundle_index, crate::bytes::u64_at(data, 32)) else {
+                return out; // parse found both; unreachable for a parsed image
+            };
+            let phnum = self.elf.phnum();
+            let entry = |i: usize| {
+                usize::try_from(phoff)
+                    .ok()
+                    .and_then(|o| o.checked_add(i * PHDR_SIZE))
+            };
+            for i in index..phnum {
+                let (Some(at), Some(next)) = (entry(i), entry(i + 1)) else {
+                    return Vec::from(data);
+                };
+                let replacement = match self.elf.program_header(i + 1) {
+                    Some(ph) => ph.to_bytes(),
+                    None => [0; PHDR_SIZE], // the table's last slot is emptied
+                };
+                if let Some(slot) = out.get_mut(at..next) {
+                    slot.copy_from_slice(&replacement);
+                }
+            }
+            // phnum >= 2 (a kernel segment and the bundle) and <= MAX_PHNUM, so it fits.
+            let new_phnum = u16::try_from(phnum - 1).unwrap_or(0);
+            if let Some(field) = out.get_mut(56..58) {
+                field.copy_from_slice(&new_phnum.to_le_bytes());
+            }
+            out
+        }
+    }
+
     /// Joins a kernel ELF and a bundle into an image (see the [module docs](super)).
     ///
     /// The kernel must be a valid ELF64 x86-64 executable with a PVH entry note inside an
@@ -465,6 +519,35 @@ mod tests {
 
     fn err(b: &[u8]) -> ImageError {
         Image::parse(b).unwrap_err()
+    }
+
+    #[test]
+    fn kernel_elf_rebuilds_the_same_kernel_with_another_bundle() {
+        let first = sample_image();
+        let image = Image::parse(&first).unwrap();
+        let kernel = image.kernel_elf();
+        let other = BundleBuilder::new()
+            .add_program("solo", &user_elf(0x33, 100))
+            .unwrap()
+            .manifest("init solo\n")
+            .build()
+            .unwrap();
+        let second = build_image(&kernel, &other).unwrap();
+        let rebuilt = Image::parse(&second).unwrap();
+        let segments = |i: &Image<'_>| {
+            i.kernel_segments()
+                .map(|ph| {
+                    let data = i.elf().segment_data(&ph).to_vec();
+                    (ph.vaddr, ph.paddr, ph.memsz, ph.flags, data)
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(segments(&image), segments(&rebuilt));
+        assert_eq!(rebuilt.pvh_entry(), image.pvh_entry());
+        assert_eq!(rebuilt.elf().entry(), image.elf().entry());
+        assert_eq!(rebuilt.bundle().manifest().init(), "solo");
+        // The kernel ELF carries no bundle: on its own it is not an image.
+        assert_eq!(err(&kernel), ImageError::NoBundle);
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! the image builder writes them) and the guest kernel (which parses the bundle and loads
 //! user ELF programs out of it). Every parser is total: any input yields either a value or
 //! a typed error, never a panic. The writers (`bundle::BundleBuilder`,
-//! `image::build_image`) need the `alloc` feature.
+//! `image::build_image`, `elf::strip_to_segments`, `Image::kernel_elf`) need the `alloc`
+//! feature.
 #![no_std]
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -250,6 +250,8 @@ const SINK_BUFFER: usize = 4096;
 pub struct Sink {
     output: Output,
     pending: Vec<u8>,
+    /// Watches what the guest writes for fault reports (whatever the output).
+    reports: crate::debuginfo::ReportScanner,
 }
 
 impl Sink {
@@ -257,6 +259,7 @@ impl Sink {
         Sink {
             output,
             pending: Vec::with_capacity(SINK_BUFFER),
+            reports: Default::default(),
         }
     }
 
@@ -289,6 +292,7 @@ impl Sink {
 
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reports.feed(buf);
         if matches!(self.output, Output::Null) {
             return Ok(buf.len());
         }
@@ -421,6 +425,11 @@ impl SerialDevice {
     /// At the end of a run: the output written, or what was lost reported.
     pub fn finish(&self) {
         lock(&self.uart).writer_mut().finish();
+    }
+
+    /// The fault reports the guest printed, and how many more there were than were kept.
+    pub fn take_fault_reports(&self) -> (Vec<crate::debuginfo::FaultReport>, u64) {
+        lock(&self.uart).writer_mut().reports.take()
     }
 
     /// The UART, for the stdin thread.
