@@ -183,9 +183,30 @@ pub fn kernel_stop(registers: &str) -> Option<FaultReport> {
 }
 
 /// The image a run booted and where its debug directory is expected.
-pub struct DebugInfo<'a> {
+pub struct DebugInfo {
     pub dir: PathBuf,
-    pub image: &'a [u8],
+    pub image: ImageBytes,
+}
+
+/// Where the booted image's bytes are found again when a report needs them: `run` gives its
+/// own copy back once the guest has one (`run::release_image`).
+pub enum ImageBytes {
+    /// The image built into this binary.
+    Builtin(&'static [u8]),
+    /// An image file, read again (a file changed since the boot no longer matches its debug
+    /// information, and says so).
+    File(PathBuf),
+}
+
+impl ImageBytes {
+    fn get(&self) -> Result<std::borrow::Cow<'static, [u8]>, String> {
+        match self {
+            ImageBytes::Builtin(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
+            ImageBytes::File(path) => crate::run::read_image(Some(path))
+                .map(|(bytes, _)| bytes)
+                .map_err(|e| format!("the image: {e}")),
+        }
+    }
 }
 
 /// The largest debug ELF read.
@@ -193,7 +214,7 @@ const MAX_DEBUG_FILE: u64 = 1 << 30;
 /// The most inlined frames printed for one address.
 const MAX_FRAMES: usize = 8;
 
-impl DebugInfo<'_> {
+impl DebugInfo {
     /// Lines for stderr naming the function and source line of each report (reports whose
     /// debug information is missing or not the image's say why in one line); empty if
     /// there is no debug directory at all.
@@ -263,7 +284,8 @@ impl DebugInfo<'_> {
         }
         let bytes = std::fs::read(file).map_err(io)?;
         let debug = Elf::parse(&bytes).map_err(|e| format!("{shown}: {e}"))?;
-        let image = Image::parse(self.image).map_err(|e| format!("the image: {e}"))?;
+        let image_bytes = self.image.get()?;
+        let image = Image::parse(&image_bytes).map_err(|e| format!("the image: {e}"))?;
         let matches = match subject {
             FaultSubject::Kernel | FaultSubject::KernelStopped => same_segments(
                 (image.elf(), image.kernel_segments()),
@@ -442,7 +464,7 @@ mod tests {
     fn describes_nothing_without_a_debug_directory() {
         let info = DebugInfo {
             dir: PathBuf::from("/nonexistent/fluke.img.debug"),
-            image: b"",
+            image: ImageBytes::Builtin(b""),
         };
         let report = FaultReport {
             subject: FaultSubject::Kernel,
@@ -459,7 +481,7 @@ mod tests {
         std::fs::write(program_file(&dir, "victim"), b"garbage").unwrap();
         let info = DebugInfo {
             dir: dir.clone(),
-            image: fluke_images::default_image(),
+            image: ImageBytes::Builtin(fluke_images::default_image()),
         };
         let report = |name: &str| FaultReport {
             subject: FaultSubject::Program {
@@ -482,7 +504,7 @@ mod tests {
         let dir = PathBuf::from(fluke_images::DEFAULT_DEBUG_DIR);
         let info = DebugInfo {
             dir,
-            image: fluke_images::default_image(),
+            image: ImageBytes::Builtin(fluke_images::default_image()),
         };
         let entry = Elf::parse(&std::fs::read(fluke_images::program_elf_path("hello")).unwrap())
             .unwrap()

@@ -143,6 +143,11 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     let cmdline = boot::build_cmdline(platform, tsc_khz, &args.cmdline)?;
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
+    let image = match (&bytes, &args.image) {
+        (Cow::Borrowed(builtin), _) => crate::debuginfo::ImageBytes::Builtin(builtin),
+        (Cow::Owned(_), Some(path)) => crate::debuginfo::ImageBytes::File(path.clone()),
+        (Cow::Owned(_), None) => crate::debuginfo::ImageBytes::Builtin(b""),
+    };
     // The guest has its copy: ours would only weigh on the VMM's resident memory.
     release_image(bytes);
     boot::setup_vcpu(&vcpu, layout.pvh_entry)?;
@@ -166,7 +171,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         boot_timer: args.boot_timer,
         debug: Some(crate::debuginfo::DebugInfo {
             dir: debug_dir,
-            image: &bytes,
+            image,
         }),
         ..Common::new(&args.vm, timeout, serial_spec, args.memory)
     };
@@ -206,7 +211,7 @@ pub struct Common<'a> {
     )>,
     /// The booted image and its debug directory, to name functions in fault reports
     /// (`None` for a restore, which has no image).
-    pub debug: Option<crate::debuginfo::DebugInfo<'a>>,
+    pub debug: Option<crate::debuginfo::DebugInfo>,
 }
 
 impl<'a> Common<'a> {
