@@ -74,7 +74,8 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             let t = timed(|| {
                 for i in 0..n {
                     // SAFETY: as above.
-                    let v = unsafe { core::ptr::read_volatile((FAULT_BASE + i * 4096) as *const u64) };
+                    let v =
+                        unsafe { core::ptr::read_volatile((FAULT_BASE + i * 4096) as *const u64) };
                     wrong += u64::from(v != i);
                 }
             });
@@ -101,7 +102,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         },
         "switch-floor" => {
             // The partner gets the benchmark capability as its name 0.
-            let Ok(_partner) = sys::spawn_with_caps("bench", &["floor-partner"], &[sys::INIT_BENCH_CAP]) else {
+            let Ok(_partner) =
+                sys::spawn_with_caps("bench", &["floor-partner"], &[sys::INIT_BENCH_CAP])
+            else {
                 return 1;
             };
             // The partner runs at our yield and joins first (side 0); our join activates the

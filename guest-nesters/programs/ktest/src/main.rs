@@ -15,6 +15,15 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "hostile" => hostile(),
         "starve" => starve(),
         "fanout" => fanout(args.get(1).unwrap_or("24")),
+        "ladder" => own_space_case(
+            "ladder",
+            &[
+                "ladder",
+                args.get(1).unwrap_or("8"),
+                args.get(2).unwrap_or("2000"),
+            ],
+        ),
+        "allowance" => own_space_case("allowance", &["allowance"]),
         "rsp-hog" => rsp_hog(
             args.get(1).unwrap_or("rsp-rep"),
             args.get(2).unwrap_or("500"),
@@ -310,19 +319,31 @@ fn hostile() -> i32 {
     let switch = sys::floor_switch();
     check("floor switch outside a pair", !switch, &switch);
     let empty = sys::floor_join(200);
-    check("floor join naming no capability", empty == Err(Error::BadCap), &empty);
+    check(
+        "floor join naming no capability",
+        empty == Err(Error::BadCap),
+        &empty,
+    );
     let other = sys::port_set_create().and_then(|set| {
         let r = sys::enable_floor_calls(set);
         let _ = sys::destroy(set);
         r
     });
-    check("floor calls enabled with a port set", other == Err(Error::WrongType), &other);
+    check(
+        "floor calls enabled with a port set",
+        other == Err(Error::WrongType),
+        &other,
+    );
     let read_only = sys::cap_copy(sys::INIT_BENCH_CAP, 2).and_then(|copy| {
         let r = sys::floor_join(copy);
         let _ = sys::cap_drop(copy);
         r
     });
-    check("floor join with the capability without USE", read_only == Err(Error::NoRights), &read_only);
+    check(
+        "floor join with the capability without USE",
+        read_only == Err(Error::NoRights),
+        &read_only,
+    );
     let floor = sys::floor_syscall();
     check("floor call after the refusals", !floor, &floor);
     let no_cap = sys::spawn("victim", &["floor-nocap"]).and_then(sys::wait);
@@ -347,7 +368,11 @@ fn hostile() -> i32 {
         &(spawned, before, after),
     );
     let destroyed = sys::destroy(sys::INIT_BENCH_CAP);
-    check("the benchmark capability is no object to destroy", destroyed == Err(Error::WrongType), &destroyed);
+    check(
+        "the benchmark capability is no object to destroy",
+        destroyed == Err(Error::WrongType),
+        &destroyed,
+    );
     println!("ktest: hostile: {bad} unexpected");
     i32::from(bad != 0)
 }
@@ -387,7 +412,11 @@ fn floors() -> i32 {
         bad += u32::from(!ok);
     };
     let enabled = sys::enable_floor_calls(sys::INIT_BENCH_CAP);
-    check("floor calls enabled with the benchmark capability", enabled.is_ok(), &enabled);
+    check(
+        "floor calls enabled with the benchmark capability",
+        enabled.is_ok(),
+        &enabled,
+    );
     check("floor call on", sys::floor_syscall(), &"");
     // The partners get the benchmark capability as their name 0 (the outsider does not).
     let cap = [sys::INIT_BENCH_CAP];
@@ -427,7 +456,9 @@ fn floors() -> i32 {
     }
     //    Between two partners with the same bases, one reloading FS and GS selectors
     //    (natively resetting its own bases), the other still gets its bases every switch.
-    if let Some((set, reader, reloader)) = reader_beside_reloader("floor-seg", "floor-seg-reload", &cap) {
+    if let Some((set, reader, reloader)) =
+        reader_beside_reloader("floor-seg", "floor-seg-reload", &cap)
+    {
         check(
             "bases kept beside a partner that reloads FS and GS (reader, reloader)",
             set && reader == Ok(0) && reloader == Ok(0),
@@ -550,9 +581,8 @@ fn reader_beside_reloader(
         return None;
     };
     sys::sleep_ns(50_000_000);
-    let set = [reader.thread, reloader.thread].map(|t| {
-        stop_and_set_segment_bases(t, 0x5000_0000).and_then(|_| sys::thread_resume(t))
-    });
+    let set = [reader.thread, reloader.thread]
+        .map(|t| stop_and_set_segment_bases(t, 0x5000_0000).and_then(|_| sys::thread_resume(t)));
     Some((
         set.iter().all(Result::is_ok),
         sys::wait(reader.pid),
@@ -1049,6 +1079,20 @@ fn fanout(depth: &str) -> i32 {
     let status = sys::wait(child.pid);
     let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
     println!("ktest: fanout: capability given {given:?}; victim exited {status:?}; a new process exited {after:?}");
+    i32::from(given.is_err() || status != Ok(0) || after != Ok(0))
+}
+
+/// A victim case that maps into its own space (`ladder`, `allowance`), given a capability
+/// to it; then the kernel must be healthy: a new process runs after it.
+fn own_space_case(case: &str, args: &[&str]) -> i32 {
+    let Ok(child) = sys::spawn_child("victim", args, &[]) else {
+        println!("ktest: {case}: cannot start the victim");
+        return 1;
+    };
+    let given = sys::cap_give(child.space, 0, child.space, 0b1111);
+    let status = sys::wait(child.pid);
+    let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+    println!("ktest: {case}: capability given {given:?}; victim exited {status:?}; a new process exited {after:?}");
     i32::from(given.is_err() || status != Ok(0) || after != Ok(0))
 }
 

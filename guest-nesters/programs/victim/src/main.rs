@@ -256,7 +256,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 sys::sleep_ns(200_000_000);
                 let (switches, bad) = floor_partner(500, || {
                     let switched = sys::floor_switch();
-                    (switched, switched && read_through_segments() != SEGMENT_MARKS)
+                    (
+                        switched,
+                        switched && read_through_segments() != SEGMENT_MARKS,
+                    )
                 });
                 println!(
                     "victim: floor-seg: {switches} switches, {bad} with a wrong FS or GS base"
@@ -404,6 +407,12 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 let depth = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(24);
                 return fanout(depth);
             }
+            "ladder" => {
+                let levels = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8);
+                let regions = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(2000);
+                return ladder(levels, regions);
+            }
+            "allowance" => return allowance(),
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
@@ -713,6 +722,164 @@ fn fanout(depth: u64) -> i32 {
             || referenced != Ok(true)
             || discarded.is_err()
             || destroyed.is_err(),
+    )
+}
+
+/// Builds the `fanout` doubling ladder of `levels` levels from our page at `FANOUT_TOP`
+/// (each level maps the region above it twice): the first region and the deepest.
+fn build_ladder(levels: u64) -> Result<(u64, u64), (u64, fluke_abi::syscall::Error)> {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    sys::map_anon(FANOUT_TOP, 4096).map_err(|e| (0, e))?;
+    // SAFETY: our own page, just mapped.
+    unsafe { core::ptr::write_volatile(FANOUT_TOP as *mut u64, FANOUT_MARK) };
+    let first = sys::region_create(FANOUT_TOP, 4096, NO_CAP).map_err(|e| (0, e))?;
+    let (mut region, mut size) = (first, 4096u64);
+    for d in 1..=levels {
+        let base = FANOUT_LEVELS * d;
+        sys::mapping_create(OWN_SPACE, region, base, true)
+            .and_then(|_| sys::mapping_create(OWN_SPACE, region, base + size, true))
+            .map_err(|e| (d, e))?;
+        size *= 2;
+        region = sys::region_create(base, size, NO_CAP).map_err(|e| (d, e))?;
+    }
+    Ok((first, region))
+}
+
+/// Waits for the parent to give us our own space's capability (`fanout`, `ladder`).
+fn wait_own_space() -> bool {
+    let mut waited = 0;
+    while !sys::holds(OWN_SPACE, fluke_abi::syscall::objstate::SPACE) {
+        waited += 1;
+        if waited > 100_000 {
+            return false;
+        }
+        sys::yield_now();
+    }
+    true
+}
+
+/// Where `ladder` maps the deepest region once, and its one-page regions (from, to).
+const LADDER_UNDER: u64 = FANOUT_LEVELS * 20;
+const LADDER_FROM: u64 = FANOUT_LEVELS * 21;
+const LADDER_TO: u64 = FANOUT_LEVELS * 22;
+
+/// Finding F1-1: removing a mapping walked every route upstream of it, each step a scan of
+/// every mapping. A doubling ladder of `levels` levels (2^levels routes from the deepest
+/// region to our page), the deepest region mapped once, and `regions` one-page regions of
+/// our own, each mapped once (the tables the old walk scanned at each step); then one
+/// `destroy` of the mapping under the ladder, timed, and the whole ladder destroyed. The
+/// kernel must stay correct: the views still read our page, and after the destroys the
+/// page is gone from the destroyed mapping.
+fn ladder(levels: u64, regions: u64) -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    if !wait_own_space() {
+        println!("victim: ladder: no capability to our own space");
+        return 2;
+    }
+    let (first, deepest) = match build_ladder(levels) {
+        Ok(r) => r,
+        Err((d, e)) => {
+            println!("victim: ladder: level {d}: {e:?}");
+            return 2;
+        }
+    };
+    let Ok(under) = sys::mapping_create(OWN_SPACE, deepest, LADDER_UNDER, true) else {
+        println!("victim: ladder: the deepest region could not be mapped");
+        return 2;
+    };
+    let mut made = 0u64;
+    if sys::map_anon(LADDER_FROM, regions * 4096).is_ok() {
+        for i in 0..regions {
+            // The capabilities are dropped (the objects stay ours until we end): our table
+            // holds 256.
+            let made_one = sys::region_create(LADDER_FROM + i * 4096, 4096, NO_CAP).and_then(|r| {
+                let m = sys::mapping_create(OWN_SPACE, r, LADDER_TO + i * 4096, true)?;
+                sys::cap_drop(m)?;
+                sys::cap_drop(r)
+            });
+            if made_one.is_err() {
+                break;
+            }
+            made += 1;
+        }
+    }
+    let read = |va: u64| {
+        // SAFETY: a view of our own page (or memory of ours), mapped above.
+        unsafe { core::ptr::read_volatile(va as *const u64) }
+    };
+    // Under the ladder: our page, through every level.
+    let seen_under = read(LADDER_UNDER) == FANOUT_MARK;
+    let t = sys::time_ns();
+    let destroyed = sys::destroy(under);
+    let under_us = (sys::time_ns() - t) / 1000;
+    // The ladder's own views are untouched.
+    let seen_level = read(FANOUT_LEVELS * levels) == FANOUT_MARK;
+    let t = sys::time_ns();
+    let ladder_destroyed = sys::destroy(first);
+    let ladder_us = (sys::time_ns() - t) / 1000;
+    println!(
+        "victim: ladder: {levels} levels, {made} one-page regions mapped; read through it {seen_under}/{seen_level}; the mapping under it destroyed {destroyed:?} in {under_us} us; the first region destroyed {ladder_destroyed:?} in {ladder_us} us"
+    );
+    i32::from(
+        made != regions
+            || !seen_under
+            || !seen_level
+            || destroyed.is_err()
+            || ladder_destroyed.is_err(),
+    )
+}
+
+/// Finding F1-3: our page mapped into two children of ours, each with an allowance (here
+/// two addresses of our own space stand for them, each passing its view on): the first
+/// passes its view on until refused; the second still can. Without allowances the first
+/// would have used up the page's views.
+fn allowance() -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    const SHARED: u64 = FANOUT_TOP;
+    const FIRST: u64 = FANOUT_LEVELS;
+    const SECOND: u64 = FANOUT_LEVELS * 2;
+    const PASSED: u64 = FANOUT_LEVELS * 3;
+    const ALLOWANCE: u16 = 300;
+    if !wait_own_space() || sys::map_anon(SHARED, 4096).is_err() {
+        println!("victim: allowance: no capability to our own space");
+        return 2;
+    }
+    let Ok(shared) = sys::region_create(SHARED, 4096, NO_CAP) else {
+        return 2;
+    };
+    let both = [FIRST, SECOND]
+        .map(|at| sys::mapping_create_allowed(OWN_SPACE, shared, at, sys::MAP_WRITE, ALLOWANCE));
+    // A third would not fit in the page's MAX_VIEWS with the first two.
+    let third =
+        sys::mapping_create_allowed(OWN_SPACE, shared, PASSED, sys::MAP_WRITE, 3 * ALLOWANCE);
+    let (Ok(first), Ok(second)) = (
+        sys::region_create(FIRST, 4096, NO_CAP),
+        sys::region_create(SECOND, 4096, NO_CAP),
+    ) else {
+        return 2;
+    };
+    let mut passed = 0u64;
+    let refused = loop {
+        // The capability is dropped (the mapping stays ours): our table holds 256.
+        match sys::mapping_create(OWN_SPACE, first, PASSED + passed * 4096, true)
+            .and_then(sys::cap_drop)
+        {
+            Ok(_) => passed += 1,
+            Err(e) => break e,
+        }
+    };
+    let sibling = sys::mapping_create(OWN_SPACE, second, PASSED + (passed + 1) * 4096, true);
+    println!(
+        "victim: allowance: two mappings of allowance {ALLOWANCE} {:?} {:?}, a third {third:?}; the first passed on {passed} then {refused:?}; the second then {:?}",
+        both[0].is_ok(),
+        both[1].is_ok(),
+        sibling.is_ok()
+    );
+    i32::from(
+        both.iter().any(Result::is_err)
+            || third != Err(fluke_abi::syscall::Error::TooManyViews)
+            || passed != u64::from(ALLOWANCE) - 1
+            || sibling.is_err(),
     )
 }
 
