@@ -161,7 +161,7 @@ fn removing_a_mapping_under_a_doubling_ladder_completes_and_the_kernel_stays_hea
     for (who, run) in both("fluke.init=ktest,ladder,8,2000") {
         assert_eq!(run.status, 0, "{who}: {run:?}");
         run.assert_console(
-            "victim: ladder: 8 levels, 2000 one-page regions mapped; read through it true/true; the mapping under it destroyed Ok(0) in ",
+            "victim: ladder: 8 levels, 2000 one-page regions mapped over it; read through it true/true; the mapping under it destroyed Ok(0) in ",
         );
         run.assert_console("; the first region destroyed Ok(0) in ");
         run.assert_console(

@@ -1016,13 +1016,20 @@ mod tests {
         assert!(deepest > 200, "{deepest}");
     }
 
-    /// Finding F1-1: removing the mapping under an 8-level doubling ladder must cost steps in
-    /// proportion to the distinct regions upstream (9), not to the routes to them (2^9 - 2).
+    /// Finding F1-1, as the review built it: an 8-level doubling ladder over a top region of
+    /// N pages, a mapping under the ladder, and then N one-page regions mapped over the top
+    /// (each planned on its own: nothing is upstream of it). Removing the mapping under the
+    /// ladder followed every route: 2^8 routes down the ladder times N at the top (51,711
+    /// steps for N = 200, each a scan of every mapping). Per distinct region it is one step
+    /// per region and per (region, mapping over it) pair: here 9 + N regions, 16 + N pairs.
     #[test]
     fn removing_a_mapping_under_a_ladder_walks_each_region_once() {
+        const N: u64 = 200;
         let mut w = World::new();
-        let top = w.space();
-        let (mut region, mut size) = (w.region(top, P, P), P);
+        let (top, source) = (w.space(), w.space());
+        // Room at the top for 6N (only N at first).
+        let first = w.region(top, P, 6 * N * P);
+        let (mut region, mut size) = (first, 6 * N * P);
         let mut ladder = 1u32;
         for _ in 1..=8 {
             let child = w.space();
@@ -1034,23 +1041,36 @@ mod tests {
         }
         let bottom = w.space();
         let under = w.map_checked(bottom, 0x1000 * P, region).unwrap();
-        // Many one-page regions elsewhere: the old walk scanned them all at every step.
-        let (a, b) = (w.space(), w.space());
-        for i in 0..200 {
-            let r = w.region(a, i * P, P);
-            w.map_checked(b, i * P, r).unwrap();
+        // The one-page regions over the top: each weighs 1 + the top's views.
+        for i in 0..N {
+            let r = w.region(source, i * P, P);
+            w.map_checked(top, (1 + i) * P, r).unwrap();
         }
-        w.check(&[(top, P)]);
+        w.check(&[(top, P), (source, 0), (bottom, 0x1000 * P)]);
+        let regions = ladder + N as u32;
+        let pairs = 2 * (ladder - 1) + N as u32;
+        // A second mapping under the ladder is planned with the same walk (the old one
+        // refused it: more than MAX_VIEWS routes).
         let plan =
-            w.g.plan_mapping(&World::new_mapping(bottom, 0x4000 * P, region, None))
+            w.g.plan_mapping(&World::new_mapping(bottom, 0x100_0000 * P, region, None))
                 .unwrap();
-        assert!(plan.steps() <= 4 * ladder, "planning took {}", plan.steps());
+        assert_eq!(plan.steps(), regions + pairs);
         let steps = w.unmap_steps(under);
-        assert!(
-            steps <= 4 * ladder,
-            "{steps} steps to remove a mapping with {ladder} regions upstream"
+        assert_eq!(
+            steps,
+            regions + pairs,
+            "{steps} steps to remove a mapping with {regions} regions upstream"
         );
-        w.check(&[(top, P)]);
+        w.check(&[(top, P), (source, 0)]);
+        // With 6N regions at the top the plan passes MAX_PLAN_STEPS (mappings over regions
+        // upstream): refused, as a bound on the work, not on the views.
+        for i in N..6 * N {
+            let r = w.region(source, i * P, P);
+            w.map_checked(top, (1 + i) * P, r).unwrap();
+        }
+        let refused =
+            w.g.plan_mapping(&World::new_mapping(bottom, 0x1000 * P, region, None));
+        assert!(matches!(refused, Err(ViewsRefused::TooMany)));
     }
 
     /// Finding F1-3: a parent maps one page into two children. Without allowances the first

@@ -725,15 +725,16 @@ fn fanout(depth: u64) -> i32 {
     )
 }
 
-/// Builds the `fanout` doubling ladder of `levels` levels from our page at `FANOUT_TOP`
-/// (each level maps the region above it twice): the first region and the deepest.
-fn build_ladder(levels: u64) -> Result<(u64, u64), (u64, fluke_abi::syscall::Error)> {
+/// Builds a doubling ladder of `levels` levels under a region of `top_pages` pages at
+/// `FANOUT_TOP` (as `fanout`: each level maps the region above it twice): the first region
+/// and the deepest, or the level that failed.
+fn build_ladder(
+    levels: u64,
+    top_pages: u64,
+) -> Result<(u64, u64), (u64, fluke_abi::syscall::Error)> {
     use fluke_abi::syscall::ipc::NO_CAP;
-    sys::map_anon(FANOUT_TOP, 4096).map_err(|e| (0, e))?;
-    // SAFETY: our own page, just mapped.
-    unsafe { core::ptr::write_volatile(FANOUT_TOP as *mut u64, FANOUT_MARK) };
-    let first = sys::region_create(FANOUT_TOP, 4096, NO_CAP).map_err(|e| (0, e))?;
-    let (mut region, mut size) = (first, 4096u64);
+    let first = sys::region_create(FANOUT_TOP, top_pages * 4096, NO_CAP).map_err(|e| (0, e))?;
+    let (mut region, mut size) = (first, top_pages * 4096);
     for d in 1..=levels {
         let base = FANOUT_LEVELS * d;
         sys::mapping_create(OWN_SPACE, region, base, true)
@@ -745,7 +746,7 @@ fn build_ladder(levels: u64) -> Result<(u64, u64), (u64, fluke_abi::syscall::Err
     Ok((first, region))
 }
 
-/// Waits for the parent to give us our own space's capability (`fanout`, `ladder`).
+/// Waits for the parent to give us our own space's capability (`ladder`, `allowance`).
 fn wait_own_space() -> bool {
     let mut waited = 0;
     while !sys::holds(OWN_SPACE, fluke_abi::syscall::objstate::SPACE) {
@@ -758,25 +759,36 @@ fn wait_own_space() -> bool {
     true
 }
 
-/// Where `ladder` maps the deepest region once, and its one-page regions (from, to).
+/// Where `ladder` maps the deepest region once, and where its one-page regions lie.
 const LADDER_UNDER: u64 = FANOUT_LEVELS * 20;
-const LADDER_FROM: u64 = FANOUT_LEVELS * 21;
-const LADDER_TO: u64 = FANOUT_LEVELS * 22;
+const LADDER_PAGES: u64 = FANOUT_LEVELS * 21;
 
-/// Finding F1-1: removing a mapping walked every route upstream of it, each step a scan of
-/// every mapping. A doubling ladder of `levels` levels (2^levels routes from the deepest
-/// region to our page), the deepest region mapped once, and `regions` one-page regions of
-/// our own, each mapped once (the tables the old walk scanned at each step); then one
-/// `destroy` of the mapping under the ladder, timed, and the whole ladder destroyed. The
-/// kernel must stay correct: the views still read our page, and after the destroys the
-/// page is gone from the destroyed mapping.
+/// Finding F1-1, as the review built it: removing a mapping walked every route upstream of
+/// it, each step a scan of every mapping. A doubling ladder of `levels` levels under a top
+/// region of `regions` pages (2^levels routes from the deepest region to the top), the
+/// deepest region mapped once, and then `regions` one-page regions of our own memory mapped
+/// over the top, one a page (each planned alone: nothing is upstream of it); so 2^levels x
+/// `regions` routes lead up from the mapping under the ladder. Then one `destroy` of that
+/// mapping, timed, and of the ladder's first region. The kernel must stay correct: both
+/// ends of the top read our pages through every level, and the ladder still does after the
+/// mapping under it is gone.
 fn ladder(levels: u64, regions: u64) -> i32 {
     use fluke_abi::syscall::ipc::NO_CAP;
     if !wait_own_space() {
         println!("victim: ladder: no capability to our own space");
         return 2;
     }
-    let (first, deepest) = match build_ladder(levels) {
+    if regions == 0 || sys::map_anon(LADDER_PAGES, regions * 4096).is_err() {
+        println!("victim: ladder: no memory for {regions} pages");
+        return 2;
+    }
+    let last = (regions - 1) * 4096;
+    // SAFETY: our own pages, just mapped.
+    unsafe {
+        core::ptr::write_volatile(LADDER_PAGES as *mut u64, FANOUT_MARK);
+        core::ptr::write_volatile((LADDER_PAGES + last) as *mut u64, FANOUT_MARK + 1);
+    }
+    let (first, deepest) = match build_ladder(levels, regions) {
         Ok(r) => r,
         Err((d, e)) => {
             println!("victim: ladder: level {d}: {e:?}");
@@ -788,37 +800,36 @@ fn ladder(levels: u64, regions: u64) -> i32 {
         return 2;
     };
     let mut made = 0u64;
-    if sys::map_anon(LADDER_FROM, regions * 4096).is_ok() {
-        for i in 0..regions {
-            // The capabilities are dropped (the objects stay ours until we end): our table
-            // holds 256.
-            let made_one = sys::region_create(LADDER_FROM + i * 4096, 4096, NO_CAP).and_then(|r| {
-                let m = sys::mapping_create(OWN_SPACE, r, LADDER_TO + i * 4096, true)?;
-                sys::cap_drop(m)?;
-                sys::cap_drop(r)
-            });
-            if made_one.is_err() {
-                break;
-            }
-            made += 1;
+    for i in 0..regions {
+        // The capabilities are dropped (the objects stay ours until we end): our table
+        // holds 256.
+        let made_one = sys::region_create(LADDER_PAGES + i * 4096, 4096, NO_CAP).and_then(|r| {
+            let m = sys::mapping_create(OWN_SPACE, r, FANOUT_TOP + i * 4096, true)?;
+            sys::cap_drop(m)?;
+            sys::cap_drop(r)
+        });
+        if let Err(e) = made_one {
+            println!("victim: ladder: one-page region {i}: {e:?}");
+            break;
         }
+        made += 1;
     }
     let read = |va: u64| {
-        // SAFETY: a view of our own page (or memory of ours), mapped above.
+        // SAFETY: views of our own pages, mapped above.
         unsafe { core::ptr::read_volatile(va as *const u64) }
     };
-    // Under the ladder: our page, through every level.
-    let seen_under = read(LADDER_UNDER) == FANOUT_MARK;
+    let seen_under =
+        read(LADDER_UNDER) == FANOUT_MARK && read(LADDER_UNDER + last) == FANOUT_MARK + 1;
     let t = sys::time_ns();
     let destroyed = sys::destroy(under);
     let under_us = (sys::time_ns() - t) / 1000;
-    // The ladder's own views are untouched.
+    // The ladder's own views are untouched: the last level's first page.
     let seen_level = read(FANOUT_LEVELS * levels) == FANOUT_MARK;
     let t = sys::time_ns();
     let ladder_destroyed = sys::destroy(first);
     let ladder_us = (sys::time_ns() - t) / 1000;
     println!(
-        "victim: ladder: {levels} levels, {made} one-page regions mapped; read through it {seen_under}/{seen_level}; the mapping under it destroyed {destroyed:?} in {under_us} us; the first region destroyed {ladder_destroyed:?} in {ladder_us} us"
+        "victim: ladder: {levels} levels, {made} one-page regions mapped over it; read through it {seen_under}/{seen_level}; the mapping under it destroyed {destroyed:?} in {under_us} us; the first region destroyed {ladder_destroyed:?} in {ladder_us} us"
     );
     i32::from(
         made != regions
