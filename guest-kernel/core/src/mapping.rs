@@ -71,9 +71,10 @@
 //! * The cycle check is conservative: a region upstream of the mapped one that overlaps the
 //!   mapped range refuses the mapping even when the pages that overlap are not the ones it
 //!   passes on (the same over-count as the weights).
-//! * The regions of one space overlapping a range are found from the index by base, starting
-//!   from the largest region's length before the range: a space with many large regions pays
-//!   for scanning them in its own calls and in calls that map into it.
+//! * The regions of one space overlapping a range are found in the index per size class
+//!   (powers of two), each in a window of twice its sizes before the range: a space with many
+//!   regions of one class packed just before a range pays for passing over them, in its own
+//!   calls and in calls that map into it (bounded by its budget: a frame per region).
 
 use crate::slab::{Id, Slab};
 use crate::PAGE_SIZE;
@@ -209,11 +210,13 @@ const FIRST_ID: Id = Id {
 pub struct Graph {
     regions: Slab<Region>,
     mappings: Slab<Mapping>,
-    /// `(owner, base, region)`.
-    regions_by_owner: BTreeSet<(Id, u64, Id)>,
-    /// `(owner, size)`: how many of its regions have that size. The largest bounds how far
-    /// before an address a region holding it can start.
-    region_sizes: BTreeMap<(Id, u64), u32>,
+    /// `(owner, size class, base, region)`, the class of a size `floor(log2(size))`: a
+    /// region of class `c` holding an address starts less than `2^(c + 1)` before it, so
+    /// each class is searched in a window of its own sizes (one large region does not make
+    /// every small one a candidate).
+    regions_by_owner: BTreeSet<(Id, u32, u64, Id)>,
+    /// `(owner, size class)`: how many of its regions are of that class.
+    region_classes: BTreeMap<(Id, u32), u32>,
     /// `(target, base, mapping)`. A target's mappings never overlap (`mapping_create`
     /// refuses it), so in order of base they are in order of end too.
     mappings_by_target: BTreeSet<(Id, u64, Id)>,
@@ -228,7 +231,7 @@ impl Graph {
             regions: Slab::new(limit),
             mappings: Slab::new(limit),
             regions_by_owner: BTreeSet::new(),
-            region_sizes: BTreeMap::new(),
+            region_classes: BTreeMap::new(),
             mappings_by_target: BTreeSet::new(),
             mappings_by_region: BTreeSet::new(),
         }
@@ -255,8 +258,8 @@ impl Graph {
     /// The regions of space `owner`.
     pub fn regions_of(&self, owner: Id) -> Vec<Id> {
         self.regions_by_owner
-            .range((owner, 0, FIRST_ID)..=(owner, u64::MAX, last_id()))
-            .map(|&(_, _, rid)| rid)
+            .range((owner, 0, 0, FIRST_ID)..=(owner, u32::MAX, u64::MAX, last_id()))
+            .map(|&(_, _, _, rid)| rid)
             .collect()
     }
 
@@ -283,11 +286,12 @@ impl Graph {
         }
         let region = Region { views: 0, ..region };
         let id = self.regions.insert(region)?;
+        let class = size_class(region.size);
         self.regions_by_owner
-            .insert((region.owner, region.base, id));
+            .insert((region.owner, class, region.base, id));
         *self
-            .region_sizes
-            .entry((region.owner, region.size))
+            .region_classes
+            .entry((region.owner, class))
             .or_insert(0) += 1;
         Some(id)
     }
@@ -307,13 +311,14 @@ impl Graph {
             return None;
         }
         let region = self.regions.remove(id)?;
+        let class = size_class(region.size);
         self.regions_by_owner
-            .remove(&(region.owner, region.base, id));
-        let key = (region.owner, region.size);
-        if let Some(n) = self.region_sizes.get_mut(&key) {
+            .remove(&(region.owner, class, region.base, id));
+        let key = (region.owner, class);
+        if let Some(n) = self.region_classes.get_mut(&key) {
             *n -= 1;
             if *n == 0 {
-                self.region_sizes.remove(&key);
+                self.region_classes.remove(&key);
             }
         }
         Some(region)
@@ -326,17 +331,18 @@ impl Graph {
         start: u64,
         len: u64,
     ) -> impl Iterator<Item = (Id, &Region)> + '_ {
-        let largest = self
-            .region_sizes
-            .range((owner, 0)..=(owner, u64::MAX))
-            .next_back()
-            .map_or(0, |(&(_, size), _)| size);
-        // A region starting at or before `start - largest` ends by `start`.
-        let from = start.saturating_sub(largest);
         let end = start.saturating_add(len);
-        self.regions_by_owner
-            .range((owner, from, FIRST_ID)..(owner, end, FIRST_ID))
-            .filter_map(move |&(_, _, rid)| {
+        self.region_classes
+            .range((owner, 0)..=(owner, u32::MAX))
+            .flat_map(move |(&(_, class), _)| {
+                // A region of this class starting at or before `start - 2^(class + 1)` ends
+                // by `start`.
+                let longest = 1u64.checked_shl(class + 1).unwrap_or(u64::MAX);
+                let from = start.saturating_sub(longest);
+                self.regions_by_owner
+                    .range((owner, class, from, FIRST_ID)..(owner, class, end, FIRST_ID))
+            })
+            .filter_map(move |&(_, _, _, rid)| {
                 let r = self.regions.get(rid)?;
                 r.overlaps(start, len).then_some((rid, r))
             })
@@ -651,6 +657,11 @@ impl Graph {
     }
 }
 
+/// `floor(log2(size))` for a size of at least 1.
+fn size_class(size: u64) -> u32 {
+    63 - size.max(1).leading_zeros()
+}
+
 const fn last_id() -> Id {
     Id {
         index: u32::MAX,
@@ -795,6 +806,22 @@ mod tests {
                     self.g.mapping_at(space, va).map(|t| t.mapping),
                     scanned.map(|(mid, _)| mid)
                 );
+                for len in [P, 8 * P] {
+                    let mut found: Vec<Id> = self
+                        .g
+                        .regions_overlapping(space, va, len)
+                        .map(|(id, _)| id)
+                        .collect();
+                    found.sort();
+                    let scanned: Vec<Id> = self
+                        .g
+                        .regions
+                        .iter()
+                        .filter(|(_, r)| r.owner == space && r.overlaps(va, len))
+                        .map(|(id, _)| id)
+                        .collect();
+                    assert_eq!(found, scanned);
+                }
                 let bound: u64 = self
                     .g
                     .regions

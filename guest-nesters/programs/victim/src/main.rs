@@ -800,6 +800,7 @@ fn ladder(levels: u64, regions: u64) -> i32 {
         return 2;
     };
     let mut made = 0u64;
+    let t = sys::time_ns();
     for i in 0..regions {
         // The capabilities are dropped (the objects stay ours until we end): our table
         // holds 256.
@@ -814,6 +815,7 @@ fn ladder(levels: u64, regions: u64) -> i32 {
         }
         made += 1;
     }
+    let made_us = (sys::time_ns() - t) / 1000;
     let read = |va: u64| {
         // SAFETY: views of our own pages, mapped above.
         unsafe { core::ptr::read_volatile(va as *const u64) }
@@ -829,7 +831,7 @@ fn ladder(levels: u64, regions: u64) -> i32 {
     let ladder_destroyed = sys::destroy(first);
     let ladder_us = (sys::time_ns() - t) / 1000;
     println!(
-        "victim: ladder: {levels} levels, {made} one-page regions mapped over it; read through it {seen_under}/{seen_level}; the mapping under it destroyed {destroyed:?} in {under_us} us; the first region destroyed {ladder_destroyed:?} in {ladder_us} us"
+        "victim: ladder: {levels} levels, {made} one-page regions mapped over it (in {made_us} us); read through it {seen_under}/{seen_level}; the mapping under it destroyed {destroyed:?} in {under_us} us; the first region destroyed {ladder_destroyed:?} in {ladder_us} us"
     );
     i32::from(
         made != regions
