@@ -149,6 +149,44 @@ fn a_page_whose_views_double_at_every_level_is_refused_at_the_bound() {
     }
 }
 
+/// Finding F1-1 (review of issue 13): removing a mapping walked every route upstream of it,
+/// each step a scan of every mapping: under an 8-level doubling ladder (510 routes, 9
+/// regions) with 2000 one-page regions mapped beside it, one `destroy` took seconds with
+/// interrupts off. Now the walk takes each region once (`fluke_kcore::mapping`, where the
+/// steps are counted and bounded). Here: the ladder, the mapping under it and the 2000
+/// regions are all made, the views read our page, both destroys succeed, and the next
+/// process runs (the time is printed, not asserted).
+#[test]
+fn removing_a_mapping_under_a_doubling_ladder_completes_and_the_kernel_stays_healthy() {
+    for (who, run) in both("fluke.init=ktest,ladder,8,2000") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console("victim: ladder: 8 levels, 2000 one-page regions mapped over it (in ");
+        run.assert_console(
+            " us); read through it true/true; the mapping under it destroyed Ok(0) in ",
+        );
+        run.assert_console("; the first region destroyed Ok(0) in ");
+        run.assert_console(
+            "ktest: ladder: capability given Ok(0); victim exited Ok(0); a new process exited Ok(0)",
+        );
+    }
+}
+
+/// Finding F1-3: a page mapped twice with an allowance of 300 each; what the first passes on
+/// is refused at its allowance (299 more views), and the second can still pass its view on.
+/// A third allowance of 900 does not fit beside them.
+#[test]
+fn an_allowance_keeps_a_siblings_views() {
+    for (who, run) in both("fluke.init=ktest,allowance") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        run.assert_console(
+            "victim: allowance: two mappings of allowance 300 true true, a third Err(TooManyViews); the first passed on 299 then TooManyViews; the second then true",
+        );
+        run.assert_console(
+            "ktest: allowance: capability given Ok(0); victim exited Ok(0); a new process exited Ok(0)",
+        );
+    }
+}
+
 /// The wake-ups the ticker called `name` counted (victim `ticks`).
 fn ticks(who: &str, run: &Run, name: &str) -> u64 {
     let prefix = format!("victim: ticks {name}: ");

@@ -103,12 +103,15 @@ pub enum Call {
     /// `region_create(addr, size, keeper_port) -> name`: exports `[addr, addr + size)` of the
     /// caller's memory; faults on its pages not yet present go to the keeper (or `NO_CAP`).
     RegionCreate = 34,
-    /// `mapping_create(space, region, addr, writable) -> name`: makes the region appear at
+    /// `mapping_create(space, region, addr, flags) -> name`: makes the region appear at
     /// `addr` in `space` (pages are shared with the region's owner, brought in on fault).
+    /// `flags`: `MAP_WRITE` (1), `MAP_EXEC` (2), and an allowance in the bits at
+    /// [`MAP_ALLOWANCE_SHIFT`] (0: none).
     /// Errors: `InvalidArgument` (bad flags, or the range overlaps a mapping of `space`),
     /// `BadAddress`, `TooManyViews` (a page would have more than [`MAX_VIEWS`] views, counting
     /// every chain of mappings it is passed down, or would be mapped into itself: the bound
-    /// that keeps `mem_discard`, `mem_referenced` and unmapping bounded), `Exhausted`,
+    /// that keeps `mem_discard`, `mem_referenced` and unmapping bounded; or the allowance
+    /// does not fit, or is less than the views the mapping gives at once), `Exhausted`,
     /// `NoMemory`, and the capability errors.
     MappingCreate = 35,
     /// `space_create(keep, name_ptr, name_len in r10) -> name` (child id in `rdx`): an
@@ -211,6 +214,15 @@ pub const SPACE_EXACT: u64 = 1 << 62;
 /// count is conservative: a region mapped into a range counts every view of every region of
 /// the target overlapping that range (`fluke_kcore::mapping`).
 pub const MAX_VIEWS: u32 = 1024;
+
+/// `mapping_create`'s flags from this bit up: the mapping's views allowance (0: none), at
+/// most [`MAX_VIEWS`]. Like a budget: the region counts the whole allowance from the start,
+/// and the target's own mappings of that memory may use up to it and no more, so a child
+/// cannot use up the views of a region its parent also maps into its siblings. Without one
+/// the mapping passes on whatever the target's mappings add (`fluke_kcore::mapping`).
+pub const MAP_ALLOWANCE_SHIFT: u32 = 16;
+/// The allowance bits of `mapping_create`'s flags.
+pub const MAP_ALLOWANCE_MASK: u64 = 0xffff << MAP_ALLOWANCE_SHIFT;
 
 /// `spawn`'s `r9`: the number of capabilities to hand the child, ORed with this flag to
 /// also receive capabilities to the child's space (`r10`) and main thread (`rdx`).

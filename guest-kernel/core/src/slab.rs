@@ -53,6 +53,11 @@ impl<T> Slab<T> {
         self.len == 0
     }
 
+    /// Whether an insert would fail.
+    pub fn is_full(&self) -> bool {
+        self.len >= self.limit
+    }
+
     /// Inserts a value; `None` when the slab is full.
     pub fn insert(&mut self, value: T) -> Option<Id> {
         if self.len >= self.limit {

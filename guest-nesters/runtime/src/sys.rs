@@ -526,6 +526,20 @@ pub fn mapping_create_flags(space: u64, region: u64, addr: u64, flags: u64) -> R
     call(Call::MappingCreate, space, region, addr, flags)
 }
 
+/// Makes `region` appear at `addr` in `space` with `MAP_*` flags and a views allowance
+/// (1..=`MAX_VIEWS`): the region counts it from the start, and what `space` passes on of
+/// this memory may use up to it and no more (`fluke_abi::syscall::MAP_ALLOWANCE_SHIFT`).
+pub fn mapping_create_allowed(
+    space: u64,
+    region: u64,
+    addr: u64,
+    flags: u64,
+    allowance: u16,
+) -> Result<u64, Error> {
+    let flags = flags | u64::from(allowance) << fluke_abi::syscall::MAP_ALLOWANCE_SHIFT;
+    call(Call::MappingCreate, space, region, addr, flags)
+}
+
 /// Whether capability name `cap` holds an object of kind `kind` (`objstate::PORT`, ...)
 /// that we may read the state of.
 pub fn holds(cap: u64, kind: u64) -> bool {

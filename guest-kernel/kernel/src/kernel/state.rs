@@ -27,8 +27,8 @@ pub struct Kernel {
     pub port_sets: Slab<fluke_kcore::ipc::PortSet<ThreadId>>,
     pub mutexes: Slab<fluke_kcore::sync_objects::Mutex<ThreadId>>,
     pub conditions: Slab<fluke_kcore::sync_objects::Condition<ThreadId>>,
-    pub regions: Slab<fluke_kcore::mapping::Region>,
-    pub mappings: Slab<fluke_kcore::mapping::Mapping>,
+    /// Regions and mappings, with their indexes by owner, target and region.
+    pub graph: fluke_kcore::mapping::Graph,
     pub references: Slab<Option<ObjCap>>,
     /// Which space created each object (its budget pays for it; it dies with it).
     pub creators: alloc::collections::BTreeMap<ObjRef, Id>,
@@ -75,8 +75,7 @@ static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
     port_sets: Slab::new(MAX_PORTS),
     mutexes: Slab::new(MAX_PORTS),
     conditions: Slab::new(MAX_PORTS),
-    regions: Slab::new(MAX_PORTS),
-    mappings: Slab::new(MAX_PORTS),
+    graph: fluke_kcore::mapping::Graph::new(MAX_PORTS),
     references: Slab::new(MAX_PORTS),
     creators: alloc::collections::BTreeMap::new(),
     queue: RunQueue::new(QUANTUM_NS),

@@ -7,17 +7,15 @@
 //! level. A pager evicts with [`discard`], which also unmaps the page from every space it
 //! was mapped into. The graph walks are `fluke_kcore::mapping` (host-tested).
 
-use super::object::{name_of, register_new, value, CallResult};
+use super::object::{check_room, name_of, register_new, value, CallResult};
 use crate::arch::paging::{self, UserPerm};
 use crate::kernel::process::Pid;
 use crate::kernel::space::check_user_range;
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::{self, WORDS};
-use fluke_abi::syscall::{fault, Error};
+use fluke_abi::syscall::{fault, Error, MAP_ALLOWANCE_MASK, MAP_ALLOWANCE_SHIFT};
 use fluke_kcore::cap::Rights;
-use fluke_kcore::mapping::{
-    apply_views, forget_views, mapping_at, overlaps, plan_views, views, Mapping, MAX_CHAIN,
-};
+use fluke_kcore::mapping::{Mapping, MAX_CHAIN};
 use fluke_kcore::slab::Id;
 
 const PAGE: u64 = 4096;
@@ -28,7 +26,8 @@ pub const MAP_EXEC: u64 = 2;
 
 /// `mapping_create(space, region, addr, flags)`. Refused with `TooManyViews`, nothing
 /// changed, if a page would then be seen through more than `MAX_VIEWS` chains of mappings
-/// (or through itself): `fluke_kcore::mapping`.
+/// (or through itself), or the allowance in `flags` does not fit: `fluke_kcore::mapping`.
+/// Decode first (every check, the cheap ones before the views plan), then invoke.
 pub fn create(
     k: &mut Kernel,
     c: Caller,
@@ -37,43 +36,59 @@ pub fn create(
     addr: u64,
     flags: u64,
 ) -> CallResult {
-    if flags & !(MAP_WRITE | MAP_EXEC) != 0 {
+    if flags & !(MAP_WRITE | MAP_EXEC | MAP_ALLOWANCE_MASK) != 0 {
         return Err(Error::InvalidArgument);
     }
+    let allowance = match (flags & MAP_ALLOWANCE_MASK) >> MAP_ALLOWANCE_SHIFT {
+        0 => None,
+        // At most 0xffff; the plan refuses more than MAX_VIEWS.
+        a => Some(u32::try_from(a).map_err(|_| Error::InvalidArgument)?),
+    };
     let ObjRef::Space(target) = k.lookup(c, space_name, Rights::WRITE)?.object else {
         return Err(Error::WrongType);
     };
     let ObjRef::Region(region) = k.lookup(c, region_name, Rights::USE)?.object else {
         return Err(Error::WrongType);
     };
-    let size = k.regions.get(region).ok_or(Error::BadCap)?.size;
+    let size = k.graph.region(region).ok_or(Error::BadCap)?.size;
     let end = check_user_range(addr, size)?;
     if k.space_ref(target).is_none() {
         return Err(Error::BadCap);
     }
-    if overlaps(&k.mappings, &k.regions, target, addr, end) {
+    if k.graph.overlaps(target, addr, end) {
         return Err(Error::InvalidArgument);
     }
+    if k.graph.mappings_full() {
+        return Err(Error::Exhausted);
+    }
+    // Only the kind counts here, not the id.
+    check_room(k, c, ObjRef::Mapping(Id::from_u64(0)))?;
     let mapping = Mapping {
         target,
         base: addr,
         region,
         writable: flags & MAP_WRITE != 0,
         executable: flags & MAP_EXEC != 0,
+        weight: 0,
+        allowance,
     };
-    let plan = plan_views(&k.mappings, &k.regions, &mapping).map_err(|_| Error::TooManyViews)?;
-    let id = k.mappings.insert(mapping).ok_or(Error::Exhausted)?;
+    let plan = k
+        .graph
+        .plan_mapping(&mapping)
+        .map_err(|_| Error::TooManyViews)?;
+    // Invoke: checked above, so neither step fails (were one to, nothing is left behind).
+    let id = k.graph.add_mapping(mapping, plan).ok_or(Error::Exhausted)?;
     let name = register_new(k, c, ObjRef::Mapping(id)).inspect_err(|_| {
-        k.mappings.remove(id);
+        k.graph.remove_mapping(id);
     })?;
-    // The mapping is made: its views count from now on.
-    apply_views(&mut k.regions, plan);
     value(Ok(name))
 }
 
 pub fn state(k: &Kernel, c: Caller, m: Id) -> Result<[u64; WORDS], Error> {
-    let mapping = k.mappings.get(m).ok_or(Error::BadCap)?;
-    let flags = u64::from(mapping.writable) | u64::from(mapping.executable) << 1;
+    let mapping = k.graph.mapping(m).ok_or(Error::BadCap)?;
+    let flags = u64::from(mapping.writable)
+        | u64::from(mapping.executable) << 1
+        | u64::from(mapping.allowance.unwrap_or(0)) << MAP_ALLOWANCE_SHIFT;
     Ok([
         objstate::MAPPING,
         name_of(k, c, ObjRef::Space(mapping.target)),
@@ -85,7 +100,7 @@ pub fn state(k: &Kernel, c: Caller, m: Id) -> Result<[u64; WORDS], Error> {
 }
 
 pub fn destroy(k: &mut Kernel, m: Id) -> Result<(), Error> {
-    k.mappings.get(m).ok_or(Error::BadCap)?;
+    k.graph.mapping(m).ok_or(Error::BadCap)?;
     remove(k, m);
     Ok(())
 }
@@ -94,11 +109,10 @@ pub fn destroy(k: &mut Kernel, m: Id) -> Result<(), Error> {
 /// target passed on of those pages through its own regions (their frames are not the
 /// target's, and must not outlive the mapping anywhere).
 pub fn remove(k: &mut Kernel, mid: Id) {
-    forget_views(&k.mappings, &mut k.regions, mid);
-    let Some(m) = k.mappings.remove(mid) else {
+    let Some((m, _steps)) = k.graph.remove_mapping(mid) else {
         return;
     };
-    let size = k.regions.get(m.region).map(|r| r.size).unwrap_or(0);
+    let size = k.graph.region(m.region).map(|r| r.size).unwrap_or(0);
     if let Some(root) = k.space_ref(m.target).map(|s| s.root) {
         let mut va = m.base;
         while let Some(page) = paging::next_present(root, va, m.base + size) {
@@ -111,7 +125,7 @@ pub fn remove(k: &mut Kernel, mid: Id) {
 /// Unmaps page `va` of `pid` from every space that sees it through mappings, then from
 /// `pid` itself.
 pub fn discard_everywhere(k: &mut Kernel, pid: Pid, va: u64) {
-    for (space, at) in views(&k.mappings, &k.regions, pid, va) {
+    for (space, at) in k.graph.views(pid, va) {
         discard_page(k, space, at);
     }
     discard_page(k, pid, va);
@@ -152,7 +166,7 @@ pub fn fault_in(k: &mut Kernel, pid: Pid, page: u64, write: bool, addr: u64) -> 
         if chain.len() as u32 > MAX_CHAIN {
             return Resolution::NotMapped;
         }
-        let Some(through) = mapping_at(&k.mappings, &k.regions, space, at) else {
+        let Some(through) = k.graph.mapping_at(space, at) else {
             // No mapping here: the space's own demand-zero memory, or nothing.
             if !k.space(space).is_some_and(|s| s.handle_fault(at)) {
                 return Resolution::NotMapped;

@@ -7,7 +7,6 @@ use crate::arch::paging;
 use crate::kernel::space::check_user_range;
 use crate::kernel::{Caller, Kernel};
 use fluke_abi::syscall::Error;
-use fluke_kcore::mapping::views;
 
 const PAGE: u64 = 4096;
 
@@ -85,7 +84,7 @@ pub fn referenced(k: &mut Kernel, c: Caller, addr: u64) -> CallResult {
     let page = addr & !(PAGE - 1);
     check_user_range(page, PAGE)?;
     let mut any = false;
-    for (pid, at) in views(&k.mappings, &k.regions, c.pid, page) {
+    for (pid, at) in k.graph.views(c.pid, page) {
         if let Some(root) = k.space_ref(pid).map(|s| s.root) {
             any |= paging::take_accessed(root, at);
         }

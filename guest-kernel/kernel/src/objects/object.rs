@@ -37,6 +37,21 @@ fn frames_for(object: ObjRef) -> u64 {
     }
 }
 
+/// The cheap half of [`register_new`], for a call to check before it plans anything:
+/// whether the caller's budget and capability table have room for a new object of this
+/// kind (the same errors).
+pub fn check_room(k: &mut Kernel, c: Caller, object: ObjRef) -> Result<(), Error> {
+    let frames = frames_for(object);
+    let space = k.caller_space(c)?;
+    if space.budget.available() < frames {
+        return Err(Error::NoMemory);
+    }
+    if space.caps.free() == 0 {
+        return Err(Error::Exhausted);
+    }
+    Ok(())
+}
+
 /// Accounts a newly created object to the calling space (its creator) and gives the caller
 /// a capability with every right. On error the caller removes the object again.
 pub fn register_new(k: &mut Kernel, c: Caller, object: ObjRef) -> Result<u64, Error> {

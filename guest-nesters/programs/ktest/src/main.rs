@@ -16,6 +16,15 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "hostile" => hostile(),
         "starve" => starve(),
         "fanout" => fanout(args.get(1).unwrap_or("24")),
+        "ladder" => own_space_case(
+            "ladder",
+            &[
+                "ladder",
+                args.get(1).unwrap_or("8"),
+                args.get(2).unwrap_or("2000"),
+            ],
+        ),
+        "allowance" => own_space_case("allowance", &["allowance"]),
         "rsp-hog" => rsp_hog(
             args.get(1).unwrap_or("rsp-rep"),
             args.get(2).unwrap_or("500"),
@@ -1158,6 +1167,20 @@ fn fanout(depth: &str) -> i32 {
     let status = sys::wait(child.pid);
     let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
     println!("ktest: fanout: capability given {given:?}; victim exited {status:?}; a new process exited {after:?}");
+    i32::from(given.is_err() || status != Ok(0) || after != Ok(0))
+}
+
+/// A victim case that maps into its own space (`ladder`, `allowance`), given a capability
+/// to it; then the kernel must be healthy: a new process runs after it.
+fn own_space_case(case: &str, args: &[&str]) -> i32 {
+    let Ok(child) = sys::spawn_child("victim", args, &[]) else {
+        println!("ktest: {case}: cannot start the victim");
+        return 1;
+    };
+    let given = sys::cap_give(child.space, 0, child.space, 0b1111);
+    let status = sys::wait(child.pid);
+    let after = sys::spawn("victim", &["ok"]).and_then(sys::wait);
+    println!("ktest: {case}: capability given {given:?}; victim exited {status:?}; a new process exited {after:?}");
     i32::from(given.is_err() || status != Ok(0) || after != Ok(0))
 }
 

@@ -414,6 +414,12 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 let depth = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(24);
                 return fanout(depth);
             }
+            "ladder" => {
+                let levels = args.get(1).and_then(|n| n.parse().ok()).unwrap_or(8);
+                let regions = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(2000);
+                return ladder(levels, regions);
+            }
+            "allowance" => return allowance(),
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
@@ -778,6 +784,177 @@ fn fanout(depth: u64) -> i32 {
             || referenced != Ok(true)
             || discarded.is_err()
             || destroyed.is_err(),
+    )
+}
+
+/// Builds a doubling ladder of `levels` levels under a region of `top_pages` pages at
+/// `FANOUT_TOP` (as `fanout`: each level maps the region above it twice): the first region
+/// and the deepest, or the level that failed.
+fn build_ladder(
+    levels: u64,
+    top_pages: u64,
+) -> Result<(u64, u64), (u64, fluke_abi::syscall::Error)> {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    let first = sys::region_create(FANOUT_TOP, top_pages * 4096, NO_CAP).map_err(|e| (0, e))?;
+    let (mut region, mut size) = (first, top_pages * 4096);
+    for d in 1..=levels {
+        let base = FANOUT_LEVELS * d;
+        sys::mapping_create(OWN_SPACE, region, base, true)
+            .and_then(|_| sys::mapping_create(OWN_SPACE, region, base + size, true))
+            .map_err(|e| (d, e))?;
+        size *= 2;
+        region = sys::region_create(base, size, NO_CAP).map_err(|e| (d, e))?;
+    }
+    Ok((first, region))
+}
+
+/// Waits for the parent to give us our own space's capability (`ladder`, `allowance`).
+fn wait_own_space() -> bool {
+    let mut waited = 0;
+    while !sys::holds(OWN_SPACE, fluke_abi::syscall::objstate::SPACE) {
+        waited += 1;
+        if waited > 100_000 {
+            return false;
+        }
+        sys::yield_now();
+    }
+    true
+}
+
+/// Where `ladder` maps the deepest region once, and where its one-page regions lie.
+const LADDER_UNDER: u64 = FANOUT_LEVELS * 20;
+const LADDER_PAGES: u64 = FANOUT_LEVELS * 21;
+
+/// Finding F1-1, as the review built it: removing a mapping walked every route upstream of
+/// it, each step a scan of every mapping. A doubling ladder of `levels` levels under a top
+/// region of `regions` pages (2^levels routes from the deepest region to the top), the
+/// deepest region mapped once, and then `regions` one-page regions of our own memory mapped
+/// over the top, one a page (each planned alone: nothing is upstream of it); so 2^levels x
+/// `regions` routes lead up from the mapping under the ladder. Then one `destroy` of that
+/// mapping, timed, and of the ladder's first region. The kernel must stay correct: both
+/// ends of the top read our pages through every level, and the ladder still does after the
+/// mapping under it is gone.
+fn ladder(levels: u64, regions: u64) -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    if !wait_own_space() {
+        println!("victim: ladder: no capability to our own space");
+        return 2;
+    }
+    if regions == 0 || sys::map_anon(LADDER_PAGES, regions * 4096).is_err() {
+        println!("victim: ladder: no memory for {regions} pages");
+        return 2;
+    }
+    let last = (regions - 1) * 4096;
+    // SAFETY: our own pages, just mapped.
+    unsafe {
+        core::ptr::write_volatile(LADDER_PAGES as *mut u64, FANOUT_MARK);
+        core::ptr::write_volatile((LADDER_PAGES + last) as *mut u64, FANOUT_MARK + 1);
+    }
+    let (first, deepest) = match build_ladder(levels, regions) {
+        Ok(r) => r,
+        Err((d, e)) => {
+            println!("victim: ladder: level {d}: {e:?}");
+            return 2;
+        }
+    };
+    let Ok(under) = sys::mapping_create(OWN_SPACE, deepest, LADDER_UNDER, true) else {
+        println!("victim: ladder: the deepest region could not be mapped");
+        return 2;
+    };
+    let mut made = 0u64;
+    let t = sys::time_ns();
+    for i in 0..regions {
+        // The capabilities are dropped (the objects stay ours until we end): our table
+        // holds 256.
+        let made_one = sys::region_create(LADDER_PAGES + i * 4096, 4096, NO_CAP).and_then(|r| {
+            let m = sys::mapping_create(OWN_SPACE, r, FANOUT_TOP + i * 4096, true)?;
+            sys::cap_drop(m)?;
+            sys::cap_drop(r)
+        });
+        if let Err(e) = made_one {
+            println!("victim: ladder: one-page region {i}: {e:?}");
+            break;
+        }
+        made += 1;
+    }
+    let made_us = (sys::time_ns() - t) / 1000;
+    let read = |va: u64| {
+        // SAFETY: views of our own pages, mapped above.
+        unsafe { core::ptr::read_volatile(va as *const u64) }
+    };
+    let seen_under =
+        read(LADDER_UNDER) == FANOUT_MARK && read(LADDER_UNDER + last) == FANOUT_MARK + 1;
+    let t = sys::time_ns();
+    let destroyed = sys::destroy(under);
+    let under_us = (sys::time_ns() - t) / 1000;
+    // The ladder's own views are untouched: the last level's first page.
+    let seen_level = read(FANOUT_LEVELS * levels) == FANOUT_MARK;
+    let t = sys::time_ns();
+    let ladder_destroyed = sys::destroy(first);
+    let ladder_us = (sys::time_ns() - t) / 1000;
+    println!(
+        "victim: ladder: {levels} levels, {made} one-page regions mapped over it (in {made_us} us); read through it {seen_under}/{seen_level}; the mapping under it destroyed {destroyed:?} in {under_us} us; the first region destroyed {ladder_destroyed:?} in {ladder_us} us"
+    );
+    i32::from(
+        made != regions
+            || !seen_under
+            || !seen_level
+            || destroyed.is_err()
+            || ladder_destroyed.is_err(),
+    )
+}
+
+/// Finding F1-3: our page mapped into two children of ours, each with an allowance (here
+/// two addresses of our own space stand for them, each passing its view on): the first
+/// passes its view on until refused; the second still can. Without allowances the first
+/// would have used up the page's views.
+fn allowance() -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    const SHARED: u64 = FANOUT_TOP;
+    const FIRST: u64 = FANOUT_LEVELS;
+    const SECOND: u64 = FANOUT_LEVELS * 2;
+    const PASSED: u64 = FANOUT_LEVELS * 3;
+    const ALLOWANCE: u16 = 300;
+    if !wait_own_space() || sys::map_anon(SHARED, 4096).is_err() {
+        println!("victim: allowance: no capability to our own space");
+        return 2;
+    }
+    let Ok(shared) = sys::region_create(SHARED, 4096, NO_CAP) else {
+        return 2;
+    };
+    let both = [FIRST, SECOND]
+        .map(|at| sys::mapping_create_allowed(OWN_SPACE, shared, at, sys::MAP_WRITE, ALLOWANCE));
+    // A third would not fit in the page's MAX_VIEWS with the first two.
+    let third =
+        sys::mapping_create_allowed(OWN_SPACE, shared, PASSED, sys::MAP_WRITE, 3 * ALLOWANCE);
+    let (Ok(first), Ok(second)) = (
+        sys::region_create(FIRST, 4096, NO_CAP),
+        sys::region_create(SECOND, 4096, NO_CAP),
+    ) else {
+        return 2;
+    };
+    let mut passed = 0u64;
+    let refused = loop {
+        // The capability is dropped (the mapping stays ours): our table holds 256.
+        match sys::mapping_create(OWN_SPACE, first, PASSED + passed * 4096, true)
+            .and_then(sys::cap_drop)
+        {
+            Ok(_) => passed += 1,
+            Err(e) => break e,
+        }
+    };
+    let sibling = sys::mapping_create(OWN_SPACE, second, PASSED + (passed + 1) * 4096, true);
+    println!(
+        "victim: allowance: two mappings of allowance {ALLOWANCE} {:?} {:?}, a third {third:?}; the first passed on {passed} then {refused:?}; the second then {:?}",
+        both[0].is_ok(),
+        both[1].is_ok(),
+        sibling.is_ok()
+    );
+    i32::from(
+        both.iter().any(Result::is_err)
+            || third != Err(fluke_abi::syscall::Error::TooManyViews)
+            || passed != u64::from(ALLOWANCE) - 1
+            || sibling.is_err(),
     )
 }
 
