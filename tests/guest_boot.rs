@@ -297,3 +297,47 @@ fn the_paravirtual_console_prints_the_same_text_with_far_fewer_exits() {
         "{pv_exits} exits for {lines} lines (the UART took {uart_exits})"
     );
 }
+
+/// `bench`'s image and QEMU records (issue 14): the built-in image's size, and its boot under
+/// QEMU timed to the kernel's started-init line.
+#[test]
+fn bench_reports_the_image_size_and_the_qemu_boot() {
+    let json = std::env::temp_dir().join(format!("fluke-bench-qemu-{}.json", std::process::id()));
+    let out = std::process::Command::new(VMM)
+        .args([
+            "bench",
+            "--samples",
+            "2",
+            "--only",
+            "image.,boot.to_init_qemu",
+        ])
+        .args(["--json", json.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run fluke-vmm bench");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let records: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&json);
+    let find = |name: &str| {
+        records
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {records}"))
+            .clone()
+    };
+    let size = find("image.bytes");
+    let built_in = std::fs::metadata(default_image()).unwrap().len() as f64;
+    assert_eq!(size["value"].as_f64(), Some(built_in), "{size}");
+    let qemu = find("boot.to_init_qemu");
+    assert_eq!(qemu["platform"], "qemu");
+    assert_eq!(qemu["samples"].as_array().unwrap().len(), 2);
+    assert!(qemu["value"].as_f64().unwrap() > 0.0, "{qemu}");
+}
