@@ -11,13 +11,15 @@ rounds=${3:-10}
 scripts/setup.sh
 cargo build --release -q -p fluke-vmm
 # The default image the build packed (the one fluke-vmm embeds), for QEMU.
-image=$(ls -t target/release/build/fluke-images-*/out/default.img | head -1)
+# (.cargo/config.toml names the target, so builds land under target/x86_64-unknown-linux-gnu.)
+out=target/x86_64-unknown-linux-gnu/release
+image=$(ls -t $out/build/fluke-images-*/out/default.img | head -1)
 cmdline="fluke.init=ktest,capfuzz,$seed,$calls,$rounds"
 ok=0
 summary() { grep -v '^victim: ' | grep -E 'capfuzz|KERNEL|panic|killed' || true; }
 echo "fuzz: fluke-vmm ($cmdline)"
 set +e
-kvm_out=$(target/release/fluke-vmm run "$image" --timeout 3600 --cmdline "$cmdline" 2>&1)
+kvm_out=$($out/fluke-vmm run "$image" --timeout 3600 --cmdline "$cmdline" 2>&1)
 echo "$kvm_out" | summary
 grep -q ", 0 failed; kernel alive" <<<"$kvm_out" || { echo "fuzz: fluke-vmm run FAILED"; ok=1; }
 echo "fuzz: qemu ($cmdline)"
