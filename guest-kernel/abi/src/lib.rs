@@ -11,6 +11,7 @@ extern crate std;
 
 pub mod boot;
 pub mod cmdline;
+pub mod devices;
 pub mod ports;
 pub mod procmgr;
 pub mod status;
