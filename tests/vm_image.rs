@@ -13,7 +13,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use support::api::TempDir;
-use support::{default_image, qemu, vmm, wait_with_deadline, Run, VMM};
+use support::{default_image, qemu, qemu_run, run_to_end, vmm, Run, VMM};
 
 /// The greeter program's ELF, built once per test process with the guest's cargo set-up
 /// (the host build's flags removed, as images/build.rs does).
@@ -50,14 +50,7 @@ fn greeter_elf() -> &'static Path {
 
 /// Runs `fluke-vmm ARGS` to its end; returns (status, stdout, stderr).
 fn fluke_vmm(args: &[&str]) -> (i32, String, String) {
-    let child = Command::new(VMM)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fluke-vmm");
-    let (status, out, err) = wait_with_deadline(child, Duration::from_secs(60));
+    let (status, out, err) = run_to_end(Command::new(VMM).args(args), Duration::from_secs(60));
     (status.code().unwrap_or(-1), out, err)
 }
 
@@ -141,23 +134,12 @@ fn an_outside_programs_fault_names_its_function() {
 /// The README's command line: `qemu-system-x86_64 -kernel IMAGE -append "..." -nographic
 /// -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04`.
 fn qemu_as_in_the_readme(image: &Path, append: &str) -> Run {
-    let child = Command::new("qemu-system-x86_64")
-        .arg("-kernel")
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.arg("-kernel")
         .arg(image)
         .args(["-append", append, "-nographic", "-no-reboot"])
-        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu-system-x86_64 (scripts/setup.sh installs it)");
-    let (status, console, stderr) = wait_with_deadline(child, Duration::from_secs(240));
-    let code = status.code().unwrap_or(-1);
-    Run {
-        status: fluke_abi::status::from_qemu_exit_code(code).map_or(code, i32::from),
-        console,
-        stderr,
-    }
+        .args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+    qemu_run(&mut qemu)
 }
 
 #[test]

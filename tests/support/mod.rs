@@ -85,6 +85,26 @@ pub fn wait_with_deadline(
     )
 }
 
+/// Runs `cmd` (stdin closed, stdout and stderr captured) until it ends or `deadline`
+/// passes (then it is killed): its status, stdout and stderr.
+pub fn run_to_end(
+    cmd: &mut Command,
+    deadline: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "start {:?} (scripts/setup.sh installs QEMU): {e}",
+                cmd.get_program()
+            )
+        });
+    wait_with_deadline(child, deadline)
+}
+
 /// Boots `image` under fluke-vmm with `args` (e.g. `--cmdline ...`).
 pub fn vmm(image: &Path, args: &[&str]) -> Run {
     // Unless the test gives its own, a --timeout below the deadline: a hung guest ends
@@ -94,17 +114,9 @@ pub fn vmm(image: &Path, args: &[&str]) -> Run {
     } else {
         &["--timeout", "100"]
     };
-    let child = Command::new(VMM)
-        .arg("run")
-        .arg(image)
-        .args(args)
-        .args(timeout)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start fluke-vmm");
-    let (status, console, stderr) = wait_with_deadline(child, Duration::from_secs(120));
+    let mut cmd = Command::new(VMM);
+    cmd.arg("run").arg(image).args(args).args(timeout);
+    let (status, console, stderr) = run_to_end(&mut cmd, Duration::from_secs(120));
     Run {
         status: status.code().unwrap_or(-1),
         console,
@@ -114,34 +126,35 @@ pub fn vmm(image: &Path, args: &[&str]) -> Run {
 
 /// Boots `image` under QEMU without KVM, the kernel command line `cmdline` appended.
 pub fn qemu(image: &Path, cmdline: &str) -> Run {
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "tcg",
-            "-cpu",
-            "max",
-            "-m",
-            "128M",
-            "-nodefaults",
-            "-display",
-            "none",
-        ])
-        .args([
-            "-no-reboot",
-            "-serial",
-            "stdio",
-            "-device",
-            "isa-debug-exit,iobase=0xf4,iosize=0x04",
-        ])
-        .arg("-kernel")
-        .arg(image)
-        .args(["-append", cmdline])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start qemu-system-x86_64 (scripts/setup.sh installs it)");
-    let (status, console, stderr) = wait_with_deadline(child, Duration::from_secs(240));
+    let mut qemu = Command::new("qemu-system-x86_64");
+    qemu.args([
+        "-accel",
+        "tcg",
+        "-cpu",
+        "max",
+        "-m",
+        "128M",
+        "-nodefaults",
+        "-display",
+        "none",
+    ])
+    .args([
+        "-no-reboot",
+        "-serial",
+        "stdio",
+        "-device",
+        "isa-debug-exit,iobase=0xf4,iosize=0x04",
+    ])
+    .arg("-kernel")
+    .arg(image)
+    .args(["-append", cmdline]);
+    qemu_run(&mut qemu)
+}
+
+/// Runs a QEMU command to its end: its status mapped back from QEMU's
+/// `(status << 1) | 1` (the isa-debug-exit device's).
+pub fn qemu_run(qemu: &mut Command) -> Run {
+    let (status, console, stderr) = run_to_end(qemu, Duration::from_secs(240));
     let code = status.code().unwrap_or(-1);
     let status = fluke_abi::status::from_qemu_exit_code(code).map_or(code, i32::from);
     Run {

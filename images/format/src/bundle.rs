@@ -686,14 +686,6 @@ impl<'a> Bundle<'a> {
             })?;
             check_in_bounds(Region::Name(index), e.name_offset, e.name_size, total)?;
             check_in_bounds(Region::Data(index), e.data_offset, e.data_size, total)?;
-        }
-        for index in 0..count {
-            let e = read_entry(data, table, index).ok_or(BundleError::OutOfBounds {
-                region: Region::Table,
-                offset: table_offset,
-                size: table_size,
-                total,
-            })?;
             if !e.data_offset.is_multiple_of(DATA_ALIGN) {
                 return Err(BundleError::UnalignedData {
                     index,
