@@ -173,46 +173,64 @@ fn stack_fault(k: &mut Kernel) -> Next {
 
 /// Every entry from user mode starts here: a thread that comes back with a non-canonical
 /// stack pointer ran emulated since its last return (on kvm_pvm; [`stack_unusable`]), and
-/// that stretch is charged to it ([`fluke_kcore::stall`]), whatever the entry then does
-/// (the push through such an RSP raises its own #SS, an event like any other). So a keeper
-/// that repairs RSP and resumes the thread does not buy it the machine.
+/// that stretch is charged to its process ([`fluke_kcore::stall`]), whatever the entry then
+/// does (the push through such an RSP raises its own #SS, an event like any other). So a
+/// keeper that repairs RSP and resumes the thread, or a pool of threads taking turns, does
+/// not buy the program the machine.
 pub fn charge_emulated_stretch(k: &mut Kernel) {
     if !stack_unusable(k) {
         return;
     }
+    let Some(tid) = sched::current(k) else {
+        return;
+    };
     let now = crate::time::now_ns();
-    k.stamp_user_returns = true;
-    if let Some(t) = sched::current(k).and_then(|tid| k.threads.get_mut(tid)) {
-        t.stall.charge_stretch(now);
+    let Some(t) = k.threads.get_mut(tid) else {
+        return;
+    };
+    let (pid, stretch) = (t.process, t.stretch.take_stretch(now));
+    k.mark_offender(pid);
+    if let (Some(stretch), Some(p)) = (stretch, k.processes.get_mut(pid)) {
+        p.hold.charge(now, stretch);
     }
 }
 
-/// The current thread is about to return to user mode: if it still owes for a stretch of
-/// emulated user code ([`charge_emulated_stretch`]) it sleeps until its hold ends instead (true: the
-/// scheduler chooses); otherwise the return is time-stamped, once stamping is on. Reads the
-/// clock only then, so the common return costs two loads.
-fn held_or_stamped(k: &mut Kernel) -> bool {
-    let stamp = k.stamp_user_returns;
+/// What the current thread may do at a return to user mode.
+enum Return {
+    /// Go back to user mode.
+    Go,
+    /// Its stack pointer is non-canonical ([`stack_unusable`]): it takes a stack fault.
+    BadStack,
+    /// Its process still owes for a stretch of emulated user code
+    /// ([`charge_emulated_stretch`]): it sleeps until then.
+    Held(ThreadId, u64),
+}
+
+/// One look at the current thread before it returns to user mode. Only a thread whose
+/// process offended reads the clock (and gets its return time-stamped); for any other the
+/// check is the canonical-RSP test on its registers.
+fn return_check(k: &mut Kernel) -> Return {
     let Some(tid) = sched::current(k) else {
-        return false;
+        return Return::Go;
     };
     let Some(t) = k.threads.get_mut(tid) else {
-        return false;
+        return Return::Go;
     };
-    if !stamp && !t.stall.may_be_held() {
-        return false;
+    if !user_regs::canonical(t.regs.rsp) {
+        return Return::BadStack;
     }
+    if !t.stamped {
+        return Return::Go;
+    }
+    let pid = t.process;
     let now = crate::time::now_ns();
-    match t.stall.held_at(now) {
-        Some(until) => {
-            sched::block(k, tid, ThreadState::Sleeping(until));
-            true
-        }
-        None => {
-            t.stall.resumed(now);
-            false
-        }
+    if let Some(until) = k.processes.get_mut(pid).and_then(|p| p.hold.held_at(now)) {
+        return Return::Held(tid, until);
     }
+    if let Some(t) = k.threads.get_mut(tid) {
+        t.stretch.resumed(now);
+    }
+    Return::Go
 }
 
 /// A kernel call made with a non-canonical stack pointer is not made: the thread takes the
@@ -229,24 +247,27 @@ pub fn call_with_unusable_stack(k: &mut Kernel) -> Leave {
 
 /// How every kernel entry from user mode ends: as it decided, unless that returns to user
 /// mode in a thread whose stack pointer is non-canonical (that thread takes the stack fault
-/// instead) or that is held for a stretch it ran so ([`held_or_stamped`]); then the scheduler
-/// chooses.
+/// instead) or whose process is held for a stretch it ran so ([`return_check`]); then the
+/// scheduler chooses.
 pub fn checked_leave(k: &mut Kernel, leave: Leave) -> Leave {
     if !matches!(leave, Leave::User(_)) {
         return leave;
     }
-    if stack_unusable(k) {
-        let next = stack_fault(k);
-        return match sched::leave(k, next) {
-            // The faulting thread does not run again now, whatever `next` said.
-            Leave::User(_) => Leave::Scheduler,
-            other => other,
-        };
+    match return_check(k) {
+        Return::Go => leave,
+        Return::BadStack => {
+            let next = stack_fault(k);
+            match sched::leave(k, next) {
+                // The faulting thread does not run again now, whatever `next` said.
+                Leave::User(_) => Leave::Scheduler,
+                other => other,
+            }
+        }
+        Return::Held(tid, until) => {
+            sched::block(k, tid, ThreadState::Sleeping(until));
+            Leave::Scheduler
+        }
     }
-    if held_or_stamped(k) {
-        return Leave::Scheduler;
-    }
-    leave
 }
 
 /// The scheduler's pick, with the same rules: a thread about to return to user mode with a
@@ -256,16 +277,16 @@ pub fn checked_leave(k: &mut Kernel, leave: Leave) -> Leave {
 pub fn pick(k: &mut Kernel) -> Option<u64> {
     loop {
         let slot = sched::pick(k)?;
-        if stack_unusable(k) {
-            let next = stack_fault(k);
-            // A hand-off to the keeper makes it current; nothing returns to user mode here.
-            let _ = sched::leave(k, next);
-            // Reclaim a killed thread (we are on the idle stack, not on its kernel stack).
-            sched::enter_scheduler(k);
-            continue;
-        }
-        if !held_or_stamped(k) {
-            return Some(slot);
+        match return_check(k) {
+            Return::Go => return Some(slot),
+            Return::BadStack => {
+                let next = stack_fault(k);
+                // A hand-off to the keeper makes it current; nothing returns to user mode.
+                let _ = sched::leave(k, next);
+                // Reclaim a killed thread (we are on the idle stack, not on its kernel stack).
+                sched::enter_scheduler(k);
+            }
+            Return::Held(tid, until) => sched::block(k, tid, ThreadState::Sleeping(until)),
         }
     }
 }

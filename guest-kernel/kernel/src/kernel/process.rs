@@ -22,6 +22,11 @@ pub struct Process {
     pub threads: Vec<ThreadId>,
     pub children: Vec<Pid>,
     pub state: ProcessState,
+    /// Whether a thread of it ran user code with a non-canonical stack pointer, or it was
+    /// created by such a process: its threads' returns to user mode are time-stamped.
+    pub offender: bool,
+    /// Until when none of its threads returns to user mode (`fluke_kcore::stall`).
+    pub hold: fluke_kcore::stall::Hold,
 }
 
 /// A short copy of the program name for reports.

@@ -42,10 +42,6 @@ pub struct Kernel {
     /// A page the current kernel call needs that only a keeper can provide (set when a copy
     /// to or from user memory meets one, taken by the dispatcher).
     pub keeper_fault: Option<KeeperFault>,
-    /// Whether returns to user mode are time-stamped: from the first stack fault for a
-    /// non-canonical stack pointer on (`dispatch/fault.rs`), so a stretch of emulated user
-    /// code can be charged to its thread.
-    pub stamp_user_returns: bool,
     /// Counters for the boot report and tests.
     pub stats: Stats,
 }
@@ -82,7 +78,6 @@ static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
     dead: alloc::vec::Vec::new(),
     init: None,
     keeper_fault: None,
-    stamp_user_returns: false,
     stats: Stats {
         timer_irqs: 0,
         preemptions: 0,
@@ -143,5 +138,23 @@ impl Kernel {
     /// A thread's saved user registers.
     pub fn regs(&mut self, tid: ThreadId) -> Option<&mut crate::arch::user::UserRegs> {
         self.threads.get_mut(tid).map(|t| &mut *t.regs)
+    }
+
+    /// Process `pid` ran user code with a non-canonical stack pointer (or takes on such a
+    /// child's debt): from now on its threads' returns to user mode are time-stamped, and
+    /// those of the processes it creates (`fluke_kcore::stall`).
+    pub fn mark_offender(&mut self, pid: Pid) {
+        let Some(p) = self.processes.get_mut(pid) else {
+            return;
+        };
+        if p.offender {
+            return;
+        }
+        p.offender = true;
+        for &tid in &p.threads {
+            if let Some(t) = self.threads.get_mut(tid) {
+                t.stamped = true;
+            }
+        }
     }
 }

@@ -129,9 +129,11 @@ pub struct Thread {
     /// Whether the entry code's bare floor call is open to this thread: set for good by a
     /// `bench` call that presents the benchmark capability.
     pub floor_calls: bool,
-    /// What it owes for running user code with a non-canonical stack pointer
-    /// (`dispatch/fault.rs`).
-    pub stall: fluke_kcore::stall::StallAccount,
+    /// Whether its returns to user mode are time-stamped (its process has run user code
+    /// with a non-canonical stack pointer, or was created by one that had: `dispatch/fault.rs`).
+    pub stamped: bool,
+    /// When its current stretch in user mode began (kept while `stamped`).
+    pub stretch: fluke_kcore::stall::StretchClock,
 }
 
 impl Thread {

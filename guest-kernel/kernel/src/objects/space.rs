@@ -114,6 +114,10 @@ fn insert_process(
     parent: Option<Pid>,
     space: Space,
 ) -> Result<Pid, Error> {
+    // An offender's children are watched from their start (`dispatch/fault.rs`).
+    let offender = parent
+        .and_then(|pp| k.processes.get(pp))
+        .is_some_and(|p| p.offender);
     let pid = k
         .processes
         .insert(Process {
@@ -123,6 +127,8 @@ fn insert_process(
             threads: Vec::new(),
             children: Vec::new(),
             state: ProcessState::Alive,
+            offender,
+            hold: Default::default(),
         })
         .ok_or(Error::Exhausted)?;
     if let Some(p) = parent.and_then(|pp| k.processes.get_mut(pp)) {
@@ -383,6 +389,15 @@ fn exit_one(k: &mut Kernel, pid: Pid, status: i32) {
         let quota = p.space.as_ref().map(|s| s.budget.quota()).unwrap_or(0);
         drop(p.space.take());
         repay_parent(k, parent, quota);
+    }
+    // A hold it still owes for emulated stretches passes to its parent, which is watched
+    // from now on: a parent that starts a new offender each time pays for each one.
+    let hold = k.processes.get(pid).filter(|p| p.offender).map(|p| p.hold);
+    if let (Some(hold), Some(pp)) = (hold, parent) {
+        k.mark_offender(pp);
+        if let Some(p) = k.processes.get_mut(pp) {
+            p.hold.inherit(hold);
+        }
     }
     match parent {
         Some(pp) => wake_waiters(k, pp),

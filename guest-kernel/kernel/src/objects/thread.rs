@@ -44,6 +44,7 @@ pub fn new_thread(
     state: ThreadState,
 ) -> Result<ThreadId, Error> {
     let kstack = KernelStack::new().ok_or(Error::NoMemory)?;
+    let stamped = k.processes.get(pid).is_some_and(|p| p.offender);
     let tid = k
         .threads
         .insert(Thread {
@@ -56,7 +57,8 @@ pub fn new_thread(
             pending_fault: None,
             fpu: crate::arch::fpu::FpuArea::clean(),
             floor_calls: false,
-            stall: Default::default(),
+            stamped,
+            stretch: Default::default(),
         })
         .ok_or(Error::Exhausted)?;
     if let Some(p) = k.processes.get_mut(pid) {

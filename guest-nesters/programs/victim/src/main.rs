@@ -378,7 +378,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 };
             }
             "rsp-spin" | "rsp-syscall" | "rsp-rep" | "rsp-rep-keeper" | "rsp-rep-fixkeeper"
-            | "rsp-rep-self" => {
+            | "rsp-rep-self" | "rsp-rep-pool" | "rsp-respawn" => {
                 // `CASE RSP [N [MIB]]` (hole 7 of issue 13): a loop run with RSP = RSP
                 // (hex; 0: the real stack), the stack pointer restored after each
                 // iteration: N user-mode iterations (`rsp-spin`) or N null kernel calls
@@ -388,7 +388,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 // repairs RSP and puts it back before the load of the bad one
                 // (`rsp-rep-fixkeeper`: each round trip one more stretch of emulated code);
                 // or putting the good RSP back itself after each fill (`rsp-rep-self`: no
-                // stack access through the bad one).
+                // stack access through the bad one); or 32 such looping threads taking turns
+                // under one repairing keeper (`rsp-rep-pool`); or a parent starting a new
+                // `rsp-rep` child each time the last one is killed (`rsp-respawn`).
                 let n: u64 = args
                     .get(2)
                     .and_then(|n| n.parse().ok())
@@ -400,6 +402,12 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                     "rsp-rep" => rsp_rep(addr, mib, None),
                     "rsp-rep-keeper" => rsp_rep(addr, mib, Some(Repair::No)),
                     "rsp-rep-self" => rsp_rep_self(addr, mib),
+                    "rsp-rep-pool" => rsp_rep_pool(addr, mib),
+                    "rsp-respawn" => loop {
+                        let rsp = args.get(1).unwrap_or("0");
+                        let _ =
+                            sys::spawn("victim", &["rsp-rep", rsp, "1", "16"]).and_then(sys::wait);
+                    },
                     _ => rsp_rep(addr, mib, Some(Repair::Rsp)),
                 };
             }
@@ -578,6 +586,71 @@ fn rsp_rep_self(rsp: u64, mib: u64) -> i32 {
     let regs = [rsp, len, REP_BUF];
     // SAFETY: the loop only writes the buffer and never returns; it touches no stack.
     unsafe { victim_rep_self_loop(regs.as_ptr() as u64) }
+}
+
+/// Threads in [`rsp_rep_pool`].
+const POOL_THREADS: usize = 32;
+
+/// [`POOL_THREADS`] threads looping as `rsp-rep-fixkeeper`'s one does, each kept by this
+/// thread, which repairs RSP at every fault: the threads take turns, so a charge per thread
+/// would let the program have the machine (review of H7-1).
+fn rsp_rep_pool(rsp: u64, mib: u64) -> i32 {
+    use fluke_abi::syscall::ipc::NO_CAP;
+    const STACKS: u64 = 0x3_0000_0000;
+    const STACK_LEN: u64 = 4 * 4096;
+    let len = mib << 20;
+    let n = POOL_THREADS as u64;
+    if sys::map_anon(REP_BUF, len).is_err() || sys::map_anon(STACKS, n * STACK_LEN).is_err() {
+        return 2;
+    }
+    // SAFETY: our own memory, just mapped; every page present before the loop.
+    unsafe { core::ptr::write_bytes(REP_BUF as *mut u8, 1, len as usize) };
+    let regs = [rsp, len, REP_BUF];
+    let Ok(set) = sys::port_set_create() else {
+        return 2;
+    };
+    let entry: extern "C" fn(u64) -> ! = victim_rep_loop_entry;
+    let mut workers = [NO_CAP; POOL_THREADS];
+    for (i, w) in workers.iter_mut().enumerate() {
+        let top = STACKS + (i as u64 + 1) * STACK_LEN;
+        let started = sys::port_create(set, i as u64)
+            .and_then(|port| {
+                Ok((
+                    port,
+                    fluke_rt::thread::start(entry, regs.as_ptr() as u64, top)?,
+                ))
+            })
+            .and_then(|(port, t)| sys::thread_set_keeper(t, port).map(|_| t));
+        match started {
+            Ok(t) => *w = t,
+            Err(e) => {
+                println!("victim: rsp-rep-pool: {e:?}");
+                return 2;
+            }
+        }
+    }
+    println!("victim: rsp-rep-pool: {POOL_THREADS} threads");
+    let start = victim_rep_loop as usize as u64;
+    let mut msg = sys::ipc_wait(set);
+    loop {
+        let badge = msg.map(|m| m.badge as usize).unwrap_or(usize::MAX);
+        if let Some(&w) = workers.get(badge) {
+            let top = STACKS + (badge as u64 + 1) * STACK_LEN;
+            let _ = sys::thread_stop(w)
+                .and_then(|_| sys::thread_get_state(w))
+                .and_then(|r| {
+                    let back = ThreadRegs {
+                        rip: start,
+                        rdi: regs.as_ptr() as u64,
+                        rsp: top - 8,
+                        ..r
+                    };
+                    sys::thread_set_state(w, &back)
+                })
+                .and_then(|_| sys::thread_resume(w));
+        }
+        msg = sys::ipc_reply_wait(set, [0; 4], NO_CAP);
+    }
 }
 
 /// The keeper of the looping thread: answers every fault as `repair` says.
