@@ -1657,18 +1657,21 @@ mod tests {
             assert!(Bundle::parse(&good[..len]).is_err(), "prefix {len}");
         }
         let mut rng = XorShift::new(0x5eed_b0d1e);
-        let mut ok = 0;
+        let (mut ok, mut resealed, mut verified) = (0, 0, 0);
         for _ in 0..5000 {
             let mut m = mutate(&mut rng, &good);
-            if rng.below(2) == 0 && m.len() >= 64 {
-                // Keep the checksum valid half the time so the deeper checks get exercised.
+            let reseal_this = rng.below(2) == 0 && m.len() >= 64;
+            if reseal_this {
+                // Keep the checksums valid half the time so the deeper checks (and the
+                // programs' own) get exercised.
                 let total =
                     (u64::from_le_bytes(m[16..24].try_into().unwrap()) as usize).clamp(64, m.len());
-                let sum = checksum(&m[64..total]);
-                patch_u64(&mut m, 24, sum);
+                reseal(&mut m[..total]);
             }
             if let Ok(b) = Bundle::parse(&m) {
                 ok += 1;
+                resealed += usize::from(reseal_this);
+                verified += usize::from(b.verify_programs().is_ok());
                 // Whatever parses must be internally consistent.
                 for p in b.programs() {
                     assert_eq!(p.offset % DATA_ALIGN, 0);
@@ -1679,8 +1682,8 @@ mod tests {
             }
         }
         assert!(
-            ok > 0,
-            "no mutant parsed; the mutator is too destructive to test anything"
+            ok > 0 && resealed > 0 && verified > 0,
+            "{ok} mutants parsed ({resealed} resealed, {verified} with whole programs): the mutator is too destructive to test anything"
         );
     }
 
