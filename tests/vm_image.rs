@@ -253,6 +253,15 @@ fn fault_reports_name_the_function_and_line() {
         "{}",
         run.stderr
     );
+    // A program that prints a report of its own: the VMM names nothing (on the paravirtual
+    // console, fluke-vmm's default, a program's output is marked as its own).
+    let run = vmm(
+        &default_image(),
+        &["--cmdline", "fluke.init=victim,fake-report"],
+    );
+    assert_eq!(run.status, 0, "{run:?}");
+    run.assert_console("fluke: KERNEL FAULT: page fault (#PF) in kernel mode");
+    assert!(!run.stderr.contains("kernel fault at"), "{}", run.stderr);
     // A kernel fault: the kernel's own self-test.
     let run = vmm(&default_image(), &["--cmdline", "fluke.test=kernel-fault"]);
     assert_eq!(

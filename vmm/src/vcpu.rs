@@ -258,7 +258,7 @@ impl<'a> VcpuRunner<'a> {
                     if port == fluke_abi::ports::CONSOLE_PV {
                         let record = &mut self.console_record;
                         match pv_console::read_record(self.memory, &self.io_data, record) {
-                            Ok(()) => self.devices.serial.write_console(record),
+                            Ok(source) => self.devices.serial.write_console(record, source),
                             Err(reason) => return self.crash(reason),
                         }
                         continue;

@@ -37,8 +37,14 @@ pub const CONSOLE_PV: u16 = 0x442;
 
 /// The record the guest hands to [`CONSOLE_PV`].
 pub mod pv_console {
-    /// `len: u32` little-endian, then 4 reserved bytes, then `len` bytes of output.
+    /// `len: u32` little-endian, then `source: u32` ([`FROM_KERNEL`] or [`FROM_PROGRAM`]),
+    /// then `len` bytes of output.
     pub const HEADER: usize = 8;
+    /// The kernel's own output (its reports among it).
+    pub const FROM_KERNEL: u32 = 0;
+    /// What a program wrote with `console_write`: fluke-vmm never reads a fault report
+    /// out of it, so a program cannot make the VMM vouch for a report it printed itself.
+    pub const FROM_PROGRAM: u32 = 1;
     /// The most bytes one record carries (a record fits a 4 KiB page).
     pub const MAX_LEN: usize = 4096 - HEADER;
 }

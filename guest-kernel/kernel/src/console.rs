@@ -18,9 +18,8 @@ use fluke_abi::ports::{pv_console, COM1, CONSOLE_PV};
 #[repr(C, align(4096))]
 struct Record {
     len: u32,
-    /// Zero; read by the VMM only.
-    #[allow(dead_code)]
-    reserved: u32,
+    /// Whose bytes these are (`pv_console::FROM_KERNEL` or `FROM_PROGRAM`).
+    source: u32,
     bytes: [u8; pv_console::MAX_LEN],
 }
 
@@ -43,7 +42,7 @@ static PV: PvConsole = PvConsole {
     busy: AtomicBool::new(false),
     record: UnsafeCell::new(Record {
         len: 0,
-        reserved: 0,
+        source: pv_console::FROM_KERNEL,
         bytes: [0; pv_console::MAX_LEN],
     }),
 };
@@ -66,13 +65,14 @@ struct Held<'a> {
 }
 
 impl Held<'_> {
-    fn take() -> Option<Held<'static>> {
+    fn take(source: u32) -> Option<Held<'static>> {
         if !PV.on.load(Ordering::Relaxed) || PV.busy.swap(true, Ordering::Acquire) {
             return None;
         }
         // SAFETY: `busy` was false and is ours until this `Held` drops: the only reference.
         let record = unsafe { &mut *PV.record.get() };
         record.len = 0;
+        record.source = source;
         Some(Held { record })
     }
 
@@ -137,8 +137,9 @@ fn uart_bytes(bytes: &[u8]) {
 pub struct Writer(Option<Held<'static>>);
 
 impl Writer {
+    /// A program's `console_write`.
     pub fn begin() -> Writer {
-        Writer(Held::take())
+        Writer(Held::take(pv_console::FROM_PROGRAM))
     }
 
     pub fn write(&mut self, bytes: &[u8]) {
@@ -151,7 +152,7 @@ impl Writer {
 
 #[doc(hidden)]
 pub fn _print(args: fmt::Arguments) {
-    match Held::take() {
+    match Held::take(pv_console::FROM_KERNEL) {
         Some(mut held) => {
             let _ = fmt::Write::write_fmt(&mut held, args);
         }

@@ -5,15 +5,23 @@
 //! run loop checks every OUT), so a malformed record is a kernel bug and ends the run with
 //! its reason.
 
-use fluke_abi::ports::pv_console::{HEADER, MAX_LEN};
+use fluke_abi::ports::pv_console::{FROM_KERNEL, HEADER, MAX_LEN};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Reads the record at `gpa` (the OUT's value) into `out` (cleared first).
+/// Whose bytes a record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Kernel,
+    /// A program's `console_write` (or a source this VMM does not know).
+    Program,
+}
+
+/// Reads the record at `gpa` (the OUT's value) into `out` (cleared first); whose it is.
 pub fn read_record(
     memory: &GuestMemoryMmap,
     value: &[u8],
     out: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<Source, String> {
     let gpa = match value {
         [a, b, c, d] => u64::from(u32::from_le_bytes([*a, *b, *c, *d])),
         _ => {
@@ -31,6 +39,10 @@ pub fn read_record(
         .read_slice(&mut header, GuestAddress(gpa))
         .map_err(|_| format!("console record at {gpa:#x} is outside guest memory"))?;
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    let source = match u32::from_le_bytes([header[4], header[5], header[6], header[7]]) {
+        FROM_KERNEL => Source::Kernel,
+        _ => Source::Program,
+    };
     if len > MAX_LEN {
         return Err(format!(
             "console record at {gpa:#x} claims {len} bytes (at most {MAX_LEN})"
@@ -40,7 +52,10 @@ pub fn read_record(
     out.resize(len, 0);
     memory
         .read_slice(out, GuestAddress(gpa + HEADER as u64))
-        .map_err(|_| format!("console record at {gpa:#x} of {len} bytes ends outside guest memory"))
+        .map_err(|_| {
+            format!("console record at {gpa:#x} of {len} bytes ends outside guest memory")
+        })?;
+    Ok(source)
 }
 
 #[cfg(test)]
@@ -53,6 +68,8 @@ mod tests {
 
     fn put(m: &GuestMemoryMmap, at: u64, len: u32, bytes: &[u8]) {
         m.write_slice(&len.to_le_bytes(), GuestAddress(at)).unwrap();
+        m.write_slice(&FROM_KERNEL.to_le_bytes(), GuestAddress(at + 4))
+            .unwrap();
         m.write_slice(bytes, GuestAddress(at + HEADER as u64))
             .unwrap();
     }
@@ -62,8 +79,13 @@ mod tests {
         let m = memory();
         put(&m, 0x1000, 6, b"hello\n");
         let mut out = vec![1, 2, 3];
-        read_record(&m, &0x1000u32.to_le_bytes(), &mut out).unwrap();
-        assert_eq!(out, b"hello\n");
+        let source = read_record(&m, &0x1000u32.to_le_bytes(), &mut out).unwrap();
+        assert_eq!((out.as_slice(), source), (&b"hello\n"[..], Source::Kernel));
+        let program = fluke_abi::ports::pv_console::FROM_PROGRAM;
+        m.write_slice(&program.to_le_bytes(), GuestAddress(0x1004))
+            .unwrap();
+        let source = read_record(&m, &0x1000u32.to_le_bytes(), &mut out).unwrap();
+        assert_eq!(source, Source::Program);
         put(&m, 0x2000, 0, b"");
         read_record(&m, &0x2000u32.to_le_bytes(), &mut out).unwrap();
         assert!(out.is_empty());

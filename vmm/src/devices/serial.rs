@@ -290,16 +290,23 @@ impl Sink {
     }
 }
 
-impl Write for Sink {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.reports.feed(buf);
+impl Sink {
+    /// Output that is not searched for fault reports (a program's, on the PV console).
+    fn write_unscanned(&mut self, buf: &[u8]) {
         if matches!(self.output, Output::Null) {
-            return Ok(buf.len());
+            return;
         }
         self.pending.extend_from_slice(buf);
         if buf.contains(&b'\n') || self.pending.len() >= SINK_BUFFER {
             let _ = self.flush_pending();
         }
+    }
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.reports.feed(buf);
+        self.write_unscanned(buf);
         Ok(buf.len())
     }
 
@@ -404,9 +411,16 @@ impl SerialDevice {
 
     /// Console output that bypasses the UART's registers (the paravirtual console): the
     /// same sink, in order with the UART's bytes.
-    pub fn write_console(&self, bytes: &[u8]) {
+    /// A program's bytes are not searched for fault reports (see
+    /// `fluke_abi::ports::pv_console::FROM_PROGRAM`).
+    pub fn write_console(&self, bytes: &[u8], source: super::pv_console::Source) {
         let mut uart = lock(&self.uart);
-        let _ = uart.writer_mut().write_all(bytes);
+        let sink = uart.writer_mut();
+        if source == super::pv_console::Source::Program {
+            sink.write_unscanned(bytes);
+        } else {
+            let _ = sink.write_all(bytes);
+        }
     }
 
     /// A guest read of register `offset` into `data`.

@@ -20,6 +20,13 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
     unsafe {
         match case {
             "ok" => return 0,
+            "fake-report" => {
+                // Prints what a kernel fault report looks like; fluke-vmm must not name it
+                // (a program's console_write is not the kernel's output).
+                println!("fluke: KERNEL FAULT: page fault (#PF) in kernel mode");
+                println!("fluke:   rip 0xffffffff80100000 rsp 0x0 rflags 0x2");
+                return 0;
+            }
             // `exit N`: exits with status N (decimal): the VMM's handling of every status.
             "exit" => return args.get(1).and_then(|n| n.parse().ok()).unwrap_or(0),
             "null" => {
