@@ -37,7 +37,7 @@ impl MmioDevice {
         impl core::fmt::Display for W<'_> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 let d = self.0;
-                if d.size % 1024 == 0 {
+                if d.size.is_multiple_of(1024) {
                     write!(
                         f,
                         "{VIRTIO_MMIO_KEY}={}K@{:#x}:{}",
