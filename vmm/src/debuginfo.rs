@@ -193,18 +193,46 @@ pub struct DebugInfo {
 pub enum ImageBytes {
     /// The image built into this binary.
     Builtin(&'static [u8]),
-    /// An image file, read again (a file changed since the boot no longer matches its debug
-    /// information, and says so).
-    File(PathBuf),
+    /// An image file, read again if it is still the file that was booted (the same inode,
+    /// size and modification time): one rebuilt meanwhile, with its debug directory, would
+    /// name functions of another build.
+    File(PathBuf, Option<FileStamp>),
+}
+
+/// What identifies a file's contents well enough to notice it was replaced or rewritten.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FileStamp {
+    dev: u64,
+    ino: u64,
+    len: u64,
+    mtime_ns: i128,
+}
+
+impl FileStamp {
+    pub fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime_ns: i128::from(m.mtime()) * 1_000_000_000 + i128::from(m.mtime_nsec()),
+        })
+    }
 }
 
 impl ImageBytes {
     fn get(&self) -> Result<std::borrow::Cow<'static, [u8]>, String> {
         match self {
             ImageBytes::Builtin(bytes) => Ok(std::borrow::Cow::Borrowed(bytes)),
-            ImageBytes::File(path) => crate::run::read_image(Some(path))
-                .map(|(bytes, _)| bytes)
-                .map_err(|e| format!("the image: {e}")),
+            ImageBytes::File(path, booted) => {
+                if booted.is_none() || FileStamp::of(path) != *booted {
+                    return Err(format!("{} changed since the boot", path.display()));
+                }
+                crate::run::read_image(Some(path))
+                    .map(|(bytes, _)| bytes)
+                    .map_err(|e| format!("the image: {e}"))
+            }
         }
     }
 }
@@ -458,6 +486,19 @@ mod tests {
         }
         let (reports, dropped) = s.take();
         assert_eq!((reports.len(), dropped), (MAX_REPORTS, 5));
+    }
+
+    #[test]
+    fn an_image_file_rewritten_since_the_boot_is_not_read_again() {
+        let path = std::env::temp_dir().join(format!("fluke-stamp-{}.img", std::process::id()));
+        std::fs::write(&path, fluke_images::default_image()).unwrap();
+        let image = ImageBytes::File(path.clone(), FileStamp::of(&path));
+        assert_eq!(image.get().unwrap().len(), fluke_images::default_image().len());
+        // Rewritten (a rebuild): another size, or the same size with a new time.
+        std::fs::write(&path, b"another build").unwrap();
+        assert!(image.get().unwrap_err().contains("changed since the boot"));
+        let _ = std::fs::remove_file(&path);
+        assert!(ImageBytes::File(path, None).get().is_err());
     }
 
     #[test]

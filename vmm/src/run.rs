@@ -116,6 +116,11 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     let mem_bytes = vm::memory_bytes(args.memory)?;
     let (timeout, serial_spec) = Common::check(&args.vm)?;
     let (bytes, what) = read_image(args.image.as_deref())?;
+    // What the file was when read: fault reports name functions only from the same file.
+    let stamp = args
+        .image
+        .as_deref()
+        .and_then(crate::debuginfo::FileStamp::of);
     let layout = boot::validate(&bytes, &what)?;
     boot::check_memory_fit(layout.phys_end, mem_bytes)?;
     if let Some(got) = args.memory_resident {
@@ -145,7 +150,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
     let image = match (&bytes, &args.image) {
         (Cow::Borrowed(builtin), _) => crate::debuginfo::ImageBytes::Builtin(builtin),
-        (Cow::Owned(_), Some(path)) => crate::debuginfo::ImageBytes::File(path.clone()),
+        (Cow::Owned(_), Some(path)) => crate::debuginfo::ImageBytes::File(path.clone(), stamp),
         (Cow::Owned(_), None) => crate::debuginfo::ImageBytes::Builtin(b""),
     };
     // The guest has its copy: ours would only weigh on the VMM's resident memory.
