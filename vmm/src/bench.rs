@@ -365,25 +365,35 @@ pub fn all_benchmarks() -> Vec<Benchmark> {
 /// The Fluke-style table: each workload bare and under each stack, the slowdown and the
 /// cost per layer (the slowdown's geometric mean over the stack's layers).
 pub fn nest_table(records: &[Record]) -> String {
-    let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
+    let find = |n: &str| records.iter().find(|r| r.name == n);
     let mut s = String::new();
     let mut any = false;
     for &(workload, _) in NEST_WORKLOADS {
-        let Some(bare) = value(&format!("nest.{workload}.bare")).filter(|&b| b > 0.0) else {
+        let Some(bare_record) = find(&format!("nest.{workload}.bare")).filter(|b| b.value > 0.0)
+        else {
             continue;
         };
+        let bare = bare_record.value;
         if !any {
             let _ = writeln!(
                 s,
-                "\n| workload | stack | time (ms) | slowdown | per layer |"
+                "\n| workload | stack | time (ms) | slowdown | 95% interval | per layer |"
             );
-            let _ = writeln!(s, "|---|---|---|---|---|");
+            let _ = writeln!(s, "|---|---|---|---|---|---|");
             any = true;
         }
         for NestStack { label, depth, .. } in nest_stacks() {
-            let Some(v) = value(&format!("nest.{workload}.{label}")) else {
+            let Some(record) = find(&format!("nest.{workload}.{label}")) else {
                 continue;
             };
+            let v = record.value;
+            let interval = if depth == 0 {
+                String::new()
+            } else {
+                interval_text(record, bare_record, 1.0)
+            };
+            let interval = interval.trim_start();
+            let interval = if interval.is_empty() { "-" } else { interval };
             let slowdown = v / bare;
             let per_layer = if depth == 0 {
                 "-".to_string()
@@ -392,17 +402,19 @@ pub fn nest_table(records: &[Record]) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {workload} | {label} | {:.2} | {slowdown:.3}x | {per_layer} |",
+                "| {workload} | {label} | {:.2} | {slowdown:.3}x | {interval} | {per_layer} |",
                 v / 1e6
             );
         }
         // The VMM model's counterpart, where there is one (no nester: the VMM pages).
-        if let Some(v) = value(&format!("nest.{workload}.vmm-paged")) {
+        if let Some(record) = find(&format!("nest.{workload}.vmm-paged")) {
+            let interval = interval_text(record, bare_record, 1.0);
             let _ = writeln!(
                 s,
-                "| {workload} | vmm-paged (VMM model) | {:.2} | {:.3}x | - |",
-                v / 1e6,
-                v / bare
+                "| {workload} | vmm-paged (VMM model) | {:.2} | {:.3}x | {} | - |",
+                record.value / 1e6,
+                record.value / bare,
+                interval.trim_start()
             );
         }
     }
@@ -598,23 +610,17 @@ fn host_record(
     platform: &str,
 ) -> Record {
     let samples: Vec<f64> = (0..n).map(|_| f()).collect();
-    Record {
-        name: name.to_string(),
-        model,
-        platform: platform.to_string(),
-        value: median(&samples).unwrap_or(0.0),
-        unit: unit.to_string(),
-        samples,
-    }
+    Record::of(name, model, platform, unit, samples)
 }
 
 /// The ratio lines for the records present.
 pub fn ratios(records: &[Record]) -> Vec<String> {
-    let value = |n: &str| records.iter().find(|r| r.name == n).map(|r| r.value);
+    let find = |n: &str| records.iter().find(|r| r.name == n);
     RATIOS
         .iter()
         .filter_map(|r| {
-            let (a, b) = (value(r.numerator)?, value(r.denominator)? * r.factor);
+            let (num, den_record) = (find(r.numerator)?, find(r.denominator)?);
+            let (a, b) = (num.value, den_record.value * r.factor);
             let den = if r.factor == 1.0 {
                 r.denominator.to_string()
             } else {
@@ -622,15 +628,35 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
             };
             (b > 0.0).then(|| {
                 format!(
-                    "{}: {} / {den} = {:.2}x (target {:.2}x)",
+                    "{}: {} / {den} = {:.2}x{} (target {:.2}x)",
                     r.what,
                     r.numerator,
                     a / b,
+                    interval_text(num, den_record, r.factor),
                     r.target
                 )
             })
         })
         .collect()
+}
+
+/// ` [low, high]` of `a / (factor * b)` (the rounds' own ratios when both ran in the same
+/// interleaved rounds), with `, within noise` when the interval includes 1.
+fn interval_text(a: &Record, b: &Record, factor: f64) -> String {
+    let scaled: Vec<f64> = b.samples.iter().map(|x| x * factor).collect();
+    match crate::bootstrap::ratio_interval(&a.samples, &scaled) {
+        Some(i) => format!(
+            " [{:.2}, {:.2}]{}",
+            i.low,
+            i.high,
+            if i.includes_one() {
+                ", within noise"
+            } else {
+                ""
+            }
+        ),
+        None => String::new(),
+    }
 }
 
 /// A benchmark's result: the JSON record `--json` writes (one per benchmark, in an array).
@@ -644,9 +670,25 @@ pub struct Record {
     pub value: f64,
     pub unit: String,
     pub samples: Vec<f64>,
+    /// The bootstrap 95% confidence interval of the median, `[low, high]`.
+    #[serde(default)]
+    pub ci95: Option<[f64; 2]>,
 }
 
 impl Record {
+    /// A record of `samples`: their median and its interval.
+    pub fn of(name: &str, model: Model, platform: &str, unit: &str, samples: Vec<f64>) -> Record {
+        Record {
+            name: name.to_string(),
+            model,
+            platform: platform.to_string(),
+            value: median(&samples).unwrap_or(0.0),
+            unit: unit.to_string(),
+            ci95: crate::bootstrap::median_interval(&samples).map(|i| [i.low, i.high]),
+            samples,
+        }
+    }
+
     pub fn min(&self) -> f64 {
         self.samples.iter().copied().fold(f64::INFINITY, f64::min)
     }
@@ -697,6 +739,8 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     let mut seen: Vec<(&str, &[&str])> = Vec::new();
     let all = all_benchmarks();
     let selected: Vec<&Benchmark> = all.iter().filter(|b| args.selects(b.name)).collect();
+    // A group per distinct command line (with its VMM options), in the order of BENCHMARKS.
+    let mut groups: Vec<Group> = Vec::new();
     for spec in selected.iter().map(|b| (b.cmdline, b.vmm_args)) {
         if seen.contains(&spec) {
             continue;
@@ -710,23 +754,44 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
             .collect();
         let names: Vec<&str> = benches.iter().map(|b| b.name).collect();
         to_stderr(&format!(
-            "fluke-vmm: bench: {} x {}{}{} ({})\n",
-            args.samples,
+            "fluke-vmm: bench: {}{}{} ({})\n",
             if cmdline.is_empty() { "boot" } else { cmdline },
             if vmm_args.is_empty() { "" } else { " " },
             vmm_args.join(" "),
             names.join(", ")
         ));
         let driven = benches.iter().any(|b| matches!(b.sample, Sample::Api(_)));
-        let runs = match sample_runs(&exe, args.image.as_deref(), spec, args.samples, driven) {
-            Ok(runs) => runs,
-            Err(e) => {
-                failures.extend(names.iter().map(|n| format!("{n}: {e}")));
-                continue;
+        groups.push(Group {
+            spec,
+            benches,
+            driven,
+            runs: Vec::new(),
+            failed: None,
+        });
+    }
+    // Interleaved: round i runs every group once before round i + 1 runs any, so what the
+    // host does over the minutes of a bench falls on every variant alike, and round i of
+    // one variant can be compared with round i of another (`bootstrap::ratio_interval`).
+    to_stderr(&format!(
+        "fluke-vmm: bench: {} rounds over {} command lines, interleaved\n",
+        args.samples,
+        groups.len()
+    ));
+    for round in 0..args.samples {
+        for g in groups.iter_mut().filter(|g| g.failed.is_none()) {
+            match sample_run(&exe, args.image.as_deref(), g.spec, round, g.driven) {
+                Ok(run) => g.runs.push(run),
+                Err(e) => g.failed = Some(e),
             }
-        };
-        for b in benches {
-            match record(b, &runs) {
+        }
+    }
+    for g in groups {
+        if let Some(e) = g.failed {
+            failures.extend(g.benches.iter().map(|b| format!("{}: {e}", b.name)));
+            continue;
+        }
+        for b in g.benches {
+            match record(b, &g.runs) {
                 Ok(r) => records.push(r),
                 Err(e) => failures.push(format!("{}: {e}", b.name)),
             }
@@ -743,14 +808,14 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
         records.push(host_record(name, model, unit, f, args.samples, &platform));
     }
     if args.selects(IMAGE_BYTES) {
-        records.push(Record {
-            name: IMAGE_BYTES.into(),
-            model: Model::Vmm,
-            platform: platform.clone(),
-            value: bytes.len() as f64,
-            unit: "bytes".into(),
-            samples: vec![bytes.len() as f64],
-        });
+        let size = vec![bytes.len() as f64];
+        records.push(Record::of(
+            IMAGE_BYTES,
+            Model::Vmm,
+            &platform,
+            "bytes",
+            size,
+        ));
     }
     if args.selects(BOOT_TO_INIT_QEMU) {
         match qemu_record(args, &bytes) {
@@ -817,15 +882,13 @@ fn qemu_record(args: &BenchArgs, bytes: &[u8]) -> std::result::Result<Record, St
         .map(|_| crate::qemu_boot::to_init_ms(&image, timeout))
         .collect();
     let _ = std::fs::remove_file(&temp);
-    let samples = samples?;
-    Ok(Record {
-        name: BOOT_TO_INIT_QEMU.into(),
-        model: Model::Vmm,
-        platform: "qemu".into(),
-        value: median(&samples).unwrap_or(0.0),
-        unit: "ms".into(),
-        samples,
-    })
+    Ok(Record::of(
+        BOOT_TO_INIT_QEMU,
+        Model::Vmm,
+        "qemu",
+        "ms",
+        samples?,
+    ))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<()> {
@@ -833,6 +896,15 @@ fn write_file(path: &Path, text: &str) -> Result<()> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// The benchmarks that share one command line, and its runs so far.
+struct Group<'a> {
+    spec: (&'a str, &'a [&'a str]),
+    benches: Vec<&'a Benchmark>,
+    driven: bool,
+    runs: Vec<RunStats>,
+    failed: Option<String>,
 }
 
 /// Builds a record from the runs of its command line.
@@ -845,46 +917,36 @@ fn record(b: &Benchmark, runs: &[RunStats]) -> std::result::Result<Record, Strin
             runs.len()
         ));
     }
-    let value = median(&samples).ok_or("no samples")?;
+    if samples.is_empty() {
+        return Err("no samples".into());
+    }
     let platform = runs.first().map(|r| r.platform.clone()).unwrap_or_default();
-    Ok(Record {
-        name: b.name.to_string(),
-        model: b.model,
-        platform,
-        value,
-        unit: b.unit.to_string(),
-        samples,
-    })
+    Ok(Record::of(b.name, b.model, &platform, b.unit, samples))
 }
 
-/// Boots the guest `n` times with `(cmdline, vmm_args)` and returns what each run
-/// measured.
-fn sample_runs(
+/// Boots the guest once with `(cmdline, vmm_args)` (round `i`) and returns what it measured.
+fn sample_run(
     exe: &Path,
     image: Option<&Path>,
     spec: (&str, &[&str]),
-    n: u32,
+    i: u32,
     driven: bool,
-) -> std::result::Result<Vec<RunStats>, String> {
-    let mut runs = Vec::new();
-    for i in 0..n {
-        let stats_path = temp_stats_path(i);
-        let console_path = stats_path.with_extension("console");
-        let sock = driven.then(|| stats_path.with_extension("sock"));
-        let paths = (
-            stats_path.as_path(),
-            console_path.as_path(),
-            sock.as_deref(),
-        );
-        let result = one_run(exe, image, spec, paths);
-        if let Some(sock) = &sock {
-            let _ = std::fs::remove_file(sock);
-        }
-        let _ = std::fs::remove_file(&stats_path);
-        let _ = std::fs::remove_file(&console_path);
-        runs.push(result.map_err(|e| format!("run {}: {e}", i + 1))?);
+) -> std::result::Result<RunStats, String> {
+    let stats_path = temp_stats_path(i);
+    let console_path = stats_path.with_extension("console");
+    let sock = driven.then(|| stats_path.with_extension("sock"));
+    let paths = (
+        stats_path.as_path(),
+        console_path.as_path(),
+        sock.as_deref(),
+    );
+    let result = one_run(exe, image, spec, paths);
+    if let Some(sock) = &sock {
+        let _ = std::fs::remove_file(sock);
     }
-    Ok(runs)
+    let _ = std::fs::remove_file(&stats_path);
+    let _ = std::fs::remove_file(&console_path);
+    result.map_err(|e| format!("run {}: {e}", i + 1))
 }
 
 fn temp_stats_path(i: u32) -> PathBuf {
@@ -1133,14 +1195,13 @@ mod tests {
     use super::*;
 
     fn rec() -> Record {
-        Record {
-            name: "vmm.exit_roundtrip".into(),
-            model: Model::Vmm,
-            platform: "kvm_pvm".into(),
-            value: 36.0,
-            unit: "us".into(),
-            samples: vec![40.0, 35.0, 36.0],
-        }
+        Record::of(
+            "vmm.exit_roundtrip",
+            Model::Vmm,
+            "kvm_pvm",
+            "us",
+            vec![40.0, 35.0, 36.0],
+        )
     }
 
     #[test]
@@ -1157,10 +1218,13 @@ mod tests {
         let o = v[0].as_object().unwrap();
         let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
         keys.sort();
+        // The fields records always had, and the median's interval added (issue 17).
         assert_eq!(
             keys,
-            ["model", "name", "platform", "samples", "unit", "value"]
+            ["ci95", "model", "name", "platform", "samples", "unit", "value"]
         );
+        let ci = o["ci95"].as_array().unwrap();
+        assert!(ci[0].as_f64().unwrap() <= 36.0 && 36.0 <= ci[1].as_f64().unwrap());
         assert_eq!(o["model"], "vmm");
         assert_eq!(o["platform"], "kvm_pvm");
         assert_eq!(o["samples"].as_array().unwrap().len(), 3);
@@ -1219,23 +1283,34 @@ mod tests {
 
     #[test]
     fn nest_table_and_plot() {
-        let rec = |name: &str, value: f64| Record {
-            name: name.into(),
-            model: Model::Microkernel,
-            platform: "kvm".into(),
-            value,
-            unit: "ns".into(),
-            samples: vec![value],
-        };
+        let rec =
+            |name: &str, value: f64| Record::of(name, Model::Microkernel, "kvm", "ns", vec![value]);
         let records = [
             rec("nest.compute.bare", 100.0),
             rec("nest.compute.passthru-x4", 121.0),
         ];
         let t = nest_table(&records);
         assert!(
-            t.contains("| compute | passthru-x4 | 0.00 | 1.210x | +4.88% |"),
+            t.contains("| compute | passthru-x4 | 0.00 | 1.210x | [1.21, 1.21] | +4.88% |"),
             "{t}"
         );
+        // Rounds in which the stack was as fast as bare: within noise, said so.
+        let bare = Record::of(
+            "nest.ipc.bare",
+            Model::Microkernel,
+            "kvm",
+            "ns",
+            vec![100.0, 110.0, 90.0, 105.0],
+        );
+        let same = Record::of(
+            "nest.ipc.passthru-x1",
+            Model::Microkernel,
+            "kvm",
+            "ns",
+            vec![101.0, 108.0, 92.0, 104.0],
+        );
+        let t = nest_table(&[bare, same]);
+        assert!(t.contains(", within noise |"), "{t}");
         let svg = nest_plot(&records);
         assert!(
             svg.starts_with("<svg")

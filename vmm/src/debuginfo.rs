@@ -493,7 +493,10 @@ mod tests {
         let path = std::env::temp_dir().join(format!("fluke-stamp-{}.img", std::process::id()));
         std::fs::write(&path, fluke_images::default_image()).unwrap();
         let image = ImageBytes::File(path.clone(), FileStamp::of(&path));
-        assert_eq!(image.get().unwrap().len(), fluke_images::default_image().len());
+        assert_eq!(
+            image.get().unwrap().len(),
+            fluke_images::default_image().len()
+        );
         // Rewritten (a rebuild): another size, or the same size with a new time.
         std::fs::write(&path, b"another build").unwrap();
         assert!(image.get().unwrap_err().contains("changed since the boot"));

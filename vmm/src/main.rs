@@ -7,6 +7,7 @@
 mod api;
 mod bench;
 mod boot;
+mod bootstrap;
 mod cli;
 mod control;
 mod ctl;
