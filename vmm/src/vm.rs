@@ -2,7 +2,7 @@
 //! vCPU. Nothing here knows about images or devices.
 
 use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -167,6 +167,14 @@ impl Vm {
     /// Whether KVM can copy the GPRs into `kvm_run` on every exit (KVM_CAP_SYNC_REGS).
     pub fn has_sync_regs(&self) -> bool {
         self.kvm.check_extension(Cap::SyncRegs)
+    }
+
+    /// Has KVM signal `fd` for a guest write of `value` (4 bytes) to guest-physical `addr`
+    /// instead of exiting to the VMM.
+    pub fn register_mmio_ioeventfd(&self, fd: &EventFd, addr: u64, value: u32) -> Result<()> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), value)
+            .map_err(Error::kvm("KVM_IOEVENTFD"))
     }
 
     /// Routes writes to `fd` to the irqchip's input `gsi`.
