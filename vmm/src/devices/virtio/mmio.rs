@@ -195,6 +195,7 @@ impl MmioTransport {
     /// A QueueNotify that reached the VMM as an MMIO exit (no ioeventfd caught it): passed
     /// on to the device thread as the ioeventfd would have.
     fn notify(&mut self, queue: u32) {
+        log::debug!("virtio-mmio: queue {queue} notified by an MMIO exit (no ioeventfd caught it)");
         if let Some(evt) = self.device.queue_events().get(queue as usize) {
             if let Err(e) = evt.write(1) {
                 log::warn!("virtio-mmio: cannot pass on a queue notification: {e}");

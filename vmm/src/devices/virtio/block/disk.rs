@@ -89,7 +89,11 @@ impl Disk {
             .write(!spec.readonly)
             .custom_flags(libc::O_NONBLOCK)
             .open(&spec.path)
-            .map_err(|e| refuse(strerror(&e)))?;
+            .map_err(|e| match e.raw_os_error() {
+                // A directory opened for writing: the same words as one opened read-only.
+                Some(libc::EISDIR) => refuse("is a directory".into()),
+                _ => refuse(strerror(&e)),
+            })?;
         let meta = file.metadata().map_err(|e| refuse(strerror(&e)))?;
         if meta.is_dir() {
             return Err(refuse("is a directory".into()));
