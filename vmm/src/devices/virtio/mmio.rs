@@ -281,3 +281,148 @@ impl MmioTransport {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vmm_sys_util::eventfd::EventFd;
+
+    /// A device that records what the transport tells it.
+    struct Recorder {
+        events: [EventFd; 1],
+        activated: Arc<std::sync::Mutex<Vec<(u16, u64, u64)>>>,
+        resets: Arc<std::sync::atomic::AtomicU32>,
+    }
+
+    impl VirtioDevice for Recorder {
+        fn device_type(&self) -> u32 {
+            2
+        }
+        fn features(&self) -> u64 {
+            (1 << VIRTIO_F_VERSION_1) | (1 << 9)
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[8]
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            data.fill(offset as u8);
+        }
+        fn queue_events(&self) -> &[EventFd] {
+            &self.events
+        }
+        fn activate(&mut self, queues: Vec<Queue>, acked: u64) -> Result<(), String> {
+            let q = &queues[0];
+            self.activated
+                .lock()
+                .unwrap()
+                .push((q.size(), q.desc_table(), acked));
+            Ok(())
+        }
+        fn reset(&mut self) {
+            self.resets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    type Log = Arc<std::sync::Mutex<Vec<(u16, u64, u64)>>>;
+
+    fn transport() -> (MmioTransport, Log, Arc<std::sync::atomic::AtomicU32>, EventFd) {
+        let events = [EventFd::new(libc::EFD_NONBLOCK).unwrap()];
+        let notified = events[0].try_clone().unwrap();
+        let activated = Log::default();
+        let resets = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let device = Recorder {
+            events,
+            activated: Arc::clone(&activated),
+            resets: Arc::clone(&resets),
+        };
+        let t = MmioTransport::new(Box::new(device), Arc::new(Interrupt::new().unwrap()));
+        (t, activated, resets, notified)
+    }
+
+    fn read(t: &mut MmioTransport, offset: u32) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(u64::from(offset), &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u32, value: u32) {
+        t.write(u64::from(offset), &value.to_le_bytes());
+    }
+
+    #[test]
+    fn identity_registers() {
+        let (mut t, ..) = transport();
+        assert_eq!(read(&mut t, VIRTIO_MMIO_MAGIC_VALUE), MAGIC);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_VERSION), 2);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_DEVICE_ID), 2);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_VENDOR_ID), VENDOR_ID);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 8);
+        write(&mut t, VIRTIO_MMIO_QUEUE_SEL, 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_NUM_MAX), 0, "no queue 1");
+        // Narrow register reads read as zero; the config space takes any width.
+        let mut b = [0xffu8; 2];
+        t.read(0, &mut b);
+        assert_eq!(b, [0, 0]);
+        let mut c = [0u8; 1];
+        t.read(0x105, &mut c);
+        assert_eq!(c, [5]);
+    }
+
+    #[test]
+    fn negotiation_activation_notification_and_reset() {
+        let (mut t, activated, resets, notified) = transport();
+        write(&mut t, VIRTIO_MMIO_STATUS, 3);
+        // A feature the device does not offer: FEATURES_OK is refused.
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 0);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1 << 5);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 3);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1 << 9);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0xb);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 4);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000);
+        write(&mut t, VIRTIO_MMIO_QUEUE_DESC_HIGH, 0x2);
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        // Ignored once ready.
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 2);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_eq!(
+            *activated.lock().unwrap(),
+            [(4, 0x2_0000_1000, (1 << 32) | (1 << 9))]
+        );
+        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert_eq!(notified.read().unwrap(), 1);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NOTIFY, 7);
+        assert!(notified.read().is_err(), "no queue 7");
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        assert_eq!(resets.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_STATUS), 0);
+        assert_eq!(read(&mut t, VIRTIO_MMIO_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn driver_ok_without_features_ok_or_a_bad_queue_needs_a_reset() {
+        let (mut t, activated, ..) = transport();
+        write(&mut t, VIRTIO_MMIO_STATUS, 3);
+        write(&mut t, VIRTIO_MMIO_STATUS, 7);
+        assert_ne!(
+            read(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+        write(&mut t, VIRTIO_MMIO_STATUS, 0);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        write(&mut t, VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xb);
+        write(&mut t, VIRTIO_MMIO_QUEUE_NUM, 3); // not a power of two
+        write(&mut t, VIRTIO_MMIO_QUEUE_READY, 1);
+        write(&mut t, VIRTIO_MMIO_STATUS, 0xf);
+        assert_ne!(
+            read(&mut t, VIRTIO_MMIO_STATUS) & VIRTIO_CONFIG_S_NEEDS_RESET,
+            0
+        );
+        assert!(activated.lock().unwrap().is_empty());
+    }
+}

@@ -146,6 +146,15 @@ impl Disk {
         self.file.sync_data()
     }
 
+    /// A second handle on the same open file.
+    #[cfg(test)]
+    pub fn clone_for_test(&self) -> Disk {
+        Disk {
+            file: self.file.try_clone().unwrap(),
+            ..*self
+        }
+    }
+
     /// Whether `len` bytes from `sector` lie inside the disk.
     pub fn in_range(&self, sector: u64, len: u64) -> bool {
         sector
