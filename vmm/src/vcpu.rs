@@ -517,9 +517,7 @@ impl PauseHooks for PausedVm<'_> {
     fn snapshot(&mut self, target: &crate::snapshot::file::Target) -> Result<(), String> {
         // Their queues and in-flight requests are not in the snapshot format yet.
         if !self.devices.mmio.is_empty() {
-            return Err(
-                "a VM with virtio devices (--drive) cannot be snapshotted yet".to_string(),
-            );
+            return Err("a VM with virtio devices (--drive) cannot be snapshotted yet".to_string());
         }
         let started = std::time::Instant::now();
         let machine = crate::snapshot::Machine {

@@ -1,7 +1,10 @@
 //! The KVM environment: `/dev/kvm`, the VM, its guest memory, the in-kernel irqchip and the
 //! vCPU. Nothing here knows about images or devices.
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{
+    kvm_irqchip, kvm_userspace_memory_region, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES,
+};
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
@@ -98,6 +101,7 @@ impl Vm {
         }
         fd.create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        mask_legacy_pic(&fd)?;
         Ok(Vm {
             pager: None,
             fd,
@@ -183,6 +187,28 @@ impl Vm {
             .register_irqfd(fd, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))
     }
+}
+
+/// Masks every input of KVM's in-kernel 8259 PICs. KVM resets them unmasked with vector
+/// base 0 and the BSP's LINT0 in ExtINT mode, so an irqfd on an ISA line (COM1's 4, the
+/// virtio devices' 5..=12) would also reach a guest that never programmed the PIC as
+/// *exception* vector 4..=12 (seen on kvm_pvm: a virtio interrupt arrived as vector 5).
+/// The fluke kernel takes device interrupts through the IOAPIC only. A restore puts the
+/// saved PIC state back over this.
+fn mask_legacy_pic(fd: &VmFd) -> Result<()> {
+    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        fd.get_irqchip(&mut chip)
+            .map_err(Error::kvm("KVM_GET_IRQCHIP"))?;
+        // For a PIC chip id KVM fills (and reads) the `pic` member of the union.
+        chip.chip.pic.imr = 0xff;
+        fd.set_irqchip(&chip)
+            .map_err(Error::kvm("KVM_SET_IRQCHIP"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

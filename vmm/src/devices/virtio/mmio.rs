@@ -139,7 +139,10 @@ impl MmioTransport {
             return;
         }
         let Ok(word) = <[u8; 4]>::try_from(data) else {
-            log::debug!("virtio-mmio: {}-byte write at {offset:#x} ignored", data.len());
+            log::debug!(
+                "virtio-mmio: {}-byte write at {offset:#x} ignored",
+                data.len()
+            );
             return;
         };
         let value = u32::from_le_bytes(word);
@@ -319,13 +322,19 @@ mod tests {
             Ok(())
         }
         fn reset(&mut self) {
-            self.resets.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.resets
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
     }
 
     type Log = Arc<std::sync::Mutex<Vec<(u16, u64, u64)>>>;
 
-    fn transport() -> (MmioTransport, Log, Arc<std::sync::atomic::AtomicU32>, EventFd) {
+    fn transport() -> (
+        MmioTransport,
+        Log,
+        Arc<std::sync::atomic::AtomicU32>,
+        EventFd,
+    ) {
         let events = [EventFd::new(libc::EFD_NONBLOCK).unwrap()];
         let notified = events[0].try_clone().unwrap();
         let activated = Log::default();

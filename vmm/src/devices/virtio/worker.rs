@@ -55,7 +55,10 @@ impl Worker {
                         Ok(n) => n,
                         Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                         Err(e) => {
-                            log::warn!("{}: epoll_wait failed ({e}); the device stops", kind.name());
+                            log::warn!(
+                                "{}: epoll_wait failed ({e}); the device stops",
+                                kind.name()
+                            );
                             return;
                         }
                     };

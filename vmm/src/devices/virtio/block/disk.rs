@@ -105,7 +105,7 @@ impl Disk {
         if len == 0 {
             return Err(refuse("is empty".into()));
         }
-        if len % SECTOR_SIZE != 0 {
+        if !len.is_multiple_of(SECTOR_SIZE) {
             return Err(refuse(format!(
                 "its size ({len} bytes) is not a multiple of {SECTOR_SIZE}"
             )));

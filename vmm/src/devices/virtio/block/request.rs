@@ -96,7 +96,9 @@ pub fn serve(
         }
     }
     let Ok(mut data_out) = chain.clone().writer(mem) else {
-        return no_status(RequestError::Malformed("a writable buffer outside guest RAM"));
+        return no_status(RequestError::Malformed(
+            "a writable buffer outside guest RAM",
+        ));
     };
     let writable = data_out.available_bytes();
     if writable == 0 {
@@ -107,7 +109,9 @@ pub fn serve(
     };
     let result = match chain.reader(mem) {
         Ok(data_in) => execute(disk, data_in, &mut data_out, bounce),
-        Err(_) => Err(RequestError::Malformed("a readable buffer outside guest RAM")),
+        Err(_) => Err(RequestError::Malformed(
+            "a readable buffer outside guest RAM",
+        )),
     };
     let status = match &result {
         Ok(()) => VIRTIO_BLK_S_OK as u8,
@@ -188,7 +192,7 @@ fn execute(
 /// inside the disk.
 fn checked_span(disk: &Disk, sector: u64, len: usize) -> Result<u64, RequestError> {
     let len = len as u64;
-    if len % SECTOR_SIZE != 0 {
+    if !len.is_multiple_of(SECTOR_SIZE) {
         return Err(RequestError::PartialSector(len));
     }
     if !disk.in_range(sector, len) {

@@ -179,7 +179,10 @@ fn a_read_only_drive_refuses_writes_and_still_reads() {
     mem.write_slice(&[0xee; 512], GuestAddress(DATA)).unwrap();
     put_header(&mem, VIRTIO_BLK_T_OUT, 0);
     let done = serve_chain(&d.disk, &mem, &simple(0, 512), 64);
-    assert_eq!((done.status, done.error), (IOERR, Some(RequestError::ReadOnly)));
+    assert_eq!(
+        (done.status, done.error),
+        (IOERR, Some(RequestError::ReadOnly))
+    );
     assert_eq!(status_byte(&mem), VIRTIO_BLK_S_IOERR as u8);
     assert!(d.contents()[..512].iter().all(|&b| b == 0));
     put_header(&mem, VIRTIO_BLK_T_IN, 1);
@@ -220,7 +223,11 @@ fn requests_past_the_end_or_of_partial_sectors_fail() {
         (IOERR, Some(RequestError::PartialSector(100)))
     );
     // The file is as it was.
-    assert!(d.contents().iter().enumerate().all(|(i, &b)| b as usize == i / 512));
+    assert!(d
+        .contents()
+        .iter()
+        .enumerate()
+        .all(|(i, &b)| b as usize == i / 512));
 }
 
 #[test]
@@ -248,12 +255,20 @@ fn malformed_chains_fail_without_a_panic() {
         ("no header at all", vec![writable(STATUS, 1)], IOERR),
         (
             "readable after writable",
-            vec![writable(DATA, 512), readable(HEADER, 16), writable(STATUS, 1)],
+            vec![
+                writable(DATA, 512),
+                readable(HEADER, 16),
+                writable(STATUS, 1),
+            ],
             None,
         ),
         (
             "a data buffer outside guest RAM",
-            vec![readable(HEADER, 16), writable(end - 16, 512), writable(STATUS, 1)],
+            vec![
+                readable(HEADER, 16),
+                writable(end - 16, 512),
+                writable(STATUS, 1),
+            ],
             None,
         ),
         (
@@ -263,7 +278,11 @@ fn malformed_chains_fail_without_a_panic() {
         ),
         (
             "a 4 GiB data buffer",
-            vec![readable(HEADER, 16), writable(DATA, u32::MAX), writable(STATUS, 1)],
+            vec![
+                readable(HEADER, 16),
+                writable(DATA, u32::MAX),
+                writable(STATUS, 1),
+            ],
             None,
         ),
         (
