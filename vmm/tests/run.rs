@@ -916,8 +916,9 @@ fn a_virtio_blk_read_completes_with_an_interrupt() {
     );
 }
 
-/// A guest that writes sector 1 (a data buffer of 0xabababab words) and exits with the
-/// status byte + 50.
+/// A guest that writes sector 1 (a data buffer of 0xabababab words) and exits with its
+/// status + 50 if it failed; else flushes (the device thread's fdatasync, under its seccomp
+/// list) and exits with the flush's status + 60.
 fn virtio_write_guest() -> Vec<u8> {
     use virtio_guest::*;
     let fill: Vec<u8> = (0..128)
@@ -930,7 +931,14 @@ fn virtio_write_guest() -> Vec<u8> {
         notify(),
         wait16(USED + 2, 1),
         load8(STATUS),
-        vec![0x04, 50, 0xe6, 0xf4, HLT], // add $50, %al; out %al, $0xf4
+        vec![0x3c, 0, 0x74, 6],          // cmp $0, %al; je 1f
+        vec![0x04, 50, 0xe6, 0xf4, HLT], // add $50, %al; out %al, $0xf4; hlt
+        vec![HLT],                       // (padding to the 6-byte jump)
+        request(1, 4, 0),                // 1: VIRTIO_BLK_T_FLUSH
+        notify(),
+        wait16(USED + 2, 2),
+        load8(STATUS),
+        vec![0x04, 60, 0xe6, 0xf4, HLT],
     ]
     .concat()
 }
@@ -940,7 +948,7 @@ fn a_virtio_blk_write_reaches_the_file_and_a_read_only_drive_refuses_it() {
     let img = write_image("virtio-write", &image(&virtio_write_guest()));
     let drive = drive_file(img.dir(), "disk.img", 2);
     let o = run(&img, &["--drive", &format!("path={}", drive.display())]);
-    assert_eq!(o.status.code(), Some(50), "stderr: {}", stderr(&o));
+    assert_eq!(o.status.code(), Some(60), "stderr: {}", stderr(&o));
     let bytes = std::fs::read(&drive).unwrap();
     assert!(
         bytes[..512].iter().all(|&b| b == 0x70),
@@ -958,6 +966,29 @@ fn a_virtio_blk_write_reaches_the_file_and_a_read_only_drive_refuses_it() {
     assert!(std::fs::read(&drive).unwrap()[512..]
         .iter()
         .all(|&b| b == 0x71));
+}
+
+#[test]
+fn the_device_thread_keeps_to_its_seccomp_list() {
+    let img = write_image("virtio-seccomp", &image(&exit(0)));
+    let drive = drive_file(img.dir(), "disk.img", 1);
+    let o = vmm()
+        .arg("run")
+        .arg(&*img)
+        .args(["--memory", "16", "--timeout", "20", "--drive"])
+        .arg(format!("path={}", drive.display()))
+        .env("FLUKE_SECCOMP_PROBE", "virtio-blk")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(VMM_ERROR), "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&format!(
+            "the virtio-blk thread made system call {}, outside its seccomp filter",
+            libc::SYS_socket
+        )),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]
@@ -1016,4 +1047,48 @@ fn bad_drives_are_refused_with_one_line() {
         assert!(err.starts_with("fluke-vmm: error: "), "{err}");
         assert!(err.contains(&says), "{args:?}: want {says:?} in {err}");
     }
+}
+
+#[test]
+fn a_vm_with_drives_refuses_a_snapshot_and_runs_on() {
+    let img = write_image("virtio-snapshot", &image(&SPIN));
+    let drive = drive_file(img.dir(), "disk.img", 1);
+    let sock = img.dir().join("api.sock");
+    let mut child = vmm()
+        .arg("run")
+        .arg(&*img)
+        .args(["--memory", "16", "--timeout", "20", "--api-sock"])
+        .arg(&sock)
+        .arg("--drive")
+        .arg(format!("path={}", drive.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !sock.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let ctl = |args: &[&str]| {
+        vmm()
+            .arg("ctl")
+            .arg("--api-sock")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let snap = img.dir().join("snap");
+    let o = ctl(&["snapshot", snap.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert_eq!(o.status.code(), Some(VMM_ERROR), "{err}");
+    assert!(
+        err.contains("a VM with virtio devices (--drive) cannot be snapshotted yet"),
+        "{err}"
+    );
+    assert!(!snap.exists());
+    // Still running: the refusal left the VM as it was.
+    assert!(child.try_wait().unwrap().is_none());
+    let _ = child.kill();
+    let _ = child.wait();
 }
