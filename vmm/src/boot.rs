@@ -15,6 +15,7 @@ use fluke_abi::boot::{
     START_INFO_GPA, XEN_HVM_START_MAGIC,
 };
 use fluke_abi::cmdline::{CONSOLE, PLATFORM, TSC_KHZ};
+use fluke_abi::devices::MmioDevice;
 use fluke_abi::Platform;
 use fluke_image::elf::{Elf, ProgramHeader, PF_X};
 use fluke_image::image::Image;
@@ -167,7 +168,7 @@ pub fn check_loads(bytes: &[u8], what: &str) -> Result<ImageLayout> {
             msg: e.to_string(),
         }
     })?;
-    let cmdline = build_cmdline(Platform::Kvm, None, "")?;
+    let cmdline = build_cmdline(Platform::Kvm, None, &[], "")?;
     load(&mem, size, bytes, &layout, &cmdline).map_err(|e| match e {
         Error::UnsupportedImage { msg, .. } => Error::UnsupportedImage {
             what: what.to_string(),
@@ -190,12 +191,21 @@ pub fn check_memory_fit(phys_end: u64, mem_bytes: u64) -> Result<()> {
     }
 }
 
-/// The kernel command line: what the VMM passes, then the user's `--cmdline`.
-pub fn build_cmdline(platform: Platform, tsc_khz: Option<u32>, extra: &str) -> Result<String> {
+/// The kernel command line: what the VMM passes (one `virtio_mmio.device=` word per
+/// device among it), then the user's `--cmdline`.
+pub fn build_cmdline(
+    platform: Platform,
+    tsc_khz: Option<u32>,
+    devices: &[MmioDevice],
+    extra: &str,
+) -> Result<String> {
     // Our paravirtual console first: a user's `fluke.console=uart` after it wins.
     let mut cmdline = format!("{PLATFORM}={} {CONSOLE}=pv", platform.name());
     if let Some(khz) = tsc_khz {
         cmdline.push_str(&format!(" {TSC_KHZ}={khz}"));
+    }
+    for device in devices {
+        cmdline.push_str(&format!(" {}", device.word()));
     }
     let extra = extra.trim();
     if !extra.is_empty() {
@@ -390,30 +400,48 @@ mod tests {
     #[test]
     fn cmdline_starts_with_platform_and_appends_user_text() {
         assert_eq!(
-            build_cmdline(Platform::KvmPvm, None, "").unwrap(),
+            build_cmdline(Platform::KvmPvm, None, &[], "").unwrap(),
             "fluke.platform=kvm_pvm fluke.console=pv"
         );
         assert_eq!(
-            build_cmdline(Platform::Kvm, None, "  fluke.bench=exit_roundtrip ").unwrap(),
+            build_cmdline(Platform::Kvm, None, &[], "  fluke.bench=exit_roundtrip ").unwrap(),
             "fluke.platform=kvm fluke.console=pv fluke.bench=exit_roundtrip"
         );
-        let c = build_cmdline(Platform::Kvm, Some(2_500_000), "a=b").unwrap();
+        let c = build_cmdline(Platform::Kvm, Some(2_500_000), &[], "a=b").unwrap();
         assert_eq!(fluke_abi::cmdline::get(&c, PLATFORM), Some("kvm"));
         // The user's choice of console comes after ours, and the last word wins.
-        let uart = build_cmdline(Platform::Kvm, None, "fluke.console=uart").unwrap();
+        let uart = build_cmdline(Platform::Kvm, None, &[], "fluke.console=uart").unwrap();
         assert_eq!(fluke_abi::cmdline::get(&uart, CONSOLE), Some("uart"));
         assert_eq!(fluke_abi::cmdline::get(&c, TSC_KHZ), Some("2500000"));
         assert!(matches!(
-            build_cmdline(Platform::Kvm, None, "x\0y"),
+            build_cmdline(Platform::Kvm, None, &[], "x\0y"),
             Err(Error::CmdlineNul)
         ));
         let long = "x".repeat(CMDLINE_MAX);
         assert!(matches!(
-            build_cmdline(Platform::Kvm, None, &long),
+            build_cmdline(Platform::Kvm, None, &[], &long),
             Err(Error::CmdlineTooLong { .. })
         ));
         let fits = "x".repeat(CMDLINE_MAX - 1 - "fluke.platform=kvm fluke.console=pv ".len());
-        assert!(build_cmdline(Platform::Kvm, None, &fits).is_ok());
+        assert!(build_cmdline(Platform::Kvm, None, &[], &fits).is_ok());
+    }
+
+    #[test]
+    fn each_device_gets_a_word_before_the_user_text() {
+        let devices: Vec<MmioDevice> = (0..2).map(crate::devices::virtio::slot).collect();
+        let c = build_cmdline(Platform::Kvm, None, &devices, "a=b").unwrap();
+        assert_eq!(
+            c,
+            "fluke.platform=kvm fluke.console=pv virtio_mmio.device=4K@0xd0000000:5 \
+             virtio_mmio.device=4K@0xd0001000:6 a=b"
+        );
+        assert_eq!(fluke_abi::devices::listed(&c).collect::<Vec<_>>(), devices);
+        // The words count towards the length limit.
+        let fits = "x".repeat(CMDLINE_MAX - 1 - "fluke.platform=kvm fluke.console=pv ".len());
+        assert!(matches!(
+            build_cmdline(Platform::Kvm, None, &devices, &fits),
+            Err(Error::CmdlineTooLong { .. })
+        ));
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct RunArgs {
     /// and the oldest are evicted to a temporary file (userfaultfd; see the README).
     #[arg(long, value_name = "MiB")]
     pub memory_resident: Option<u64>,
+    /// A virtio block device over FILE (a regular file, a whole number of 512-byte sectors;
+    /// with `readonly` opened read-only and offered as read-only). Repeat for more drives,
+    /// at most 8; the guest finds them on its command line (`virtio_mmio.device=`).
+    #[arg(long = "drive", value_name = "path=FILE[,readonly]")]
+    pub drives: Vec<String>,
     #[command(flatten)]
     pub vm: VmArgs,
 }

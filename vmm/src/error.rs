@@ -118,6 +118,12 @@ pub enum Error {
     HostPaging(String),
     #[error("{0}")]
     ImageTool(#[from] crate::image_tool::ImageToolError),
+    #[error("invalid --drive {spec:?}: {reason} (expected path=FILE[,readonly])")]
+    InvalidDrive { spec: String, reason: String },
+    #[error("--drive {}: {reason}", path.display())]
+    Drive { path: PathBuf, reason: String },
+    #[error("{got} devices (--drive), at most {max} fit")]
+    TooManyDevices { got: usize, max: usize },
     #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]
     ResidentSize { min: u64, max: u64, got: u64 },
 }

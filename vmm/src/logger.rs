@@ -9,9 +9,14 @@ static LOGGER: StderrLogger = StderrLogger;
 impl Log for StderrLogger {
     fn enabled(&self, metadata: &Metadata) -> bool {
         // The gdbstub crate reports each packet it does not implement at info level, which
-        // gdb's normal probing is full of: its records show from debug up.
+        // gdb's normal probing is full of; virtio-queue logs each malformed ring the guest
+        // hands it as an error, which a guest could flood stderr with: their records show
+        // from debug up.
         let max = log::max_level();
-        if metadata.target().starts_with("gdbstub") && max < LevelFilter::Debug {
+        let target = metadata.target();
+        if (target.starts_with("gdbstub") || target.starts_with("virtio_queue"))
+            && max < LevelFilter::Debug
+        {
             return false;
         }
         metadata.level() <= max

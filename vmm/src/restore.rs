@@ -118,6 +118,8 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         tsc_khz: snap.tsc_khz,
         serial: Some(snap.serial.to_state()),
         start_paused: !args.resume,
+        // Snapshots of VMs with drives are refused when taken.
+        mmio: Default::default(),
     };
     let common = Common {
         restored: Some((

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
+use fluke_abi::devices::MAX_VIRTIO_DEVICES;
 use fluke_abi::ports::COM1_IRQ;
 use fluke_abi::status::{VMM_GUEST_CRASH, VMM_TIMEOUT};
 
@@ -16,6 +17,10 @@ use crate::control::VmControl;
 use crate::debuginfo;
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
+use crate::devices::virtio::block::disk::{Disk, DriveSpec};
+use crate::devices::virtio::block::Block;
+use crate::devices::virtio::mmio::MmioTransport;
+use crate::devices::virtio::{self, Interrupt, MmioBus, VirtioDevice};
 use crate::devices::Devices;
 use crate::error::{status_u8, Error, Result};
 use crate::logger::to_stderr;
@@ -137,6 +142,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         "kernel text (port I/O allowed from): {:x?}",
         layout.text.ranges()
     );
+    let disks = open_drives(&args.drives)?;
 
     let kvm = vm::open_kvm()?;
     let mut vm = Vm::new(kvm, mem_bytes)?;
@@ -145,7 +151,8 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     log::info!("platform: {}", platform::describe(platform));
     // The guest times with the TSC; KVM knows its rate, so the guest need not calibrate.
     let tsc_khz = vcpu.get_tsc_khz().ok().filter(|&k| k > 0);
-    let cmdline = boot::build_cmdline(platform, tsc_khz, &args.cmdline)?;
+    let mmio = attach_drives(&vm, disks)?;
+    let cmdline = boot::build_cmdline(platform, tsc_khz, &mmio.slots(), &args.cmdline)?;
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
     let image = match (&bytes, &args.image) {
@@ -167,6 +174,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         tsc_khz,
         serial: None,
         start_paused: false,
+        mmio,
     };
     let debug_dir = match &args.image {
         Some(path) => crate::debuginfo::sidecar_dir(path),
@@ -194,6 +202,57 @@ pub struct Machine {
     pub serial: Option<vm_superio::serial::SerialState>,
     /// Wait paused for `PATCH /vm` before the first KVM_RUN (a restore without --resume).
     pub start_paused: bool,
+    /// The virtio devices, their threads started.
+    pub mmio: MmioBus,
+}
+
+/// Parses and opens every `--drive` (before anything else is built: a bad one is refused
+/// with one line).
+fn open_drives(specs: &[String]) -> Result<Vec<Disk>> {
+    if specs.len() > MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices {
+            got: specs.len(),
+            max: MAX_VIRTIO_DEVICES,
+        });
+    }
+    specs
+        .iter()
+        .map(|s| Disk::open(&DriveSpec::parse(s)?))
+        .collect()
+}
+
+/// Makes drive `i` virtio device `i`: its window, its irqfd on line VIRTIO_FIRST_IRQ + i,
+/// an ioeventfd on its QueueNotify register per queue, its thread.
+fn attach_drives(vm: &Vm, disks: Vec<Disk>) -> Result<MmioBus> {
+    let mut bus = MmioBus::default();
+    let host_io = |source| Error::HostIo {
+        what: "virtio block device",
+        source,
+    };
+    for (i, disk) in disks.into_iter().enumerate() {
+        let slot = virtio::slot(i);
+        let interrupt = Arc::new(Interrupt::new().map_err(host_io)?);
+        vm.register_irqfd(interrupt.irqfd(), slot.irq)?;
+        log::debug!(
+            "virtio-blk {i}: {} sectors{} at {:#x}, line {}",
+            disk.sectors(),
+            if disk.readonly() { ", read-only" } else { "" },
+            slot.base,
+            slot.irq
+        );
+        let block = Block::new(
+            disk,
+            vm.memory().clone(),
+            Arc::clone(&interrupt),
+            format!("fluke-blk{i}"),
+        )
+        .map_err(host_io)?;
+        for (queue, evt) in block.queue_events().iter().enumerate() {
+            vm.register_mmio_ioeventfd(evt, virtio::queue_notify_address(&slot), queue as u32)?;
+        }
+        bus.add(slot, MmioTransport::new(Box::new(block), interrupt));
+    }
+    Ok(bus)
 }
 
 /// What `run` and `restore` share on their command lines.
@@ -279,6 +338,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         tsc_khz,
         serial: saved_serial,
         start_paused,
+        mmio,
     } = machine;
     let serial_spec = common.serial_spec.clone();
     let timeout = common.timeout;
@@ -308,6 +368,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         serial,
         boot_timer: BootTimer::new(process_start, common.boot_timer),
         bench: BenchPort::default(),
+        mmio,
     };
 
     let rip_source = if vm.has_sync_regs() {
@@ -387,6 +448,8 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
             .store(true, std::sync::atomic::Ordering::Release);
     }
     let run_time = run_start.elapsed();
+    // The device threads touch guest RAM: they stop before host paging does.
+    devices.mmio.stop();
     let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_ram_ranges());
     let peak_rss_kib = stats::peak_rss_kib();
     let paging = vm.stop_host_paging();

@@ -39,6 +39,7 @@ pub enum ThreadKind {
     HostPager,
     RestorePager,
     Gdb,
+    VirtioBlock,
 }
 
 impl ThreadKind {
@@ -52,10 +53,11 @@ impl ThreadKind {
             ThreadKind::HostPager => "host pager",
             ThreadKind::RestorePager => "restore pager",
             ThreadKind::Gdb => "gdb",
+            ThreadKind::VirtioBlock => "virtio-blk",
         }
     }
 
-    const ALL: [ThreadKind; 8] = [
+    const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Watchdog,
@@ -64,6 +66,7 @@ impl ThreadKind {
         ThreadKind::HostPager,
         ThreadKind::RestorePager,
         ThreadKind::Gdb,
+        ThreadKind::VirtioBlock,
     ];
 }
 
@@ -290,6 +293,16 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_pread64, libc::SYS_pwrite64]);
             ioctl_types.push(UFFD_IOCTLS);
         }
+        // Waits on its queues' eventfds (read, write: in COMMON), does the guest's I/O on
+        // its drive, and raises the interrupt by writing the irqfd.
+        ThreadKind::VirtioBlock => calls.extend_from_slice(&[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_fdatasync,
+            libc::SYS_fsync,
+        ]),
         ThreadKind::RestorePager => {
             calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_pread64]);
             ioctl_types.push(UFFD_IOCTLS);

@@ -1,8 +1,11 @@
 //! The KVM environment: `/dev/kvm`, the VM, its guest memory, the in-kernel irqchip and the
 //! vCPU. Nothing here knows about images or devices.
 
-use kvm_bindings::{kvm_userspace_memory_region, KVM_MAX_CPUID_ENTRIES};
-use kvm_ioctls::{Cap, Kvm, VcpuFd, VmFd};
+use kvm_bindings::{
+    kvm_irqchip, kvm_userspace_memory_region, KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE,
+    KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -98,6 +101,7 @@ impl Vm {
         }
         fd.create_irq_chip()
             .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+        mask_legacy_pic(&fd)?;
         Ok(Vm {
             pager: None,
             fd,
@@ -169,12 +173,42 @@ impl Vm {
         self.kvm.check_extension(Cap::SyncRegs)
     }
 
+    /// Has KVM signal `fd` for a guest write of `value` (4 bytes) to guest-physical `addr`
+    /// instead of exiting to the VMM.
+    pub fn register_mmio_ioeventfd(&self, fd: &EventFd, addr: u64, value: u32) -> Result<()> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), value)
+            .map_err(Error::kvm("KVM_IOEVENTFD"))
+    }
+
     /// Routes writes to `fd` to the irqchip's input `gsi`.
     pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
         self.fd
             .register_irqfd(fd, gsi)
             .map_err(Error::kvm("KVM_IRQFD"))
     }
+}
+
+/// Masks every input of KVM's in-kernel 8259 PICs. KVM resets them unmasked with vector
+/// base 0 and the BSP's LINT0 in ExtINT mode, so an irqfd on an ISA line (COM1's 4, the
+/// virtio devices' 5..=12) would also reach a guest that never programmed the PIC as
+/// *exception* vector 4..=12 (seen on kvm_pvm: a virtio interrupt arrived as vector 5).
+/// The fluke kernel takes device interrupts through the IOAPIC only. A restore puts the
+/// saved PIC state back over this.
+fn mask_legacy_pic(fd: &VmFd) -> Result<()> {
+    for chip_id in [KVM_IRQCHIP_PIC_MASTER, KVM_IRQCHIP_PIC_SLAVE] {
+        let mut chip = kvm_irqchip {
+            chip_id,
+            ..Default::default()
+        };
+        fd.get_irqchip(&mut chip)
+            .map_err(Error::kvm("KVM_GET_IRQCHIP"))?;
+        // For a PIC chip id KVM fills (and reads) the `pic` member of the union.
+        chip.chip.pic.imr = 0xff;
+        fd.set_irqchip(&chip)
+            .map_err(Error::kvm("KVM_SET_IRQCHIP"))?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,11 +1,13 @@
-//! The guest's devices, all port I/O: the COM1 UART ([`serial`]) and the VMM's own ports
+//! The guest's devices: on port I/O the COM1 UART ([`serial`]) and the VMM's own ports
 //! ([`debug_exit`]: exit status, boot timer, benchmark counter; [`pv_console`], which the
-//! run loop serves itself because it reads guest memory). [`Devices`] dispatches a
-//! port access to the device that owns the port.
+//! run loop serves itself because it reads guest memory); on MMIO the virtio devices
+//! ([`virtio`]: `--drive`). [`Devices`] dispatches a port access to the device that owns
+//! the port, and an MMIO access to the device whose window holds it.
 
 pub mod debug_exit;
 pub mod pv_console;
 pub mod serial;
+pub mod virtio;
 
 use fluke_abi::ports::{BENCH, BOOT_TIMER, COM1, COM1_LEN, DEBUG_EXIT};
 
@@ -28,6 +30,7 @@ pub struct Devices {
     pub serial: SerialDevice,
     pub boot_timer: BootTimer,
     pub bench: BenchPort,
+    pub mmio: virtio::MmioBus,
 }
 
 /// `port - COM1` if `port` is one of the UART's registers.
@@ -94,6 +97,7 @@ mod tests {
             serial,
             boot_timer: BootTimer::new(std::time::Instant::now(), false),
             bench: BenchPort::default(),
+            mmio: Default::default(),
         };
         assert_eq!(d.io_out(DEBUG_EXIT, &[42]), IoAction::Exit(42));
         assert_eq!(d.io_out(0x80, &[1]), IoAction::Unknown);

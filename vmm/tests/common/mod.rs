@@ -46,6 +46,57 @@ pub mod asm {
     pub const SPIN: [u8; 2] = [0xeb, 0xfe];
     /// `ud2`
     pub const UD2: [u8; 2] = [0x0f, 0x0b];
+    /// `movl $imm, abs32` (a 32-bit store to a physical address: paging is off)
+    pub fn store32(addr: u32, imm: u32) -> Vec<u8> {
+        let mut v = vec![0xc7, 0x05];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v.extend_from_slice(&imm.to_le_bytes());
+        v
+    }
+    /// `mov abs32, %eax`
+    pub fn load32(addr: u32) -> Vec<u8> {
+        let mut v = vec![0xa1];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v
+    }
+    /// `movzwl abs32, %eax`
+    pub fn load16(addr: u32) -> Vec<u8> {
+        let mut v = vec![0x0f, 0xb7, 0x05];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v
+    }
+    /// `movzbl abs32, %eax`
+    pub fn load8(addr: u32) -> Vec<u8> {
+        let mut v = vec![0x0f, 0xb6, 0x05];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v
+    }
+    /// `cmp $imm, %eax; je 1f; <exit(code)>; 1:` — exits with `code` unless EAX is `imm`.
+    pub fn expect_eax(imm: u32, code: u8) -> Vec<u8> {
+        let fail = exit(code);
+        let mut v = vec![0x3d];
+        v.extend_from_slice(&imm.to_le_bytes());
+        v.extend_from_slice(&[0x74, fail.len() as u8]);
+        v.extend(fail);
+        v
+    }
+    /// `1: movzwl abs32, %eax; cmp $imm, %eax; jne 1b` — spins until the u16 at `addr` is `imm`.
+    pub fn wait16(addr: u32, imm: u32) -> Vec<u8> {
+        let mut v = load16(addr);
+        v.push(0x3d);
+        v.extend_from_slice(&imm.to_le_bytes());
+        let back = -(v.len() as i8 + 2);
+        v.extend_from_slice(&[0x75, back as u8]);
+        v
+    }
+    /// `sti`
+    pub const STI: u8 = 0xfb;
+    /// `lidt abs32`
+    pub fn lidt(addr: u32) -> Vec<u8> {
+        let mut v = vec![0x0f, 0x01, 0x1d];
+        v.extend_from_slice(&addr.to_le_bytes());
+        v
+    }
     /// `mov $addr, %eax; jmp *%eax`
     pub fn jmp_abs(addr: u32) -> Vec<u8> {
         let mut v = vec![0xb8];
