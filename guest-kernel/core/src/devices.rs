@@ -15,6 +15,18 @@ use fluke_abi::devices::MmioDevice;
 /// level (`devmem_map` reserves them up front).
 pub const MAX_WINDOW: u64 = 2 << 20;
 
+/// A device-memory object: a window of device memory, and where it is mapped (`(space,
+/// address, writable)`; at most [`MAX_DEVMEM_MAPPINGS`], which bounds its teardown).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceMemory {
+    pub window: PhysRange,
+    /// The line of its command-line word (its interrupt is a separate object).
+    pub line: u32,
+    pub mappings: alloc::vec::Vec<(crate::slab::Id, u64, bool)>,
+}
+
+pub const MAX_DEVMEM_MAPPINGS: usize = 16;
+
 /// Why a word was refused (one console line names it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Refusal {

@@ -26,6 +26,15 @@ pub enum LineError {
     NothingToAck,
 }
 
+impl From<LineError> for fluke_abi::syscall::Error {
+    fn from(e: LineError) -> Self {
+        match e {
+            LineError::Bound => Self::Busy,
+            LineError::NothingToAck => Self::InvalidArgument,
+        }
+    }
+}
+
 impl<P: Copy + PartialEq> Line<P> {
     pub const fn new(line: u32) -> Line<P> {
         Line {

@@ -132,6 +132,19 @@ fn uart_bytes(bytes: &[u8]) {
     }
 }
 
+/// Turns on COM1's received-data interrupt (IER bit 0, and OUT2, which gates a 16550's
+/// interrupt output on real hardware): the kernel's console has no input of its own, and a
+/// program holding an interrupt capability for COM1's line (`fluke.irq=4`) is then told
+/// when input arrives. The bytes stay in the UART (reading them is port I/O, the kernel's).
+pub fn enable_receive_interrupt() {
+    // SAFETY: COM1 is the kernel's console device; IER and MCR change only when it
+    // interrupts, not what it sends.
+    unsafe {
+        cpu::outb(COM1 + 4, 0x0b); // MCR: DTR, RTS, OUT2
+        cpu::outb(COM1 + 1, 0x01); // IER: received data available
+    }
+}
+
 /// A console write in pieces that the VMM gets as few records as fit (a `console_write`
 /// call copying its bytes in chunks): handed on when it drops.
 pub struct Writer(Option<Held<'static>>);

@@ -333,6 +333,15 @@ pub fn wait(k: &mut Kernel, c: Caller, set_name: u64, replied_to: Option<ThreadI
             Err(e) => complete(k, caller, Err(e)),
         }
     }
+    // An interrupt queued for a port of this set (none reached a waiting thread).
+    if let Some((badge, words)) = super::interrupt::take_for_set(k, set) {
+        deliver_fault(k, me, badge, words);
+        if let Some(t) = k.threads.get_mut(me) {
+            t.reply_to = None;
+        }
+        wake_replied(k);
+        return Ok(Reply::Value(badge));
+    }
     if let Some(s) = k.port_sets.get_mut(set) {
         s.push_server(me);
     }
@@ -413,6 +422,25 @@ pub fn forget_thread(k: &mut Kernel, tid: ThreadId) {
             _ => {}
         }
     }
+}
+
+/// A message the kernel makes itself (an interrupt: `objects::interrupt`) for a thread
+/// waiting on `set`: delivered to the first live one, which owes no reply and is made
+/// runnable; `None` (nothing changed) if no thread waits.
+pub fn kernel_message(
+    k: &mut Kernel,
+    set: Id,
+    badge: u64,
+    words: [u64; 4],
+) -> Option<ThreadId> {
+    k.port_sets.get(set)?;
+    let w = pop_server(k, set)?;
+    deliver_fault(k, w, badge, words);
+    if let Some(t) = k.threads.get_mut(w) {
+        t.reply_to = None;
+    }
+    sched::make_runnable(k, w);
+    Some(w)
 }
 
 /// Writes a kernel-made message (a fault) into a receiving thread's registers.
