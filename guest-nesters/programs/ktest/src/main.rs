@@ -53,6 +53,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "budget" => budget(),
         "checkpoint" => checkpoint(),
         "objects" => objects(),
+        "devmem" => devmem(args.get(1).unwrap_or("read")),
+        "devlist" => devlist(),
+        "irq" => irq(),
+        "irq-driver" => irq_driver(),
         "ipcdata" => ipcdata_server(),
         "ipcdata-client" => ipcdata_client(),
         "graph" => graph(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(2000)),
@@ -2514,4 +2518,415 @@ fn memsvc() -> i32 {
             || forged.iter().any(|r| *r != no_rights)
             || own.iter().any(|r| *r != Ok(0)),
     )
+}
+
+/// Where `ktest devmem` maps the device window.
+const DEVMEM_VA: u64 = 0x7000_0000;
+
+/// Checks a call's result, counting the surprises.
+fn expect(what: &str, got: Result<u64, Error>, want: Result<u64, Error>, bad: &mut u32) {
+    let ok = match want {
+        Ok(_) => got.is_ok(),
+        Err(_) => got == want,
+    };
+    if !ok {
+        println!("ktest: {what}: {got:?}, expected {want:?}");
+        *bad += 1;
+    }
+}
+
+/// Lists what init was given under the device names (`fluke_abi::devices`).
+fn devlist() -> i32 {
+    use fluke_abi::devices::*;
+    let mut found = 0;
+    for i in 0..MAX_DEVICE_WORDS {
+        for name in [init_devmem_cap(i), init_irq_cap(i)] {
+            if let Ok(w) = sys::obj_get_state(name) {
+                println!("ktest: devlist: name {name}: {:?}", &w[..5]);
+                found += 1;
+            }
+        }
+    }
+    for j in 0..MAX_IRQ_WORDS {
+        if let Ok(w) = sys::obj_get_state(init_extra_irq_cap(j)) {
+            println!(
+                "ktest: devlist: name {}: {:?}",
+                init_extra_irq_cap(j),
+                &w[..5]
+            );
+            found += 1;
+        }
+    }
+    println!("ktest: devlist: {found} device capabilities");
+    0
+}
+
+/// Device memory, with `virtio_mmio.device=4K@0xd0000000:5` on the command line: its state,
+/// hostile `devmem_map` calls, a program without the capability reaching nothing, the
+/// kernel refusing to touch a device page for a program; then (`read`) a read of offset 0
+/// through the mapping, which reaches the VMM as an MMIO read at 0xd0000000 (fluke-vmm ends
+/// the run there: no device behind it yet), or (`destroy`) destroying the object while a
+/// child has it mapped: the child's read then faults.
+fn devmem(mode: &str) -> i32 {
+    use fluke_abi::devices::{init_devmem_cap, init_irq_cap};
+    use fluke_abi::syscall::objstate::{DEVICE_MEMORY, INTERRUPT};
+    use fluke_abi::syscall::SELF_SPACE;
+    let (mem, irq) = (init_devmem_cap(0), init_irq_cap(0));
+    let mut bad = 0;
+    let state = sys::obj_get_state(mem);
+    println!("ktest: devmem: state {state:?}");
+    if state.map(|w| w[..4] == [DEVICE_MEMORY, 0xd000_0000, 0x1000, 5]) != Ok(true) {
+        bad += 1;
+    }
+    let istate = sys::obj_get_state(irq);
+    if istate.map(|w| w[..5] == [INTERRUPT, 5, NO_CAP, 0, 0]) != Ok(true) {
+        println!("ktest: devmem: interrupt state {istate:?}");
+        bad += 1;
+    }
+    if let Ok(w) = state {
+        expect(
+            "devmem: set_state, same",
+            sys::obj_set_state(mem, &w),
+            Ok(0),
+            &mut bad,
+        );
+        let mut moved = w;
+        moved[1] = 0x10_0000;
+        expect(
+            "devmem: set_state, another base",
+            sys::obj_set_state(mem, &moved),
+            Err(Error::InvalidArgument),
+            &mut bad,
+        );
+    }
+    let set = sys::port_set_create().unwrap_or(NO_CAP);
+    let hostile: [(&str, u64, u64, u64, u64, Error); 9] = [
+        (
+            "bad flags",
+            mem,
+            SELF_SPACE,
+            DEVMEM_VA,
+            2,
+            Error::InvalidArgument,
+        ),
+        (
+            "unaligned",
+            mem,
+            SELF_SPACE,
+            DEVMEM_VA + 8,
+            1,
+            Error::InvalidArgument,
+        ),
+        ("page 0", mem, SELF_SPACE, 0, 1, Error::InvalidArgument),
+        (
+            "kernel address",
+            mem,
+            SELF_SPACE,
+            0xffff_8880_d000_0000,
+            1,
+            Error::InvalidArgument,
+        ),
+        (
+            "return page",
+            mem,
+            SELF_SPACE,
+            fluke_abi::syscall::layout::RETURN_PAGE,
+            1,
+            Error::InvalidArgument,
+        ),
+        ("not a space", mem, set, DEVMEM_VA, 1, Error::WrongType),
+        (
+            "not device memory",
+            set,
+            SELF_SPACE,
+            DEVMEM_VA,
+            1,
+            Error::WrongType,
+        ),
+        (
+            "the interrupt",
+            irq,
+            SELF_SPACE,
+            DEVMEM_VA,
+            1,
+            Error::WrongType,
+        ),
+        ("no name", 200, SELF_SPACE, DEVMEM_VA, 1, Error::BadCap),
+    ];
+    for (what, d, space, addr, flags, want) in hostile {
+        let r = fluke_abi::syscall::decode(unsafe {
+            // SAFETY: no pointer arguments.
+            sys::raw(Call::DevmemMap as u64, d, space, addr, flags)
+        });
+        expect(what, r, Err(want), &mut bad);
+    }
+    // A program without the capability: every name, every device call.
+    let nocap = sys::spawn("victim", &["devmem-nocap"]).and_then(sys::wait);
+    println!("ktest: devmem: a program without the capability: {nocap:?}");
+    if nocap != Ok(0) {
+        bad += 1;
+    }
+    // ... and by address: the physical address as a virtual one, and the direct map there.
+    for addr in ["d0000000", "ffff8880d0000000"] {
+        let st = sys::spawn("victim", &["devmem-touch", addr]).and_then(sys::wait);
+        println!("ktest: devmem: a program touching {addr}: {st:?}");
+        if st != Ok(128 + 14) {
+            bad += 1;
+        }
+    }
+    // Mapped into this space.
+    expect(
+        "devmem: map",
+        sys::devmem_map(mem, SELF_SPACE, DEVMEM_VA, true),
+        Ok(0),
+        &mut bad,
+    );
+    expect(
+        "devmem: map over it",
+        sys::devmem_map(mem, SELF_SPACE, DEVMEM_VA, true),
+        Err(Error::InvalidArgument),
+        &mut bad,
+    );
+    // The kernel never touches a device page for a program.
+    let r = fluke_abi::syscall::decode(unsafe {
+        // SAFETY: the kernel reads 16 bytes at the mapped window, or refuses.
+        sys::raw(Call::ConsoleWrite as u64, DEVMEM_VA, 16, 0, 0)
+    });
+    expect(
+        "devmem: console_write from the window",
+        r,
+        Err(Error::BadAddress),
+        &mut bad,
+    );
+    let mut save = [0u8; 4096];
+    expect(
+        "devmem: a pager's save of it",
+        sys::mem_evict(DEVMEM_VA, &mut save),
+        Err(Error::InvalidArgument),
+        &mut bad,
+    );
+    // A region over it passes nothing on: a child mapping the region faults there.
+    let region = sys::region_create(DEVMEM_VA, 4096, NO_CAP);
+    let child = sys::spawn_child("victim", &["devmem-touch", "10000000"], &[]);
+    let st = match (region, child) {
+        (Ok(region), Ok(child)) => {
+            let m = sys::mapping_create(child.space, region, 0x1000_0000, false);
+            println!("ktest: devmem: the window's region mapped into a child: {m:?}");
+            let st = sys::wait(child.pid);
+            let _ = sys::destroy(region);
+            st
+        }
+        _ => Err(Error::InvalidArgument),
+    };
+    println!("ktest: devmem: the child touching the region: {st:?}");
+    if st != Ok(128 + 14) {
+        bad += 1;
+    }
+    println!("ktest: devmem: {bad} unexpected result(s)");
+    match mode {
+        "destroy" => {
+            let child = sys::spawn_with_caps("victim", &["devmem-map-read"], &[mem]);
+            sys::sleep_ns(50_000_000);
+            expect("devmem: destroy", sys::destroy(mem), Ok(0), &mut bad);
+            expect(
+                "devmem: after the destroy",
+                sys::obj_get_state(mem).map(|w| w[0]),
+                Err(Error::BadCap),
+                &mut bad,
+            );
+            let st = child.and_then(sys::wait);
+            println!("ktest: devmem: the child reading after the destroy: {st:?}");
+            if st != Ok(128 + 14) {
+                bad += 1;
+            }
+            println!("ktest: devmem: destroy: {bad} unexpected result(s)");
+            i32::from(bad != 0)
+        }
+        _ => {
+            if bad != 0 {
+                return 1;
+            }
+            println!("ktest: devmem: reading offset 0 of 0xd0000000 at {DEVMEM_VA:#x}");
+            // SAFETY: the window is mapped here, uncached; a read of a virtio-mmio
+            // register has no effect (and here no device answers).
+            let v = unsafe { core::ptr::read_volatile(DEVMEM_VA as *const u32) };
+            println!("ktest: devmem: read {v:#x}");
+            0
+        }
+    }
+}
+
+/// The interrupt object on COM1's line (`fluke.irq=4` on the command line; the test feeds
+/// the VMM's stdin each time this prints a line with "waiting"): bind, hostile calls,
+/// interrupts arriving as messages until acknowledged; a driver killed before its ack
+/// leaves the line masked and rebindable, and the next binding gets the interrupt again;
+/// destroying a bound line.
+fn irq() -> i32 {
+    use fluke_abi::devices::init_extra_irq_cap;
+    use fluke_abi::syscall::fault;
+    use fluke_abi::syscall::objstate::{INTERRUPT, INTERRUPT_OUTSTANDING};
+    let irq = init_extra_irq_cap(0);
+    let mut bad = 0;
+    let st = sys::obj_get_state(irq);
+    println!("ktest: irq: state {st:?}");
+    if st.map(|w| w[..5] == [INTERRUPT, 4, NO_CAP, 0, 0]) != Ok(true) {
+        println!("ktest: irq: no interrupt capability for line 4");
+        return 1;
+    }
+    let (Ok(set), Ok(set2)) = (sys::port_set_create(), sys::port_set_create()) else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 0x44) else {
+        return 1;
+    };
+    expect(
+        "irq: bind to a set",
+        sys::irq_bind(irq, set),
+        Err(Error::WrongType),
+        &mut bad,
+    );
+    expect(
+        "irq: bind a port",
+        sys::irq_bind(port, port),
+        Err(Error::WrongType),
+        &mut bad,
+    );
+    expect(
+        "irq: bind no name",
+        sys::irq_bind(199, port),
+        Err(Error::BadCap),
+        &mut bad,
+    );
+    expect(
+        "irq: ack before any",
+        sys::irq_ack(irq),
+        Err(Error::InvalidArgument),
+        &mut bad,
+    );
+    expect(
+        "irq: ack a port",
+        sys::irq_ack(port),
+        Err(Error::WrongType),
+        &mut bad,
+    );
+    expect("irq: bind", sys::irq_bind(irq, port), Ok(0), &mut bad);
+    let Ok(other) = sys::port_create(set2, 9) else {
+        return 1;
+    };
+    expect(
+        "irq: bind twice",
+        sys::irq_bind(irq, other),
+        Err(Error::Busy),
+        &mut bad,
+    );
+    expect(
+        "irq: bind twice, same port",
+        sys::irq_bind(irq, port),
+        Err(Error::Busy),
+        &mut bad,
+    );
+    let mut check_msg = |bad: &mut u32, count: u64| {
+        let m = sys::ipc_wait(set);
+        let ok =
+            matches!(m, Ok(ref m) if m.badge == 0x44 && m.words == [fault::INTERRUPT, 4, count, 0]);
+        println!(
+            "ktest: irq: message {:?} {}",
+            m.as_ref().map(|m| (m.badge, m.words)),
+            if ok { "as expected" } else { "UNEXPECTED" }
+        );
+        *bad += u32::from(!ok);
+    };
+    for count in 1..=2 {
+        println!("ktest: irq: waiting for interrupt {count} on line 4");
+        check_msg(&mut bad, count);
+        let st = sys::obj_get_state(irq).map(|w| (w[3], w[4]));
+        expect(
+            "irq: outstanding",
+            st.map(|s| u64::from(s == (INTERRUPT_OUTSTANDING, count))),
+            Ok(1),
+            &mut bad,
+        );
+        if st != Ok((INTERRUPT_OUTSTANDING, count)) {
+            println!("ktest: irq: state after the message {st:?}");
+            bad += 1;
+        }
+        expect("irq: ack", sys::irq_ack(irq), Ok(0), &mut bad);
+        expect(
+            "irq: ack twice",
+            sys::irq_ack(irq),
+            Err(Error::InvalidArgument),
+            &mut bad,
+        );
+    }
+    // A driver killed before its ack.
+    let mut unbound = [INTERRUPT, 4, NO_CAP, 0, 0, 0];
+    expect(
+        "irq: unbind by set_state",
+        sys::obj_set_state(irq, &unbound),
+        Ok(0),
+        &mut bad,
+    );
+    unbound[1] = 5;
+    expect(
+        "irq: set_state, another line",
+        sys::obj_set_state(irq, &unbound),
+        Err(Error::InvalidArgument),
+        &mut bad,
+    );
+    let driver = sys::spawn_with_caps("ktest", &["irq-driver"], &[irq]).and_then(sys::wait);
+    println!("ktest: irq: the driver ended {driver:?}");
+    if driver != Ok(128 + 6) {
+        bad += 1;
+    }
+    let st = sys::obj_get_state(irq);
+    println!("ktest: irq: after the driver: {st:?}");
+    if st.map(|w| w[..5] == [INTERRUPT, 4, NO_CAP, INTERRUPT_OUTSTANDING, 3]) != Ok(true) {
+        bad += 1;
+    }
+    expect("irq: rebind", sys::irq_bind(irq, port), Ok(0), &mut bad);
+    // The interrupt the driver never acknowledged comes again.
+    check_msg(&mut bad, 3);
+    expect("irq: ack it", sys::irq_ack(irq), Ok(0), &mut bad);
+    println!("ktest: irq: waiting for interrupt 4 on line 4");
+    check_msg(&mut bad, 4);
+    // Destroyed while bound and outstanding: unbound and masked for good.
+    expect("irq: destroy", sys::destroy(irq), Ok(0), &mut bad);
+    expect(
+        "irq: after destroy",
+        sys::irq_ack(irq),
+        Err(Error::BadCap),
+        &mut bad,
+    );
+    expect(
+        "irq: state after destroy",
+        sys::obj_get_state(irq).map(|w| w[0]),
+        Err(Error::BadCap),
+        &mut bad,
+    );
+    println!("ktest: irq: {bad} unexpected result(s)");
+    i32::from(bad != 0)
+}
+
+/// A driver that binds line 4 (its capability is name 0), takes one interrupt and dies
+/// before acknowledging it.
+fn irq_driver() -> i32 {
+    let (Ok(set), irq) = (sys::port_set_create(), 0) else {
+        return 1;
+    };
+    let Ok(port) = sys::port_create(set, 0x55) else {
+        return 1;
+    };
+    if let Err(e) = sys::irq_bind(irq, port) {
+        println!("ktest: irq-driver: bind: {e:?}");
+        return 1;
+    }
+    println!("ktest: irq: driver waiting for interrupt 3 on line 4");
+    let m = sys::ipc_wait(set);
+    println!(
+        "ktest: irq: driver got {:?}; dies before its ack",
+        m.map(|m| (m.badge, m.words))
+    );
+    // SAFETY: the fault is the point: the process is killed here.
+    unsafe { core::arch::asm!("ud2") };
+    0
 }
