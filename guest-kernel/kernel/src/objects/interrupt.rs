@@ -88,6 +88,8 @@ pub fn ack(k: &mut Kernel, c: Caller, name: u64) -> CallResult {
     line.check_ack()?;
     line.ack();
     apply_mask(line);
+    let n = line.line;
+    crate::console::line_acknowledged(n);
     Ok(Reply::Value(0))
 }
 
