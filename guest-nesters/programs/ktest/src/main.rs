@@ -879,7 +879,53 @@ fn fuzz_objects(names: &mut [u64; 24]) -> usize {
         add(Ok(child.thread));
         add(Ok(child.space));
     }
+    // Device memory and interrupts its parent passed on (names 0, 1, ...: capfuzz).
+    for name in 0..4 {
+        use fluke_abi::syscall::objstate::{DEVICE_MEMORY, INTERRUPT};
+        if matches!(
+            sys::obj_get_state(name).map(|w| w[0]),
+            Ok(DEVICE_MEMORY | INTERRUPT)
+        ) {
+            add(Ok(name));
+        }
+    }
     n
+}
+
+/// Where capfuzz's device calls map device memory: never touched by the fuzzer itself.
+const FUZZ_DEVICE_VA: u64 = 0x6800_0000;
+
+/// The device capabilities the fuzzer holds (its parent passes them as names 0, 1, ...).
+fn fuzz_devices() -> ([u64; 4], usize) {
+    use fluke_abi::syscall::objstate::{DEVICE_MEMORY, INTERRUPT};
+    let mut devs = ([NO_CAP; 4], 0);
+    for name in 0..4 {
+        if matches!(
+            sys::obj_get_state(name).map(|w| w[0]),
+            Ok(DEVICE_MEMORY | INTERRUPT)
+        ) {
+            devs.0[devs.1] = name;
+            devs.1 += 1;
+        }
+    }
+    devs
+}
+
+/// Copies of the device capabilities init was given, for the fuzzer (none without
+/// device words on the command line).
+fn device_caps() -> ([u64; 3], usize) {
+    use fluke_abi::devices::{init_devmem_cap, init_extra_irq_cap, init_irq_cap};
+    let mut caps = [NO_CAP; 3];
+    let mut n = 0;
+    for name in [init_devmem_cap(0), init_irq_cap(0), init_extra_irq_cap(0)] {
+        // Without WRITE: the fuzzer can use them but not destroy them for later rounds
+        // (`ktest devmem` and `ktest irq` destroy them).
+        if let Ok(copy) = sys::cap_copy(name, 0b1011) {
+            caps[n] = copy;
+            n += 1;
+        }
+    }
+    (caps, n)
 }
 
 /// `rounds` rounds of kernel-call fuzzing (seeds `seed`, `seed + 1`, ...), each in a child
@@ -903,7 +949,8 @@ fn capfuzz(seed: u64, count: &str, rounds: u64) -> i32 {
         let args = ["capfuzz-child", num.format(seed + round), count, "kept"];
         // The child sleeps before its first call with a non-canonical RSP, so this runs
         // before it needs its keeper.
-        let status = sys::spawn_child("ktest", &args, &[]).and_then(|child| {
+        let (devices, ndev) = device_caps();
+        let status = sys::spawn_child("ktest", &args, &devices[..ndev]).and_then(|child| {
             KEPT_FUZZER.store(child.thread, Ordering::SeqCst);
             KEPT_SPACE.store(child.space, Ordering::SeqCst);
             let status =
@@ -912,6 +959,9 @@ fn capfuzz(seed: u64, count: &str, rounds: u64) -> i32 {
             let _ = sys::cap_drop(child.space);
             status
         });
+        for &copy in &devices[..ndev] {
+            let _ = sys::cap_drop(copy);
+        }
         let survivor = sys::spawn("victim", &["ok"]).and_then(sys::wait);
         println!(
             "ktest: capfuzz: round {round}: fuzzer exited {status:?}; new process exited {survivor:?}"
@@ -998,6 +1048,8 @@ fn capfuzz_child(seed: u64, count: u64, kept: bool) -> i32 {
     let mut total = 0u64;
     let mut ok = 0u64;
     let mut repaired = 0u64;
+    // Successful devmem_map, irq_bind, irq_ack calls (with the device capabilities passed).
+    let mut device_ok = [0u64; 3];
     {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut next = move || {
@@ -1007,7 +1059,8 @@ fn capfuzz_child(seed: u64, count: u64, kept: bool) -> i32 {
             x
         };
         let mut names = [NO_CAP; 24];
-        let nobj = fuzz_objects(&mut names);
+        let mut nobj = fuzz_objects(&mut names);
+        let mut devs = fuzz_devices();
         let pointers = [
             FUZZ_SCRATCH,
             FUZZ_SCRATCH + 4096 - 8,
@@ -1029,14 +1082,15 @@ fn capfuzz_child(seed: u64, count: u64, kept: bool) -> i32 {
             i += 1;
             if i % 2000 == 0 {
                 // Fresh objects now and then (the calls destroy and drop them).
-                let _ = fuzz_objects(&mut names);
+                nobj = fuzz_objects(&mut names);
+                devs = fuzz_devices();
             }
             let r = next();
             let nr = match r % 64 {
-                n @ 0..=47 => n,
+                n @ 0..=50 => n,
                 n => match n % 4 {
                     0 => 0xf100 + (r >> 8) % 2, // the floor calls, off in this boot
-                    1 => 48 + (r >> 8) % 1000,
+                    1 => 51 + (r >> 8) % 1000,
                     2 => r | 1 << 63,
                     _ => (r >> 8) as u32 as u64,
                 },
@@ -1079,6 +1133,23 @@ fn capfuzz_child(seed: u64, count: u64, kept: bool) -> i32 {
                 a[0] = FUZZ_SCRATCH + (a[0] % 4) * 4096;
                 a[1] %= FUZZ_SCRATCH_LEN;
             }
+            // Half the device calls aim at a device capability it was given, with arguments
+            // that can succeed (a window mapped into its own or its empty child space, at an
+            // address it never touches itself): the paths past the checks get fuzzed too.
+            let device_call = matches!(
+                Call::from_u64(nr),
+                Some(Call::DevmemMap | Call::IrqBind | Call::IrqAck)
+            );
+            if device_call && devs.1 > 0 && (r >> 12) % 2 == 0 {
+                a[0] = devs.0[(r >> 16) as usize % devs.1];
+                if Call::from_u64(nr) == Some(Call::DevmemMap) {
+                    if (r >> 20) % 2 == 0 {
+                        a[1] = fluke_abi::syscall::SELF_SPACE;
+                    }
+                    a[2] = FUZZ_DEVICE_VA + ((r >> 24) % 8) * 4096;
+                    a[3] = (r >> 28) % 3;
+                }
+            }
             let data = [arg(), arg(), arg(), arg()];
             // A non-canonical RSP only with a keeper: the kernel stops a thread holding one
             // with a stack fault at its next entry (hole 7 of issue 13; `ktest rsp-hog`),
@@ -1093,9 +1164,23 @@ fn capfuzz_child(seed: u64, count: u64, kept: bool) -> i32 {
             total += 1;
             repaired += u64::from(ret == RSP_REPAIRED);
             ok += u64::from(decode(ret).is_ok());
+            if decode(ret).is_ok() && ret != RSP_REPAIRED {
+                match Call::from_u64(nr) {
+                    Some(Call::DevmemMap) => device_ok[0] += 1,
+                    Some(Call::IrqBind) => device_ok[1] += 1,
+                    Some(Call::IrqAck) => device_ok[2] += 1,
+                    _ => {}
+                }
+            }
         }
     }
     println!("ktest: capfuzz: seed {seed}: {total} calls ({ok} succeeded, {repaired} repaired by the keeper)");
+    if device_ok != [0; 3] {
+        println!(
+            "ktest: capfuzz: seed {seed}: devmem_map {}, irq_bind {}, irq_ack {} succeeded",
+            device_ok[0], device_ok[1], device_ok[2]
+        );
+    }
     0
 }
 
