@@ -19,13 +19,22 @@ fn bad_device_words_are_refused_with_one_line_each() {
         ("4K@0x0:6", Some("overlaps RAM")),
         ("4K@0xfec00000:7", Some("overlaps the IOAPIC")),
         ("4K@0xfee00000:8", Some("overlaps the local APIC")),
-        ("4K@0xfffffffffffff000:9", Some("malformed, empty or wrapping")),
+        (
+            "4K@0xfffffffffffff000:9",
+            Some("malformed, empty or wrapping"),
+        ),
         ("junk", Some("malformed, empty or wrapping")),
-        ("4K@0xd0000800:10", Some("shares a page with an earlier device")),
+        (
+            "4K@0xd0000800:10",
+            Some("shares a page with an earlier device"),
+        ),
         ("4K@0xd0001000:5", Some("its interrupt line is taken")),
         ("4K@0xd0002000:99", Some("no such IOAPIC line")),
         ("4M@0xd0400000:11", Some("larger than 2 MiB")),
-        ("4K@0x10000000000000:12", Some("beyond the CPU's physical address width")),
+        (
+            "4K@0x10000000000000:12",
+            Some("beyond the CPU's physical address width"),
+        ),
     ];
     let mut cmdline = String::from("fluke.init=ktest,devlist fluke.irq=4 fluke.irq=5");
     for (w, _) in words {
@@ -51,7 +60,9 @@ fn bad_device_words_are_refused_with_one_line_each() {
             }
         }
         run.assert_console("fluke: interrupt line 4 (init name 222)");
-        run.assert_console("fluke: interrupt line refused: fluke.irq=5: its interrupt line is taken");
+        run.assert_console(
+            "fluke: interrupt line refused: fluke.irq=5: its interrupt line is taken",
+        );
         // Only the accepted device's two capabilities and line 4's reached init.
         run.assert_console("ktest: devlist: name 254: [11, 3489660928, 4096, 5, 0]");
         run.assert_console("ktest: devlist: name 253: [12, 5, 18446744073709551615, 0, 0]");
@@ -68,7 +79,10 @@ fn bad_device_words_are_refused_with_one_line_each() {
 #[test]
 fn device_memory_reaches_the_device_only_through_its_capability() {
     let cmdline = format!("fluke.init=ktest,devmem,read {DEVICE}");
-    let run = vmm(&default_image(), &["--timeout", "60", "--cmdline", &cmdline]);
+    let run = vmm(
+        &default_image(),
+        &["--timeout", "60", "--cmdline", &cmdline],
+    );
     run.assert_console("victim: devmem-nocap: 0 name(s) reached a device");
     run.assert_console("ktest: devmem: a program without the capability: Ok(0)");
     run.assert_console("ktest: devmem: a program touching d0000000: Ok(142)");
@@ -112,7 +126,11 @@ fn irq_checks(who: &str, run: &Run) {
     // Unbound and still masked after the driver, the interrupt outstanding.
     run.assert_console("ktest: irq: after the driver: Ok([12, 4, 18446744073709551615, 1, 3, 0])");
     run.assert_console("ktest: irq: 0 unexpected result(s)");
-    assert!(!run.console.contains("UNEXPECTED"), "{who}: {}", run.console);
+    assert!(
+        !run.console.contains("UNEXPECTED"),
+        "{who}: {}",
+        run.console
+    );
 }
 
 /// COM1's receive interrupt (line 4, `fluke.irq=4`) as a real source: each byte fed to the
@@ -126,8 +144,12 @@ fn interrupts_arrive_as_messages_until_acknowledged() {
     cmd.arg("run")
         .arg(default_image())
         .args(["--timeout", "60", "--cmdline", cmdline]);
-    let (status, console, stderr) =
-        run_feeding(&mut cmd, "waiting for interrupt", b"x", Duration::from_secs(90));
+    let (status, console, stderr) = run_feeding(
+        &mut cmd,
+        "waiting for interrupt",
+        b"x",
+        Duration::from_secs(90),
+    );
     let run = Run {
         status: status.code().unwrap_or(-1),
         console,
@@ -143,8 +165,12 @@ fn interrupts_arrive_as_messages_until_acknowledged() {
         .arg("-kernel")
         .arg(default_image())
         .args(["-append", cmdline]);
-    let (status, console, stderr) =
-        run_feeding(&mut qemu, "waiting for interrupt", b"x", Duration::from_secs(240));
+    let (status, console, stderr) = run_feeding(
+        &mut qemu,
+        "waiting for interrupt",
+        b"x",
+        Duration::from_secs(240),
+    );
     let code = status.code().unwrap_or(-1);
     let run = Run {
         status: fluke_abi::status::from_qemu_exit_code(code).map_or(code, i32::from),

@@ -16,12 +16,14 @@
 
 use super::object::{name_of, CallResult, Reply};
 use crate::arch::{apic, ioapic};
-use crate::kernel::sched::Next;
+use crate::kernel::sched::{self, Next};
+use crate::kernel::thread::{ThreadId, ThreadState};
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::ipc::NO_CAP;
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::{fault, Error};
 use fluke_kcore::cap::Rights;
+use fluke_kcore::ipc::Delivery;
 use fluke_kcore::irq::Line;
 use fluke_kcore::slab::Id;
 
@@ -115,16 +117,36 @@ pub fn arrive(k: &mut Kernel, line: u32, from_user: bool) -> Next {
 
 /// Sends the line's queued message to a thread waiting on its port's set, if one waits:
 /// that thread (now runnable).
-fn send_queued(k: &mut Kernel, i: Id) -> Option<crate::kernel::thread::ThreadId> {
+fn send_queued(k: &mut Kernel, i: Id) -> Option<ThreadId> {
     let line = *k.irqs.get(i)?;
     let (port, count) = line.to_send()?;
     let p = *k.ports.get(port)?;
     let words = [fault::INTERRUPT, u64::from(line.line), count, 0];
-    let to = super::ipc::kernel_message(k, p.set, p.badge, words)?;
+    let to = kernel_message(k, p.set, p.badge, words)?;
     if let Some(l) = k.irqs.get_mut(i) {
         l.taken();
     }
     Some(to)
+}
+
+/// Delivers a message the kernel makes for a thread waiting on `set` (the first live one),
+/// which owes no reply and is made runnable; `None` (nothing changed) if none waits.
+/// (`ipc` takes queued interrupts from here when a thread waits: this module does not call
+/// into `ipc`.)
+fn kernel_message(k: &mut Kernel, set: Id, badge: u64, words: [u64; 4]) -> Option<ThreadId> {
+    let threads = &k.threads;
+    let alive = |t: ThreadId| {
+        threads
+            .get(t)
+            .is_some_and(|th| th.state != ThreadState::Dead)
+    };
+    let w = k.port_sets.get_mut(set)?.pop_server(alive)?;
+    let thread = k.threads.get_mut(w)?;
+    let blocked = !thread.runnable();
+    thread.reply_to = None;
+    Delivery::fault(badge, words).write(&mut thread.regs, blocked);
+    sched::make_runnable(k, w);
+    Some(w)
 }
 
 /// A thread waits on `set` (`ipc_wait`): the message of a line queued for one of the set's

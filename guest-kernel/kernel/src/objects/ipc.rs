@@ -424,25 +424,6 @@ pub fn forget_thread(k: &mut Kernel, tid: ThreadId) {
     }
 }
 
-/// A message the kernel makes itself (an interrupt: `objects::interrupt`) for a thread
-/// waiting on `set`: delivered to the first live one, which owes no reply and is made
-/// runnable; `None` (nothing changed) if no thread waits.
-pub fn kernel_message(
-    k: &mut Kernel,
-    set: Id,
-    badge: u64,
-    words: [u64; 4],
-) -> Option<ThreadId> {
-    k.port_sets.get(set)?;
-    let w = pop_server(k, set)?;
-    deliver_fault(k, w, badge, words);
-    if let Some(t) = k.threads.get_mut(w) {
-        t.reply_to = None;
-    }
-    sched::make_runnable(k, w);
-    Some(w)
-}
-
 /// Writes a kernel-made message (a fault) into a receiving thread's registers.
 fn deliver_fault(k: &mut Kernel, to: ThreadId, badge: u64, words: [u64; 4]) {
     let blocked = k.threads.get(to).is_some_and(|t| !t.runnable());

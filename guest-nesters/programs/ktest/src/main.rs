@@ -2910,7 +2910,7 @@ fn irq() -> i32 {
         Err(Error::Busy),
         &mut bad,
     );
-    let mut check_msg = |bad: &mut u32, count: u64| {
+    let check_msg = |bad: &mut u32, count: u64| {
         let m = sys::ipc_wait(set);
         let ok =
             matches!(m, Ok(ref m) if m.badge == 0x44 && m.words == [fault::INTERRUPT, 4, count, 0]);
