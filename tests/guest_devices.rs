@@ -139,7 +139,17 @@ fn irq_checks(who: &str, run: &Run) {
 /// and the next binding gets that interrupt again; a bound line can be destroyed.
 #[test]
 fn interrupts_arrive_as_messages_until_acknowledged() {
-    let cmdline = "fluke.init=ktest,irq fluke.irq=4";
+    irq_on_both("fluke.init=ktest,irq fluke.irq=4");
+}
+
+/// The same with a CPU-bound process running meanwhile: the interrupts arrive in user mode
+/// (the driver is blocked) and reach the driver all the same.
+#[test]
+fn interrupts_arriving_in_user_mode_reach_the_driver() {
+    irq_on_both("fluke.init=ktest,irq,spin fluke.irq=4");
+}
+
+fn irq_on_both(cmdline: &str) {
     let mut cmd = Command::new(VMM);
     cmd.arg("run")
         .arg(default_image())

@@ -55,7 +55,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         "objects" => objects(),
         "devmem" => devmem(args.get(1).unwrap_or("read")),
         "devlist" => devlist(),
-        "irq" => irq(),
+        "irq" => irq(args.get(1) == Some("spin")),
         "irq-driver" => irq_driver(),
         "ipcdata" => ipcdata_server(),
         "ipcdata-client" => ipcdata_client(),
@@ -2846,7 +2846,7 @@ fn devmem(mode: &str) -> i32 {
 /// interrupts arriving as messages until acknowledged; a driver killed before its ack
 /// leaves the line masked and rebindable, and the next binding gets the interrupt again;
 /// destroying a bound line.
-fn irq() -> i32 {
+fn irq(spin: bool) -> i32 {
     use fluke_abi::devices::init_extra_irq_cap;
     use fluke_abi::syscall::fault;
     use fluke_abi::syscall::objstate::{INTERRUPT, INTERRUPT_OUTSTANDING};
@@ -2921,9 +2921,21 @@ fn irq() -> i32 {
         );
         *bad += u32::from(!ok);
     };
+    // With `spin`, a CPU-bound process runs meanwhile: the interrupts arrive in user mode
+    // (this process is blocked), and the interrupted process yields to the driver.
+    let spinner = if spin {
+        sys::spawn("spinner", &["irq-spinner", "1500"]).ok()
+    } else {
+        None
+    };
     for count in 1..=2 {
         println!("ktest: irq: waiting for interrupt {count} on line 4");
+        let t0 = sys::time_ns();
         check_msg(&mut bad, count);
+        println!(
+            "ktest: irq: interrupt {count} after {} us",
+            (sys::time_ns() - t0) / 1000
+        );
         let st = sys::obj_get_state(irq).map(|w| (w[3], w[4]));
         expect(
             "irq: outstanding",
@@ -2955,6 +2967,10 @@ fn irq() -> i32 {
             t1 - t0,
             t3 - t2
         );
+    }
+    if let Some(spinner) = spinner {
+        let st = sys::wait(spinner);
+        println!("ktest: irq: the spinner ended {st:?}");
     }
     // A driver killed before its ack.
     let mut unbound = [INTERRUPT, 4, NO_CAP, 0, 0, 0];
