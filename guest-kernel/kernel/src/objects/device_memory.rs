@@ -66,11 +66,12 @@ pub fn map(k: &mut Kernel, c: Caller, name: u64, space_name: u64, addr: u64, fla
     if k.graph.overlaps(target, addr, end) || paging::next_present(root, addr, end).is_some() {
         return Err(Error::InvalidArgument);
     }
-    // Mappings into spaces that have ended since no longer count.
+    // Mappings into spaces that have ended since no longer count, nor one at this very
+    // address (the space discarded those pages itself: the range is clear, checked above).
     let live: alloc::vec::Vec<_> = k.devmems.get(d).ok_or(Error::BadCap)?.mappings.clone();
     let live: alloc::vec::Vec<_> = live
         .into_iter()
-        .filter(|&(pid, _, _)| k.space_ref(pid).is_some())
+        .filter(|&(pid, at, _)| k.space_ref(pid).is_some() && (pid, at) != (target, addr))
         .collect();
     if live.len() >= MAX_DEVMEM_MAPPINGS {
         return Err(Error::Exhausted);
