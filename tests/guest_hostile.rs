@@ -246,7 +246,10 @@ fn a_loop_with_a_non_canonical_stack_pointer_costs_only_its_own_time() {
 /// object kind with hostile arguments and register state; `scripts/fuzz.sh` runs longer.
 #[test]
 fn a_million_hostile_calls_with_real_capabilities_leave_the_kernel_healthy() {
-    for (who, run) in both("fluke.init=ktest,capfuzz,1,250000,4") {
+    // With a device window and an interrupt line, so the device calls meet live objects.
+    let cmdline =
+        "fluke.init=ktest,capfuzz,1,250000,4 virtio_mmio.device=4K@0xd0000000:5 fluke.irq=4";
+    for (who, run) in both(cmdline) {
         assert_eq!(run.status, 0, "{who}: {run:?}");
         for seed in 1..=4 {
             run.assert_console(&format!("ktest: capfuzz: seed {seed}: 250000 calls"));

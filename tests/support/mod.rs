@@ -105,6 +105,72 @@ pub fn run_to_end(
     wait_with_deadline(child, deadline)
 }
 
+/// Runs `cmd` to its end (killed at `deadline`) with its stdin a pipe: each time a line of
+/// its stdout contains `trigger`, `input` is written there (after a short pause, so the
+/// guest is waiting by then). The guest's UART receives it (fluke-vmm's `--serial stdio`,
+/// QEMU's `-serial stdio`).
+pub fn run_feeding(
+    cmd: &mut Command,
+    trigger: &str,
+    input: &[u8],
+    deadline: Duration,
+) -> (std::process::ExitStatus, String, String) {
+    use std::io::{BufRead, Write};
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {:?}: {e}", cmd.get_program()));
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let out = child.stdout.take().expect("piped stdout");
+    let mut err = child.stderr.take().expect("piped stderr");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let trigger = trigger.to_string();
+    let out_t = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(out).split(b'\n') {
+            let Ok(line) = line else { break };
+            let line = String::from_utf8_lossy(&line).into_owned();
+            if line.contains(&trigger) {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let input = input.to_vec();
+    let in_t = std::thread::spawn(move || {
+        while rx.recv().is_ok() {
+            std::thread::sleep(Duration::from_millis(100));
+            if stdin.write_all(&input).and_then(|_| stdin.flush()).is_err() {
+                break;
+            }
+        }
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > deadline {
+            let _ = child.kill();
+            let st = child.wait().expect("wait after kill");
+            panic!("guest run exceeded the test's {deadline:?} limit (status {st:?})");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let console = out_t.join().unwrap_or_default();
+    let _ = in_t.join();
+    (status, console, err_t.join().unwrap_or_default())
+}
+
 /// Boots `image` under fluke-vmm with `args` (e.g. `--cmdline ...`).
 pub fn vmm(image: &Path, args: &[&str]) -> Run {
     // Unless the test gives its own, a --timeout below the deadline: a hung guest ends

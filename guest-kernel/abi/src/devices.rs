@@ -21,6 +21,55 @@ pub const MAX_VIRTIO_DEVICES: usize = 8;
 /// The command-line key of one device.
 pub const VIRTIO_MMIO_KEY: &str = "virtio_mmio.device";
 
+/// The IOAPIC's register window (fluke-vmm's in-kernel irqchip, QEMU's `pc`): never a
+/// device window a program can be given.
+pub const IOAPIC_BASE: u64 = 0xfec0_0000;
+pub const IOAPIC_WINDOW: u64 = 0x0010_0000;
+/// The local APIC's window (and the MSI range after it).
+pub const LAPIC_BASE: u64 = 0xfee0_0000;
+pub const LAPIC_WINDOW: u64 = 0x0010_0000;
+
+/// How the first process finds its devices: fixed capability names, counting down from
+/// below `INIT_BENCH_CAP` (255). The `i`-th `virtio_mmio.device` word of the command line
+/// (counting every word with that key, refused ones too, so the names follow from the
+/// command line alone) gives a device-memory capability at [`init_devmem_cap`]`(i)` and an
+/// interrupt capability for its line at [`init_irq_cap`]`(i)`; a refused word leaves both
+/// names empty. `obj_get_state` on a name says what is there
+/// (`[DEVICE_MEMORY, base, size, line]`, `[INTERRUPT, line, ..]`).
+pub const MAX_DEVICE_WORDS: usize = 16;
+pub const fn init_devmem_cap(i: usize) -> u64 {
+    crate::syscall::INIT_BENCH_CAP - 1 - 2 * i as u64
+}
+pub const fn init_irq_cap(i: usize) -> u64 {
+    crate::syscall::INIT_BENCH_CAP - 2 - 2 * i as u64
+}
+
+/// `fluke.irq=<line>`: an interrupt line of a device the command line does not describe
+/// otherwise (under fluke-vmm and QEMU, COM1's receive interrupt is line
+/// [`crate::ports::COM1_IRQ`]). The `j`-th such word gives the first process an interrupt
+/// capability at [`init_extra_irq_cap`]`(j)`. For COM1's line the kernel, whose console
+/// the UART is, turns on the UART's received-data interrupt.
+pub const IRQ_KEY: &str = "fluke.irq";
+pub const MAX_IRQ_WORDS: usize = 8;
+pub const fn init_extra_irq_cap(j: usize) -> u64 {
+    init_devmem_cap(MAX_DEVICE_WORDS) - j as u64
+}
+
+/// Every `virtio_mmio.device` word of the command line, in order, with its value: parsed,
+/// or `Err(value)` for one that does not parse (the kernel refuses it at boot).
+pub fn device_words(cmdline: &str) -> impl Iterator<Item = Result<MmioDevice, &str>> + '_ {
+    crate::cmdline::words(cmdline)
+        .filter(|(k, _)| *k == VIRTIO_MMIO_KEY)
+        .map(|(_, v)| MmioDevice::parse(v).ok_or(v))
+}
+
+/// Every `fluke.irq` word's value, in order: the line, or `Err(value)`.
+pub fn irq_words(cmdline: &str) -> impl Iterator<Item = Result<u32, &str>> + '_ {
+    crate::cmdline::words(cmdline)
+        .filter(|(k, _)| *k == IRQ_KEY)
+        .map(|(_, v)| number(v).and_then(|n| u32::try_from(n).ok()).ok_or(v))
+}
+
 /// One `virtio_mmio.device=` word: the window and its interrupt line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MmioDevice {
@@ -112,6 +161,23 @@ mod tests {
         );
         let two = "a virtio_mmio.device=4K@0xd0000000:5 b=c virtio_mmio.device=1M@3489665024:6";
         assert_eq!(listed(two).count(), 2);
+    }
+
+    #[test]
+    fn init_names_count_down_below_the_bench_cap_without_overlap() {
+        assert_eq!(init_devmem_cap(0), 254);
+        assert_eq!(init_irq_cap(0), 253);
+        assert_eq!(init_irq_cap(MAX_DEVICE_WORDS - 1), 255 - 2 * 16);
+        assert_eq!(
+            init_extra_irq_cap(0),
+            init_irq_cap(MAX_DEVICE_WORDS - 1) - 1
+        );
+        assert!(init_extra_irq_cap(MAX_IRQ_WORDS - 1) > 200);
+        let w =
+            "fluke.irq=4 virtio_mmio.device=4K@0xd0000000:5 virtio_mmio.device=junk fluke.irq=x";
+        assert_eq!(device_words(w).count(), 2);
+        assert_eq!(device_words(w).nth(1), Some(Err("junk")));
+        assert_eq!(irq_words(w).collect::<Vec<_>>(), [Ok(4), Err("x")]);
     }
 
     #[test]

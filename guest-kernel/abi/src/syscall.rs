@@ -154,6 +154,17 @@ pub enum Call {
     /// present holding the 4 KiB at `src`, in one call (nothing mapping it sees it
     /// half-filled). How a pager brings a page back.
     MemInstall = 47,
+    /// `devmem_map(devmem, space, addr, flags)`: maps a device-memory object's whole
+    /// window into `space` (a space capability with WRITE, or [`SELF_SPACE`]) at `addr`,
+    /// uncached; `flags` `MAP_WRITE` (1) or 0 (never executable). Needs USE on the object.
+    DevmemMap = 48,
+    /// `irq_bind(irq, port)`: each interrupt of the line then arrives on `port` as a
+    /// message `[fault::INTERRUPT, line, count, 0]`; `Busy` if the line is bound already.
+    /// Needs USE on both.
+    IrqBind = 49,
+    /// `irq_ack(irq)`: the driver has handled the interrupt it was sent; the line, masked
+    /// since it fired, is unmasked. `InvalidArgument` if no interrupt awaits an ack.
+    IrqAck = 50,
 }
 
 /// The state of a non-thread object as `obj_get_state` / `obj_set_state` exchange it.
@@ -171,6 +182,14 @@ pub mod objstate {
     pub const THREAD: u64 = 8; // [THREAD] (its state: thread_get_state)
     pub const REFERENCE: u64 = 9; // [REFERENCE, the object it holds]
     pub const BENCH: u64 = 10; // [BENCH] (the benchmark capability: INIT_BENCH_CAP)
+    pub const DEVICE_MEMORY: u64 = 11; // [DEVICE_MEMORY, base, size, line of its word]
+    /// [INTERRUPT, line, port (NO_CAP: unbound), flags (INTERRUPT_OUTSTANDING |
+    /// INTERRUPT_QUEUED), interrupts so far]
+    pub const INTERRUPT: u64 = 12;
+    /// An interrupt was sent (or is to be) and not acknowledged yet: the line is masked.
+    pub const INTERRUPT_OUTSTANDING: u64 = 1;
+    /// It has not been taken by a thread of the port's set yet.
+    pub const INTERRUPT_QUEUED: u64 = 2;
     pub const WORDS: usize = 6;
     /// In a mutex's state: held by the calling thread itself (which has no name for itself).
     pub const SELF_THREAD: u64 = u64::MAX - 1;
@@ -186,6 +205,10 @@ pub mod fault {
     /// `w0`: a page of a region is not present (`w1` offset in the region, `w2` error code,
     /// `w3` faulting address in the faulting space).
     pub const REGION: u64 = 2;
+    /// `w0` of an interrupt message (`irq_bind`): `w1` the line, `w2` how many interrupts
+    /// the line has had (this one included). Not a fault: nothing waits for a reply; the
+    /// line stays masked until `irq_ack`.
+    pub const INTERRUPT: u64 = 3;
 }
 
 /// `thread_create(SELF_SPACE)`: a thread in the caller's own space (a server's helper
@@ -323,6 +346,9 @@ impl Call {
             45 => Call::MemDiscard,
             46 => Call::MemReferenced,
             47 => Call::MemInstall,
+            48 => Call::DevmemMap,
+            49 => Call::IrqBind,
+            50 => Call::IrqAck,
             _ => return None,
         })
     }
@@ -390,6 +416,9 @@ pub enum Error {
     /// chains of mappings, or through itself (the region mapped into memory it provides).
     /// Nothing was changed.
     TooManyViews = 12,
+    /// `irq_bind`: the interrupt line is bound to a port already (destroy or unbind it
+    /// through `obj_set_state` first).
+    Busy = 13,
 }
 
 impl Error {
@@ -407,6 +436,7 @@ impl Error {
             10 => Error::NoRights,
             11 => Error::PeerGone,
             12 => Error::TooManyViews,
+            13 => Error::Busy,
             _ => return None,
         })
     }
@@ -425,6 +455,7 @@ impl Error {
             Error::NoRights => "missing rights",
             Error::PeerGone => "peer gone",
             Error::TooManyViews => "too many views of a page",
+            Error::Busy => "busy",
         }
     }
 }
@@ -491,7 +522,7 @@ mod tests {
             assert_eq!(call as u64, n);
             n += 1;
         }
-        assert_eq!(n, Call::MemInstall as u64 + 1, "a gap in the call numbers");
+        assert_eq!(n, Call::IrqAck as u64 + 1, "a gap in the call numbers");
         for unknown in [n, n + 1, 0xf100, 0xf101, u64::MAX, 1 << 32] {
             assert_eq!(Call::from_u64(unknown), None, "{unknown:#x}");
         }
@@ -514,15 +545,16 @@ mod tests {
             Error::NoRights,
             Error::PeerGone,
             Error::TooManyViews,
+            Error::Busy,
         ] {
             assert_eq!(decode(encode(Err(e))), Err(e));
             assert_eq!(Error::from_i64(e as i64), Some(e));
         }
         assert_eq!(decode(encode(Ok(0))), Ok(0));
         assert_eq!(decode(encode(Ok(u64::MAX - 4095))), Ok(u64::MAX - 4095));
-        for n in 0..=47 {
+        for n in 0..=50 {
             assert_eq!(Call::from_u64(n).map(|c| c as u64), Some(n));
         }
-        assert_eq!(Call::from_u64(48), None);
+        assert_eq!(Call::from_u64(51), None);
     }
 }

@@ -9,8 +9,10 @@ extern crate std;
 
 pub mod budget;
 pub mod cap;
+pub mod devices;
 pub mod frame;
 pub mod ipc;
+pub mod irq;
 pub mod mapping;
 pub mod memmap;
 pub mod objstate;

@@ -26,6 +26,7 @@ const LAYERS: &[&str] = &[
     "kernel",
     "loader",
     "objects",
+    "devices",
     "dispatch",
     "selftest",
 ];

@@ -132,6 +132,45 @@ fn uart_bytes(bytes: &[u8]) {
     }
 }
 
+/// Turns on COM1's received-data interrupt (IER bit 0, and OUT2, which gates a 16550's
+/// interrupt output on real hardware): the kernel's console has no input of its own, and a
+/// program holding an interrupt capability for COM1's line (`fluke.irq=4`) is then told
+/// when input arrives. The bytes stay in the UART (reading them is port I/O, the kernel's).
+pub fn enable_receive_interrupt() {
+    // SAFETY: COM1 is the kernel's console device; IER and MCR change only when it
+    // interrupts, not what it sends.
+    unsafe {
+        cpu::outb(COM1 + 4, 0x0b); // MCR: DTR, RTS, OUT2
+        cpu::outb(COM1 + 1, 0x01); // IER: received data available
+    }
+    RECEIVE_INTERRUPT.store(true, Ordering::Relaxed);
+}
+
+/// COM1's received-data interrupt is on (`enable_receive_interrupt`).
+static RECEIVE_INTERRUPT: AtomicBool = AtomicBool::new(false);
+
+/// Interrupt line `line` was acknowledged (and unmasked). If it is COM1's and its receive
+/// interrupt is on, the UART's side of the interrupt is serviced, as a driver of the UART
+/// would (it is the kernel's: port I/O): the receive FIFO is read empty, which clears the
+/// pending received-data condition, so the next input raises the line again. The bytes
+/// are dropped: the kernel has no console input, and the interrupt only tells a program
+/// that input arrived. Unmasked first, drained after, so input arriving in between still
+/// interrupts.
+pub fn line_acknowledged(line: u32) {
+    if line != fluke_abi::ports::COM1_IRQ || !RECEIVE_INTERRUPT.load(Ordering::Relaxed) {
+        return;
+    }
+    for _ in 0..64 {
+        // SAFETY: COM1 is the kernel's; reading LSR and RBR only consumes input.
+        unsafe {
+            if cpu::inb(COM1 + 5) & 1 == 0 {
+                break;
+            }
+            let _ = cpu::inb(COM1);
+        }
+    }
+}
+
 /// A console write in pieces that the VMM gets as few records as fit (a `console_write`
 /// call copying its bytes in chunks): handed on when it drops.
 pub struct Writer(Option<Held<'static>>);

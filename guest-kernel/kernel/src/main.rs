@@ -10,6 +10,7 @@ extern crate alloc;
 mod arch;
 mod bootinfo;
 mod console;
+mod devices;
 mod dispatch;
 mod image;
 mod kernel;
@@ -133,6 +134,7 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
         tsc_khz,
         if time::kvmclock() { "kvmclock" } else { "tsc" }
     );
+    let bundle_range = bundle;
     let bundle = match bundle.map(image::bundle) {
         Some(Ok(b)) => b,
         Some(Err(e)) => panic!("corrupt program bundle: {e}"),
@@ -140,6 +142,10 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     };
     image::describe(&bundle);
     image::set_loaded_bundle(bundle);
+    let mut image_ranges = alloc::vec![kernel];
+    image_ranges.extend(bundle_range);
+    image_ranges.extend(boot.loader_ranges.iter().filter(|r| r.end > r.start));
+    let accepted = devices::check_words(cmd, boot, &image_ranges, detected.phys_bits, root);
 
     boot_mark(BootMark::InitStart);
     if let Some(name) = cmdline::get(cmd, cmdline::TEST) {
@@ -148,13 +154,17 @@ extern "C" fn kernel_main(start_info_pa: u64) -> ! {
     if let Some(name) = cmdline::get(cmd, cmdline::BENCH) {
         selftest::bench(name);
     }
-    start_init(&bundle, cmdline::get(cmd, cmdline::INIT));
+    start_init(&bundle, cmdline::get(cmd, cmdline::INIT), &accepted);
     // The boot stack becomes the idle stack: the scheduler runs on it from here.
     kernel::sched::run(kernel::sched::Leave::Scheduler)
 }
 
 /// Starts the first process: the manifest's init, or `fluke.init=PROGRAM,ARG,...`.
-fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>) {
+fn start_init(
+    bundle: &fluke_image::Bundle<'static>,
+    override_init: Option<&str>,
+    devices: &devices::Accepted,
+) {
     let mut args = alloc::vec::Vec::new();
     let name = match override_init {
         Some(spec) => {
@@ -187,6 +197,8 @@ fn start_init(bundle: &fluke_image::Bundle<'static>, override_init: Option<&str>
             .ok_or(fluke_abi::syscall::Error::InvalidArgument)?
             .caps
             .insert_at(fluke_abi::syscall::INIT_BENCH_CAP as u32, bench)?;
+        // The devices of the command line, under their fixed names (fluke_abi::devices).
+        devices::give_to_init(k, pid, devices);
         Ok::<_, fluke_abi::syscall::Error>(pid)
     });
     match started {

@@ -630,3 +630,20 @@ pub fn obj_get_state(cap: u64) -> Result<[u64; objstate::WORDS], Error> {
 pub fn obj_set_state(cap: u64, words: &[u64; objstate::WORDS]) -> Result<u64, Error> {
     call(Call::ObjSetState, cap, words.as_ptr() as u64, 0, 0)
 }
+
+/// `devmem_map(devmem, space, addr, flags)`: maps a device-memory object's whole window
+/// (uncached, never executable) into `space` (or [`fluke_abi::syscall::SELF_SPACE`]).
+pub fn devmem_map(devmem: u64, space: u64, addr: u64, writable: bool) -> Result<u64, Error> {
+    call(Call::DevmemMap, devmem, space, addr, u64::from(writable))
+}
+
+/// `irq_bind(irq, port)`: the line's interrupts arrive on `port` as
+/// `[fault::INTERRUPT, line, count, 0]`.
+pub fn irq_bind(irq: u64, port: u64) -> Result<u64, Error> {
+    call(Call::IrqBind, irq, port, 0, 0)
+}
+
+/// `irq_ack(irq)`: the interrupt was handled; the line is unmasked.
+pub fn irq_ack(irq: u64) -> Result<u64, Error> {
+    call(Call::IrqAck, irq, 0, 0, 0)
+}

@@ -27,11 +27,14 @@ pub fn user_event(k: &mut Kernel, vector: u8, error_code: u64) -> Leave {
         }
         14 => page_fault(k, error_code),
         0..=31 => exception(k, vector, error_code),
-        _ => {
-            apic::eoi();
-            crate::kprintln!("fluke: unexpected interrupt vector {vector} in user mode");
-            Next::Resume
-        }
+        _ => match crate::arch::ioapic::line_of(vector) {
+            Some(line) => crate::objects::interrupt::arrive(k, line, true),
+            None => {
+                apic::eoi();
+                crate::kprintln!("fluke: unexpected interrupt vector {vector} in user mode");
+                Next::Resume
+            }
+        },
     };
     sched::leave(k, next)
 }

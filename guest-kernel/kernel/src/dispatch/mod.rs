@@ -65,10 +65,16 @@ fn interrupt(vector: u8) {
             let _ = with_kernel(|k| sched::timer_interrupt(k, false));
         }
         apic::SPURIOUS_VECTOR => {}
-        _ => {
-            apic::eoi();
-            crate::kprintln!("fluke: unexpected interrupt vector {vector}");
-        }
+        _ => match crate::arch::ioapic::line_of(vector) {
+            // The idle loop then picks whoever the interrupt's message made runnable.
+            Some(line) => {
+                let _ = with_kernel(|k| crate::objects::interrupt::arrive(k, line, false));
+            }
+            None => {
+                apic::eoi();
+                crate::kprintln!("fluke: unexpected interrupt vector {vector}");
+            }
+        },
     }
 }
 

@@ -18,6 +18,10 @@ pub enum ObjRef {
     Region(Id),
     Mapping(Id),
     Reference(Id),
+    /// A window of device memory (`objects::device_memory`), made at boot.
+    DeviceMemory(Id),
+    /// An interrupt line (`objects::interrupt`), made at boot.
+    Interrupt(Id),
     /// The benchmark capability (`fluke_abi::syscall::INIT_BENCH_CAP`): no object behind
     /// it, only the right to the floor operations of `bench`.
     Bench,

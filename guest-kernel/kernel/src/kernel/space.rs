@@ -192,6 +192,16 @@ impl Space {
         Ok(())
     }
 
+    /// Maps one page of a device-memory object's window (`objects::device_memory`), the
+    /// page tables charged to this space as for any page.
+    pub fn map_device_page(&mut self, va: u64, phys: u64, write: bool) -> Result<(), Error> {
+        let before = mm::free_frames();
+        let r = paging::map_user_device(self.root, va, phys, write);
+        let tables = before.saturating_sub(mm::free_frames());
+        let _ = self.budget.charge(tables); // the caller checked the budget has room
+        Ok(r?)
+    }
+
     /// Reserves `[addr, addr + len)` as demand-zero, read-write memory.
     pub fn map_anon(&mut self, addr: u64, len: u64) -> Result<(), Error> {
         let end = check_user_range(addr, len)?;
@@ -238,13 +248,18 @@ impl Space {
     }
 
     /// The frame behind a present user page that allows the access (`write`: a writable
-    /// mapping); `None` if the page is not present or is not a user page.
+    /// mapping); `None` if the page is not present or is not a user page. A device page is
+    /// refused: the kernel never reads or writes device memory for a program (it is not in
+    /// the direct map, and a register access can have effects).
     pub fn frame_for(&self, page: u64, write: bool) -> Option<Result<u64, Error>> {
         if page >= USER_MAP_END {
             return Some(Err(Error::BadAddress));
         }
         let (frame, bits) = paging::translate_user(self.root, page)?;
-        if !paging::pte_user(bits) || (write && !paging::pte_writable(bits)) {
+        if !paging::pte_user(bits)
+            || paging::pte_device(bits)
+            || (write && !paging::pte_writable(bits))
+        {
             return Some(Err(Error::BadAddress));
         }
         Some(Ok(frame))

@@ -30,6 +30,11 @@ pub struct Kernel {
     /// Regions and mappings, with their indexes by owner, target and region.
     pub graph: fluke_kcore::mapping::Graph,
     pub references: Slab<Option<ObjCap>>,
+    /// Device-memory windows and interrupt lines, made at boot for the first process.
+    pub devmems: Slab<fluke_kcore::devices::DeviceMemory>,
+    pub irqs: Slab<fluke_kcore::irq::Line<Id>>,
+    /// The interrupt object of each IOAPIC line, if there is one.
+    pub irq_of_line: [Option<Id>; crate::arch::ioapic::MAX_LINES as usize],
     /// Which space created each object (its budget pays for it; it dies with it).
     pub creators: alloc::collections::BTreeMap<ObjRef, Id>,
     /// The running thread, the run queue, the sleepers and the timer's deadline: the
@@ -73,6 +78,9 @@ static KERNEL: KernelCell<Kernel> = KernelCell::new(Kernel {
     conditions: Slab::new(MAX_PORTS),
     graph: fluke_kcore::mapping::Graph::new(MAX_PORTS),
     references: Slab::new(MAX_PORTS),
+    devmems: Slab::new(fluke_abi::devices::MAX_DEVICE_WORDS),
+    irqs: Slab::new(crate::arch::ioapic::MAX_LINES as usize),
+    irq_of_line: [None; crate::arch::ioapic::MAX_LINES as usize],
     creators: alloc::collections::BTreeMap::new(),
     queue: RunQueue::new(QUANTUM_NS),
     dead: alloc::vec::Vec::new(),

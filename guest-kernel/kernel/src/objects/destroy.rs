@@ -2,7 +2,7 @@
 //! which end what they hold too).
 
 use super::object::unregister;
-use super::{condition, mapping, mutex, port, port_set, reference, region};
+use super::{condition, device_memory, interrupt, mapping, mutex, port, port_set, reference, region};
 use crate::kernel::{Kernel, ObjRef};
 use fluke_abi::syscall::Error;
 
@@ -10,7 +10,13 @@ use fluke_abi::syscall::Error;
 /// its creator its frames back.
 pub fn destroy(k: &mut Kernel, object: ObjRef) -> Result<(), Error> {
     match object {
-        ObjRef::Port(p) => port::destroy(k, p)?,
+        ObjRef::Port(p) => {
+            port::destroy(k, p)?;
+            // Lines bound to it are unbound and stay masked.
+            interrupt::port_gone(k, p);
+        }
+        ObjRef::DeviceMemory(d) => device_memory::destroy(k, d)?,
+        ObjRef::Interrupt(i) => interrupt::destroy(k, i)?,
         ObjRef::PortSet(s) => port_set::destroy(k, s)?,
         ObjRef::Mutex(m) => mutex::destroy(k, m)?,
         ObjRef::Condition(cv) => condition::destroy(k, cv)?,

@@ -333,6 +333,15 @@ pub fn wait(k: &mut Kernel, c: Caller, set_name: u64, replied_to: Option<ThreadI
             Err(e) => complete(k, caller, Err(e)),
         }
     }
+    // An interrupt queued for a port of this set (none reached a waiting thread).
+    if let Some((badge, words)) = super::interrupt::take_for_set(k, set) {
+        deliver_fault(k, me, badge, words);
+        if let Some(t) = k.threads.get_mut(me) {
+            t.reply_to = None;
+        }
+        wake_replied(k);
+        return Ok(Reply::Value(badge));
+    }
     if let Some(s) = k.port_sets.get_mut(set) {
         s.push_server(me);
     }

@@ -181,7 +181,11 @@ pub fn fault_in(k: &mut Kernel, pid: Pid, page: u64, write: bool, addr: u64) -> 
             return Resolution::NotMapped;
         };
         chain.push((space, at, through));
-        if paging::translate_user(owner_root, through.owner_page).is_some() {
+        if let Some((_, bits)) = paging::translate_user(owner_root, through.owner_page) {
+            if paging::pte_device(bits) {
+                // Device memory passes on only as its capability, never through a region.
+                return Resolution::NotMapped;
+            }
             break;
         }
         if let Some(port) = through.keeper {

@@ -25,7 +25,10 @@ pub fn discard(k: &mut Kernel, c: Caller, addr: u64, len: u64, save: u64) -> Cal
             return Err(Error::InvalidArgument);
         }
         let mut page = [0u8; PAGE as usize];
-        if let Some((frame, _)) = paging::translate_user(root, addr) {
+        if let Some((frame, bits)) = paging::translate_user(root, addr) {
+            if paging::pte_device(bits) {
+                return Err(Error::InvalidArgument); // the kernel never reads device memory
+            }
             // SAFETY: a frame of the caller's, through the direct map; 4 KiB.
             unsafe {
                 core::ptr::copy_nonoverlapping(

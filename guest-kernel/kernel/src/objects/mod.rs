@@ -10,6 +10,8 @@
 pub mod cap;
 pub mod condition;
 pub mod destroy;
+pub mod device_memory;
+pub mod interrupt;
 pub mod ipc;
 pub mod mapping;
 pub mod memory;

@@ -3,7 +3,8 @@
 
 use super::object::{CallResult, Reply};
 use super::{
-    condition, destroy, mapping, mutex, port, port_set, reference, region, space, thread, usermem,
+    condition, destroy, device_memory, interrupt, mapping, mutex, port, port_set, reference,
+    region, space, thread, usermem,
 };
 use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::WORDS;
@@ -28,6 +29,8 @@ pub fn get_state(k: &mut Kernel, c: Caller, name: u64, buf: u64) -> CallResult {
         ObjRef::Space(p) => space::state(k, p)?,
         ObjRef::Thread(t) => thread::object_state(k, t)?,
         ObjRef::Reference(r) => reference::state(k, c, r)?,
+        ObjRef::DeviceMemory(d) => device_memory::state(k, d)?,
+        ObjRef::Interrupt(i) => interrupt::state(k, c, i)?,
         ObjRef::Bench => [fluke_abi::syscall::objstate::BENCH, 0, 0, 0, 0, 0],
     };
     let bytes = fluke_kcore::objstate::encode(&words);
@@ -49,6 +52,8 @@ pub fn set_state(k: &mut Kernel, c: Caller, name: u64, buf: u64) -> CallResult {
         ObjRef::Reference(r) => reference::set_state(k, c, r, &w)?,
         ObjRef::PortSet(_) => port_set::set_state(&w)?,
         ObjRef::Condition(_) => condition::set_state(&w)?,
+        ObjRef::DeviceMemory(d) => device_memory::set_state(k, d, &w)?,
+        ObjRef::Interrupt(i) => interrupt::set_state(k, c, i, &w)?,
         ObjRef::Thread(_) | ObjRef::Space(_) | ObjRef::Mapping(_) | ObjRef::Bench => {
             return Err(Error::InvalidArgument)
         }

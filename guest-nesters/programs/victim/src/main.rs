@@ -435,6 +435,23 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 return ladder(levels, regions);
             }
             "allowance" => return allowance(),
+            "devmem-nocap" => return devmem_nocap(),
+            // Reads ADDR: a device's physical address named as a virtual one, or the
+            // kernel's direct map there; either must fault, never reach the device.
+            "devmem-touch" => {
+                sys::sleep_ns(30_000_000); // (a parent may map something there first)
+                let v = core::ptr::read_volatile(addr as *const u32);
+                println!("victim: devmem-touch: read {v:#x} at {addr:#x}");
+            }
+            // Maps the device-memory capability it was given (name 0), waits while its
+            // parent destroys the object, then reads: the mapping must be gone.
+            "devmem-map-read" => {
+                let r = sys::devmem_map(0, fluke_abi::syscall::SELF_SPACE, DEVMEM_VA, false);
+                println!("victim: devmem-map-read: mapped {r:?}");
+                sys::sleep_ns(200_000_000);
+                let v = core::ptr::read_volatile(DEVMEM_VA as *const u32);
+                println!("victim: devmem-map-read: read {v:#x} after the destroy");
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
@@ -1182,4 +1199,33 @@ fn fxsave() -> FxArea {
     // SAFETY: FXSAVE writes 512 bytes to a 16-byte-aligned buffer of that size.
     unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack)) };
     area
+}
+
+/// Where the device-memory cases map a window.
+const DEVMEM_VA: u64 = 0x7000_0000;
+
+/// A program holding no device capability tries every name with every device call and
+/// finds nothing to reach a device through (`ktest devmem`); its parent then has it touch
+/// the device's physical address as a virtual one and through the kernel's direct map.
+fn devmem_nocap() -> i32 {
+    use fluke_abi::syscall::objstate::{DEVICE_MEMORY, INTERRUPT};
+    use fluke_abi::syscall::{Error, SELF_SPACE};
+    let mut reached = 0;
+    for name in (0..=300u64).chain([u64::MAX, u64::MAX - 2, 1 << 32]) {
+        let map = sys::devmem_map(name, SELF_SPACE, DEVMEM_VA, true);
+        let bind = sys::irq_bind(name, name);
+        let ack = sys::irq_ack(name);
+        let kind = sys::obj_get_state(name).map(|w| w[0]);
+        let refused = |r: Result<u64, Error>| matches!(r, Err(Error::BadCap | Error::WrongType));
+        if !refused(map)
+            || !refused(bind)
+            || !refused(ack)
+            || matches!(kind, Ok(DEVICE_MEMORY | INTERRUPT))
+        {
+            println!("victim: devmem-nocap: name {name}: map {map:?} bind {bind:?} ack {ack:?} state {kind:?}");
+            reached += 1;
+        }
+    }
+    println!("victim: devmem-nocap: {reached} name(s) reached a device");
+    i32::from(reached != 0)
 }

@@ -11,6 +11,16 @@ pub unsafe fn outb(port: u16, value: u8) {
     asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags));
 }
 
+/// An 8-bit IN.
+///
+/// # Safety
+/// The port must be one the caller owns (reading a device register can have effects).
+pub unsafe fn inb(port: u16) -> u8 {
+    let v: u8;
+    asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags));
+    v
+}
+
 /// A 32-bit OUT that the compiler keeps after every memory write before it (no `nomem`):
 /// for a device that reads what the value points to during the exit.
 ///

@@ -4,6 +4,7 @@
 pub mod apic;
 pub mod cpu;
 pub mod fpu;
+pub mod ioapic;
 pub mod paging;
 pub mod percpu;
 pub mod platform;

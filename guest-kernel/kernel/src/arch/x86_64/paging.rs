@@ -163,14 +163,46 @@ pub unsafe fn activate(root: u64) {
 
 /// Maps one page of device memory, uncached, kernel read-write.
 pub fn map_device(root: u64, virt: u64, phys: u64) -> Result<(), MapError> {
-    const PCD: u64 = 1 << 4;
-    const PWT: u64 = 1 << 3;
     let leaf = Perm::KERNEL_RW.bits() | PCD | PWT;
     map_one(root, virt, phys, leaf, false)
 }
 
 /// Software PTE bit: the leaf frame belongs to the address space and is freed with it.
 pub const OWNED: u64 = 1 << 9;
+/// Software PTE bit: the leaf is device memory (a device-memory object's page), not RAM.
+/// The kernel never touches such a page itself (it is not in the direct map, and reading
+/// a device register can have effects): `Space::frame_for` refuses it, so do a pager's
+/// save and a region passing it on (`mapping::fault_in`).
+pub const DEVICE: u64 = 1 << 10;
+const PWT: u64 = 1 << 3;
+const PCD: u64 = 1 << 4;
+
+/// Maps one page of device memory into user space at `virt`: uncached (PCD and PWT, which
+/// select PAT entry 3: UC in the power-on PAT, which the kernel keeps, and in Linux's, which
+/// a kvm_pvm host may apply), never executable,
+/// writable if `write`, marked [`DEVICE`] and not owned (the space's teardown does not free
+/// it). The caller vouches that `phys` is a device-memory object's page: no RAM frame,
+/// nothing the kernel maps itself (the boot checks of `fluke_kcore::devices`), so the user
+/// mapping aliases no memory the kernel or another space uses as RAM.
+pub fn map_user_device(root: u64, virt: u64, phys: u64, write: bool) -> Result<(), MapError> {
+    map_user(
+        root,
+        virt,
+        phys,
+        UserPerm { write, exec: false },
+        false,
+    )?;
+    let p = leaf_entry(root, virt).ok_or(MapError::OutOfMemory)?;
+    // SAFETY: the leaf entry just written for `virt` in this tree: only its cache and
+    // software bits change, before anything can have used the new (not yet flushed, since
+    // it was not present) translation.
+    unsafe { *p |= PCD | PWT | DEVICE | if NX_ENABLED.load(Ordering::Relaxed) { NO_EXECUTE } else { 0 } };
+    Ok(())
+}
+
+pub fn pte_device(bits: u64) -> bool {
+    bits & DEVICE != 0
+}
 
 /// User leaf permissions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

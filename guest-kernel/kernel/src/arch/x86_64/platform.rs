@@ -97,6 +97,8 @@ pub struct Detection {
     pub backend: Backend,
     /// The CPU offers x2APIC (read now: CPUID is the host's once PV mode is on).
     pub x2apic: bool,
+    /// Physical address bits (CPUID 0x80000008): device windows above are refused.
+    pub phys_bits: u32,
     /// KVM offers kvmclock, stable (read now, for the same reason).
     pub kvmclock: bool,
     /// CPUID leaf 7: SMEP, SMAP, UMIP (used by the native backend only).
@@ -127,10 +129,18 @@ pub fn detect() -> Detection {
     } else {
         cpu::CpuidResult::default()
     };
+    // The physical address width (CPUID 0x80000008), read in the boot phase like the rest;
+    // 36 bits if the leaf is missing (the architectural minimum with PAE).
+    let phys_bits = if cpu::cpuid(0x8000_0000, 0).eax >= 0x8000_0008 {
+        cpu::cpuid(0x8000_0008, 0).eax & 0xff
+    } else {
+        36
+    };
     Detection {
         platform,
         backend,
         x2apic,
+        phys_bits,
         kvmclock: kvmclock_offered(),
         smep: leaf7.ebx & (1 << 7) != 0,
         smap: leaf7.ebx & (1 << 20) != 0,
