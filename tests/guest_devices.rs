@@ -103,6 +103,33 @@ fn device_memory_reaches_the_device_only_through_its_capability() {
     run.assert_console("ktest: devmem: read 0x");
 }
 
+/// The two halves of issue 15 together: with a drive, fluke-vmm lists its virtio-blk device
+/// on the command line, the kernel hands the window to init as a capability, and a user
+/// program reads the device's own register through it (virtio-mmio's magic, "virt").
+#[test]
+fn a_user_program_reads_a_virtio_device_through_its_capability() {
+    let dir = std::env::temp_dir().join(format!("fluke-devmem-drive-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let drive = dir.join("drive.img");
+    std::fs::write(&drive, vec![0u8; 1 << 20]).unwrap();
+    let spec = format!("path={}", drive.display());
+    let run = vmm(
+        &default_image(),
+        &[
+            "--timeout",
+            "60",
+            "--drive",
+            &spec,
+            "--cmdline",
+            "fluke.init=ktest,devmem,read",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(run.status, 0, "{run:?}");
+    run.assert_console("ktest: devmem: 0 unexpected result(s)");
+    run.assert_console("ktest: devmem: read 0x74726976");
+}
+
 /// Destroying a device-memory object unmaps it from every space: a child that mapped its
 /// copy faults on its next read.
 #[test]
