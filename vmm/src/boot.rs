@@ -432,8 +432,8 @@ mod tests {
         let c = build_cmdline(Platform::Kvm, None, &devices, "a=b").unwrap();
         assert_eq!(
             c,
-            "fluke.platform=kvm fluke.console=pv virtio_mmio.device=4K@0xd0000000:5 \
-             virtio_mmio.device=4K@0xd0001000:6 a=b"
+            "fluke.platform=kvm fluke.console=pv virtio_mmio.device=1M@0xd0000000:5 \
+             virtio_mmio.device=1M@0xd0100000:6 a=b"
         );
         assert_eq!(fluke_abi::devices::listed(&c).collect::<Vec<_>>(), devices);
         // The words count towards the length limit.

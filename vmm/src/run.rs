@@ -151,7 +151,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     log::info!("platform: {}", platform::describe(platform));
     // The guest times with the TSC; KVM knows its rate, so the guest need not calibrate.
     let tsc_khz = vcpu.get_tsc_khz().ok().filter(|&k| k > 0);
-    let mmio = attach_drives(&vm, disks)?;
+    let mmio = attach_drives(&mut vm, disks)?;
     let cmdline = boot::build_cmdline(platform, tsc_khz, &mmio.slots(), &args.cmdline)?;
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
@@ -223,7 +223,7 @@ fn open_drives(specs: &[String]) -> Result<Vec<Disk>> {
 
 /// Makes drive `i` virtio device `i`: its window, its irqfd on line VIRTIO_FIRST_IRQ + i,
 /// an ioeventfd on its QueueNotify register per queue, its thread.
-fn attach_drives(vm: &Vm, disks: Vec<Disk>) -> Result<MmioBus> {
+fn attach_drives(vm: &mut Vm, disks: Vec<Disk>) -> Result<MmioBus> {
     let mut bus = MmioBus::default();
     let host_io = |source| Error::HostIo {
         what: "virtio block device",
@@ -231,6 +231,8 @@ fn attach_drives(vm: &Vm, disks: Vec<Disk>) -> Result<MmioBus> {
     };
     for (i, disk) in disks.into_iter().enumerate() {
         let slot = virtio::slot(i);
+        let (dma_start, dma_bytes) = virtio::dma_area(&slot);
+        let dma = vm.add_device_memory(dma_start, dma_bytes)?;
         let interrupt = Arc::new(Interrupt::new().map_err(host_io)?);
         vm.register_irqfd(interrupt.irqfd(), slot.irq)?;
         log::debug!(
@@ -240,13 +242,8 @@ fn attach_drives(vm: &Vm, disks: Vec<Disk>) -> Result<MmioBus> {
             slot.base,
             slot.irq
         );
-        let block = Block::new(
-            disk,
-            vm.memory().clone(),
-            Arc::clone(&interrupt),
-            format!("fluke-blk{i}"),
-        )
-        .map_err(host_io)?;
+        let block = Block::new(disk, dma, Arc::clone(&interrupt), format!("fluke-blk{i}"))
+            .map_err(host_io)?;
         for (queue, evt) in block.queue_events().iter().enumerate() {
             vm.register_mmio_ioeventfd(evt, virtio::queue_notify_address(&slot), queue as u32)?;
         }

@@ -52,6 +52,9 @@ pub struct Vm {
     fd: VmFd,
     kvm: Kvm,
     memory: GuestMemoryMmap,
+    /// Devices' own memory (virtio DMA areas), each in a memory slot after RAM's; dropped
+    /// after `fd` as `memory` is.
+    device_memory: Vec<GuestMemoryMmap>,
 }
 
 impl Vm {
@@ -107,7 +110,39 @@ impl Vm {
             fd,
             kvm,
             memory,
+            device_memory: Vec::new(),
         })
+    }
+
+    /// Gives the guest `bytes` of memory at `gpa` that is not RAM (a device's DMA area):
+    /// a memory slot of its own, zero-filled, never paged by the host, never in a
+    /// snapshot. Returns the memory for the device, which reaches nothing else.
+    pub fn add_device_memory(&mut self, gpa: u64, bytes: u64) -> Result<GuestMemoryMmap> {
+        let mib = bytes / MIB;
+        let fail = |msg: String| Error::GuestMemory { mib, msg };
+        let size = usize::try_from(bytes).map_err(|_| fail("too large for this host".into()))?;
+        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(gpa), size)])
+            .map_err(|e| fail(e.to_string()))?;
+        let host = memory
+            .get_host_address(GuestAddress(gpa))
+            .map_err(|e| fail(e.to_string()))?;
+        let slot = u32::try_from(self.memory.num_regions() + self.device_memory.len())
+            .map_err(|_| fail("too many memory regions".into()))?;
+        let region = kvm_userspace_memory_region {
+            slot,
+            guest_phys_addr: gpa,
+            memory_size: bytes,
+            userspace_addr: host as u64,
+            flags: 0,
+        };
+        // SAFETY: `userspace_addr..+memory_size` is a live mapping owned by `memory`, a
+        // clone of which is kept in `self.device_memory` (dropped after `fd`, field
+        // order), so KVM never sees the mapping disappear while the VM exists; the slot
+        // number is unused (RAM's slots come first, then one per device area).
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        self.device_memory.push(memory.clone());
+        Ok(memory)
     }
 
     pub fn fd(&self) -> &VmFd {

@@ -705,12 +705,15 @@ mod virtio_guest {
     use super::common::asm::*;
 
     pub const BASE: u32 = fluke_abi::devices::VIRTIO_MMIO_BASE as u32;
-    pub const DESC: u32 = 0x20_0000;
-    pub const AVAIL: u32 = 0x20_0100;
-    pub const USED: u32 = 0x20_0200;
-    pub const HEADER: u32 = 0x20_1000;
-    pub const DATA: u32 = 0x20_2000;
-    pub const STATUS: u32 = 0x20_3000;
+    /// The rings and buffers lie in the device's DMA area, after its register page (the
+    /// only memory the device reaches).
+    pub const DMA: u32 = BASE + fluke_abi::devices::VIRTIO_DMA_OFFSET as u32;
+    pub const DESC: u32 = DMA;
+    pub const AVAIL: u32 = DMA + 0x100;
+    pub const USED: u32 = DMA + 0x200;
+    pub const HEADER: u32 = DMA + 0x1000;
+    pub const DATA: u32 = DMA + 0x2000;
+    pub const STATUS: u32 = DMA + 0x3000;
     const IDT: u32 = 0x20_4000;
     const IDTR: u32 = 0x20_5000;
     /// The vector the guest routes the device's line (IOAPIC input 5) to.
@@ -723,6 +726,11 @@ mod virtio_guest {
     /// Status ACKNOWLEDGE|DRIVER, VIRTIO_F_VERSION_1 only, FEATURES_OK (checked), queue 0
     /// of 4 entries at DESC/AVAIL/USED, DRIVER_OK.
     pub fn setup() -> Vec<u8> {
+        setup_at(DESC, AVAIL, USED)
+    }
+
+    /// [`setup`] with the rings at other addresses.
+    pub fn setup_at(desc: u32, avail: u32, used: u32) -> Vec<u8> {
         [
             store32(reg(0x70), 1),
             store32(reg(0x70), 3),
@@ -737,11 +745,11 @@ mod virtio_guest {
             load32(reg(0x34)),
             expect_eax(256, 11),
             store32(reg(0x38), 4),
-            store32(reg(0x80), DESC),
+            store32(reg(0x80), desc),
             store32(reg(0x84), 0),
-            store32(reg(0x90), AVAIL),
+            store32(reg(0x90), avail),
             store32(reg(0x94), 0),
-            store32(reg(0xa0), USED),
+            store32(reg(0xa0), used),
             store32(reg(0xa4), 0),
             store32(reg(0x44), 1),
             store32(reg(0x70), 0xf),
@@ -820,6 +828,7 @@ fn drive_file(dir: &std::path::Path, name: &str, sectors: u8) -> std::path::Path
 #[test]
 fn virtio_blk_registers_read_as_the_spec_says() {
     use virtio_guest::reg;
+    const WINDOW: u32 = fluke_abi::devices::VIRTIO_MMIO_SIZE as u32;
     let code = [
         load32(reg(0x000)),
         expect_eax(0x7472_6976, 1), // "virt"
@@ -837,11 +846,15 @@ fn virtio_blk_registers_read_as_the_spec_says() {
         store32(reg(0x14), 1),
         load32(reg(0x10)),
         expect_eax(1, 7), // VERSION_1
-        // The second device's window.
-        load32(reg(0x1008)),
+        // The second device's window, a window's size on.
+        load32(reg(WINDOW + 0x008)),
         expect_eax(2, 8),
-        load32(reg(0x1000 + 0x100)),
+        load32(reg(WINDOW + 0x100)),
         expect_eax(1, 9),
+        // The first one's DMA area is memory: what is stored reads back.
+        store32(virtio_guest::DMA, 0x1234_5678),
+        load32(virtio_guest::DMA),
+        expect_eax(0x1234_5678, 10),
         exit(42),
     ]
     .concat();
@@ -915,8 +928,8 @@ fn a_virtio_blk_read_completes_with_an_interrupt() {
         "{err}"
     );
 
-    // With guest RAM paged by the host (userfaultfd, 2 MiB resident of 16), the device
-    // thread's accesses to the rings and buffers fault pages in like the guest's own.
+    // With guest RAM paged by the host (userfaultfd, 2 MiB resident of 16): the device's
+    // memory is its own DMA area, which the host does not page, and the read is the same.
     let o = run(
         &img,
         &[
@@ -927,6 +940,40 @@ fn a_virtio_blk_read_completes_with_an_interrupt() {
         ],
     );
     assert_eq!(o.status.code(), Some(0x72), "stderr: {}", stderr(&o));
+}
+
+/// The device reaches only its DMA area: a queue placed in guest RAM (where a driver
+/// that could DMA would overwrite the kernel) is refused at DRIVER_OK with
+/// DEVICE_NEEDS_RESET, and nothing is read or written.
+#[test]
+fn a_virtio_queue_in_guest_ram_is_refused() {
+    use virtio_guest::*;
+    let code = [
+        setup_at(0x20_0000, 0x20_0100, 0x20_0200),
+        load32(reg(0x70)),
+        expect_eax(0x4f, 30), // ACKNOWLEDGE|DRIVER|FEATURES_OK|DRIVER_OK|NEEDS_RESET
+        exit(0),
+    ]
+    .concat();
+    let img = write_image("virtio-ram-queue", &image(&code));
+    let drive = drive_file(img.dir(), "disk.img", 4);
+    let o = run(
+        &img,
+        &[
+            "--drive",
+            &format!("path={}", drive.display()),
+            "--timeout",
+            "20",
+            "--log-level",
+            "debug",
+        ],
+    );
+    assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("outside the device's DMA area"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// A guest that writes sector 1 (a data buffer of 0xabababab words) and exits with its

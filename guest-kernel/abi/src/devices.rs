@@ -9,11 +9,25 @@
 //! [`VIRTIO_MMIO_BASE`] + `i` * [`VIRTIO_MMIO_SIZE`], interrupt line (IOAPIC input, GSI)
 //! [`VIRTIO_FIRST_IRQ`] + `i`. Guest RAM ends below it (at most 3 GiB), the IOAPIC and
 //! LAPIC windows start above it.
+//!
+//! A fluke-vmm device's window is its virtio-mmio registers (the first
+//! [`VIRTIO_MMIO_REGS`] bytes) followed by its **DMA area**, memory of the device's own: its
+//! virtqueues and every buffer they point at must lie there, and the device refuses any
+//! other address. A driver is a user program, and without an IOMMU a device that could
+//! reach guest RAM would let whoever holds the device's capability write anywhere, the
+//! kernel included; confined to its window, the device reaches only what the capability
+//! already reaches (an IOMMU's effect, given by the VMM). A driver maps the window twice:
+//! uncached for the registers, `DEVMEM_CACHED` for the DMA area.
 
 /// The first device's guest-physical base.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;
-/// Each device's window: the virtio-mmio registers and its configuration space.
-pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+/// Each device's window: the virtio-mmio registers and configuration space, then its DMA
+/// area.
+pub const VIRTIO_MMIO_SIZE: u64 = 0x10_0000;
+/// The registers and configuration space: the window's first page.
+pub const VIRTIO_MMIO_REGS: u64 = 0x1000;
+/// The DMA area: the rest of the window, from this offset.
+pub const VIRTIO_DMA_OFFSET: u64 = VIRTIO_MMIO_REGS;
 /// The first device's interrupt line (COM1 has line 4).
 pub const VIRTIO_FIRST_IRQ: u32 = 5;
 /// The most devices fluke-vmm gives one guest (lines 5..=12: below the IOAPIC's 24).
@@ -79,14 +93,22 @@ pub struct MmioDevice {
 }
 
 impl MmioDevice {
-    /// The word fluke-vmm writes: `<size>@<base>:<irq>`, size in bytes with a `K` suffix
-    /// when it is a multiple of 1024 (as Linux writes and reads them).
+    /// The word fluke-vmm writes: `<size>@<base>:<irq>`, size in bytes with an `M` or `K`
+    /// suffix when it is a multiple of one (as Linux writes and reads them).
     pub fn word(&self) -> impl core::fmt::Display + '_ {
         struct W<'a>(&'a MmioDevice);
         impl core::fmt::Display for W<'_> {
             fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
                 let d = self.0;
-                if d.size.is_multiple_of(1024) {
+                if d.size.is_multiple_of(1 << 20) {
+                    write!(
+                        f,
+                        "{VIRTIO_MMIO_KEY}={}M@{:#x}:{}",
+                        d.size >> 20,
+                        d.base,
+                        d.irq
+                    )
+                } else if d.size.is_multiple_of(1024) {
                     write!(
                         f,
                         "{VIRTIO_MMIO_KEY}={}K@{:#x}:{}",
@@ -148,8 +170,13 @@ mod tests {
             irq: VIRTIO_FIRST_IRQ,
         };
         let w = format!("{}", d.word());
-        assert_eq!(w, "virtio_mmio.device=4K@0xd0000000:5");
+        assert_eq!(w, "virtio_mmio.device=1M@0xd0000000:5");
         assert_eq!(listed(&w).collect::<Vec<_>>(), [d]);
+        let small = MmioDevice { size: 0x1000, ..d };
+        assert_eq!(
+            format!("{}", small.word()),
+            "virtio_mmio.device=4K@0xd0000000:5"
+        );
         // QEMU microvm's form.
         assert_eq!(
             MmioDevice::parse("512@0xfeb00e00:12"),

@@ -156,7 +156,8 @@ pub enum Call {
     MemInstall = 47,
     /// `devmem_map(devmem, space, addr, flags)`: maps a device-memory object's whole
     /// window into `space` (a space capability with WRITE, or [`SELF_SPACE`]) at `addr`,
-    /// uncached; `flags` `MAP_WRITE` (1) or 0 (never executable). Needs USE on the object.
+    /// uncached unless `flags` has [`DEVMEM_CACHED`]; `flags` also [`DEVMEM_WRITE`]; never
+    /// executable. Needs USE on the object.
     DevmemMap = 48,
     /// `irq_bind(irq, port)`: each interrupt of the line then arrives on `port` as a
     /// message `[fault::INTERRUPT, line, count, 0]`; `Busy` if the line is bound already.
@@ -166,6 +167,14 @@ pub enum Call {
     /// since it fired, is unmasked. `InvalidArgument` if no interrupt awaits an ack.
     IrqAck = 50,
 }
+
+/// `devmem_map` flags. [`DEVMEM_CACHED`] is for a window (or the part of one a driver uses
+/// through that mapping) that is memory rather than registers: a device's DMA area or a
+/// region shared with another VM, which a driver reads and writes at memory speed. The
+/// same window may be mapped twice, uncached for its registers and cached for its memory;
+/// a driver touches each part only through its own mapping.
+pub const DEVMEM_WRITE: u64 = 1;
+pub const DEVMEM_CACHED: u64 = 4;
 
 /// The state of a non-thread object as `obj_get_state` / `obj_set_state` exchange it.
 /// Objects it refers to are named by the caller's own capability names ([`ipc::NO_CAP`] if

@@ -634,7 +634,22 @@ pub fn obj_set_state(cap: u64, words: &[u64; objstate::WORDS]) -> Result<u64, Er
 /// `devmem_map(devmem, space, addr, flags)`: maps a device-memory object's whole window
 /// (uncached, never executable) into `space` (or [`fluke_abi::syscall::SELF_SPACE`]).
 pub fn devmem_map(devmem: u64, space: u64, addr: u64, writable: bool) -> Result<u64, Error> {
-    call(Call::DevmemMap, devmem, space, addr, u64::from(writable))
+    devmem_map_flags(
+        devmem,
+        space,
+        addr,
+        if writable {
+            fluke_abi::syscall::DEVMEM_WRITE
+        } else {
+            0
+        },
+    )
+}
+
+/// `devmem_map` with its flags (`DEVMEM_WRITE`, `DEVMEM_CACHED`): a driver maps the part
+/// of a window that is memory (a DMA area, a shared region) cached.
+pub fn devmem_map_flags(devmem: u64, space: u64, addr: u64, flags: u64) -> Result<u64, Error> {
+    call(Call::DevmemMap, devmem, space, addr, flags)
 }
 
 /// `irq_bind(irq, port)`: the line's interrupts arrive on `port` as

@@ -194,9 +194,9 @@ impl Space {
 
     /// Maps one page of a device-memory object's window (`objects::device_memory`), the
     /// page tables charged to this space as for any page.
-    pub fn map_device_page(&mut self, va: u64, phys: u64, write: bool) -> Result<(), Error> {
+    pub fn map_device_page(&mut self, va: u64, phys: u64, write: bool, cached: bool) -> Result<(), Error> {
         let before = mm::free_frames();
-        let r = paging::map_user_device(self.root, va, phys, write);
+        let r = paging::map_user_device(self.root, va, phys, write, cached);
         let tables = before.saturating_sub(mm::free_frames());
         let _ = self.budget.charge(tables); // the caller checked the budget has room
         Ok(r?)

@@ -5,7 +5,8 @@
 //! it got from a holder with GRANT, as any capability.
 //!
 //! `devmem_map(devmem, space, addr, flags)` maps the whole window into a space, uncached
-//! (`paging::map_user_device`), at once (a device page cannot be brought in lazily from
+//! unless the flags say the driver uses this mapping for memory (`DEVMEM_CACHED`: a DMA
+//! area, a shared region) (`paging::map_user_device`), at once (a device page cannot be brought in lazily from
 //! anyone). The kernel never touches such a page on a program's behalf: calls that copy
 //! user memory refuse device pages (`Space::frame_for`), a pager's save refuses them, and a
 //! region over them does not pass them on (`mapping::fault_in`), so the window reaches
@@ -22,8 +23,8 @@ use fluke_kcore::devices::{DeviceMemory, MAX_DEVMEM_MAPPINGS};
 use fluke_kcore::slab::Id;
 
 const PAGE: u64 = 4096;
-/// `devmem_map` flags (as `mapping_create`'s, never executable).
-pub const MAP_WRITE: u64 = 1;
+// `devmem_map`'s flags (a mapping is never executable).
+use fluke_abi::syscall::{DEVMEM_CACHED, DEVMEM_WRITE};
 /// Page tables a mapping of a window (at most 2 MiB) can need: two of each level.
 const MAX_TABLES: u64 = 6;
 
@@ -48,7 +49,7 @@ fn devmem_cap(k: &mut Kernel, c: Caller, name: u64, rights: Rights) -> Result<Id
 /// the object's mapping list, and the target's budget for the page tables; then map, which
 /// cannot fail (the tables are paid for up front).
 pub fn map(k: &mut Kernel, c: Caller, name: u64, space_name: u64, addr: u64, flags: u64) -> CallResult {
-    if flags & !MAP_WRITE != 0 {
+    if flags & !(DEVMEM_WRITE | DEVMEM_CACHED) != 0 {
         return Err(Error::InvalidArgument);
     }
     let d = devmem_cap(k, c, name, Rights::USE)?;
@@ -81,11 +82,12 @@ pub fn map(k: &mut Kernel, c: Caller, name: u64, space_name: u64, addr: u64, fla
         return Err(Error::NoMemory);
     }
     // Invoke.
-    let write = flags & MAP_WRITE != 0;
+    let write = flags & DEVMEM_WRITE != 0;
+    let cached = flags & DEVMEM_CACHED != 0;
     let mut va = addr;
     while va < end {
         if space
-            .map_device_page(va, window.start + (va - addr), write)
+            .map_device_page(va, window.start + (va - addr), write, cached)
             .is_err()
         {
             // Unreachable: the range is clear and the tables are paid for. Were it to

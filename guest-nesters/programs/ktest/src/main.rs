@@ -2607,6 +2607,7 @@ fn memsvc() -> i32 {
 
 /// Where `ktest devmem` maps the device window.
 const DEVMEM_VA: u64 = 0x7000_0000;
+const DEVMEM_CACHED_VA: u64 = 0x7100_0000;
 
 /// Checks a call's result, counting the surprises.
 fn expect(what: &str, got: Result<u64, Error>, want: Result<u64, Error>, bad: &mut u32) {
@@ -2660,7 +2661,11 @@ fn devmem(mode: &str) -> i32 {
     let mut bad = 0;
     let state = sys::obj_get_state(mem);
     println!("ktest: devmem: state {state:?}");
-    if state.map(|w| w[..4] == [DEVICE_MEMORY, 0xd000_0000, 0x1000, 5]) != Ok(true) {
+    // A window of the command line's 4K, or of fluke-vmm's --drive (registers and DMA area).
+    let sizes = [0x1000, fluke_abi::devices::VIRTIO_MMIO_SIZE];
+    if state.map(|w| w[..2] == [DEVICE_MEMORY, 0xd000_0000] && sizes.contains(&w[2]) && w[3] == 5)
+        != Ok(true)
+    {
         bad += 1;
     }
     let istate = sys::obj_get_state(irq);
@@ -2691,7 +2696,7 @@ fn devmem(mode: &str) -> i32 {
             mem,
             SELF_SPACE,
             DEVMEM_VA,
-            2,
+            2 | 8,
             Error::InvalidArgument,
         ),
         (
@@ -2770,6 +2775,18 @@ fn devmem(mode: &str) -> i32 {
         "devmem: map over it",
         sys::devmem_map(mem, SELF_SPACE, DEVMEM_VA, true),
         Err(Error::InvalidArgument),
+        &mut bad,
+    );
+    // A second mapping of the same window, cached (how a driver reaches its DMA area).
+    expect(
+        "devmem: map again, cached",
+        sys::devmem_map_flags(
+            mem,
+            SELF_SPACE,
+            DEVMEM_CACHED_VA,
+            fluke_abi::syscall::DEVMEM_WRITE | fluke_abi::syscall::DEVMEM_CACHED,
+        ),
+        Ok(0),
         &mut bad,
     );
     // The kernel never touches a device page for a program.

@@ -1,6 +1,10 @@
 //! Virtio devices on the virtio-mmio transport (virtio 1.2 §4.2, "modern" register layout,
 //! version 2), placed as `fluke_abi::devices` says: device `i` at `VIRTIO_MMIO_BASE + i *
-//! VIRTIO_MMIO_SIZE`, interrupt line `VIRTIO_FIRST_IRQ + i`.
+//! VIRTIO_MMIO_SIZE`, interrupt line `VIRTIO_FIRST_IRQ + i`. A window is a page of
+//! registers and then the device's DMA area, a memory slot of its own: the device is given
+//! only that memory ([`dma_area`], `Vm::add_device_memory`), so its queues and buffers cannot point into guest RAM
+//! (virtio-queue's accessors fail on any address outside it, and the device reports the
+//! request or queue as broken).
 //!
 //! Three paths, each on the thread that suits it:
 //! - register reads and writes are MMIO exits of the vCPU, which [`MmioBus`] hands to the
@@ -18,7 +22,10 @@ pub mod worker;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use fluke_abi::devices::{MmioDevice, VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_SIZE};
+use fluke_abi::devices::{
+    MmioDevice, VIRTIO_DMA_OFFSET, VIRTIO_FIRST_IRQ, VIRTIO_MMIO_BASE, VIRTIO_MMIO_REGS,
+    VIRTIO_MMIO_SIZE,
+};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_VRING, VIRTIO_MMIO_QUEUE_NOTIFY};
 use virtio_queue::Queue;
 use vmm_sys_util::eventfd::EventFd;
@@ -95,6 +102,14 @@ pub fn slot(index: usize) -> MmioDevice {
     }
 }
 
+/// Where a device's DMA area lies: `(guest-physical start, bytes)`.
+pub fn dma_area(device: &MmioDevice) -> (u64, u64) {
+    (
+        device.base + VIRTIO_DMA_OFFSET,
+        device.size - VIRTIO_DMA_OFFSET,
+    )
+}
+
 /// The guest-physical address of a device's QueueNotify register (where its ioeventfds
 /// are registered).
 pub fn queue_notify_address(device: &MmioDevice) -> u64 {
@@ -124,7 +139,7 @@ impl MmioBus {
     fn find(&mut self, addr: u64, len: usize) -> Option<(u64, &mut MmioTransport)> {
         self.devices.iter_mut().find_map(|(slot, t)| {
             let offset = addr.checked_sub(slot.base)?;
-            (offset.checked_add(len as u64)? <= slot.size).then_some((offset, t))
+            (offset.checked_add(len as u64)? <= VIRTIO_MMIO_REGS).then_some((offset, t))
         })
     }
 

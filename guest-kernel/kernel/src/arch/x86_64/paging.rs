@@ -179,12 +179,13 @@ const PCD: u64 = 1 << 4;
 
 /// Maps one page of device memory into user space at `virt`: uncached (PCD and PWT, which
 /// select PAT entry 3: UC in the power-on PAT, which the kernel keeps, and in Linux's, which
-/// a kvm_pvm host may apply), never executable,
+/// a kvm_pvm host may apply) unless `cached` (write-back: the driver uses the page as
+/// memory, a DMA area or a region shared with another VM), never executable,
 /// writable if `write`, marked [`DEVICE`] and not owned (the space's teardown does not free
 /// it). The caller vouches that `phys` is a device-memory object's page: no RAM frame,
 /// nothing the kernel maps itself (the boot checks of `fluke_kcore::devices`), so the user
 /// mapping aliases no memory the kernel or another space uses as RAM.
-pub fn map_user_device(root: u64, virt: u64, phys: u64, write: bool) -> Result<(), MapError> {
+pub fn map_user_device(root: u64, virt: u64, phys: u64, write: bool, cached: bool) -> Result<(), MapError> {
     map_user(
         root,
         virt,
@@ -196,7 +197,8 @@ pub fn map_user_device(root: u64, virt: u64, phys: u64, write: bool) -> Result<(
     // SAFETY: the leaf entry just written for `virt` in this tree: only its cache and
     // software bits change, before anything can have used the new (not yet flushed, since
     // it was not present) translation.
-    unsafe { *p |= PCD | PWT | DEVICE | if NX_ENABLED.load(Ordering::Relaxed) { NO_EXECUTE } else { 0 } };
+    let cache = if cached { 0 } else { PCD | PWT };
+    unsafe { *p |= cache | DEVICE | if NX_ENABLED.load(Ordering::Relaxed) { NO_EXECUTE } else { 0 } };
     Ok(())
 }
 

@@ -143,7 +143,9 @@ impl VirtioDevice for Block {
             return Err("no request queue".into());
         };
         if !queue.is_valid(&self.shared.mem) {
-            return Err("the request queue lies outside guest RAM or is misaligned".into());
+            return Err(
+                "the request queue lies outside the device's DMA area or is misaligned".into(),
+            );
         }
         *self.shared.queue() = Some(queue);
         // Requests made available before DRIVER_OK are served now.

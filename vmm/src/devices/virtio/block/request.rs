@@ -97,7 +97,7 @@ pub fn serve(
     }
     let Ok(mut data_out) = chain.clone().writer(mem) else {
         return no_status(RequestError::Malformed(
-            "a writable buffer outside guest RAM",
+            "a writable buffer outside the device's DMA area",
         ));
     };
     let writable = data_out.available_bytes();
@@ -110,7 +110,7 @@ pub fn serve(
     let result = match chain.reader(mem) {
         Ok(data_in) => execute(disk, data_in, &mut data_out, bounce),
         Err(_) => Err(RequestError::Malformed(
-            "a readable buffer outside guest RAM",
+            "a readable buffer outside the device's DMA area",
         )),
     };
     let status = match &result {
