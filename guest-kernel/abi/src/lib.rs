@@ -9,6 +9,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod blk;
 pub mod boot;
 pub mod cmdline;
 pub mod devices;
