@@ -1054,10 +1054,16 @@ fn the_device_thread_keeps_to_its_seccomp_list() {
 #[test]
 fn mmio_outside_every_device_window_is_still_a_crash() {
     // With one drive, device 1's window is nobody's.
-    let code = [load32(virtio_guest::reg(0x1000)), exit(0)].concat();
+    let window = fluke_abi::devices::VIRTIO_MMIO_SIZE as u32;
+    let code = [load32(virtio_guest::reg(window)), exit(0)].concat();
     let img = write_image("virtio-no-device", &image(&code));
     let drive = drive_file(img.dir(), "disk.img", 1);
     let o = run(&img, &["--drive", &format!("path={}", drive.display())]);
+    assert_guest_crash(&o, "unexpected MMIO read: 4 bytes at 0xd0100000");
+    // Without a drive, device 0's DMA area is nobody's memory either.
+    let code = [load32(virtio_guest::DMA), exit(0)].concat();
+    let img = write_image("virtio-no-dma", &image(&code));
+    let o = run(&img, &[]);
     assert_guest_crash(&o, "unexpected MMIO read: 4 bytes at 0xd0001000");
 }
 
