@@ -37,7 +37,7 @@ pub enum Status {
     Ok = 0,
     /// The device reported an error (virtio-blk's S_IOERR), or none at all.
     IoError = 1,
-    /// A write (or flush of writes) to a read-only drive.
+    /// A write to a read-only drive.
     ReadOnly = 2,
     /// Sectors past the end of the drive.
     OutOfRange = 3,
@@ -101,13 +101,9 @@ impl Request {
         };
         match words[0] {
             INFO if data_len == 0 => Ok(Request::Info),
-            FLUSH if data_len == 0 => {
-                if read_only {
-                    Err(Status::ReadOnly)
-                } else {
-                    Ok(Request::Flush)
-                }
-            }
+            // A read-only drive has no writes to make durable: its flush succeeds, as the
+            // device's does (and as fsync of a file opened read-only does).
+            FLUSH if data_len == 0 => Ok(Request::Flush),
             READ if data_len == 0 => {
                 range(words[1], words[2])?;
                 Ok(Request::Read {
@@ -167,10 +163,10 @@ mod tests {
     }
 
     #[test]
-    fn a_read_only_drive_refuses_writes_and_flushes_only() {
+    fn a_read_only_drive_refuses_writes_only() {
         let d = |w, len| Request::decode(w, len, 100, true);
         assert_eq!(d([WRITE, 0, 1, 0], 512), Err(Status::ReadOnly));
-        assert_eq!(d([FLUSH, 0, 0, 0], 0), Err(Status::ReadOnly));
+        assert_eq!(d([FLUSH, 0, 0, 0], 0), Ok(Request::Flush));
         assert!(d([READ, 0, 1, 0], 0).is_ok());
     }
 

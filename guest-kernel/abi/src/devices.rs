@@ -16,8 +16,8 @@
 //! other address. A driver is a user program, and without an IOMMU a device that could
 //! reach guest RAM would let whoever holds the device's capability write anywhere, the
 //! kernel included; confined to its window, the device reaches only what the capability
-//! already reaches (an IOMMU's effect, given by the VMM). A driver maps the window twice:
-//! uncached for the registers, `DEVMEM_CACHED` for the DMA area.
+//! already reaches (an IOMMU's effect, given by the VMM). A driver maps the window as two
+//! parts: the registers uncached, the DMA area (from [`VIRTIO_DMA_OFFSET`]) `DEVMEM_CACHED`.
 
 /// The first device's guest-physical base.
 pub const VIRTIO_MMIO_BASE: u64 = 0xd000_0000;

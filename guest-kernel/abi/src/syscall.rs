@@ -154,10 +154,14 @@ pub enum Call {
     /// present holding the 4 KiB at `src`, in one call (nothing mapping it sees it
     /// half-filled). How a pager brings a page back.
     MemInstall = 47,
-    /// `devmem_map(devmem, space, addr, flags)`: maps a device-memory object's whole
-    /// window into `space` (a space capability with WRITE, or [`SELF_SPACE`]) at `addr`,
-    /// uncached unless `flags` has [`DEVMEM_CACHED`]; `flags` also [`DEVMEM_WRITE`]; never
-    /// executable. Needs USE on the object.
+    /// `devmem_map(devmem, space, addr, flags, offset, len)`: maps the part
+    /// `[offset, offset + len)` of a device-memory object's window (page-aligned; `len` 0:
+    /// to the window's end, so `offset` and `len` 0 map the whole window) into `space` (a
+    /// space capability with WRITE, or [`SELF_SPACE`]) at `addr`, uncached unless `flags`
+    /// has [`DEVMEM_CACHED`]; `flags` also [`DEVMEM_WRITE`]; never executable. Needs USE on
+    /// the object. `Busy` if a page of the part is mapped anywhere with the other memory
+    /// type (a page is never both uncached and cached); `InvalidArgument` for a part
+    /// outside the window.
     DevmemMap = 48,
     /// `irq_bind(irq, port)`: each interrupt of the line then arrives on `port` as a
     /// message `[fault::INTERRUPT, line, count, 0]`; `Busy` if the line is bound already.
@@ -168,11 +172,10 @@ pub enum Call {
     IrqAck = 50,
 }
 
-/// `devmem_map` flags. [`DEVMEM_CACHED`] is for a window (or the part of one a driver uses
-/// through that mapping) that is memory rather than registers: a device's DMA area or a
-/// region shared with another VM, which a driver reads and writes at memory speed. The
-/// same window may be mapped twice, uncached for its registers and cached for its memory;
-/// a driver touches each part only through its own mapping.
+/// `devmem_map` flags. [`DEVMEM_CACHED`] is for the part of a window that is memory rather
+/// than registers: a device's DMA area or a region shared with another VM, which a driver
+/// reads and writes at memory speed. A driver maps its registers and its memory as two
+/// parts of the window, each with its own type; the kernel refuses a page mapped with both.
 pub const DEVMEM_WRITE: u64 = 1;
 pub const DEVMEM_CACHED: u64 = 4;
 

@@ -15,17 +15,68 @@ use fluke_abi::devices::MmioDevice;
 /// level (`devmem_map` reserves them up front).
 pub const MAX_WINDOW: u64 = 2 << 20;
 
-/// A device-memory object: a window of device memory, and where it is mapped (`(space,
-/// address, writable)`; at most [`MAX_DEVMEM_MAPPINGS`], which bounds its teardown).
+/// A device-memory object: a window of device memory, and where parts of it are mapped (at
+/// most [`MAX_DEVMEM_MAPPINGS`], which bounds its teardown).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeviceMemory {
     pub window: PhysRange,
     /// The line of its command-line word (its interrupt is a separate object).
     pub line: u32,
-    pub mappings: alloc::vec::Vec<(crate::slab::Id, u64, bool)>,
+    pub mappings: alloc::vec::Vec<DevmemMapping>,
+}
+
+/// One `devmem_map` of a part of a window: `[offset, offset + len)` of the window at `addr`
+/// in `space`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DevmemMapping {
+    pub space: crate::slab::Id,
+    pub addr: u64,
+    pub offset: u64,
+    pub len: u64,
+    pub write: bool,
+    pub cached: bool,
 }
 
 pub const MAX_DEVMEM_MAPPINGS: usize = 16;
+
+/// Why a `devmem_map` of part of a window is refused (before anything is mapped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapRefusal {
+    /// The offset or length is not page-aligned, or the part is not inside the window.
+    OutsideWindow,
+    /// A page of the part is mapped already, somewhere, with the other memory type: x86
+    /// leaves a page mapped both uncached and write-back undefined (SDM vol. 3, 11.12.4),
+    /// so each page of a window has one memory type at a time.
+    OtherMemoryType,
+}
+
+/// The part `[offset, offset + len)` of a window of `size` bytes that a `devmem_map` asks
+/// for (`len` 0: the rest of the window), checked against the object's `live` mappings:
+/// the part's length, or why it is refused.
+pub fn check_part(
+    size: u64,
+    offset: u64,
+    len: u64,
+    cached: bool,
+    live: &[DevmemMapping],
+) -> Result<u64, MapRefusal> {
+    let page = PAGE_SIZE;
+    if offset % page != 0 || len % page != 0 || offset >= size {
+        return Err(MapRefusal::OutsideWindow);
+    }
+    let len = if len == 0 { size - offset } else { len };
+    if len > size - offset {
+        return Err(MapRefusal::OutsideWindow);
+    }
+    let end = offset + len;
+    let clash = live
+        .iter()
+        .any(|m| m.cached != cached && m.offset < end && offset < m.offset + m.len);
+    if clash {
+        return Err(MapRefusal::OtherMemoryType);
+    }
+    Ok(len)
+}
 
 /// Why a word was refused (one console line names it).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,5 +256,68 @@ mod tests {
             Err(Refusal::NoSuchLine)
         );
         assert!(chk(dev(0xd000_1000, 0x1000, 6), &first, &[5]).is_ok());
+    }
+
+    fn mapped(offset: u64, len: u64, cached: bool) -> DevmemMapping {
+        DevmemMapping {
+            space: crate::slab::Id::from_u64(1),
+            addr: 0x7000_0000 + offset,
+            offset,
+            len,
+            write: true,
+            cached,
+        }
+    }
+
+    #[test]
+    fn a_part_of_a_window_is_inside_it_and_page_aligned() {
+        let size = 0x10_0000;
+        assert_eq!(check_part(size, 0, 0, false, &[]), Ok(size));
+        assert_eq!(check_part(size, 0x1000, 0, true, &[]), Ok(size - 0x1000));
+        assert_eq!(check_part(size, 0, 0x1000, false, &[]), Ok(0x1000));
+        assert_eq!(
+            check_part(size, size - 0x1000, 0x1000, false, &[]),
+            Ok(0x1000)
+        );
+        for (offset, len) in [
+            (size, 0),
+            (size, 0x1000),
+            (0x800, 0x1000),
+            (0, 0x800),
+            (0x1000, size),
+            (size - 0x1000, 0x2000),
+            (u64::MAX & !0xfff, 0x1000),
+            (0x1000, u64::MAX & !0xfff),
+        ] {
+            assert_eq!(
+                check_part(size, offset, len, false, &[]),
+                Err(MapRefusal::OutsideWindow),
+                "{offset:#x}+{len:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_page_of_a_window_has_one_memory_type_at_a_time() {
+        let size = 0x10_0000;
+        let regs = [mapped(0, 0x1000, false)];
+        // The DMA area cached beside uncached registers, and the registers again uncached.
+        assert_eq!(check_part(size, 0x1000, 0, true, &regs), Ok(size - 0x1000));
+        assert_eq!(check_part(size, 0, 0x1000, false, &regs), Ok(0x1000));
+        // Any page of the registers cached: refused, the whole window included.
+        assert_eq!(
+            check_part(size, 0, 0, true, &regs),
+            Err(MapRefusal::OtherMemoryType)
+        );
+        assert_eq!(
+            check_part(size, 0, 0x2000, true, &regs),
+            Err(MapRefusal::OtherMemoryType)
+        );
+        let dma = [mapped(0x1000, size - 0x1000, true)];
+        assert_eq!(
+            check_part(size, size - 0x1000, 0, false, &dma),
+            Err(MapRefusal::OtherMemoryType)
+        );
+        assert_eq!(check_part(size, 0x2000, 0x1000, true, &dma), Ok(0x1000));
     }
 }

@@ -27,6 +27,28 @@ pub unsafe fn raw(nr: u64, a0: u64, a1: u64, a2: u64, a3: u64) -> u64 {
     ret
 }
 
+/// A kernel call with all six argument registers (`rdi, rsi, rdx, r10, r8, r9`).
+///
+/// # Safety
+/// As [`raw`]: pointer arguments must be valid for what the call does with them.
+pub unsafe fn raw6(nr: u64, a: [u64; 6]) -> u64 {
+    let ret: u64;
+    asm!(
+        "syscall",
+        inlateout("rax") nr => ret,
+        in("rdi") a[0],
+        in("rsi") a[1],
+        inlateout("rdx") a[2] => _,
+        in("r10") a[3],
+        in("r8") a[4],
+        in("r9") a[5],
+        lateout("rcx") _,
+        lateout("r11") _,
+        options(nostack),
+    );
+    ret
+}
+
 fn call(c: Call, a0: u64, a1: u64, a2: u64, a3: u64) -> Result<u64, Error> {
     // SAFETY: every wrapper below passes pointers from valid Rust references.
     decode(unsafe { raw(c as u64, a0, a1, a2, a3) })
@@ -646,10 +668,28 @@ pub fn devmem_map(devmem: u64, space: u64, addr: u64, writable: bool) -> Result<
     )
 }
 
-/// `devmem_map` with its flags (`DEVMEM_WRITE`, `DEVMEM_CACHED`): a driver maps the part
-/// of a window that is memory (a DMA area, a shared region) cached.
+/// `devmem_map` of the whole window with its flags (`DEVMEM_WRITE`, `DEVMEM_CACHED`).
 pub fn devmem_map_flags(devmem: u64, space: u64, addr: u64, flags: u64) -> Result<u64, Error> {
-    call(Call::DevmemMap, devmem, space, addr, flags)
+    devmem_map_part(devmem, space, addr, flags, 0, 0)
+}
+
+/// `devmem_map` of the part `[offset, offset + len)` of the window (`len` 0: to its end):
+/// a driver maps its registers uncached and its DMA area `DEVMEM_CACHED`, as two parts.
+pub fn devmem_map_part(
+    devmem: u64,
+    space: u64,
+    addr: u64,
+    flags: u64,
+    offset: u64,
+    len: u64,
+) -> Result<u64, Error> {
+    // SAFETY: no pointer arguments.
+    decode(unsafe {
+        raw6(
+            Call::DevmemMap as u64,
+            [devmem, space, addr, flags, offset, len],
+        )
+    })
 }
 
 /// `irq_bind(irq, port)`: the line's interrupts arrive on `port` as

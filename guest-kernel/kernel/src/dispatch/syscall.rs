@@ -137,7 +137,7 @@ fn dispatch(k: &mut Kernel, c: Caller, call: Call, a: [u64; 6]) -> CallResult {
         Call::MemDiscard => memory::discard(k, c, a[0], a[1], a[2]),
         Call::MemInstall => memory::install(k, c, a[0], a[1]),
         Call::MemReferenced => memory::referenced(k, c, a[0]),
-        Call::DevmemMap => objects::device_memory::map(k, c, a[0], a[1], a[2], a[3]),
+        Call::DevmemMap => objects::device_memory::map(k, c, a[0], a[1], a[2], a[3], a[4], a[5]),
         Call::IrqBind => objects::interrupt::bind(k, c, a[0], a[1]),
         Call::IrqAck => objects::interrupt::ack(k, c, a[0]),
     }

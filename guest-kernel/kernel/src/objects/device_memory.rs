@@ -4,10 +4,12 @@
 //! call creates one: a program reaches a device's memory only through this object, which
 //! it got from a holder with GRANT, as any capability.
 //!
-//! `devmem_map(devmem, space, addr, flags)` maps the whole window into a space, uncached
-//! unless the flags say the driver uses this mapping for memory (`DEVMEM_CACHED`: a DMA
-//! area, a shared region) (`paging::map_user_device`), at once (a device page cannot be brought in lazily from
-//! anyone). The kernel never touches such a page on a program's behalf: calls that copy
+//! `devmem_map(devmem, space, addr, flags, offset, len)` maps a part of the window (len 0:
+//! from `offset` to its end) into a space, uncached unless the flags say the driver uses that
+//! part as memory (`DEVMEM_CACHED`: a DMA area, a shared region) (`paging::map_user_device`),
+//! at once (a device page cannot be brought in lazily from anyone). A page of the window has
+//! one memory type at a time, in every space: a part that would map a page both uncached and
+//! cached is refused with `Busy` (`fluke_kcore::devices::check_part`). The kernel never touches such a page on a program's behalf: calls that copy
 //! user memory refuse device pages (`Space::frame_for`), a pager's save refuses them, and a
 //! region over them does not pass them on (`mapping::fault_in`), so the window reaches
 //! exactly the spaces its holders map it into. Destroying the object unmaps it from every
@@ -19,7 +21,7 @@ use crate::kernel::{Caller, Kernel, ObjRef};
 use fluke_abi::syscall::objstate::{self, WORDS};
 use fluke_abi::syscall::Error;
 use fluke_kcore::cap::Rights;
-use fluke_kcore::devices::{DeviceMemory, MAX_DEVMEM_MAPPINGS};
+use fluke_kcore::devices::{check_part, DeviceMemory, DevmemMapping, MapRefusal, MAX_DEVMEM_MAPPINGS};
 use fluke_kcore::slab::Id;
 
 const PAGE: u64 = 4096;
@@ -44,14 +46,27 @@ fn devmem_cap(k: &mut Kernel, c: Caller, name: u64, rights: Rights) -> Result<Id
     }
 }
 
-/// `devmem_map(devmem, space, addr, flags)`. Decode: the flags, both capabilities, the
-/// range (a user range, clear of the target's mappings and of any present page), room in
-/// the object's mapping list, and the target's budget for the page tables; then map, which
-/// cannot fail (the tables are paid for up front).
-pub fn map(k: &mut Kernel, c: Caller, name: u64, space_name: u64, addr: u64, flags: u64) -> CallResult {
+/// `devmem_map(devmem, space, addr, flags, offset, len)`. Decode: the flags, both
+/// capabilities, the part of the window (page-aligned, inside it, no page of it mapped with
+/// the other memory type anywhere), the range (a user range, clear of the target's mappings
+/// and of any present page), room in the object's mapping list, and the target's budget for
+/// the page tables; then map, which cannot fail (the tables are paid for up front).
+#[allow(clippy::too_many_arguments)]
+pub fn map(
+    k: &mut Kernel,
+    c: Caller,
+    name: u64,
+    space_name: u64,
+    addr: u64,
+    flags: u64,
+    offset: u64,
+    len: u64,
+) -> CallResult {
     if flags & !(DEVMEM_WRITE | DEVMEM_CACHED) != 0 {
         return Err(Error::InvalidArgument);
     }
+    let write = flags & DEVMEM_WRITE != 0;
+    let cached = flags & DEVMEM_CACHED != 0;
     let d = devmem_cap(k, c, name, Rights::USE)?;
     let target = match space_name {
         fluke_abi::syscall::SELF_SPACE => c.pid,
@@ -61,19 +76,23 @@ pub fn map(k: &mut Kernel, c: Caller, name: u64, space_name: u64, addr: u64, fla
         },
     };
     let window = k.devmems.get(d).ok_or(Error::BadCap)?.window;
-    let size = window.end - window.start;
-    let end = crate::kernel::space::check_user_range(addr, size)?;
+    // Mappings into spaces that have ended since no longer count, nor one at this very
+    // address (the space discarded those pages itself: the range is checked clear below).
+    let live: alloc::vec::Vec<DevmemMapping> = k.devmems.get(d).ok_or(Error::BadCap)?.mappings.clone();
+    let live: alloc::vec::Vec<DevmemMapping> = live
+        .into_iter()
+        .filter(|m| k.space_ref(m.space).is_some() && (m.space, m.addr) != (target, addr))
+        .collect();
+    let len = match check_part(window.end - window.start, offset, len, cached, &live) {
+        Ok(len) => len,
+        Err(MapRefusal::OutsideWindow) => return Err(Error::InvalidArgument),
+        Err(MapRefusal::OtherMemoryType) => return Err(Error::Busy),
+    };
+    let end = crate::kernel::space::check_user_range(addr, len)?;
     let root = k.space_ref(target).ok_or(Error::BadCap)?.root;
     if k.graph.overlaps(target, addr, end) || paging::next_present(root, addr, end).is_some() {
         return Err(Error::InvalidArgument);
     }
-    // Mappings into spaces that have ended since no longer count, nor one at this very
-    // address (the space discarded those pages itself: the range is clear, checked above).
-    let live: alloc::vec::Vec<_> = k.devmems.get(d).ok_or(Error::BadCap)?.mappings.clone();
-    let live: alloc::vec::Vec<_> = live
-        .into_iter()
-        .filter(|&(pid, at, _)| k.space_ref(pid).is_some() && (pid, at) != (target, addr))
-        .collect();
     if live.len() >= MAX_DEVMEM_MAPPINGS {
         return Err(Error::Exhausted);
     }
@@ -82,24 +101,27 @@ pub fn map(k: &mut Kernel, c: Caller, name: u64, space_name: u64, addr: u64, fla
         return Err(Error::NoMemory);
     }
     // Invoke.
-    let write = flags & DEVMEM_WRITE != 0;
-    let cached = flags & DEVMEM_CACHED != 0;
+    let phys = window.start + offset;
     let mut va = addr;
     while va < end {
-        if space
-            .map_device_page(va, window.start + (va - addr), write, cached)
-            .is_err()
-        {
+        if space.map_device_page(va, phys + (va - addr), write, cached).is_err() {
             // Unreachable: the range is clear and the tables are paid for. Were it to
-            // happen, nothing of the window stays mapped.
-            unmap_range(k, target, addr, va, window.start);
+            // happen, nothing of the part stays mapped.
+            unmap_range(k, target, addr, va, phys);
             return Err(Error::NoMemory);
         }
         va += PAGE;
     }
     if let Some(obj) = k.devmems.get_mut(d) {
         obj.mappings = live;
-        obj.mappings.push((target, addr, write));
+        obj.mappings.push(DevmemMapping {
+            space: target,
+            addr,
+            offset,
+            len,
+            write,
+            cached,
+        });
     }
     Ok(Reply::Value(0))
 }
@@ -146,9 +168,8 @@ pub fn set_state(k: &Kernel, d: Id, w: &[u64; WORDS]) -> Result<(), Error> {
 /// window is never handed out again in this boot.
 pub fn destroy(k: &mut Kernel, d: Id) -> Result<(), Error> {
     let obj = k.devmems.remove(d).ok_or(Error::BadCap)?;
-    let size = obj.window.end - obj.window.start;
-    for (pid, addr, _) in obj.mappings {
-        unmap_range(k, pid, addr, addr + size, obj.window.start);
+    for m in obj.mappings {
+        unmap_range(k, m.space, m.addr, m.addr + m.len, obj.window.start + m.offset);
     }
     Ok(())
 }

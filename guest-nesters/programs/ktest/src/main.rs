@@ -2777,18 +2777,76 @@ fn devmem(mode: &str) -> i32 {
         Err(Error::InvalidArgument),
         &mut bad,
     );
-    // A second mapping of the same window, cached (how a driver reaches its DMA area).
+    // Parts of the window (offset, length): outside it or unaligned, refused.
+    let size = state.map_or(0x1000, |w| w[2]);
+    let flags = fluke_abi::syscall::DEVMEM_WRITE;
+    let parts: [(&str, u64, u64); 5] = [
+        ("offset past the window", size, 0),
+        ("offset unaligned", 0x800, 0),
+        ("length unaligned", 0, 0x800),
+        ("length past the window", 0, size + 0x1000),
+        ("length wrapping", 0x1000, u64::MAX & !0xfff),
+    ];
+    for (what, offset, len) in parts {
+        expect(
+            what,
+            sys::devmem_map_part(mem, SELF_SPACE, DEVMEM_CACHED_VA, flags, offset, len),
+            Err(Error::InvalidArgument),
+            &mut bad,
+        );
+    }
+    // A page of the window mapped uncached above is never mapped cached too, here or in
+    // another space (x86 leaves the two memory types on one page undefined).
+    let cached = flags | fluke_abi::syscall::DEVMEM_CACHED;
     expect(
-        "devmem: map again, cached",
-        sys::devmem_map_flags(
-            mem,
-            SELF_SPACE,
-            DEVMEM_CACHED_VA,
-            fluke_abi::syscall::DEVMEM_WRITE | fluke_abi::syscall::DEVMEM_CACHED,
-        ),
-        Ok(0),
+        "devmem: the whole window again, cached",
+        sys::devmem_map_flags(mem, SELF_SPACE, DEVMEM_CACHED_VA, cached),
+        Err(Error::Busy),
         &mut bad,
     );
+    match sys::space_create() {
+        Ok(other) => {
+            expect(
+                "devmem: the registers cached in another space",
+                sys::devmem_map_part(mem, other, DEVMEM_CACHED_VA, cached, 0, 0x1000),
+                Err(Error::Busy),
+                &mut bad,
+            );
+            expect(
+                "devmem: the registers uncached in another space",
+                sys::devmem_map_part(mem, other, DEVMEM_CACHED_VA, flags, 0, 0x1000),
+                Ok(0),
+                &mut bad,
+            );
+            expect(
+                "devmem: that space destroyed",
+                sys::destroy(other),
+                Ok(0),
+                &mut bad,
+            );
+        }
+        Err(e) => {
+            println!("ktest: devmem: no space: {e:?}");
+            bad += 1;
+        }
+    }
+    if size > fluke_abi::devices::VIRTIO_DMA_OFFSET {
+        // A drive's window: its DMA area as a part of its own, cached (how a driver
+        // reaches it), at an address of its own.
+        expect(
+            "devmem: the DMA area, cached",
+            sys::devmem_map_part(
+                mem,
+                SELF_SPACE,
+                DEVMEM_CACHED_VA,
+                cached,
+                fluke_abi::devices::VIRTIO_DMA_OFFSET,
+                0,
+            ),
+            Err(Error::Busy), // the whole window is mapped uncached at DEVMEM_VA
+            &mut bad,
+        );
+    }
     // The kernel never touches a device page for a program.
     let r = fluke_abi::syscall::decode(unsafe {
         // SAFETY: the kernel reads 16 bytes at the mapped window, or refuses.

@@ -654,7 +654,7 @@ fn rsp_rep_pool(rsp: u64, mib: u64) -> i32 {
         }
     }
     println!("victim: rsp-rep-pool: {POOL_THREADS} threads");
-    let start = victim_rep_loop as usize as u64;
+    let start = victim_rep_loop as *const () as u64;
     let mut msg = sys::ipc_wait(set);
     loop {
         let badge = msg.map(|m| m.badge as usize).unwrap_or(usize::MAX);
@@ -692,7 +692,7 @@ fn rep_keeper(
     sys::thread_set_keeper(worker, port)?;
     println!("victim: rsp-rep-keeper: keeping the loop");
     let again = core::ptr::addr_of!(victim_rep_again) as u64;
-    let start = victim_rep_loop as usize as u64;
+    let start = victim_rep_loop as *const () as u64;
     let mut msg = sys::ipc_wait(set);
     loop {
         if msg.is_ok() {
