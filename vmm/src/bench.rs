@@ -85,6 +85,15 @@ const PAUSE_WORKLOAD: &str = "fluke.init=work,ticker,150,10";
 /// Pause/resume cycles per `vm.pause_resume` run (the sample is their median).
 const PAUSE_CYCLES: usize = 20;
 
+/// The guest of the `blk.*` records: `disk` starts the user-level driver `blkdrv` on the
+/// drive and times 4 KiB reads and writes through it, then a sequential read of the drive.
+const BLK_WORKLOAD: &str = "fluke.init=disk,bench,400";
+/// A `--drive` argument that [`one_run`] replaces with the bench's own drive file
+/// ([`bench_drive`]: 16 MiB, sparse, removed when the bench ends).
+const BENCH_DRIVE: &str = "path=@bench-drive";
+const BENCH_DRIVE_BYTES: u64 = 16 << 20;
+const BLK_ARGS: &[&str] = &["--drive", BENCH_DRIVE];
+
 /// Every benchmark, in report order. Keep the names stable: they are the records' keys.
 pub const BENCHMARKS: &[Benchmark] = &[
     Benchmark {
@@ -275,6 +284,33 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "fluke.init=bench,ipc-cap,5000",
         vmm_args: &[],
         sample: Sample::Guest("ipc.cap_transfer"),
+    },
+    // The block device through its user-level driver: a client's call, the driver's
+    // virtqueue request, the VMM's device thread (ioeventfd in, pread/pwrite, irqfd out),
+    // the interrupt as a message, the reply.
+    Benchmark {
+        name: "blk.read_4k",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: BLK_WORKLOAD,
+        vmm_args: BLK_ARGS,
+        sample: Sample::Guest("blk.read_4k"),
+    },
+    Benchmark {
+        name: "blk.write_4k",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: BLK_WORKLOAD,
+        vmm_args: BLK_ARGS,
+        sample: Sample::Guest("blk.write_4k"),
+    },
+    Benchmark {
+        name: "blk.mib_s",
+        model: Model::Microkernel,
+        unit: "MiB/s",
+        cmdline: BLK_WORKLOAD,
+        vmm_args: BLK_ARGS,
+        sample: Sample::Guest("blk.mib_s"),
     },
 ];
 
@@ -785,6 +821,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
             }
         }
     }
+    let _ = std::fs::remove_file(bench_drive_path());
     for g in groups {
         if let Some(e) = g.failed {
             failures.extend(g.benches.iter().map(|b| format!("{}: {e}", b.name)));
@@ -949,6 +986,21 @@ fn sample_run(
     result.map_err(|e| format!("run {}: {e}", i + 1))
 }
 
+fn bench_drive_path() -> PathBuf {
+    std::env::temp_dir().join(format!("fluke-bench-{}-drive.img", std::process::id()))
+}
+
+/// The drive of the `blk.*` runs, made (sparse) at its first use.
+fn bench_drive() -> std::result::Result<PathBuf, String> {
+    let path = bench_drive_path();
+    if !path.exists() {
+        std::fs::File::create(&path)
+            .and_then(|f| f.set_len(BENCH_DRIVE_BYTES))
+            .map_err(|e| format!("cannot make the bench drive {}: {e}", path.display()))?;
+    }
+    Ok(path)
+}
+
 fn temp_stats_path(i: u32) -> PathBuf {
     std::env::temp_dir().join(format!("fluke-bench-{}-{i}.json", std::process::id()))
 }
@@ -966,7 +1018,13 @@ fn one_run(
     if let Some(image) = image {
         cmd.arg(image);
     }
-    cmd.args(vmm_args);
+    for &arg in vmm_args {
+        if arg == BENCH_DRIVE {
+            cmd.arg(format!("path={}", bench_drive()?.display()));
+        } else {
+            cmd.arg(arg);
+        }
+    }
     let serial = format!("file:{}", console_path.display());
     cmd.args(["--serial", &serial, "--log-level", "error", "--timeout"])
         .arg(RUN_TIMEOUT_SECS.to_string())
@@ -1355,7 +1413,10 @@ mod tests {
                 "vmm.uffd_fault",
                 "guest.page_touch",
                 "thread.state_roundtrip",
-                "ipc.cap_transfer"
+                "ipc.cap_transfer",
+                "blk.read_4k",
+                "blk.write_4k",
+                "blk.mib_s"
             ]
         );
     }

@@ -447,7 +447,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     let run_time = run_start.elapsed();
     // The device threads touch guest RAM: they stop before host paging does.
     devices.mmio.stop();
-    let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_ram_ranges());
+    let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_guest_memory_ranges());
     let peak_rss_kib = stats::peak_rss_kib();
     let paging = vm.stop_host_paging();
     if let Some(w) = watchdog.as_mut() {

@@ -125,8 +125,8 @@ fn mapped_rss_kib(smaps: &str, ranges: &[(u64, u64)]) -> u64 {
     total
 }
 
-/// The VMM's resident memory beyond guest RAM, in KiB: VmRSS minus the Rss of the guest RAM
-/// mappings (`ranges` are their host addresses).
+/// The VMM's resident memory beyond guest memory, in KiB: VmRSS minus the Rss of the
+/// mappings of guest RAM and of the devices' DMA areas (`ranges` are their host addresses).
 pub fn vmm_rss_kib(ranges: &[(u64, u64)]) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;

@@ -118,8 +118,11 @@ impl Vm {
     /// a memory slot of its own, zero-filled, never paged by the host, never in a
     /// snapshot. Returns the memory for the device, which reaches nothing else.
     pub fn add_device_memory(&mut self, gpa: u64, bytes: u64) -> Result<GuestMemoryMmap> {
-        let mib = bytes / MIB;
-        let fail = |msg: String| Error::GuestMemory { mib, msg };
+        let fail = |msg: String| Error::DeviceMemory {
+            gpa,
+            kib: bytes / 1024,
+            msg,
+        };
         let size = usize::try_from(bytes).map_err(|_| fail("too large for this host".into()))?;
         let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(gpa), size)])
             .map_err(|e| fail(e.to_string()))?;
@@ -176,13 +179,17 @@ impl Vm {
         Some(summary)
     }
 
-    /// Host virtual address ranges `(start, len)` of guest RAM (for RSS accounting).
-    pub fn host_ram_ranges(&self) -> Vec<(u64, u64)> {
-        self.memory
-            .iter()
-            .filter_map(|r| {
-                let start = self.memory.get_host_address(r.start_addr()).ok()?;
-                Some((start as u64, r.len()))
+    /// Host virtual address ranges `(start, len)` of guest memory: RAM and the devices' DMA
+    /// areas, which the guest fills as it fills RAM (for RSS accounting: `vmm.rss` is what
+    /// the VMM holds beyond them).
+    pub fn host_guest_memory_ranges(&self) -> Vec<(u64, u64)> {
+        std::iter::once(&self.memory)
+            .chain(self.device_memory.iter())
+            .flat_map(|m| {
+                m.iter().filter_map(move |r| {
+                    let start = m.get_host_address(r.start_addr()).ok()?;
+                    Some((start as u64, r.len()))
+                })
             })
             .collect()
     }
@@ -259,5 +266,24 @@ mod tests {
         assert!(memory_bytes(MAX_MEMORY_MIB).is_ok());
         assert!(memory_bytes(MAX_MEMORY_MIB + 1).is_err());
         assert!(memory_bytes(u64::MAX).is_err());
+    }
+
+    /// A DMA area that cannot be made is named in KiB (it is less than a MiB: "0 MiB of
+    /// guest memory" said nothing). Uses the real /dev/kvm.
+    #[test]
+    fn a_dma_area_that_cannot_be_made_is_named_in_kib() {
+        let kvm = kvm_ioctls::Kvm::new().expect("/dev/kvm");
+        let mut vm = Vm::new(kvm, 2 * MIB).expect("a VM");
+        let Err(e) = vm.add_device_memory(0xd000_1000, 1 << 50) else {
+            panic!("a petabyte of DMA area is refused");
+        };
+        let e = e.to_string();
+        assert!(
+            e.starts_with(
+                "cannot set up the 1099511627776 KiB DMA area of the device at 0xd0001000: "
+            ),
+            "{e}"
+        );
+        assert!(vm.add_device_memory(0xd000_1000, 1020 << 10).is_ok());
     }
 }

@@ -873,6 +873,50 @@ fn virtio_blk_registers_read_as_the_spec_says() {
     assert_eq!(o.status.code(), Some(42), "stderr: {}", stderr(&o));
 }
 
+/// `vmm.rss` is the VMM's own memory: a guest that writes every page of its device's DMA
+/// area (guest memory, like RAM) does not make it grow.
+#[test]
+fn vmm_rss_leaves_out_the_devices_dma_areas() {
+    use virtio_guest::DMA;
+    let end =
+        DMA + (fluke_abi::devices::VIRTIO_MMIO_SIZE - fluke_abi::devices::VIRTIO_DMA_OFFSET) as u32;
+    let touch_all = |touch: bool| {
+        let mut code = vec![0xb8];
+        code.extend_from_slice(&DMA.to_le_bytes()); // mov $DMA, %eax
+        if touch {
+            // 1: movl $1, (%eax); add $0x1000, %eax; cmp $end, %eax; jb 1b
+            code.extend_from_slice(&[0xc7, 0x00, 1, 0, 0, 0, 0x05, 0x00, 0x10, 0x00, 0x00, 0x3d]);
+            code.extend_from_slice(&end.to_le_bytes());
+            code.extend_from_slice(&[0x72, 0xee]);
+        }
+        [code, exit(0)].concat()
+    };
+    let rss = |touch: bool| {
+        let img = write_image(&format!("dma-rss-{touch}"), &image(&touch_all(touch)));
+        let disk = drive_file(img.dir(), "disk.img", 1);
+        let stats = img.dir().join("stats.json");
+        let o = run(
+            &img,
+            &[
+                "--drive",
+                &format!("path={}", disk.display()),
+                "--stats-json",
+                stats.to_str().unwrap(),
+            ],
+        );
+        assert_eq!(o.status.code(), Some(0), "stderr: {}", stderr(&o));
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&stats).unwrap()).unwrap();
+        v["vmm_rss_kib"].as_u64().unwrap()
+    };
+    let (untouched, touched) = (rss(false), rss(true));
+    // 1020 KiB touched; allow for what else varies between two runs.
+    assert!(
+        touched < untouched + 256,
+        "vmm_rss_kib {untouched} KiB with the DMA area untouched, {touched} KiB with all of it written"
+    );
+}
+
 #[test]
 fn a_virtio_blk_read_completes_with_an_interrupt() {
     use virtio_guest::*;

@@ -5,6 +5,7 @@
 //! `#[no_mangle] fn fluke_main(args: fluke_rt::Args) -> i32`.
 #![no_std]
 
+pub mod blk;
 pub mod proc;
 pub mod sys;
 pub mod thread;

@@ -130,7 +130,8 @@ fn send_queued(k: &mut Kernel, i: Id) -> Option<ThreadId> {
 }
 
 /// Delivers a message the kernel makes for a thread waiting on `set` (the first live one),
-/// which owes no reply and is made runnable; `None` (nothing changed) if none waits.
+/// which is made runnable; a reply it owes stays owed (an interrupt is not a call: a
+/// driver takes a client's call, waits for its device's interrupt, then replies); `None` (nothing changed) if none waits.
 /// (`ipc` takes queued interrupts from here when a thread waits: this module does not call
 /// into `ipc`.)
 fn kernel_message(k: &mut Kernel, set: Id, badge: u64, words: [u64; 4]) -> Option<ThreadId> {
@@ -143,7 +144,6 @@ fn kernel_message(k: &mut Kernel, set: Id, badge: u64, words: [u64; 4]) -> Optio
     let w = k.port_sets.get_mut(set)?.pop_server(alive)?;
     let thread = k.threads.get_mut(w)?;
     let blocked = !thread.runnable();
-    thread.reply_to = None;
     Delivery::fault(badge, words).write(&mut thread.regs, blocked);
     sched::make_runnable(k, w);
     Some(w)

@@ -333,12 +333,10 @@ pub fn wait(k: &mut Kernel, c: Caller, set_name: u64, replied_to: Option<ThreadI
             Err(e) => complete(k, caller, Err(e)),
         }
     }
-    // An interrupt queued for a port of this set (none reached a waiting thread).
+    // An interrupt queued for a port of this set (none reached a waiting thread). It is not
+    // a call: a reply this thread owes stays owed.
     if let Some((badge, words)) = super::interrupt::take_for_set(k, set) {
         deliver_fault(k, me, badge, words);
-        if let Some(t) = k.threads.get_mut(me) {
-            t.reply_to = None;
-        }
         wake_replied(k);
         return Ok(Reply::Value(badge));
     }
