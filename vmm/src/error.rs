@@ -122,7 +122,13 @@ pub enum Error {
     InvalidDrive { spec: String, reason: String },
     #[error("--drive {}: {reason}", path.display())]
     Drive { path: PathBuf, reason: String },
-    #[error("{got} devices (--drive), at most {max} fit")]
+    #[error("invalid --channel {spec:?}: {reason} (expected path=SOCKET)")]
+    InvalidChannel { spec: String, reason: String },
+    #[error("--channel {}: {reason}", path.display())]
+    Channel { path: PathBuf, reason: String },
+    #[error("--channel {}: the other VM {reason}", path.display())]
+    ChannelPeer { path: PathBuf, reason: String },
+    #[error("{got} devices (--drive and --channel), at most {max} fit")]
     TooManyDevices { got: usize, max: usize },
     #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]
     ResidentSize { min: u64, max: u64, got: u64 },
