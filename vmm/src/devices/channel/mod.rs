@@ -588,11 +588,7 @@ impl Watcher {
             for event in &ready[..n] {
                 match event.data() {
                     STOP => return,
-                    LISTENER => {
-                        if !self.accept(epoll, handshake) {
-                            return;
-                        }
-                    }
+                    LISTENER if !self.accept(epoll, handshake) => return,
                     PEER => self.peer_event(epoll),
                     _ => {}
                 }
