@@ -129,10 +129,12 @@ fn a_doorbell_rings_the_other_vm_through_the_shared_memory() {
         expect_eax(ROLE_LISTENER, 13),
         wait32(reg(REG_PEER), PEER_CONNECTED),
         wait32(SHARED + 4, 1),
-        store32(SHARED, 0x2a),
-        store32(reg(REG_DOORBELL), 1),
+        // B waits for our doorbell: it cannot have gone yet (after the doorbell it may
+        // have, at any moment).
         load32(reg(REG_PEER)),
         expect_eax(PEER_CONNECTED, 14),
+        store32(SHARED, 0x2a),
+        store32(reg(REG_DOORBELL), 1),
         wait32(reg(REG_PEER), PEER_GONE),
         exit(0x21),
     ]
@@ -633,4 +635,59 @@ fn doorbells_ping_pong_between_two_vms() {
         "channel ping-pong on {platform}, {ROUND_TRIPS} round trips (guest code emulated): {bell:.2} us per round trip woken by doorbells (two doorbell->interrupt hops), {spin:.2} us spinning on the shared area"
     );
     assert!(bell > 0.0 && spin > 0.0);
+}
+
+#[test]
+fn a_listener_refuses_a_joiner_that_answers_garbage_and_waits_for_a_real_one() {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    // A waits until B has joined and written the shared area, sees PEER 1 (B waits for
+    // A's answer, so it is still there), answers and exits 0x33; B then exits 0.
+    let a = [
+        wait32(SHARED, 1),
+        load32(reg(REG_PEER)),
+        expect_eax(PEER_CONNECTED, 34),
+        store32(SHARED + 4, 1),
+        exit(0x33),
+    ]
+    .concat();
+    let b = [store32(SHARED, 1), wait32(SHARED + 4, 1), exit(0)].concat();
+    let img_a = write_image("chan-joiner-a", &image(&a));
+    let img_b = write_image("chan-joiner-b", &image(&b));
+    let sock = sock_in(img_a.dir());
+    let child_a = start(&img_a, &sock, &[], Stdio::null());
+    wait_for(&sock);
+    // A fake joiner: takes the offer, answers garbage and goes.
+    let fake = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    let mut buf = [0u8; 64];
+    let mut fds = [-1; 3];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the iovec points at `buf`, alive across the call; the descriptors received
+    // are closed right after.
+    let (len, nfds) = unsafe { fake.recv_with_fds(&mut iov, &mut fds) }.unwrap();
+    assert_eq!(
+        (len, nfds),
+        (24, 3),
+        "the offer: a message and three descriptors"
+    );
+    for fd in fds {
+        // SAFETY: received above, owned by this test alone.
+        drop(unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    }
+    std::io::Write::write_all(&mut &fake, b"junk").unwrap();
+    drop(fake);
+    // The real one is let in.
+    let ob = start(&img_b, &sock, &[], Stdio::null())
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(ob.status.code(), Some(0), "B: {}", stderr(&ob));
+    let oa = child_a.wait_with_output().unwrap();
+    let ea = stderr(&oa);
+    assert_eq!(oa.status.code(), Some(0x33), "A: {ea}");
+    assert!(
+        ea.contains("a VMM that connected sent 4 bytes, not a 24-byte channel message; still waiting for the other VM"),
+        "{ea}"
+    );
 }
