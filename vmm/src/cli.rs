@@ -69,6 +69,13 @@ pub struct RunArgs {
     /// at most 8; the guest finds them on its command line (`virtio_mmio.device=`).
     #[arg(long = "drive", value_name = "path=FILE[,readonly]")]
     pub drives: Vec<String>,
+    /// A shared-memory channel to another fluke-vmm given the same SOCKET: the first to
+    /// come listens there (its guest boots at once and waits), the second joins. Each guest
+    /// gets a device window after the drives' (registers, then 1 MiB less 4 KiB of memory
+    /// both VMs map) and a doorbell into the other; see vmm/README.md. Repeatable, one
+    /// socket each.
+    #[arg(long = "channel", value_name = "path=SOCKET")]
+    pub channels: Vec<String>,
     #[command(flatten)]
     pub vm: VmArgs,
 }

@@ -64,7 +64,7 @@ pub enum Error {
     #[error("cannot allocate {mib} MiB of guest memory: {msg}")]
     GuestMemory { mib: u64, msg: String },
 
-    #[error("cannot set up the {kib} KiB DMA area of the device at {gpa:#x}: {msg}")]
+    #[error("cannot set up the {kib} KiB memory area (DMA or shared) of the device at {gpa:#x}: {msg}")]
     DeviceMemory { gpa: u64, kib: u64, msg: String },
 
     #[error("cannot write {what} into guest memory: {msg}")]
@@ -125,7 +125,13 @@ pub enum Error {
     InvalidDrive { spec: String, reason: String },
     #[error("--drive {}: {reason}", path.display())]
     Drive { path: PathBuf, reason: String },
-    #[error("{got} devices (--drive), at most {max} fit")]
+    #[error("invalid --channel {spec:?}: {reason} (expected path=SOCKET)")]
+    InvalidChannel { spec: String, reason: String },
+    #[error("--channel {}: {reason}", path.display())]
+    Channel { path: PathBuf, reason: String },
+    #[error("--channel {}: the other VM {reason}", path.display())]
+    ChannelPeer { path: PathBuf, reason: String },
+    #[error("{got} devices (--drive and --channel), at most {max} fit")]
     TooManyDevices { got: usize, max: usize },
     #[error("--memory-resident must be between {min} MiB and --memory ({max} MiB), got {got}")]
     ResidentSize { min: u64, max: u64, got: u64 },

@@ -120,6 +120,7 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> Result<u8> {
         start_paused: !args.resume,
         // Snapshots of VMs with drives are refused when taken.
         mmio: Default::default(),
+        channels: Vec::new(),
     };
     let common = Common {
         restored: Some((

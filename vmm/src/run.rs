@@ -15,6 +15,7 @@ use crate::boot;
 use crate::cli::{RunArgs, VmArgs};
 use crate::control::VmControl;
 use crate::debuginfo;
+use crate::devices::channel::{self, Channel, ChannelSpec};
 use crate::devices::debug_exit::{ms, BenchPort, BootTimer};
 use crate::devices::serial::{SerialDevice, SerialSpec};
 use crate::devices::virtio::block::disk::{Disk, DriveSpec};
@@ -142,7 +143,21 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         "kernel text (port I/O allowed from): {:x?}",
         layout.text.ranges()
     );
+    let channel_specs = ChannelSpec::parse_all(&args.channels)?;
+    let devices = args.drives.len() + channel_specs.len();
+    if devices > MAX_VIRTIO_DEVICES {
+        return Err(Error::TooManyDevices {
+            got: devices,
+            max: MAX_VIRTIO_DEVICES,
+        });
+    }
     let disks = open_drives(&args.drives)?;
+    // Before KVM: a connector takes its listener's offer here; a listener is listening
+    // from here on (its socket is removed if anything later fails).
+    let rendezvous = channel_specs
+        .iter()
+        .map(channel::rendezvous)
+        .collect::<Result<Vec<_>>>()?;
 
     let kvm = vm::open_kvm()?;
     let mut vm = Vm::new(kvm, mem_bytes)?;
@@ -151,7 +166,8 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
     log::info!("platform: {}", platform::describe(platform));
     // The guest times with the TSC; KVM knows its rate, so the guest need not calibrate.
     let tsc_khz = vcpu.get_tsc_khz().ok().filter(|&k| k > 0);
-    let mmio = attach_drives(&mut vm, disks)?;
+    let mut mmio = attach_drives(&mut vm, disks)?;
+    let channels = attach_channels(&mut vm, &mut mmio, rendezvous)?;
     let cmdline = boot::build_cmdline(platform, tsc_khz, &mmio.slots(), &args.cmdline)?;
     log::debug!("kernel command line: {cmdline}");
     boot::load(vm.memory(), mem_bytes, &bytes, &layout, &cmdline)?;
@@ -175,6 +191,7 @@ pub fn run(args: &RunArgs, process_start: Instant) -> Result<u8> {
         serial: None,
         start_paused: false,
         mmio,
+        channels,
     };
     let debug_dir = match &args.image {
         Some(path) => crate::debuginfo::sidecar_dir(path),
@@ -202,19 +219,15 @@ pub struct Machine {
     pub serial: Option<vm_superio::serial::SerialState>,
     /// Wait paused for `PATCH /vm` before the first KVM_RUN (a restore without --resume).
     pub start_paused: bool,
-    /// The virtio devices, their threads started.
+    /// The virtio devices, their threads started, and the channels' register pages.
     pub mmio: MmioBus,
+    /// The channels to other VMs, their threads started.
+    pub channels: Vec<Channel>,
 }
 
 /// Parses and opens every `--drive` (before anything else is built: a bad one is refused
-/// with one line).
+/// with one line; their number is checked by the caller).
 fn open_drives(specs: &[String]) -> Result<Vec<Disk>> {
-    if specs.len() > MAX_VIRTIO_DEVICES {
-        return Err(Error::TooManyDevices {
-            got: specs.len(),
-            max: MAX_VIRTIO_DEVICES,
-        });
-    }
     specs
         .iter()
         .map(|s| Disk::open(&DriveSpec::parse(s)?))
@@ -250,6 +263,22 @@ fn attach_drives(vm: &mut Vm, disks: Vec<Disk>) -> Result<MmioBus> {
         bus.add(slot, MmioTransport::new(Box::new(block), interrupt));
     }
     Ok(bus)
+}
+
+/// Makes each channel the next device after the drives: its window (registers and shared
+/// area), its doorbell's ioeventfd, its irqfd, its thread.
+fn attach_channels(
+    vm: &mut Vm,
+    bus: &mut MmioBus,
+    rendezvous: Vec<channel::Rendezvous>,
+) -> Result<Vec<Channel>> {
+    let mut channels = Vec::with_capacity(rendezvous.len());
+    for r in rendezvous {
+        let (slot, registers, channel) = r.attach(vm, bus.len())?;
+        bus.add(slot, registers);
+        channels.push(channel);
+    }
+    Ok(channels)
 }
 
 /// What `run` and `restore` share on their command lines.
@@ -336,6 +365,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         serial: saved_serial,
         start_paused,
         mmio,
+        channels,
     } = machine;
     let serial_spec = common.serial_spec.clone();
     let timeout = common.timeout;
@@ -366,6 +396,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
         boot_timer: BootTimer::new(process_start, common.boot_timer),
         bench: BenchPort::default(),
         mmio,
+        channels,
     };
 
     let rip_source = if vm.has_sync_regs() {
@@ -447,6 +478,9 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
     let run_time = run_start.elapsed();
     // The device threads touch guest RAM: they stop before host paging does.
     devices.mmio.stop();
+    for c in &mut devices.channels {
+        c.stop();
+    }
     let vmm_rss_kib = stats::vmm_rss_kib(&vm.host_guest_memory_ranges());
     let peak_rss_kib = stats::peak_rss_kib();
     let paging = vm.stop_host_paging();

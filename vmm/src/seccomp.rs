@@ -40,6 +40,7 @@ pub enum ThreadKind {
     RestorePager,
     Gdb,
     VirtioBlock,
+    Channel,
 }
 
 impl ThreadKind {
@@ -54,10 +55,11 @@ impl ThreadKind {
             ThreadKind::RestorePager => "restore pager",
             ThreadKind::Gdb => "gdb",
             ThreadKind::VirtioBlock => "virtio-blk",
+            ThreadKind::Channel => "channel",
         }
     }
 
-    const ALL: [ThreadKind; 9] = [
+    const ALL: [ThreadKind; 10] = [
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Watchdog,
@@ -67,6 +69,7 @@ impl ThreadKind {
         ThreadKind::RestorePager,
         ThreadKind::Gdb,
         ThreadKind::VirtioBlock,
+        ThreadKind::Channel,
     ];
 }
 
@@ -302,6 +305,19 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             libc::SYS_pwrite64,
             libc::SYS_fdatasync,
             libc::SYS_fsync,
+        ]),
+        // Holds a channel's socket: accepts the other VMM, sends it the descriptors
+        // (sendmsg, SCM_RIGHTS), reads its answer and waits for its end (epoll); raises
+        // the guest's line by writing an eventfd. No ioctl (the listener was made
+        // non-blocking before).
+        ThreadKind::Channel => calls.extend_from_slice(&[
+            libc::SYS_epoll_wait,
+            libc::SYS_epoll_pwait,
+            libc::SYS_epoll_ctl,
+            libc::SYS_accept4,
+            libc::SYS_sendmsg,
+            libc::SYS_recvmsg,
+            libc::SYS_recvfrom,
         ]),
         ThreadKind::RestorePager => {
             calls.extend_from_slice(&[libc::SYS_poll, libc::SYS_pread64]);

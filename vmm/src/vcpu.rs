@@ -515,6 +515,14 @@ impl PauseHooks for PausedVm<'_> {
     }
 
     fn snapshot(&mut self, target: &crate::snapshot::file::Target) -> Result<(), String> {
+        // The other VM's half of a channel (the shared memory it writes, its doorbells) is
+        // not this VM's to save or bring back.
+        if !self.devices.channels.is_empty() {
+            return Err(
+                "a VM with a channel (--channel) cannot be snapshotted: the shared memory is also the other VM's"
+                    .to_string(),
+            );
+        }
         // Their queues and in-flight requests are not in the snapshot format yet.
         if !self.devices.mmio.is_empty() {
             return Err("a VM with virtio devices (--drive) cannot be snapshotted yet".to_string());

@@ -6,7 +6,9 @@ use kvm_bindings::{
     KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Cap, IoEventAddress, Kvm, VcpuFd, VmFd};
-use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
+use vm_memory::{
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::error::{Error, Result};
@@ -118,13 +120,31 @@ impl Vm {
     /// a memory slot of its own, zero-filled, never paged by the host, never in a
     /// snapshot. Returns the memory for the device, which reaches nothing else.
     pub fn add_device_memory(&mut self, gpa: u64, bytes: u64) -> Result<GuestMemoryMmap> {
+        self.add_slot(gpa, bytes, None)
+    }
+
+    /// Gives the guest the first `bytes` of `file` (a memfd another VM maps too: a
+    /// channel's shared area) at `gpa`, mapped shared, in a memory slot of its own: what
+    /// either guest stores there the other sees. Never paged by the host, never in a
+    /// snapshot. The VMM itself never reads or writes it.
+    pub fn add_shared_memory(&mut self, gpa: u64, bytes: u64, file: std::fs::File) -> Result<()> {
+        self.add_slot(gpa, bytes, Some(FileOffset::new(file, 0)))
+            .map(drop)
+    }
+
+    fn add_slot(
+        &mut self,
+        gpa: u64,
+        bytes: u64,
+        file: Option<FileOffset>,
+    ) -> Result<GuestMemoryMmap> {
         let fail = |msg: String| Error::DeviceMemory {
             gpa,
             kib: bytes / 1024,
             msg,
         };
         let size = usize::try_from(bytes).map_err(|_| fail("too large for this host".into()))?;
-        let memory = GuestMemoryMmap::from_ranges(&[(GuestAddress(gpa), size)])
+        let memory = GuestMemoryMmap::from_ranges_with_files([(GuestAddress(gpa), size, file)])
             .map_err(|e| fail(e.to_string()))?;
         let host = memory
             .get_host_address(GuestAddress(gpa))
@@ -141,7 +161,12 @@ impl Vm {
         // SAFETY: `userspace_addr..+memory_size` is a live mapping owned by `memory`, a
         // clone of which is kept in `self.device_memory` (dropped after `fd`, field
         // order), so KVM never sees the mapping disappear while the VM exists; the slot
-        // number is unused (RAM's slots come first, then one per device area).
+        // number is unused (RAM's slots come first, then one per device area). Aliasing:
+        // for a shared file mapping (a channel), the other VM's guest writes the same pages
+        // at any time; nothing in this process holds a Rust reference into them (the VMM
+        // never touches a channel's area, and vm-memory's accessors of a DMA area are
+        // volatile), and the file is a memfd sealed against shrinking, so the pages cannot
+        // go away under KVM either.
         unsafe { self.fd.set_user_memory_region(region) }
             .map_err(Error::kvm("KVM_SET_USER_MEMORY_REGION"))?;
         self.device_memory.push(memory.clone());
@@ -223,6 +248,14 @@ impl Vm {
             .map_err(Error::kvm("KVM_IOEVENTFD"))
     }
 
+    /// Has KVM signal `fd` for a guest write of any value and width to guest-physical
+    /// `addr` (a channel's doorbell) instead of exiting to the VMM.
+    pub fn register_mmio_doorbell(&self, fd: &EventFd, addr: u64) -> Result<()> {
+        self.fd
+            .register_ioevent(fd, &IoEventAddress::Mmio(addr), kvm_ioctls::NoDatamatch)
+            .map_err(Error::kvm("KVM_IOEVENTFD"))
+    }
+
     /// Routes writes to `fd` to the irqchip's input `gsi`.
     pub fn register_irqfd(&self, fd: &EventFd, gsi: u32) -> Result<()> {
         self.fd
@@ -280,7 +313,7 @@ mod tests {
         let e = e.to_string();
         assert!(
             e.starts_with(
-                "cannot set up the 1099511627776 KiB DMA area of the device at 0xd0001000: "
+                "cannot set up the 1099511627776 KiB memory area (DMA or shared) of the device at 0xd0001000: "
             ),
             "{e}"
         );

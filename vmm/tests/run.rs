@@ -1146,7 +1146,10 @@ fn bad_drives_are_refused_with_one_line() {
             vec!["--drive".into(), "readonly".into()],
             "no path=FILE".into(),
         ),
-        (nine, "9 devices (--drive), at most 8 fit".into()),
+        (
+            nine,
+            "9 devices (--drive and --channel), at most 8 fit".into(),
+        ),
     ];
     for (args, says) in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -5,7 +5,8 @@
 //! protocol and no VMM: it hands each listed range out as a device-memory capability and
 //! each listed interrupt line as an interrupt capability, to the first process.
 //!
-//! fluke-vmm's layout: device `i` (in `--drive`/`--channel` order) at
+//! fluke-vmm's layout: device `i` (the `--drive`s in order, then the `--channel`s: a
+//! channel's window is described in [`crate::channel`]) at
 //! [`VIRTIO_MMIO_BASE`] + `i` * [`VIRTIO_MMIO_SIZE`], interrupt line (IOAPIC input, GSI)
 //! [`VIRTIO_FIRST_IRQ`] + `i`. Guest RAM ends below it (at most 3 GiB), the IOAPIC and
 //! LAPIC windows start above it.

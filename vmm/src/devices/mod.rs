@@ -1,9 +1,10 @@
 //! The guest's devices: on port I/O the COM1 UART ([`serial`]) and the VMM's own ports
 //! ([`debug_exit`]: exit status, boot timer, benchmark counter; [`pv_console`], which the
 //! run loop serves itself because it reads guest memory); on MMIO the virtio devices
-//! ([`virtio`]: `--drive`). [`Devices`] dispatches a port access to the device that owns
+//! ([`virtio`]: `--drive`) and the channels to other VMs ([`channel`]: `--channel`). [`Devices`] dispatches a port access to the device that owns
 //! the port, and an MMIO access to the device whose window holds it.
 
+pub mod channel;
 pub mod debug_exit;
 pub mod pv_console;
 pub mod serial;
@@ -31,6 +32,8 @@ pub struct Devices {
     pub boot_timer: BootTimer,
     pub bench: BenchPort,
     pub mmio: virtio::MmioBus,
+    /// The channels to other VMs (`--channel`), whose register pages are in `mmio`.
+    pub channels: Vec<channel::Channel>,
 }
 
 /// `port - COM1` if `port` is one of the UART's registers.
@@ -98,6 +101,7 @@ mod tests {
             boot_timer: BootTimer::new(std::time::Instant::now(), false),
             bench: BenchPort::default(),
             mmio: Default::default(),
+            channels: Vec::new(),
         };
         assert_eq!(d.io_out(DEBUG_EXIT, &[42]), IoAction::Exit(42));
         assert_eq!(d.io_out(0x80, &[1]), IoAction::Unknown);

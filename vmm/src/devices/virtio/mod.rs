@@ -116,15 +116,40 @@ pub fn queue_notify_address(device: &MmioDevice) -> u64 {
     device.base + u64::from(VIRTIO_MMIO_QUEUE_NOTIFY)
 }
 
-/// The virtio-mmio devices by window, for the vCPU's MMIO exits.
+/// A window's register page as the vCPU's MMIO exits see it: a virtio-mmio transport, or
+/// a channel's registers (`devices::channel`).
+pub trait RegisterPage {
+    /// A guest read of `data.len()` bytes at `offset` in the page.
+    fn read(&mut self, offset: u64, data: &mut [u8]);
+    /// A guest write at `offset` in the page.
+    fn write(&mut self, offset: u64, data: &[u8]);
+}
+
+impl RegisterPage for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        MmioTransport::read(self, offset, data)
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        MmioTransport::write(self, offset, data)
+    }
+}
+
+/// The device windows' register pages (virtio devices and channels), for the vCPU's MMIO
+/// exits.
 #[derive(Default)]
 pub struct MmioBus {
-    devices: Vec<(MmioDevice, MmioTransport)>,
+    devices: Vec<(MmioDevice, Box<dyn RegisterPage>)>,
 }
 
 impl MmioBus {
-    pub fn add(&mut self, slot: MmioDevice, transport: MmioTransport) {
-        self.devices.push((slot, transport));
+    pub fn add(&mut self, slot: MmioDevice, page: impl RegisterPage + 'static) {
+        self.devices.push((slot, Box::new(page)));
+    }
+
+    /// How many windows there are (the next device's index).
+    pub fn len(&self) -> usize {
+        self.devices.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -136,10 +161,10 @@ impl MmioBus {
         self.devices.iter().map(|(s, _)| *s).collect()
     }
 
-    fn find(&mut self, addr: u64, len: usize) -> Option<(u64, &mut MmioTransport)> {
+    fn find(&mut self, addr: u64, len: usize) -> Option<(u64, &mut (dyn RegisterPage + 'static))> {
         self.devices.iter_mut().find_map(|(slot, t)| {
             let offset = addr.checked_sub(slot.base)?;
-            (offset.checked_add(len as u64)? <= VIRTIO_MMIO_REGS).then_some((offset, t))
+            (offset.checked_add(len as u64)? <= VIRTIO_MMIO_REGS).then_some((offset, &mut **t))
         })
     }
 
