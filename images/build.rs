@@ -10,7 +10,7 @@ const GUEST_TARGET: &str = "x86_64-unknown-none";
 /// Programs packed into the default image; the first one listed in the manifest is init.
 const DEFAULT_PROGRAMS: &[&str] = &[
     "hello", "ktest", "victim", "spinner", "bench", "passthru", "work", "procmgr", "pager",
-    "blkdrv", "disk",
+    "blkdrv", "disk", "chandrv", "chat",
 ];
 const DEFAULT_MANIFEST: &str =
     "# the default image: the first program and its arguments\ninit hello\n";

@@ -93,6 +93,14 @@ const BLK_WORKLOAD: &str = "fluke.init=disk,bench,400";
 const BENCH_DRIVE: &str = "path=@bench-drive";
 const BENCH_DRIVE_BYTES: u64 = 16 << 20;
 const BLK_ARGS: &[&str] = &["--drive", BENCH_DRIVE];
+/// The guest of `vmm.channel_roundtrip`: `chat ping` round trips of a 64-byte message
+/// through the user-level channel driver to another VM, whose `chat pong` echoes them.
+const CHANNEL_WORKLOAD: &str = "fluke.init=chat,ping,500";
+const CHANNEL_PEER: &str = "fluke.init=chat,pong";
+/// A `--channel` argument that [`one_run`] replaces with a socket of the run's own, on which
+/// it starts the other VM first ([`ChannelPeer`]).
+const BENCH_CHANNEL: &str = "path=@bench-channel";
+const CHANNEL_ARGS: &[&str] = &["--channel", BENCH_CHANNEL];
 
 /// Every benchmark, in report order. Keep the names stable: they are the records' keys.
 pub const BENCHMARKS: &[Benchmark] = &[
@@ -284,6 +292,17 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "fluke.init=bench,ipc-cap,5000",
         vmm_args: &[],
         sample: Sample::Guest("ipc.cap_transfer"),
+    },
+    // Isolation and communication, the VMM model's way: two VMs, a message and its echo
+    // over the shared-memory channel, each end a user-level driver (the microkernel
+    // model's counterpart is `ipc.call_reply`, in the same run).
+    Benchmark {
+        name: "vmm.channel_roundtrip",
+        model: Model::Vmm,
+        unit: "ns",
+        cmdline: CHANNEL_WORKLOAD,
+        vmm_args: CHANNEL_ARGS,
+        sample: Sample::Guest("vmm.channel_roundtrip"),
     },
     // The block device through its user-level driver: a client's call, the driver's
     // virtqueue request, the VMM's device thread (ioeventfd in, pread/pwrite, irqfd out),
@@ -591,13 +610,14 @@ pub const HOST_BENCHMARKS: &[HostBenchmark] = &[
     ),
 ];
 
-/// A ratio reported under the table: `numerator / (factor * denominator)` against a target.
+/// A ratio reported under the table: `numerator / (factor * denominator)`, against a target
+/// where the project has one (`None`: a comparison of the two models, with no goal).
 pub struct Ratio {
     pub what: &'static str,
     pub numerator: &'static str,
     pub denominator: &'static str,
     pub factor: f64,
-    pub target: f64,
+    pub target: Option<f64>,
 }
 
 pub const RATIOS: &[Ratio] = &[
@@ -606,14 +626,14 @@ pub const RATIOS: &[Ratio] = &[
         numerator: "guest.null_call",
         denominator: "platform.syscall_floor",
         factor: 1.0,
-        target: 1.25,
+        target: Some(1.25),
     },
     Ratio {
         what: "space switch vs. switch floor",
         numerator: "guest.space_switch",
         denominator: "platform.switch_floor",
         factor: 1.0,
-        target: 1.25,
+        target: Some(1.25),
     },
     // Round trips all: a call/reply crosses A->B->A, as the floor's bare switch pair does.
     Ratio {
@@ -621,7 +641,16 @@ pub const RATIOS: &[Ratio] = &[
         numerator: "ipc.call_reply",
         denominator: "platform.switch_floor",
         factor: 1.0,
-        target: 1.5,
+        target: Some(1.5),
+    },
+    // The two models' isolation + communication: a message and its answer between two VMs
+    // (each end a user-level driver) against a call and its reply between two processes.
+    Ratio {
+        what: "VM-to-VM channel round trip vs. in-guest IPC call/reply",
+        numerator: "vmm.channel_roundtrip",
+        denominator: "ipc.call_reply",
+        factor: 1.0,
+        target: None,
     },
 ];
 
@@ -664,12 +693,13 @@ pub fn ratios(records: &[Record]) -> Vec<String> {
             };
             (b > 0.0).then(|| {
                 format!(
-                    "{}: {} / {den} = {:.2}x{} (target {:.2}x)",
+                    "{}: {} / {den} = {:.2}x{}{}",
                     r.what,
                     r.numerator,
                     a / b,
                     interval_text(num, den_record, r.factor),
                     r.target
+                        .map_or_else(String::new, |t| format!(" (target {t:.2}x)"))
                 )
             })
         })
@@ -986,6 +1016,64 @@ fn sample_run(
     result.map_err(|e| format!("run {}: {e}", i + 1))
 }
 
+/// The other VM of a channel benchmark: `run --channel path=SOCK` with [`CHANNEL_PEER`],
+/// started before the measured VM and ended after it (it ends itself when the measured VM
+/// has gone: the channel says so).
+struct ChannelPeer {
+    child: std::process::Child,
+    sock: PathBuf,
+}
+
+impl ChannelPeer {
+    fn start(exe: &Path, image: Option<&Path>, sock: &Path) -> std::result::Result<Self, String> {
+        let _ = std::fs::remove_file(sock);
+        let mut cmd = Command::new(exe);
+        cmd.arg("run");
+        if let Some(image) = image {
+            cmd.arg(image);
+        }
+        let child = cmd
+            .args(["--serial", "null", "--log-level", "error", "--timeout"])
+            .arg(RUN_TIMEOUT_SECS.to_string())
+            .arg("--channel")
+            .arg(format!("path={}", sock.display()))
+            .args(["--cmdline", CHANNEL_PEER])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start the channel's other VM: {e}"))?;
+        Ok(ChannelPeer {
+            child,
+            sock: sock.to_path_buf(),
+        })
+    }
+
+    /// Waits (10 s at most) for the other VM to end on its own, else kills it.
+    fn finish(mut self) -> std::result::Result<(), String> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => break Some(status),
+                Ok(None) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                _ => break None,
+            }
+        };
+        let _ = std::fs::remove_file(&self.sock);
+        match status {
+            Some(s) if s.success() => Ok(()),
+            Some(s) => Err(format!("the channel's other VM exited with {s}")),
+            None => {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                Err("the channel's other VM did not end".into())
+            }
+        }
+    }
+}
+
 fn bench_drive_path() -> PathBuf {
     std::env::temp_dir().join(format!("fluke-bench-{}-drive.img", std::process::id()))
 }
@@ -1018,9 +1106,14 @@ fn one_run(
     if let Some(image) = image {
         cmd.arg(image);
     }
+    let mut peer = None;
     for &arg in vmm_args {
         if arg == BENCH_DRIVE {
             cmd.arg(format!("path={}", bench_drive()?.display()));
+        } else if arg == BENCH_CHANNEL {
+            let sock = stats_path.with_extension("chan");
+            peer = Some(ChannelPeer::start(exe, image, &sock)?);
+            cmd.arg(format!("path={}", sock.display()));
         } else {
             cmd.arg(arg);
         }
@@ -1047,6 +1140,9 @@ fn one_run(
     let out = child
         .wait_with_output()
         .map_err(|e| format!("cannot wait for {}: {e}", exe.display()))?;
+    if let Some(peer) = peer {
+        peer.finish()?;
+    }
     let restored = driven
         .as_ref()
         .is_some_and(|d| d.is_ok())
@@ -1414,6 +1510,7 @@ mod tests {
                 "guest.page_touch",
                 "thread.state_roundtrip",
                 "ipc.cap_transfer",
+                "vmm.channel_roundtrip",
                 "blk.read_4k",
                 "blk.write_4k",
                 "blk.mib_s"

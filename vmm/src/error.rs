@@ -64,7 +64,9 @@ pub enum Error {
     #[error("cannot allocate {mib} MiB of guest memory: {msg}")]
     GuestMemory { mib: u64, msg: String },
 
-    #[error("cannot set up the {kib} KiB memory area (DMA or shared) of the device at {gpa:#x}: {msg}")]
+    #[error(
+        "cannot set up the {kib} KiB memory area (DMA or shared) of the device at {gpa:#x}: {msg}"
+    )]
     DeviceMemory { gpa: u64, kib: u64, msg: String },
 
     #[error("cannot write {what} into guest memory: {msg}")]

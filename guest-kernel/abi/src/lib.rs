@@ -11,6 +11,7 @@ extern crate std;
 
 pub mod blk;
 pub mod boot;
+pub mod chan;
 pub mod channel;
 pub mod cmdline;
 pub mod devices;

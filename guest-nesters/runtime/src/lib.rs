@@ -6,6 +6,7 @@
 #![no_std]
 
 pub mod blk;
+pub mod chan;
 pub mod proc;
 pub mod sys;
 pub mod thread;
