@@ -436,6 +436,72 @@ fn a_peer_that_sends_garbage_another_version_or_the_wrong_descriptors_is_refused
     }
 }
 
+/// The joining VMM's guest starts only once the listener confirms the join (its PEER then
+/// reads 1), so neither guest sees the other's stores while its own PEER says 0: a listener
+/// that takes the ACK and never confirms ends the joiner's run before its guest runs.
+#[test]
+fn a_joiners_guest_waits_for_the_listener_to_confirm_the_join() {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    // SAFETY: memfd_create reads the NUL-terminated name; the new descriptor is this test's.
+    let memfd = unsafe {
+        let fd = libc::memfd_create(c"fake".as_ptr(), libc::MFD_ALLOW_SEALING);
+        assert!(fd >= 0);
+        std::fs::File::from_raw_fd(fd)
+    };
+    memfd.set_len(SHARED_SIZE).unwrap();
+    let seals = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+    // SAFETY: fcntl on the descriptor just made, integer argument.
+    assert_eq!(
+        unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) },
+        0
+    );
+    let bells = [
+        vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+        vmm_sys_util::eventfd::EventFd::new(0).unwrap(),
+    ];
+    let img = write_image(
+        "chan-unconfirmed",
+        &image(
+            &[
+                mov_al(b'x'),
+                mov_dx(fluke_abi::ports::COM1),
+                vec![OUT_DX_AL],
+                exit(0x2a),
+            ]
+            .concat(),
+        ),
+    );
+    let sock = sock_in(img.dir());
+    let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let server = std::thread::spawn(move || {
+        let (s, _) = listener.accept().unwrap();
+        let raw = [
+            memfd.as_raw_fd(),
+            bells[0].as_raw_fd(),
+            bells[1].as_raw_fd(),
+        ];
+        s.send_with_fds(&[&message(VERSION, 0, SHARED_SIZE)[..]], &raw)
+            .unwrap();
+        // The ACK, and then no JOINED: the connection held until the VMM gives up.
+        let mut rest = Vec::new();
+        let _ = (&s).read_to_end(&mut rest);
+        rest
+    });
+    let o = run(&img, &["--channel", &channel_arg(&sock)]);
+    let heard = server.join().unwrap();
+    let err = stderr(&o);
+    assert_eq!(heard, message(VERSION, 1, SHARED_SIZE), "the joiner's ACK");
+    assert_eq!(o.status.code(), Some(VMM_ERROR), "{err}");
+    assert!(err.contains("did not confirm the join within 5 s"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(
+        stdout(&o),
+        "",
+        "the guest ran before the join was confirmed"
+    );
+}
+
 #[test]
 fn a_vm_with_a_channel_refuses_a_snapshot_and_its_thread_keeps_to_its_seccomp_list() {
     let img = write_image("chan-snapshot", &image(&SPIN));

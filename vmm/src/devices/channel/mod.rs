@@ -363,7 +363,12 @@ fn connect_side(path: &Path, stream: UnixStream) -> Result<Rendezvous> {
                     .into(),
             })
         }
-        Kind::Ack => return Err(peer("answered ACK where its offer belongs".into())),
+        Kind::Ack | Kind::Joined => {
+            return Err(peer(format!(
+                "answered {:?} where its offer belongs",
+                msg.kind
+            )))
+        }
     }
     msg.check_compatible().map_err(peer)?;
     let Ok([memfd, to_us, to_them]) = <[OwnedFd; HELLO_FDS]>::try_from(fds) else {
@@ -389,6 +394,34 @@ fn connect_side(path: &Path, stream: UnixStream) -> Result<Rendezvous> {
         incoming: eventfd(to_us),
         link: Link::Connected(stream),
     })
+}
+
+/// The listener's JOINED, within the handshake's time (the stream's read timeout).
+fn await_joined(s: &mut UnixStream) -> std::result::Result<(), String> {
+    let mut buf = [0u8; wire::MESSAGE_BYTES];
+    match s.read_exact(&mut buf) {
+        Ok(()) => {}
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            return Err(format!(
+                "did not confirm the join within {} s",
+                HANDSHAKE_TIMEOUT.as_secs()
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err("closed the socket before confirming the join".into())
+        }
+        Err(e) => return Err(format!("cannot be read from: {}", strerror(&e))),
+    }
+    let m = Message::decode(&buf)?;
+    match m.kind {
+        Kind::Joined => m.check_compatible(),
+        other => Err(format!("answered {other:?} where JOINED belongs")),
+    }
 }
 
 impl Rendezvous {
@@ -417,11 +450,15 @@ impl Rendezvous {
                 (ROLE_LISTENER, PEER_WAITING, Some(socket), Some(l), None)
             }
             Link::Connected(mut s) => {
+                let peer = |reason: String| Error::ChannelPeer {
+                    path: path.clone(),
+                    reason,
+                };
                 s.write_all(&Message::ours(Kind::Ack).encode())
-                    .map_err(|e| Error::ChannelPeer {
-                        path: path.clone(),
-                        reason: format!("cannot be answered: {}", strerror(&e)),
-                    })?;
+                    .map_err(|e| peer(format!("cannot be answered: {}", strerror(&e))))?;
+                // The guest starts only once the listener's PEER reads 1 (JOINED), so it
+                // never sees the other guest's stores while the other's PEER says 0.
+                await_joined(&mut s).map_err(peer)?;
                 (ROLE_CONNECTOR, PEER_CONNECTED, None, None, Some(s))
             }
         };
@@ -664,8 +701,13 @@ impl Watcher {
         ) {
             self.warn(format_args!("cannot watch the other VM's connection: {e}"));
         }
-        self.peer = Some(stream);
         self.state.set_peer(PEER_CONNECTED);
+        // Only now may the other guest run (it waits for this): a failure to say so is the
+        // other VM gone, which its hang-up tells the loop.
+        if let Err(e) = stream.send_with_fds(&[&Message::ours(Kind::Joined).encode()[..]], &[]) {
+            self.warn(format_args!("cannot confirm the join to the other VM: {e}"));
+        }
+        self.peer = Some(stream);
         log::info!("channel {}: the other VM joined (PEER reads 1)", self.name);
         true
     }

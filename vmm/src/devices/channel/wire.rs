@@ -5,8 +5,13 @@
 //! listener -> connector: Hello  { magic "FLCH", version, kind HELLO, 0, shared_size }
 //!                        + SCM_RIGHTS [memfd, eventfd listener->connector, eventfd connector->listener]
 //! connector -> listener: Hello  { magic, version, kind ACK, 0, shared_size }   (no descriptors)
+//! listener -> connector: Hello  { magic, version, kind JOINED, 0, shared_size } (no descriptors)
 //! listener -> a third:   Hello  { magic, version, kind BUSY, 0, shared_size }  (no descriptors)
 //! ```
+//!
+//! JOINED is sent once the listener's PEER reads 1, and the connector's guest does not start
+//! before it comes: so neither guest can see the other's stores while its own PEER still
+//! reads 0.
 //!
 //! Every field is little-endian; `version` is the guest-visible layout's
 //! ([`fluke_abi::channel::VERSION`]), since that is what both guests must agree on.
@@ -30,6 +35,8 @@ pub enum Kind {
     Ack = 1,
     /// The listener already has its other VM.
     Busy = 2,
+    /// The listener has the connector in (its PEER reads 1): the connector's guest may run.
+    Joined = 3,
 }
 
 /// One message.
@@ -80,6 +87,7 @@ impl Message {
             0 => Kind::Hello,
             1 => Kind::Ack,
             2 => Kind::Busy,
+            3 => Kind::Joined,
             other => return Err(format!("sent a message of unknown kind {other}")),
         };
         if word(12) != 0 {
@@ -180,7 +188,7 @@ mod tests {
 
     #[test]
     fn messages_round_trip_and_garbage_is_named() {
-        for kind in [Kind::Hello, Kind::Ack, Kind::Busy] {
+        for kind in [Kind::Hello, Kind::Ack, Kind::Busy, Kind::Joined] {
             let m = Message::ours(kind);
             assert_eq!(Message::decode(&m.encode()), Ok(m));
             assert_eq!(m.check_compatible(), Ok(()));
