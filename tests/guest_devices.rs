@@ -124,10 +124,30 @@ fn a_user_program_reads_a_virtio_device_through_its_capability() {
             "fluke.init=ktest,devmem,read",
         ],
     );
-    let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(run.status, 0, "{run:?}");
     run.assert_console("ktest: devmem: 0 unexpected result(s)");
     run.assert_console("ktest: devmem: read 0x74726976");
+
+    // The drive's window (256 pages): a mapping of it that its space partly discarded and
+    // mapped again is still counted, and a destroy still unmaps all of it.
+    let run = vmm(
+        &default_image(),
+        &[
+            "--timeout",
+            "60",
+            "--drive",
+            &spec,
+            "--cmdline",
+            "fluke.init=ktest,devmem,destroy",
+        ],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(run.status, 0, "{run:?}");
+    run.assert_console("victim: devmem-remap-read: mapped Ok(0)");
+    run.assert_console(
+        "ktest: devmem: the child that remapped a page, reading after the destroy: Ok(142)",
+    );
+    run.assert_console("ktest: devmem: destroy: 0 unexpected result(s)");
 }
 
 /// Destroying a device-memory object unmaps it from every space: a child that mapped its

@@ -76,12 +76,14 @@ pub fn map(
         },
     };
     let window = k.devmems.get(d).ok_or(Error::BadCap)?.window;
-    // Mappings into spaces that have ended since no longer count, nor one at this very
-    // address (the space discarded those pages itself: the range is checked clear below).
+    // A mapping still counts while one of its pages still holds its frame of the window:
+    // not once its space has ended, nor once the space discarded every page of it itself
+    // (`mem_discard`), but a part of it discarded and mapped again leaves the rest counted,
+    // for the memory-type check and for `destroy`.
     let live: alloc::vec::Vec<DevmemMapping> = k.devmems.get(d).ok_or(Error::BadCap)?.mappings.clone();
     let live: alloc::vec::Vec<DevmemMapping> = live
         .into_iter()
-        .filter(|m| k.space_ref(m.space).is_some() && (m.space, m.addr) != (target, addr))
+        .filter(|m| still_mapped(k, m, window.start))
         .collect();
     let len = match check_part(window.end - window.start, offset, len, cached, &live) {
         Ok(len) => len,
@@ -124,6 +126,20 @@ pub fn map(
         });
     }
     Ok(Reply::Value(0))
+}
+
+/// Whether any page of mapping `m` (of the window starting at `window_start`) still holds
+/// its device frame: at most `MAX_WINDOW / PAGE` page-table walks.
+fn still_mapped(k: &Kernel, m: &DevmemMapping, window_start: u64) -> bool {
+    let Some(root) = k.space_ref(m.space).map(|s| s.root) else {
+        return false;
+    };
+    let phys = window_start + m.offset;
+    (0..m.len / PAGE).any(|i| {
+        let va = m.addr + i * PAGE;
+        paging::translate_user(root, va)
+            .is_some_and(|(frame, bits)| paging::pte_device(bits) && frame == phys + i * PAGE)
+    })
 }
 
 /// Unmaps `[addr, end)` of `pid` where it still holds the window's own pages (the space may

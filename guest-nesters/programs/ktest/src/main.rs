@@ -2779,6 +2779,38 @@ fn devmem(mode: &str) -> i32 {
     );
     // Parts of the window (offset, length): outside it or unaligned, refused.
     let size = state.map_or(0x1000, |w| w[2]);
+    if size >= 0x4000 {
+        // (A window of at least four pages: a drive's.) The first page discarded by this space
+        // itself and mapped again: the rest of the whole-window mapping still counts (it is
+        // still uncached, and `destroy` must still find it), so none of it may now be mapped
+        // cached.
+        let wflags = fluke_abi::syscall::DEVMEM_WRITE;
+        let wcached = wflags | fluke_abi::syscall::DEVMEM_CACHED;
+        expect(
+            "devmem: discard the first page",
+            sys::mem_discard(DEVMEM_VA, 4096),
+            Ok(0),
+            &mut bad,
+        );
+        expect(
+            "devmem: the first page again, cached, beside the rest uncached",
+            sys::devmem_map_part(mem, SELF_SPACE, DEVMEM_VA, wcached, 0, 0x1000),
+            Err(Error::Busy),
+            &mut bad,
+        );
+        expect(
+            "devmem: the first page again, uncached",
+            sys::devmem_map_part(mem, SELF_SPACE, DEVMEM_VA, wflags, 0, 0x1000),
+            Ok(0),
+            &mut bad,
+        );
+        expect(
+            "devmem: the rest's third page cached elsewhere",
+            sys::devmem_map_part(mem, SELF_SPACE, DEVMEM_CACHED_VA, wcached, 0x2000, 0x1000),
+            Err(Error::Busy),
+            &mut bad,
+        );
+    }
     let flags = fluke_abi::syscall::DEVMEM_WRITE;
     let parts: [(&str, u64, u64); 5] = [
         ("offset past the window", size, 0),
@@ -2886,6 +2918,9 @@ fn devmem(mode: &str) -> i32 {
     match mode {
         "destroy" => {
             let child = sys::spawn_with_caps("victim", &["devmem-map-read"], &[mem]);
+            // (A window of at least four pages: the remapping child reads its fourth.)
+            let remapped = (size >= 0x4000)
+                .then(|| sys::spawn_with_caps("victim", &["devmem-remap-read"], &[mem]));
             sys::sleep_ns(50_000_000);
             expect("devmem: destroy", sys::destroy(mem), Ok(0), &mut bad);
             expect(
@@ -2898,6 +2933,15 @@ fn devmem(mode: &str) -> i32 {
             println!("ktest: devmem: the child reading after the destroy: {st:?}");
             if st != Ok(128 + 14) {
                 bad += 1;
+            }
+            if let Some(remapped) = remapped {
+                let st = remapped.and_then(sys::wait);
+                println!(
+                    "ktest: devmem: the child that remapped a page, reading after the destroy: {st:?}"
+                );
+                if st != Ok(128 + 14) {
+                    bad += 1;
+                }
             }
             println!("ktest: devmem: destroy: {bad} unexpected result(s)");
             i32::from(bad != 0)

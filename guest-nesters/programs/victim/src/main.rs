@@ -452,6 +452,18 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
                 let v = core::ptr::read_volatile(DEVMEM_VA as *const u32);
                 println!("victim: devmem-map-read: read {v:#x} after the destroy");
             }
+            "devmem-remap-read" => {
+                // The whole window, its first page discarded and mapped again as a part of
+                // its own: the destroy must still unmap the rest (read at its fourth page).
+                let space = fluke_abi::syscall::SELF_SPACE;
+                let r = sys::devmem_map(0, space, DEVMEM_VA, false)
+                    .and_then(|_| sys::mem_discard(DEVMEM_VA, 4096))
+                    .and_then(|_| sys::devmem_map_part(0, space, DEVMEM_VA, 0, 0, 0x1000));
+                println!("victim: devmem-remap-read: mapped {r:?}");
+                sys::sleep_ns(200_000_000);
+                let v = core::ptr::read_volatile((DEVMEM_VA + 0x3000) as *const u32);
+                println!("victim: devmem-remap-read: read {v:#x} after the destroy");
+            }
             "secret" => {
                 if sys::map_anon(addr, 4096).is_err() {
                     return 2;
