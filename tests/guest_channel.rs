@@ -99,3 +99,29 @@ fn a_peer_that_never_comes_leaves_the_guest_waiting_until_the_timeout() {
     run.assert_console("chandrv: channel ready, role 0, peer 0");
     run.assert_console("chat: role 0, peer 0");
 }
+
+/// Both clients are stopped and resumed every half millisecond, hundreds of times in the
+/// middle of their calls (a call restarts whole: the driver may already have moved its
+/// message), and still no message is lost or doubled: each call names its message.
+#[test]
+fn calls_restarted_by_stops_lose_and_double_no_message() {
+    let dir = TempDir::new("chan-stops");
+    let receiver = vm_on(&dir, "chan-stops-b", "fluke.init=chat,stopped,recv,3000");
+    let sender = vm_on(&dir, "chan-stops-a", "fluke.init=chat,stopped,send,3000");
+    let (a_status, a) = sender.finish();
+    let (b_status, b) = receiver.finish();
+    assert_eq!((a_status, b_status), (0, 0), "sender:\n{a}\nreceiver:\n{b}");
+    assert!(b.contains("chat: received 3000 in order, 0 bad"), "{b}");
+    for console in [&a, &b] {
+        let stops: u64 = console
+            .lines()
+            .find_map(|l| l.strip_prefix("chat: stopped the client "))
+            .and_then(|l| l.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no count of stops:\n{console}"));
+        assert!(
+            stops >= 20,
+            "too few stops to mean anything: {stops}\n{console}"
+        );
+    }
+}

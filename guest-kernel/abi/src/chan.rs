@@ -6,9 +6,9 @@
 //!
 //! | op | request | reply |
 //! |---|---|---|
-//! | [`INFO`] | | `w1` = role (`channel::REG_ROLE`), `w2` = peer state (`channel::REG_PEER`) |
-//! | [`SEND`] | data: the message, 1 to [`MAX_MESSAGE`] bytes | once it is in the ring (waits while the ring is full) |
-//! | [`RECV`] | | data: the next message, `w1` = its length (waits until one comes) |
+//! | [`INFO`] | | `w1` = role (`channel::REG_ROLE`), `w2` = peer state (`channel::REG_PEER`), `w3` = the next message numbers: to send (low 32 bits), to receive (high 32 bits) |
+//! | [`SEND`] | `w1` = the message's number; data: the message, 1 to [`MAX_MESSAGE`] bytes | once it is in the ring (waits while the ring is full) |
+//! | [`RECV`] | `w1` = the number of the message wanted | data: the message, `w1` = its length (waits until one comes) |
 //!
 //! Messages arrive in order, exactly once, each whole. A RECV after the other VM has ended
 //! still gets every message it sent; then [`Status::PeerGone`]. A SEND gets
@@ -17,6 +17,15 @@
 //! a full one), so a few SENDs after the other VM ended can still succeed into the ring (at
 //! most [`SLOTS`]) and are lost with it. (Checking the register at every SEND would cost an
 //! exit to the VMM per message.)
+//!
+//! **Numbers make the calls idempotent.** A call is restarted whole when its client is
+//! stopped and resumed (a nester, a checkpointer; `ipc_call` is re-executed), after the
+//! driver may have served it. So each SEND and RECV names its message by number (the ring
+//! index, wrapping at 2^32): a SEND of the number last put in the ring, or a RECV of the
+//! number last taken, is that same call again and is answered as before without touching
+//! the ring (the driver keeps a copy of the last message taken); any other number but the
+//! next is [`Status::BadRequest`]. A client learns the next numbers from INFO. One client
+//! per channel (the numbers are the channel's, not per client).
 //!
 //! **The rings** (both drivers follow this, in the shared area): the area is split in two
 //! halves of [`HALF`] bytes; the side of role `r` sends in half `r` and receives from half

@@ -122,6 +122,16 @@ impl Channel {
         Ok(())
     }
 
+    /// The number of the next message this side puts in its ring (its `head`).
+    fn next_send(&self) -> u32 {
+        shared_read(self.tx + chan::HEAD)
+    }
+
+    /// The number of the next message this side takes from the other's ring (its `tail`).
+    fn next_recv(&self) -> u32 {
+        shared_read(self.rx + chan::TAIL)
+    }
+
     fn send(&mut self, msg: &[u8]) -> Result<(), Status> {
         if msg.is_empty() || msg.len() > MAX_MESSAGE {
             return Err(Status::BadRequest);
@@ -211,6 +221,8 @@ fn fluke_main(_args: fluke_rt::Args) -> i32 {
     let mut out = [0u8; MAX_MESSAGE];
     let mut reply = [Status::Ok as u64, 0, 0, 0];
     let mut reply_len = 0usize;
+    // The length of the last message taken (still in `out`), for a RECV served again.
+    let mut last_len = 0usize;
     loop {
         let got =
             sys::ipc_reply_wait_data(CLIENTS, reply, sys::NO_CAP, &out[..reply_len], &mut buf);
@@ -230,12 +242,36 @@ fn fluke_main(_args: fluke_rt::Args) -> i32 {
                     Status::Ok as u64,
                     u64::from(reg_read(reg::REG_ROLE)),
                     u64::from(ch.peer),
-                    0,
+                    u64::from(ch.next_send()) | u64::from(ch.next_recv()) << 32,
                 ];
                 continue;
             }
-            chan::SEND => ch.send(&buf[..data_len]).map(|_| 0),
-            chan::RECV if data_len == 0 => ch.recv(&mut out).inspect(|&n| reply_len = n),
+            // A call restarted after it was served names the message it already moved:
+            // answered again, the ring untouched (`fluke_abi::chan`, numbers).
+            chan::SEND => {
+                let (n, head) = (m.words[1] as u32, ch.next_send());
+                if n == head {
+                    ch.send(&buf[..data_len]).map(|_| 0)
+                } else if n.wrapping_add(1) == head && head != 0 {
+                    Ok(0)
+                } else {
+                    Err(Status::BadRequest)
+                }
+            }
+            chan::RECV if data_len == 0 => {
+                let (n, tail) = (m.words[1] as u32, ch.next_recv());
+                if n == tail {
+                    ch.recv(&mut out).inspect(|&len| {
+                        last_len = len;
+                        reply_len = len;
+                    })
+                } else if n.wrapping_add(1) == tail && last_len != 0 {
+                    reply_len = last_len; // `out` still holds it: only RECV writes there
+                    Ok(last_len)
+                } else {
+                    Err(Status::BadRequest)
+                }
+            }
             _ => Err(Status::BadRequest),
         };
         reply = match result {

@@ -9,7 +9,9 @@
 //! - `until-gone`: receives messages (checked as `recv` does) until the other VM is gone;
 //! - `pong`: echoes every message back until the other VM is gone;
 //! - `ping N`: N round trips of a 64-byte message with a `pong` side: `BENCH
-//!   vmm.channel_roundtrip`.
+//!   vmm.channel_roundtrip`;
+//! - `stopped MODE N`: `chat MODE N` as a child client whose thread is stopped and resumed
+//!   every half millisecond (its calls restart whole: they must be idempotent).
 
 #![no_std]
 #![no_main]
@@ -18,15 +20,17 @@ use fluke_abi::devices::{init_devmem_cap, init_irq_cap};
 use fluke_rt::chan::{ChanError, Client, Status, MAX_MESSAGE};
 use fluke_rt::{println, sys};
 
-fn start_driver(device: usize) -> Result<Client, fluke_rt::Error> {
-    let set = sys::port_set_create()?;
-    let port = sys::port_create(set, 1)?;
+fn start_driver(device: usize) -> Result<Client, ChanError> {
+    let ipc = ChanError::Ipc;
+    let set = sys::port_set_create().map_err(ipc)?;
+    let port = sys::port_create(set, 1).map_err(ipc)?;
     sys::spawn_with_caps(
         "chandrv",
         &[],
         &[init_devmem_cap(device), init_irq_cap(device), set],
-    )?;
-    Ok(Client::new(port))
+    )
+    .map_err(ipc)?;
+    Client::connect(port)
 }
 
 /// Message `i`: its number, then a pattern of it.
@@ -46,12 +50,58 @@ fn is_message(i: u64, got: &[u8]) -> bool {
     got == &want[..len]
 }
 
+/// `stopped MODE N`: runs `chat MODE N` as a child client of the driver we start, and
+/// stops and resumes its thread every half millisecond until it ends: each stop while it
+/// waits in a call makes it make that call again (calls restart whole), so this checks the
+/// calls are idempotent (no message lost or doubled).
+fn stopped(mode: &str, n: u64) -> i32 {
+    let set = sys::port_set_create();
+    let port = set.and_then(|s| sys::port_create(s, 1));
+    let (Ok(set), Ok(port)) = (set, port) else {
+        return 1;
+    };
+    if sys::spawn_with_caps("chandrv", &[], &[init_devmem_cap(0), init_irq_cap(0), set]).is_err() {
+        return 1;
+    }
+    let mut num = fluke_rt::NumBuf::new();
+    let Ok(child) = sys::spawn_child("chat", &[mode, num.format(n), "port"], &[port]) else {
+        println!("chat: cannot start the client");
+        return 1;
+    };
+    let mut stops = 0u64;
+    let status = loop {
+        sys::sleep_ns(500_000);
+        if sys::thread_stop(child.thread).is_err() {
+            break sys::wait(child.pid);
+        }
+        stops += 1;
+        if sys::thread_resume(child.thread).is_err() {
+            break sys::wait(child.pid);
+        }
+    };
+    println!("chat: stopped the client {stops} times; it ended {status:?}");
+    match status {
+        Ok(0) => 0,
+        _ => 1,
+    }
+}
+
 #[no_mangle]
 fn fluke_main(args: fluke_rt::Args) -> i32 {
     let mode = args.get(0).unwrap_or("");
     let n: u64 = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
-    let device = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(0);
-    let ch = match start_driver(device) {
+    if mode == "stopped" {
+        let n = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(10_000);
+        return stopped(args.get(1).unwrap_or(""), n);
+    }
+    // `port` as the third argument: the driver's port is our name 0 (a client started by
+    // `stopped`); else the device number whose driver we start.
+    let third = args.get(2).unwrap_or("0");
+    let started = match third {
+        "port" => Client::connect(0),
+        d => start_driver(d.parse().unwrap_or(0)),
+    };
+    let ch = match started {
         Ok(c) => c,
         Err(e) => {
             println!("chat: cannot start the driver: {e:?}");
