@@ -306,7 +306,8 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             libc::SYS_fdatasync,
             libc::SYS_fsync,
         ]),
-        // Holds a channel's socket: accepts the other VMM, sends it the descriptors
+        // Holds a channel's socket: accepts the other VMM (getsockopt: SO_PEERCRED, its
+        // user, against getuid), sends it the descriptors
         // (sendmsg, SCM_RIGHTS), reads its answer and waits for its end (epoll); raises
         // the guest's line by writing an eventfd. No ioctl (the listener was made
         // non-blocking before).
@@ -315,6 +316,8 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
             libc::SYS_accept4,
+            libc::SYS_getsockopt,
+            libc::SYS_getuid,
             libc::SYS_sendmsg,
             libc::SYS_recvmsg,
             libc::SYS_recvfrom,

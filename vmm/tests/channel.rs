@@ -703,24 +703,27 @@ fn doorbells_ping_pong_between_two_vms() {
     assert!(bell > 0.0 && spin > 0.0);
 }
 
+/// A process that takes the offer (the shared area and both doorbells) and then fails the
+/// handshake still holds that memory, so the listener closes the channel: its guest sees
+/// PEER 2, and a real VM that comes after is refused (it would share its memory with that
+/// process too).
 #[test]
-fn a_listener_refuses_a_joiner_that_answers_garbage_and_waits_for_a_real_one() {
+fn a_joiner_that_takes_the_offer_and_answers_garbage_closes_the_channel() {
     use vmm_sys_util::sock_ctrl_msg::ScmSocket;
-    // A waits until B has joined and written the shared area, sees PEER 1 (B waits for
-    // A's answer, so it is still there), answers and exits 0x33; B then exits 0.
+    // A waits until PEER reads 2, prints "G" and waits on (until its timeout).
     let a = [
-        wait32(SHARED, 1),
-        load32(reg(REG_PEER)),
-        expect_eax(PEER_CONNECTED, 34),
-        store32(SHARED + 4, 1),
-        exit(0x33),
+        wait32(reg(REG_PEER), PEER_GONE),
+        mov_al(b'G'),
+        mov_dx(fluke_abi::ports::COM1),
+        vec![OUT_DX_AL],
+        wait32(SHARED, 0x5a5a),
     ]
     .concat();
-    let b = [store32(SHARED, 1), wait32(SHARED + 4, 1), exit(0)].concat();
+    let b = exit(0);
     let img_a = write_image("chan-joiner-a", &image(&a));
     let img_b = write_image("chan-joiner-b", &image(&b));
     let sock = sock_in(img_a.dir());
-    let child_a = start(&img_a, &sock, &[], Stdio::null());
+    let child_a = start(&img_a, &sock, &["--timeout", "6"], Stdio::piped());
     wait_for(&sock);
     // A fake joiner: takes the offer, answers garbage and goes.
     let fake = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -744,16 +747,19 @@ fn a_listener_refuses_a_joiner_that_answers_garbage_and_waits_for_a_real_one() {
     }
     std::io::Write::write_all(&mut &fake, b"junk").unwrap();
     drop(fake);
-    // The real one is let in.
+    // A real VM that comes now is refused: the channel is closed.
     let ob = start(&img_b, &sock, &[], Stdio::null())
         .wait_with_output()
         .unwrap();
-    assert_eq!(ob.status.code(), Some(0), "B: {}", stderr(&ob));
+    let eb = stderr(&ob);
+    assert_eq!(ob.status.code(), Some(VMM_ERROR), "B: {eb}");
+    assert!(eb.contains("the channel already joins two VMs"), "B: {eb}");
     let oa = child_a.wait_with_output().unwrap();
     let ea = stderr(&oa);
-    assert_eq!(oa.status.code(), Some(0x33), "A: {ea}");
+    assert_eq!(oa.status.code(), Some(VMM_TIMEOUT), "A: {ea}");
+    assert_eq!(stdout(&oa), "G", "A's guest saw PEER 2: {ea}");
     assert!(
-        ea.contains("a VMM that connected sent 4 bytes, not a 24-byte channel message; still waiting for the other VM"),
+        ea.contains("a process that connected took the channel's memory and doorbells and then sent 4 bytes, not a 24-byte channel message; the channel admits no other VM (PEER reads 2)"),
         "{ea}"
     );
 }

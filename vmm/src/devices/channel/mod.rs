@@ -396,6 +396,35 @@ fn connect_side(path: &Path, stream: UnixStream) -> Result<Rendezvous> {
     })
 }
 
+/// The user id of the process at the other end of `s` (SO_PEERCRED).
+fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cred`, a live local of that size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            std::ptr::addr_of_mut!(cred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.uid)
+}
+
+fn current_uid() -> u32 {
+    // SAFETY: getuid has no preconditions and cannot fail.
+    unsafe { libc::getuid() }
+}
+
 /// The listener's JOINED, within the handshake's time (the stream's read timeout).
 fn await_joined(s: &mut UnixStream) -> std::result::Result<(), String> {
     let mut buf = [0u8; wire::MESSAGE_BYTES];
@@ -651,6 +680,24 @@ impl Watcher {
             let _ = stream.send_with_fds(&[&Message::ours(Kind::Busy).encode()[..]], &[]);
             return true;
         }
+        // The offer is the channel itself (its memory and doorbells): only a process of this
+        // VMM's own user gets it. (The socket's directory decides who can connect at all.)
+        match peer_uid(&stream) {
+            Ok(uid) if uid == current_uid() => {}
+            Ok(uid) => {
+                self.warn(format_args!(
+                    "refused a process of user {uid} that connected (this VMM runs as user {}); still waiting for the other VM",
+                    current_uid()
+                ));
+                return true;
+            }
+            Err(e) => {
+                self.warn(format_args!(
+                    "cannot tell who connected ({e}); refused, still waiting for the other VM"
+                ));
+                return true;
+            }
+        }
         let Some(offer) = &self.offer else {
             return true;
         };
@@ -688,8 +735,12 @@ impl Watcher {
         }) {
             Ok(()) => {}
             Err(why) => {
+                // It holds the shared area and both doorbells now: a VM let in after it
+                // would share its memory with that process too. The channel is closed.
+                self.offer = None;
+                self.state.set_peer(PEER_GONE);
                 self.warn(format_args!(
-                    "a VMM that connected {why}; still waiting for the other VM"
+                    "a process that connected took the channel's memory and doorbells and then {why}; the channel admits no other VM (PEER reads 2)"
                 ));
                 return true;
             }
