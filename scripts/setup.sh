@@ -3,7 +3,8 @@
 #   - the x86_64-unknown-none target (RUSTUP_AUTO_INSTALL=0 machines do not add it on their own),
 #   - QEMU (Debian/Ubuntu package qemu-system-x86), which the tests use for the native backend,
 #   - libclang (libclang-dev), which the userfaultfd crate's bindings are generated with,
-#   - gdb (Debian package gdb), which tests/vm_gdb.rs drives against the VMM's gdb stub.
+#   - gdb (Debian package gdb), which tests/vm_gdb.rs drives against the VMM's gdb stub,
+#   - strace, with which vmm/tests/channel.rs delays one VMM's system call to force a race.
 # Idempotent: does nothing when all are present. Usage: scripts/setup.sh [--no-qemu]
 set -euo pipefail
 
@@ -42,4 +43,12 @@ if ! command -v gdb >/dev/null 2>&1; then
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends gdb >/dev/null
+fi
+
+if ! command -v strace >/dev/null 2>&1; then
+    echo "setup: installing strace" >&2
+    sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends strace >/dev/null
 fi

@@ -314,6 +314,42 @@ fn a_stale_socket_is_replaced_and_a_path_that_is_no_socket_refused() {
     assert_eq!(std::fs::read(&file).unwrap(), b"mine");
 }
 
+/// Two VMMs meet on a stale socket (its VMM died) at once: one removes it and listens, and
+/// the other must join it, not remove the live socket just put there and listen alone.
+/// strace holds the first one's unlink for 1.5 s, so the second comes in between.
+#[test]
+fn two_vmms_replacing_a_stale_socket_at_once_still_meet() {
+    let b = [store32(SHARED, 7), wait32(SHARED + 4, 1), exit(0)].concat();
+    let a = [wait32(SHARED, 7), store32(SHARED + 4, 1), exit(0x21)].concat();
+    let img_a = write_image("chan-stale-race-a", &image(&a));
+    let img_b = write_image("chan-stale-race-b", &image(&b));
+    let sock = sock_in(img_a.dir());
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap()); // a socket no one listens on
+    let mut slow = std::process::Command::new("strace");
+    slow.args([
+        "-f",
+        "-o",
+        "/dev/null",
+        "-e",
+        "inject=unlink,unlinkat:delay_enter=1500000",
+    ])
+    .arg(env!("CARGO_BIN_EXE_fluke-vmm"))
+    .arg("run")
+    .arg(&*img_b)
+    .args(["--memory", "16", "--timeout", "20", "--channel"])
+    .arg(channel_arg(&sock))
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let slow = slow.spawn().expect("strace (scripts/setup.sh installs it)");
+    std::thread::sleep(Duration::from_millis(500));
+    let oa = start(&img_a, &sock, &["--timeout", "20"], Stdio::null())
+        .wait_with_output()
+        .unwrap();
+    let ob = slow.wait_with_output().unwrap();
+    assert_eq!(oa.status.code(), Some(0x21), "A: {}", stderr(&oa));
+    assert_eq!(ob.status.code(), Some(0), "B: {}", stderr(&ob));
+}
+
 #[test]
 fn bad_channels_are_refused_with_one_line() {
     let img = write_image("chan-bad", &image(&exit(0)));

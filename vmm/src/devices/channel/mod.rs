@@ -255,6 +255,21 @@ pub fn rendezvous(spec: &ChannelSpec) -> Result<Rendezvous> {
                 }
             }
             Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                // Only one VMM at a time removes a stale socket and listens in its place
+                // (a lock on the socket's directory), and it tries the socket again under
+                // the lock: else a second VMM could remove the live socket the first just
+                // put there, and each would listen alone.
+                let _lock = match DirLock::take(path) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        return Err(fail(format!("cannot lock its directory: {}", strerror(&e))))
+                    }
+                };
+                match UnixStream::connect(path) {
+                    Ok(stream) => return connect_side(path, stream),
+                    Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
+                    Err(_) => continue,
+                }
                 let meta = match std::fs::symlink_metadata(path) {
                     Ok(m) => m,
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -277,6 +292,11 @@ pub fn rendezvous(spec: &ChannelSpec) -> Result<Rendezvous> {
                         )))
                     }
                 }
+                match crate::listen::bind_listening(path) {
+                    Ok(listener) => return listen_side(path, listener),
+                    Err(e) if e.raw_os_error() == Some(libc::EEXIST) => continue,
+                    Err(e) => return Err(fail(format!("cannot listen there: {}", strerror(&e)))),
+                }
             }
             Err(e) => return Err(fail(format!("cannot connect: {}", strerror(&e)))),
         }
@@ -284,6 +304,27 @@ pub fn rendezvous(spec: &ChannelSpec) -> Result<Rendezvous> {
     Err(fail(
         "the path kept changing while this VMM tried to join (other VMMs racing for it?)".into(),
     ))
+}
+
+/// An exclusive flock on the directory holding a socket path, released when dropped (the
+/// descriptor is held only for that).
+struct DirLock {
+    _held: File,
+}
+
+impl DirLock {
+    fn take(path: &Path) -> std::io::Result<DirLock> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        let f = File::open(dir)?;
+        // SAFETY: flock on a descriptor this function owns; no pointer argument.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(DirLock { _held: f })
+    }
 }
 
 fn listen_side(path: &Path, listener: UnixListener) -> Result<Rendezvous> {
