@@ -93,16 +93,17 @@ fn a_read_only_drive_refuses_a_programs_write_with_a_status_it_sees() {
     );
 }
 
-/// The driver is destroyed while its client's reads are in flight: the read in flight
-/// fails with an IPC error (the driver is gone), the kernel and other programs run on, and
-/// a new driver resets the device, binds its interrupt again and serves.
+/// The driver is destroyed while its client's reads are in flight (and the clients' port set
+/// with it, by its launcher): the read in flight fails with an IPC error (the driver is
+/// gone, or its set), the kernel and other programs run on, and a new driver resets the
+/// device, binds its interrupt again and serves.
 #[test]
 fn a_driver_killed_mid_request_leaves_the_kernel_and_other_programs_healthy() {
     let dir = TempDir::new("blk-killdrv");
     let disk = drive(&dir.0, "disk.img");
     let run = with_drive(&format!("path={}", disk.display()), "fluke.init=disk,kill");
     assert_eq!(run.status, 0, "{run:?}");
-    run.assert_console("disk: the driver destroyed mid-stream: Ok(0)");
+    run.assert_console("disk: the driver destroyed mid-stream: Ok(0), its clients' set: Ok(0)");
     run.assert_console("the one in flight: Ipc(");
     run.assert_console("disk: another program: Ok(0)");
     run.assert_console("disk: the second driver read sector 0: Ok(())");

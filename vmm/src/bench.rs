@@ -1050,7 +1050,7 @@ impl ChannelPeer {
     }
 
     /// Waits (10 s at most) for the other VM to end on its own, else kills it.
-    fn finish(mut self) -> std::result::Result<(), String> {
+    fn finish(&mut self) -> std::result::Result<(), String> {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         let status = loop {
             match self.child.try_wait() {
@@ -1071,6 +1071,17 @@ impl ChannelPeer {
                 Err("the channel's other VM did not end".into())
             }
         }
+    }
+}
+
+impl Drop for ChannelPeer {
+    /// A run that failed before [`ChannelPeer::finish`] does not leave the other VM running.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        let _ = std::fs::remove_file(&self.sock);
     }
 }
 
@@ -1140,7 +1151,7 @@ fn one_run(
     let out = child
         .wait_with_output()
         .map_err(|e| format!("cannot wait for {}: {e}", exe.display()))?;
-    if let Some(peer) = peer {
+    if let Some(mut peer) = peer {
         peer.finish()?;
     }
     let restored = driven

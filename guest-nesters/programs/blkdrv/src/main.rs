@@ -67,8 +67,14 @@ fn fluke_main(_args: fluke_rt::Args) -> i32 {
                 return 0;
             }
         };
-        let data_len = m.data_sent.min(buf.len() as u64) as usize;
-        let status = match Request::decode(m.words, data_len, dev.sectors, dev.read_only) {
+        // What arrived (`data_got`); a client that sent more than fits is refused, never
+        // served with part of its data.
+        let data_len = m.data_got.min(buf.len() as u64) as usize;
+        let decoded = match m.data_sent == m.data_got {
+            true => Request::decode(m.words, data_len, dev.sectors, dev.read_only),
+            false => Err(Status::BadRequest),
+        };
+        let status = match decoded {
             Err(s) => Err(s),
             Ok(Request::Info) => {
                 reply = [

@@ -90,6 +90,8 @@ pub struct Device {
     avail_idx: u16,
     pub sectors: u64,
     pub read_only: bool,
+    /// VIRTIO_BLK_F_FLUSH was negotiated (without it the device has no cache to flush).
+    flush: bool,
     gone: bool,
 }
 
@@ -189,7 +191,12 @@ impl Device {
         if max == 0 {
             return fail("the device has no queue 0");
         }
-        let queue_size = QUEUE_SIZE.min(max as u16);
+        // A split ring's size is a power of two (and indexes wrap at 2^16 cleanly only so).
+        let queue_size = (QUEUE_SIZE as u32).min(max);
+        let queue_size = 1u16 << (31 - queue_size.leading_zeros());
+        if reg_read(QUEUE_READY) != 0 {
+            return fail("queue 0 is already in use");
+        }
         // The rings start empty (a driver before us may have left anything there).
         for offset in (0..HEADER).step_by(8) {
             dma_write::<u64>(offset, 0);
@@ -228,6 +235,7 @@ impl Device {
             avail_idx: 0,
             sectors,
             read_only: offered & F_RO != 0,
+            flush: wanted & F_FLUSH != 0,
             gone: false,
         })
     }
@@ -244,6 +252,9 @@ impl Device {
     ) -> Result<(), Status> {
         if self.gone {
             return Err(Status::DeviceGone);
+        }
+        if kind == Kind::Flush && !self.flush {
+            return Ok(()); // a device without FLUSH writes through (virtio 1.2 §5.2.6.2)
         }
         let len = buf.len() as u64;
         if !len.is_multiple_of(SECTOR as u64) || len > DMA_NEEDED - DATA {

@@ -234,7 +234,12 @@ fn fluke_main(_args: fluke_rt::Args) -> i32 {
                 return 0;
             }
         };
-        let data_len = m.data_sent.min(buf.len() as u64) as usize;
+        let data_len = m.data_got.min(buf.len() as u64) as usize;
+        if m.data_sent != m.data_got {
+            // More than one message holds: refused, never sent in part.
+            reply = [Status::BadRequest as u64, 0, 0, 0];
+            continue;
+        }
         let result = match m.words[0] {
             chan::INFO if data_len == 0 => {
                 ch.peer = reg_read(reg::REG_PEER);

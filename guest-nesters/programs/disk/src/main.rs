@@ -159,12 +159,16 @@ fn read_only(client: &Client, info: Info) -> i32 {
 const KILLER_STACK: u64 = 0x5000_0000;
 const KILLER_STACK_LEN: u64 = 16 * 4096;
 
-/// The killer thread: 30 ms on, destroys the driver's space (`space`, our name for it),
-/// then sleeps until the program ends.
-extern "C" fn killer(space: u64) -> ! {
+/// The killer thread: 30 ms on, destroys the driver's space and then the clients' port set
+/// (`arg`: the space's name in the low 32 bits, the set's in the high). The set is ours,
+/// not the driver's: a call queued on it while the driver was between requests would wait
+/// for a server that no longer exists, so whoever ends a server ends its set with it, and
+/// the calls queued there fail.
+extern "C" fn killer(arg: u64) -> ! {
     sys::sleep_ns(30_000_000);
-    let r = sys::destroy(space);
-    println!("disk: the driver destroyed mid-stream: {r:?}");
+    let r = sys::destroy(arg & 0xffff_ffff);
+    let set = sys::destroy(arg >> 32);
+    println!("disk: the driver destroyed mid-stream: {r:?}, its clients' set: {set:?}");
     loop {
         sys::sleep_ns(1_000_000_000);
     }
@@ -174,9 +178,8 @@ fn kill(driver: Driver, info: Info) -> i32 {
     if sys::map_anon(KILLER_STACK, KILLER_STACK_LEN).is_err() {
         return 1;
     }
-    if let Err(e) =
-        fluke_rt::thread::start(killer, driver.child.space, KILLER_STACK + KILLER_STACK_LEN)
-    {
+    let arg = driver.child.space | driver.set << 32;
+    if let Err(e) = fluke_rt::thread::start(killer, arg, KILLER_STACK + KILLER_STACK_LEN) {
         println!("disk: no killer thread: {e:?}");
         return 1;
     }

@@ -388,8 +388,12 @@ fn connect_side(path: &Path, stream: UnixStream) -> Result<Rendezvous> {
     let fds: Vec<OwnedFd> = raw[..nfds.min(HELLO_FDS)]
         .iter()
         // SAFETY: recvmsg gave this process these `nfds` new descriptors, owned by no one
-        // else; each is wrapped once, so each is closed once.
-        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        // else; each is wrapped once, so each is closed once. (Each is then marked
+        // close-on-exec: recvmsg gave them without it.)
+        .map(|&fd| unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+            OwnedFd::from_raw_fd(fd)
+        })
         .collect();
     if len == 0 {
         return Err(peer("closed the socket without a word".into()));
