@@ -5,10 +5,11 @@
 //! - `deflate N [PROGRAM]`: N rounds of compressing the input with `miniz_oxide` (zlib,
 //!   level 6) and decompressing it again; every round's result must equal the input,
 //! - `sha256 N [PROGRAM]`: N SHA-256 digests of the input with `sha2`,
-//! - `btree N [PROGRAM]`: N rounds of counting every 4-byte window of the input in an
-//!   `alloc::collections::BTreeMap`, then removing the keys seen once: allocation-heavy and
-//!   pointer-chasing (a node allocated every few inserts, freed again in the removal and
-//!   the drop, each insert a walk down the tree).
+//! - `btree N [PROGRAM]`: counts N 4-byte windows of the input (each offset in turn, from
+//!   the start again after the last) in an `alloc::collections::BTreeMap`, then removes
+//!   the keys seen once: allocation-heavy and pointer-chasing (a node allocated every few
+//!   new keys, freed again in the removal and the drop, each window a walk down the tree).
+//!   The checksum is FNV-1a over the remaining (key, count) pairs in key order.
 //!
 //! Each returns its result line's text (after `work: KIND checksum `).
 
@@ -98,27 +99,25 @@ pub fn sha256(input: &[u8], rounds: u64) -> Option<String> {
     Some(format!("{hex} bytes {}", input.len()))
 }
 
-pub fn btree(input: &[u8], rounds: u64) -> Option<String> {
-    let mut result = None;
-    for _ in 0..rounds {
-        let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
-        for w in input.windows(4) {
-            let key = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-            *counts.entry(key).or_insert(0) += 1;
-        }
-        let distinct = counts.len();
-        counts.retain(|_, c| *c > 1);
-        let mut h = 0xcbf2_9ce4_8422_2325u64;
-        for (k, c) in &counts {
-            for b in k.to_le_bytes().into_iter().chain(c.to_le_bytes()) {
-                h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-        result = Some(format!(
-            "{h:#018x} windows {} distinct {distinct} repeated {}",
-            input.len().saturating_sub(3),
-            counts.len()
-        ));
+pub fn btree(input: &[u8], windows: u64) -> Option<String> {
+    let count = input.len().checked_sub(3).filter(|&c| c > 0)?;
+    let mut counts: BTreeMap<u32, u32> = BTreeMap::new();
+    for i in 0..windows {
+        let at = (i % count as u64) as usize;
+        let w = &input[at..at + 4];
+        let key = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+        *counts.entry(key).or_insert(0) += 1;
     }
-    result
+    let distinct = counts.len();
+    counts.retain(|_, c| *c > 1);
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for (k, c) in &counts {
+        for b in k.to_le_bytes().into_iter().chain(c.to_le_bytes()) {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    Some(format!(
+        "{h:#018x} windows {windows} distinct {distinct} repeated {}",
+        counts.len()
+    ))
 }
