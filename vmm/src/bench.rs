@@ -1314,7 +1314,8 @@ mod tests {
                 let name = format!("nest.{workload}.{}", stack.label);
                 let b = nest.iter().find(|b| b.name == name).unwrap();
                 assert!(
-                    b.cmdline.starts_with(&format!("fluke.init={}work,{workload},", stack.prefix)),
+                    b.cmdline
+                        .starts_with(&format!("fluke.init={}work,{workload},", stack.prefix)),
                     "{name}: {}",
                     b.cmdline
                 );
@@ -1339,9 +1340,9 @@ mod tests {
             assert_eq!(b.vmm_args, ["--memory-resident", "2"]);
             assert_eq!(b.model, Model::Vmm);
             assert!(
-                    matches!(b.sample, Sample::Guest(k) if k == format!("work.{workload}")),
-                    "{name}"
-                );
+                matches!(b.sample, Sample::Guest(k) if k == format!("work.{workload}")),
+                "{name}"
+            );
         }
         assert_eq!(
             all.iter()
