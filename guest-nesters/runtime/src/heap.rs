@@ -69,8 +69,8 @@ impl Heap {
             .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
             .is_err()
         {
-            spins += 1;
-            if spins % 64 == 0 {
+            spins = spins.wrapping_add(1);
+            if spins.is_multiple_of(64) {
                 sys::yield_now();
             } else {
                 core::hint::spin_loop();
@@ -109,7 +109,7 @@ impl State {
         };
         let align = (layout.align() as u64).max(1 << MIN_SHIFT);
         let head = self.free[class];
-        if head != 0 && head % align == 0 {
+        if head != 0 && head.is_multiple_of(align) {
             // SAFETY: `head` is a free block of this class in the arena (put there by
             // `dealloc`); its first word is its list link, and nothing else uses it while
             // it is on the list.

@@ -93,7 +93,7 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
 }
 
 /// The workloads of maintained crates on the image's bytes (`real`).
-fn real_workload(kind: &str) -> Option<fn(&[u8], u64) -> Option<alloc::string::String>> {
+fn real_workload(kind: &str) -> Option<real::Workload> {
     match kind {
         "deflate" => Some(real::deflate),
         "sha256" => Some(real::sha256),

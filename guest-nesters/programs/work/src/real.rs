@@ -22,6 +22,9 @@ use core::fmt::Write as _;
 use fluke_rt::{println, sys};
 use sha2::{Digest, Sha256};
 
+/// One of these workloads: the input and N, the result line's text or `None` (reported).
+pub type Workload = fn(&[u8], u64) -> Option<String>;
+
 /// The input of every real workload unless the command line names another program.
 pub const DEFAULT_INPUT: &str = "ktest";
 
