@@ -306,3 +306,183 @@ fn a_stack_in_the_image_manifest() {
         "{faults} faults, {evictions} evictions"
     );
 }
+
+/// The bytes of program `name` as the default image holds them: what the guest's
+/// `program_read` hands the work program (the input of its maintained-crate workloads).
+fn image_program(name: &str) -> Vec<u8> {
+    let bytes = std::fs::read(default_image()).expect("the default image");
+    let image = fluke_image::image::Image::parse(&bytes).expect("a valid image");
+    let program = image
+        .bundle()
+        .program(name)
+        .expect("the program in the image");
+    program.data.to_vec()
+}
+
+/// FNV-1a, 64 bits, as the guest's work program computes it over its round-tripped data.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The SHA-256 of `data` by coreutils' `sha256sum`: an implementation independent of the
+/// `sha2` crate the guest runs.
+fn sha256sum(data: &[u8]) -> String {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sha256sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("coreutils' sha256sum");
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "sha256sum: {out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let digest = text.split_whitespace().next().unwrap().to_string();
+    assert_eq!(digest.len(), 64, "{text}");
+    digest
+}
+
+/// What `work btree N` prints for `data`, computed without a map: the N windows sorted,
+/// equal runs counted.
+fn btree_expected(data: &[u8], windows: usize) -> String {
+    let count = data.len() - 3;
+    let mut keys: Vec<u32> = (0..windows)
+        .map(|i| {
+            let at = i % count;
+            u32::from_le_bytes(data[at..at + 4].try_into().unwrap())
+        })
+        .collect();
+    keys.sort_unstable();
+    let runs: Vec<(u32, u32)> = keys
+        .chunk_by(|a, b| a == b)
+        .map(|run| (run[0], run.len() as u32))
+        .collect();
+    let repeated: Vec<u8> = runs
+        .iter()
+        .filter(|(_, c)| *c > 1)
+        .flat_map(|(k, c)| k.to_le_bytes().into_iter().chain(c.to_le_bytes()))
+        .collect();
+    format!(
+        "work: btree checksum {:#018x} windows {windows} distinct {} repeated {}",
+        fnv1a(&repeated),
+        runs.len(),
+        repeated.len() / 8
+    )
+}
+
+/// Where the maintained-crate workloads run besides bare: each nester alone, a pager that
+/// holds less than a deflate round touches (96 frames), and all three mixed seven deep.
+/// (At 32 frames a deflate round takes about 30 s: each of its passes over its 300 KiB of
+/// compressor state pages.)
+const REAL_STACKS: &[&str] = &[
+    "passthru>",
+    "procmgr>",
+    "pager>",
+    "pager,-frames=96>",
+    "pager>procmgr>pager>procmgr>passthru>pager>procmgr>passthru>",
+];
+
+/// Runs `work WORKLOAD` bare, under each of [`REAL_STACKS`], with guest RAM paged by the
+/// VMM (`--memory-resident 2`, the VMM model's counterpart of the pager) and under QEMU,
+/// and checks that every run prints the bare run's result line; returns it.
+fn real_workload_everywhere(workload: &str) -> String {
+    let image = default_image();
+    let bare_cmdline = format!("fluke.init=work,{workload}");
+    let bare = vmm(&image, &["--cmdline", &bare_cmdline]);
+    let expected = work_result(&bare, workload);
+    for stack in REAL_STACKS {
+        let cmdline = format!("fluke.init={stack}work,{workload}");
+        let run = vmm(&image, &["--cmdline", &cmdline]);
+        assert_eq!(work_result(&run, &cmdline), expected, "{cmdline}");
+    }
+    let run = vmm(
+        &image,
+        &["--memory-resident", "2", "--cmdline", &bare_cmdline],
+    );
+    assert_eq!(
+        work_result(&run, "--memory-resident 2"),
+        expected,
+        "{workload} with guest RAM paged by the VMM"
+    );
+    let run = qemu(&image, &bare_cmdline);
+    assert_eq!(work_result(&run, "qemu"), expected, "{workload} under QEMU");
+    expected
+}
+
+/// `work sha256` (the `sha2` crate) on the bytes of the image's ktest program prints the
+/// digest coreutils computes of the same bytes, bare, under every nester and stack, with
+/// the VMM paging and on QEMU's CPU (where `sha2` may pick another implementation).
+#[test]
+fn sha256_of_image_bytes_matches_an_independent_digest_everywhere() {
+    let input = image_program("ktest");
+    let expected = format!(
+        "work: sha256 checksum {} bytes {}",
+        sha256sum(&input),
+        input.len()
+    );
+    assert_eq!(real_workload_everywhere("sha256,3"), expected);
+    // Another program of the image as the input, named on the command line.
+    let hello = image_program("hello");
+    let run = vmm(
+        &default_image(),
+        &["--cmdline", "fluke.init=work,sha256,1,hello"],
+    );
+    assert_eq!(
+        work_result(&run, "sha256 of hello"),
+        format!(
+            "work: sha256 checksum {} bytes {}",
+            sha256sum(&hello),
+            hello.len()
+        )
+    );
+}
+
+/// `work deflate` (`miniz_oxide`) compresses the image's ktest program and decompresses it
+/// again; the guest checks that the result equals its input, and the checksum it prints of
+/// the result is the host's of the image's bytes: the round trip is the identity
+/// everywhere, and the compressed size is the same everywhere.
+#[test]
+fn deflate_round_trips_image_bytes_identically_everywhere() {
+    let input = image_program("ktest");
+    let line = real_workload_everywhere("deflate,1");
+    let prefix = format!(
+        "work: deflate checksum {:#018x} bytes {} compressed ",
+        fnv1a(&input),
+        input.len()
+    );
+    let compressed: usize = line
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_suffix(" round-trip identical"))
+        .unwrap_or_else(|| panic!("{line:?} is not {prefix:?}<size> round-trip identical"))
+        .parse()
+        .unwrap();
+    // Machine code compresses, but not to nothing.
+    assert!(
+        compressed > input.len() / 10 && compressed < input.len(),
+        "{compressed} of {} bytes",
+        input.len()
+    );
+}
+
+/// `work btree` (`alloc`'s BTreeMap on fluke-rt's allocator: allocation-heavy and
+/// pointer-chasing) counts the image's bytes as a sort on the host does, everywhere.
+#[test]
+fn btree_counts_of_image_bytes_match_a_host_sort_everywhere() {
+    let input = image_program("ktest");
+    assert_eq!(
+        real_workload_everywhere("btree,20000"),
+        btree_expected(&input, 20000)
+    );
+    // More windows than the input has: the count starts over at its beginning.
+    let n = input.len() * 2;
+    let run = vmm(
+        &default_image(),
+        &["--cmdline", &format!("fluke.init=work,btree,{n}")],
+    );
+    assert_eq!(
+        work_result(&run, "btree twice over"),
+        btree_expected(&input, n)
+    );
+}

@@ -339,7 +339,16 @@ pub const NEST_WORKLOADS: &[(&str, &str)] = &[
     ("ipc", "ipc,2000"),
     ("memory", "memory,500"),
     ("compute", "compute,200000"),
+    // Maintained crates on real data: the bytes of the image's ktest program (143 KB).
+    ("deflate", "deflate,2"),
+    ("sha256", "sha256,50"),
+    ("btree", "btree,100000"),
 ];
+
+/// The workloads that also run with no nester and guest RAM paged by the VMM instead
+/// (`nest.WORKLOAD.vmm-paged`, the VMM model's counterpart of the pager): the ones whose
+/// memory the pager interposes on.
+pub const VMM_PAGED_WORKLOADS: &[&str] = &["memory", "deflate", "btree"];
 
 /// One stack the workloads run under: `nest.WORKLOAD.LABEL`, a nester `kind`, its number
 /// of layers, and the `fluke.init` prefix that builds it.
@@ -399,21 +408,21 @@ pub fn all_benchmarks() -> Vec<Benchmark> {
             });
         }
     }
-    // The memory workload with no nester, guest RAM paged by the VMM instead: 2 MiB
-    // resident (the least it allows) for the kernel, the program and its 500 pages.
-    let (_, memory_args) = NEST_WORKLOADS
-        .iter()
-        .find(|(w, _)| *w == "memory")
-        .copied()
-        .unwrap_or(("memory", "memory,500"));
-    all.push(Benchmark {
-        name: "nest.memory.vmm-paged",
-        model: Model::Vmm,
-        unit: "ns",
-        cmdline: leak(format!("fluke.init=work,{memory_args}")),
-        vmm_args: &["--memory-resident", "2"],
-        sample: Sample::Guest("work.memory"),
-    });
+    // No nester, guest RAM paged by the VMM instead: 2 MiB resident (the least it allows)
+    // for the kernel, the program and its data.
+    for &(workload, work_args) in NEST_WORKLOADS {
+        if !VMM_PAGED_WORKLOADS.contains(&workload) {
+            continue;
+        }
+        all.push(Benchmark {
+            name: leak(format!("nest.{workload}.vmm-paged")),
+            model: Model::Vmm,
+            unit: "ns",
+            cmdline: leak(format!("fluke.init=work,{work_args}")),
+            vmm_args: &["--memory-resident", "2"],
+            sample: Sample::Guest(leak(format!("work.{workload}"))),
+        });
+    }
     all
 }
 
@@ -517,7 +526,9 @@ pub fn nest_plot(records: &[Record]) -> String {
     let scale = |v: f64| if log { v.ln() } else { v };
     let y =
         |v: f64| top + (scale(ymax) - scale(v)) / (scale(ymax) - scale(ymin)) * (h - top - bottom);
-    let colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e"];
+    let colors = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
+    ];
     let mut svg = String::new();
     let _ = writeln!(
         svg,
@@ -1404,13 +1415,49 @@ mod tests {
             .filter(|b| b.name.starts_with("nest.") && b.model == Model::Microkernel)
             .collect();
         assert_eq!(nest.len(), NEST_WORKLOADS.len() * nest_stacks().len());
-        // The VMM model's counterpart of the pager: the same workload, no nester.
-        let paged = all
+        // The workloads of maintained crates on the image's bytes (issue 17) among them.
+        for workload in ["deflate", "sha256", "btree"] {
+            for stack in nest_stacks() {
+                let name = format!("nest.{workload}.{}", stack.label);
+                let b = nest.iter().find(|b| b.name == name).unwrap();
+                assert!(
+                    b.cmdline
+                        .starts_with(&format!("fluke.init={}work,{workload},", stack.prefix)),
+                    "{name}: {}",
+                    b.cmdline
+                );
+                assert!(
+                    matches!(b.sample, Sample::Guest(k) if k == format!("work.{workload}")),
+                    "{name}"
+                );
+            }
+        }
+        // The VMM model's counterpart of the pager: the same workload, no nester, for each
+        // workload whose memory the pager interposes on.
+        let paged: Vec<&Benchmark> = all
             .iter()
-            .find(|b| b.name == "nest.memory.vmm-paged")
-            .unwrap();
-        assert_eq!(paged.cmdline, "fluke.init=work,memory,500");
-        assert_eq!(paged.vmm_args, ["--memory-resident", "2"]);
+            .filter(|b| b.name.ends_with(".vmm-paged"))
+            .collect();
+        assert_eq!(paged.len(), VMM_PAGED_WORKLOADS.len());
+        for workload in ["memory", "deflate", "btree"] {
+            let name = format!("nest.{workload}.vmm-paged");
+            let b = paged.iter().find(|b| b.name == name).unwrap();
+            let (_, args) = NEST_WORKLOADS.iter().find(|(w, _)| *w == workload).unwrap();
+            assert_eq!(b.cmdline, format!("fluke.init=work,{args}"));
+            assert_eq!(b.vmm_args, ["--memory-resident", "2"]);
+            assert_eq!(b.model, Model::Vmm);
+            assert!(
+                matches!(b.sample, Sample::Guest(k) if k == format!("work.{workload}")),
+                "{name}"
+            );
+        }
+        assert_eq!(
+            all.iter()
+                .find(|b| b.name == "nest.memory.vmm-paged")
+                .unwrap()
+                .cmdline,
+            "fluke.init=work,memory,500"
+        );
         assert_eq!(nest_stacks().len(), 14);
         let b = all
             .iter()

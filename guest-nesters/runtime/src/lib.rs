@@ -2,11 +2,14 @@
 //! kernel-call wrappers and console printing.
 //!
 //! A program is `#![no_std] #![no_main]`, depends on this crate and defines
-//! `#[no_mangle] fn fluke_main(args: fluke_rt::Args) -> i32`.
+//! `#[no_mangle] fn fluke_main(args: fluke_rt::Args) -> i32`. With the `alloc` feature it
+//! also gets a global allocator ([`heap`]), so `extern crate alloc` works.
 #![no_std]
 
 pub mod blk;
 pub mod chan;
+#[cfg(feature = "alloc")]
+pub mod heap;
 pub mod proc;
 pub mod sys;
 pub mod thread;
@@ -58,6 +61,19 @@ pub extern "C" fn _start(argc: usize, argv: *const [usize; 2]) -> ! {
     // SAFETY: fluke_main is defined by the program being linked.
     let status = unsafe { fluke_main(Args { argc, argv }) };
     sys::exit(status)
+}
+
+/// Lets the first thread's stack grow `extra` bytes (rounded up to pages) further down than
+/// the `STACK_SIZE` the kernel (or a nester) gives it: demand-zero memory right below it,
+/// so a page costs a frame only once the stack reaches it, and the page below the new
+/// bottom still faults. For crates that keep large values on the stack (`miniz_oxide`'s
+/// compressor holds a 64 KiB buffer inline). Only for the first thread's stack; it fails
+/// (InvalidArgument) if the range is taken, e.g. by an earlier call.
+pub fn grow_stack(extra: u64) -> Result<(), Error> {
+    use fluke_abi::syscall::layout::{STACK_SIZE, STACK_TOP};
+    let extra = extra.next_multiple_of(4096);
+    let bottom = STACK_TOP - STACK_SIZE;
+    sys::map_anon(bottom - extra, extra).map(|_| ())
 }
 
 /// Formats a number without a heap (for program arguments).
