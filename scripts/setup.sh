@@ -11,17 +11,22 @@ set -euo pipefail
 want_qemu=1
 [ "${1:-}" = "--no-qemu" ] && want_qemu=0
 
+# Installs Debian package $1 (apt, as root or through sudo).
+install_package() {
+    echo "setup: installing $1" >&2
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "$1" >/dev/null
+}
+
 if ! rustup target list --installed 2>/dev/null | grep -qx x86_64-unknown-none; then
     echo "setup: adding the x86_64-unknown-none target" >&2
     rustup target add x86_64-unknown-none
 fi
 
 if [ "$want_qemu" = 1 ] && ! command -v qemu-system-x86_64 >/dev/null 2>&1; then
-    echo "setup: installing qemu-system-x86" >&2
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+    install_package qemu-system-x86
 fi
 
 has_libclang() {
@@ -30,25 +35,8 @@ has_libclang() {
         compgen -G "/usr/lib/llvm-*/lib/libclang.so*" >/dev/null
 }
 if ! has_libclang; then
-    echo "setup: installing libclang-dev" >&2
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends libclang-dev >/dev/null
+    install_package libclang-dev
 fi
 
-if ! command -v gdb >/dev/null 2>&1; then
-    echo "setup: installing gdb" >&2
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends gdb >/dev/null
-fi
-
-if ! command -v strace >/dev/null 2>&1; then
-    echo "setup: installing strace" >&2
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends strace >/dev/null
-fi
+command -v gdb >/dev/null 2>&1 || install_package gdb
+command -v strace >/dev/null 2>&1 || install_package strace

@@ -113,34 +113,20 @@ fn a_user_program_reads_a_virtio_device_through_its_capability() {
     let drive = dir.join("drive.img");
     std::fs::write(&drive, vec![0u8; 1 << 20]).unwrap();
     let spec = format!("path={}", drive.display());
-    let run = vmm(
-        &default_image(),
-        &[
-            "--timeout",
-            "60",
-            "--drive",
-            &spec,
-            "--cmdline",
-            "fluke.init=ktest,devmem,read",
-        ],
-    );
+    let with_drive = |init: &str| {
+        vmm(
+            &default_image(),
+            &["--timeout", "60", "--drive", &spec, "--cmdline", init],
+        )
+    };
+    let run = with_drive("fluke.init=ktest,devmem,read");
     assert_eq!(run.status, 0, "{run:?}");
     run.assert_console("ktest: devmem: 0 unexpected result(s)");
     run.assert_console("ktest: devmem: read 0x74726976");
 
     // The drive's window (256 pages): a mapping of it that its space partly discarded and
     // mapped again is still counted, and a destroy still unmaps all of it.
-    let run = vmm(
-        &default_image(),
-        &[
-            "--timeout",
-            "60",
-            "--drive",
-            &spec,
-            "--cmdline",
-            "fluke.init=ktest,devmem,destroy",
-        ],
-    );
+    let run = with_drive("fluke.init=ktest,devmem,destroy");
     let _ = std::fs::remove_dir_all(&dir);
     assert_eq!(run.status, 0, "{run:?}");
     run.assert_console("victim: devmem-remap-read: mapped Ok(0)");

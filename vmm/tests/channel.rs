@@ -20,9 +20,6 @@ const BASE: u32 = fluke_abi::devices::VIRTIO_MMIO_BASE as u32;
 const SHARED: u32 = BASE + SHARED_OFFSET as u32;
 /// Its line (IOAPIC input).
 const LINE: u32 = fluke_abi::devices::VIRTIO_FIRST_IRQ;
-const IDT: u32 = 0x20_4000;
-const IDTR: u32 = 0x20_5000;
-const VECTOR: u32 = 0x30;
 
 fn reg(offset: u64) -> u32 {
     BASE + offset as u32
@@ -41,27 +38,6 @@ fn wait32(addr: u32, imm: u32) -> Vec<u8> {
 /// The LAPIC's end of interrupt.
 fn eoi() -> Vec<u8> {
     store32(0xfee0_00b0, 0)
-}
-
-/// Enables the LAPIC, routes IOAPIC input [`LINE`] to [`VECTOR`] on APIC 0 (edge,
-/// unmasked) and points the IDT's gate for it at `handler` (the PIC stays masked, as the
-/// VMM hands it over).
-fn route_interrupt(handler: u32) -> Vec<u8> {
-    let gate = IDT + VECTOR * 8;
-    [
-        vec![0xbc, 0x00, 0x00, 0x30, 0x00], // mov $0x300000, %esp
-        store32(0xfee0_00f0, 0x1ff),
-        store32(0xfec0_0000, 0x10 + 2 * LINE),
-        store32(0xfec0_0010, VECTOR),
-        store32(0xfec0_0000, 0x10 + 2 * LINE + 1),
-        store32(0xfec0_0010, 0),
-        store32(gate, (0x10 << 16) | (handler & 0xffff)),
-        store32(gate + 4, (handler & 0xffff_0000) | 0x8e00),
-        store32(IDTR, ((IDT & 0xffff) << 16) | (VECTOR * 8 + 7)),
-        store32(IDTR + 4, IDT >> 16),
-        lidt(IDTR),
-    ]
-    .concat()
 }
 
 /// The end of an interrupt without IRET (kvm_pvm's emulator fails on a 32-bit IRETD with
@@ -158,7 +134,7 @@ fn a_doorbell_rings_the_other_vm_through_the_shared_memory() {
                 expect_eax(PEER_CONNECTED, 22),
                 load32(reg(REG_SHARED_SIZE)),
                 expect_eax(SHARED_SIZE as u32, 23),
-                route_interrupt(h),
+                route_interrupt(LINE, h),
                 store32(SHARED + 4, 1),
                 IDLE.to_vec(),
             ]
@@ -202,7 +178,8 @@ fn a_killed_peer_is_seen_gone_with_an_interrupt_and_a_third_vm_is_refused() {
         exit(0x22),
     ]
     .concat();
-    let idle = CODE_PADDR as u32 + (wait32(SHARED, 1).len() + route_interrupt(0).len()) as u32;
+    let idle =
+        CODE_PADDR as u32 + (wait32(SHARED, 1).len() + route_interrupt(LINE, 0).len()) as u32;
     let handler = [
         load32(reg(REG_PEER)),
         // cmp $2, %eax; jne 1f; <gone>; 1:
@@ -213,7 +190,7 @@ fn a_killed_peer_is_seen_gone_with_an_interrupt_and_a_third_vm_is_refused() {
     ]
     .concat();
     let a = with_handler(
-        |h| [wait32(SHARED, 1), route_interrupt(h), IDLE.to_vec()].concat(),
+        |h| [wait32(SHARED, 1), route_interrupt(LINE, h), IDLE.to_vec()].concat(),
         handler,
     );
     // B joins, writes the shared area, prints 'x' and spins until it is killed.
@@ -647,7 +624,7 @@ fn ping_pong(doorbells: bool) -> (f64, String) {
     // Each handler only ends the interrupt and goes back to the check before the HLT: the
     // interrupt's work is to end the HLT.
     let prefix_a = [
-        route_interrupt(0),
+        route_interrupt(LINE, 0),
         wait32(reg(REG_PEER), PEER_CONNECTED),
         wait32(SHARED + 8, 1),
         out_dx(BENCH, BENCH_BEGIN),
@@ -658,7 +635,7 @@ fn ping_pong(doorbells: bool) -> (f64, String) {
     // In A's loop: after `mov %esi, shared` (6 bytes) and the doorbell.
     let wait_a = CODE_PADDR as u32 + (prefix_a + 6 + ring().len()) as u32;
     let prefix_b = [
-        route_interrupt(0),
+        route_interrupt(LINE, 0),
         store32(SHARED + 8, 1),
         vec![0xbe, 1, 0, 0, 0],
     ]
@@ -674,7 +651,7 @@ fn ping_pong(doorbells: bool) -> (f64, String) {
             body.extend(ring());
             body.extend(wait(SHARED + 4));
             [
-                route_interrupt(h),
+                route_interrupt(LINE, h),
                 wait32(reg(REG_PEER), PEER_CONNECTED),
                 wait32(SHARED + 8, 1),
                 out_dx(BENCH, BENCH_BEGIN),
@@ -695,7 +672,7 @@ fn ping_pong(doorbells: bool) -> (f64, String) {
             body.extend_from_slice(&(SHARED + 4).to_le_bytes());
             body.extend(ring());
             [
-                route_interrupt(h),
+                route_interrupt(LINE, h),
                 store32(SHARED + 8, 1),
                 vec![0xbe, 1, 0, 0, 0],
                 loop_esi(body, ROUND_TRIPS + 1),

@@ -714,10 +714,6 @@ mod virtio_guest {
     pub const HEADER: u32 = DMA + 0x1000;
     pub const DATA: u32 = DMA + 0x2000;
     pub const STATUS: u32 = DMA + 0x3000;
-    const IDT: u32 = 0x20_4000;
-    const IDTR: u32 = 0x20_5000;
-    /// The vector the guest routes the device's line (IOAPIC input 5) to.
-    pub const VECTOR: u32 = 0x30;
 
     pub fn reg(offset: u32) -> u32 {
         BASE + offset
@@ -794,26 +790,9 @@ mod virtio_guest {
         store32(reg(0x50), 0)
     }
 
-    /// Enables the LAPIC, routes IOAPIC input 5 (device 0's line) to [`VECTOR`] on APIC 0
-    /// (edge, unmasked) and points the IDT's gate for it at `handler`. The PIC is left as
-    /// the VMM hands it over (masked: else the line would also arrive as vector 5, which
-    /// has no gate here, and the guest would triple-fault).
+    /// Routes device 0's line (IOAPIC input 5) to `DEVICE_VECTOR` and its gate to `handler`.
     pub fn route_interrupt(handler: u32) -> Vec<u8> {
-        let gate = IDT + VECTOR * 8;
-        [
-            vec![0xbc, 0x00, 0x00, 0x30, 0x00], // mov $0x300000, %esp: the frame goes there
-            store32(0xfee0_00f0, 0x1ff),
-            store32(0xfec0_0000, 0x10 + 2 * 5),
-            store32(0xfec0_0010, VECTOR),
-            store32(0xfec0_0000, 0x10 + 2 * 5 + 1),
-            store32(0xfec0_0010, 0),
-            store32(gate, (0x10 << 16) | (handler & 0xffff)),
-            store32(gate + 4, (handler & 0xffff_0000) | 0x8e00),
-            store32(IDTR, ((IDT & 0xffff) << 16) | (VECTOR * 8 + 7)),
-            store32(IDTR + 4, IDT >> 16),
-            lidt(IDTR),
-        ]
-        .concat()
+        super::common::asm::route_interrupt(5, handler)
     }
 }
 

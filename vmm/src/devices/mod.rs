@@ -80,6 +80,15 @@ impl Devices {
     }
 }
 
+/// The `key[=value]` options of a comma-separated device spec (`--drive`, `--channel`), in
+/// order: each key with its value, or `None` for a bare key.
+pub fn spec_options(spec: &str) -> impl Iterator<Item = (&str, Option<&str>)> {
+    spec.split(',').map(|item| match item.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (item, None),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

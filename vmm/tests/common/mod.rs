@@ -97,6 +97,34 @@ pub mod asm {
         v.extend_from_slice(&addr.to_le_bytes());
         v
     }
+    /// Where the hand-built guests that take device interrupts keep their IDT and IDTR, and
+    /// the vector they route a device's line to.
+    pub const IDT: u32 = 0x20_4000;
+    pub const IDTR: u32 = 0x20_5000;
+    pub const DEVICE_VECTOR: u32 = 0x30;
+
+    /// Enables the LAPIC, routes IOAPIC input `line` to [`DEVICE_VECTOR`] on APIC 0 (edge,
+    /// unmasked) and points the IDT's gate for it at `handler`. The PIC is left as the VMM
+    /// hands it over (masked: else the line would also arrive as an exception vector, which
+    /// has no gate here, and the guest would triple-fault).
+    pub fn route_interrupt(line: u32, handler: u32) -> Vec<u8> {
+        let gate = IDT + DEVICE_VECTOR * 8;
+        [
+            vec![0xbc, 0x00, 0x00, 0x30, 0x00], // mov $0x300000, %esp: the frame goes there
+            store32(0xfee0_00f0, 0x1ff),
+            store32(0xfec0_0000, 0x10 + 2 * line),
+            store32(0xfec0_0010, DEVICE_VECTOR),
+            store32(0xfec0_0000, 0x10 + 2 * line + 1),
+            store32(0xfec0_0010, 0),
+            store32(gate, (0x10 << 16) | (handler & 0xffff)),
+            store32(gate + 4, (handler & 0xffff_0000) | 0x8e00),
+            store32(IDTR, ((IDT & 0xffff) << 16) | (DEVICE_VECTOR * 8 + 7)),
+            store32(IDTR + 4, IDT >> 16),
+            lidt(IDTR),
+        ]
+        .concat()
+    }
+
     /// `mov $addr, %eax; jmp *%eax`
     pub fn jmp_abs(addr: u32) -> Vec<u8> {
         let mut v = vec![0xb8];

@@ -74,11 +74,7 @@ impl ChannelSpec {
             reason,
         };
         let mut path = None;
-        for item in spec.split(',') {
-            let (key, value) = match item.split_once('=') {
-                Some((k, v)) => (k, Some(v)),
-                None => (item, None),
-            };
+        for (key, value) in crate::devices::spec_options(spec) {
             match (key, value) {
                 ("path", Some(v)) if !v.is_empty() => {
                     if path.replace(PathBuf::from(v)).is_some() {
