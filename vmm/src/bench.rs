@@ -944,7 +944,13 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     let Measured {
         mut records,
         mut failures,
-    } = run_interleaved(&exe, args.image.as_deref(), &selected, args.samples, "bench");
+    } = run_interleaved(
+        &exe,
+        args.image.as_deref(),
+        &selected,
+        args.samples,
+        "bench",
+    );
 
     let platform = records
         .first()
