@@ -102,6 +102,10 @@ const CHANNEL_PEER: &str = "fluke.init=chat,pong";
 const BENCH_CHANNEL: &str = "path=@bench-channel";
 const CHANNEL_ARGS: &[&str] = &["--channel", BENCH_CHANNEL];
 
+/// The guest of `proc.spawn_wait`: 50 processes of `work nop` started and waited for
+/// through the process manager.
+const PROC_WORKLOAD: &str = "fluke.init=procmgr>work,spawn,50";
+
 /// Every benchmark, in report order. Keep the names stable: they are the records' keys.
 pub const BENCHMARKS: &[Benchmark] = &[
     Benchmark {
@@ -119,6 +123,17 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "",
         vmm_args: &[],
         sample: Sample::Stats(|s| s.boot_to_init_ms),
+    },
+    // One VM per process, the VMM model's process management: a VM booted to run `work nop`
+    // (which exits at once), from the VMM's process start to the guest's exit. The
+    // microkernel model's counterpart is `proc.spawn_wait`.
+    Benchmark {
+        name: "vm.boot_to_exit",
+        model: Model::Vmm,
+        unit: "ms",
+        cmdline: "fluke.init=work,nop",
+        vmm_args: &[],
+        sample: Sample::Stats(|s| s.boot_to_exit_ms),
     },
     Benchmark {
         name: "vmm.exit_roundtrip",
@@ -292,6 +307,16 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "fluke.init=bench,ipc-cap,5000",
         vmm_args: &[],
         sample: Sample::Guest("ipc.cap_transfer"),
+    },
+    // Process management, the microkernel model's way: `work nop` spawned and waited for
+    // through the procmgr nester, one process after the other (per process).
+    Benchmark {
+        name: "proc.spawn_wait",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: PROC_WORKLOAD,
+        vmm_args: &[],
+        sample: Sample::Guest("proc.spawn_wait"),
     },
     // Isolation and communication, the VMM model's way: two VMs, a message and its echo
     // over the shared-memory channel, each end a user-level driver (the microkernel
@@ -795,28 +820,46 @@ pub const MAX_SAMPLES: u32 = 10_000;
 /// Per-run timeout passed to the child `run`.
 pub const RUN_TIMEOUT_SECS: u32 = 60;
 
-pub fn bench(args: &BenchArgs) -> Result<u8> {
-    if !(1..=MAX_SAMPLES).contains(&args.samples) {
+/// Fails unless `samples` is a usable number of rounds.
+pub fn check_samples(samples: u32) -> Result<()> {
+    if !(1..=MAX_SAMPLES).contains(&samples) {
         return Err(Error::Bench(format!(
-            "--samples must be between 1 and {MAX_SAMPLES}, got {}",
-            args.samples
+            "--samples must be between 1 and {MAX_SAMPLES}, got {samples}"
         )));
     }
-    // Fail early and clearly on a bad image rather than N times in the children.
-    let (bytes, what) = read_image(args.image.as_deref())?;
-    boot::validate(&bytes, &what)?;
-    let exe = std::env::current_exe().map_err(|source| Error::HostIo {
+    Ok(())
+}
+
+/// This executable, which the runs boot the guest with.
+pub fn own_exe() -> Result<PathBuf> {
+    std::env::current_exe().map_err(|source| Error::HostIo {
         what: "benchmark runner (cannot find own executable)",
         source,
-    })?;
+    })
+}
 
+/// What [`run_interleaved`] measured: a record per benchmark that every run reported, and
+/// a line per benchmark that failed (`NAME: why`).
+pub struct Measured {
+    pub records: Vec<Record>,
+    pub failures: Vec<String>,
+}
+
+/// Runs the guest benchmarks `selected` (in that order) over `samples` interleaved rounds:
+/// the benchmarks with the same command line and VMM options share their runs, and round `i`
+/// runs every command line once before round `i + 1` runs any. `what` names the caller in
+/// the progress lines on stderr. Records come in the order of `selected`.
+pub fn run_interleaved(
+    exe: &Path,
+    image: Option<&Path>,
+    selected: &[&Benchmark],
+    samples: u32,
+    what: &str,
+) -> Measured {
     let mut records = Vec::new();
     let mut failures = Vec::new();
-    // Each distinct command line (with its VMM options) once, in the order of BENCHMARKS.
+    // A group per distinct command line (with its VMM options), in the order of `selected`.
     let mut seen: Vec<(&str, &[&str])> = Vec::new();
-    let all = all_benchmarks();
-    let selected: Vec<&Benchmark> = all.iter().filter(|b| args.selects(b.name)).collect();
-    // A group per distinct command line (with its VMM options), in the order of BENCHMARKS.
     let mut groups: Vec<Group> = Vec::new();
     for spec in selected.iter().map(|b| (b.cmdline, b.vmm_args)) {
         if seen.contains(&spec) {
@@ -831,7 +874,7 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
             .collect();
         let names: Vec<&str> = benches.iter().map(|b| b.name).collect();
         to_stderr(&format!(
-            "fluke-vmm: bench: {}{}{} ({})\n",
+            "fluke-vmm: {what}: {}{}{} ({})\n",
             if cmdline.is_empty() { "boot" } else { cmdline },
             if vmm_args.is_empty() { "" } else { " " },
             vmm_args.join(" "),
@@ -850,13 +893,12 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
     // host does over the minutes of a bench falls on every variant alike, and round i of
     // one variant can be compared with round i of another (`bootstrap::ratio_interval`).
     to_stderr(&format!(
-        "fluke-vmm: bench: {} rounds over {} command lines, interleaved\n",
-        args.samples,
+        "fluke-vmm: {what}: {samples} rounds over {} command lines, interleaved\n",
         groups.len()
     ));
-    for round in 0..args.samples {
+    for round in 0..samples {
         for g in groups.iter_mut().filter(|g| g.failed.is_none()) {
-            match sample_run(&exe, args.image.as_deref(), g.spec, round, g.driven) {
+            match sample_run(exe, image, g.spec, round, g.driven) {
                 Ok(run) => g.runs.push(run),
                 Err(e) => g.failed = Some(e),
             }
@@ -875,16 +917,46 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
             }
         }
     }
+    // In the order of `selected`, not in the order the runs were grouped.
+    records.sort_by_key(|r| selected.iter().position(|b| b.name == r.name));
+    Measured { records, failures }
+}
 
-    // Report in the order of the benchmark list, not in the order the runs were grouped.
-    records.sort_by_key(|r| all.iter().position(|b| b.name == r.name));
+/// The [`HOST_BENCHMARKS`] that `selects`, `samples` each, measured in this process;
+/// `platform` is the guests' (the host records are their baseline).
+pub fn host_records(selects: impl Fn(&str) -> bool, samples: u32, platform: &str) -> Vec<Record> {
+    HOST_BENCHMARKS
+        .iter()
+        .filter(|b| selects(b.0))
+        .map(|&(name, model, unit, f)| host_record(name, model, unit, f, samples, platform))
+        .collect()
+}
+
+pub fn bench(args: &BenchArgs) -> Result<u8> {
+    check_samples(args.samples)?;
+    // Fail early and clearly on a bad image rather than N times in the children.
+    let (bytes, what) = read_image(args.image.as_deref())?;
+    boot::validate(&bytes, &what)?;
+    let exe = own_exe()?;
+
+    let all = all_benchmarks();
+    let selected: Vec<&Benchmark> = all.iter().filter(|b| args.selects(b.name)).collect();
+    let Measured {
+        mut records,
+        mut failures,
+    } = run_interleaved(
+        &exe,
+        args.image.as_deref(),
+        &selected,
+        args.samples,
+        "bench",
+    );
+
     let platform = records
         .first()
         .map(|r| r.platform.clone())
         .unwrap_or_else(|| "kvm".into());
-    for &(name, model, unit, f) in HOST_BENCHMARKS.iter().filter(|b| args.selects(b.0)) {
-        records.push(host_record(name, model, unit, f, args.samples, &platform));
-    }
+    records.extend(host_records(|n| args.selects(n), args.samples, &platform));
     if args.selects(IMAGE_BYTES) {
         let size = vec![bytes.len() as f64];
         records.push(Record::of(
@@ -969,7 +1041,7 @@ fn qemu_record(args: &BenchArgs, bytes: &[u8]) -> std::result::Result<Record, St
     ))
 }
 
-fn write_file(path: &Path, text: &str) -> Result<()> {
+pub fn write_file(path: &Path, text: &str) -> Result<()> {
     std::fs::write(path, text).map_err(|source| Error::WriteOutput {
         path: path.to_path_buf(),
         source,
@@ -1547,6 +1619,7 @@ mod tests {
             [
                 "boot.to_kernel",
                 "boot.to_init",
+                "vm.boot_to_exit",
                 "vmm.exit_roundtrip",
                 "vmm.exit_roundtrip_seccomp_off",
                 "vm.pause_resume",
@@ -1568,6 +1641,7 @@ mod tests {
                 "guest.page_touch",
                 "thread.state_roundtrip",
                 "ipc.cap_transfer",
+                "proc.spawn_wait",
                 "vmm.channel_roundtrip",
                 "blk.read_4k",
                 "blk.write_4k",

@@ -20,9 +20,11 @@ impl Cli {
         match &self.command {
             Command::Run(a) => a.vm.log_level.into(),
             Command::Restore(a) => a.vm.log_level.into(),
-            Command::Inspect(_) | Command::Image(_) | Command::Bench(_) | Command::Ctl(_) => {
-                log::LevelFilter::Warn
-            }
+            Command::Inspect(_)
+            | Command::Image(_)
+            | Command::Bench(_)
+            | Command::Compare(_)
+            | Command::Ctl(_) => log::LevelFilter::Warn,
         }
     }
 }
@@ -43,6 +45,9 @@ pub enum Command {
     Image(ImageArgs),
     /// Run the VMM benchmarks and print a table.
     Bench(BenchArgs),
+    /// Run each service's microkernel-model and VMM-model implementations in the same
+    /// interleaved rounds and print them side by side (what is not built yet: missing).
+    Compare(CompareArgs),
     /// Talk to a running VM's control API (`run --api-sock PATH`).
     Ctl(CtlArgs),
 }
@@ -244,6 +249,29 @@ pub struct BenchArgs {
     pub only: Vec<String>,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct CompareArgs {
+    /// Rounds: runs per benchmark, interleaved.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub samples: u32,
+    /// Also write the comparison as JSON to this file.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Also write the table as markdown to this file.
+    #[arg(long, value_name = "PATH")]
+    pub markdown: Option<PathBuf>,
+    /// Also write an SVG bar plot of the cost per operation of each model to this file.
+    #[arg(long, value_name = "PATH")]
+    pub plot: Option<PathBuf>,
+    /// Compare only these comma-separated services: ipc, paging, checkpoint, debug,
+    /// confinement, process.
+    #[arg(long, value_name = "SERVICES", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// The image to run; without it, the default image built into this binary.
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<PathBuf>,
+}
+
 impl BenchArgs {
     /// Whether the benchmark `name` is selected by `--only`.
     pub fn selects(&self, name: &str) -> bool {
@@ -313,6 +341,35 @@ mod tests {
         assert!(Cli::try_parse_from(["fluke-vmm", "image", "build", "-o", "x.img"]).is_err());
         assert!(Cli::try_parse_from(["fluke-vmm", "image", "build", "--program", "a=b"]).is_err());
         assert!(Cli::try_parse_from(["fluke-vmm", "image", "default"]).is_err());
+    }
+
+    #[test]
+    fn compare_arguments() {
+        let cli = Cli::try_parse_from([
+            "fluke-vmm",
+            "compare",
+            "--samples",
+            "2",
+            "--only",
+            "ipc,process",
+            "--json",
+            "c.json",
+        ])
+        .unwrap();
+        let Command::Compare(c) = cli.command else {
+            panic!("not compare")
+        };
+        assert_eq!(
+            (c.samples, c.only.as_slice()),
+            (2, &["ipc".to_string(), "process".into()][..])
+        );
+        assert_eq!(c.json, Some(PathBuf::from("c.json")));
+        assert!(c.markdown.is_none() && c.plot.is_none() && c.image.is_none());
+        let d = Cli::try_parse_from(["fluke-vmm", "compare"]).unwrap();
+        assert!(matches!(
+            d.command,
+            Command::Compare(CompareArgs { samples: 10, .. })
+        ));
     }
 
     #[test]

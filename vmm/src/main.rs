@@ -9,6 +9,7 @@ mod bench;
 mod boot;
 mod bootstrap;
 mod cli;
+mod compare;
 mod control;
 mod ctl;
 mod debuginfo;
@@ -68,6 +69,7 @@ fn main() -> ExitCode {
         Command::Inspect(args) => inspect::inspect(&args),
         Command::Image(args) => image_tool::image(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Compare(args) => compare::compare(&args),
         Command::Ctl(args) => ctl::ctl(&args),
     };
     match result {

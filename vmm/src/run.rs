@@ -476,6 +476,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
             .store(true, std::sync::atomic::Ordering::Release);
     }
     let run_time = run_start.elapsed();
+    let ended = process_start.elapsed();
     // The device threads touch guest RAM: they stop before host paging does.
     devices.mmio.stop();
     for c in &mut devices.channels {
@@ -537,6 +538,7 @@ pub fn execute(machine: Machine, common: &Common, process_start: Instant) -> Res
             exit_code: code,
             boot_to_kernel_ms: devices.boot_timer.kernel_entry().map(ms),
             boot_to_init_ms: devices.boot_timer.init_start().map(ms),
+            boot_to_exit_ms: Some(ms(ended)),
             bench_ticks: bench.map(|b| b.ticks),
             bench_elapsed_us: bench.map(|b| b.elapsed.as_secs_f64() * 1e6),
             exit_roundtrip_us: bench.map(|b| b.roundtrip_us()),

@@ -20,6 +20,9 @@ pub struct RunStats {
     pub boot_to_kernel_ms: Option<f64>,
     /// ms from VMM process start to the guest's InitStart boot mark.
     pub boot_to_init_ms: Option<f64>,
+    /// ms from VMM process start until the guest's run ended (its exit, crash or timeout).
+    #[serde(default)]
+    pub boot_to_exit_ms: Option<f64>,
     /// BENCH_TICKs between BENCH_BEGIN and BENCH_END.
     pub bench_ticks: Option<u64>,
     /// µs between BENCH_BEGIN and BENCH_END.

@@ -9,6 +9,11 @@
 //! - `deflate N [PROGRAM]`, `sha256 N [PROGRAM]`, `btree N [PROGRAM]`: maintained crates
 //!   (`miniz_oxide`, `sha2`, `alloc`'s `BTreeMap`) on the bytes of a program of the image
 //!   (`ktest` unless named), read before the clock starts (see `real`),
+//! - `spawn N`: N processes started and waited for, one after the other, each `work nop`
+//!   (which exits at once): through the process manager when one is above (at any depth),
+//!   else the kernel's own spawn and wait; also reported per process as
+//!   `BENCH proc.spawn_wait <ns> ns N`,
+//! - `nop`: exits at once with status 0,
 //! - `ticker N [MS]`: N steps MS ms apart (default 20), each printing its running checksum
 //!   and the guest's clock (`work: tick I checksum X guest-ms T`): what the VMM's pause,
 //!   resume and snapshot tests watch (the sequence without the clock must not change).
@@ -38,6 +43,9 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         .max(1);
     if kind == "ipc-server" {
         return ipc_server();
+    }
+    if kind == "nop" {
+        return 0;
     }
     if kind == "ticker" {
         let period_ms: u64 = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(20);
@@ -70,6 +78,10 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             Some(c) => c,
             None => return 1,
         },
+        "spawn" => match spawn_wait(n) {
+            Some(c) => c,
+            None => return 1,
+        },
         "memory" => match memory(n) {
             Some(c) => c,
             None => return 1,
@@ -89,6 +101,12 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
     let ticks = sys::rdtsc() - start;
     println!("work: {kind} checksum {checksum:#x}");
     report(kind, n, ticks, khz);
+    if kind == "spawn" {
+        println!(
+            "BENCH proc.spawn_wait {:.1} ns {n}",
+            ticks as f64 * 1_000_000.0 / khz as f64 / n as f64
+        );
+    }
     0
 }
 
@@ -136,6 +154,19 @@ fn ipc_client(n: u64) -> Option<u64> {
     }
     sys::ipc_send_reliable(port, [u64::MAX, 0, 0, 0], NO_CAP, &[]).ok()?;
     (fluke_rt::proc::wait(server) == Ok(0)).then_some(acc)
+}
+
+/// `n` processes of `work nop`, each waited for before the next starts; the checksum is
+/// the number that exited with status 0.
+fn spawn_wait(n: u64) -> Option<u64> {
+    let mut ok = 0u64;
+    for _ in 0..n {
+        let id = fluke_rt::proc::spawn("work", &["nop"], None).ok()?;
+        if fluke_rt::proc::wait(id) == Ok(0) {
+            ok += 1;
+        }
+    }
+    (ok == n).then_some(ok)
 }
 
 fn ipc_server() -> i32 {
