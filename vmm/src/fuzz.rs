@@ -240,3 +240,28 @@ fn the_mutator_is_deterministic() {
     let s = b"seed bytes".to_vec();
     assert_eq!(mutate(&mut a, &s, &s, 64), mutate(&mut b, &s, &s, 64));
 }
+
+/// The device specs of the command line (`--drive`, `--channel`), the device words the
+/// kernel reads from its command line, and the messages another VMM sends on a
+/// channel's socket: untrusted text and bytes, each parser's error a value, never a panic.
+#[test]
+fn fuzz_device_specs_words_and_channel_messages() {
+    use crate::devices::channel::wire::Message;
+    run(
+        "devices",
+        &corpus("devices"),
+        iterations(100_000),
+        512,
+        |b| {
+            let _ = Message::decode(b).map(|m| m.check_compatible());
+            let text = String::from_utf8_lossy(b);
+            let _ = crate::devices::virtio::block::disk::DriveSpec::parse(&text);
+            let _ = crate::devices::channel::ChannelSpec::parse(&text);
+            // (The kernel's checks of a parsed word are fluke-kcore's, host-tested there.)
+            for d in fluke_abi::devices::device_words(&text).flatten() {
+                let _ = d.word().to_string();
+            }
+            let _ = fluke_abi::devices::irq_words(&text).count();
+        },
+    );
+}

@@ -307,7 +307,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             libc::SYS_fsync,
         ]),
         // Holds a channel's socket: accepts the other VMM (getsockopt: SO_PEERCRED, its
-        // user, against getuid), sends it the descriptors
+        // user, against geteuid), sends it the descriptors
         // (sendmsg, SCM_RIGHTS), reads its answer and waits for its end (epoll); raises
         // the guest's line by writing an eventfd. No ioctl (the listener was made
         // non-blocking before).
@@ -317,7 +317,7 @@ fn allowed(kind: ThreadKind) -> (Vec<i64>, Vec<Ioctl>) {
             libc::SYS_epoll_ctl,
             libc::SYS_accept4,
             libc::SYS_getsockopt,
-            libc::SYS_getuid,
+            libc::SYS_geteuid,
             libc::SYS_sendmsg,
             libc::SYS_recvmsg,
             libc::SYS_recvfrom,

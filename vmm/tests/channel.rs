@@ -327,6 +327,42 @@ fn two_vmms_replacing_a_stale_socket_at_once_still_meet() {
     assert_eq!(ob.status.code(), Some(0), "B: {}", stderr(&ob));
 }
 
+/// A joiner that is slow after it took the offer (here: strace holds its open of /dev/kvm
+/// for 6 s, past the listener's 5 s for an answer) still joins: it answers as soon as it
+/// has checked the offer, and builds its VM after.
+#[test]
+fn a_joiner_slow_to_build_its_vm_still_joins() {
+    let a = [wait32(SHARED, 9), exit(0x22)].concat();
+    let b = [store32(SHARED, 9), exit(0)].concat();
+    let img_a = write_image("chan-slow-a", &image(&a));
+    let img_b = write_image("chan-slow-b", &image(&b));
+    let sock = sock_in(img_a.dir());
+    let child_a = start(&img_a, &sock, &["--timeout", "30"], Stdio::null());
+    wait_for(&sock);
+    let ob = std::process::Command::new("strace")
+        .args([
+            "-f",
+            "-o",
+            "/dev/null",
+            "-P",
+            "/dev/kvm",
+            "-e",
+            "inject=openat:delay_enter=6000000",
+        ])
+        .arg(env!("CARGO_BIN_EXE_fluke-vmm"))
+        .arg("run")
+        .arg(&*img_b)
+        .args(["--memory", "16", "--timeout", "30", "--channel"])
+        .arg(channel_arg(&sock))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("strace (scripts/setup.sh installs it)");
+    let oa = child_a.wait_with_output().unwrap();
+    assert_eq!(ob.status.code(), Some(0), "B: {}", stderr(&ob));
+    assert_eq!(oa.status.code(), Some(0x22), "A: {}", stderr(&oa));
+}
+
 #[test]
 fn bad_channels_are_refused_with_one_line() {
     let img = write_image("chan-bad", &image(&exit(0)));

@@ -129,7 +129,10 @@ pub fn map(
 }
 
 /// Whether any page of mapping `m` (of the window starting at `window_start`) still holds
-/// its device frame: at most `MAX_WINDOW / PAGE` page-table walks.
+/// its device frame: at most `MAX_WINDOW / PAGE` page-table walks per mapping, so a
+/// `devmem_map` makes at most `MAX_DEVMEM_MAPPINGS` times that. (Another mapping of the same
+/// frames at the same addresses keeps this one counted too: over-conservative for the
+/// memory-type check, never unsafe.)
 fn still_mapped(k: &Kernel, m: &DevmemMapping, window_start: u64) -> bool {
     let Some(root) = k.space_ref(m.space).map(|s| s.root) else {
         return false;

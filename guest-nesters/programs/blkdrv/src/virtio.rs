@@ -194,9 +194,7 @@ impl Device {
         // A split ring's size is a power of two (and indexes wrap at 2^16 cleanly only so).
         let queue_size = (QUEUE_SIZE as u32).min(max);
         let queue_size = 1u16 << (31 - queue_size.leading_zeros());
-        if reg_read(QUEUE_READY) != 0 {
-            return fail("queue 0 is already in use");
-        }
+
         // The rings start empty (a driver before us may have left anything there).
         for offset in (0..HEADER).step_by(8) {
             dma_write::<u64>(offset, 0);

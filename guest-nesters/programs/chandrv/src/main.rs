@@ -61,6 +61,8 @@ struct Channel {
     irq_set: u64,
     /// `REG_PEER` as last read: at the start, and at each interrupt that says it changed.
     peer: u32,
+    /// This driver has put a message in the ring (so `head - 1` is one it sent).
+    sent_any: bool,
 }
 
 impl Channel {
@@ -96,6 +98,7 @@ impl Channel {
             rx: chan::ring(1 - role),
             irq_set,
             peer: reg_read(reg::REG_PEER),
+            sent_any: false,
         })
     }
 
@@ -156,6 +159,7 @@ impl Channel {
         }
         fence(Ordering::SeqCst);
         shared_write::<u32>(self.tx + chan::HEAD, head.wrapping_add(1));
+        self.sent_any = true;
         // Store head, then load tail (a full fence between: the consumer does the mirror
         // image), so one of the two sides always sees the other's update.
         fence(Ordering::SeqCst);
@@ -257,7 +261,7 @@ fn fluke_main(_args: fluke_rt::Args) -> i32 {
                 let (n, head) = (m.words[1] as u32, ch.next_send());
                 if n == head {
                     ch.send(&buf[..data_len]).map(|_| 0)
-                } else if n.wrapping_add(1) == head && head != 0 {
+                } else if n.wrapping_add(1) == head && ch.sent_any {
                     Ok(0)
                 } else {
                     Err(Status::BadRequest)

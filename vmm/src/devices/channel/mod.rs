@@ -262,7 +262,11 @@ pub fn rendezvous(spec: &ChannelSpec) -> Result<Rendezvous> {
                     }
                 };
                 match UnixStream::connect(path) {
-                    Ok(stream) => return connect_side(path, stream),
+                    Ok(stream) => {
+                        // Its handshake needs no lock (and may take 5 s).
+                        drop(_lock);
+                        return connect_side(path, stream);
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {}
                     Err(_) => continue,
                 }
@@ -334,8 +338,8 @@ fn listen_side(path: &Path, listener: UnixListener) -> Result<Rendezvous> {
     };
     listener.set_nonblocking(true).map_err(host)?;
     let memfd = wire::create_memfd(SHARED_SIZE).map_err(host)?;
-    let outgoing = EventFd::new(libc::EFD_NONBLOCK).map_err(host)?;
-    let incoming = EventFd::new(libc::EFD_NONBLOCK).map_err(host)?;
+    let outgoing = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(host)?;
+    let incoming = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(host)?;
     log::info!(
         "--channel {}: listening; the guest boots while it waits for the other VM",
         path.display()
@@ -426,6 +430,14 @@ fn connect_side(path: &Path, stream: UnixStream) -> Result<Rendezvous> {
         // ownership of it.
         unsafe { EventFd::from_raw_fd(std::os::fd::IntoRawFd::into_raw_fd(fd)) }
     };
+    // The offer is good: say so at once. The listener closes its channel if the answer does
+    // not come within 5 s (the descriptors are out), and what this VMM does next (its other
+    // channels, the VM, the drives) may take longer; the JOINED it answers with is read
+    // before the guest starts (`attach`).
+    let mut stream = stream;
+    stream
+        .write_all(&Message::ours(Kind::Ack).encode())
+        .map_err(|e| peer(format!("cannot be answered: {}", strerror(&e))))?;
     log::info!("--channel {}: joined the other VM", path.display());
     Ok(Rendezvous {
         path: path.to_path_buf(),
@@ -461,9 +473,10 @@ fn peer_uid(s: &UnixStream) -> std::io::Result<u32> {
     Ok(cred.uid)
 }
 
+/// This process's effective user id (what SO_PEERCRED reports of the other end, too).
 fn current_uid() -> u32 {
-    // SAFETY: getuid has no preconditions and cannot fail.
-    unsafe { libc::getuid() }
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() }
 }
 
 /// The listener's JOINED, within the handshake's time (the stream's read timeout).
@@ -524,10 +537,9 @@ impl Rendezvous {
                     path: path.clone(),
                     reason,
                 };
-                s.write_all(&Message::ours(Kind::Ack).encode())
-                    .map_err(|e| peer(format!("cannot be answered: {}", strerror(&e))))?;
-                // The guest starts only once the listener's PEER reads 1 (JOINED), so it
-                // never sees the other guest's stores while the other's PEER says 0.
+                // The ACK went in `connect_side`. The guest starts only once the listener's
+                // PEER reads 1 (JOINED), so it never sees the other guest's stores while the
+                // other's PEER says 0.
                 await_joined(&mut s).map_err(peer)?;
                 (ROLE_CONNECTOR, PEER_CONNECTED, None, None, Some(s))
             }
