@@ -510,6 +510,23 @@ pub fn nest_table(records: &[Record]) -> String {
     s
 }
 
+/// An SVG document's opening of `w` x `h` on white, with `title` centred at the top (the
+/// plots of `bench` and `compare`); the caller appends its shapes and `</svg>`.
+pub fn svg_start(w: f64, h: f64, title: &str) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">{title}</text>"#,
+        w / 2.0
+    );
+    svg
+}
+
 /// An SVG plot of each workload's slowdown against the number of layers, a line per
 /// workload (colour) and nester (dash).
 pub fn nest_plot(records: &[Record]) -> String {
@@ -554,17 +571,13 @@ pub fn nest_plot(records: &[Record]) -> String {
     let colors = [
         "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf",
     ];
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">slowdown vs nesting depth{}</text>"#,
-        w / 2.0,
-        if log { " (log scale)" } else { "" }
+    let mut svg = svg_start(
+        w,
+        h,
+        &format!(
+            "slowdown vs nesting depth{}",
+            if log { " (log scale)" } else { "" }
+        ),
     );
     let (x0, x1, y0, y1) = (x(0.0), x(max_depth), y(ymin), y(ymax));
     let _ = writeln!(

@@ -681,17 +681,13 @@ pub fn plot(r: &Report) -> String {
     let h = 460.0;
     let y = |v: f64| top + (vmax.ln() - v.ln()) / (vmax.ln() - vmin.ln()) * (h - top - bottom);
     let colors = ["#1f77b4", "#d62728"];
-    let mut svg = String::new();
-    let _ = writeln!(
-        svg,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(svg, r#"<rect width="{w}" height="{h}" fill="white"/>"#);
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="18" text-anchor="middle" font-size="14">cost per operation, microkernel vs VMM model ({}, log scale)</text>"#,
-        w / 2.0,
-        r.platform
+    let mut svg = crate::bench::svg_start(
+        w,
+        h,
+        &format!(
+            "cost per operation, microkernel vs VMM model ({}, log scale)",
+            r.platform
+        ),
     );
     for (i, (name, color)) in ["microkernel model", "VMM model"]
         .iter()

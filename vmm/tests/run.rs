@@ -1130,15 +1130,7 @@ fn bad_drives_are_refused_with_one_line() {
             "9 devices (--drive and --channel), at most 8 fit".into(),
         ),
     ];
-    for (args, says) in cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let o = run(&img, &args);
-        let err = stderr(&o);
-        assert_eq!(o.status.code(), Some(VMM_ERROR), "{args:?}: {err}");
-        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
-        assert!(err.starts_with("fluke-vmm: error: "), "{err}");
-        assert!(err.contains(&says), "{args:?}: want {says:?} in {err}");
-    }
+    assert_each_refused_with_one_line(&img, &cases);
 }
 
 #[test]

@@ -323,6 +323,25 @@ impl AsRef<std::ffi::OsStr> for TestImage {
     }
 }
 
+/// Runs `img` with each case's arguments and checks the VMM refuses it before the guest
+/// runs, with one line (status 126) that contains the case's text.
+pub fn assert_each_refused_with_one_line<S: AsRef<str>>(img: &Path, cases: &[(Vec<String>, S)]) {
+    for (args, says) in cases {
+        let says = says.as_ref();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = run(img, &args);
+        let err = stderr(&o);
+        assert_eq!(
+            o.status.code(),
+            Some(fluke_abi::status::VMM_ERROR),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+        assert!(err.starts_with("fluke-vmm: error: "), "{err}");
+        assert!(err.contains(says), "{args:?}: want {says:?} in {err}");
+    }
+}
+
 /// Writes `image` into a scratch directory for `test`.
 pub fn write_image(test: &str, image: &[u8]) -> TestImage {
     let dir = temp_dir(test);
