@@ -116,3 +116,20 @@ fn ipc_data_reliable_sends_and_references() {
         run.assert_console("data received true, truncated to the buffer true, reliable 50/50 in order, 20 sent back, client exited Ok(0), then Err(BadCap)");
     }
 }
+
+/// lmbench's lat_ctx the microkernel way (`bench ring`): a token passed round a ring of 8
+/// processes, each waiting on its own port set and sending reliably to the next, comes back
+/// every lap with its lap number (the program checks each and fails on a loss), and every
+/// member ends at the quit token. On both backends.
+#[test]
+fn a_token_passed_round_a_ring_of_eight_processes_comes_back_every_lap() {
+    for (who, run) in both("fluke.init=bench,ring,50") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        let line = run
+            .console
+            .lines()
+            .find(|l| l.starts_with("BENCH lmbench.lat_ctx "))
+            .unwrap_or_else(|| panic!("{who}: no record:\n{}", run.console));
+        assert!(line.ends_with(" ns 400"), "{who}: 50 laps of 8 hops: {line}");
+    }
+}

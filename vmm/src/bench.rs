@@ -308,6 +308,15 @@ pub const BENCHMARKS: &[Benchmark] = &[
         vmm_args: &[],
         sample: Sample::Guest("ipc.cap_transfer"),
     },
+    // lmbench's lat_ctx (a ring of processes passing a token; here 8 over IPC), per hop.
+    Benchmark {
+        name: "lmbench.lat_ctx",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: "fluke.init=bench,ring,500",
+        vmm_args: &[],
+        sample: Sample::Guest("lmbench.lat_ctx"),
+    },
     // Process management, the microkernel model's way: `work nop` spawned and waited for
     // through the procmgr nester, one process after the other (per process).
     Benchmark {
@@ -1654,6 +1663,7 @@ mod tests {
                 "guest.page_touch",
                 "thread.state_roundtrip",
                 "ipc.cap_transfer",
+                "lmbench.lat_ctx",
                 "proc.spawn_wait",
                 "vmm.channel_roundtrip",
                 "blk.read_4k",

@@ -207,6 +207,27 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
             };
             let _ = sys::ipc_wait(set);
         }
+        // lmbench's `lat_ctx`, the microkernel way: a ring of RING processes (this one and
+        // RING - 1 children) passing a token, each waiting on its own port set and sending
+        // reliably to the next one's port; N laps; the record is the time per hop (one
+        // process switch with its IPC), as lat_ctx reports per switch.
+        "ring" => return ring(n, khz),
+        "ring-member" => {
+            // Name 0: our set; name 1: the next one's port. Passes every token on, until
+            // the quit token, which it passes on too.
+            loop {
+                let token = match sys::ipc_wait(0) {
+                    Ok(m) => m.words[0],
+                    Err(_) => return 1,
+                };
+                if sys::ipc_send_reliable(1, [token, 0, 0, 0], NO_CAP, &[]).is_err() {
+                    return 1;
+                }
+                if token == QUIT {
+                    return 0;
+                }
+            }
+        }
         "ipc-client" => {
             return ipc_client(
                 args.get(1).unwrap_or(""),
@@ -238,6 +259,61 @@ fn timed(f: impl FnOnce()) -> u64 {
 }
 
 const QUIT: u64 = u64::MAX;
+
+/// Processes in the `ring` benchmark (lat_ctx's default list starts at 2; 8 is a ring long
+/// enough that each hop is a switch to a process not run just before).
+const RING: usize = 8;
+
+/// The `ring` benchmark's first member: makes each member's port set and port, starts the
+/// others, sends the token round `laps` times and times it.
+fn ring(laps: u64, khz: u64) -> i32 {
+    let mut sets = [NO_CAP; RING];
+    let mut ports = [NO_CAP; RING];
+    for i in 0..RING {
+        let made = sys::port_set_create().and_then(|s| sys::port_create(s, 1).map(|p| (s, p)));
+        let Ok((set, port)) = made else {
+            println!("bench: ring: no port set");
+            return 1;
+        };
+        (sets[i], ports[i]) = (set, port);
+    }
+    let mut members = [0u64; RING];
+    for i in 1..RING {
+        match sys::spawn_with_caps("bench", &["ring-member"], &[sets[i], ports[(i + 1) % RING]]) {
+            Ok(pid) => members[i] = pid,
+            Err(e) => {
+                println!("bench: ring: cannot start member {i}: {e:?}");
+                return 1;
+            }
+        }
+    }
+    let pass = |token: u64| {
+        sys::ipc_send_reliable(ports[1], [token, 0, 0, 0], NO_CAP, &[])
+            .and_then(|_| sys::ipc_wait(sets[0]))
+            .map(|m| m.words[0] == token)
+    };
+    // One lap unmeasured: every member has run once and waits.
+    if pass(0) != Ok(true) {
+        println!("bench: ring: the token did not come back");
+        return 1;
+    }
+    let start = sys::rdtsc();
+    for lap in 1..=laps {
+        if pass(lap) != Ok(true) {
+            println!("bench: ring: lap {lap} lost the token");
+            return 1;
+        }
+    }
+    let ticks = sys::rdtsc() - start;
+    let _ = pass(QUIT);
+    for pid in &members[1..] {
+        let _ = sys::wait(*pid);
+    }
+    let hops = laps * RING as u64;
+    let ns = ticks as f64 * 1_000_000.0 / khz as f64 / hops as f64;
+    println!("BENCH lmbench.lat_ctx {ns:.1} ns {hops}");
+    0
+}
 
 /// The server side of the IPC benchmarks: answers calls (moving a received capability
 /// back) and swallows one-way messages until the client's quit message.
