@@ -130,6 +130,36 @@ fn a_token_passed_round_a_ring_of_eight_processes_comes_back_every_lap() {
             .lines()
             .find(|l| l.starts_with("BENCH lmbench.lat_ctx "))
             .unwrap_or_else(|| panic!("{who}: no record:\n{}", run.console));
-        assert!(line.ends_with(" ns 400"), "{who}: 50 laps of 8 hops: {line}");
+        assert!(
+            line.ends_with(" ns 400"),
+            "{who}: 50 laps of 8 hops: {line}"
+        );
+    }
+}
+
+/// sel4bench's one-way IPC (`bench oneway`): each direction of 200 calls timed from TSC
+/// stamps carried in the messages, the timer's cost measured and subtracted, in ns and
+/// cycles; every call and reply arrives (the server counts the calls, the warm-up one too)
+/// and both processes end. On both backends.
+#[test]
+fn one_way_ipc_is_timed_in_each_direction_with_the_timer_cost_subtracted() {
+    for (who, run) in both("fluke.init=bench,oneway,200") {
+        assert_eq!(run.status, 0, "{who}: {run:?}");
+        for (record, unit, count) in [
+            ("sel4bench.timer_overhead", "ns", 200),
+            ("sel4bench.ipc_call_oneway", "ns", 201),
+            ("sel4bench.ipc_reply_oneway", "ns", 200),
+            ("sel4bench.ipc_call_oneway_cycles", "cycles", 201),
+            ("sel4bench.ipc_reply_oneway_cycles", "cycles", 200),
+        ] {
+            let line = run
+                .console
+                .lines()
+                .find(|l| l.starts_with(&format!("BENCH {record} ")))
+                .unwrap_or_else(|| panic!("{who}: no {record}:\n{}", run.console));
+            assert!(line.ends_with(&format!(" {unit} {count}")), "{who}: {line}");
+            let value: f64 = line.split(' ').nth(2).and_then(|v| v.parse().ok()).unwrap();
+            assert!(value.is_finite() && value >= 0.0, "{who}: {line}");
+        }
     }
 }

@@ -85,6 +85,8 @@ const PAUSE_WORKLOAD: &str = "fluke.init=work,ticker,150,10";
 /// Pause/resume cycles per `vm.pause_resume` run (the sample is their median).
 const PAUSE_CYCLES: usize = 20;
 
+/// The guest of the `sel4bench.*` records.
+const ONEWAY_WORKLOAD: &str = "fluke.init=bench,oneway,5000";
 /// The guest of the `blk.*` records: `disk` starts the user-level driver `blkdrv` on the
 /// drive and times 4 KiB reads and writes through it, then a sequential read of the drive.
 const BLK_WORKLOAD: &str = "fluke.init=disk,bench,400";
@@ -307,6 +309,48 @@ pub const BENCHMARKS: &[Benchmark] = &[
         cmdline: "fluke.init=bench,ipc-cap,5000",
         vmm_args: &[],
         sample: Sample::Guest("ipc.cap_transfer"),
+    },
+    // sel4bench's one-way IPC: each direction of a call alone, from TSC stamps in the
+    // message, the timer read's cost subtracted (measured in the same run), ns and cycles.
+    Benchmark {
+        name: "sel4bench.timer_overhead",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: ONEWAY_WORKLOAD,
+        vmm_args: &[],
+        sample: Sample::Guest("sel4bench.timer_overhead"),
+    },
+    Benchmark {
+        name: "sel4bench.ipc_call_oneway",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: ONEWAY_WORKLOAD,
+        vmm_args: &[],
+        sample: Sample::Guest("sel4bench.ipc_call_oneway"),
+    },
+    Benchmark {
+        name: "sel4bench.ipc_reply_oneway",
+        model: Model::Microkernel,
+        unit: "ns",
+        cmdline: ONEWAY_WORKLOAD,
+        vmm_args: &[],
+        sample: Sample::Guest("sel4bench.ipc_reply_oneway"),
+    },
+    Benchmark {
+        name: "sel4bench.ipc_call_oneway_cycles",
+        model: Model::Microkernel,
+        unit: "cycles",
+        cmdline: ONEWAY_WORKLOAD,
+        vmm_args: &[],
+        sample: Sample::Guest("sel4bench.ipc_call_oneway_cycles"),
+    },
+    Benchmark {
+        name: "sel4bench.ipc_reply_oneway_cycles",
+        model: Model::Microkernel,
+        unit: "cycles",
+        cmdline: ONEWAY_WORKLOAD,
+        vmm_args: &[],
+        sample: Sample::Guest("sel4bench.ipc_reply_oneway_cycles"),
     },
     // lmbench's lat_ctx (a ring of processes passing a token; here 8 over IPC), per hop.
     Benchmark {
@@ -1663,6 +1707,11 @@ mod tests {
                 "guest.page_touch",
                 "thread.state_roundtrip",
                 "ipc.cap_transfer",
+                "sel4bench.timer_overhead",
+                "sel4bench.ipc_call_oneway",
+                "sel4bench.ipc_reply_oneway",
+                "sel4bench.ipc_call_oneway_cycles",
+                "sel4bench.ipc_reply_oneway_cycles",
                 "lmbench.lat_ctx",
                 "proc.spawn_wait",
                 "vmm.channel_roundtrip",

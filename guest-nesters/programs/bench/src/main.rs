@@ -212,6 +212,28 @@ fn fluke_main(args: fluke_rt::Args) -> i32 {
         // reliably to the next one's port; N laps; the record is the time per hop (one
         // process switch with its IPC), as lat_ctx reports per switch.
         "ring" => return ring(n, khz),
+        // sel4bench's one-way IPC: each direction of a call timed on its own, with TSC
+        // stamps carried in the message (one CPU, one TSC), minus the timer read's own cost.
+        "oneway" => return oneway(n, khz),
+        "oneway-server" => {
+            // Name 0: the set. Each call's words[0] is the caller's stamp just before its
+            // `syscall`; the call's one-way time is summed; the reply carries our stamp
+            // taken just before ours. At the QUIT call the sum goes back in the reply, and
+            // the wait after it ends when the caller destroys the set.
+            let (mut sum, mut calls) = (0u64, 0u64);
+            let mut msg = sys::ipc_wait(0);
+            loop {
+                let now = sys::rdtsc();
+                let Ok(m) = msg else { return 1 };
+                if m.words[0] == QUIT {
+                    let _ = sys::ipc_reply_wait(0, [sum, calls, 0, 0], NO_CAP);
+                    return 0;
+                }
+                sum += now.saturating_sub(m.words[0]);
+                calls += 1;
+                msg = sys::ipc_reply_wait(0, [sys::rdtsc(), 0, 0, 0], NO_CAP);
+            }
+        }
         "ring-member" => {
             // Name 0: our set; name 1: the next one's port. Passes every token on, until
             // the quit token, which it passes on too.
@@ -259,6 +281,58 @@ fn timed(f: impl FnOnce()) -> u64 {
 }
 
 const QUIT: u64 = u64::MAX;
+
+/// `oneway`: N calls to a server in another space, each direction timed with TSC stamps
+/// the message carries (sel4bench's one-way IPC), the cost of reading the TSC measured the
+/// same way (two reads back to back) and subtracted; in ns and in cycles.
+fn oneway(n: u64, khz: u64) -> i32 {
+    let made = sys::port_set_create().and_then(|s| sys::port_create(s, 1).map(|p| (s, p)));
+    let Ok((set, port)) = made else {
+        return 1;
+    };
+    let Ok(server) = sys::spawn_with_caps("bench", &["oneway-server"], &[set]) else {
+        return 1;
+    };
+    // The timer's own cost: the least of many back-to-back pairs (what a stamp adds).
+    let overhead = (0..10_000)
+        .map(|_| {
+            let a = sys::rdtsc();
+            sys::rdtsc() - a
+        })
+        .min()
+        .unwrap_or(0);
+    let mut reply_sum = 0u64;
+    let _ = sys::ipc_call(port, [sys::rdtsc(), 0, 0, 0], NO_CAP); // warm: both have run
+    for _ in 0..n {
+        match sys::ipc_call(port, [sys::rdtsc(), 0, 0, 0], NO_CAP) {
+            Ok(m) => reply_sum += sys::rdtsc().saturating_sub(m.words[0]),
+            Err(e) => {
+                println!("bench: oneway: {e:?}");
+                return 1;
+            }
+        }
+    }
+    let Ok(done) = sys::ipc_call(port, [QUIT, 0, 0, 0], NO_CAP) else {
+        return 1;
+    };
+    // The server waits again after its last reply: destroying the set ends that wait.
+    let _ = sys::destroy(set);
+    let _ = sys::wait(server);
+    // The server counted the warm-up call too.
+    let (call_sum, calls) = (done.words[0], done.words[1].max(1));
+    let per = |sum: u64, count: u64| (sum as f64 / count as f64 - overhead as f64).max(0.0);
+    let (call, reply) = (per(call_sum, calls), per(reply_sum, n));
+    let ns = |cycles: f64| cycles * 1_000_000.0 / khz as f64;
+    println!(
+        "BENCH sel4bench.timer_overhead {:.1} ns {n}",
+        ns(overhead as f64)
+    );
+    println!("BENCH sel4bench.ipc_call_oneway {:.1} ns {calls}", ns(call));
+    println!("BENCH sel4bench.ipc_reply_oneway {:.1} ns {n}", ns(reply));
+    println!("BENCH sel4bench.ipc_call_oneway_cycles {call:.0} cycles {calls}");
+    println!("BENCH sel4bench.ipc_reply_oneway_cycles {reply:.0} cycles {n}");
+    0
+}
 
 /// Processes in the `ring` benchmark (lat_ctx's default list starts at 2; 8 is a ring long
 /// enough that each hop is a switch to a process not run just before).
