@@ -911,6 +911,16 @@ pub struct Measured {
     pub failures: Vec<String>,
 }
 
+impl Measured {
+    /// The platform the guest runs measured on (the host records' baseline): the first
+    /// record's, or "kvm" when none ran.
+    pub fn platform(&self) -> String {
+        self.records
+            .first()
+            .map_or_else(|| "kvm".into(), |r| r.platform.clone())
+    }
+}
+
 /// Runs the guest benchmarks `selected` (in that order) over `samples` interleaved rounds:
 /// the benchmarks with the same command line and VMM options share their runs, and round `i`
 /// runs every command line once before round `i + 1` runs any. `what` names the caller in
@@ -1007,21 +1017,18 @@ pub fn bench(args: &BenchArgs) -> Result<u8> {
 
     let all = all_benchmarks();
     let selected: Vec<&Benchmark> = all.iter().filter(|b| args.selects(b.name)).collect();
-    let Measured {
-        mut records,
-        mut failures,
-    } = run_interleaved(
+    let measured = run_interleaved(
         &exe,
         args.image.as_deref(),
         &selected,
         args.samples,
         "bench",
     );
-
-    let platform = records
-        .first()
-        .map(|r| r.platform.clone())
-        .unwrap_or_else(|| "kvm".into());
+    let platform = measured.platform();
+    let Measured {
+        mut records,
+        mut failures,
+    } = measured;
     records.extend(host_records(|n| args.selects(n), args.samples, &platform));
     if args.selects(IMAGE_BYTES) {
         let size = vec![bytes.len() as f64];

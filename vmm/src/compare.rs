@@ -767,20 +767,18 @@ pub fn compare(args: &CompareArgs) -> Result<u8> {
     let exe = bench::own_exe()?;
     let (guest, host) = plan(&services);
     let selected: Vec<&Benchmark> = guest.iter().collect();
-    let Measured {
-        mut records,
-        failures,
-    } = bench::run_interleaved(
+    let measured = bench::run_interleaved(
         &exe,
         args.image.as_deref(),
         &selected,
         args.samples,
         "compare",
     );
-    let platform = records
-        .first()
-        .map(|r| r.platform.clone())
-        .unwrap_or_else(|| "kvm".into());
+    let platform = measured.platform();
+    let Measured {
+        mut records,
+        failures,
+    } = measured;
     records.extend(bench::host_records(
         |n| host.contains(&n),
         args.samples,
