@@ -702,3 +702,16 @@ pub fn irq_bind(irq: u64, port: u64) -> Result<u64, Error> {
 pub fn irq_ack(irq: u64) -> Result<u64, Error> {
     call(Call::IrqAck, irq, 0, 0, 0)
 }
+
+/// A driver's wait for its device: the next interrupt message on `set` (a set whose only
+/// port is bound to `irq`; other messages are skipped), then `irq_ack(irq)`. The line is
+/// masked from the interrupt to the ack, and an edge in between is not sent again, so the
+/// caller looks at its device after each return, not only after a new interrupt.
+pub fn await_interrupt(set: u64, irq: u64) -> Result<(), Error> {
+    loop {
+        let m = ipc_wait(set)?;
+        if m.words[0] == fluke_abi::syscall::fault::INTERRUPT {
+            return irq_ack(irq).map(|_| ());
+        }
+    }
+}

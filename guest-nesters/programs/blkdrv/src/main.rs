@@ -17,7 +17,7 @@
 mod virtio;
 
 use fluke_abi::blk::{Request, Status, FLAG_READ_ONLY, SECTOR};
-use fluke_abi::syscall::{fault, ipc::MAX_DATA};
+use fluke_abi::syscall::ipc::MAX_DATA;
 use fluke_rt::{println, sys};
 use virtio::{Device, Kind};
 
@@ -100,21 +100,5 @@ fn fluke_main(_args: fluke_rt::Args) -> i32 {
             Ok(Request::Flush) => dev.transfer(Kind::Flush, 0, &mut [], irq_set),
         };
         reply = [status.err().unwrap_or(Status::Ok) as u64, 0, 0, 0];
-    }
-}
-
-/// Waits for the device's next interrupt on `irq_set` and acknowledges it (the line is
-/// masked from the interrupt until then).
-fn await_interrupt(irq_set: u64) -> Result<(), Status> {
-    loop {
-        match sys::ipc_wait(irq_set) {
-            Ok(m) if m.words[0] == fault::INTERRUPT => {
-                return sys::irq_ack(IRQ)
-                    .map(|_| ())
-                    .map_err(|_| Status::DeviceGone);
-            }
-            Ok(_) => continue, // nothing else has this set's port
-            Err(_) => return Err(Status::DeviceGone),
-        }
     }
 }

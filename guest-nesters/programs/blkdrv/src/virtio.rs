@@ -299,7 +299,7 @@ impl Device {
         // An edge that came while the line was masked is not sent again, so the used ring
         // is looked at after every acknowledgement, not only after an interrupt.
         while dma_read::<u16>(USED + 2) != self.avail_idx {
-            if super::await_interrupt(irq_set).is_err() {
+            if sys::await_interrupt(irq_set, super::IRQ).is_err() {
                 self.gone = true;
                 return Err(Status::DeviceGone);
             }

@@ -16,7 +16,7 @@ use core::sync::atomic::{fence, Ordering};
 use fluke_abi::chan::{self, Status, MAX_MESSAGE, SLOTS};
 use fluke_abi::channel as reg;
 use fluke_abi::syscall::objstate::DEVICE_MEMORY;
-use fluke_abi::syscall::{fault, DEVMEM_CACHED, DEVMEM_WRITE, SELF_SPACE};
+use fluke_abi::syscall::{DEVMEM_CACHED, DEVMEM_WRITE, SELF_SPACE};
 use fluke_rt::{println, sys};
 
 const DEVMEM: u64 = 0;
@@ -109,14 +109,7 @@ impl Channel {
     /// there, so a message costs no register read beyond its interrupt's. The caller looks
     /// at its ring again after each.
     fn await_interrupt(&mut self) -> Result<(), Status> {
-        loop {
-            match sys::ipc_wait(self.irq_set) {
-                Ok(m) if m.words[0] == fault::INTERRUPT => break,
-                Ok(_) => continue,
-                Err(_) => return Err(Status::DeviceGone),
-            }
-        }
-        sys::irq_ack(IRQ).map_err(|_| Status::DeviceGone)?;
+        sys::await_interrupt(self.irq_set, IRQ).map_err(|_| Status::DeviceGone)?;
         let pending = reg_read(reg::REG_INTERRUPT_STATUS);
         if pending & reg::INT_PEER_CHANGED != 0 {
             reg_write(reg::REG_INTERRUPT_ACK, pending);
@@ -139,7 +132,7 @@ impl Channel {
         if msg.is_empty() || msg.len() > MAX_MESSAGE {
             return Err(Status::BadRequest);
         }
-        let head: u32 = shared_read(self.tx + chan::HEAD);
+        let head = self.next_send();
         // Room: wait while the ring is full (the consumer rings when it frees a slot of a
         // full ring).
         loop {
@@ -172,7 +165,7 @@ impl Channel {
 
     /// The next message into `buf`: its length.
     fn recv(&mut self, buf: &mut [u8]) -> Result<usize, Status> {
-        let tail: u32 = shared_read(self.rx + chan::TAIL);
+        let tail = self.next_recv();
         loop {
             let head: u32 = shared_read(self.rx + chan::HEAD);
             if head != tail {
