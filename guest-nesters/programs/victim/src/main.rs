@@ -650,13 +650,7 @@ fn rsp_rep_pool(rsp: u64, mib: u64) -> i32 {
     for (i, w) in workers.iter_mut().enumerate() {
         let top = STACKS + (i as u64 + 1) * STACK_LEN;
         let started = sys::port_create(set, i as u64)
-            .and_then(|port| {
-                Ok((
-                    port,
-                    fluke_rt::thread::start(entry, regs.as_ptr() as u64, top)?,
-                ))
-            })
-            .and_then(|(port, t)| sys::thread_set_keeper(t, port).map(|_| t));
+            .and_then(|port| fluke_rt::thread::start_kept(entry, regs.as_ptr() as u64, top, port));
         match started {
             Ok(t) => *w = t,
             Err(e) => {
@@ -700,8 +694,8 @@ fn rep_keeper(
     let set = sys::port_set_create()?;
     let port = sys::port_create(set, 1)?;
     let entry: extern "C" fn(u64) -> ! = victim_rep_loop_entry;
-    let worker = fluke_rt::thread::start(entry, regs.as_ptr() as u64, STACK + 16 * 4096)?;
-    sys::thread_set_keeper(worker, port)?;
+    let worker =
+        fluke_rt::thread::start_kept(entry, regs.as_ptr() as u64, STACK + 16 * 4096, port)?;
     println!("victim: rsp-rep-keeper: keeping the loop");
     let again = core::ptr::addr_of!(victim_rep_again) as u64;
     let start = victim_rep_loop as *const () as u64;
